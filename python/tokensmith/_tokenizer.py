@@ -1,0 +1,315 @@
+"""The typed Python face of the Rust tokenizer core."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from . import _core
+from .errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["AddedToken", "Tokenizer", "SpecialPolicy"]
+
+#: ``"allow"`` (special tokens in text become ids, the reference behaviour), ``"text"``
+#: (they are plain text: use it for untrusted input), ``"raise"`` (a
+#: :class:`~tokensmith.SpecialTokenError`), or a collection of token strings that alone
+#: become ids.
+SpecialPolicy = Union[str, Iterable[str]]
+
+_POLICIES = ("allow", "text", "raise")
+
+
+@dataclass
+class AddedToken:
+    """A token added on top of the model vocabulary, with Hugging Face's flags.
+
+    ``normalized`` defaults to ``not special``, as in ``tokenizers``.
+
+    >>> AddedToken("<|box_start|>", special=True)
+    AddedToken(content='<|box_start|>', single_word=False, lstrip=False, rstrip=False, normalized=False, special=True, id=None)
+    """
+
+    content: str
+    single_word: bool = False
+    lstrip: bool = False
+    rstrip: bool = False
+    normalized: bool | None = None
+    special: bool = False
+    id: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.content, str):
+            raise TypeError(f"AddedToken content must be str, got {type(self.content).__name__}")
+        if self.normalized is None:
+            self.normalized = not self.special
+
+    def _flags(self) -> tuple[str, bool, bool, bool, bool, bool]:
+        return (
+            self.content,
+            bool(self.single_word),
+            bool(self.lstrip),
+            bool(self.rstrip),
+            bool(self.normalized),
+            bool(self.special),
+        )
+
+
+def _policy(special: SpecialPolicy) -> tuple[str, list[str] | None]:
+    if isinstance(special, str):
+        if special not in _POLICIES:
+            raise ValueError(
+                f'special must be "allow", "text", "raise" or a collection of token strings, got {special!r}'
+            )
+        return special, None
+    try:
+        allowed = list(special)
+    except TypeError:
+        raise TypeError(f"special must be a str or a collection of str, got {type(special).__name__}") from None
+    if not all(isinstance(t, str) for t in allowed):
+        raise TypeError("special must be a collection of token strings")
+    return "only", allowed
+
+
+class Tokenizer:
+    """A byte-level BPE tokenizer that encodes token for token like the reference libraries.
+
+    >>> tok = Tokenizer.from_pretrained("path/to/model")            # doctest: +SKIP
+    >>> tok.encode("Hello</s>", special="text")                     # doctest: +SKIP
+    """
+
+    __slots__ = ("_core", "config")
+
+    def __init__(self, core: _core.CoreTokenizer, config: dict[str, Any] | None = None) -> None:
+        self._core = core
+        #: tokenizer_config.json of the folder it was loaded from (``{}`` otherwise).
+        self.config: dict[str, Any] = config or {}
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Tokenizer:
+        """Load a Hugging Face ``tokenizer.json``.
+
+        >>> tok = Tokenizer.from_file("tokenizer.json")              # doctest: +SKIP
+        """
+        return cls(_core.CoreTokenizer.from_file(os.fspath(path)))
+
+    @classmethod
+    def from_str(cls, json_text: str) -> Tokenizer:
+        """Load a tokenizer from the text of a ``tokenizer.json``."""
+        return cls(_core.CoreTokenizer.from_str(json_text))
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike[str]) -> Tokenizer:
+        """Load ``tokenizer.json`` (and ``tokenizer_config.json`` if present) from a local folder.
+
+        Never downloads: a name that is not a folder is an error.
+
+        >>> tok = Tokenizer.from_pretrained("models/Qwen2.5-0.5B")   # doctest: +SKIP
+        >>> tok.config.get("eos_token")                              # doctest: +SKIP
+        '<|im_end|>'
+        """
+        folder = Path(model_dir)
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"{folder}: not a folder (tokensmith loads local folders only and never downloads)"
+            )
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder}: no tokenizer.json in this folder")
+        config: dict[str, Any] = {}
+        config_path = folder / "tokenizer_config.json"
+        if config_path.is_file():
+            try:
+                config = json.loads(config_path.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as e:
+                from .errors import TokenizerFormatError
+
+                raise TokenizerFormatError(f"{config_path}: not valid JSON ({e})") from None
+        return cls(_core.CoreTokenizer.from_file(str(path)), config)
+
+    @classmethod
+    def from_tiktoken(
+        cls,
+        path: str | os.PathLike[str],
+        pattern: str,
+        special_tokens: dict[str, int] | None = None,
+    ) -> Tokenizer:
+        """Load a tiktoken rank file with its split pattern and special tokens.
+
+        >>> tok = Tokenizer.from_tiktoken("cl100k_base.tiktoken", pattern=CL100K_PATTERN,
+        ...                               special_tokens={"<|endoftext|>": 100257})  # doctest: +SKIP
+        """
+        specials = sorted((special_tokens or {}).items(), key=lambda kv: kv[1])
+        return cls(_core.CoreTokenizer.from_tiktoken(os.fspath(path), pattern, specials))
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(self, text: str, *, add_special_tokens: bool = True, special: SpecialPolicy = "allow") -> list[int]:
+        """The token ids of ``text``.
+
+        ``add_special_tokens`` applies the tokenizer's template (BOS/EOS). ``special``
+        decides what special-token strings inside ``text`` become: see :data:`SpecialPolicy`.
+
+        >>> tok.encode("<|im_start|>user", special="text")            # doctest: +SKIP
+        """
+        policy, allowed = _policy(special)
+        return self._core.encode(text, add_special_tokens, policy, allowed)
+
+    def encode_batch(
+        self, texts: Sequence[str], *, add_special_tokens: bool = True, special: SpecialPolicy = "allow"
+    ) -> list[list[int]]:
+        """``encode`` for many texts at once, in parallel on all cores (the GIL is released).
+
+        >>> tok.encode_batch(["a", "b"])                               # doctest: +SKIP
+        """
+        policy, allowed = _policy(special)
+        return self._core.encode_batch(texts, add_special_tokens, policy, allowed)
+
+    def encode_batch_numpy(
+        self, texts: Sequence[str], *, add_special_tokens: bool = True, special: SpecialPolicy = "allow"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Encode many texts into one flat ``uint32`` id array and ``int64`` offsets of length n + 1.
+
+        The ids of text ``i`` are ``ids[offsets[i]:offsets[i + 1]]``; no Python list is built.
+
+        >>> ids, offsets = tok.encode_batch_numpy(["a b", "c"])        # doctest: +SKIP
+        """
+        import numpy as np
+
+        policy, allowed = _policy(special)
+        ids, offsets = self._core.encode_batch_flat(texts, add_special_tokens, policy, allowed)
+        return np.frombuffer(ids, dtype="<u4"), np.frombuffer(offsets, dtype="<i8")
+
+    # ------------------------------------------------------------------ decoding
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
+        """The text of ``ids`` (invalid UTF-8 becomes U+FFFD, as in the reference).
+
+        >>> tok.decode(tok.encode("hello"))                             # doctest: +SKIP
+        'hello'
+        """
+        try:
+            return self._core.decode(ids, skip_special_tokens)
+        except (OverflowError, TypeError) as e:
+            raise (_bad_ids(ids) or e) from None
+
+    def decode_batch(self, batch: Sequence[Sequence[int]], *, skip_special_tokens: bool = False) -> list[str]:
+        """``decode`` for many id lists at once, in parallel."""
+        try:
+            return self._core.decode_batch(batch, skip_special_tokens)
+        except (OverflowError, TypeError) as e:
+            for ids in batch:
+                error = _bad_ids(ids)
+                if error is not None:
+                    raise error from None
+            raise e
+
+    # ------------------------------------------------------------------ vocabulary
+
+    def add_tokens(self, tokens: Iterable[str | AddedToken]) -> list[int]:
+        """Add tokens (plain strings are non-special, normalized vocabulary) and return their ids.
+
+        A token that already exists keeps its id. Same ids as ``tokenizers``' ``add_tokens``.
+
+        >>> tok.add_tokens(["新词", AddedToken("<|box_start|>", special=True)])   # doctest: +SKIP
+        [50257, 50258]
+        """
+        return self._add([t if isinstance(t, AddedToken) else AddedToken(t, special=False) for t in tokens])
+
+    def add_special_tokens(self, tokens: Iterable[str | AddedToken]) -> list[int]:
+        """Add special tokens (never normalized unless an AddedToken says so) and return their ids.
+
+        >>> tok.add_special_tokens(["<|box_start|>", "<|box_end|>"])  # doctest: +SKIP
+        [50257, 50258]
+        """
+        resolved = []
+        for t in tokens:
+            if isinstance(t, AddedToken):
+                # As the reference: the token becomes special; `normalized` keeps an explicit value.
+                t = AddedToken(t.content, t.single_word, t.lstrip, t.rstrip, t.normalized, special=True)
+            else:
+                t = AddedToken(t, special=True)
+            resolved.append(t)
+        return self._add(resolved)
+
+    def _add(self, tokens: list[AddedToken]) -> list[int]:
+        for t in tokens:
+            if not isinstance(t, AddedToken):
+                raise TypeError(f"expected str or AddedToken, got {type(t).__name__}")
+        ids = self._core.add_tokens([t._flags() for t in tokens])
+        empty = [t.content for t, i in zip(tokens, ids) if i is None]
+        if empty:
+            raise InvalidInputError("cannot add an empty token")
+        return ids
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of a token string as the vocabulary spells it (``None`` if absent)."""
+        return self._core.token_to_id(token)
+
+    def id_to_token(self, id: int) -> str | None:
+        """The vocabulary spelling of an id (``None`` if absent)."""
+        if id < 0 or id >= 2**32:
+            return None
+        return self._core.id_to_token(id)
+
+    @property
+    def vocab_size(self) -> int:
+        """Distinct entries with added tokens (``tokenizers``' ``get_vocab_size(True)``)."""
+        return self._core.vocab_size
+
+    def get_vocab(self) -> dict[str, int]:
+        """Every token string with its id, added tokens included."""
+        return self._core.get_vocab()
+
+    @property
+    def added_tokens(self) -> list[AddedToken]:
+        """The added tokens, by id."""
+        return [
+            AddedToken(content, single_word, lstrip, rstrip, normalized, special, id=id)
+            for id, content, single_word, lstrip, rstrip, normalized, special in self._core.added_tokens()
+        ]
+
+    # ------------------------------------------------------------------ saving
+
+    def to_str(self) -> str:
+        """The tokenizer as ``tokenizer.json`` text, loadable by ``tokenizers``."""
+        return self._core.to_json()
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write ``tokenizer.json`` atomically (temporary file, then rename).
+
+        >>> tok.save("out/tokenizer.json")                             # doctest: +SKIP
+        """
+        self._core.save(os.fspath(path))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"json": self.to_str(), "config": self.config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._core = _core.CoreTokenizer.from_str(state["json"], "<pickle>")
+        self.config = state["config"]
+
+    def __repr__(self) -> str:
+        return f"<tokensmith.Tokenizer vocab_size={self.vocab_size} added_tokens={len(self._core.added_tokens())}>"
+
+
+def _bad_ids(ids: Sequence[int]) -> Exception | None:
+    """The error that explains why ``ids`` cannot be decoded, if one id is at fault."""
+    try:
+        items = list(enumerate(ids))
+    except TypeError:
+        return TypeError(f"ids must be a sequence of int, got {type(ids).__name__}")
+    for position, id in items:
+        if not isinstance(id, int):
+            return TypeError(f"ids must be int, got {type(id).__name__} at position {position}")
+        if not 0 <= id < 2**32:
+            return InvalidInputError(f"id {id} at position {position} is not in the vocabulary of this tokenizer")
+    return None

@@ -1,0 +1,45 @@
+"""Exceptions raised by tokensmith. All derive from :class:`TokenizerError`."""
+
+from __future__ import annotations
+
+__all__ = [
+    "TokenizerError",
+    "TokenizerFormatError",
+    "UnsupportedTokenizerError",
+    "SpecialTokenError",
+    "InvalidInputError",
+]
+
+
+class TokenizerError(Exception):
+    """Base class of every error tokensmith raises on purpose."""
+
+    def __init__(self, message: str, detail: object = None) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class TokenizerFormatError(TokenizerError, ValueError):
+    """A tokenizer file is malformed; the message names the file and the field."""
+
+
+class UnsupportedTokenizerError(TokenizerError):
+    """The tokenizer uses a component tokensmith does not implement; the message names it."""
+
+
+class InvalidInputError(TokenizerError, ValueError):
+    """An argument cannot be honoured (an id outside the vocabulary, a bad pattern, ...)."""
+
+
+class SpecialTokenError(TokenizerError, ValueError):
+    """A special token was found in text encoded with ``special="raise"``.
+
+    ``token`` is the special token's string and ``offset`` its position in the text, in
+    characters (Python ``str`` indices).
+    """
+
+    def __init__(self, message: str, detail: object = None) -> None:
+        super().__init__(message, detail)
+        token, offset = detail if isinstance(detail, tuple) else (None, None)
+        self.token: str | None = token
+        self.offset: int | None = offset

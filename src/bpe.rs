@@ -1,0 +1,280 @@
+//! Byte-level BPE merging.
+//!
+//! The model is a table from an adjacent pair of token ids to (rank, merged id). A piece
+//! starts as one token per byte and the lowest-ranked adjacent pair is merged until none
+//! is left (leftmost first on ties), exactly as Hugging Face `tokenizers` and tiktoken do.
+//!
+//! Performance decisions:
+//! - Short pieces (nearly all of them) merge in a flat array with one cached rank per
+//!   adjacent pair: O(n) per merge, no allocation beyond two small vectors.
+//! - Long pieces use a heap over a linked list: O(n log n), so a 10 MB piece without a
+//!   break is bounded (the flat loop would be quadratic).
+//! - `ignore_merges` vocabularies (Llama 3, cl100k, o200k) look a whole piece up first.
+//! - Results for short pieces are kept in a per-thread cache: text repeats its words.
+
+use rustc_hash::FxHashMap;
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const NO_ID: u32 = u32::MAX;
+const NO_RANK: u32 = u32::MAX;
+/// Pieces up to this many bytes merge in the flat loop.
+const FLAT_MAX: usize = 128;
+/// Pieces up to this many bytes are cached.
+const CACHE_MAX_PIECE: usize = 64;
+const CACHE_MAX_ENTRIES: usize = 1 << 16;
+
+#[derive(Debug, Clone)]
+pub struct Bpe {
+    byte_ids: [u32; 256],
+    /// (left << 32 | right) -> (rank << 32 | merged)
+    pairs: FxHashMap<u64, u64>,
+    /// Whole-piece lookup for `ignore_merges` vocabularies.
+    whole: Option<FxHashMap<Box<[u8]>, u32>>,
+    cache_owner: u64,
+}
+
+fn next_cache_owner() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+type Cache = (u64, FxHashMap<Box<[u8]>, Box<[u32]>>);
+
+thread_local! {
+    static CACHE: RefCell<Cache> = RefCell::new((0, FxHashMap::default()));
+}
+
+#[inline]
+fn pair_key(left: u32, right: u32) -> u64 {
+    (u64::from(left) << 32) | u64::from(right)
+}
+
+impl Bpe {
+    /// `tokens`: the raw bytes of every vocabulary entry that is a byte string.
+    /// `merges`: (left, right, merged) ids, in rank order (a later duplicate pair wins,
+    /// as in the reference).
+    pub fn new<'a>(
+        tokens: impl IntoIterator<Item = (&'a [u8], u32)>,
+        merges: impl IntoIterator<Item = (u32, u32, u32)>,
+        ignore_merges: bool,
+    ) -> Self {
+        let mut byte_ids = [NO_ID; 256];
+        let mut whole = ignore_merges.then(FxHashMap::default);
+        for (bytes, id) in tokens {
+            if let [b] = bytes {
+                byte_ids[*b as usize] = id;
+            }
+            if let Some(whole) = whole.as_mut() {
+                whole.insert(bytes.into(), id);
+            }
+        }
+        let mut pairs = FxHashMap::default();
+        for (rank, (left, right, merged)) in merges.into_iter().enumerate() {
+            pairs.insert(pair_key(left, right), ((rank as u64) << 32) | u64::from(merged));
+        }
+        Bpe { byte_ids, pairs, whole, cache_owner: next_cache_owner() }
+    }
+
+    /// Like `new`, for tiktoken rank files, where any two tokens whose concatenation is a
+    /// token merge with that token's rank.
+    pub fn from_ranks(ranks: &[(Vec<u8>, u32)]) -> Self {
+        let by_bytes: FxHashMap<&[u8], u32> = ranks.iter().map(|(b, r)| (b.as_slice(), *r)).collect();
+        let mut merges: Vec<(u32, u32, u32, u32)> = Vec::new();
+        for (bytes, rank) in ranks {
+            for split in 1..bytes.len() {
+                if let (Some(&l), Some(&r)) = (by_bytes.get(&bytes[..split]), by_bytes.get(&bytes[split..])) {
+                    merges.push((*rank, l, r, *rank));
+                }
+            }
+        }
+        let mut bpe = Bpe::new(ranks.iter().map(|(b, r)| (b.as_slice(), *r)), std::iter::empty(), true);
+        for (rank, l, r, merged) in merges {
+            bpe.pairs.insert(pair_key(l, r), (u64::from(rank) << 32) | u64::from(merged));
+        }
+        bpe
+    }
+
+    #[inline]
+    fn lookup(&self, left: u32, right: u32) -> (u32, u32) {
+        match self.pairs.get(&pair_key(left, right)) {
+            Some(&v) => ((v >> 32) as u32, v as u32),
+            None => (NO_RANK, NO_ID),
+        }
+    }
+
+    /// Appends the ids of one pre-tokenized piece.
+    pub fn encode(&self, piece: &[u8], out: &mut Vec<u32>) {
+        match piece.len() {
+            0 => return,
+            1 => {
+                let id = self.byte_ids[piece[0] as usize];
+                if id != NO_ID {
+                    out.push(id);
+                }
+                return;
+            }
+            _ => {}
+        }
+        if let Some(&id) = self.whole.as_ref().and_then(|w| w.get(piece)) {
+            out.push(id);
+            return;
+        }
+        if piece.len() > CACHE_MAX_PIECE {
+            return self.merge(piece, out);
+        }
+        CACHE.with(|cell| {
+            let mut cache = cell.borrow_mut();
+            if cache.0 != self.cache_owner {
+                cache.0 = self.cache_owner;
+                cache.1.clear();
+            }
+            if let Some(ids) = cache.1.get(piece) {
+                out.extend_from_slice(ids);
+                return;
+            }
+            let start = out.len();
+            self.merge(piece, out);
+            if cache.1.len() >= CACHE_MAX_ENTRIES {
+                cache.1.clear();
+            }
+            cache.1.insert(piece.into(), out[start..].into());
+        })
+    }
+
+    fn merge(&self, piece: &[u8], out: &mut Vec<u32>) {
+        // A byte without a token is dropped, as the reference does when there is no unk.
+        let symbols: Vec<u32> =
+            piece.iter().map(|&b| self.byte_ids[b as usize]).filter(|&id| id != NO_ID).collect();
+        if symbols.len() <= FLAT_MAX {
+            self.merge_flat(symbols, out)
+        } else {
+            self.merge_heap(symbols, out)
+        }
+    }
+
+    fn merge_flat(&self, mut ids: Vec<u32>, out: &mut Vec<u32>) {
+        if ids.len() < 2 {
+            out.extend_from_slice(&ids);
+            return;
+        }
+        // ranks[i] / merged[i]: what merging ids[i] and ids[i + 1] gives.
+        let (mut ranks, mut merged): (Vec<u32>, Vec<u32>) =
+            ids.windows(2).map(|w| self.lookup(w[0], w[1])).unzip();
+        loop {
+            let mut best = NO_RANK;
+            let mut at = 0;
+            for (i, &r) in ranks.iter().enumerate() {
+                if r < best {
+                    best = r;
+                    at = i;
+                }
+            }
+            if best == NO_RANK {
+                break;
+            }
+            ids[at] = merged[at];
+            ids.remove(at + 1);
+            ranks.remove(at);
+            merged.remove(at);
+            if at > 0 {
+                (ranks[at - 1], merged[at - 1]) = self.lookup(ids[at - 1], ids[at]);
+            }
+            if at < ranks.len() {
+                (ranks[at], merged[at]) = self.lookup(ids[at], ids[at + 1]);
+            }
+        }
+        out.extend_from_slice(&ids);
+    }
+
+    fn merge_heap(&self, mut ids: Vec<u32>, out: &mut Vec<u32>) {
+        let n = ids.len();
+        let mut next: Vec<usize> = (1..=n).collect(); // n means none
+        let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect(); // usize::MAX means none
+        let mut alive = vec![true; n];
+        // Min-heap on (rank, position): leftmost first among equal ranks.
+        let mut heap: BinaryHeap<Reverse<(u32, usize, u32)>> = BinaryHeap::with_capacity(n);
+        for i in 0..n - 1 {
+            let (rank, merged) = self.lookup(ids[i], ids[i + 1]);
+            if rank != NO_RANK {
+                heap.push(Reverse((rank, i, merged)));
+            }
+        }
+        while let Some(Reverse((rank, at, merged))) = heap.pop() {
+            if !alive[at] || next[at] >= n {
+                continue;
+            }
+            let right = next[at];
+            // Skip entries made stale by an earlier merge on either side.
+            if self.lookup(ids[at], ids[right]) != (rank, merged) {
+                continue;
+            }
+            ids[at] = merged;
+            alive[right] = false;
+            next[at] = next[right];
+            if next[at] < n {
+                prev[next[at]] = at;
+            }
+            if prev[at] != usize::MAX {
+                let p = prev[at];
+                let (r, m) = self.lookup(ids[p], ids[at]);
+                if r != NO_RANK {
+                    heap.push(Reverse((r, p, m)));
+                }
+            }
+            if next[at] < n {
+                let (r, m) = self.lookup(ids[at], ids[next[at]]);
+                if r != NO_RANK {
+                    heap.push(Reverse((r, at, m)));
+                }
+            }
+        }
+        out.extend((0..n).filter(|&i| alive[i]).map(|i| ids[i]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// bytes a=0 b=1 c=2, ab=3, bc=4, abc=5 via (ab, c)
+    fn toy() -> Bpe {
+        let tokens: Vec<(&[u8], u32)> =
+            vec![(b"a", 0), (b"b", 1), (b"c", 2), (b"ab", 3), (b"bc", 4), (b"abc", 5)];
+        Bpe::new(tokens, vec![(1, 2, 4), (0, 1, 3), (3, 2, 5)], false)
+    }
+
+    fn enc(bpe: &Bpe, s: &[u8]) -> Vec<u32> {
+        let mut out = Vec::new();
+        bpe.encode(s, &mut out);
+        out
+    }
+
+    #[test]
+    fn merges_by_rank_not_by_position() {
+        // "bc" has the better rank, so "abc" becomes a + bc and (ab, c) never applies.
+        assert_eq!(enc(&toy(), b"abc"), [0, 4]);
+        assert_eq!(enc(&toy(), b"abab"), [3, 3]);
+    }
+
+    #[test]
+    fn flat_and_heap_agree_on_long_pieces() {
+        let bpe = toy();
+        let text: Vec<u8> = b"abcab".iter().cycle().take(5000).copied().collect();
+        let symbols: Vec<u32> = text.iter().map(|&b| bpe.byte_ids[b as usize]).collect();
+        let (mut flat, mut heap) = (Vec::new(), Vec::new());
+        bpe.merge_flat(symbols.clone(), &mut flat);
+        bpe.merge_heap(symbols, &mut heap);
+        assert_eq!(flat, heap);
+    }
+
+    #[test]
+    fn ranks_merge_like_tiktoken() {
+        let ranks = vec![(b"a".to_vec(), 0), (b"b".to_vec(), 1), (b"ab".to_vec(), 2), (b"abab".to_vec(), 3)];
+        let bpe = Bpe::from_ranks(&ranks);
+        assert_eq!(enc(&bpe, b"ababa"), [3, 0]);
+        assert_eq!(enc(&bpe, b"abab"), [3]);
+    }
+}

@@ -1,0 +1,4 @@
+//! Reading and writing the file formats tokenizers come in.
+
+pub mod tiktoken;
+pub mod tokenizer_json;

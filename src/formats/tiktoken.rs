@@ -1,0 +1,145 @@
+//! tiktoken rank files (`<base64 token> <rank>` per line) plus a split pattern and
+//! special tokens, as `tiktoken.Encoding` takes them.
+
+use crate::bpe::Bpe;
+use crate::bytelevel;
+use crate::error::{Error, Result};
+use crate::formats::tokenizer_json::TOKENSMITH_KEY;
+use crate::pretokenize::{Dialect, PreTokenizer};
+use crate::special::{AddedToken, AddedVocabulary};
+use crate::tokenizer::{Decoder, PostProcessor, Tokenizer, Vocab};
+use base64::Engine;
+use rustc_hash::FxHashMap;
+use serde_json::{json, Map, Value};
+
+/// Parses rank-file text into (token bytes, rank) pairs.
+pub fn parse_ranks(text: &str, source: &str) -> Result<Vec<(Vec<u8>, u32)>> {
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut ranks = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = |message: String| Error::format(source, format!("line {}: {message}", i + 1));
+        let (token, rank) = line
+            .split_once(' ')
+            .ok_or_else(|| at("expected \"<base64 token> <rank>\"".into()))?;
+        let bytes = engine.decode(token).map_err(|e| at(format!("invalid base64 {token:?} ({e})")))?;
+        let rank: u32 = rank
+            .trim()
+            .parse()
+            .map_err(|_| at(format!("invalid rank {rank:?}")))?;
+        ranks.push((bytes, rank));
+    }
+    if ranks.is_empty() {
+        return Err(Error::format(source, "no ranks in the file"));
+    }
+    Ok(ranks)
+}
+
+/// A tokenizer equal to `tiktoken.Encoding(pat_str=pattern, mergeable_ranks=ranks,
+/// special_tokens=special_tokens)`.
+pub fn build(
+    ranks: Vec<(Vec<u8>, u32)>,
+    pattern: &str,
+    special_tokens: &[(String, u32)],
+) -> Result<Tokenizer> {
+    let pre_tokenizer = PreTokenizer::from_pattern(pattern, Dialect::Tiktoken)?;
+    let bpe = Bpe::from_ranks(&ranks);
+    let merges = merges_from_ranks(&ranks);
+    let entries = ranks
+        .iter()
+        .map(|(bytes, rank)| (bytelevel::encode_bytes(bytes), *rank))
+        .chain(special_tokens.iter().cloned());
+    let vocab = Vocab::new(entries)?;
+    let mut tokenizer = Tokenizer {
+        vocab,
+        merges,
+        ignore_merges: true,
+        bpe,
+        normalizer: None,
+        pre_tokenizer,
+        post_processor: PostProcessor::default(),
+        decoder: Decoder::ByteLevel,
+        added: AddedVocabulary::default(),
+        passthrough: passthrough(pattern),
+    };
+    let specials = special_tokens.iter().map(|(content, _)| AddedToken::new(content.clone(), true)).collect();
+    tokenizer.add_tokens(specials)?;
+    Ok(tokenizer)
+}
+
+/// Merges for the reference loader: every split of a token into two tokens, ordered by the
+/// token's rank (then by the ranks of its halves), as transformers' tiktoken converter does.
+fn merges_from_ranks(ranks: &[(Vec<u8>, u32)]) -> Vec<(u32, u32)> {
+    let by_bytes: FxHashMap<&[u8], u32> = ranks.iter().map(|(b, r)| (b.as_slice(), *r)).collect();
+    let mut merges: Vec<(u32, u32, u32)> = Vec::new();
+    for (bytes, rank) in ranks {
+        for split in 1..bytes.len() {
+            if let (Some(&l), Some(&r)) = (by_bytes.get(&bytes[..split]), by_bytes.get(&bytes[split..])) {
+                merges.push((*rank, l, r));
+            }
+        }
+    }
+    merges.sort_unstable();
+    merges.into_iter().map(|(_, l, r)| (l, r)).collect()
+}
+
+/// The tokenizer.json sections that describe a tiktoken encoding.
+fn passthrough(pattern: &str) -> Map<String, Value> {
+    // tiktoken's `$` is the end of the text; the reference (Oniguruma) needs `\z` for that.
+    let onig_pattern = end_anchors_to_onig(pattern);
+    let mut map = Map::new();
+    map.insert(TOKENSMITH_KEY.into(), json!({"tiktoken_pattern": pattern}));
+    map.insert("normalizer".into(), Value::Null);
+    map.insert(
+        "pre_tokenizer".into(),
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": onig_pattern}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+        ]}),
+    );
+    map.insert("post_processor".into(), Value::Null);
+    map.insert(
+        "decoder".into(),
+        json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+    );
+    map
+}
+
+/// Rewrites unescaped `$` outside character classes as `\z`.
+fn end_anchors_to_onig(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 4);
+    let (mut escaped, mut in_class) = (false, false);
+    for c in pattern.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '[' => in_class = true,
+            ']' => in_class = false,
+            '$' if !in_class => {
+                out.push_str("\\z");
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchors_are_translated_outside_classes_only() {
+        assert_eq!(end_anchors_to_onig(r"\s++$|[$]|\$"), r"\s++\z|[$]|\$");
+    }
+
+    #[test]
+    fn bad_lines_are_reported_with_their_number() {
+        let err = parse_ranks("YQ== 0\n!!! 1\n", "x.tiktoken").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+}

@@ -1,0 +1,19 @@
+//! tokensmith: exact byte-level BPE with safe special-token handling.
+//!
+//! Pure Rust; the Python bindings live in `py` behind the `python` feature.
+
+pub mod bpe;
+pub mod bytelevel;
+pub mod error;
+pub mod formats;
+pub mod normalize;
+pub mod pretokenize;
+pub mod special;
+pub mod tokenizer;
+
+#[cfg(feature = "python")]
+mod py;
+
+pub use error::{Error, Result};
+pub use special::{AddedToken, SpecialPolicy};
+pub use tokenizer::Tokenizer;

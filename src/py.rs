@@ -1,0 +1,359 @@
+//! Python bindings (`tokensmith._core`). No logic lives here: argument conversion, GIL
+//! release, and mapping core errors to the exception classes defined in Python.
+
+use crate::error::Error;
+use crate::formats::{tiktoken, tokenizer_json};
+use crate::special::{AddedToken, SpecialPolicy};
+use crate::tokenizer::Tokenizer;
+use pyo3::exceptions::{PyFileNotFoundError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::GILOnceCell;
+use pyo3::types::{PyByteArray, PyDict, PyString, PyType};
+use rustc_hash::FxHashSet;
+use std::sync::Arc;
+
+/// The exception classes live in `tokensmith.errors`; look them up once.
+fn exception<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyType>> {
+    static MODULE: GILOnceCell<Py<PyModule>> = GILOnceCell::new();
+    let module = MODULE.get_or_try_init(py, || py.import("tokensmith.errors").map(Bound::unbind))?;
+    Ok(module.bind(py).getattr(name)?.downcast_into::<PyType>()?)
+}
+
+fn to_py(py: Python<'_>, err: Error) -> PyErr {
+    let message = err.to_string();
+    let class = match &err {
+        Error::Format { .. } => "TokenizerFormatError",
+        Error::Unsupported(_) => "UnsupportedTokenizerError",
+        Error::SpecialToken { .. } => "SpecialTokenError",
+        Error::Invalid(_) => "InvalidInputError",
+        Error::Io { .. } => "TokenizerError",
+    };
+    let class = match exception(py, class) {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let args = match &err {
+        Error::SpecialToken { token, offset } => (message, Some((token.clone(), *offset))).into_pyobject(py),
+        _ => (message, None::<(String, usize)>).into_pyobject(py),
+    };
+    match args.and_then(|a| class.call1(a)) {
+        Ok(instance) => PyErr::from_value(instance),
+        Err(e) => e,
+    }
+}
+
+trait IntoPy<T> {
+    fn or_raise(self, py: Python<'_>) -> PyResult<T>;
+}
+
+impl<T> IntoPy<T> for crate::Result<T> {
+    fn or_raise(self, py: Python<'_>) -> PyResult<T> {
+        self.map_err(|e| to_py(py, e))
+    }
+}
+
+/// `&str` of a Python str, with a clear error for lone surrogates (not valid UTF-8).
+fn text<'a>(s: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
+    s.to_str().map_err(|_| {
+        let position = s
+            .call_method1("encode", ("utf-32-le", "surrogatepass"))
+            .ok()
+            .and_then(|b| b.extract::<Vec<u8>>().ok())
+            .and_then(|b| {
+                b.chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .position(|cp| (0xD800..0xE000).contains(&cp))
+            });
+        match position {
+            Some(i) => PyValueError::new_err(format!(
+                "text contains a lone surrogate at index {i}; it is not valid Unicode and cannot be tokenized"
+            )),
+            None => PyValueError::new_err("text is not valid Unicode"),
+        }
+    })
+}
+
+fn texts<'py>(items: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyString>>> {
+    if items.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err("expected a list of str, got a single str"));
+    }
+    items
+        .try_iter()?
+        .map(|item| {
+            let item = item?;
+            item.downcast_into::<PyString>().map_err(|e| {
+                PyTypeError::new_err(format!("expected str in the batch, got {}", e.into_inner().get_type()))
+            })
+        })
+        .collect()
+}
+
+#[pyclass(module = "tokensmith._core", name = "CoreTokenizer", frozen)]
+struct PyTokenizer {
+    // Mutation (adding tokens) builds a new tokenizer, so encodes in flight never see a
+    // half-updated one and clones for worker threads are cheap.
+    inner: std::sync::RwLock<Arc<Tokenizer>>,
+}
+
+impl PyTokenizer {
+    fn new(tokenizer: Tokenizer) -> Self {
+        PyTokenizer { inner: std::sync::RwLock::new(Arc::new(tokenizer)) }
+    }
+
+    fn get(&self) -> Arc<Tokenizer> {
+        self.inner.read().expect("tokenizer lock").clone()
+    }
+
+    fn policy(&self, py: Python<'_>, policy: &str, allowed: Option<Vec<String>>) -> PyResult<SpecialPolicy> {
+        Ok(match (policy, allowed) {
+            ("allow", None) => SpecialPolicy::Allow,
+            ("text", None) => SpecialPolicy::Text,
+            ("raise", None) => SpecialPolicy::Raise,
+            ("only", Some(allowed)) => {
+                let tokenizer = self.get();
+                let mut ids = FxHashSet::default();
+                for content in allowed {
+                    match tokenizer.added.id_of(&content) {
+                        Some(id) => ids.insert(id),
+                        None => {
+                            return Err(to_py(
+                                py,
+                                Error::Invalid(format!(
+                                    "{content:?} is not an added or special token of this tokenizer"
+                                )),
+                            ))
+                        }
+                    };
+                }
+                SpecialPolicy::Only(ids)
+            }
+            (other, _) => {
+                return Err(PyValueError::new_err(format!(
+                    "special must be \"allow\", \"text\", \"raise\" or a set of token strings, got {other:?}"
+                )))
+            }
+        })
+    }
+}
+
+fn read(py: Python<'_>, path: &str) -> PyResult<String> {
+    std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(format!("{path}: no such file")),
+        std::io::ErrorKind::InvalidData => {
+            to_py(py, Error::format(path, "the file is not valid UTF-8 text"))
+        }
+        _ => to_py(py, Error::Io { path: path.into(), message: e.to_string() }),
+    })
+}
+
+#[pymethods]
+impl PyTokenizer {
+    #[staticmethod]
+    fn from_file(py: Python<'_>, path: &str) -> PyResult<Self> {
+        let json = read(py, path)?;
+        let tokenizer = py.allow_threads(|| tokenizer_json::from_str(&json, path)).or_raise(py)?;
+        Ok(Self::new(tokenizer))
+    }
+
+    #[staticmethod]
+    #[pyo3(signature = (json, source = "<string>"))]
+    fn from_str(py: Python<'_>, json: &str, source: &str) -> PyResult<Self> {
+        let tokenizer = py.allow_threads(|| tokenizer_json::from_str(json, source)).or_raise(py)?;
+        Ok(Self::new(tokenizer))
+    }
+
+    #[staticmethod]
+    fn from_tiktoken(py: Python<'_>, path: &str, pattern: &str, special_tokens: Vec<(String, u32)>) -> PyResult<Self> {
+        let text = read(py, path)?;
+        let tokenizer = py
+            .allow_threads(|| {
+                let ranks = tiktoken::parse_ranks(&text, path)?;
+                tiktoken::build(ranks, pattern, &special_tokens)
+            })
+            .or_raise(py)?;
+        Ok(Self::new(tokenizer))
+    }
+
+    #[pyo3(signature = (text, add_special_tokens, policy, allowed = None))]
+    fn encode(
+        &self,
+        py: Python<'_>,
+        text: &Bound<'_, PyAny>,
+        add_special_tokens: bool,
+        policy: &str,
+        allowed: Option<Vec<String>>,
+    ) -> PyResult<Vec<u32>> {
+        let text = text
+            .downcast::<PyString>()
+            .map_err(|_| PyTypeError::new_err(format!("expected str, got {}", text.get_type())))?;
+        let s = self::text(text)?;
+        let policy = self.policy(py, policy, allowed)?;
+        let tokenizer = self.get();
+        // Short texts are cheaper to encode than to release and re-take the GIL.
+        if s.len() < 4096 {
+            tokenizer.encode(s, &policy, add_special_tokens).or_raise(py)
+        } else {
+            py.allow_threads(|| tokenizer.encode(s, &policy, add_special_tokens)).or_raise(py)
+        }
+    }
+
+    #[pyo3(signature = (texts, add_special_tokens, policy, allowed = None))]
+    fn encode_batch(
+        &self,
+        py: Python<'_>,
+        texts: &Bound<'_, PyAny>,
+        add_special_tokens: bool,
+        policy: &str,
+        allowed: Option<Vec<String>>,
+    ) -> PyResult<Vec<Vec<u32>>> {
+        let owned = self::texts(texts)?;
+        let strs = owned.iter().map(text).collect::<PyResult<Vec<&str>>>()?;
+        let policy = self.policy(py, policy, allowed)?;
+        let tokenizer = self.get();
+        py.allow_threads(|| tokenizer.encode_batch(&strs, &policy, add_special_tokens)).or_raise(py)
+    }
+
+    /// The ids of all texts concatenated, and n + 1 offsets, as little-endian bytearrays
+    /// (uint32 and int64) for numpy to view without copying.
+    #[pyo3(signature = (texts, add_special_tokens, policy, allowed = None))]
+    fn encode_batch_flat<'py>(
+        &self,
+        py: Python<'py>,
+        texts: &Bound<'py, PyAny>,
+        add_special_tokens: bool,
+        policy: &str,
+        allowed: Option<Vec<String>>,
+    ) -> PyResult<(Bound<'py, PyByteArray>, Bound<'py, PyByteArray>)> {
+        let owned = self::texts(texts)?;
+        let strs = owned.iter().map(text).collect::<PyResult<Vec<&str>>>()?;
+        let policy = self.policy(py, policy, allowed)?;
+        let tokenizer = self.get();
+        let (ids, offsets) = py
+            .allow_threads(|| {
+                let batch = tokenizer.encode_batch(&strs, &policy, add_special_tokens)?;
+                let total: usize = batch.iter().map(Vec::len).sum();
+                let mut ids = Vec::with_capacity(total * 4);
+                let mut offsets = Vec::with_capacity((batch.len() + 1) * 8);
+                let mut at = 0i64;
+                offsets.extend_from_slice(&at.to_le_bytes());
+                for row in &batch {
+                    for id in row {
+                        ids.extend_from_slice(&id.to_le_bytes());
+                    }
+                    at += row.len() as i64;
+                    offsets.extend_from_slice(&at.to_le_bytes());
+                }
+                Ok::<_, Error>((ids, offsets))
+            })
+            .or_raise(py)?;
+        Ok((PyByteArray::new(py, &ids), PyByteArray::new(py, &offsets)))
+    }
+
+    fn decode(&self, py: Python<'_>, ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
+        let tokenizer = self.get();
+        py.allow_threads(|| tokenizer.decode(&ids, skip_special_tokens)).or_raise(py)
+    }
+
+    fn decode_batch(&self, py: Python<'_>, batch: Vec<Vec<u32>>, skip_special_tokens: bool) -> PyResult<Vec<String>> {
+        use rayon::prelude::*;
+        let tokenizer = self.get();
+        py.allow_threads(|| {
+            batch.par_iter().map(|ids| tokenizer.decode(ids, skip_special_tokens)).collect::<crate::Result<Vec<_>>>()
+        })
+        .or_raise(py)
+    }
+
+    /// tokens: (content, single_word, lstrip, rstrip, normalized, special) tuples.
+    fn add_tokens(
+        &self,
+        py: Python<'_>,
+        tokens: Vec<(String, bool, bool, bool, bool, bool)>,
+    ) -> PyResult<Vec<Option<u32>>> {
+        let tokens = tokens
+            .into_iter()
+            .map(|(content, single_word, lstrip, rstrip, normalized, special)| AddedToken {
+                content,
+                single_word,
+                lstrip,
+                rstrip,
+                normalized,
+                special,
+            })
+            .collect();
+        let mut guard = self.inner.write().expect("tokenizer lock");
+        let mut updated = (**guard).clone();
+        let ids = py.allow_threads(|| updated.add_tokens(tokens)).or_raise(py)?;
+        *guard = Arc::new(updated);
+        Ok(ids)
+    }
+
+    fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.get().token_to_id(token)
+    }
+
+    fn id_to_token(&self, id: u32) -> Option<String> {
+        self.get().id_to_token(id).map(str::to_string)
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.get().vocab_size()
+    }
+
+    fn get_vocab<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let tokenizer = self.get();
+        let vocab = PyDict::new(py);
+        for (id, token) in tokenizer.vocab.tokens.iter().enumerate() {
+            if let Some(token) = token {
+                vocab.set_item(token, id)?;
+            }
+        }
+        for (id, token) in tokenizer.added.tokens() {
+            vocab.set_item(&token.content, id)?;
+        }
+        Ok(vocab)
+    }
+
+    /// (id, content, single_word, lstrip, rstrip, normalized, special) for each added token.
+    fn added_tokens(&self) -> Vec<(u32, String, bool, bool, bool, bool, bool)> {
+        self.get()
+            .added
+            .tokens()
+            .map(|(id, t)| (id, t.content.clone(), t.single_word, t.lstrip, t.rstrip, t.normalized, t.special))
+            .collect()
+    }
+
+    fn to_json(&self, py: Python<'_>) -> PyResult<String> {
+        let tokenizer = self.get();
+        py.allow_threads(|| tokenizer_json::to_string(&tokenizer)).or_raise(py)
+    }
+
+    /// Writes tokenizer.json to `path` through a temporary file in the same folder, renamed
+    /// at the end: a failed write leaves no half-written file.
+    fn save(&self, py: Python<'_>, path: &str) -> PyResult<()> {
+        let tokenizer = self.get();
+        py.allow_threads(|| -> crate::Result<()> {
+            let json = tokenizer_json::to_string(&tokenizer)?;
+            let io = |e: std::io::Error| Error::Io { path: path.into(), message: e.to_string() };
+            let target = std::path::Path::new(path);
+            let tmp = target.with_file_name(format!(
+                ".{}.tmp-{}",
+                target.file_name().and_then(|n| n.to_str()).unwrap_or("tokenizer.json"),
+                std::process::id()
+            ));
+            let written = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, target));
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            written.map_err(io)
+        })
+        .or_raise(py)
+    }
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyTokenizer>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

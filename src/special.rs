@@ -1,0 +1,334 @@
+//! Added tokens: the vocabulary a user adds on top of the model, and the matcher that finds
+//! them in text.
+//!
+//! Matching follows Hugging Face `tokenizers` (`AddedVocabulary`) exactly: tokens with
+//! `normalized: false` are found in the raw text first, then the rest is normalized and
+//! tokens with `normalized: true` are found in it; each pass is one leftmost-longest
+//! Aho-Corasick scan, with the `single_word`, `lstrip` and `rstrip` flags applied to each
+//! match. The special-token policy (allow / text / raise / an allowed set) is decided in
+//! the same pass, so untrusted text costs nothing extra.
+
+use crate::error::{Error, Result};
+use aho_corasick::{AhoCorasick, MatchKind};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AddedToken {
+    pub content: String,
+    pub single_word: bool,
+    pub lstrip: bool,
+    pub rstrip: bool,
+    pub normalized: bool,
+    pub special: bool,
+}
+
+impl AddedToken {
+    /// The reference's defaults: special tokens are not normalized, the others are.
+    pub fn new(content: impl Into<String>, special: bool) -> Self {
+        AddedToken {
+            content: content.into(),
+            single_word: false,
+            lstrip: false,
+            rstrip: false,
+            normalized: !special,
+            special,
+        }
+    }
+}
+
+/// What to do with special tokens found in text. Non-special added tokens always match.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SpecialPolicy {
+    /// Special tokens in text become their ids (the reference behaviour).
+    #[default]
+    Allow,
+    /// Special tokens in text are plain text (`encode_special_tokens = True` in the reference).
+    Text,
+    /// A special token in text is an error.
+    Raise,
+    /// Only these special tokens (by id) become ids; the others are plain text.
+    Only(FxHashSet<u32>),
+}
+
+/// A piece of input after added-token matching.
+pub enum Segment<'a> {
+    Text(&'a str),
+    Token(u32),
+}
+
+#[derive(Debug, Clone)]
+struct Matcher {
+    automaton: AhoCorasick,
+    ids: Vec<u32>,
+}
+
+impl Matcher {
+    fn build(patterns: Vec<(String, u32)>) -> Result<Option<Matcher>> {
+        if patterns.is_empty() {
+            return Ok(None);
+        }
+        let (texts, ids): (Vec<String>, Vec<u32>) = patterns.into_iter().unzip();
+        let automaton = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&texts)
+            .map_err(|e| Error::Invalid(format!("cannot build the added-token matcher: {e}")))?;
+        Ok(Some(Matcher { automaton, ids }))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AddedVocabulary {
+    tokens: BTreeMap<u32, AddedToken>,
+    ids: FxHashMap<String, u32>,
+    /// The normalized form of `normalized: true` tokens where it differs from the content:
+    /// what they are matched as, and what `decode` shows.
+    normalized_forms: FxHashMap<u32, String>,
+    specials: FxHashSet<String>,
+    raw: Option<Matcher>,
+    normalized: Option<Matcher>,
+}
+
+/// `\w` as the `regex` crate defines it, which is what the reference tests here.
+fn is_word_char(c: char) -> bool {
+    use std::sync::OnceLock;
+    static WORD: OnceLock<regex::Regex> = OnceLock::new();
+    let mut buf = [0u8; 4];
+    WORD.get_or_init(|| regex::Regex::new(r"^\w$").expect("valid pattern"))
+        .is_match(c.encode_utf8(&mut buf))
+}
+
+impl AddedVocabulary {
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    pub fn tokens(&self) -> impl Iterator<Item = (u32, &AddedToken)> {
+        self.tokens.iter().map(|(id, t)| (*id, t))
+    }
+
+    pub fn get(&self, id: u32) -> Option<&AddedToken> {
+        self.tokens.get(&id)
+    }
+
+    pub fn id_of(&self, content: &str) -> Option<u32> {
+        self.ids.get(content).copied()
+    }
+
+    pub fn is_special(&self, content: &str) -> bool {
+        self.specials.contains(content)
+    }
+
+    pub fn max_id(&self) -> Option<u32> {
+        self.tokens.keys().next_back().copied()
+    }
+
+    /// The string `decode` uses for an added token.
+    pub fn decode_form(&self, id: u32) -> Option<&str> {
+        self.normalized_forms
+            .get(&id)
+            .map(String::as_str)
+            .or_else(|| self.tokens.get(&id).map(|t| t.content.as_str()))
+    }
+
+    /// Adds tokens as the reference does and returns each token's id (existing tokens keep
+    /// theirs; a content that is in the model vocabulary takes the model's id; an empty
+    /// content gets `None`). `model_id` looks a string up in the model vocabulary,
+    /// `model_size` is its entry count, `normalize` is the tokenizer's normalizer.
+    pub fn add(
+        &mut self,
+        tokens: Vec<AddedToken>,
+        model_id: impl Fn(&str) -> Option<u32>,
+        model_size: u32,
+        normalize: impl Fn(&str) -> String,
+    ) -> Result<Vec<Option<u32>>> {
+        let mut next_id = match self.max_id() {
+            Some(max) if max >= model_size || model_size == 0 => max + 1,
+            _ => model_size,
+        };
+        let mut ids = Vec::with_capacity(tokens.len());
+        for token in tokens {
+            if token.content.is_empty() {
+                ids.push(None);
+                continue;
+            }
+            let id = match self.ids.get(&token.content).copied().or_else(|| model_id(&token.content)) {
+                Some(id) => id,
+                None => {
+                    next_id += 1;
+                    next_id - 1
+                }
+            };
+            if self.tokens.get(&id) == Some(&token) {
+                ids.push(Some(id));
+                continue;
+            }
+            if token.normalized {
+                let normalized = normalize(&token.content);
+                if normalized != token.content {
+                    self.normalized_forms.insert(id, normalized);
+                }
+            }
+            if token.special {
+                self.specials.insert(token.content.clone());
+            }
+            self.ids.insert(token.content.clone(), id);
+            self.tokens.insert(id, token);
+            ids.push(Some(id));
+        }
+        self.rebuild()?;
+        Ok(ids)
+    }
+
+    fn rebuild(&mut self) -> Result<()> {
+        let (mut raw, mut normalized) = (Vec::new(), Vec::new());
+        for (&id, token) in &self.tokens {
+            if token.normalized {
+                let form = self.normalized_forms.get(&id).unwrap_or(&token.content);
+                normalized.push((form.clone(), id));
+            } else {
+                raw.push((token.content.clone(), id));
+            }
+        }
+        self.raw = Matcher::build(raw)?;
+        self.normalized = Matcher::build(normalized)?;
+        Ok(())
+    }
+
+    /// Splits raw text around `normalized: false` tokens.
+    pub fn split_raw(
+        &self,
+        text: &str,
+        policy: &SpecialPolicy,
+        f: &mut dyn FnMut(Segment) -> Result<()>,
+    ) -> Result<()> {
+        self.split(self.raw.as_ref(), text, policy, f)
+    }
+
+    /// Splits normalized text around `normalized: true` tokens.
+    pub fn split_normalized(
+        &self,
+        text: &str,
+        policy: &SpecialPolicy,
+        f: &mut dyn FnMut(Segment) -> Result<()>,
+    ) -> Result<()> {
+        self.split(self.normalized.as_ref(), text, policy, f)
+    }
+
+    fn split(
+        &self,
+        matcher: Option<&Matcher>,
+        text: &str,
+        policy: &SpecialPolicy,
+        f: &mut dyn FnMut(Segment) -> Result<()>,
+    ) -> Result<()> {
+        let Some(matcher) = matcher else {
+            return if text.is_empty() { Ok(()) } else { f(Segment::Text(text)) };
+        };
+        let mut done = 0; // end of the last emitted token
+        for m in matcher.automaton.find_iter(text) {
+            let (mut start, mut stop) = (m.start(), m.end());
+            let id = matcher.ids[m.pattern().as_usize()];
+            let token = &self.tokens[&id];
+            let special = self.specials.contains(&token.content);
+            if special {
+                match policy {
+                    SpecialPolicy::Allow => {}
+                    SpecialPolicy::Text => continue,
+                    SpecialPolicy::Only(allowed) if !allowed.contains(&id) => continue,
+                    SpecialPolicy::Only(_) => {}
+                    SpecialPolicy::Raise => {}
+                }
+            }
+            if token.single_word {
+                let word_before = text[..start].chars().next_back().is_some_and(is_word_char);
+                let word_after = text[stop..].chars().next().is_some_and(is_word_char);
+                if word_before || word_after {
+                    continue;
+                }
+            }
+            if special && *policy == SpecialPolicy::Raise {
+                return Err(Error::SpecialToken {
+                    token: token.content.clone(),
+                    offset: text[..start].chars().count(),
+                });
+            }
+            if token.lstrip {
+                let before = &text[..start];
+                let spaces: usize = before
+                    .chars()
+                    .rev()
+                    .take_while(|c| c.is_whitespace())
+                    .map(char::len_utf8)
+                    .sum();
+                start = (start - spaces).max(done);
+            }
+            if token.rstrip {
+                stop += text[stop..]
+                    .chars()
+                    .take_while(|c| c.is_whitespace())
+                    .map(char::len_utf8)
+                    .sum::<usize>();
+            }
+            if done < start {
+                f(Segment::Text(&text[done..start]))?;
+            }
+            f(Segment::Token(id))?;
+            done = stop;
+        }
+        if done < text.len() {
+            f(Segment::Text(&text[done..]))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vocab(tokens: Vec<AddedToken>) -> AddedVocabulary {
+        let mut v = AddedVocabulary::default();
+        v.add(tokens, |_| None, 100, |s| s.to_string()).unwrap();
+        v
+    }
+
+    fn segments(v: &AddedVocabulary, text: &str, policy: &SpecialPolicy) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        v.split_raw(text, policy, &mut |s| {
+            out.push(match s {
+                Segment::Text(t) => t.to_string(),
+                Segment::Token(id) => format!("#{id}"),
+            });
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn longest_match_wins_and_policies_apply() {
+        let v = vocab(vec![AddedToken::new("<|a|>", true), AddedToken::new("<|a|><|b|>", true)]);
+        assert_eq!(segments(&v, "x<|a|><|b|>y", &SpecialPolicy::Allow).unwrap(), ["x", "#101", "y"]);
+        assert_eq!(segments(&v, "x<|a|>", &SpecialPolicy::Text).unwrap(), ["x<|a|>"]);
+        assert_eq!(
+            segments(&v, "é<|a|>", &SpecialPolicy::Raise),
+            Err(Error::SpecialToken { token: "<|a|>".into(), offset: 1 })
+        );
+    }
+
+    #[test]
+    fn strip_flags_take_whitespace_and_single_word_needs_boundaries() {
+        let mut t = AddedToken::new("<m>", true);
+        t.lstrip = true;
+        t.rstrip = true;
+        let mut w = AddedToken::new("cat", true);
+        w.single_word = true;
+        let v = vocab(vec![t, w]);
+        assert_eq!(segments(&v, "a  <m>  b", &SpecialPolicy::Allow).unwrap(), ["a", "#100", "b"]);
+        assert_eq!(segments(&v, "cats cat", &SpecialPolicy::Allow).unwrap(), ["cats ", "#101"]);
+    }
+}

@@ -1,0 +1,127 @@
+"""Exact id parity with Hugging Face `tokenizers` on every line of every corpus file.
+
+For every byte-level tokenizer and every corpus file (whole files, every line, line ends kept)
+the lines are encoded as one batch on both sides and compared for:
+
+* ``default``      -- ``encode_batch(lines)`` vs HF ``encode_batch(lines)``
+* ``no_special``   -- ``add_special_tokens=False`` on both sides
+* ``text``         -- ``special="text"`` vs HF with ``encode_special_tokens = True``
+* ``decode``       -- ``decode_batch`` of the HF default ids, both ``skip_special_tokens`` values
+* ``numpy``        -- ``encode_batch_numpy`` is the flattened HF default ids + offsets
+
+and, for gpt2 and llama3, each corpus file is also encoded as ONE string with ``encode``.
+
+HF's ``encode_batch`` is parallel; the reference ids of the current (tokenizer, file) are cached
+so the default ids are computed once for the default/decode/numpy checks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import (
+    BYTE_LEVEL_TOKENIZERS,
+    assert_same,
+    assert_same_ids,
+    assert_same_strings,
+    corpus_lines,
+    corpus_params,
+    hf_encode_batch,
+    hf_tokenizer,
+    hf_tokenizer_text,
+    read_corpus,
+    ts_encode_batch,
+    ts_tokenizer,
+)
+
+CHECKS = ["default", "no_special", "text", "decode", "numpy"]
+WHOLE_FILE_TOKENIZERS = ["gpt2", "llama3"]
+
+# (tokenizer, corpus, check) in an order that keeps one (tokenizer, corpus) pair together, so the
+# cached reference ids are reused by the checks that follow.
+CASES = [
+    pytest.param(name, corpus.values[0], check, id=f"{name}-{corpus.id}-{check}", marks=corpus.marks)
+    for name in BYTE_LEVEL_TOKENIZERS
+    for corpus in corpus_params()
+    for check in CHECKS
+]
+
+_reference_cache: dict = {}
+
+
+def reference_ids(name: str, path, mode: str):
+    """HF ids for every line of `path`; mode in {"default", "no_special", "text"}. Cached (small)."""
+    key = (name, str(path), mode)
+    if key not in _reference_cache:
+        # keep only the entries of the current (tokenizer, corpus) pair
+        for k in [k for k in _reference_cache if k[:2] != key[:2]]:
+            del _reference_cache[k]
+        lines = corpus_lines(path)
+        if mode == "default":
+            ids = hf_encode_batch(hf_tokenizer(name), lines, add_special_tokens=True)
+        elif mode == "no_special":
+            ids = hf_encode_batch(hf_tokenizer(name), lines, add_special_tokens=False)
+        elif mode == "text":
+            ids = hf_encode_batch(hf_tokenizer_text(name), lines, add_special_tokens=True)
+        else:
+            raise AssertionError(mode)
+        _reference_cache[key] = ids
+    return _reference_cache[key]
+
+
+@pytest.mark.parametrize("name,corpus,check", CASES)
+def test_corpus_lines_parity(name, corpus, check):
+    tok = ts_tokenizer(name)
+    lines = corpus_lines(corpus)
+    assert lines, f"empty corpus file {corpus}"
+    context = f"{name} on {corpus.name} [{check}]"
+
+    if check == "default":
+        got = ts_encode_batch(tok, lines)
+        assert_same(got, reference_ids(name, corpus, "default"), lines, context)
+    elif check == "no_special":
+        got = ts_encode_batch(tok, lines, add_special_tokens=False)
+        assert_same(got, reference_ids(name, corpus, "no_special"), lines, context)
+    elif check == "text":
+        got = ts_encode_batch(tok, lines, special="text")
+        assert_same(got, reference_ids(name, corpus, "text"), lines, context)
+    elif check == "decode":
+        ids = reference_ids(name, corpus, "default")
+        hf = hf_tokenizer(name)
+        for skip in (False, True):
+            want, got = [], []
+            for i in range(0, len(ids), 4096):
+                chunk = ids[i:i + 4096]
+                want.extend(hf.decode_batch(chunk, skip_special_tokens=skip))
+                got.extend(tok.decode_batch(chunk, skip_special_tokens=skip))
+            assert_same_strings(got, want, ids, f"{context} skip_special_tokens={skip}")
+    elif check == "numpy":
+        want = reference_ids(name, corpus, "default")
+        flat_ids, offsets = tok.encode_batch_numpy(list(lines))
+        assert isinstance(flat_ids, np.ndarray) and flat_ids.dtype == np.uint32, (flat_ids.dtype, type(flat_ids))
+        assert isinstance(offsets, np.ndarray) and offsets.dtype == np.int64, (offsets.dtype, type(offsets))
+        assert offsets.shape == (len(lines) + 1,)
+        assert offsets[0] == 0 and offsets[-1] == flat_ids.shape[0]
+        assert np.all(np.diff(offsets) >= 0), "offsets must be non-decreasing"
+        got = [flat_ids[offsets[i]:offsets[i + 1]].tolist() for i in range(len(lines))]
+        assert_same(got, want, lines, context)
+    else:  # pragma: no cover
+        raise AssertionError(check)
+
+
+@pytest.mark.parametrize("name", WHOLE_FILE_TOKENIZERS)
+@pytest.mark.parametrize("corpus", corpus_params())
+def test_whole_file_parity(name, corpus):
+    """Each corpus file encoded as one single string."""
+    text = read_corpus(corpus)
+    got = ts_tokenizer(name).encode(text)
+    want = hf_tokenizer(name).encode(text).ids
+    if got != want:
+        # Point at the line that holds the first differing token, not at a 10 MB diff.
+        hf = hf_tokenizer(name)
+        pos = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        prefix = hf.decode(want[:pos])
+        line_no = prefix.count("\n")
+        line = text.split("\n")[line_no] if line_no < text.count("\n") + 1 else ""
+        assert_same_ids(got, want, f"(line {line_no}) {line}", f"{name} whole file {corpus.name}")
