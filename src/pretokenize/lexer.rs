@@ -1,12 +1,517 @@
-//! Hand-written lexers for the common pre-tokenizer patterns (filled in below).
+//! Hand-written lexers for the pre-tokenizer patterns of the common model families.
+//!
+//! Nearly every byte-level BPE in use splits text with one of a handful of regexes (GPT-2,
+//! cl100k / Llama 3 / Qwen2, o200k / Tekken). Their look-ahead (`\s+(?!\S)`) forces a
+//! backtracking engine, which is where most of the encoding time goes. Each lexer here
+//! reproduces one family exactly — the leftmost-first alternation, greedy runs and the
+//! backtracking the regex would do — as straight-line code over a per-char class table.
+//! `Lexer::for_pattern` only returns a lexer for a pattern string it knows to be
+//! equivalent; anything else goes to the general regex matcher. The tests below check
+//! each lexer against the regex it replaces.
+//!
+//! Char classes come from `regex-syntax`, the same Unicode tables the regex fallback uses.
 
-#[derive(Debug, Clone)]
-pub struct Lexer;
+use super::regex::Dialect;
+use std::sync::OnceLock;
+
+const LETTER: u8 = 1; // \p{L}
+const NUMBER: u8 = 2; // \p{N}
+const SPACE: u8 = 4; // \s
+const UPPER: u8 = 8; // [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]
+const LOWER: u8 = 16; // [\p{Ll}\p{Lm}\p{Lo}\p{M}]
+
+fn class_table() -> &'static [u8] {
+    static TABLE: OnceLock<Vec<u8>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = vec![0u8; 0x11_0000];
+        for (pattern, flag) in [
+            (r"\p{L}", LETTER),
+            (r"\p{N}", NUMBER),
+            (r"\s", SPACE),
+            (r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]", UPPER),
+            (r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]", LOWER),
+        ] {
+            let hir = regex_syntax::parse(pattern).expect("valid class");
+            let regex_syntax::hir::HirKind::Class(regex_syntax::hir::Class::Unicode(class)) = hir.kind() else {
+                unreachable!("{pattern} is a Unicode class")
+            };
+            for range in class.iter() {
+                for cp in u32::from(range.start())..=u32::from(range.end()) {
+                    table[cp as usize] |= flag;
+                }
+            }
+        }
+        table
+    })
+}
+
+#[inline]
+fn class(table: &[u8], c: char) -> u8 {
+    table[c as usize]
+}
+
+/// How contractions (`'s`, `'t`, `'re`, `'ve`, `'m`, `'ll`, `'d`) are matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contractions {
+    None,
+    CaseSensitive,
+    CaseInsensitive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Words {
+    /// ` ?\p{L}+`
+    SpacePrefixed,
+    /// `[^\r\n\p{L}\p{N}]?\p{L}+`
+    AnyPrefix,
+    /// o200k: `P?U*W+C?|P?U+W*C?` with case-aware classes and contraction suffixes.
+    CaseAware,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Numbers {
+    /// ` ?\p{N}+`
+    SpacePrefixed,
+    /// `\p{N}{1,n}`
+    UpTo(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spaces {
+    /// `\s+(?!\S)|\s+`
+    Gpt2,
+    /// `\s++$|\s*[\r\n]|\s+(?!\S)|\s`
+    Cl100k,
+    /// `\s*[\r\n]+|\s+(?!\S)|\s+`
+    Llama3,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lexer {
+    contractions: Contractions,
+    words: Words,
+    numbers: Numbers,
+    /// The chars `[\r\n]*` (or `[\r\n/]*`) lets punctuation runs take after them.
+    punct_tail: &'static [char],
+    spaces: Spaces,
+}
+
+const GPT2: Lexer = Lexer {
+    contractions: Contractions::CaseSensitive,
+    words: Words::SpacePrefixed,
+    numbers: Numbers::SpacePrefixed,
+    punct_tail: &[],
+    spaces: Spaces::Gpt2,
+};
+const CL100K: Lexer = Lexer {
+    contractions: Contractions::CaseInsensitive,
+    words: Words::AnyPrefix,
+    numbers: Numbers::UpTo(3),
+    punct_tail: &['\r', '\n'],
+    spaces: Spaces::Cl100k,
+};
+const LLAMA3: Lexer = Lexer { spaces: Spaces::Llama3, ..CL100K };
+const QWEN2: Lexer = Lexer { numbers: Numbers::UpTo(1), ..LLAMA3 };
+const O200K: Lexer = Lexer {
+    contractions: Contractions::CaseInsensitive,
+    words: Words::CaseAware,
+    numbers: Numbers::UpTo(3),
+    punct_tail: &['\r', '\n', '/'],
+    spaces: Spaces::Llama3,
+};
+const TEKKEN: Lexer = Lexer { contractions: Contractions::None, numbers: Numbers::UpTo(1), ..O200K };
+
+/// Every pattern string with a lexer, as tokenizer.json files and tiktoken spell them.
+/// `None` as dialect: the pattern means the same in both.
+const KNOWN: &[(&str, Option<Dialect>, Lexer)] = &[
+    (super::GPT2_PATTERN, None, GPT2),
+    (
+        r"'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s",
+        Some(Dialect::Tiktoken),
+        GPT2,
+    ),
+    (
+        r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s",
+        Some(Dialect::Tiktoken),
+        CL100K,
+    ),
+    (
+        r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++\z|\s*[\r\n]|\s+(?!\S)|\s",
+        None,
+        CL100K,
+    ),
+    (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        None,
+        LLAMA3,
+    ),
+    (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        None,
+        QWEN2,
+    ),
+    (
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        None,
+        O200K,
+    ),
+    (
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        None,
+        TEKKEN,
+    ),
+];
+
+/// Text plus the class table, with small helpers over char positions (byte offsets).
+struct Scan<'a> {
+    text: &'a str,
+    table: &'a [u8],
+}
+
+impl Scan<'_> {
+    #[inline]
+    fn char_at(&self, at: usize) -> Option<char> {
+        let b = *self.text.as_bytes().get(at)?;
+        if b < 0x80 {
+            Some(b as char)
+        } else {
+            self.text[at..].chars().next()
+        }
+    }
+
+    #[inline]
+    fn class_at(&self, at: usize) -> u8 {
+        self.char_at(at).map_or(0, |c| class(self.table, c))
+    }
+
+    /// End of the run of chars whose class has any of `flags`, from `at`.
+    #[inline]
+    fn run(&self, mut at: usize, flags: u8) -> usize {
+        let bytes = self.text.as_bytes();
+        while at < bytes.len() {
+            let b = bytes[at];
+            if b < 0x80 {
+                if self.table[b as usize] & flags == 0 {
+                    break;
+                }
+                at += 1;
+            } else {
+                let c = self.text[at..].chars().next().expect("char boundary");
+                if class(self.table, c) & flags == 0 {
+                    break;
+                }
+                at += c.len_utf8();
+            }
+        }
+        at
+    }
+
+    /// End of the run of chars in `set`, from `at`.
+    fn run_of(&self, mut at: usize, set: &[char]) -> usize {
+        while let Some(c) = self.char_at(at).filter(|c| set.contains(c)) {
+            at += c.len_utf8();
+        }
+        at
+    }
+
+    /// `'s|'t|'re|'ve|'m|'ll|'d` at `at` (an apostrophe), case-folded if asked.
+    fn contraction(&self, at: usize, case_insensitive: bool) -> Option<usize> {
+        let rest = self.text.get(at..)?.strip_prefix('\'')?;
+        let fold = |c: char| -> char {
+            if !case_insensitive {
+                c
+            } else if c == 'ſ' {
+                // U+017F LATIN SMALL LETTER LONG S case-folds to `s`.
+                's'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        };
+        let mut chars = rest.chars();
+        let first = chars.next()?;
+        let second = chars.next();
+        let end1 = at + 1 + first.len_utf8();
+        match (fold(first), second.map(fold)) {
+            ('s' | 't' | 'm' | 'd', _) => Some(end1),
+            ('r', Some('e')) | ('v', Some('e')) | ('l', Some('l')) => Some(end1 + second?.len_utf8()),
+            _ => None,
+        }
+    }
+}
 
 impl Lexer {
-    pub fn for_pattern(_pattern: &str) -> Option<Lexer> {
+    pub fn for_pattern(pattern: &str, dialect: Dialect) -> Option<Lexer> {
+        KNOWN
+            .iter()
+            .find(|(known, d, _)| *known == pattern && d.is_none_or(|d| d == dialect))
+            .map(|(_, _, lexer)| lexer.clone())
+    }
+
+    /// Calls `f(start, end)` for each match, left to right; the matches cover the text.
+    pub fn for_each_match(&self, text: &str, mut f: impl FnMut(usize, usize)) {
+        let scan = Scan { text, table: class_table() };
+        let mut at = 0;
+        while let Some(c) = scan.char_at(at) {
+            let end = self.match_at(&scan, at, c).unwrap_or(at + c.len_utf8());
+            f(at, end);
+            at = end;
+        }
+    }
+
+    /// The end of the match starting at `at` (whose char is `c`), trying the pattern's
+    /// alternatives in order.
+    fn match_at(&self, s: &Scan, at: usize, c: char) -> Option<usize> {
+        let t = s.table;
+        let cls = class(t, c);
+        let next = at + c.len_utf8();
+        let other = |flags: u8| flags & (LETTER | NUMBER | SPACE) == 0;
+        let prefix = c != '\r' && c != '\n' && cls & (LETTER | NUMBER) == 0;
+
+        // Contractions as their own alternative.
+        if c == '\'' && self.contractions != Contractions::None && self.words != Words::CaseAware {
+            if let Some(end) = s.contraction(at, self.contractions == Contractions::CaseInsensitive) {
+                return Some(end);
+            }
+        }
+        // Words.
+        match self.words {
+            Words::SpacePrefixed => {
+                if cls & LETTER != 0 {
+                    return Some(s.run(next, LETTER));
+                }
+                if c == ' ' && s.class_at(next) & LETTER != 0 {
+                    return Some(s.run(next, LETTER));
+                }
+            }
+            Words::AnyPrefix => {
+                if cls & LETTER != 0 {
+                    return Some(s.run(next, LETTER));
+                }
+                if prefix && s.class_at(next) & LETTER != 0 {
+                    return Some(s.run(next, LETTER));
+                }
+            }
+            Words::CaseAware => {
+                if let Some(end) = self.case_aware_word(s, at, next, prefix) {
+                    return Some(end);
+                }
+            }
+        }
+        // Numbers.
+        match self.numbers {
+            Numbers::SpacePrefixed => {
+                if cls & NUMBER != 0 {
+                    return Some(s.run(next, NUMBER));
+                }
+                if c == ' ' && s.class_at(next) & NUMBER != 0 {
+                    return Some(s.run(next, NUMBER));
+                }
+            }
+            Numbers::UpTo(n) => {
+                if cls & NUMBER != 0 {
+                    let mut end = next;
+                    for _ in 1..n {
+                        match s.char_at(end) {
+                            Some(d) if class(t, d) & NUMBER != 0 => end += d.len_utf8(),
+                            _ => break,
+                        }
+                    }
+                    return Some(end);
+                }
+            }
+        }
+        // Punctuation and symbols: ` ?[^\s\p{L}\p{N}]+` then the tail chars.
+        let punct_start = if other(cls) {
+            Some(at)
+        } else if c == ' ' && s.char_at(next).is_some_and(|d| other(class(t, d))) {
+            Some(next)
+        } else {
+            None
+        };
+        if let Some(start) = punct_start {
+            return Some(s.run_of(s.run_other(start), self.punct_tail));
+        }
+        // Whitespace.
+        if cls & SPACE != 0 {
+            return Some(self.spaces_at(s, at));
+        }
         None
     }
 
-    pub fn for_each_match(&self, _text: &str, _f: impl FnMut(usize, usize)) {}
+    fn spaces_at(&self, s: &Scan, at: usize) -> usize {
+        let end = s.run(at, SPACE);
+        let run = &s.text[at..end];
+        let last = run.chars().next_back().expect("a non-empty run");
+        let several = run.len() > last.len_utf8();
+        let at_end = end == s.text.len();
+        let last_newline = || run.rfind(['\r', '\n']).map(|i| at + i + 1);
+        // `\s+(?!\S)`: the whole run at the end of the text, else all but its last char.
+        let lookahead = if at_end {
+            Some(end)
+        } else if several {
+            Some(end - last.len_utf8())
+        } else {
+            None
+        };
+        let one = at + run.chars().next().expect("non-empty").len_utf8();
+        match self.spaces {
+            Spaces::Gpt2 => lookahead.unwrap_or(end),
+            Spaces::Cl100k => {
+                if at_end {
+                    end
+                } else {
+                    last_newline().or(lookahead).unwrap_or(one)
+                }
+            }
+            Spaces::Llama3 => last_newline().or(lookahead).unwrap_or(end),
+        }
+    }
+
+    /// o200k words: `P?U*W+C?` then `P?U+W*C?`, where P is the optional prefix char,
+    /// U the upper-case class, W the lower-case class (they share Lm, Lo and marks) and
+    /// C an optional contraction.
+    fn case_aware_word(&self, s: &Scan, at: usize, next: usize, prefix: bool) -> Option<usize> {
+        let starts = if prefix { [Some(next), Some(at)] } else { [Some(at), None] };
+        let lower_after_upper = |start: usize| -> Option<usize> {
+            // U* is greedy and backtracks until W+ can match: W+ starts at the last
+            // position p in [start, end of the U run] whose char is in W.
+            let upper_end = s.run(start, UPPER);
+            let from = if s.class_at(upper_end) & LOWER != 0 {
+                Some(upper_end)
+            } else {
+                s.text[start..upper_end]
+                    .char_indices()
+                    .rev()
+                    .find(|&(_, c)| class(s.table, c) & LOWER != 0)
+                    .map(|(i, _)| start + i)
+            }?;
+            Some(s.run(from, LOWER))
+        };
+        let upper_then_lower = |start: usize| -> Option<usize> {
+            let upper_end = s.run(start, UPPER);
+            (upper_end > start).then(|| s.run(upper_end, LOWER))
+        };
+        let with_suffix = |end: usize| -> usize {
+            match self.contractions {
+                Contractions::None => end,
+                mode => s.contraction(end, mode == Contractions::CaseInsensitive).unwrap_or(end),
+            }
+        };
+        for alternative in [&lower_after_upper as &dyn Fn(usize) -> Option<usize>, &upper_then_lower] {
+            for start in starts.into_iter().flatten() {
+                if let Some(end) = alternative(start) {
+                    return Some(with_suffix(end));
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Scan<'_> {
+    /// End of a run of chars outside \p{L}, \p{N} and \s.
+    fn run_other(&self, mut at: usize) -> usize {
+        while let Some(c) = self.char_at(at) {
+            if class(self.table, c) & (LETTER | NUMBER | SPACE) != 0 {
+                break;
+            }
+            at += c.len_utf8();
+        }
+        at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pretokenize::regex::Pattern;
+
+    fn lexed(lexer: &Lexer, text: &str) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        lexer.for_each_match(text, |s, e| out.push((s, e)));
+        out
+    }
+
+    fn regexed(pattern: &Pattern, text: &str) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut prev = 0;
+        pattern
+            .for_each_match(text, |s, e| {
+                if prev < s {
+                    out.push((prev, s));
+                }
+                out.push((s, e));
+                prev = e;
+            })
+            .unwrap();
+        if prev < text.len() {
+            out.push((prev, text.len()));
+        }
+        out
+    }
+
+    const SAMPLES: &[&str] = &[
+        "Hello world's 123456 !! ok\n\n  x  \r\n\tfoo   ",
+        "I'LL DO it, they're HERE'S 've 'd 'ſ 'Ll",
+        "  \n  \n\n   end\n",
+        "CamelCase HTTPServer iPhone ÉCOLE école ǅungla ʰmodifier\u{301}x a\u{301}\u{302}",
+        "数字１２３ ٣٤٥ ⅷ 日本語テキスト 한국어 العربية",
+        "path/to/file.rs://\n/*comment*/ <|endoftext|> x=1+2;\r\r\n",
+        "emoji 👨‍👩‍👧‍👦 🏳️‍🌈 flags\u{a0}\u{a0}nbsp\u{3000}\u{3000}ideographic",
+        "'", "'s", " '", "\u{301}", " \u{301}a", "a\u{301}'S", "ʰʰ", "Aʰb", "$$$ %%%\n\n/",
+        "\n", " ", "  ", "\t\t", "x\u{85}\u{85}y", "12345678 1,234.5",
+    ];
+
+    #[test]
+    fn every_lexer_matches_its_regex() {
+        let corpus: Vec<String> = SAMPLES
+            .iter()
+            .map(|s| s.to_string())
+            .chain([SAMPLES.concat(), SAMPLES.join(" "), SAMPLES.join("\n")])
+            .collect();
+        for (pattern, dialect, lexer) in KNOWN {
+            let regex = Pattern::new(pattern, dialect.unwrap_or(Dialect::Oniguruma)).unwrap();
+            for text in &corpus {
+                assert_eq!(lexed(lexer, text), regexed(&regex, text), "pattern {pattern}\ntext {text:?}");
+            }
+        }
+    }
+
+    /// Random strings over the chars where the patterns' classes meet.
+    #[test]
+    fn every_lexer_matches_its_regex_on_random_text() {
+        const ALPHABET: &[char] = &[
+            'a', 'Z', 's', 'S', 't', 'l', 'L', 'e', 'v', 'r', 'R', 'm', 'd', 'ſ', '\'', '’', ' ', ' ', '\n',
+            '\r', '\t', '\u{b}', '\u{85}', '\u{a0}', '\u{3000}', '1', '٣', 'ⅷ', '¼', '.', '/', '!', '_',
+            '\u{301}', '\u{903}', 'ʰ', 'ǅ', 'É', 'é', '日', 'ー', '👨', '\u{200d}', '\u{fe0f}', '$',
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let texts: Vec<String> = (0..20_000)
+            .map(|_| {
+                let len = (next() % 24) as usize;
+                (0..len).map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize]).collect()
+            })
+            .collect();
+        for (pattern, dialect, lexer) in KNOWN {
+            let regex = Pattern::new(pattern, dialect.unwrap_or(Dialect::Oniguruma)).unwrap();
+            for text in &texts {
+                assert_eq!(lexed(lexer, text), regexed(&regex, text), "pattern {pattern}\ntext {text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_patterns_get_no_lexer() {
+        assert!(Lexer::for_pattern(r"\w+", Dialect::Oniguruma).is_none());
+        // `$` means end of line to Oniguruma: not the tiktoken lexer.
+        let cl100k = KNOWN[2].0;
+        assert!(Lexer::for_pattern(cl100k, Dialect::Oniguruma).is_none());
+        assert!(Lexer::for_pattern(cl100k, Dialect::Tiktoken).is_some());
+    }
 }

@@ -39,7 +39,7 @@ pub enum Splitter {
 impl Splitter {
     /// A splitter for `pattern`: a hand-written lexer when one matches it exactly.
     pub fn for_pattern(pattern: &str, dialect: Dialect) -> Result<Self> {
-        match Lexer::for_pattern(pattern) {
+        match Lexer::for_pattern(pattern, dialect) {
             Some(lexer) => Ok(Splitter::Lexer(lexer)),
             None => Ok(Splitter::Pattern(Pattern::new(pattern, dialect)?)),
         }
