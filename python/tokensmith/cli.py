@@ -31,7 +31,8 @@ def _load(spec: str | None) -> Tokenizer:
 
 
 def _show(piece: str) -> str:
-    return repr(piece)[1:-1]
+    """A token's text, quoted so that leading spaces and control chars show."""
+    return repr(piece)
 
 
 def inspect(tok: Tokenizer, text: str, special: str, out=sys.stdout) -> int:
@@ -41,7 +42,7 @@ def inspect(tok: Tokenizer, text: str, special: str, out=sys.stdout) -> int:
     print(f"{len(text)} characters -> {len(ids)} tokens", file=out)
     for i, id in enumerate(ids):
         mark = "  [special]" if id in specials else ""
-        print(f"{i:5d}  {id:8d}  {_show(tok.decode([id]))!s}{mark}", file=out)
+        print(f"{i:5d}  {id:8d}  {_show(tok.decode([id]))}{mark}", file=out)
     found = sorted(set(SPECIAL_LOOKING.findall(text)), key=text.index)
     if found:
         print("\nspecial-looking strings:", file=out)
