@@ -29,6 +29,8 @@ const CACHE_MAX_ENTRIES: usize = 1 << 16;
 #[derive(Debug, Clone)]
 pub struct Bpe {
     byte_ids: [u32; 256],
+    /// Byte length of each token, by id (0 for ids that are not byte strings).
+    lens: Vec<u32>,
     /// (left << 32 | right) -> (rank << 32 | merged)
     pairs: FxHashMap<u64, u64>,
     /// Whole-piece lookup for `ignore_merges` vocabularies.
@@ -63,7 +65,12 @@ impl Bpe {
     ) -> Self {
         let mut byte_ids = [NO_ID; 256];
         let mut whole = ignore_merges.then(FxHashMap::default);
+        let mut lens = Vec::new();
         for (bytes, id) in tokens {
+            if lens.len() <= id as usize {
+                lens.resize(id as usize + 1, 0);
+            }
+            lens[id as usize] = bytes.len() as u32;
             if let [b] = bytes {
                 byte_ids[*b as usize] = id;
             }
@@ -75,7 +82,12 @@ impl Bpe {
         for (rank, (left, right, merged)) in merges.into_iter().enumerate() {
             pairs.insert(pair_key(left, right), ((rank as u64) << 32) | u64::from(merged));
         }
-        Bpe { byte_ids, pairs, whole, cache_owner: next_cache_owner() }
+        Bpe { byte_ids, lens, pairs, whole, cache_owner: next_cache_owner() }
+    }
+
+    /// How many bytes of text the token `id` stands for.
+    pub fn token_len(&self, id: u32) -> usize {
+        self.lens.get(id as usize).map_or(0, |&n| n as usize)
     }
 
     /// Like `new`, for tiktoken rank files, where any two tokens whose concatenation is a

@@ -88,6 +88,30 @@ fn texts<'py>(items: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyString>>> 
         .collect()
 }
 
+/// Converts between byte offsets in a str's UTF-8 and Python's char indices.
+struct CharIndex {
+    /// Byte offset of each char, plus the total length.
+    bytes: Vec<usize>,
+}
+
+impl CharIndex {
+    fn new(s: &str) -> Self {
+        let mut bytes: Vec<usize> = s.char_indices().map(|(i, _)| i).collect();
+        bytes.push(s.len());
+        CharIndex { bytes }
+    }
+
+    /// Byte offset of char index `i` (clamped to the end).
+    fn byte(&self, i: usize) -> usize {
+        self.bytes[i.min(self.bytes.len() - 1)]
+    }
+
+    /// Char index of the char containing byte `b`.
+    fn char(&self, b: usize) -> usize {
+        self.bytes.partition_point(|&x| x <= b).saturating_sub(1)
+    }
+}
+
 #[pyclass(module = "tokensmith._core", name = "CoreTokenizer", frozen)]
 struct PyTokenizer {
     // Mutation (adding tokens) builds a new tokenizer, so encodes in flight never see a
@@ -195,6 +219,40 @@ impl PyTokenizer {
         } else {
             py.allow_threads(|| tokenizer.encode(s, &policy, add_special_tokens)).or_raise(py)
         }
+    }
+
+    /// ids and the char offset (Python str index) where each starts; special tokens are
+    /// text inside the `protected` char ranges whatever the policy.
+    #[pyo3(signature = (text, add_special_tokens, policy, allowed = None, protected = Vec::new()))]
+    fn encode_with_offsets(
+        &self,
+        py: Python<'_>,
+        text: &Bound<'_, PyString>,
+        add_special_tokens: bool,
+        policy: &str,
+        allowed: Option<Vec<String>>,
+        protected: Vec<(usize, usize)>,
+    ) -> PyResult<(Vec<u32>, Vec<usize>)> {
+        let s = self::text(text)?;
+        let policy = self.policy(py, policy, allowed)?;
+        let tokenizer = self.get();
+        py.allow_threads(|| {
+            let chars = CharIndex::new(s);
+            let mut ranges: Vec<(usize, usize)> =
+                protected.iter().map(|&(a, b)| (chars.byte(a), chars.byte(b))).filter(|(a, b)| a < b).collect();
+            ranges.sort_unstable();
+            // Overlapping ranges merge, so that the matcher can binary-search them.
+            let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
+            for (a, b) in ranges {
+                match merged.last_mut() {
+                    Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                    _ => merged.push((a, b)),
+                }
+            }
+            let (ids, starts) = tokenizer.encode_with_offsets(s, &policy, &merged, add_special_tokens)?;
+            Ok((ids, starts.into_iter().map(|b| chars.char(b)).collect()))
+        })
+        .or_raise(py)
     }
 
     #[pyo3(signature = (texts, add_special_tokens, policy, allowed = None))]

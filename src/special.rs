@@ -54,7 +54,40 @@ pub enum SpecialPolicy {
 /// A piece of input after added-token matching.
 pub enum Segment<'a> {
     Text(&'a str),
-    Token(u32),
+    /// An added token's id and the byte offset where its match starts.
+    Token(u32, usize),
+}
+
+/// Byte ranges of the input (content spliced into a template) where special tokens are
+/// text whatever the policy says.
+#[derive(Debug, Clone, Copy)]
+pub struct Protect<'a> {
+    ranges: &'a [(usize, usize)],
+    /// Where the text being matched starts in the input.
+    base: usize,
+    /// For text whose positions do not map back to the input (it was normalized): the
+    /// input range it came from, all of it protected if any of it is.
+    whole: Option<(usize, usize)>,
+}
+
+impl<'a> Protect<'a> {
+    pub fn exact(ranges: &'a [(usize, usize)], base: usize) -> Self {
+        Protect { ranges, base, whole: None }
+    }
+
+    pub fn whole(ranges: &'a [(usize, usize)], start: usize, end: usize) -> Self {
+        Protect { ranges, base: start, whole: Some((start, end)) }
+    }
+
+    fn covers(&self, start: usize, end: usize) -> bool {
+        if self.ranges.is_empty() {
+            return false;
+        }
+        let (start, end) = self.whole.unwrap_or((self.base + start, self.base + end));
+        // The first range ending after `start` is the only candidate for an overlap.
+        let i = self.ranges.partition_point(|&(_, e)| e <= start);
+        self.ranges.get(i).is_some_and(|&(s, _)| s < end)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -204,9 +237,10 @@ impl AddedVocabulary {
         &self,
         text: &str,
         policy: &SpecialPolicy,
+        protect: Protect,
         f: &mut dyn FnMut(Segment) -> Result<()>,
     ) -> Result<()> {
-        self.split(self.raw.as_ref(), text, policy, f)
+        self.split(self.raw.as_ref(), text, policy, protect, f)
     }
 
     /// Splits normalized text around `normalized: true` tokens.
@@ -214,9 +248,10 @@ impl AddedVocabulary {
         &self,
         text: &str,
         policy: &SpecialPolicy,
+        protect: Protect,
         f: &mut dyn FnMut(Segment) -> Result<()>,
     ) -> Result<()> {
-        self.split(self.normalized.as_ref(), text, policy, f)
+        self.split(self.normalized.as_ref(), text, policy, protect, f)
     }
 
     fn split(
@@ -224,6 +259,7 @@ impl AddedVocabulary {
         matcher: Option<&Matcher>,
         text: &str,
         policy: &SpecialPolicy,
+        protect: Protect,
         f: &mut dyn FnMut(Segment) -> Result<()>,
     ) -> Result<()> {
         let Some(matcher) = matcher else {
@@ -242,6 +278,9 @@ impl AddedVocabulary {
                     SpecialPolicy::Only(allowed) if !allowed.contains(&id) => continue,
                     SpecialPolicy::Only(_) => {}
                     SpecialPolicy::Raise => {}
+                }
+                if protect.covers(start, stop) {
+                    continue;
                 }
             }
             if token.single_word {
@@ -277,7 +316,7 @@ impl AddedVocabulary {
             if done < start {
                 f(Segment::Text(&text[done..start]))?;
             }
-            f(Segment::Token(id))?;
+            f(Segment::Token(id, start))?;
             done = stop;
         }
         if done < text.len() {
@@ -299,10 +338,10 @@ mod tests {
 
     fn segments(v: &AddedVocabulary, text: &str, policy: &SpecialPolicy) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        v.split_raw(text, policy, &mut |s| {
+        v.split_raw(text, policy, Protect::exact(&[], 0), &mut |s| {
             out.push(match s {
                 Segment::Text(t) => t.to_string(),
-                Segment::Token(id) => format!("#{id}"),
+                Segment::Token(id, _) => format!("#{id}"),
             });
             Ok(())
         })?;

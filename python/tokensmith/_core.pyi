@@ -14,6 +14,14 @@ class CoreTokenizer:
     def encode(
         self, text: str, add_special_tokens: bool, policy: str, allowed: list[str] | None = None
     ) -> list[int]: ...
+    def encode_with_offsets(
+        self,
+        text: str,
+        add_special_tokens: bool,
+        policy: str,
+        allowed: list[str] | None = None,
+        protected: list[tuple[int, int]] = ...,
+    ) -> tuple[list[int], list[int]]: ...
     def encode_batch(
         self, texts: Sequence[str], add_special_tokens: bool, policy: str, allowed: list[str] | None = None
     ) -> list[list[int]]: ...

@@ -163,6 +163,24 @@ class Tokenizer:
         policy, allowed = _policy(special)
         return self._core.encode(text, add_special_tokens, policy, allowed)
 
+    def encode_with_offsets(
+        self,
+        text: str,
+        *,
+        add_special_tokens: bool = True,
+        special: SpecialPolicy = "allow",
+        protected: Iterable[tuple[int, int]] = (),
+    ) -> tuple[list[int], list[int]]:
+        """The ids of ``text`` and the index in ``text`` where each token starts.
+
+        Inside the ``protected`` ``(start, end)`` ranges special-token strings are plain text
+        whatever ``special`` says: use it for user content spliced into a template.
+
+        >>> ids, starts = tok.encode_with_offsets("<|im_start|>user\nhi", protected=[(17, 19)])  # doctest: +SKIP
+        """
+        policy, allowed = _policy(special)
+        return self._core.encode_with_offsets(text, add_special_tokens, policy, allowed, list(protected))
+
     def encode_batch(
         self, texts: Sequence[str], *, add_special_tokens: bool = True, special: SpecialPolicy = "allow"
     ) -> list[list[int]]:

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from importlib import resources
 from pathlib import Path
 
 from . import Tokenizer
+from .data.lint import SPECIAL_LOOKING
 from .errors import TokenizerError
 
-#: Strings that look like control tokens: `<|...|>`, `</s>`, `<s>`, `<unk>`, `[INST]`, `<unused12>`, ...
-SPECIAL_LOOKING = re.compile(r"<\|[^<>|\s]{1,64}\|>|</?[A-Za-z_][\w.-]{0,32}>|\[/?[A-Z][A-Z_0-9]{1,32}\]|<｜[^<>｜]{1,64}｜>")
 
 SAMPLE = "Hello world!<|endoftext|> A model that sees </s> as text never stops: <|im_end|>"
 
 
 def _default_tokenizer() -> Tokenizer:
-    path = resources.files("tokensmith") / "data" / "gpt2" / "tokenizer.json"
+    path = resources.files("tokensmith") / "assets" / "gpt2" / "tokenizer.json"
     with resources.as_file(path) as p:
         return Tokenizer.from_file(p)
 
@@ -72,13 +70,85 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--special", choices=["allow", "text"], default="allow",
                    help="whether special tokens in the text become control ids (default: allow)")
+
+    p = commands.add_parser("prepare", help="encode chat / text data into training-ready Parquet shards")
+    p.add_argument("inputs", nargs="+", help="JSONL or Parquet files")
+    p.add_argument("--tokenizer", "-t", required=True, help="model folder (tokenizer.json + tokenizer_config.json)")
+    p.add_argument("--out", "-o", required=True, help="output folder (written atomically)")
+    p.add_argument("--max-length", type=int, default=4096)
+    p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
+                   help="pack examples into max-length blocks (default) or truncate each")
+    p.add_argument("--template", help="chat template (.jinja file) instead of the tokenizer's")
+    p.add_argument("--loss", choices=["assistant", "all"], default="assistant")
+    p.add_argument("--map", action="append", default=[], metavar="FROM=TO",
+                   help="rename an input field, e.g. --map conversation=messages")
+    p.add_argument("--on-error", choices=["skip", "raise"], default="skip",
+                   help="skip malformed records (reported with file and line) or stop")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+    p = commands.add_parser("lint", help="report data and template problems; exits 1 on errors")
+    p.add_argument("inputs", nargs="+", help="JSONL or Parquet files")
+    p.add_argument("--tokenizer", "-t", required=True, help="model folder or tokenizer.json")
+    p.add_argument("--template", help="chat template (.jinja file) instead of the tokenizer's")
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--map", action="append", default=[], metavar="FROM=TO")
+    p.add_argument("--limit", type=int, default=50, help="print at most this many findings (all are counted)")
+
     args = parser.parse_args(argv)
     try:
         tok = _load(args.tokenizer)
-        return inspect(tok, args.text, args.special)
-    except (TokenizerError, OSError) as e:
+        if args.command == "inspect":
+            return inspect(tok, args.text, args.special)
+        if args.command == "prepare":
+            return _prepare(tok, args)
+        return _lint(tok, args)
+    except (TokenizerError, OSError, ValueError) as e:
         print(f"tokensmith: error: {e}", file=sys.stderr)
         return 2
+
+
+def _mapping(pairs: list[str]) -> dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        source, sep, target = pair.partition("=")
+        if not sep or not source or not target:
+            raise ValueError(f"--map takes FROM=TO, got {pair!r}")
+        mapping[source] = target
+    return mapping
+
+
+def _prepare(tok: Tokenizer, args: argparse.Namespace) -> int:
+    from .data import prepare
+
+    result = prepare(
+        args.inputs, tok, args.out, max_length=args.max_length, pack=args.pack, loss=args.loss,
+        chat_template=args.template, mapping=_mapping(args.map), on_error=args.on_error,
+        num_workers=args.workers, overwrite=args.overwrite,
+    )
+    for message in result.errors[:20]:
+        print(f"skipped {message}", file=sys.stderr)
+    print(result.summary())
+    return 0
+
+
+def _lint(tok: Tokenizer, args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from .data import lint
+
+    counts: Counter[tuple[str, str]] = Counter()
+    shown = 0
+    for finding in lint(args.inputs, tok, chat_template=args.template, max_length=args.max_length,
+                        mapping=_mapping(args.map)):
+        counts[(finding.severity, finding.kind)] += 1
+        if shown < args.limit:
+            print(finding)
+            shown += 1
+    errors = sum(n for (severity, _), n in counts.items() if severity == "error")
+    summary = ", ".join(f"{n} {kind} {severity}s" for (severity, kind), n in sorted(counts.items())) or "no problems"
+    print(f"\n{summary}")
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ use crate::tokenizer::{Decoder, PostProcessor, Tokenizer, Vocab};
 use base64::Engine;
 use rustc_hash::FxHashMap;
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 
 /// Parses rank-file text into (token bytes, rank) pairs.
 pub fn parse_ranks(text: &str, source: &str) -> Result<Vec<(Vec<u8>, u32)>> {
@@ -53,10 +54,10 @@ pub fn build(
         .chain(special_tokens.iter().cloned());
     let vocab = Vocab::new(entries)?;
     let mut tokenizer = Tokenizer {
-        vocab,
-        merges,
+        vocab: Arc::new(vocab),
+        merges: Arc::new(merges),
         ignore_merges: true,
-        bpe,
+        bpe: Arc::new(bpe),
         normalizer: None,
         pre_tokenizer,
         post_processor: PostProcessor::default(),

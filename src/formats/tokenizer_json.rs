@@ -10,6 +10,7 @@ use crate::special::{AddedToken, AddedVocabulary};
 use crate::tokenizer::{Decoder, PostProcessor, TemplatePiece, Tokenizer, Vocab};
 use rustc_hash::FxHashSet;
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 
 /// The top-level key under which tokensmith records what the reference format cannot say.
 pub const TOKENSMITH_KEY: &str = "tokensmith";
@@ -107,10 +108,10 @@ pub fn from_value(mut root: Value) -> Result<Tokenizer> {
     };
 
     let mut tokenizer = Tokenizer {
-        vocab,
-        merges,
+        vocab: Arc::new(vocab),
+        merges: Arc::new(merges),
         ignore_merges,
-        bpe,
+        bpe: Arc::new(bpe),
         normalizer,
         pre_tokenizer,
         post_processor,
