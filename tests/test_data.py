@@ -312,3 +312,24 @@ def test_lint_finds_injection_split_markers_and_malformed_lines(qwen, tmp_path):
     done = subprocess.run([sys.executable, "-m", "tokensmith.cli", "lint", str(src), "-t", str(folder)],
                           capture_output=True, text=True)
     assert done.returncode == 1 and "malformed" in done.stdout
+
+
+def test_ray_data_map_batches_on_a_local_cluster(qwen, tmp_path):
+    ray = pytest.importorskip("ray")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray.data
+
+    _, tok = qwen
+    chats = [[{"role": "user", "content": f"question {i} <|im_end|>"}, {"role": "assistant", "content": f"answer {i}"}]
+             for i in range(300)]
+    pq.write_table(pa.Table.from_pylist([{"messages": c} for c in chats]), tmp_path / "in.parquet")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        enc = data.ExampleEncoder(tok)  # pickled to the workers with its tokenizer
+        rows = ray.data.read_parquet(str(tmp_path / "in.parquet")).map_batches(enc.map_batch).take_all()
+    finally:
+        ray.shutdown()
+    got = sorted(tuple(int(i) for i in r["input_ids"]) for r in rows)
+    want = sorted(tuple(data.encode_chat(tok, c).input_ids) for c in chats)
+    assert got == want
