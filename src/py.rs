@@ -345,6 +345,12 @@ impl PyTokenizer {
         Ok(ids)
     }
 
+    /// An independent tokenizer sharing this one's (immutable) model: adding tokens to
+    /// either does not affect the other.
+    fn copy(&self) -> Self {
+        PyTokenizer { inner: std::sync::RwLock::new(self.get()) }
+    }
+
     fn token_to_id(&self, token: &str) -> Option<u32> {
         self.get().token_to_id(token)
     }

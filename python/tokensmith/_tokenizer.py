@@ -308,6 +308,19 @@ class Tokenizer:
         """
         self._core.save(os.fspath(path))
 
+    def copy(self) -> Tokenizer:
+        """An independent copy (cheap: the model is shared, the added tokens are not).
+
+        >>> base = Tokenizer.from_file("tokenizer.json")              # doctest: +SKIP
+        >>> tok = base.copy(); tok.add_special_tokens(["<x>"])         # base is unchanged  # doctest: +SKIP
+        """
+        return Tokenizer(self._core.copy(), dict(self.config))
+
+    __copy__ = copy
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Tokenizer:
+        return self.copy()
+
     def __getstate__(self) -> dict[str, Any]:
         return {"json": self.to_str(), "config": self.config}
 
