@@ -26,6 +26,22 @@ const FLAT_MAX: usize = 128;
 const CACHE_MAX_PIECE: usize = 64;
 const CACHE_MAX_ENTRIES: usize = 1 << 16;
 
+/// Every way of writing a token of a rank table as two tokens: (rank of the whole, left
+/// rank, right rank), sorted. These are the merges a rank table implies.
+pub fn rank_splits(ranks: &[(Vec<u8>, u32)]) -> Vec<(u32, u32, u32)> {
+    let by_bytes: FxHashMap<&[u8], u32> = ranks.iter().map(|(b, r)| (b.as_slice(), *r)).collect();
+    let mut splits = Vec::new();
+    for (bytes, rank) in ranks {
+        for at in 1..bytes.len() {
+            if let (Some(&l), Some(&r)) = (by_bytes.get(&bytes[..at]), by_bytes.get(&bytes[at..])) {
+                splits.push((*rank, l, r));
+            }
+        }
+    }
+    splits.sort_unstable();
+    splits
+}
+
 #[derive(Debug, Clone)]
 pub struct Bpe {
     byte_ids: [u32; 256],
@@ -93,18 +109,9 @@ impl Bpe {
     /// Like `new`, for tiktoken rank files, where any two tokens whose concatenation is a
     /// token merge with that token's rank.
     pub fn from_ranks(ranks: &[(Vec<u8>, u32)]) -> Self {
-        let by_bytes: FxHashMap<&[u8], u32> = ranks.iter().map(|(b, r)| (b.as_slice(), *r)).collect();
-        let mut merges: Vec<(u32, u32, u32, u32)> = Vec::new();
-        for (bytes, rank) in ranks {
-            for split in 1..bytes.len() {
-                if let (Some(&l), Some(&r)) = (by_bytes.get(&bytes[..split]), by_bytes.get(&bytes[split..])) {
-                    merges.push((*rank, l, r, *rank));
-                }
-            }
-        }
         let mut bpe = Bpe::new(ranks.iter().map(|(b, r)| (b.as_slice(), *r)), std::iter::empty(), true);
-        for (rank, l, r, merged) in merges {
-            bpe.pairs.insert(pair_key(l, r), (u64::from(rank) << 32) | u64::from(merged));
+        for (rank, left, right) in rank_splits(ranks) {
+            bpe.pairs.insert(pair_key(left, right), (u64::from(rank) << 32) | u64::from(rank));
         }
         bpe
     }

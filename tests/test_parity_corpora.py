@@ -50,6 +50,20 @@ CASES = [
 _reference_cache: dict = {}
 
 
+def template_parts(name: str) -> tuple:
+    """(prefix, suffix) ids that HF's post-processor puts around a single sequence."""
+    hf = hf_tokenizer(name)
+    for probe in ("x", "hello world", "<|endoftext|> 中文"):
+        with_t = hf.encode(probe, add_special_tokens=True).ids
+        body = hf.encode(probe, add_special_tokens=False).ids
+        k = next(k for k in range(len(with_t) - len(body) + 1) if with_t[k:k + len(body)] == body)
+        parts = (with_t[:k], with_t[k + len(body):])
+        if probe == "x":
+            first = parts
+        assert parts == first, f"{name}: template differs between probes"
+    return first
+
+
 def reference_ids(name: str, path, mode: str):
     """HF ids for every line of `path`; mode in {"default", "no_special", "text"}. Cached (small)."""
     key = (name, str(path), mode)
@@ -61,7 +75,16 @@ def reference_ids(name: str, path, mode: str):
         if mode == "default":
             ids = hf_encode_batch(hf_tokenizer(name), lines, add_special_tokens=True)
         elif mode == "no_special":
-            ids = hf_encode_batch(hf_tokenizer(name), lines, add_special_tokens=False)
+            # HF's post-processor only adds the template ids around the sequence, so the ids
+            # without it are the default ids minus the template (computed once, checked below).
+            prefix, suffix = template_parts(name)
+            default = reference_ids(name, path, "default")
+            ids = []
+            for row in default:
+                assert row[:len(prefix)] == prefix and (not suffix or row[-len(suffix):] == suffix), row[:8]
+                ids.append(row[len(prefix):len(row) - len(suffix)])
+            _reference_cache[key] = ids
+            return ids
         elif mode == "text":
             ids = hf_encode_batch(hf_tokenizer_text(name), lines, add_special_tokens=True)
         else:

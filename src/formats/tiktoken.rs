@@ -1,7 +1,7 @@
 //! tiktoken rank files (`<base64 token> <rank>` per line) plus a split pattern and
 //! special tokens, as `tiktoken.Encoding` takes them.
 
-use crate::bpe::Bpe;
+use crate::bpe::{rank_splits, Bpe};
 use crate::bytelevel;
 use crate::error::{Error, Result};
 use crate::formats::tokenizer_json::TOKENSMITH_KEY;
@@ -9,7 +9,6 @@ use crate::pretokenize::{Dialect, PreTokenizer};
 use crate::special::{AddedToken, AddedVocabulary};
 use crate::tokenizer::{Decoder, PostProcessor, Tokenizer, Vocab};
 use base64::Engine;
-use rustc_hash::FxHashMap;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
@@ -73,17 +72,7 @@ pub fn build(
 /// Merges for the reference loader: every split of a token into two tokens, ordered by the
 /// token's rank (then by the ranks of its halves), as transformers' tiktoken converter does.
 fn merges_from_ranks(ranks: &[(Vec<u8>, u32)]) -> Vec<(u32, u32)> {
-    let by_bytes: FxHashMap<&[u8], u32> = ranks.iter().map(|(b, r)| (b.as_slice(), *r)).collect();
-    let mut merges: Vec<(u32, u32, u32)> = Vec::new();
-    for (bytes, rank) in ranks {
-        for split in 1..bytes.len() {
-            if let (Some(&l), Some(&r)) = (by_bytes.get(&bytes[..split]), by_bytes.get(&bytes[split..])) {
-                merges.push((*rank, l, r));
-            }
-        }
-    }
-    merges.sort_unstable();
-    merges.into_iter().map(|(_, l, r)| (l, r)).collect()
+    rank_splits(ranks).into_iter().map(|(_, l, r)| (l, r)).collect()
 }
 
 /// The tokenizer.json sections that describe a tiktoken encoding.
