@@ -73,6 +73,8 @@ pub fn from_value(mut root: Value) -> Result<Tokenizer> {
         }
     }
 
+    // The model first: "not a BPE" says more than any component it comes with.
+    let (vocab, merges, ignore_merges) = parse_model(&model)?;
     let normalizer = parse_normalizer(passthrough.get("normalizer").unwrap_or(&null), "normalizer")?;
     // A tokenizer made from a tiktoken file keeps tiktoken's exact semantics when saved and
     // reloaded here: its pattern dialect and merging by ranks (the reference ignores this key).
@@ -87,7 +89,6 @@ pub fn from_value(mut root: Value) -> Result<Tokenizer> {
     };
     let post_processor = parse_post_processor(passthrough.get("post_processor").unwrap_or(&null))?;
     let decoder = parse_decoder(passthrough.get("decoder").unwrap_or(&null))?;
-    let (vocab, merges, ignore_merges) = parse_model(&model)?;
     let tokens = parse_added_tokens(&added_tokens)?;
     let bpe = match tiktoken_pattern {
         Some(_) => {
