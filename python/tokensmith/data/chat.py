@@ -152,67 +152,91 @@ def _render(template, tok, messages, add_generation_prompt, tools, documents, te
         )
     except jinja2.TemplateError as e:
         raise ChatTemplateError(f"chat template failed: {e}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        # The template's own code failed on these messages (e.g. list content it cannot join).
+        raise ChatTemplateError(f"chat template failed on these messages: {type(e).__name__}: {e}") from None
 
 
 # ---------------------------------------------------------------------------- encoding
 
 
-def _content_spans(template, tok, messages, rendered, add_generation_prompt, tools, documents, kwargs):
-    """(start, end, message index) of each message's content in ``rendered``.
+#: Message fields whose text a user or a model wrote (never template markup).
+TEXT_FIELDS = ("content", "reasoning_content", "thinking")
 
-    Contents are replaced by unique sentinels and the template rendered again: where the
-    template copies content through unchanged, the text between sentinels is identical and
-    gives exact spans. Otherwise each content is searched for in order.
-    """
-    tag = uuid.uuid4().hex[:12]
-    sentinels = {}
-    swapped = []
+
+def _text_slots(messages) -> list[tuple[int, str, int | None, str]]:
+    """(message index, field, part index or None, text) for every written text: string
+    fields, and the ``text`` of ``{"type": "text"}`` parts in list contents."""
+    slots = []
     for i, m in enumerate(messages):
-        if isinstance(m.get("content"), str) and m["content"]:
-            sentinel = f"\U000f0003{tag}{i}\U000f0004"
-            sentinels[sentinel] = i
-            m = {**m, "content": sentinel}
-        swapped.append(m)
-    if not sentinels:
+        for key in TEXT_FIELDS:
+            value = m.get(key)
+            if isinstance(value, str) and value:
+                slots.append((i, key, None, value))
+            elif isinstance(value, list):
+                for j, part in enumerate(value):
+                    if isinstance(part, Mapping) and isinstance(part.get("text"), str) and part["text"]:
+                        slots.append((i, key, j, part["text"]))
+    return slots
+
+
+def _replaced(messages, slots, texts) -> list[dict[str, Any]]:
+    """Copies of ``messages`` with each slot's text replaced."""
+    out = [dict(m) for m in messages]
+    for (i, key, j, _), text in zip(slots, texts):
+        if j is None:
+            out[i][key] = text
+        else:
+            parts = out[i][key] = list(out[i][key])
+            parts[j] = {**parts[j], "text": text}
+    return out
+
+
+def _content_spans(template, tok, messages, rendered, add_generation_prompt, tools, documents, kwargs):
+    """(start, end, message index) of each written text in ``rendered``.
+
+    The texts are replaced by unique sentinels and the template rendered again: where the
+    template copies them through unchanged, the text between sentinels is identical and
+    gives exact spans. Otherwise each text is searched for in order.
+    """
+    slots = _text_slots(messages)
+    if not slots:
         return []
+    tag = uuid.uuid4().hex[:12]
+    sentinels = [f"\U000f0003{tag}{k}\U000f0004" for k in range(len(slots))]
     try:
-        skeleton = _render(template, tok, swapped, add_generation_prompt, tools, documents, kwargs)
+        skeleton = _render(template, tok, _replaced(messages, slots, sentinels), add_generation_prompt, tools, documents, kwargs)
     except ChatTemplateError:
         skeleton = None
-    spans = _spans_from_skeleton(skeleton, sentinels, messages, rendered) if skeleton else None
-    return spans if spans is not None else _spans_by_search(messages, rendered)
+    spans = _spans_from_skeleton(skeleton, dict(zip(sentinels, slots)), rendered) if skeleton else None
+    return spans if spans is not None else _spans_by_search(slots, rendered)
 
 
-def _spans_from_skeleton(skeleton, sentinels, messages, rendered):
+def _spans_from_skeleton(skeleton, sentinels, rendered):
     import re
 
     pattern = re.compile("|".join(re.escape(s) for s in sentinels))
     spans, pieces, cursor, out_pos = [], [], 0, 0
     seen = set()
     for m in pattern.finditer(skeleton):
-        i = sentinels[m.group()]
-        if i in seen:
-            return None  # a template that prints a content twice: search instead
-        seen.add(i)
+        if m.group() in seen:
+            return None  # a template that prints a text twice: search instead
+        seen.add(m.group())
+        i, _, _, text = sentinels[m.group()]
         literal = skeleton[cursor : m.start()]
         out_pos += len(literal)
-        content = messages[i]["content"]
-        spans.append((out_pos, out_pos + len(content), i))
-        pieces.append(literal)
-        pieces.append(content)
-        out_pos += len(content)
+        spans.append((out_pos, out_pos + len(text), i))
+        pieces += [literal, text]
+        out_pos += len(text)
         cursor = m.end()
     pieces.append(skeleton[cursor:])
     return spans if "".join(pieces) == rendered else None
 
 
-def _spans_by_search(messages, rendered):
+def _spans_by_search(slots, rendered):
     spans, cursor = [], 0
-    for i, m in enumerate(messages):
-        content = m.get("content")
-        if not isinstance(content, str) or not content:
-            continue
-        for candidate in (content, content.strip()):
+    for i, _, _, text in slots:
+        for candidate in (text, text.strip()):
             at = rendered.find(candidate, cursor) if candidate else -1
             if at >= 0:
                 spans.append((at, at + len(candidate), i))
@@ -284,11 +308,11 @@ def _encode_chat(
         spans = [(_unmarked(marked, s), _unmarked(marked, e), i) for s, e, i in spans]
     located = {j for _, _, j in spans}
     warnings = [
-        f"message {i} ({m['role']}): "
-        + ("the template leaves its content out" if m["content"].strip() not in rendered
-           else "its content could not be located in the rendered template")
-        for i, m in enumerate(messages)
-        if isinstance(m.get("content"), str) and m["content"] and i not in located
+        f"message {i} ({messages[i]['role']}): "
+        + ("the template leaves its " + key + " out" if text.strip() not in rendered
+           else f"its {key} could not be located in the rendered template")
+        for i, key, _, text in _text_slots(messages)
+        if i not in located
     ]
     ids, starts = tok.encode_with_offsets(
         rendered, add_special_tokens=False, special="allow", protected=[(s, e) for s, e, _ in spans]
