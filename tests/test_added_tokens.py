@@ -1,0 +1,394 @@
+"""add_tokens / add_special_tokens parity with HF `tokenizers`, plus save, pickle and vocab queries.
+
+Every test makes the same calls on a fresh HF tokenizer and a fresh tokensmith tokenizer, then
+checks the returned ids (== ``hf.token_to_id(content)`` after the same HF call), encodings of a set
+of tricky texts under every policy, decoding, the added-token table, and the vocabulary queries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import pickle
+
+import pytest
+import tokenizers
+
+import tokensmith as ts
+from conftest import (
+    BYTE_LEVEL_TOKENIZERS,
+    assert_same,
+    assert_same_strings,
+    corpus_files,
+    corpus_lines,
+    hf_tokenizer,
+    load_hf_fresh,
+    load_ts_fresh,
+    ts_tokenizer,
+)
+
+ADDED_TOKEN_TOKENIZERS = ["gpt2", "llama3", "qwen2", "deepseek-coder"]
+
+FLAG_NAMES = ("special", "lstrip", "rstrip", "single_word", "normalized")
+FLAG_COMBOS = [dict(zip(FLAG_NAMES, values)) for values in itertools.product([False, True], repeat=5)]
+
+
+def flags_id(flags: dict) -> str:
+    return "-".join(name for name, on in flags.items() if on) or "none"
+
+
+# New strings (overlapping pairs, CJK, a precomposed letter for the NFC normaliser of qwen2) and
+# strings that already exist in the model vocabularies ("hello", "ab", "abc").
+ADDED_CONTENTS = ["<|a|>", "<|a|><|b|>", "<|b|>", "ab", "abc", "新词", "café", "hello"]
+BOX_TOKENS = ["<|box_start|>", "<|box_end|>"]
+
+TRICKY_TEXTS = [
+    # glued / spaced / at the edges / repeated
+    "<|a|>", "x<|a|>y", "word<|a|>word", " <|a|> ", "  <|a|>  ", "\n<|a|>\n", "\t<|a|>\r\n",
+    "\u3000<|a|>\u00a0", "start <|a|>", "<|a|> end", "<|a|><|a|><|a|>", "<|a|> <|a|>  <|a|>",
+    # overlapping added tokens
+    "<|a|><|b|>", "<|a|><|b|><|a|>", "<|b|><|a|><|b|>", "<|a|> <|b|>", "<|a|><|b|", "<|a|", "|a|>",
+    "<|a|><|b|><|b|>", "x<|a|><|b|>y",
+    "ab", "abc", "abcd", "xab", "xabc", "ab!", "(ab)", "ab_", "ab1", "1ab", "a b c", "ab abc abcab",
+    "éab", "ab-abc", "abab", "abcabc", " ab ", "\nabc\n", "AB ABC", "ab's",
+    # CJK inside CJK text
+    "我们有新词了", "新词", "新词新词", " 新词 ", "新词。", "新 词", "这是一个新词，那也是新词", "新词abc新词",
+    # existing vocab words
+    "hello", "hello world", "helloworld", "say hello", " hello ", "Hello hello HELLO", "hello\n",
+    "hello,hello.hello", "othello", "hellos",
+    # normalisation (qwen2 applies NFC): precomposed vs decomposed
+    "café", "cafe\u0301", "CAFÉ café cafe\u0301s", "un café au lait",
+    # tokens added with add_special_tokens and pre-existing specials
+    "<|box_start|>img<|box_end|>", "<|box_start|><|box_end|>", " <|box_start|> ", "<|box_start|",
+    "<|endoftext|>", "a<|endoftext|>b", "<|endoftext|><|a|>",
+    # degenerate
+    "", " ", "\n\n", "  \t ",
+]
+TRICKY_TEXTS.append(" ".join(TRICKY_TEXTS))
+TRICKY_TEXTS.append("".join(TRICKY_TEXTS[:-1]))
+
+
+def make_pair(name: str):
+    return load_hf_fresh(name), load_ts_fresh(name)
+
+
+@contextlib.contextmanager
+def encoding_special_tokens_as_text(hf: tokenizers.Tokenizer):
+    """Temporarily set HF's encode_special_tokens=True (the reference for special="text")."""
+    old = hf.encode_special_tokens
+    hf.encode_special_tokens = True
+    try:
+        yield hf
+    finally:
+        hf.encode_special_tokens = old
+
+
+def hf_encode_as_text(hf, texts, add_special_tokens=True):
+    with encoding_special_tokens_as_text(hf):
+        return [e.ids for e in hf.encode_batch(texts, add_special_tokens=add_special_tokens)]
+
+
+def assert_encodings_match(tok, hf, texts=TRICKY_TEXTS, context=""):
+    """Default, add_special_tokens=False and special="text", both single and batch."""
+    for add in (True, False):
+        want = [e.ids for e in hf.encode_batch(texts, add_special_tokens=add)]
+        assert_same(tok.encode_batch(texts, add_special_tokens=add), want, texts,
+                    f"{context} encode_batch add_special_tokens={add}")
+        assert_same([tok.encode(t, add_special_tokens=add) for t in texts], want, texts,
+                    f"{context} encode add_special_tokens={add}")
+        want_text = hf_encode_as_text(hf, texts, add_special_tokens=add)
+        assert_same(tok.encode_batch(texts, add_special_tokens=add, special="text"), want_text, texts,
+                    f"{context} special='text' add_special_tokens={add}")
+
+
+def assert_decodes_match(tok, hf, texts=TRICKY_TEXTS, context=""):
+    batch = [e.ids for e in hf.encode_batch(texts)]
+    for skip in (False, True):
+        want = hf.decode_batch(batch, skip_special_tokens=skip)
+        assert_same_strings(tok.decode_batch(batch, skip_special_tokens=skip), want, batch,
+                            f"{context} decode_batch skip_special_tokens={skip}")
+        assert_same_strings([tok.decode(ids, skip_special_tokens=skip) for ids in batch], want, batch,
+                            f"{context} decode skip_special_tokens={skip}")
+
+
+def added_table_ts(tok):
+    return sorted(
+        (t.id, t.content, bool(t.special), bool(t.lstrip), bool(t.rstrip), bool(t.single_word), bool(t.normalized))
+        for t in tok.added_tokens
+    )
+
+
+def added_table_hf(hf):
+    return sorted(
+        (i, t.content, t.special, t.lstrip, t.rstrip, t.single_word, t.normalized)
+        for i, t in hf.get_added_tokens_decoder().items()
+    )
+
+
+def assert_vocab_matches(tok, hf, context=""):
+    assert tok.vocab_size == hf.get_vocab_size(with_added_tokens=True), context
+    hf_vocab = hf.get_vocab(with_added_tokens=True)
+    ts_vocab = tok.get_vocab()
+    assert isinstance(ts_vocab, dict)
+    if ts_vocab != hf_vocab:
+        only_ts = sorted(set(ts_vocab.items()) - set(hf_vocab.items()))[:10]
+        only_hf = sorted(set(hf_vocab.items()) - set(ts_vocab.items()))[:10]
+        pytest.fail(f"{context} get_vocab differs: only in tokensmith {only_ts}, only in HF {only_hf}")
+    bad = [(s, i, tok.token_to_id(s)) for s, i in hf_vocab.items() if tok.token_to_id(s) != hf.token_to_id(s)]
+    assert not bad, f"{context} token_to_id differs (token, hf, ts): {bad[:10]}"
+    for missing in ("<|definitely-not-a-token|>", "hello world and more", ""):
+        assert tok.token_to_id(missing) == hf.token_to_id(missing), (context, missing)
+    top = max(hf_vocab.values())
+    bad = [(i, hf.id_to_token(i), tok.id_to_token(i)) for i in range(top + 3)
+           if tok.id_to_token(i) != hf.id_to_token(i)]
+    assert not bad, f"{context} id_to_token differs (id, hf, ts): {bad[:10]}"
+    assert added_table_ts(tok) == added_table_hf(hf), f"{context} added_tokens table differs"
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags", FLAG_COMBOS, ids=flags_id)
+@pytest.mark.parametrize("name", ADDED_TOKEN_TOKENIZERS)
+def test_add_tokens_every_flag_combination(name, flags):
+    hf, tok = make_pair(name)
+    hf_count = hf.add_tokens([tokenizers.AddedToken(c, **flags) for c in ADDED_CONTENTS])
+    ids = tok.add_tokens([ts.AddedToken(c, **flags) for c in ADDED_CONTENTS])
+    assert isinstance(ids, list) and len(ids) == len(ADDED_CONTENTS)
+    assert ids == [hf.token_to_id(c) for c in ADDED_CONTENTS], f"ids of {ADDED_CONTENTS}"
+    assert hf_count >= 0
+    # then special tokens added from plain strings
+    hf.add_special_tokens(BOX_TOKENS)
+    box_ids = tok.add_special_tokens(BOX_TOKENS)
+    assert box_ids == [hf.token_to_id(c) for c in BOX_TOKENS]
+
+    context = f"{name} {flags_id(flags)}"
+    assert_encodings_match(tok, hf, context=context)
+    assert_decodes_match(tok, hf, context=context)
+    assert added_table_ts(tok) == added_table_hf(hf), f"{context}: added_tokens table"
+    assert tok.vocab_size == hf.get_vocab_size(with_added_tokens=True)
+
+
+@pytest.mark.parametrize("name", ADDED_TOKEN_TOKENIZERS)
+def test_plain_strings_follow_hf_defaults(name):
+    """add_tokens(str) -> special=False, normalized=True; add_special_tokens(str) -> special=True, normalized=False."""
+    hf, tok = make_pair(name)
+    plain = ["新词", "hello", "<|a|>", "ab"]
+    hf.add_tokens(plain)
+    assert tok.add_tokens(plain) == [hf.token_to_id(c) for c in plain]
+    hf.add_special_tokens(BOX_TOKENS + ["<|b|>"])
+    assert tok.add_special_tokens(BOX_TOKENS + ["<|b|>"]) == [hf.token_to_id(c) for c in BOX_TOKENS + ["<|b|>"]]
+    by_content = {t.content: t for t in tok.added_tokens}
+    for c in plain:
+        assert not by_content[c].special, c
+        assert bool(by_content[c].normalized) is True, c
+    for c in BOX_TOKENS:
+        assert bool(by_content[c].special) is True, c
+        assert bool(by_content[c].normalized) is False, c
+    assert added_table_ts(tok) == added_table_hf(hf)
+    assert_encodings_match(tok, hf, context=name)
+    assert_decodes_match(tok, hf, context=name)
+
+
+@pytest.mark.parametrize("name", ADDED_TOKEN_TOKENIZERS)
+def test_sequential_adds_assign_same_ids(name):
+    """Many small calls, including re-adding an existing added token, give HF's ids each time."""
+    hf, tok = make_pair(name)
+    calls = [
+        ("tokens", ["<|a|>"]),
+        ("special", ["<|box_start|>"]),
+        ("tokens", ["新词", "<|a|>"]),  # repeat of an already added token
+        ("special", ["<|box_start|>", "<|box_end|>"]),
+        ("tokens", [tokenizers.AddedToken("<|b|>", special=True, normalized=False)]),
+        ("tokens", ["hello"]),
+    ]
+    for kind, items in calls:
+        contents = [x if isinstance(x, str) else x.content for x in items]
+        ts_items = [x if isinstance(x, str) else ts.AddedToken(x.content, special=x.special, lstrip=x.lstrip,
+                                                                rstrip=x.rstrip, single_word=x.single_word,
+                                                                normalized=x.normalized) for x in items]
+        if kind == "tokens":
+            hf.add_tokens(items)
+            got = tok.add_tokens(ts_items)
+        else:
+            hf.add_special_tokens(items)
+            got = tok.add_special_tokens(ts_items)
+        assert got == [hf.token_to_id(c) for c in contents], (kind, contents)
+        assert tok.vocab_size == hf.get_vocab_size(with_added_tokens=True), (kind, contents)
+    assert added_table_ts(tok) == added_table_hf(hf)
+    assert_encodings_match(tok, hf, context=name)
+
+
+@pytest.mark.parametrize("special", [False, True])
+@pytest.mark.parametrize("name", ["gpt2", "qwen2"])
+def test_readd_existing_special_token(name, special):
+    """Adding `<|endoftext|>` (already a special added token) again, with other flags.
+
+    Demoting it to special=False leaves HF inconsistent: its added-token table (and the file it
+    saves) says non-special, but in memory it still treats the token as special for
+    encode_special_tokens and skip_special_tokens. For those two checks either HF behaviour (in
+    memory, or saved and reloaded) is accepted; everything else must match exactly.
+    """
+    hf, tok = make_pair(name)
+    flags = dict(special=special, lstrip=True, rstrip=False, single_word=False, normalized=True)
+    hf.add_tokens([tokenizers.AddedToken("<|endoftext|>", **flags)])
+    ids = tok.add_tokens([ts.AddedToken("<|endoftext|>", **flags)])
+    assert ids == [hf.token_to_id("<|endoftext|>")]
+    assert added_table_ts(tok) == added_table_hf(hf)
+    context = f"{name} re-added <|endoftext|> special={special}"
+    texts = TRICKY_TEXTS
+    hf_reloaded = tokenizers.Tokenizer.from_str(hf.to_str())
+    for add in (True, False):
+        want = [e.ids for e in hf.encode_batch(texts, add_special_tokens=add)]
+        assert_same(tok.encode_batch(texts, add_special_tokens=add), want, texts, f"{context} add={add}")
+        got = tok.encode_batch(texts, add_special_tokens=add, special="text")
+        candidates = [hf_encode_as_text(hf, texts, add), hf_encode_as_text(hf_reloaded, texts, add)]
+        if special:
+            assert candidates[0] == candidates[1]
+        if got not in candidates:
+            assert_same(got, candidates[0], texts, f"{context} special='text' add={add}")
+    batch = [e.ids for e in hf.encode_batch(texts)]
+    for skip in (False, True):
+        got = tok.decode_batch(batch, skip_special_tokens=skip)
+        candidates = [hf.decode_batch(batch, skip_special_tokens=skip),
+                      hf_reloaded.decode_batch(batch, skip_special_tokens=skip)]
+        if got not in candidates:
+            assert_same_strings(got, candidates[0], batch, f"{context} decode skip_special_tokens={skip}")
+
+
+@pytest.mark.parametrize("name", ADDED_TOKEN_TOKENIZERS)
+def test_non_special_added_tokens_match_under_every_policy(name):
+    hf, tok = make_pair(name)
+    [plain_id] = tok.add_tokens([ts.AddedToken("<|a|>", special=False, normalized=False)])
+    hf.add_tokens([tokenizers.AddedToken("<|a|>", special=False, normalized=False)])
+    assert plain_id == hf.token_to_id("<|a|>")
+    [box_id] = tok.add_special_tokens(["<|box_start|>"])
+    text = "中文<|a|>x<|box_start|>"
+    for policy in ("allow", "text", set(), {"<|box_start|>"}):
+        ids = tok.encode(text, add_special_tokens=False, special=policy)
+        assert plain_id in ids, f"non-special added token must match under special={policy!r}: {ids}"
+        assert (box_id in ids) == (policy in ("allow",) or policy == {"<|box_start|>"}), (policy, ids)
+    # "raise" only complains about the special one, at its character offset
+    with pytest.raises(ts.SpecialTokenError) as info:
+        tok.encode(text, special="raise")
+    assert info.value.token == "<|box_start|>"
+    assert info.value.offset == text.index("<|box_start|>")
+    assert plain_id in tok.encode("中文<|a|>x", special="raise")
+
+
+# --------------------------------------------------------------------------------------------------
+# save / from_pretrained / pickle
+
+
+def add_everything(hf, tok):
+    flags = dict(special=False, lstrip=True, rstrip=True, single_word=False, normalized=True)
+    hf.add_tokens(["新词", tokenizers.AddedToken("<|a|>", **flags), tokenizers.AddedToken("abc", single_word=True)])
+    tok.add_tokens(["新词", ts.AddedToken("<|a|>", **flags), ts.AddedToken("abc", single_word=True)])
+    hf.add_special_tokens(BOX_TOKENS)
+    tok.add_special_tokens(BOX_TOKENS)
+    special_rstrip = dict(special=True, lstrip=False, rstrip=True, single_word=False, normalized=False)
+    hf.add_tokens([tokenizers.AddedToken("<|a|><|b|>", **special_rstrip)])
+    tok.add_tokens([ts.AddedToken("<|a|><|b|>", **special_rstrip)])
+
+
+@pytest.mark.parametrize("name", ADDED_TOKEN_TOKENIZERS)
+def test_save_after_adding_is_hf_loadable(name, tmp_path):
+    hf, tok = make_pair(name)
+    add_everything(hf, tok)
+    out = tmp_path / "out" / "tokenizer.json"
+    out.parent.mkdir()
+    tok.save(str(out))
+    with open(out, encoding="utf-8") as f:
+        json.load(f)  # valid JSON
+    hf_loaded = tokenizers.Tokenizer.from_file(str(out))
+    assert added_table_hf(hf_loaded) == added_table_hf(hf)
+    assert hf_loaded.get_vocab(with_added_tokens=True) == hf.get_vocab(with_added_tokens=True)
+    # HF loading the saved file encodes like the HF tokenizer that had the same calls
+    assert_encodings_match(hf_as_ts(hf_loaded), hf, context=f"{name}: HF loading tokensmith's saved file")
+    # tokensmith reloads it identically
+    for reloaded in (ts.Tokenizer.from_file(str(out)), ts.Tokenizer.from_pretrained(str(out.parent))):
+        assert_encodings_match(reloaded, hf, context=f"{name}: tokensmith reloading its saved file")
+        assert_decodes_match(reloaded, hf, context=f"{name}: reloaded")
+        assert added_table_ts(reloaded) == added_table_hf(hf)
+
+
+@pytest.mark.parametrize("name", BYTE_LEVEL_TOKENIZERS)
+def test_save_unmodified_is_hf_loadable(name, tmp_path):
+    tok = ts_tokenizer(name)
+    hf = hf_tokenizer(name)
+    out = tmp_path / "tokenizer.json"
+    tok.save(str(out))
+    hf_loaded = tokenizers.Tokenizer.from_file(str(out))
+    lines = []
+    for path in corpus_files():
+        lines.extend(corpus_lines(path)[:1500])
+    texts = TRICKY_TEXTS + lines
+    for add in (True, False):
+        want = [e.ids for e in hf.encode_batch(texts, add_special_tokens=add)]
+        got = [e.ids for e in hf_loaded.encode_batch(texts, add_special_tokens=add)]
+        assert_same(got, want, texts, f"{name}: HF loading tokensmith's saved file, add_special_tokens={add}")
+    assert added_table_hf(hf_loaded) == added_table_hf(hf)
+    reloaded = ts.Tokenizer.from_file(str(out))
+    assert_same(reloaded.encode_batch(texts), [e.ids for e in hf.encode_batch(texts)], texts,
+                f"{name}: tokensmith reloading its saved file")
+
+
+@pytest.mark.parametrize("name", ADDED_TOKEN_TOKENIZERS)
+def test_pickle_round_trip(name):
+    hf, tok = make_pair(name)
+    add_everything(hf, tok)
+    clone = pickle.loads(pickle.dumps(tok))
+    assert isinstance(clone, ts.Tokenizer)
+    assert added_table_ts(clone) == added_table_hf(hf)
+    assert clone.vocab_size == tok.vocab_size
+    assert_encodings_match(clone, hf, context=f"{name}: unpickled")
+    assert_decodes_match(clone, hf, context=f"{name}: unpickled")
+    # the clone is independent of the original
+    clone.add_special_tokens(["<|only_in_clone|>"])
+    assert tok.token_to_id("<|only_in_clone|>") is None
+
+
+@pytest.mark.parametrize("name", ["gpt2", "o200k_base"])
+def test_pickle_round_trip_unmodified(name):
+    tok = ts_tokenizer(name)
+    hf = hf_tokenizer(name)
+    clone = pickle.loads(pickle.dumps(tok, protocol=pickle.HIGHEST_PROTOCOL))
+    texts = TRICKY_TEXTS
+    assert_same(clone.encode_batch(texts), [e.ids for e in hf.encode_batch(texts)], texts, f"{name}: unpickled")
+
+
+# --------------------------------------------------------------------------------------------------
+# vocabulary queries
+
+
+@pytest.mark.parametrize("name", BYTE_LEVEL_TOKENIZERS)
+def test_vocab_queries_match_hf(name):
+    assert_vocab_matches(ts_tokenizer(name), hf_tokenizer(name), context=name)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama3", "qwen2", "cl100k_base"])
+def test_vocab_queries_match_hf_after_adding(name):
+    hf, tok = make_pair(name)
+    add_everything(hf, tok)
+    assert_vocab_matches(tok, hf, context=f"{name} after adding tokens")
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+class hf_as_ts:
+    """Adapter so an HF tokenizer can be checked with the same helper as a tokensmith one."""
+
+    def __init__(self, hf):
+        self.hf = hf
+
+    def encode(self, text, add_special_tokens=True, special="allow"):
+        return self.encode_batch([text], add_special_tokens=add_special_tokens, special=special)[0]
+
+    def encode_batch(self, texts, add_special_tokens=True, special="allow"):
+        if special == "allow":
+            return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=add_special_tokens)]
+        assert special == "text"
+        return hf_encode_as_text(self.hf, texts, add_special_tokens=add_special_tokens)
+
