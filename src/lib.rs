@@ -4,6 +4,7 @@
 
 pub mod bpe;
 pub mod bytelevel;
+pub mod embed;
 pub mod error;
 pub mod formats;
 pub mod normalize;

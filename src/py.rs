@@ -1,6 +1,7 @@
 //! Python bindings (`tokensmith._core`). No logic lives here: argument conversion, GIL
 //! release, and mapping core errors to the exception classes defined in Python.
 
+use crate::embed::{Matrix, Rng};
 use crate::error::Error;
 use crate::formats::{tiktoken, tokenizer_json};
 use crate::special::{AddedToken, SpecialPolicy};
@@ -415,9 +416,89 @@ impl PyTokenizer {
     }
 }
 
+/// The matrix at `address` (`len` elements of `dtype`: "float32", "float16", "bfloat16").
+///
+/// The Python wrapper (`tokensmith.embeddings`) passes the data pointer of a C-contiguous
+/// numpy array or CPU tensor that it has checked (dtype, shape, writability) and keeps alive
+/// for the call; the buffer protocol is not in Python 3.10's stable ABI.
+fn with_matrix<R: Send>(
+    py: Python<'_>,
+    address: usize,
+    len: usize,
+    dtype: &str,
+    f: impl FnOnce(&mut Matrix) -> crate::Result<R> + Send,
+) -> PyResult<R> {
+    if address == 0 && len > 0 {
+        return Err(PyValueError::new_err("null data pointer"));
+    }
+    let dtype = dtype.to_string();
+    py.allow_threads(move || {
+        // SAFETY: see above: `address` points at `len` live, exclusively borrowed elements.
+        let mut matrix = unsafe {
+            match dtype.as_str() {
+                "float32" => Matrix::F32(std::slice::from_raw_parts_mut(address as *mut f32, len)),
+                "float16" => Matrix::F16(std::slice::from_raw_parts_mut(address as *mut half::f16, len)),
+                "bfloat16" => Matrix::Bf16(std::slice::from_raw_parts_mut(address as *mut half::bf16, len)),
+                other => return Err(Error::Invalid(format!("unsupported dtype {other}"))),
+            }
+        };
+        f(&mut matrix)
+    })
+    .or_raise(py)
+}
+
+/// Mean of the rows whose flag is true.
+#[pyfunction]
+fn embed_mean(py: Python<'_>, address: usize, len: usize, dtype: &str, cols: usize, include: Vec<bool>) -> PyResult<Vec<f64>> {
+    with_matrix(py, address, len, dtype, |m| m.mean(cols, &include))
+}
+
+/// Samples of N(0, scale·Σ) over the included rows, `draws` of them, seeded.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn embed_covariance_noise(
+    py: Python<'_>,
+    address: usize,
+    len: usize,
+    dtype: &str,
+    cols: usize,
+    include: Vec<bool>,
+    mean: Vec<f64>,
+    draws: usize,
+    seed: u64,
+    scale: f64,
+) -> PyResult<Vec<Vec<f64>>> {
+    with_matrix(py, address, len, dtype, |m| m.covariance_noise(cols, &include, &mean, draws, seed, scale))
+}
+
+/// Mean of each group of rows.
+#[pyfunction]
+fn embed_group_means(py: Python<'_>, address: usize, len: usize, dtype: &str, cols: usize, groups: Vec<Vec<usize>>) -> PyResult<Vec<Vec<f64>>> {
+    with_matrix(py, address, len, dtype, |m| m.group_means(cols, &groups))
+}
+
+/// Standard normal draws, seeded (the same on every platform).
+#[pyfunction]
+fn embed_normals(seed: u64, count: usize) -> Vec<f64> {
+    let mut rng = Rng::new(seed);
+    (0..count).map(|_| rng.normal()).collect()
+}
+
+/// Writes each value row (rounded to the dtype) into its row, in place.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn embed_write_rows(py: Python<'_>, address: usize, len: usize, dtype: &str, cols: usize, rows: Vec<usize>, values: Vec<Vec<f64>>) -> PyResult<()> {
+    with_matrix(py, address, len, dtype, |m| m.write_rows(cols, &rows, &values))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenizer>()?;
+    m.add_function(wrap_pyfunction!(embed_mean, m)?)?;
+    m.add_function(wrap_pyfunction!(embed_covariance_noise, m)?)?;
+    m.add_function(wrap_pyfunction!(embed_group_means, m)?)?;
+    m.add_function(wrap_pyfunction!(embed_normals, m)?)?;
+    m.add_function(wrap_pyfunction!(embed_write_rows, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

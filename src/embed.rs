@@ -1,0 +1,266 @@
+//! Row-initialization kernels for embedding matrices (row-major, f32 / f16 / bf16).
+//!
+//! New token rows start from statistics of the existing rows. The work is memory-bound
+//! (one pass over the matrix for the mean), so it runs in parallel over row blocks with
+//! f64 accumulation, and writes only the requested rows.
+
+use crate::error::{Error, Result};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// A mutable view of a row-major matrix in one of the supported element types.
+pub enum Matrix<'a> {
+    F32(&'a mut [f32]),
+    F16(&'a mut [f16]),
+    Bf16(&'a mut [bf16]),
+}
+
+/// Rows per parallel task when summing.
+const BLOCK: usize = 1024;
+
+trait Element: Copy + Send + Sync {
+    fn to_f64(self) -> f64;
+    fn from_f64(v: f64) -> Self;
+}
+
+impl Element for f32 {
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl Element for f16 {
+    fn to_f64(self) -> f64 {
+        f16::to_f64(self)
+    }
+    fn from_f64(v: f64) -> Self {
+        f16::from_f64(v)
+    }
+}
+
+impl Element for bf16 {
+    fn to_f64(self) -> f64 {
+        bf16::to_f64(self)
+    }
+    fn from_f64(v: f64) -> Self {
+        bf16::from_f64(v)
+    }
+}
+
+/// xoshiro256** seeded by splitmix64: the same numbers on every platform for a seed.
+pub struct Rng([u64; 4]);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        Rng([next(), next(), next(), next()])
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let s = &mut self.0;
+        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}
+
+fn check(len: usize, cols: usize, rows: &[usize]) -> Result<usize> {
+    if cols == 0 || len % cols != 0 {
+        return Err(Error::Invalid(format!("a matrix of {len} elements cannot have {cols} columns")));
+    }
+    let n = len / cols;
+    if let Some(&bad) = rows.iter().find(|&&r| r >= n) {
+        return Err(Error::Invalid(format!("row {bad} is out of range for a matrix of {n} rows")));
+    }
+    Ok(n)
+}
+
+impl Matrix<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Matrix::F32(d) => d.len(),
+            Matrix::F16(d) => d.len(),
+            Matrix::Bf16(d) => d.len(),
+        }
+    }
+
+    /// Mean (in f64) of the rows `include` says yes to.
+    pub fn mean(&self, cols: usize, include: &[bool]) -> Result<Vec<f64>> {
+        let n = check(self.len(), cols, &[])?;
+        if include.len() != n {
+            return Err(Error::Invalid(format!("{} row flags for {n} rows", include.len())));
+        }
+        match self {
+            Matrix::F32(d) => mean_of(d, cols, include),
+            Matrix::F16(d) => mean_of(d, cols, include),
+            Matrix::Bf16(d) => mean_of(d, cols, include),
+        }
+    }
+
+    /// `scale^½ · Xcᵀ g / √N` for each row of `gs` (g ~ N(0, I_N) over the included rows):
+    /// samples whose covariance is `scale · Σ` without forming Σ.
+    pub fn covariance_noise(&self, cols: usize, include: &[bool], mean: &[f64], draws: usize, seed: u64, scale: f64) -> Result<Vec<Vec<f64>>> {
+        check(self.len(), cols, &[])?;
+        let kept: Vec<usize> = (0..include.len()).filter(|&r| include[r]).collect();
+        let mut rng = Rng::new(seed);
+        let gs: Vec<Vec<f64>> = (0..draws).map(|_| kept.iter().map(|_| rng.normal()).collect()).collect();
+        let factor = (scale / kept.len().max(1) as f64).sqrt();
+        Ok(match self {
+            Matrix::F32(d) => weighted_sums(d, cols, &kept, mean, &gs, factor),
+            Matrix::F16(d) => weighted_sums(d, cols, &kept, mean, &gs, factor),
+            Matrix::Bf16(d) => weighted_sums(d, cols, &kept, mean, &gs, factor),
+        })
+    }
+
+    /// Writes `values[k]` (rounded to the element type) into row `rows[k]`.
+    pub fn write_rows(&mut self, cols: usize, rows: &[usize], values: &[Vec<f64>]) -> Result<()> {
+        check(self.len(), cols, rows)?;
+        match self {
+            Matrix::F32(d) => write(d, cols, rows, values),
+            Matrix::F16(d) => write(d, cols, rows, values),
+            Matrix::Bf16(d) => write(d, cols, rows, values),
+        }
+        Ok(())
+    }
+
+    /// Row `r` in f64.
+    pub fn row(&self, cols: usize, r: usize) -> Result<Vec<f64>> {
+        check(self.len(), cols, &[r])?;
+        Ok(match self {
+            Matrix::F32(d) => d[r * cols..(r + 1) * cols].iter().map(|x| x.to_f64()).collect(),
+            Matrix::F16(d) => d[r * cols..(r + 1) * cols].iter().map(|x| x.to_f64()).collect(),
+            Matrix::Bf16(d) => d[r * cols..(r + 1) * cols].iter().map(|x| x.to_f64()).collect(),
+        })
+    }
+
+    /// The mean of each group of rows (e.g. the pieces an old tokenizer splits a new token into).
+    pub fn group_means(&self, cols: usize, groups: &[Vec<usize>]) -> Result<Vec<Vec<f64>>> {
+        groups
+            .iter()
+            .map(|group| {
+                if group.is_empty() {
+                    return Err(Error::Invalid("an empty group of rows has no mean".into()));
+                }
+                let mut acc = vec![0.0; cols];
+                for &r in group {
+                    for (a, v) in acc.iter_mut().zip(self.row(cols, r)?) {
+                        *a += v;
+                    }
+                }
+                Ok(acc.into_iter().map(|a| a / group.len() as f64).collect())
+            })
+            .collect()
+    }
+}
+
+fn mean_of<T: Element>(data: &[T], cols: usize, include: &[bool]) -> Result<Vec<f64>> {
+    let (sum, count) = data
+        .par_chunks(BLOCK * cols)
+        .zip(include.par_chunks(BLOCK))
+        .map(|(block, flags)| {
+            let mut acc = vec![0.0f64; cols];
+            let mut count = 0usize;
+            for (row, &keep) in block.chunks_exact(cols).zip(flags) {
+                if keep {
+                    count += 1;
+                    for (a, &x) in acc.iter_mut().zip(row) {
+                        *a += x.to_f64();
+                    }
+                }
+            }
+            (acc, count)
+        })
+        .reduce(
+            || (vec![0.0; cols], 0),
+            |(mut a, n), (b, m)| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                (a, n + m)
+            },
+        );
+    if count == 0 {
+        return Err(Error::Invalid("no rows to take the mean of".into()));
+    }
+    Ok(sum.into_iter().map(|s| s / count as f64).collect())
+}
+
+fn weighted_sums<T: Element>(data: &[T], cols: usize, kept: &[usize], mean: &[f64], gs: &[Vec<f64>], factor: f64) -> Vec<Vec<f64>> {
+    gs.par_iter()
+        .map(|g| {
+            let mut acc = vec![0.0f64; cols];
+            for (&r, &w) in kept.iter().zip(g) {
+                for ((a, &x), m) in acc.iter_mut().zip(&data[r * cols..(r + 1) * cols]).zip(mean) {
+                    *a += w * (x.to_f64() - m);
+                }
+            }
+            acc.into_iter().map(|a| a * factor).collect()
+        })
+        .collect()
+}
+
+fn write<T: Element>(data: &mut [T], cols: usize, rows: &[usize], values: &[Vec<f64>]) {
+    for (&r, v) in rows.iter().zip(values) {
+        for (x, &y) in data[r * cols..(r + 1) * cols].iter_mut().zip(v) {
+            *x = T::from_f64(y);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_excludes_rows_and_rounds_once() {
+        let mut data: Vec<f32> = vec![1.0, 2.0, 3.0, 4.0, 100.0, 100.0];
+        let mut m = Matrix::F32(&mut data);
+        let mean = m.mean(2, &[true, true, false]).unwrap();
+        assert_eq!(mean, vec![2.0, 3.0]);
+        m.write_rows(2, &[2], &[mean]).unwrap();
+        assert_eq!(data, vec![1.0, 2.0, 3.0, 4.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn seeded_normals_repeat_and_look_normal() {
+        let (mut a, mut b) = (Rng::new(7), Rng::new(7));
+        let xs: Vec<f64> = (0..100_000).map(|_| a.normal()).collect();
+        assert!(xs.iter().zip((0..).map(|_| b.normal())).all(|(x, y)| *x == y));
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
+        assert!(mean.abs() < 0.02 && (var - 1.0).abs() < 0.02, "{mean} {var}");
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let mut data = vec![f16::ZERO; 6];
+        let m = Matrix::F16(&mut data);
+        assert!(m.mean(4, &[true]).is_err());
+        assert!(m.row(2, 3).is_err());
+    }
+}

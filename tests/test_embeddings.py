@@ -1,0 +1,108 @@
+"""tokensmith.embeddings on numpy matrices of every supported dtype, against numpy references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tokensmith import embeddings as E
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+
+DTYPES = [np.float32, np.float16, ml_dtypes.bfloat16]
+
+
+def matrix(dtype, rows=300, dim=16, seed=0):
+    return np.random.default_rng(seed).standard_normal((rows, dim)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_mean_is_the_float64_mean_rounded_once_and_other_rows_untouched(dtype):
+    w = matrix(dtype)
+    before = w.copy()
+    ids, exclude = [297, 298, 299], [0, 5]
+    E.init_rows(w, ids, method="mean", exclude=exclude)
+    keep = np.ones(len(w), bool)
+    keep[ids + exclude] = False
+    want = before[keep].astype(np.float64).mean(axis=0).astype(dtype)
+    for i in ids:
+        assert w[i].tobytes() == want.tobytes()
+    others = np.setdiff1d(np.arange(len(w)), ids)
+    assert w[others].tobytes() == before[others].tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_noisy_mean_is_seeded_and_has_variance_one_over_d(dtype):
+    a, b, c = matrix(dtype), matrix(dtype), matrix(dtype)
+    ids = list(range(200, 300))
+    E.init_rows(a, ids, method="noisy_mean", seed=3)
+    E.init_rows(b, ids, method="noisy_mean", seed=3)
+    E.init_rows(c, ids, method="noisy_mean", seed=4)
+    assert a.tobytes() == b.tobytes() and a.tobytes() != c.tobytes()
+    mean = matrix(dtype)[:200].astype(np.float64).mean(axis=0)
+    z = (a[ids].astype(np.float64) - mean) * np.sqrt(a.shape[1])
+    assert abs(z.mean()) < 0.15 and abs(z.var() - 1.0) < 0.2
+
+
+def test_mean_cov_samples_have_the_mean_and_covariance_of_the_rows():
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((400, 4)) @ np.array([[2, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0.5, 0], [0, 0, 0.3, 1]])
+    w = np.vstack([base, np.zeros((4000, 4))]).astype(np.float32)
+    ids = list(range(400, 4400))
+    E.init_rows(w, ids, method="mean_cov", seed=0, scale=1.0)
+    samples = w[ids].astype(np.float64)
+    mu = base.mean(axis=0)
+    sigma = np.cov(base, rowvar=False, bias=True)
+    assert np.allclose(samples.mean(axis=0), mu, atol=0.1)
+    assert np.allclose(np.cov(samples, rowvar=False), sigma, atol=0.25 * np.abs(sigma).max())
+    # The transformers default scale (1e-9) gives the mean to float32 precision.
+    v = np.vstack([base, np.zeros((3, 4))]).astype(np.float32)
+    E.init_rows(v, [400, 401, 402], method="mean_cov", seed=0)
+    assert np.allclose(v[400:], base.astype(np.float32).astype(np.float64).mean(axis=0), atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_copy_and_pieces_are_the_looked_up_rows(dtype):
+    import tokensmith as ts
+    from tokensmith.cli import _default_tokenizer
+
+    tok = _default_tokenizer()
+    w = matrix(dtype, rows=tok.vocab_size + 2)
+    before = w.copy()
+    new = [w.shape[0] - 2, w.shape[0] - 1]
+    E.init_rows(w, new, method="copy", sources=[10, 20])
+    assert w[new[0]].tobytes() == before[10].tobytes() and w[new[1]].tobytes() == before[20].tobytes()
+    texts = ["<|box_start|>", "新词"]
+    E.init_rows(w, new, method="pieces", tokenizer=tok, texts=texts)
+    for row, text in zip(new, texts):
+        pieces = tok.encode(text, add_special_tokens=False, special="text")
+        want = before[pieces].astype(np.float64).mean(axis=0).astype(dtype)
+        assert w[row].tobytes() == want.tobytes()
+    assert isinstance(tok, ts.Tokenizer)
+
+
+def test_grow_copies_once_pads_and_never_shrinks():
+    w = matrix(np.float32, rows=100)
+    g = E.grow(w, 3, pad_to_multiple_of=64)
+    assert g.shape == (128, 16) and g[:100].tobytes() == w.tobytes() and not g[100:].any()
+    assert E.grow(g, 0).shape == (128, 16)
+
+
+def test_bad_inputs_are_clear_errors():
+    w = matrix(np.float32)
+    with pytest.raises(ValueError, match="out of range"):
+        E.init_rows(w, [300])
+    with pytest.raises(ValueError, match="dtype"):
+        E.init_rows(w.astype(np.float64), [1])
+    with pytest.raises(ValueError, match="contiguous"):
+        E.init_rows(np.asfortranarray(w), [1])
+    with pytest.raises(ValueError, match="2-D"):
+        E.init_rows(w[0], [1])
+    ro = w.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        E.init_rows(ro, [1])
+    with pytest.raises(ValueError, match="method"):
+        E.init_rows(w, [1], method="zeros")
+    with pytest.raises(ValueError, match="sources"):
+        E.init_rows(w, [1], method="copy")
