@@ -316,7 +316,11 @@ impl AddedVocabulary {
             if done < start {
                 f(Segment::Text(&text[done..start]))?;
             }
-            f(Segment::Token(id, start))?;
+            // lstrip can push `start` up to the end of the previous token's rstrip: such an
+            // empty match is dropped, as the reference drops empty splits.
+            if start < stop {
+                f(Segment::Token(id, start))?;
+            }
             done = stop;
         }
         if done < text.len() {
@@ -369,5 +373,16 @@ mod tests {
         let v = vocab(vec![t, w]);
         assert_eq!(segments(&v, "a  <m>  b", &SpecialPolicy::Allow).unwrap(), ["a", "#100", "b"]);
         assert_eq!(segments(&v, "cats cat", &SpecialPolicy::Allow).unwrap(), ["cats ", "#101"]);
+    }
+
+    #[test]
+    fn a_match_swallowed_by_the_previous_rstrip_is_dropped() {
+        let mut space = AddedToken::new(" ", false);
+        space.lstrip = true;
+        space.rstrip = true;
+        space.normalized = false;
+        let v = vocab(vec![space]);
+        assert_eq!(segments(&v, "  ", &SpecialPolicy::Allow).unwrap(), ["#100"]);
+        assert_eq!(segments(&v, "a  b", &SpecialPolicy::Allow).unwrap(), ["a", "#100", "b"]);
     }
 }

@@ -278,6 +278,63 @@ def test_non_special_added_tokens_match_under_every_policy(name):
 
 
 # --------------------------------------------------------------------------------------------------
+# whitespace tokens and strip flags that reach into whitespace another added token could match
+
+STRIP_CONFIGS = {
+    "space-lstrip-rstrip": [(" ", dict(lstrip=True, rstrip=True))],
+    "space-lstrip-rstrip-special": [(" ", dict(special=True, lstrip=True, rstrip=True, normalized=False))],
+    "newline-lstrip-rstrip": [("\n", dict(lstrip=True, rstrip=True, normalized=False))],
+    "two-spaces-lstrip-rstrip": [("  ", dict(lstrip=True, rstrip=True))],
+    "tab-rstrip": [("\t", dict(rstrip=True))],
+    "space-lstrip": [(" ", dict(lstrip=True))],
+    "rstrip-token-then-lstrip-space": [("<|x|>", dict(rstrip=True, normalized=False)), (" ", dict(lstrip=True, normalized=False))],
+    "word-rstrip-then-space-token": [("<|x|>", dict(rstrip=True, normalized=False)), (" ", dict(lstrip=True, single_word=True))],
+    "word-strip-then-space-token": [("Å", dict(lstrip=True, rstrip=True, normalized=False)),
+                                    (" ", dict(lstrip=True, single_word=True, normalized=False))],
+    "rstrip-meets-lstrip": [("<|a|>", dict(special=True, rstrip=True, normalized=False)),
+                            ("<|b|>", dict(special=True, lstrip=True, normalized=False))],
+}
+STRIP_TEXTS = TRICKY_TEXTS + [
+    "X  y", "y  X", "X  ", "  ", "   ", "    ", "x    y", " \n ", "<|x|> y", "y <|x|> ", "a  b", "\n\n", "\t\t\tx", "x\t \t", "<|x|>  y", "<|x|> \n y",
+    "Å  <|a|>", "a Å  b", "<|a|> <|b|>", "<|a|>   <|b|>", "<|a|>\n<|b|>", "<|b|> <|a|>", "<|x|>  <|x|>",
+]
+
+
+def hf_encode_or_none(hf, text, **kwargs):
+    """HF ids, or None where HF itself panics ("AddedVocabulary bad split", a reference bug)."""
+    try:
+        return hf.encode(text, **kwargs).ids
+    except BaseException as e:  # pyo3 PanicException derives from BaseException
+        if type(e).__name__ != "PanicException":
+            raise
+        return None
+
+
+@pytest.mark.parametrize("config", sorted(STRIP_CONFIGS))
+@pytest.mark.parametrize("name", ["gpt2", "qwen2"])
+def test_strip_flags_around_whitespace_tokens(name, config):
+    hf, tok = make_pair(name)
+    toks = STRIP_CONFIGS[config]
+    hf.add_tokens([tokenizers.AddedToken(c, **f) for c, f in toks])
+    assert tok.add_tokens([ts.AddedToken(c, **f) for c, f in toks]) == [hf.token_to_id(c) for c, _ in toks]
+    compared, failures = 0, []
+    for text in STRIP_TEXTS:
+        want = hf_encode_or_none(hf, text)
+        if want is None:
+            continue
+        compared += 1
+        got = tok.encode(text)
+        if got != want:
+            failures.append((text, got, want))
+    assert compared > len(STRIP_TEXTS) // 2, "HF panicked on most texts; the reference is unusable here"
+    if failures:
+        failures.sort(key=lambda f: len(f[0]))
+        text, got, want = failures[0]
+        pytest.fail(f"{name} {config}: {len(failures)} of {compared} texts differ; shortest: {text!r}\n"
+                    f"tokensmith ids: {got}\nreference  ids: {want}", pytrace=False)
+
+
+# --------------------------------------------------------------------------------------------------
 # save / from_pretrained / pickle
 
 

@@ -367,6 +367,25 @@ def test_decode_invalid_ids(name):
     assert tok.decode([top]) == hf_tokenizer(name).decode([top], skip_special_tokens=False)
 
 
+@pytest.mark.parametrize("name", ["cl100k_base", "o200k_base"])
+def test_decode_ids_in_vocabulary_holes(name):
+    """Ids below the largest id that name no token: either HF's result (the hole is dropped) or a
+    ValueError / TokenizerError naming the id; never a crash or garbage."""
+    tok, hf = ts_tokenizer(name), hf_tokenizer(name)
+    used = set(hf.get_vocab(with_added_tokens=True).values())
+    holes = [i for i in range(max(used)) if i not in used]
+    assert holes, f"{name} should have holes in its ids"
+    for hole in holes[:3] + holes[-2:]:
+        ids = [15339, hole, 15339]
+        try:
+            got = tok.decode(ids)
+        except (ValueError, ts.TokenizerError) as e:
+            assert str(hole) in str(e), str(e)
+        else:
+            assert got == hf.decode(ids, skip_special_tokens=False), (hole, got)
+        assert tok.id_to_token(hole) is None
+
+
 def test_decode_wrong_types():
     require_data()
     tok = ts_tokenizer("gpt2")

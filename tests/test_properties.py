@@ -193,8 +193,15 @@ ADDED = [
     ("café", False, True, True, False, True),
     ("hello", True, False, False, True, True),
     ("[x]", False, False, True, False, False),
+    ("ne\u0301e", False, False, False, False, True),   # decomposed content, normalized (NFC for qwen2)
+    ("u\u0308ber", True, False, False, False, False),  # decomposed content, not normalized
+    (" lead", False, True, False, False, True),         # content starting with a space
+    ("trail ", True, False, True, False, False),        # content ending with a space
+    ("\t\t", False, False, False, False, False),        # whitespace-only content
+    ("词语", False, False, False, True, True),            # single_word on CJK
 ]
-ADDED_PIECES = [a[0] for a in ADDED] + ["cafe\u0301", "a", "b", "c", "<|", "|>", "<|a|", "新", "词"]
+ADDED_PIECES = [a[0] for a in ADDED] + ["cafe\u0301", "a", "b", "c", "<|", "|>", "<|a|", "新", "词", "née", "über",
+                                        "u\u0308ber", "lead", "trail", "\t", "语"]
 
 
 @functools.lru_cache(maxsize=None)
