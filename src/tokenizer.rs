@@ -173,8 +173,6 @@ impl Tokenizer {
         protected: &[(usize, usize)],
         sink: &mut Sink,
     ) -> Result<()> {
-        let mut chars_before = 0usize; // for error offsets in the normalized pass
-        let mut raw_start = 0usize;
         self.added.split_raw(text, policy, Protect::exact(protected, 0), &mut |segment| match segment {
             Segment::Token(id, start) => {
                 sink.push(id, start);
@@ -194,9 +192,6 @@ impl Tokenizer {
                 } else {
                     Protect::whole(protected, start, start + raw.len())
                 };
-                chars_before += text[raw_start..start].chars().count();
-                raw_start = start;
-                let offset_base = chars_before;
                 let segment_text: &str = &normalized;
                 self.added
                     .split_normalized(segment_text, policy, protect, &mut |inner| match inner {
@@ -225,7 +220,8 @@ impl Tokenizer {
                     })
                     .map_err(|e| match e {
                         Error::SpecialToken { token, offset } => {
-                            Error::SpecialToken { token, offset: offset + offset_base }
+                            // Counted only on error: the segment's char offset in the text.
+                            Error::SpecialToken { token, offset: offset + text[..start].chars().count() }
                         }
                         other => other,
                     })

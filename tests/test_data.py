@@ -4,7 +4,6 @@ transformers' apply_chat_template on real tokenizers and real templates."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
