@@ -57,11 +57,9 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         let mut x = seed;
         let mut next = || {
+            let z = splitmix64(x);
             x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
+            z
         };
         Rng([next(), next(), next(), next()])
     }
@@ -124,19 +122,23 @@ impl Matrix<'_> {
         }
     }
 
-    /// `scale^½ · Xcᵀ g / √N` for each row of `gs` (g ~ N(0, I_N) over the included rows):
-    /// samples whose covariance is `scale · Σ` without forming Σ.
+    /// `scale^½ · Xcᵀ g / √N` for `draws` vectors g ~ N(0, I_N) over the included rows:
+    /// samples whose covariance is `scale · Σ` without forming Σ. One parallel pass over
+    /// the matrix for all draws; g's entries come from [`counter_normal`], so any device
+    /// that walks the rows in another order draws the same g.
     pub fn covariance_noise(&self, cols: usize, include: &[bool], mean: &[f64], draws: usize, seed: u64, scale: f64) -> Result<Vec<Vec<f64>>> {
-        check(self.len(), cols, &[])?;
-        let kept: Vec<usize> = (0..include.len()).filter(|&r| include[r]).collect();
-        let mut rng = Rng::new(seed);
-        let gs: Vec<Vec<f64>> = (0..draws).map(|_| kept.iter().map(|_| rng.normal()).collect()).collect();
-        let factor = (scale / kept.len().max(1) as f64).sqrt();
-        Ok(match self {
-            Matrix::F32(d) => weighted_sums(d, cols, &kept, mean, &gs, factor),
-            Matrix::F16(d) => weighted_sums(d, cols, &kept, mean, &gs, factor),
-            Matrix::Bf16(d) => weighted_sums(d, cols, &kept, mean, &gs, factor),
-        })
+        let n = check(self.len(), cols, &[])?;
+        if include.len() != n || mean.len() != cols {
+            return Err(Error::Invalid(format!("{} row flags and a mean of {} for a {n} x {cols} matrix", include.len(), mean.len())));
+        }
+        let kept = include.iter().filter(|&&k| k).count();
+        let factor = (scale / kept.max(1) as f64).sqrt();
+        let sums = match self {
+            Matrix::F32(d) => weighted_sums(d, cols, include, mean, draws, seed),
+            Matrix::F16(d) => weighted_sums(d, cols, include, mean, draws, seed),
+            Matrix::Bf16(d) => weighted_sums(d, cols, include, mean, draws, seed),
+        };
+        Ok(sums.chunks(cols.max(1)).take(draws).map(|s| s.iter().map(|a| a * factor).collect()).collect())
     }
 
     /// Writes `values[k]` (rounded to the element type) into row `rows[k]`.
@@ -148,6 +150,16 @@ impl Matrix<'_> {
             Matrix::Bf16(d) => write(d, cols, rows, values),
         }
         Ok(())
+    }
+
+    /// Rows whose every element is zero (padding a resize added, never trained).
+    pub fn zero_rows(&self, cols: usize) -> Result<Vec<usize>> {
+        check(self.len(), cols, &[])?;
+        Ok(match self {
+            Matrix::F32(d) => zero_rows_of(d, cols),
+            Matrix::F16(d) => zero_rows_of(d, cols),
+            Matrix::Bf16(d) => zero_rows_of(d, cols),
+        })
     }
 
     /// Row `r` in f64.
@@ -180,6 +192,14 @@ impl Matrix<'_> {
     }
 }
 
+fn zero_rows_of<T: Element>(data: &[T], cols: usize) -> Vec<usize> {
+    data.par_chunks(cols)
+        .enumerate()
+        .filter(|(_, row)| row.iter().all(|x| x.to_f64() == 0.0))
+        .map(|(r, _)| r)
+        .collect()
+}
+
 fn mean_of<T: Element>(data: &[T], cols: usize, include: &[bool]) -> Result<Vec<f64>> {
     let (sum, count) = data
         .par_chunks(BLOCK * cols)
@@ -210,18 +230,56 @@ fn mean_of<T: Element>(data: &[T], cols: usize, include: &[bool]) -> Result<Vec<
     Ok(sum.into_iter().map(|s| s / count as f64).collect())
 }
 
-fn weighted_sums<T: Element>(data: &[T], cols: usize, kept: &[usize], mean: &[f64], gs: &[Vec<f64>], factor: f64) -> Vec<Vec<f64>> {
-    gs.par_iter()
-        .map(|g| {
-            let mut acc = vec![0.0f64; cols];
-            for (&r, &w) in kept.iter().zip(g) {
-                for ((a, &x), m) in acc.iter_mut().zip(&data[r * cols..(r + 1) * cols]).zip(mean) {
-                    *a += w * (x.to_f64() - m);
+/// Σ_r g[k][r] · (x_r − mean) over the included rows r, for each draw k, flattened
+/// draw-major (draws x cols).
+fn weighted_sums<T: Element>(data: &[T], cols: usize, include: &[bool], mean: &[f64], draws: usize, seed: u64) -> Vec<f64> {
+    data.par_chunks(BLOCK * cols)
+        .zip(include.par_chunks(BLOCK))
+        .enumerate()
+        .fold(
+            || vec![0.0f64; draws * cols],
+            |mut acc, (block, (rows, flags))| {
+                let mut centered = vec![0.0f64; cols];
+                for (i, (row, &keep)) in rows.chunks_exact(cols).zip(flags).enumerate() {
+                    if !keep {
+                        continue;
+                    }
+                    for ((c, &x), m) in centered.iter_mut().zip(row).zip(mean) {
+                        *c = x.to_f64() - m;
+                    }
+                    let r = (block * BLOCK + i) as u64;
+                    for (k, sum) in acc.chunks_exact_mut(cols).enumerate() {
+                        let w = counter_normal(seed, k as u64, r);
+                        sum.iter_mut().zip(&centered).for_each(|(a, c)| *a += w * c);
+                    }
                 }
-            }
-            acc.into_iter().map(|a| a * factor).collect()
-        })
-        .collect()
+                acc
+            },
+        )
+        .reduce(
+            || vec![0.0f64; draws * cols],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A standard normal that depends only on (seed, stream, index): random access into
+/// seeded noise, so row blocks can be drawn in any order, on any device, in parallel.
+pub fn counter_normal(seed: u64, stream: u64, index: u64) -> f64 {
+    let base = splitmix64(splitmix64(seed) ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let to_unit = |x: u64| ((x >> 11) as f64 + 1.0) / (1u64 << 53) as f64; // (0, 1]
+    let u = to_unit(splitmix64(base ^ index.wrapping_mul(2)));
+    let v = to_unit(splitmix64(base ^ index.wrapping_mul(2).wrapping_add(1)));
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
 }
 
 fn write<T: Element>(data: &mut [T], cols: usize, rows: &[usize], values: &[Vec<f64>]) {
@@ -254,6 +312,19 @@ mod tests {
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
         assert!(mean.abs() < 0.02 && (var - 1.0).abs() < 0.02, "{mean} {var}");
+    }
+
+    #[test]
+    fn counter_normals_are_normal_and_independent_of_order() {
+        let xs: Vec<f64> = (0..100_000).map(|i| counter_normal(3, 1, i)).collect();
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
+        assert!(mean.abs() < 0.02 && (var - 1.0).abs() < 0.02, "{mean} {var}");
+        let lag: f64 = xs.windows(2).map(|w| w[0] * w[1]).sum::<f64>() / xs.len() as f64;
+        assert!(lag.abs() < 0.02, "{lag}");
+        assert_ne!(counter_normal(3, 1, 5), counter_normal(3, 2, 5));
+        assert_ne!(counter_normal(3, 1, 5), counter_normal(4, 1, 5));
+        assert_eq!(counter_normal(3, 1, 5), xs[5]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Python bindings (`tokensmith._core`). No logic lives here: argument conversion, GIL
 //! release, and mapping core errors to the exception classes defined in Python.
 
-use crate::embed::{Matrix, Rng};
+use crate::embed::{counter_normal, Matrix, Rng};
 use crate::error::Error;
 use crate::formats::{tiktoken, tokenizer_json};
 use crate::special::{AddedToken, SpecialPolicy};
@@ -9,7 +9,8 @@ use crate::tokenizer::Tokenizer;
 use pyo3::exceptions::{PyFileNotFoundError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
-use pyo3::types::{PyByteArray, PyDict, PyString, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString, PyType};
+use rayon::prelude::*;
 use rustc_hash::FxHashSet;
 use std::sync::Arc;
 
@@ -477,11 +478,31 @@ fn embed_group_means(py: Python<'_>, address: usize, len: usize, dtype: &str, co
     with_matrix(py, address, len, dtype, |m| m.group_means(cols, &groups))
 }
 
+/// Rows that are all zero.
+#[pyfunction]
+fn embed_zero_rows(py: Python<'_>, address: usize, len: usize, dtype: &str, cols: usize) -> PyResult<Vec<usize>> {
+    with_matrix(py, address, len, dtype, |m| m.zero_rows(cols))
+}
+
 /// Standard normal draws, seeded (the same on every platform).
 #[pyfunction]
 fn embed_normals(seed: u64, count: usize) -> Vec<f64> {
     let mut rng = Rng::new(seed);
     (0..count).map(|_| rng.normal()).collect()
+}
+
+/// The noise `covariance_noise` draws for rows `start..stop`, as native-endian f64 bytes
+/// laid out rows x streams: lets a CUDA tensor's rows be weighted by the same g as on the CPU.
+#[pyfunction]
+fn embed_counter_normals(py: Python<'_>, seed: u64, streams: usize, start: u64, stop: u64) -> Bound<'_, PyBytes> {
+    let values: Vec<f64> = py.allow_threads(|| {
+        (start..stop.max(start))
+            .into_par_iter()
+            .flat_map_iter(|r| (0..streams as u64).map(move |k| counter_normal(seed, k, r)))
+            .collect()
+    });
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    PyBytes::new(py, &bytes)
 }
 
 /// Writes each value row (rounded to the dtype) into its row, in place.
@@ -498,6 +519,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(embed_covariance_noise, m)?)?;
     m.add_function(wrap_pyfunction!(embed_group_means, m)?)?;
     m.add_function(wrap_pyfunction!(embed_normals, m)?)?;
+    m.add_function(wrap_pyfunction!(embed_zero_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(embed_counter_normals, m)?)?;
     m.add_function(wrap_pyfunction!(embed_write_rows, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

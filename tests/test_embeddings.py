@@ -106,3 +106,115 @@ def test_bad_inputs_are_clear_errors():
         E.init_rows(w, [1], method="zeros")
     with pytest.raises(ValueError, match="sources"):
         E.init_rows(w, [1], method="copy")
+
+
+# ----------------------------------------------------------------------------- torch models
+
+def tiny_llama(tied: bool, rows: int = 300):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=rows, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=tied,
+    )
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config)
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_resize_and_init_model_use_each_matrix_own_rows(tied):
+    import torch
+
+    model = tiny_llama(tied)
+    old_in = model.get_input_embeddings().weight.detach().clone()
+    old_out = model.get_output_embeddings().weight.detach().clone()
+    assert E.resize(model, 303, pad_to_multiple_of=8) == 304
+    assert E.resize(model, 10) == 304, "never shrinks"
+    inputs, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert inputs.shape == head.shape == (304, 16) and model.config.vocab_size == 304
+    assert (head is inputs) == tied
+    assert torch.equal(inputs[:300], old_in) and torch.equal(head[:300], old_out)
+    assert not inputs[300:].any()
+
+    E.init_model(model, [300, 301, 302], "mean")
+    want_in = old_in.double().mean(0).float()
+    want_out = old_out.double().mean(0).float()
+    assert torch.equal(inputs[301], want_in)
+    assert torch.equal(head[301], want_in if tied else want_out), "a head row comes from head rows"
+    assert not inputs[303].any()
+    logits = model(torch.tensor([[1, 300, 302]])).logits
+    assert logits.shape == (1, 3, 304) and torch.isfinite(logits).all()
+
+
+def test_train_only_rows_masks_the_gradient():
+    import torch
+
+    model = tiny_llama(tied=False)
+    emb = model.get_input_embeddings()
+    before = emb.weight.detach().clone()
+    handle = E.train_only_rows(emb, [5, 7])
+    model(torch.tensor([[3, 5, 7, 9]])).logits.sum().backward()
+    grad = emb.weight.grad
+    assert grad[[5, 7]].abs().sum() > 0 and not grad[[3, 9]].any()
+    torch.optim.SGD([emb.weight], lr=1.0).step()
+    changed = (emb.weight.detach() != before).any(dim=1).nonzero().flatten().tolist()
+    assert changed == [5, 7]
+    handle.remove()
+    emb.weight.grad = None
+    model(torch.tensor([[3]])).logits.sum().backward()
+    assert emb.weight.grad[3].any()
+
+
+def test_torch_cpu_tensors_match_numpy():
+    torch = pytest.importorskip("torch")
+    w = matrix(np.float32)
+    t = torch.from_numpy(w.copy())
+    E.init_rows(w, [1, 2], method="mean_cov", seed=5, scale=1.0)
+    E.init_rows(t, [1, 2], method="mean_cov", seed=5, scale=1.0)
+    assert t.numpy().tobytes() == w.tobytes()
+
+
+# ----------------------------------------------------------------------------- CUDA
+
+def cuda_or_skip():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return torch
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("method", ["mean", "noisy_mean", "mean_cov", "copy", "pieces"])
+def test_cuda_tensors_match_the_cpu_path(method, dtype):
+    torch = cuda_or_skip()
+    from tokensmith.cli import _default_tokenizer
+
+    tok = _default_tokenizer()
+    rows = tok.vocab_size + 40_000  # more rows than one device chunk
+    torch.manual_seed(0)
+    cpu = torch.randn(rows, 64).to(getattr(torch, dtype))
+    gpu = cpu.cuda()
+    ids = [rows - 3, rows - 2, rows - 1]
+    options = {"copy": dict(sources=[10, 20, 10]),
+               "pieces": dict(tokenizer=tok, texts=["<|box|>", "新词", " hello"])}.get(method, {})
+    E.init_rows(cpu, ids, method, exclude=[0, 1], seed=3, scale=1e-2, **options)
+    E.init_rows(gpu, ids, method, exclude=[0, 1], seed=3, scale=1e-2, **options)
+    back = gpu.cpu()
+    others = torch.ones(rows, dtype=torch.bool)
+    others[ids] = False
+    assert torch.equal(back[others], cpu[others]), "rows outside ids must be bit-identical"
+    # Same statistics, same noise: equal up to the order of the float64 sums (one ulp at most).
+    tol = {"float32": 1e-6, "float16": 1e-3, "bfloat16": 8e-3}[dtype]
+    torch.testing.assert_close(back[ids].double(), cpu[ids].double(), rtol=tol, atol=tol)
+
+
+def test_cuda_model_init_and_train_only_rows():
+    torch = cuda_or_skip()
+    model = tiny_llama(tied=False).cuda()
+    E.resize(model, 310)
+    E.init_model(model, [300, 301], "noisy_mean", seed=1)
+    assert model.get_input_embeddings().weight.is_cuda
+    emb = model.get_input_embeddings()
+    E.train_only_rows(emb, [300])
+    model(torch.tensor([[1, 300]], device="cuda")).logits.sum().backward()
+    assert emb.weight.grad[300].any() and not emb.weight.grad[1].any()

@@ -11,6 +11,7 @@ safe special-token handling, and fast batch encoding, from a Rust core.
 from ._core import __version__
 from ._tokenizer import AddedToken, SpecialPolicy, Tokenizer
 from .errors import (
+    CheckpointError,
     InvalidInputError,
     SpecialTokenError,
     TokenizerError,
@@ -20,6 +21,7 @@ from .errors import (
 
 __all__ = [
     "AddedToken",
+    "CheckpointError",
     "InvalidInputError",
     "SpecialPolicy",
     "SpecialTokenError",

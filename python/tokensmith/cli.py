@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import Tokenizer
+from .checkpoint import INIT_METHODS
 from .data.lint import SPECIAL_LOOKING
 from .errors import TokenizerError
 
@@ -95,8 +96,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--map", action="append", default=[], metavar="FROM=TO")
     p.add_argument("--limit", type=int, default=50, help="print at most this many findings (all are counted)")
 
+    p = commands.add_parser("add-tokens", help="add tokens to a model folder: tokenizer files and embedding rows")
+    p.add_argument("model_dir", help="Hugging Face model folder (safetensors, one file or sharded)")
+    p.add_argument("out_dir", help="new model folder (written atomically; the input is never modified)")
+    p.add_argument("--tokens", nargs="+", default=[], metavar="TOKEN", help="tokens to add")
+    p.add_argument("--tokens-file", help="a file with one token per line (added after --tokens)")
+    p.add_argument("--init", choices=INIT_METHODS, default="pieces",
+                   help="how the new rows start (default: pieces, the mean of the rows of the pieces "
+                        "the old tokenizer splits each token into)")
+    p.add_argument("--descriptions-file", help="with --init description: one description per token, one per line")
+    p.add_argument("--not-special", action="store_true", help="add plain tokens instead of special tokens")
+    p.add_argument("--reuse-reserved", action="store_true",
+                   help="take over untrained reserved slots (<|reserved_special_token_N|>, <unusedN>, "
+                        "[control_N], <SPECIAL_N>) before growing the matrices")
+    p.add_argument("--reserved-pattern", action="append", metavar="REGEX",
+                   help="a reserved-slot pattern (whole token) instead of the built-in ones; repeatable")
+    p.add_argument("--pad-to-multiple-of", type=int, default=None, help="round the row count up to this")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
     args = parser.parse_args(argv)
     try:
+        if args.command == "add-tokens":
+            return _add_tokens(args)
         tok = _load(args.tokenizer)
         if args.command == "inspect":
             return inspect(tok, args.text, args.special)
@@ -128,6 +150,24 @@ def _prepare(tok: Tokenizer, args: argparse.Namespace) -> int:
     )
     for message in result.errors[:20]:
         print(f"skipped {message}", file=sys.stderr)
+    print(result.summary())
+    return 0
+
+
+def _lines(path: str) -> list[str]:
+    return [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _add_tokens(args: argparse.Namespace) -> int:
+    from .checkpoint import add_tokens
+
+    tokens = args.tokens + (_lines(args.tokens_file) if args.tokens_file else [])
+    result = add_tokens(
+        args.model_dir, args.out_dir, tokens, special=not args.not_special, init=args.init,
+        descriptions=_lines(args.descriptions_file) if args.descriptions_file else None,
+        reuse_reserved=args.reuse_reserved, reserved_patterns=args.reserved_pattern,
+        pad_to_multiple_of=args.pad_to_multiple_of, seed=args.seed, overwrite=args.overwrite,
+    )
     print(result.summary())
     return 0
 

@@ -1,15 +1,19 @@
-"""Initialize new embedding rows in place (numpy arrays and CPU torch tensors).
+"""Initialize new embedding rows in place: numpy arrays, CPU and CUDA torch tensors, models.
 
 New tokens need rows in the input embedding and in an untied output head; they should
-start from statistics of the trained rows, not zeros. Each method below computes in one
-parallel pass over the matrix in Rust (f64 accumulation) and writes only the rows in
-``ids``; every other row is left bit-identical. Call it once per matrix: an output head
-is initialized from output-head rows, the input embedding from input-embedding rows.
+start from statistics of the trained rows, not zeros. On the host each method is one
+parallel pass over the matrix in Rust (float64 accumulation); on a GPU the same statistics
+are taken with torch ops on the device, in row chunks, and only the new rows travel. Only
+the rows in ``ids`` are written; every other row is left bit-identical.
 
 >>> import numpy as np
 >>> from tokensmith import embeddings as E
 >>> w = np.random.default_rng(0).standard_normal((100, 8)).astype(np.float32)
 >>> E.init_rows(w, [98, 99], method="mean")
+
+For a model, :func:`init_model` initializes the input embedding from input-embedding rows
+and an untied output head from output-head rows (tied weights once), and :func:`resize`
+grows both without transformers' full re-initialization.
 """
 
 from __future__ import annotations
@@ -21,27 +25,33 @@ from typing import Any
 from . import _core
 from .errors import InvalidInputError
 
-__all__ = ["METHODS", "init_rows", "grow"]
+__all__ = ["METHODS", "init_rows", "init_model", "grow", "resize", "train_only_rows"]
 
 METHODS = ("mean", "noisy_mean", "mean_cov", "copy", "pieces", "description")
+DTYPES = ("float32", "float16", "bfloat16")
+
+# Rows per chunk when a GPU tensor is reduced in float64: bounds the temporary to
+# CHUNK x dim doubles whatever the vocabulary size.
+CHUNK = 16384
 
 
-class _Matrix:
-    """Pointer, element count, dtype name and shape of a checked 2-D row-major matrix."""
+def _is_torch(weight: Any) -> bool:
+    return type(weight).__module__.startswith("torch")
 
-    def __init__(self, weight: Any) -> None:
-        module = type(weight).__module__
-        if module.startswith("torch"):
-            if weight.device.type != "cpu":
-                raise InvalidInputError(
-                    f"weight is on {weight.device}: only CPU tensors are supported so far (move it with .cpu())"
-                )
+
+class _HostMatrix:
+    """A checked 2-D row-major matrix in host memory, handed to the Rust kernels by address
+    (the buffer protocol is not in Python 3.10's stable ABI)."""
+
+    def __init__(self, weight: Any, dtype: str | None = None) -> None:
+        if _is_torch(weight):
             self.dtype = str(weight.dtype).removeprefix("torch.")
             contiguous = weight.is_contiguous()
             self.address = weight.data_ptr()
             shape = tuple(weight.shape)
-        elif module == "numpy":
-            self.dtype = weight.dtype.name
+        elif type(weight).__module__ == "numpy":
+            # `dtype` lets a raw uint16 view of bfloat16 data (safetensors) name its real type.
+            self.dtype = dtype or weight.dtype.name
             contiguous = weight.flags.c_contiguous
             if not weight.flags.writeable:
                 raise InvalidInputError("weight is read-only")
@@ -49,18 +59,115 @@ class _Matrix:
             shape = weight.shape
         else:
             raise TypeError(f"weight must be a numpy array or a torch tensor, got {type(weight).__name__}")
-        if len(shape) != 2:
-            raise InvalidInputError(f"weight must be 2-D (rows x dim), got shape {shape}")
-        if self.dtype not in ("float32", "float16", "bfloat16"):
-            raise InvalidInputError(f"weight dtype must be float32, float16 or bfloat16, got {self.dtype}")
+        _check_shape_dtype(shape, self.dtype)
         if not contiguous:
             raise InvalidInputError("weight must be contiguous (row-major); pass .contiguous() / np.ascontiguousarray")
         self.rows, self.cols = shape
-        self.len = self.rows * self.cols
         self.weight = weight  # keeps the memory alive while Rust uses the pointer
 
-    def args(self) -> tuple[int, int, str, int]:
-        return self.address, self.len, self.dtype, self.cols
+    def _args(self) -> tuple[int, int, str, int]:
+        return self.address, self.rows * self.cols, self.dtype, self.cols
+
+    def mean(self, include: list[bool]) -> list[float]:
+        return _core.embed_mean(*self._args(), include)
+
+    def covariance_noise(self, include: list[bool], mean: list[float], draws: int, seed: int, scale: float) -> list[list[float]]:
+        return _core.embed_covariance_noise(*self._args(), include, mean, draws, seed, scale)
+
+    def group_means(self, groups: list[list[int]]) -> list[list[float]]:
+        return _core.embed_group_means(*self._args(), groups)
+
+    def write_rows(self, rows: list[int], values: list[list[float]]) -> None:
+        _core.embed_write_rows(*self._args(), rows, values)
+
+    def zero_rows(self) -> list[int]:
+        return _core.embed_zero_rows(*self._args())
+
+
+class _DeviceMatrix:
+    """A torch tensor on an accelerator: statistics by torch ops on the device in float64
+    row chunks; the new rows are rounded on the host exactly as the CPU path rounds them and
+    copied in, so CPU and GPU give the same bits up to the order of the float64 sums."""
+
+    def __init__(self, weight: Any) -> None:
+        import torch
+
+        self.torch = torch
+        self.dtype = str(weight.dtype).removeprefix("torch.")
+        _check_shape_dtype(tuple(weight.shape), self.dtype)
+        self.rows, self.cols = weight.shape
+        self.weight = weight
+
+    def _chunks(self):
+        for start in range(0, self.rows, CHUNK):
+            yield start, min(start + CHUNK, self.rows)
+
+    def _flags(self, include: list[bool]):
+        return self.torch.tensor(include, dtype=self.torch.float64, device=self.weight.device)
+
+    def mean(self, include: list[bool]) -> list[float]:
+        torch = self.torch
+        flags = self._flags(include)
+        count = int(sum(include))
+        if count == 0:
+            raise InvalidInputError("no rows to take the mean of")
+        total = torch.zeros(self.cols, dtype=torch.float64, device=self.weight.device)
+        with torch.no_grad():
+            for a, b in self._chunks():
+                total += flags[a:b] @ self.weight[a:b].to(torch.float64)
+        return (total / count).tolist()
+
+    def covariance_noise(self, include: list[bool], mean: list[float], draws: int, seed: int, scale: float) -> list[list[float]]:
+        torch = self.torch
+        device = self.weight.device
+        flags = self._flags(include)
+        mu = torch.tensor(mean, dtype=torch.float64, device=device)
+        acc = torch.zeros((self.cols, draws), dtype=torch.float64, device=device)
+        with torch.no_grad():
+            for a, b in self._chunks():
+                g = torch.frombuffer(bytearray(_core.embed_counter_normals(seed, draws, a, b)), dtype=torch.float64)
+                g = g.view(b - a, draws).to(device) * flags[a:b, None]
+                acc += (self.weight[a:b].to(torch.float64) - mu).T @ g
+        factor = math.sqrt(scale / max(int(sum(include)), 1))
+        return (acc.T * factor).tolist()
+
+    def group_means(self, groups: list[list[int]]) -> list[list[float]]:
+        torch = self.torch
+        device = self.weight.device
+        flat = torch.tensor([r for g in groups for r in g], dtype=torch.long, device=device)
+        owner = torch.tensor([k for k, g in enumerate(groups) for _ in g], dtype=torch.long, device=device)
+        counts = torch.tensor([len(g) for g in groups], dtype=torch.float64, device=device)
+        with torch.no_grad():
+            sums = torch.zeros((len(groups), self.cols), dtype=torch.float64, device=device)
+            sums.index_add_(0, owner, self.weight[flat].to(torch.float64))
+        return (sums / counts[:, None]).tolist()
+
+    def zero_rows(self) -> list[int]:
+        found = []
+        for a, b in self._chunks():
+            found += (a + self.torch.nonzero(~self.weight[a:b].any(dim=1)).flatten()).tolist()
+        return found
+
+    def write_rows(self, rows: list[int], values: list[list[float]]) -> None:
+        torch = self.torch
+        staged = torch.empty((len(rows), self.cols), dtype=self.weight.dtype)
+        _HostMatrix(staged).write_rows(list(range(len(rows))), values)
+        with torch.no_grad():
+            index = torch.tensor(rows, dtype=torch.long, device=self.weight.device)
+            self.weight.index_copy_(0, index, staged.to(self.weight.device))
+
+
+def _check_shape_dtype(shape: tuple, dtype: str) -> None:
+    if len(shape) != 2:
+        raise InvalidInputError(f"weight must be 2-D (rows x dim), got shape {shape}")
+    if dtype not in DTYPES:
+        raise InvalidInputError(f"weight dtype must be float32, float16 or bfloat16, got {dtype}")
+
+
+def _matrix(weight: Any, dtype: str | None = None) -> _HostMatrix | _DeviceMatrix:
+    if _is_torch(weight) and weight.device.type != "cpu":
+        return _DeviceMatrix(weight)
+    return _HostMatrix(weight, dtype)
 
 
 def _ids(ids: Sequence[int], rows: int, name: str = "ids", unique: bool = True) -> list[int]:
@@ -85,6 +192,7 @@ def init_rows(
     tokenizer: Any = None,
     texts: Sequence[str] | None = None,
     noise: bool = False,
+    dtype: str | None = None,
 ) -> None:
     """Initialize rows ``ids`` of ``weight`` in place.
 
@@ -99,42 +207,69 @@ def init_rows(
       ``texts[k]`` into (a new token starts from what it replaces).
     - ``description``: the same over a description of each token, plus noise if ``noise``.
 
+    ``weight`` is a numpy array or a torch tensor (CPU or CUDA) of float32, float16 or
+    bfloat16; ``dtype="bfloat16"`` reads a uint16 numpy array as bfloat16 bits.
+
     >>> E.init_rows(w, new_ids, method="pieces", tokenizer=old_tok, texts=["<|box_start|>"])  # doctest: +SKIP
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    m = _Matrix(weight)
+    m = _matrix(weight, dtype)
     rows = _ids(ids, m.rows)
     if not rows:
         return
+    include = [True] * m.rows
+    for i in rows + _ids(exclude, m.rows, "exclude"):
+        include[i] = False
+    options = dict(seed=seed, scale=scale, sources=sources, tokenizer=tokenizer, texts=texts, noise=noise)
+    m.write_rows(rows, _values(m, len(rows), method, include, **options))
+
+
+def _values(
+    m: _HostMatrix | _DeviceMatrix,
+    count: int,
+    method: str,
+    include: list[bool],
+    *,
+    seed: int = 0,
+    scale: float = 1e-9,
+    sources: Sequence[int] | None = None,
+    tokenizer: Any = None,
+    texts: Sequence[str] | None = None,
+    noise: bool = False,
+) -> list[list[float]]:
+    """``count`` new rows (float64) by ``method`` from the rows of ``m``; the mean-based
+    methods take their statistics over the rows ``include`` marks."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     if method in ("mean", "noisy_mean", "mean_cov"):
-        include = [True] * m.rows
-        for i in rows + _ids(exclude, m.rows, "exclude"):
-            include[i] = False
-        mean = _core.embed_mean(*m.args(), include)
+        mean = m.mean(include)
         if method == "mean":
-            values = [mean] * len(rows)
-        elif method == "noisy_mean":
-            values = _plus_noise([mean] * len(rows), seed, m.cols)
-        else:
-            deltas = _core.embed_covariance_noise(*m.args(), include, mean, len(rows), seed, scale)
-            values = [[a + b for a, b in zip(mean, d)] for d in deltas]
-    elif method == "copy":
-        if sources is None or len(sources) != len(rows):
+            return [mean] * count
+        if method == "noisy_mean":
+            return _plus_noise([mean] * count, seed, m.cols)
+        deltas = m.covariance_noise(include, mean, count, seed, scale)
+        return [[a + b for a, b in zip(mean, d)] for d in deltas]
+    if method == "copy":
+        if sources is None or len(sources) != count:
             raise ValueError("method='copy' needs sources=[one source row per id]")
-        values = _core.embed_group_means(*m.args(), [[s] for s in _ids(sources, m.rows, "sources")])
-    else:
-        if tokenizer is None or texts is None or len(texts) != len(rows):
-            raise ValueError(f"method={method!r} needs tokenizer= (the old tokenizer) and texts=[one per id]")
-        groups = [tokenizer.encode(t, add_special_tokens=False, special="text") for t in texts]
-        for text, group in zip(texts, groups):
-            if not group:
-                raise InvalidInputError(f"{text!r} encodes to no tokens: it cannot seed a row")
-            _ids(group, m.rows, f"pieces of {text!r}", unique=False)
-        values = _core.embed_group_means(*m.args(), groups)
-        if method == "description" and noise:
-            values = _plus_noise(values, seed, m.cols)
-    _core.embed_write_rows(*m.args()[:3], m.cols, rows, values)
+        return m.group_means([[s] for s in _ids(sources, m.rows, "sources", unique=False)])
+    if tokenizer is None or texts is None or len(texts) != count:
+        raise ValueError(f"method={method!r} needs tokenizer= (the old tokenizer) and texts=[one per id]")
+    values = m.group_means(piece_ids(tokenizer, texts, m.rows))
+    if method == "description" and noise:
+        values = _plus_noise(values, seed, m.cols)
+    return values
+
+
+def piece_ids(tokenizer: Any, texts: Sequence[str], rows: int | None = None) -> list[list[int]]:
+    """The ids the (old) ``tokenizer`` splits each text into, as plain text: a text that
+    happens to spell a special token is not turned into that control id."""
+    groups = [tokenizer.encode(t, add_special_tokens=False, special="text") for t in texts]
+    for text, group in zip(texts, groups):
+        if not group:
+            raise InvalidInputError(f"{text!r} encodes to no tokens: it cannot seed a row")
+        if rows is not None:
+            _ids(group, rows, f"pieces of {text!r}", unique=False)
+    return groups
 
 
 def _plus_noise(values: list[list[float]], seed: int, dim: int) -> list[list[float]]:
@@ -153,17 +288,109 @@ def grow(weight: Any, new_rows: int, *, pad_to_multiple_of: int | None = None) -
     if new_rows < 0:
         raise ValueError("new_rows must be >= 0")
     rows, dim = weight.shape
-    target = rows + new_rows
-    if pad_to_multiple_of:
-        target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
+    target = _padded(rows + new_rows, pad_to_multiple_of)
     target = max(target, rows)
-    if type(weight).__module__.startswith("torch"):
+    if _is_torch(weight):
         import torch
 
-        out = torch.zeros((target, dim), dtype=weight.dtype, device=weight.device)
+        out = torch.empty((target, dim), dtype=weight.dtype, device=weight.device)
+        with torch.no_grad():
+            out[:rows] = weight
+            out[rows:].zero_()
     else:
         import numpy as np
 
         out = np.zeros((target, dim), dtype=weight.dtype)
-    out[:rows] = weight
+        out[:rows] = weight
     return out
+
+
+def _padded(rows: int, multiple: int | None) -> int:
+    if multiple is not None and multiple < 1:
+        raise ValueError("pad_to_multiple_of must be >= 1")
+    return -(-rows // multiple) * multiple if multiple else rows
+
+
+def _model_weights(model: Any) -> tuple[Any, Any | None]:
+    """The input embedding weight, and the output head's weight when it is a different
+    tensor (None when tied or absent)."""
+    inputs = model.get_input_embeddings()
+    if inputs is None:
+        raise InvalidInputError(f"{type(model).__name__} has no input embeddings")
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_weight = getattr(head, "weight", None)
+    if head_weight is None or head_weight is inputs.weight or head_weight.data_ptr() == inputs.weight.data_ptr():
+        return inputs.weight, None
+    return inputs.weight, head_weight
+
+
+def init_model(model: Any, ids: Sequence[int], method: str = "mean", **options: Any) -> None:
+    """:func:`init_rows` on a model's input embedding and, when untied, its output head.
+
+    Each matrix is initialized from its own rows (a head row from head rows, never from
+    input embeddings); tied weights are written once. Noise for the head is drawn with
+    ``seed + 1`` so the two matrices do not share a draw. Rows that are all zero (the
+    padding :func:`resize` or ``resize_token_embeddings`` added) are left out of the
+    statistics, with ``exclude``.
+
+    >>> model.resize_token_embeddings(len(tokenizer))                # doctest: +SKIP
+    >>> E.init_model(model, new_ids, "pieces", tokenizer=old_tok, texts=new_tokens)  # doctest: +SKIP
+    """
+    inputs, head = _model_weights(model)
+    for k, weight in enumerate([inputs] if head is None else [inputs, head]):
+        zero = set(_matrix(weight.data).zero_rows()) - {int(i) for i in ids}
+        exclude = sorted(zero | {int(i) for i in options.get("exclude", ())})
+        init_rows(weight.data, ids, method, **dict(options, exclude=exclude, seed=options.get("seed", 0) + k))
+
+
+def resize(model: Any, num_tokens: int, *, pad_to_multiple_of: int | None = None) -> int:
+    """Grow a transformers model's input embedding and output head to at least
+    ``num_tokens`` rows (rounded up to ``pad_to_multiple_of``), copying the old rows once
+    and zeroing the new ones: no full-matrix re-initialization, no float32 copy, and never
+    a shrink. Returns the new number of rows; ``config.vocab_size`` follows. Initialize the
+    new rows with :func:`init_model`.
+    """
+    import torch
+
+    inputs_module = model.get_input_embeddings()
+    inputs, head = _model_weights(model)
+    rows = inputs.shape[0]
+    target = max(_padded(num_tokens, pad_to_multiple_of), rows)
+    if target == rows:
+        return rows
+    grown = torch.nn.Parameter(grow(inputs.data, target - rows), requires_grad=inputs.requires_grad)
+    inputs_module.weight = grown
+    inputs_module.num_embeddings = target
+    head_module = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head_module is not None:
+        if head is None:
+            head_module.weight = grown  # tied: the same Parameter, as tie_weights() leaves it
+        else:
+            head_module.weight = torch.nn.Parameter(grow(head.data, target - rows), requires_grad=head.requires_grad)
+        bias = getattr(head_module, "bias", None)
+        if bias is not None:
+            head_module.bias = torch.nn.Parameter(grow(bias.data[:, None], target - rows)[:, 0], requires_grad=bias.requires_grad)
+        if hasattr(head_module, "out_features"):
+            head_module.out_features = target
+    config = getattr(model, "config", None)
+    if config is not None:
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        text_config.vocab_size = target
+        config.vocab_size = target
+    return target
+
+
+def train_only_rows(module: Any, ids: Sequence[int]) -> Any:
+    """Mask the gradient of ``module.weight`` (an embedding or a head) so that only rows
+    ``ids`` learn. Returns the hook handle; ``handle.remove()`` undoes it.
+
+    Optimizers with weight decay still shrink the frozen rows: give this parameter
+    ``weight_decay=0`` (or its own parameter group) when the other rows must not move.
+    """
+    import torch
+
+    weight = module.weight
+    rows = _ids(ids, weight.shape[0])
+    mask = torch.zeros((weight.shape[0], 1), dtype=weight.dtype, device=weight.device)
+    mask[rows] = 1
+    return weight.register_hook(lambda grad: grad * mask)

@@ -8,6 +8,7 @@ __all__ = [
     "UnsupportedTokenizerError",
     "SpecialTokenError",
     "InvalidInputError",
+    "CheckpointError",
 ]
 
 
@@ -29,6 +30,11 @@ class UnsupportedTokenizerError(TokenizerError):
 
 class InvalidInputError(TokenizerError, ValueError):
     """An argument cannot be honoured (an id outside the vocabulary, a bad pattern, ...)."""
+
+
+class CheckpointError(TokenizerError, ValueError):
+    """A model folder cannot be read or rewritten (missing, not safetensors, truncated, a
+    tensor of the wrong shape or dtype); the message names the file. The input is untouched."""
 
 
 class SpecialTokenError(TokenizerError, ValueError):

@@ -1,0 +1,524 @@
+"""Add tokens to a saved Hugging Face model folder without loading the model.
+
+:func:`add_tokens` reads a model folder (safetensors, one file or sharded) and writes a new
+one in which the tokenizer knows the new tokens and the input embedding and output head have
+initialized rows for them. Only those two tensors are read (memory-mapped) and rewritten;
+every other tensor is copied byte for byte without being decoded, so a multi-GB checkpoint
+needs about the memory of the new rows. The output is written to a hidden temporary folder
+and renamed at the end: an interrupted run leaves the input untouched and no half-written
+output.
+
+>>> from tokensmith.checkpoint import add_tokens
+>>> result = add_tokens("Llama-3.2-1B", "Llama-3.2-1B-box", ["<|box_start|>", "<|box_end|>"],
+...                     reuse_reserved=True)                         # doctest: +SKIP
+>>> print(result.summary())                                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from . import embeddings as E
+from ._safetensors import COPY_CHUNK, Replacement, SafetensorsFile, copy_file, copy_range, write_file
+from .errors import CheckpointError, InvalidInputError, TokenizerError
+
+__all__ = ["RESERVED_PATTERNS", "INIT_METHODS", "NewToken", "AddTokensResult", "add_tokens"]
+
+# Slots that tokenizers ship untrained, by family; each is reusable for a new token.
+RESERVED_PATTERNS = {
+    "llama3": r"<\|reserved_special_token_\d+\|>",
+    "gemma": r"<unused\d+>",
+    "mistral": r"\[control_\d+\]",
+    "tekken": r"<SPECIAL_\d+>",
+}
+
+INIT_METHODS = ("pieces", "description", "mean", "noisy_mean", "mean_cov")
+
+# Input embeddings and output heads, by the names model families give them.
+EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "tok_embeddings.weight", "embed_in.weight")
+HEAD_SUFFIXES = ("lm_head.weight", "embed_out.weight", "output.weight")
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+# Special-token fields of tokenizer_config.json whose tokens a reserved slot must not be taken from.
+SPECIAL_FIELDS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+
+
+@dataclass
+class NewToken:
+    content: str
+    id: int
+    replaced: str | None = None  # the reserved slot it took over, if any
+
+
+@dataclass
+class AddTokensResult:
+    out_dir: Path
+    tokens: list[NewToken]
+    rows_before: int
+    rows_after: int
+    init: str
+    tensors: list[str] = field(default_factory=list)  # rewritten tensors
+    files_copied: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lines = [f"wrote {self.out_dir} in {self.seconds:.1f} s ({self.bytes_written / 1e9:.2f} GB)"]
+        for t in self.tokens:
+            how = f"reusing {t.replaced!r}" if t.replaced else "new row"
+            lines.append(f"  {t.id:8d}  {t.content!r}  ({how})")
+        grown = "unchanged" if self.rows_after == self.rows_before else f"{self.rows_before} -> {self.rows_after}"
+        lines.append(f"embedding rows: {grown}; rows initialized by {self.init!r} in: {', '.join(self.tensors)}")
+        lines.append(f"{self.files_copied} other files copied byte for byte")
+        return "\n".join(lines)
+
+
+class _Progress:
+    """Bytes written so far, on one stderr line, at most twice a second."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.done, self.enabled = max(total, 1), 0, enabled
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.enabled and now - self.last >= 0.5:
+            self.last = now
+            self._print("")
+
+    def finish(self) -> None:
+        if self.enabled:
+            self._print("\n")
+
+    def _print(self, end: str) -> None:
+        rate = self.done / max(time.monotonic() - self.start, 1e-9)
+        done = min(self.done, self.total)
+        print(
+            f"\rwriting {done / 1e9:6.2f} / {self.total / 1e9:.2f} GB  {100 * done / self.total:3.0f}%  {rate / 1e6:,.0f} MB/s",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def add_tokens(
+    model_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    tokens: Sequence[str],
+    *,
+    special: bool = True,
+    init: str = "pieces",
+    descriptions: Sequence[str] | None = None,
+    reuse_reserved: bool = False,
+    reserved_patterns: Sequence[str] | None = None,
+    pad_to_multiple_of: int | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> AddTokensResult:
+    """Write a copy of ``model_dir`` to ``out_dir`` with ``tokens`` added.
+
+    - ``special``: register them as special tokens (matched whole, never split, skipped by
+      ``decode(skip_special_tokens=True)``); else as plain added tokens.
+    - ``init``: how their rows start: ``pieces`` (mean of the rows of the pieces the old
+      tokenizer splits the token's text into), ``description`` (the same over
+      ``descriptions``), ``mean``, ``noisy_mean`` or ``mean_cov`` (see
+      :func:`tokensmith.embeddings.init_rows`). The output head is initialized from its own
+      rows; tied weights once.
+    - ``reuse_reserved``: take over untrained reserved slots (:data:`RESERVED_PATTERNS`, or
+      ``reserved_patterns``, regular expressions matched against whole tokens) before
+      growing the matrices.
+    - ``pad_to_multiple_of``: round the grown row count up (never shrinks).
+
+    Raises :class:`CheckpointError` for a folder that cannot be read (missing, not
+    safetensors, truncated, inconsistent tensors) and :class:`InvalidInputError` for tokens
+    that cannot be added (already present, empty, duplicated). Nothing is written then.
+    """
+    started = time.monotonic()
+    src, out = Path(model_dir), Path(out_dir)
+    if init not in INIT_METHODS:
+        raise ValueError(f"init must be one of {', '.join(INIT_METHODS)}; got {init!r}")
+    if not src.is_dir():
+        raise CheckpointError(f"{src}: no such model folder")
+    if out.resolve() == src.resolve():
+        raise CheckpointError("out_dir must differ from model_dir: the input is never modified")
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+    tokens = [str(t) for t in tokens]
+    if init == "description" and (descriptions is None or len(descriptions) != len(tokens)):
+        raise ValueError("init='description' needs descriptions=[one per token]")
+
+    config = _read_json(src / "config.json")
+    tokenizer_json = _read_json(src / "tokenizer.json")
+    tokenizer_config = _read_json(src / "tokenizer_config.json") if (src / "tokenizer_config.json").exists() else None
+    shards = _weight_files(src)
+
+    vocab = _vocabulary(tokenizer_json)
+    old_size = max(vocab.values(), default=-1) + 1
+    _check_new_tokens(tokens, vocab)
+    patterns = [re.compile(p) for p in (reserved_patterns or RESERVED_PATTERNS.values())]
+    reserved = _reserved_slots(vocab, patterns, tokenizer_config)
+    slots = reserved[: len(tokens)] if reuse_reserved else []
+
+    embedding, head, files = _locate_matrices(shards, config)
+    rows = embedding.shape[0]
+    if rows < old_size:
+        raise CheckpointError(f"the embedding has {rows} rows but the tokenizer has {old_size} tokens")
+    new_count = len(tokens) - len(slots)
+    target = max(rows, E._padded(old_size + new_count, pad_to_multiple_of))
+    placed = [NewToken(t, id, old) for t, (id, old) in zip(tokens, slots)]
+    placed += [NewToken(t, old_size + k, None) for k, t in enumerate(tokens[len(slots):])]
+    ids = [t.id for t in placed]
+
+    # Statistics come from trained rows only: not the padding past the tokenizer, not the
+    # reserved slots (never trained), not the rows being replaced.
+    include = [True] * rows
+    for r in list(range(old_size, rows)) + [id for id, _ in reserved] + [i for i in ids if i < rows]:
+        include[r] = False
+    old_tokenizer = _old_tokenizer(src / "tokenizer.json") if init in ("pieces", "description") else None
+    texts = list(descriptions) if init == "description" else tokens
+    method_options = dict(tokenizer=old_tokenizer, texts=texts, seed=seed)
+
+    replacements: dict[Path, dict[str, Replacement]] = {}
+    rewritten = []
+    tied = head is None or bool(config.get("tie_word_embeddings", False))
+    for k, (name, shard) in enumerate(files):
+        matrix, kernel_dtype = shard.map_rows(name)
+        if matrix.shape[0] != rows:
+            raise CheckpointError(f"{shard.path}: {name} has {matrix.shape[0]} rows, the embedding {rows}")
+        options = dict(method_options, seed=seed if tied else seed + k)
+        values = E._values(E._HostMatrix(matrix, kernel_dtype), len(ids), init, include, **options)
+        staged = _round_rows(values, matrix.dtype, kernel_dtype)
+        replacements.setdefault(shard.path, {})[name] = Replacement(
+            [target, matrix.shape[1]], _matrix_writer(shard, name, target, dict(zip(ids, staged)))
+        )
+        rewritten.append(name)
+        del matrix
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    total = sum(p.stat().st_size for p in _files(src)) + (target - rows) * sum(
+        embedding.shape[1] * (2 if shard.tensors[name].dtype in ("F16", "BF16") else 4) for name, shard in files
+    )
+    bar = _Progress(total, sys.stderr.isatty() if progress is None else progress)
+    copied = 0
+    try:
+        tmp.mkdir(parents=True)
+        for path in _files(src):
+            target_path = tmp / path.relative_to(src)
+            target_path.parent.mkdir(parents=True, exist_ok=True)
+            shard = next((s for s in shards if s.path == path), None)
+            if shard is not None and path in replacements:
+                write_file(shard, target_path, replacements[path], bar)
+            elif path.name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+                bar(path.stat().st_size)  # rewritten below
+            elif shard is not None or path.stat().st_size > COPY_CHUNK:
+                copy_file(path, target_path, bar)
+                copied += 1
+            else:
+                shutil.copy2(path, target_path)
+                bar(path.stat().st_size)
+                copied += 1
+        _write_json(tmp / "config.json", _new_config(config, target))
+        _write_json(tmp / "tokenizer.json", _new_tokenizer_json(tokenizer_json, placed, special))
+        if tokenizer_config is not None:
+            _write_json(tmp / "tokenizer_config.json", _new_tokenizer_config(tokenizer_config, placed, special))
+        if (src / "special_tokens_map.json").exists():
+            _write_json(tmp / "special_tokens_map.json", _new_special_map(_read_json(src / "special_tokens_map.json"), placed, special))
+        index = src / "model.safetensors.index.json"
+        if index.exists():
+            _write_json(tmp / index.name, _new_index(_read_json(index), tmp))
+        _verify(tmp / "tokenizer.json", placed)
+        bar.finish()
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return AddTokensResult(
+        out_dir=out,
+        tokens=placed,
+        rows_before=rows,
+        rows_after=target,
+        init=init,
+        tensors=rewritten,
+        files_copied=copied,
+        bytes_written=sum(p.stat().st_size for p in _files(out)),
+        seconds=time.monotonic() - started,
+    )
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read_json(path: Path) -> Any:
+    if not path.exists():
+        raise CheckpointError(f"{path.parent}: no {path.name} (is this a Hugging Face model folder?)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def _weight_files(src: Path) -> list[SafetensorsFile]:
+    index = src / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index}: no weight_map")
+        names = sorted(set(weight_map.values()))
+        missing = [n for n in names if not (src / n).is_file()]
+        if missing:
+            raise CheckpointError(f"{index} lists shards that are missing: {', '.join(missing)}")
+        return [SafetensorsFile(src / n) for n in names]
+    if (src / "model.safetensors").is_file():
+        return [SafetensorsFile(src / "model.safetensors")]
+    others = [p.name for p in src.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack")]
+    if others:
+        raise CheckpointError(
+            f"{src}: the weights are in {', '.join(sorted(others))}, not safetensors. add-tokens reads only "
+            "safetensors (it never unpickles); convert first, e.g. model.save_pretrained(dir, safe_serialization=True)"
+        )
+    raise CheckpointError(f"{src}: no model.safetensors or model.safetensors.index.json")
+
+
+def _vocabulary(tokenizer_json: dict) -> dict[str, int]:
+    model = tokenizer_json.get("model") or {}
+    vocab = model.get("vocab")
+    out: dict[str, int] = {}
+    if isinstance(vocab, dict):
+        out.update(vocab)
+    elif isinstance(vocab, list):  # Unigram: [[piece, score], ...]
+        out.update({entry[0]: i for i, entry in enumerate(vocab)})
+    for t in tokenizer_json.get("added_tokens") or []:
+        out[t["content"]] = t["id"]
+    return out
+
+
+def _check_new_tokens(tokens: list[str], vocab: dict[str, int]) -> None:
+    if not tokens:
+        raise InvalidInputError("no tokens to add")
+    for t in tokens:
+        if not t:
+            raise InvalidInputError("an empty string cannot be a token")
+        if t in vocab:
+            raise InvalidInputError(f"{t!r} is already token {vocab[t]}: nothing was written")
+    seen = set()
+    for t in tokens:
+        if t in seen:
+            raise InvalidInputError(f"{t!r} is listed twice")
+        seen.add(t)
+
+
+def _reserved_slots(vocab: dict[str, int], patterns: list[re.Pattern], tokenizer_config: dict | None) -> list[tuple[int, str]]:
+    """(id, content) of every reserved token, by id; those the tokenizer config uses (as
+    bos/eos/pad, in the chat template) are in use and left out."""
+    used: set[str] = set()
+    template = ""
+    if tokenizer_config:
+        for key in SPECIAL_FIELDS:
+            value = tokenizer_config.get(key)
+            value = value.get("content") if isinstance(value, dict) else value
+            if isinstance(value, str):
+                used.add(value)
+        template = json.dumps(tokenizer_config.get("chat_template") or "")
+    return sorted(
+        (id, content)
+        for content, id in vocab.items()
+        if any(p.fullmatch(content) for p in patterns) and content not in used and content not in template
+    )
+
+
+def _locate_matrices(shards: list[SafetensorsFile], config: dict) -> tuple[Any, Any, list[tuple[str, SafetensorsFile]]]:
+    """The input embedding's and the output head's tensor infos (head None when the file has
+    none, i.e. tied), and (name, file) of each to rewrite."""
+
+    def find(suffixes: tuple[str, ...]) -> list[tuple[str, SafetensorsFile]]:
+        found = [(n, s) for s in shards for n in s.tensors if n.endswith(suffixes) and len(s.tensors[n].shape) == 2]
+        vocab_size = _text_config(config).get("vocab_size")
+        if len(found) > 1 and vocab_size:
+            found = [(n, s) for n, s in found if s.tensors[n].shape[0] == vocab_size] or found
+        if len(found) > 1:
+            raise CheckpointError(f"several candidate tensors: {', '.join(n for n, _ in found)}")
+        return found
+
+    embeddings = find(EMBEDDING_SUFFIXES)
+    if not embeddings:
+        raise CheckpointError(f"no input embedding tensor (a name ending in one of {', '.join(EMBEDDING_SUFFIXES)})")
+    heads = find(HEAD_SUFFIXES)
+    files = embeddings + heads
+    infos = [s.tensors[n] for n, s in files]
+    if len({i.dtype for i in infos}) > 1:
+        raise CheckpointError("the embedding and the head have different dtypes: " + ", ".join(f"{i.name} {i.dtype}" for i in infos))
+    if len({i.shape[0] for i in infos}) > 1 or len({i.shape[1] for i in infos}) > 1:
+        raise CheckpointError("the embedding and the head have different shapes: " + ", ".join(f"{i.name} {i.shape}" for i in infos))
+    return infos[0], (infos[1] if heads else None), files
+
+
+def _text_config(config: dict) -> dict:
+    return config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+
+
+def _old_tokenizer(path: Path) -> Any:
+    from ._tokenizer import Tokenizer
+
+    try:
+        return Tokenizer.from_file(path)
+    except TokenizerError as e:
+        raise CheckpointError(
+            f"{path}: {e}. init='pieces'/'description' needs a tokenizer tokensmith can run; use init='mean' instead"
+        ) from None
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _round_rows(values: list[list[float]], np_dtype: Any, kernel_dtype: str) -> list[bytes]:
+    """Each float64 row rounded to the tensor's dtype exactly as init_rows rounds it."""
+    import numpy as np
+
+    staged = np.zeros((len(values), len(values[0]) if values else 0), dtype=np_dtype)
+    if values:
+        E._HostMatrix(staged, kernel_dtype).write_rows(list(range(len(values))), values)
+    return [row.tobytes() for row in staged]
+
+
+def _matrix_writer(shard: SafetensorsFile, name: str, target_rows: int, new_rows: dict[int, bytes]) -> Callable[[BinaryIO], None]:
+    """Streams the grown matrix: old rows copied from the file, rows in ``new_rows`` written
+    from their bytes, the rest of the new rows zero."""
+    info = shard.tensors[name]
+    old_rows, cols = info.shape
+    row_bytes = info.nbytes // old_rows if old_rows else 0
+
+    def write(out: BinaryIO) -> None:
+        with open(shard.path, "rb") as src:
+            row = 0
+            for r in sorted(new_rows) + [target_rows]:
+                if r > row:  # a run of untouched rows
+                    copy_end = min(r, old_rows)
+                    if copy_end > row:
+                        copy_range(src, out, info.begin + row * row_bytes, (copy_end - row) * row_bytes, lambda n: None)
+                    zeros = r - max(row, old_rows)
+                    for start in range(0, max(zeros, 0) * row_bytes, COPY_CHUNK):
+                        out.write(bytes(min(COPY_CHUNK, zeros * row_bytes - start)))
+                if r < target_rows:
+                    out.write(new_rows[r])
+                row = r + 1
+
+    return write
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _new_config(config: dict, target: int) -> dict:
+    config = json.loads(json.dumps(config))
+    for c in (config, _text_config(config)):
+        if isinstance(c.get("vocab_size"), int):
+            c["vocab_size"] = max(c["vocab_size"], target)
+    return config
+
+
+def _token_entry(t: NewToken, special: bool) -> dict:
+    return {
+        "id": t.id,
+        "content": t.content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": not special,
+        "special": special,
+    }
+
+
+def _new_tokenizer_json(tokenizer_json: dict, placed: list[NewToken], special: bool) -> dict:
+    data = json.loads(json.dumps(tokenizer_json))
+    added = data.setdefault("added_tokens", [])
+    vocab = (data.get("model") or {}).get("vocab")
+    for t in placed:
+        entry = _token_entry(t, special)
+        if t.replaced is not None:
+            for i, a in enumerate(added):
+                if a["id"] == t.id:
+                    added[i] = entry
+                    break
+            else:
+                added.append(entry)
+            if isinstance(vocab, dict) and vocab.get(t.replaced) == t.id:
+                data["model"]["vocab"] = {(t.content if k == t.replaced else k): v for k, v in vocab.items()}
+                vocab = data["model"]["vocab"]
+        else:
+            added.append(entry)
+    added.sort(key=lambda a: a["id"])
+    return data
+
+
+def _new_tokenizer_config(tokenizer_config: dict, placed: list[NewToken], special: bool) -> dict:
+    config = json.loads(json.dumps(tokenizer_config))
+    decoder = config.get("added_tokens_decoder")
+    if isinstance(decoder, dict):
+        for t in placed:
+            entry = _token_entry(t, special)
+            del entry["id"]
+            decoder[str(t.id)] = entry
+        config["added_tokens_decoder"] = dict(sorted(decoder.items(), key=lambda kv: int(kv[0])))
+    if special:
+        _extend_special_list(config, [t for t in placed])
+    return config
+
+
+def _extend_special_list(config: dict, placed: list[NewToken]) -> None:
+    """Add the tokens to the list of extra special tokens, under the key the file uses
+    (transformers 5 writes ``extra_special_tokens``, 4.x ``additional_special_tokens``);
+    reused slots leave the list."""
+    key = "extra_special_tokens" if isinstance(config.get("extra_special_tokens"), list) else "additional_special_tokens"
+    current = [x for x in config.get(key) or [] if isinstance(x, str)]
+    replaced = {t.replaced for t in placed}
+    config[key] = [x for x in current if x not in replaced] + [t.content for t in placed]
+
+
+def _new_special_map(special_map: dict, placed: list[NewToken], special: bool) -> dict:
+    special_map = json.loads(json.dumps(special_map))
+    if special:
+        _extend_special_list(special_map, placed)
+    return special_map
+
+
+def _new_index(index: dict, out: Path) -> dict:
+    index = json.loads(json.dumps(index))
+    total = 0
+    for name in sorted(set(index["weight_map"].values())):
+        shard = SafetensorsFile(out / name)
+        total += sum(t.nbytes for t in shard.tensors.values())
+    index.setdefault("metadata", {})["total_size"] = total
+    return index
+
+
+def _verify(path: Path, placed: list[NewToken]) -> None:
+    """Each new token must encode to exactly its id with the written tokenizer."""
+    from ._tokenizer import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(path)
+    except TokenizerError:
+        return  # a tokenizer tokensmith does not run (SentencePiece-style): transformers checks it on load
+    for t in placed:
+        got = tok.encode(t.content, add_special_tokens=False)
+        if got != [t.id]:
+            raise CheckpointError(f"internal error: {t.content!r} encodes to {got}, not [{t.id}]")

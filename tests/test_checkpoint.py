@@ -1,0 +1,319 @@
+"""tokensmith.checkpoint.add_tokens and `tokensmith add-tokens`, end to end with transformers.
+
+Small randomly initialized Llama models (bfloat16, hidden size 16) with real tokenizers from
+the shared data, saved single-file and sharded, tied and untied. After add-tokens,
+transformers must load the folder, each new token must encode to exactly its id, the new rows
+must be what the init method says (references computed here with numpy and the reference
+tokenizer), every other tensor must be bit-identical, and generation must run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TOKENIZERS_DIR, require_data
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+ml_dtypes = pytest.importorskip("ml_dtypes")
+from safetensors import safe_open  # noqa: E402  (comes with transformers)
+
+import tokensmith._safetensors as st  # noqa: E402
+from tokensmith import CheckpointError, InvalidInputError  # noqa: E402
+from tokensmith.checkpoint import add_tokens  # noqa: E402
+from tokensmith.cli import main as cli  # noqa: E402
+
+EOS = {"llama3": "<|end_of_text|>", "qwen2": "<|endoftext|>"}
+ROWS = {"llama3": 128256, "qwen2": 151936}  # Qwen pads its matrices past the tokenizer (151646)
+NEW = ["<|box_start|>", "<|box_end|>", "<tool_call>"]
+
+
+def make_model(folder: Path, name: str, tied: bool, sharded: bool) -> Path:
+    require_data()
+    config = transformers.LlamaConfig(
+        vocab_size=ROWS[name], hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+        tie_word_embeddings=tied, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(folder, max_shard_size="3MB" if sharded else "10GB")
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZERS_DIR / name / "tokenizer.json"), eos_token=EOS[name])
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    cache: dict[tuple, Path] = {}
+
+    def get(name: str, tied: bool, sharded: bool) -> Path:
+        key = (name, tied, sharded)
+        if key not in cache:
+            cache[key] = make_model(tmp_path_factory.mktemp("-".join(map(str, key))), *key)
+        return cache[key]
+
+    return get
+
+
+def tensors(folder: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a folder as raw bits (bfloat16 as uint16)."""
+    out = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(path, "pt") as f:
+            for name in f.keys():
+                t = f.get_tensor(name)
+                out[name] = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
+    return out
+
+
+def as_f64(bits: np.ndarray) -> np.ndarray:
+    return bits.view(np.uint16).view(ml_dtypes.bfloat16).astype(np.float64)
+
+
+def to_bf16_bits(values: np.ndarray) -> np.ndarray:
+    return values.astype(ml_dtypes.bfloat16).view(np.int16)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+CASES = [("llama3", False, True), ("llama3", True, False), ("qwen2", False, False), ("qwen2", True, True)]
+
+
+@pytest.mark.parametrize("name,tied,sharded", CASES, ids=lambda v: {True: "T", False: "F"}.get(v, v))
+def test_add_tokens_end_to_end(models, tmp_path, name, tied, sharded):
+    src = models(name, tied, sharded)
+    before = digest(src)
+    out = tmp_path / "out"
+    result = add_tokens(src, out, NEW, init="pieces", pad_to_multiple_of=64 if name == "llama3" else None)
+    assert digest(src) == before, "the input folder changed"
+
+    old_size = ROWS[name] if name == "llama3" else 151646
+    ids = [t.id for t in result.tokens]
+    assert ids == list(range(old_size, old_size + len(NEW)))
+    rows = 128320 if name == "llama3" else 151936  # llama3 grows (padded to 64); qwen2 has room
+    assert result.rows_after == rows
+
+    # transformers loads the folder; each new token is one id; generation runs.
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    for token, id in zip(NEW, ids):
+        assert tok.encode(token, add_special_tokens=False) == [id]
+        assert tok.encode(f"a{token}b", add_special_tokens=False).count(id) == 1
+    assert set(NEW) <= set(tok.all_special_tokens)
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values()), info
+    assert model.config.vocab_size == rows
+    assert model.get_input_embeddings().weight.shape == (rows, 16)
+    prompt = tok(f"hello {NEW[0]} world", return_tensors="pt")
+    generated = model.generate(**prompt, max_new_tokens=3, do_sample=False)
+    assert generated.shape[1] == prompt["input_ids"].shape[1] + 3
+
+    # Rows: pieces = mean of the rows of the old tokenizer's pieces, per matrix; the rest bit-identical.
+    import tokenizers
+
+    reference = tokenizers.Tokenizer.from_file(str(src / "tokenizer.json"))
+    old, new = tensors(src), tensors(out)
+    assert set(old) == set(new)
+    matrices = [n for n in old if n.endswith(("embed_tokens.weight", "lm_head.weight"))]
+    assert len(matrices) == (1 if tied else 2)
+    for n in old:
+        if n not in matrices:
+            assert new[n].tobytes() == old[n].tobytes(), n
+            continue
+        assert new[n].shape == (rows, 16)
+        kept = np.setdiff1d(np.arange(old[n].shape[0]), ids)  # qwen2's new ids are old padding rows
+        assert new[n][kept].tobytes() == old[n][kept].tobytes(), f"{n}: old rows changed"
+        for token, id in zip(NEW, ids):
+            pieces = reference.encode(token, add_special_tokens=False).ids
+            want = to_bf16_bits(as_f64(old[n][pieces]).mean(axis=0))
+            assert new[n][id].tobytes() == want.tobytes(), (n, token)
+        untouched = np.setdiff1d(np.arange(old[n].shape[0], rows), ids)
+        assert not new[n][untouched].any(), "padding rows must be zero"
+
+
+def test_reuse_reserved_slots_renames_them_and_initializes_their_rows(models, tmp_path):
+    src = models("llama3", False, False)
+    out = tmp_path / "out"
+    result = add_tokens(src, out, NEW, init="mean", reuse_reserved=True)
+    config = json.loads((src / "tokenizer.json").read_text())
+    reserved = sorted((t["id"], t["content"]) for t in config["added_tokens"] if "reserved_special_token" in t["content"])
+    assert [(t.id, t.replaced) for t in result.tokens] == reserved[:3]
+    assert result.rows_after == result.rows_before == 128256
+
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    for t in result.tokens:
+        assert tok.encode(t.content, add_special_tokens=False) == [t.id]
+        assert len(tok.encode(t.replaced, add_special_tokens=False)) > 1, "the old slot name must be gone"
+    written = json.loads((out / "tokenizer.json").read_text())
+    assert len(written["added_tokens"]) == len(config["added_tokens"])
+    assert all(t.replaced not in written["model"]["vocab"] for t in result.tokens)
+
+    # mean over trained rows: not the reserved slots (never trained), not the rows being replaced.
+    old, new = tensors(src), tensors(out)
+    reserved_ids = [id for id, _ in reserved]
+    for n in ("model.embed_tokens.weight", "lm_head.weight"):
+        keep = np.setdiff1d(np.arange(128256), reserved_ids)
+        want = to_bf16_bits(as_f64(old[n][keep]).mean(axis=0))
+        for t in result.tokens:
+            assert new[n][t.id].tobytes() == want.tobytes()
+        others = np.setdiff1d(np.arange(128256), [t.id for t in result.tokens])
+        assert new[n][others].tobytes() == old[n][others].tobytes()
+
+
+def test_untied_head_rows_come_from_the_head(models, tmp_path):
+    src = models("qwen2", False, False)
+    out = tmp_path / "out"
+    result = add_tokens(src, out, ["<|x|>"], init="mean")
+    old, new = tensors(src), tensors(out)
+    id = result.tokens[0].id
+    for n in ("model.embed_tokens.weight", "lm_head.weight"):
+        want = to_bf16_bits(as_f64(old[n][:151646]).mean(axis=0))  # trained rows only, not the padding
+        assert new[n][id].tobytes() == want.tobytes(), n
+    assert new["model.embed_tokens.weight"][id].tobytes() != new["lm_head.weight"][id].tobytes()
+
+
+@pytest.mark.parametrize("init", ["noisy_mean", "mean_cov", "description"])
+def test_other_init_methods_are_seeded(models, tmp_path, init):
+    src = models("llama3", True, False)
+    descriptions = ["the start of a bounding box"] if init == "description" else None
+    a = add_tokens(src, tmp_path / "a", ["<|box|>"], init=init, descriptions=descriptions, seed=1)
+    add_tokens(src, tmp_path / "b", ["<|box|>"], init=init, descriptions=descriptions, seed=1)
+    ta, tb = tensors(tmp_path / "a"), tensors(tmp_path / "b")
+    row = ta["model.embed_tokens.weight"][a.tokens[0].id]
+    assert row.tobytes() == tb["model.embed_tokens.weight"][a.tokens[0].id].tobytes()
+    assert row.any()
+
+
+def test_cli_add_tokens(models, tmp_path, capsys):
+    src = models("llama3", True, False)
+    tokens_file = tmp_path / "tokens.txt"
+    tokens_file.write_text("<|a|>\n<|b|>\n")
+    code = cli(["add-tokens", str(src), str(tmp_path / "out"), "--tokens", "<|c|>", "--tokens-file", str(tokens_file),
+                "--init", "mean", "--reuse-reserved"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "reusing '<|reserved_special_token_0|>'" in printed and "<|b|>" in printed
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert len(tok.encode("<|a|><|b|><|c|>", add_special_tokens=False)) == 3
+    assert cli(["add-tokens", str(tmp_path / "missing"), str(tmp_path / "o2"), "--tokens", "<|x|>"]) == 2
+    assert "no such model folder" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_existing_token_is_reported_with_its_id(models, tmp_path):
+    src = models("qwen2", True, True)
+    with pytest.raises(InvalidInputError, match=r"'<\|im_end\|>' is already token 151645"):
+        add_tokens(src, tmp_path / "out", ["<|new|>", "<|im_end|>"])
+    with pytest.raises(InvalidInputError, match="already token"):
+        add_tokens(src, tmp_path / "out", ["hello"])  # a plain vocabulary entry
+    with pytest.raises(InvalidInputError, match="twice"):
+        add_tokens(src, tmp_path / "out", ["<|x|>", "<|x|>"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_folder_and_non_safetensors_checkpoints(models, tmp_path):
+    with pytest.raises(CheckpointError, match="no such model folder"):
+        add_tokens(tmp_path / "nope", tmp_path / "out", ["<|x|>"])
+    src = models("qwen2", True, False)
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / name, pickled / name)
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x02not really")
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin, not safetensors"):
+        add_tokens(pickled, tmp_path / "out", ["<|x|>"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_and_corrupt_files_leave_the_input_untouched(models, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(models("llama3", False, True), src)
+    shard = sorted(src.glob("model-*.safetensors"))[0]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) - 100])
+    before = digest(src)
+    with pytest.raises(CheckpointError, match="truncated"):
+        add_tokens(src, tmp_path / "out", ["<|x|>"])
+    assert digest(src) == before
+    shard.write_bytes(struct.pack("<Q", 10**12) + data[8:])
+    with pytest.raises(CheckpointError, match="not a safetensors file or truncated"):
+        add_tokens(src, tmp_path / "out", ["<|x|>"])
+    shard.write_bytes(data[:8] + b"x" + data[9:])
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        add_tokens(src, tmp_path / "out", ["<|x|>"])
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_dtype_mismatch_between_embedding_and_head(tmp_path, models):
+    from safetensors.torch import save_file
+
+    src = tmp_path / "src"
+    shutil.copytree(models("qwen2", False, False), src)
+    with safe_open(src / "model.safetensors", "pt") as f:
+        weights = {n: f.get_tensor(n) for n in f.keys()}
+    weights["lm_head.weight"] = weights["lm_head.weight"].to(torch.float32)
+    save_file(weights, src / "model.safetensors")
+    with pytest.raises(CheckpointError, match="different dtypes"):
+        add_tokens(src, tmp_path / "out", ["<|x|>"])
+    weights["lm_head.weight"] = weights["lm_head.weight"].to(torch.int32)
+    save_file(weights, src / "model.safetensors")
+    with pytest.raises(CheckpointError):
+        add_tokens(src, tmp_path / "out", ["<|x|>"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_write_leaves_no_output(models, tmp_path, monkeypatch):
+    src = models("llama3", False, True)
+    before = digest(src)
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tokensmith.checkpoint.write_file", failing)
+    with pytest.raises(KeyboardInterrupt):
+        add_tokens(src, tmp_path / "out", ["<|x|>"])
+    assert calls and not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.tmp-*"))
+    assert digest(src) == before
+
+
+def test_existing_output_needs_overwrite(models, tmp_path):
+    src = models("llama3", True, False)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(CheckpointError, match="already exists"):
+        add_tokens(src, tmp_path / "out", ["<|x|>"])
+    add_tokens(src, tmp_path / "out", ["<|x|>"], overwrite=True, init="mean")
+    assert (tmp_path / "out" / "model.safetensors").exists()
+    with pytest.raises(CheckpointError, match="must differ"):
+        add_tokens(src, src, ["<|x|>"], overwrite=True)
+
+
+def test_safetensors_writer_round_trips_with_the_reference(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    rng = np.random.default_rng(0)
+    arrays = {"b": rng.standard_normal((3, 5)).astype(np.float32), "a": np.arange(7, dtype=np.int64),
+              "empty": np.zeros((0, 4), np.float16)}
+    save_file(arrays, tmp_path / "x.safetensors", metadata={"format": "pt"})
+    source = st.SafetensorsFile(tmp_path / "x.safetensors")
+    grown = np.vstack([arrays["b"], np.ones((2, 5), np.float32)])
+    replacement = st.Replacement([5, 5], lambda out: out.write(grown.tobytes()))
+    st.write_file(source, tmp_path / "y.safetensors", {"b": replacement})
+    loaded = load_file(tmp_path / "y.safetensors")
+    assert np.array_equal(loaded["b"], grown) and np.array_equal(loaded["a"], arrays["a"])
+    assert loaded["empty"].shape == (0, 4)
+    assert st.SafetensorsFile(tmp_path / "y.safetensors").metadata == {"format": "pt"}
