@@ -30,8 +30,9 @@ from tokensmith import CheckpointError, InvalidInputError  # noqa: E402
 from tokensmith.checkpoint import add_tokens  # noqa: E402
 from tokensmith.cli import main as cli  # noqa: E402
 
-EOS = {"llama3": "<|end_of_text|>", "qwen2": "<|endoftext|>"}
-ROWS = {"llama3": 128256, "qwen2": 151936}  # Qwen pads its matrices past the tokenizer (151646)
+EOS = {"llama3": "<|end_of_text|>", "qwen2": "<|endoftext|>", "gemma4": "<eos>", "mistral-v3": "</s>", "tekken": "</s>"}
+# Qwen pads its matrices past the tokenizer (151646 tokens)
+ROWS = {"llama3": 128256, "qwen2": 151936, "gemma4": 262144, "mistral-v3": 32768, "tekken": 131072}
 NEW = ["<|box_start|>", "<|box_end|>", "<tool_call>"]
 
 
@@ -167,6 +168,26 @@ def test_reuse_reserved_slots_renames_them_and_initializes_their_rows(models, tm
             assert new[n][t.id].tobytes() == want.tobytes()
         others = np.setdiff1d(np.arange(128256), [t.id for t in result.tokens])
         assert new[n][others].tobytes() == old[n][others].tobytes()
+
+
+@pytest.mark.parametrize("name,slot", [("gemma4", "<unused0>"), ("mistral-v3", "[control_12]"), ("tekken", "<SPECIAL_20>")])
+def test_reuse_reserved_slots_of_other_families(models, tmp_path, name, slot):
+    """Gemma's <unusedN> live only in the vocabulary (not added tokens): reusing one must
+    also register it as an added token so that it is matched whole."""
+    src = models(name, True, False)
+    result = add_tokens(src, tmp_path / "out", ["<|box_start|>", "<|box_end|>"], init="mean", reuse_reserved=True)
+    assert result.tokens[0].replaced == slot and result.rows_after == ROWS[name]
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    for t in result.tokens:
+        assert tok.encode(f"x {t.content} y", add_special_tokens=False).count(t.id) == 1
+    assert result.tokens[0].id not in tok.encode(slot, add_special_tokens=False)
+
+
+def test_user_reserved_pattern(models, tmp_path):
+    src = models("llama3", True, False)
+    result = add_tokens(src, tmp_path / "out", ["<|a|>", "<|b|>"], init="mean", reuse_reserved=True,
+                        reserved_patterns=[r"<\|reserved_special_token_1\d\|>"])
+    assert [t.replaced for t in result.tokens] == ["<|reserved_special_token_10|>", "<|reserved_special_token_11|>"]
 
 
 def test_untied_head_rows_come_from_the_head(models, tmp_path):

@@ -230,7 +230,7 @@ def add_tokens(
                 bar(path.stat().st_size)
                 copied += 1
         _write_json(tmp / "config.json", _new_config(config, target))
-        _write_json(tmp / "tokenizer.json", _new_tokenizer_json(tokenizer_json, placed, special))
+        _write_json(tmp / "tokenizer.json", _new_tokenizer_json(tokenizer_json, placed, special), pretty=False)
         if tokenizer_config is not None:
             _write_json(tmp / "tokenizer_config.json", _new_tokenizer_config(tokenizer_config, placed, special))
         if (src / "special_tokens_map.json").exists():
@@ -386,6 +386,7 @@ def _old_tokenizer(path: Path) -> Any:
 
 
 # ----------------------------------------------------------------------------- writing
+# The _new_* functions update the JSON documents read above in place and return them.
 
 
 def _round_rows(values: list[list[float]], np_dtype: Any, kernel_dtype: str) -> list[bytes]:
@@ -423,12 +424,13 @@ def _matrix_writer(shard: SafetensorsFile, name: str, target_rows: int, new_rows
     return write
 
 
-def _write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def _write_json(path: Path, value: Any, pretty: bool = True) -> None:
+    # Python's JSON encoder is pure Python (slow) when indenting: a tokenizer.json is written compact.
+    text = json.dumps(value, indent=2 if pretty else None, ensure_ascii=False)
+    path.write_text(text + "\n", encoding="utf-8")
 
 
 def _new_config(config: dict, target: int) -> dict:
-    config = json.loads(json.dumps(config))
     for c in (config, _text_config(config)):
         if isinstance(c.get("vocab_size"), int):
             c["vocab_size"] = max(c["vocab_size"], target)
@@ -447,30 +449,22 @@ def _token_entry(t: NewToken, special: bool) -> dict:
     }
 
 
-def _new_tokenizer_json(tokenizer_json: dict, placed: list[NewToken], special: bool) -> dict:
-    data = json.loads(json.dumps(tokenizer_json))
-    added = data.setdefault("added_tokens", [])
-    vocab = (data.get("model") or {}).get("vocab")
-    for t in placed:
-        entry = _token_entry(t, special)
-        if t.replaced is not None:
-            for i, a in enumerate(added):
-                if a["id"] == t.id:
-                    added[i] = entry
-                    break
-            else:
-                added.append(entry)
-            if isinstance(vocab, dict) and vocab.get(t.replaced) == t.id:
-                data["model"]["vocab"] = {(t.content if k == t.replaced else k): v for k, v in vocab.items()}
-                vocab = data["model"]["vocab"]
-        else:
-            added.append(entry)
-    added.sort(key=lambda a: a["id"])
+def _new_tokenizer_json(data: dict, placed: list[NewToken], special: bool) -> dict:
+    """New tokens appended to ``added_tokens``; a reused slot's entry replaced, and its
+    vocabulary key renamed (Gemma's <unusedN> are vocabulary entries only: they get an
+    added-token entry, which makes the new token match whole)."""
+    by_id = {t.id: t for t in placed}
+    added = [a for a in data.setdefault("added_tokens", []) if a["id"] not in by_id]
+    added += [_token_entry(t, special) for t in placed]
+    data["added_tokens"] = sorted(added, key=lambda a: a["id"])
+    model = data.get("model") or {}
+    renames = {t.replaced: t.content for t in placed if t.replaced is not None}
+    if renames and isinstance(model.get("vocab"), dict):
+        model["vocab"] = {renames.get(k, k): v for k, v in model["vocab"].items()}
     return data
 
 
-def _new_tokenizer_config(tokenizer_config: dict, placed: list[NewToken], special: bool) -> dict:
-    config = json.loads(json.dumps(tokenizer_config))
+def _new_tokenizer_config(config: dict, placed: list[NewToken], special: bool) -> dict:
     decoder = config.get("added_tokens_decoder")
     if isinstance(decoder, dict):
         for t in placed:
@@ -479,7 +473,7 @@ def _new_tokenizer_config(tokenizer_config: dict, placed: list[NewToken], specia
             decoder[str(t.id)] = entry
         config["added_tokens_decoder"] = dict(sorted(decoder.items(), key=lambda kv: int(kv[0])))
     if special:
-        _extend_special_list(config, [t for t in placed])
+        _extend_special_list(config, placed)
     return config
 
 
@@ -494,14 +488,12 @@ def _extend_special_list(config: dict, placed: list[NewToken]) -> None:
 
 
 def _new_special_map(special_map: dict, placed: list[NewToken], special: bool) -> dict:
-    special_map = json.loads(json.dumps(special_map))
     if special:
         _extend_special_list(special_map, placed)
     return special_map
 
 
 def _new_index(index: dict, out: Path) -> dict:
-    index = json.loads(json.dumps(index))
     total = 0
     for name in sorted(set(index["weight_map"].values())):
         shard = SafetensorsFile(out / name)

@@ -106,15 +106,17 @@ class _DeviceMatrix:
         return self.torch.tensor(include, dtype=self.torch.float64, device=self.weight.device)
 
     def mean(self, include: list[bool]) -> list[float]:
+        # One float64-accumulating reduction over the whole matrix, minus the few left out.
         torch = self.torch
-        flags = self._flags(include)
-        count = int(sum(include))
+        left_out = [r for r, keep in enumerate(include) if not keep]
+        count = self.rows - len(left_out)
         if count == 0:
             raise InvalidInputError("no rows to take the mean of")
-        total = torch.zeros(self.cols, dtype=torch.float64, device=self.weight.device)
         with torch.no_grad():
-            for a, b in self._chunks():
-                total += flags[a:b] @ self.weight[a:b].to(torch.float64)
+            total = self.weight.sum(dim=0, dtype=torch.float64)
+            if left_out:
+                index = torch.tensor(left_out, dtype=torch.long, device=self.weight.device)
+                total -= self.weight[index].sum(dim=0, dtype=torch.float64)
         return (total / count).tolist()
 
     def covariance_noise(self, include: list[bool], mean: list[float], draws: int, seed: int, scale: float) -> list[list[float]]:
@@ -143,10 +145,8 @@ class _DeviceMatrix:
         return (sums / counts[:, None]).tolist()
 
     def zero_rows(self) -> list[int]:
-        found = []
-        for a, b in self._chunks():
-            found += (a + self.torch.nonzero(~self.weight[a:b].any(dim=1)).flatten()).tolist()
-        return found
+        with self.torch.no_grad():
+            return self.torch.nonzero(~self.weight.any(dim=1)).flatten().tolist()
 
     def write_rows(self, rows: list[int], values: list[list[float]]) -> None:
         torch = self.torch
@@ -353,22 +353,26 @@ def resize(model: Any, num_tokens: int, *, pad_to_multiple_of: int | None = None
     import torch
 
     inputs_module = model.get_input_embeddings()
+    head_module = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     inputs, head = _model_weights(model)
+    tied = head is None
+    del head  # each old matrix is freed as soon as its grown copy replaces it
     rows = inputs.shape[0]
     target = max(_padded(num_tokens, pad_to_multiple_of), rows)
     if target == rows:
         return rows
-    grown = torch.nn.Parameter(grow(inputs.data, target - rows), requires_grad=inputs.requires_grad)
-    inputs_module.weight = grown
+
+    def grown(parameter: Any) -> Any:
+        return torch.nn.Parameter(grow(parameter.data, target - rows), requires_grad=parameter.requires_grad)
+
+    del inputs
+    inputs_module.weight = grown(inputs_module.weight)
     inputs_module.num_embeddings = target
-    head_module = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head_module is not None:
-        if head is None:
-            head_module.weight = grown  # tied: the same Parameter, as tie_weights() leaves it
-        else:
-            head_module.weight = torch.nn.Parameter(grow(head.data, target - rows), requires_grad=head.requires_grad)
-        bias = getattr(head_module, "bias", None)
-        if bias is not None:
+        # tied: the same Parameter, as tie_weights() leaves it
+        head_module.weight = inputs_module.weight if tied else grown(head_module.weight)
+        if getattr(head_module, "bias", None) is not None:
+            bias = head_module.bias
             head_module.bias = torch.nn.Parameter(grow(bias.data[:, None], target - rows)[:, 0], requires_grad=bias.requires_grad)
         if hasattr(head_module, "out_features"):
             head_module.out_features = target
