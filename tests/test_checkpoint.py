@@ -338,3 +338,14 @@ def test_safetensors_writer_round_trips_with_the_reference(tmp_path):
     assert np.array_equal(loaded["b"], grown) and np.array_equal(loaded["a"], arrays["a"])
     assert loaded["empty"].shape == (0, 4)
     assert st.SafetensorsFile(tmp_path / "y.safetensors").metadata == {"format": "pt"}
+
+
+def test_other_weight_files_are_copied_with_a_warning(models, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(models("llama3", True, False), src)
+    (src / "original").mkdir()
+    (src / "original" / "consolidated.00.pth").write_bytes(b"not updated")
+    result = add_tokens(src, tmp_path / "out", ["<|x|>"], init="mean")
+    assert (tmp_path / "out" / "original" / "consolidated.00.pth").read_bytes() == b"not updated"
+    assert any("original/consolidated.00.pth copied unchanged" in w for w in result.warnings)
+    assert "warning: original/consolidated.00.pth" in result.summary()

@@ -47,7 +47,7 @@ INIT_METHODS = ("pieces", "description", "mean", "noisy_mean", "mean_cov")
 EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "tok_embeddings.weight", "embed_in.weight")
 HEAD_SUFFIXES = ("lm_head.weight", "embed_out.weight", "output.weight")
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack")
 # Special-token fields of tokenizer_config.json whose tokens a reserved slot must not be taken from.
 SPECIAL_FIELDS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
 
@@ -70,6 +70,7 @@ class AddTokensResult:
     files_copied: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"wrote {self.out_dir} in {self.seconds:.1f} s ({self.bytes_written / 1e9:.2f} GB)"]
@@ -79,6 +80,7 @@ class AddTokensResult:
         grown = "unchanged" if self.rows_after == self.rows_before else f"{self.rows_before} -> {self.rows_after}"
         lines.append(f"embedding rows: {grown}; rows initialized by {self.init!r} in: {', '.join(self.tensors)}")
         lines.append(f"{self.files_copied} other files copied byte for byte")
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -246,6 +248,8 @@ def add_tokens(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    stale = [str(p.relative_to(src)) for p in _files(src) if p.suffix in WEIGHT_SUFFIXES and p not in replacements
+             and all(p != shard.path for shard in shards)]
     return AddTokensResult(
         out_dir=out,
         tokens=placed,
@@ -256,6 +260,8 @@ def add_tokens(
         files_copied=copied,
         bytes_written=sum(p.stat().st_size for p in _files(out)),
         seconds=time.monotonic() - started,
+        warnings=[f"{name} copied unchanged: it holds weights add-tokens does not update (delete it if unused)"
+                  for name in stale],
     )
 
 
@@ -288,7 +294,7 @@ def _weight_files(src: Path) -> list[SafetensorsFile]:
         return [SafetensorsFile(src / n) for n in names]
     if (src / "model.safetensors").is_file():
         return [SafetensorsFile(src / "model.safetensors")]
-    others = [p.name for p in src.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack")]
+    others = [p.name for p in src.iterdir() if p.suffix in WEIGHT_SUFFIXES]
     if others:
         raise CheckpointError(
             f"{src}: the weights are in {', '.join(sorted(others))}, not safetensors. add-tokens reads only "
