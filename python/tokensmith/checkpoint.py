@@ -248,8 +248,8 @@ def add_tokens(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    stale = [str(p.relative_to(src)) for p in _files(src) if p.suffix in WEIGHT_SUFFIXES and p not in replacements
-             and all(p != shard.path for shard in shards)]
+    shard_paths = {shard.path for shard in shards}
+    stale = [str(p.relative_to(src)) for p in _files(src) if p.suffix in WEIGHT_SUFFIXES and p not in shard_paths]
     return AddTokensResult(
         out_dir=out,
         tokens=placed,

@@ -30,9 +30,9 @@ __all__ = ["METHODS", "init_rows", "init_model", "grow", "resize", "train_only_r
 METHODS = ("mean", "noisy_mean", "mean_cov", "copy", "pieces", "description")
 DTYPES = ("float32", "float16", "bfloat16")
 
-# Rows per chunk when a GPU tensor is reduced in float64: bounds the temporary to
-# CHUNK x dim doubles whatever the vocabulary size.
-CHUNK = 16384
+# Elements per chunk when a GPU tensor is reduced in float64: bounds the temporary to
+# 64 MB whatever the matrix size (a whole-matrix float64 cast would be 4x a bf16 matrix).
+CHUNK_ELEMENTS = 1 << 23
 
 
 def _is_torch(weight: Any) -> bool:
@@ -99,21 +99,24 @@ class _DeviceMatrix:
         self.weight = weight
 
     def _chunks(self):
-        for start in range(0, self.rows, CHUNK):
-            yield start, min(start + CHUNK, self.rows)
+        step = max(1, CHUNK_ELEMENTS // max(self.cols, 1))
+        for start in range(0, self.rows, step):
+            yield start, min(start + step, self.rows)
 
     def _flags(self, include: list[bool]):
         return self.torch.tensor(include, dtype=self.torch.float64, device=self.weight.device)
 
     def mean(self, include: list[bool]) -> list[float]:
-        # One float64-accumulating reduction over the whole matrix, minus the few left out.
+        # Float64 sums over row chunks, minus the few rows left out.
         torch = self.torch
         left_out = [r for r, keep in enumerate(include) if not keep]
         count = self.rows - len(left_out)
         if count == 0:
             raise InvalidInputError("no rows to take the mean of")
         with torch.no_grad():
-            total = self.weight.sum(dim=0, dtype=torch.float64)
+            total = torch.zeros(self.cols, dtype=torch.float64, device=self.weight.device)
+            for a, b in self._chunks():
+                total += self.weight[a:b].sum(dim=0, dtype=torch.float64)
             if left_out:
                 index = torch.tensor(left_out, dtype=torch.long, device=self.weight.device)
                 total -= self.weight[index].sum(dim=0, dtype=torch.float64)
