@@ -349,3 +349,22 @@ def test_other_weight_files_are_copied_with_a_warning(models, tmp_path):
     assert (tmp_path / "out" / "original" / "consolidated.00.pth").read_bytes() == b"not updated"
     assert any("original/consolidated.00.pth copied unchanged" in w for w in result.warnings)
     assert "warning: original/consolidated.00.pth" in result.summary()
+
+
+@pytest.mark.parametrize("special", [True, False], ids=["special", "plain"])
+def test_pieces_on_a_tokenizer_tokensmith_does_not_run(models, tmp_path, special):
+    """Mistral v3 is SentencePiece-style BPE: the pieces come from the reference library
+    (with its added tokens removed, so text stays text) and so does the final check."""
+    import tokenizers
+
+    src = models("mistral-v3", False, False)
+    result = add_tokens(src, tmp_path / "out", ["<|box_start|>", "newword"], special=special)
+    data = json.loads((src / "tokenizer.json").read_text())
+    reference = tokenizers.Tokenizer.from_str(json.dumps(dict(data, added_tokens=[])))
+    old, new = tensors(src), tensors(tmp_path / "out")
+    for t in result.tokens:
+        pieces = reference.encode(t.content, add_special_tokens=False).ids
+        for n in ("model.embed_tokens.weight", "lm_head.weight"):
+            assert new[n][t.id].tobytes() == to_bf16_bits(as_f64(old[n][pieces]).mean(axis=0)).tobytes()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert [tok.encode(t.content, add_special_tokens=False) for t in result.tokens] == [[t.id] for t in result.tokens]

@@ -187,7 +187,7 @@ def add_tokens(
     include = [True] * rows
     for r in list(range(old_size, rows)) + [id for id, _ in reserved] + [i for i in ids if i < rows]:
         include[r] = False
-    old_tokenizer = _old_tokenizer(src / "tokenizer.json") if init in ("pieces", "description") else None
+    old_tokenizer = _old_tokenizer(src / "tokenizer.json", tokenizer_json) if init in ("pieces", "description") else None
     texts = list(descriptions) if init == "description" else tokens
     method_options = dict(tokenizer=old_tokenizer, texts=texts, seed=seed)
 
@@ -380,15 +380,35 @@ def _text_config(config: dict) -> dict:
     return config.get("text_config") if isinstance(config.get("text_config"), dict) else config
 
 
-def _old_tokenizer(path: Path) -> Any:
+def _old_tokenizer(path: Path, tokenizer_json: dict) -> Any:
+    """The tokenizer that splits a new token's text into pieces: tokensmith's own, or for a
+    tokenizer it does not run (SentencePiece-style BPE, Unigram, ...) the reference library."""
     from ._tokenizer import Tokenizer
 
     try:
         return Tokenizer.from_file(path)
     except TokenizerError as e:
+        reason = e
+    try:
+        return _ReferenceTokenizer(tokenizer_json)
+    except ImportError:
         raise CheckpointError(
-            f"{path}: {e}. init='pieces'/'description' needs a tokenizer tokensmith can run; use init='mean' instead"
+            f"{path}: {reason}. init='pieces'/'description' then needs Hugging Face tokenizers "
+            "(pip install tokenizers), or use init='mean'"
         ) from None
+
+
+class _ReferenceTokenizer:
+    """Hugging Face ``tokenizers`` with the added tokens removed, so that a text spelling a
+    control token is split as text, as ``special="text"`` does in tokensmith."""
+
+    def __init__(self, tokenizer_json: dict) -> None:
+        import tokenizers
+
+        self.tokenizer = tokenizers.Tokenizer.from_str(json.dumps(dict(tokenizer_json, added_tokens=[])))
+
+    def encode(self, text: str, add_special_tokens: bool = False, special: str = "text") -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
 
 
 # ----------------------------------------------------------------------------- writing
@@ -509,14 +529,23 @@ def _new_index(index: dict, out: Path) -> dict:
 
 
 def _verify(path: Path, placed: list[NewToken]) -> None:
-    """Each new token must encode to exactly its id with the written tokenizer."""
+    """Each new token must encode to exactly its id with the written tokenizer (tokensmith's,
+    else the reference library's; skipped when neither can run it)."""
     from ._tokenizer import Tokenizer
 
     try:
-        tok = Tokenizer.from_file(path)
+        encode = Tokenizer.from_file(path).encode
     except TokenizerError:
-        return  # a tokenizer tokensmith does not run (SentencePiece-style): transformers checks it on load
+        try:
+            import tokenizers
+        except ImportError:
+            return
+        reference = tokenizers.Tokenizer.from_file(str(path))
+        encode = lambda text, add_special_tokens: reference.encode(text, add_special_tokens=add_special_tokens).ids  # noqa: E731
     for t in placed:
-        got = tok.encode(t.content, add_special_tokens=False)
+        got = encode(t.content, add_special_tokens=False)
         if got != [t.id]:
-            raise CheckpointError(f"internal error: {t.content!r} encodes to {got}, not [{t.id}]")
+            raise CheckpointError(
+                f"{t.content!r} would encode to {got}, not to its new id {t.id}, with this tokenizer "
+                "(try adding it as a special token); nothing was written"
+            )
