@@ -218,3 +218,22 @@ def test_cuda_model_init_and_train_only_rows():
     E.train_only_rows(emb, [300])
     model(torch.tensor([[1, 300]], device="cuda")).logits.sum().backward()
     assert emb.weight.grad[300].any() and not emb.weight.grad[1].any()
+
+
+def test_pieces_with_a_transformers_or_tokenizers_tokenizer_split_special_text_as_text():
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    from tokensmith.cli import _default_tokenizer
+
+    from importlib import resources
+
+    ours = _default_tokenizer()
+    hf = tokenizers.Tokenizer.from_file(str(resources.files("tokensmith") / "assets" / "gpt2" / "tokenizer.json"))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=hf)
+    texts = ["<|endoftext|> box", "新词"]  # the first spells GPT-2's special token
+    want = [ours.encode(t, add_special_tokens=False, special="text") for t in texts]
+    assert 50256 not in want[0]
+    assert E.piece_ids(hf, texts) == want
+    assert E.piece_ids(fast, texts) == want
+    with pytest.raises(TypeError, match="tokenizer must be"):
+        E.piece_ids(object(), texts)

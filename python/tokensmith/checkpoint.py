@@ -390,25 +390,12 @@ def _old_tokenizer(path: Path, tokenizer_json: dict) -> Any:
     except TokenizerError as e:
         reason = e
     try:
-        return _ReferenceTokenizer(tokenizer_json)
+        return E.TextOnlyTokenizer(tokenizer_json)
     except ImportError:
         raise CheckpointError(
             f"{path}: {reason}. init='pieces'/'description' then needs Hugging Face tokenizers "
             "(pip install tokenizers), or use init='mean'"
         ) from None
-
-
-class _ReferenceTokenizer:
-    """Hugging Face ``tokenizers`` with the added tokens removed, so that a text spelling a
-    control token is split as text, as ``special="text"`` does in tokensmith."""
-
-    def __init__(self, tokenizer_json: dict) -> None:
-        import tokenizers
-
-        self.tokenizer = tokenizers.Tokenizer.from_str(json.dumps(dict(tokenizer_json, added_tokens=[])))
-
-    def encode(self, text: str, add_special_tokens: bool = False, special: str = "text") -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
 
 
 # ----------------------------------------------------------------------------- writing

@@ -265,14 +265,48 @@ def _values(
 
 def piece_ids(tokenizer: Any, texts: Sequence[str], rows: int | None = None) -> list[list[int]]:
     """The ids the (old) ``tokenizer`` splits each text into, as plain text: a text that
-    happens to spell a special token is not turned into that control id."""
-    groups = [tokenizer.encode(t, add_special_tokens=False, special="text") for t in texts]
+    happens to spell a special token is not turned into that control id. ``tokenizer`` is
+    a tokensmith Tokenizer, a transformers fast tokenizer or a ``tokenizers.Tokenizer``."""
+    encode = _plain_text_encoder(tokenizer)
+    groups = [encode(t) for t in texts]
     for text, group in zip(texts, groups):
         if not group:
             raise InvalidInputError(f"{text!r} encodes to no tokens: it cannot seed a row")
         if rows is not None:
             _ids(group, rows, f"pieces of {text!r}", unique=False)
     return groups
+
+
+class TextOnlyTokenizer:
+    """A Hugging Face ``tokenizers`` tokenizer with its added tokens removed, so that text
+    spelling a control token is split as text (what ``special="text"`` does in tokensmith).
+    Built from tokenizer.json contents."""
+
+    def __init__(self, tokenizer_json: dict) -> None:
+        import json
+
+        import tokenizers
+
+        self.tokenizer = tokenizers.Tokenizer.from_str(json.dumps(dict(tokenizer_json, added_tokens=[])))
+
+    def encode(self, text: str, add_special_tokens: bool = False, special: str = "text") -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def _plain_text_encoder(tokenizer: Any):
+    from ._tokenizer import Tokenizer
+
+    if isinstance(tokenizer, (Tokenizer, TextOnlyTokenizer)):
+        return lambda text: tokenizer.encode(text, add_special_tokens=False, special="text")
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)  # transformers fast tokenizers
+    if hasattr(backend, "to_str"):
+        import json
+
+        return TextOnlyTokenizer(json.loads(backend.to_str())).encode
+    raise TypeError(
+        f"tokenizer must be a tokensmith Tokenizer, a transformers fast tokenizer or a tokenizers.Tokenizer; "
+        f"got {type(tokenizer).__name__}"
+    )
 
 
 def _plus_noise(values: list[list[float]], seed: int, dim: int) -> list[list[float]]:
