@@ -319,8 +319,11 @@ def test_existing_output_needs_overwrite(models, tmp_path):
         add_tokens(src, tmp_path / "out", ["<|x|>"])
     add_tokens(src, tmp_path / "out", ["<|x|>"], overwrite=True, init="mean")
     assert (tmp_path / "out" / "model.safetensors").exists()
-    with pytest.raises(CheckpointError, match="must differ"):
-        add_tokens(src, src, ["<|x|>"], overwrite=True)
+    before = digest(src)
+    for out in (src, src / "inside", src.parent):
+        with pytest.raises(CheckpointError, match="must not be model_dir, inside it, or a folder that contains it"):
+            add_tokens(src, out, ["<|x|>"], overwrite=True)
+    assert digest(src) == before
 
 
 def test_safetensors_writer_round_trips_with_the_reference(tmp_path):
@@ -368,3 +371,83 @@ def test_pieces_on_a_tokenizer_tokensmith_does_not_run(models, tmp_path, special
             assert new[n][t.id].tobytes() == to_bf16_bits(as_f64(old[n][pieces]).mean(axis=0)).tobytes()
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
     assert [tok.encode(t.content, add_special_tokens=False) for t in result.tokens] == [[t.id] for t in result.tokens]
+
+
+def test_what_the_folder_uses_is_never_reused_and_lists_stay_consistent(models, tmp_path):
+    """Slots named by the chat template (chat_template.jinja), by config ids or by the
+    special-token fields are in use; a reused slot leaves the extra-special-token lists even
+    when the new token is not special (else transformers would add its old name back)."""
+    src = tmp_path / "src"
+    shutil.copytree(models("llama3", False, True), src)
+    (src / "chat_template.jinja").write_text("{{ '<|reserved_special_token_0|>' }}{% for m in messages %}{{ m.content }}{% endfor %}")
+    config = json.loads((src / "config.json").read_text())
+    config["pad_token_id"] = 128003  # <|reserved_special_token_1|>
+    (src / "config.json").write_text(json.dumps(config))
+    tokenizer_config = json.loads((src / "tokenizer_config.json").read_text())
+    tokenizer_config["additional_special_tokens"] = ["<|eot_id|>", "<|reserved_special_token_2|>"]
+    (src / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (src / "special_tokens_map.json").write_text(json.dumps(
+        {"additional_special_tokens": [{"content": "<|eot_id|>", "special": True}, "<|reserved_special_token_2|>"]}))
+    (src / "1_Pooling").mkdir()
+    (src / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    (src / ".git").mkdir()
+    (src / ".git" / "big").write_bytes(b"lfs object")
+    (tmp_path / ".out.tmp-999999999").mkdir()  # left by a killed run
+
+    result = add_tokens(src, tmp_path / "out", ["<|a|>", "<|b|>"], special=False, reuse_reserved=True, init="mean")
+    assert [t.replaced for t in result.tokens] == ["<|reserved_special_token_2|>", "<|reserved_special_token_3|>"]
+    out = tmp_path / "out"
+    assert json.loads((out / "tokenizer_config.json").read_text())["additional_special_tokens"] == ["<|eot_id|>"]
+    assert json.loads((out / "special_tokens_map.json").read_text())["additional_special_tokens"] == [
+        {"content": "<|eot_id|>", "special": True}]
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert len(tok) == 128256, "no token without an embedding row"
+    assert [tok.encode(t.content, add_special_tokens=False) for t in result.tokens] == [[t.id] for t in result.tokens]
+    assert (out / "1_Pooling" / "config.json").read_text() == '{"pooling_mode_mean_tokens": true}'
+    assert not (out / ".git").exists()
+    assert not (tmp_path / ".out.tmp-999999999").exists()
+
+
+def test_text_that_is_already_one_token_or_spelled_like_a_vocabulary_entry(models, tmp_path):
+    src = models("llama3", True, False)
+    with pytest.raises(InvalidInputError, match=r"' hello' is already token 24748 \(the tokenizer encodes it"):
+        add_tokens(src, tmp_path / "out", [" hello"])
+    with pytest.raises(InvalidInputError, match="'é' is already token 978"):  # not the byte 0xE9 (165)
+        add_tokens(src, tmp_path / "out", ["é"])
+    with pytest.raises(InvalidInputError, match="'Ġhello' is spelled like vocabulary entry 24748"):
+        add_tokens(src, tmp_path / "out", ["Ġhello"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_without_vocab_size_gets_one():
+    from tokensmith.checkpoint import _new_config
+
+    assert _new_config({"text_config": {"hidden_size": 8}}, 32001) == {"text_config": {"hidden_size": 8, "vocab_size": 32001}}
+    assert _new_config({"vocab_size": 100, "text_config": {"vocab_size": 100}}, 104) == {
+        "vocab_size": 104, "text_config": {"vocab_size": 104}}
+    assert _new_config({"model_type": "llama"}, 50) == {"model_type": "llama", "vocab_size": 50}
+
+
+def test_sharded_index_metadata_follows(models, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(models("llama3", False, True), src)
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    index["metadata"]["total_parameters"] = 1000
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    add_tokens(src, tmp_path / "out", ["<|x|>"], init="mean", pad_to_multiple_of=8)
+    written = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert written["metadata"]["total_parameters"] == 1000 + 2 * 8 * 16  # 8 new rows x 16 in embedding and head
+    sizes = sum(t.nbytes for f in set(written["weight_map"].values()) for t in st.SafetensorsFile(tmp_path / "out" / f).tensors.values())
+    assert written["metadata"]["total_size"] == sizes
+
+
+def test_tensors_of_dtypes_it_does_not_size_are_copied(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tensors = {"c": torch.randn(3, 2, dtype=torch.complex64), "w": torch.randn(4, 3)}
+    save_file(tensors, tmp_path / "x.safetensors")
+    source = st.SafetensorsFile(tmp_path / "x.safetensors")
+    grown = torch.cat([tensors["w"], torch.zeros(1, 3)])
+    st.write_file(source, tmp_path / "y.safetensors", {"w": st.Replacement([5, 3], lambda out: out.write(grown.numpy().tobytes()))})
+    loaded = load_file(tmp_path / "y.safetensors")
+    assert torch.equal(loaded["c"], tensors["c"]) and torch.equal(loaded["w"], grown)

@@ -106,6 +106,16 @@ def test_bad_inputs_are_clear_errors():
         E.init_rows(w, [1], method="zeros")
     with pytest.raises(ValueError, match="sources"):
         E.init_rows(w, [1], method="copy")
+    # dtype= only relabels 16-bit integer arrays; foreign byte order and misalignment are refused
+    with pytest.raises(ValueError, match="can only relabel"):
+        E.init_rows(np.zeros((4, 8), np.uint16), [3], dtype="float32")
+    with pytest.raises(ValueError, match="can only relabel"):
+        E.init_rows(w, [3], dtype="bfloat16")
+    with pytest.raises(ValueError, match="native byte order"):
+        E.init_rows(w.astype(">f4"), [3])
+    unaligned = np.frombuffer(bytearray(w.nbytes + 1), np.float32, offset=1).reshape(w.shape)
+    with pytest.raises(ValueError, match="read-only|aligned"):
+        E.init_rows(unaligned, [3])
 
 
 # ----------------------------------------------------------------------------- torch models
@@ -131,7 +141,7 @@ def test_resize_and_init_model_use_each_matrix_own_rows(tied):
     assert E.resize(model, 303, pad_to_multiple_of=8) == 304
     assert E.resize(model, 10) == 304, "never shrinks"
     inputs, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-    assert inputs.shape == head.shape == (304, 16) and model.config.vocab_size == 304
+    assert inputs.shape == head.shape == (304, 16) and model.config.vocab_size == model.vocab_size == 304
     assert (head is inputs) == tied
     assert torch.equal(inputs[:300], old_in) and torch.equal(head[:300], old_out)
     assert not inputs[300:].any()
@@ -237,3 +247,42 @@ def test_pieces_with_a_transformers_or_tokenizers_tokenizer_split_special_text_a
     assert E.piece_ids(fast, texts) == want
     with pytest.raises(TypeError, match="tokenizer must be"):
         E.piece_ids(object(), texts)
+
+
+def test_pieces_from_the_rows_being_initialized_is_an_error():
+    from tokensmith.cli import _default_tokenizer
+
+    tok = _default_tokenizer()
+    w = matrix(np.float32, rows=tok.vocab_size)
+    target = tok.encode("hello", add_special_tokens=False, special="text")
+    with pytest.raises(ValueError, match="include row .* one of the rows being initialized"):
+        E.init_rows(w, target, method="pieces", tokenizer=tok, texts=["hello"])
+
+
+def test_device_path_ignores_non_finite_rows_it_leaves_out():
+    """The torch-ops path (run here on CPU tensors) selects rows instead of multiplying by 0/1."""
+    torch = pytest.importorskip("torch")
+    w = torch.randn(100, 4)
+    w[99], w[98] = float("nan"), 1e30
+    host, device = w.clone(), w.clone()
+    for method in ("mean", "mean_cov"):
+        E.init_rows(host, [99], method, exclude=[98], scale=1.0)
+        values = E._values(E._DeviceMatrix(device), 1, method, [True] * 98 + [False, False], targets=[99], scale=1.0)
+        E._DeviceMatrix(device).write_rows([99], values)
+        torch.testing.assert_close(device[99], host[99])
+        assert torch.isfinite(host[99]).all()
+
+
+def test_train_only_rows_follows_dtype_and_merges_on_tied_weights():
+    import torch
+
+    model = tiny_llama(tied=True)
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    E.train_only_rows(emb, [5])
+    handle = E.train_only_rows(head, [7])  # the same Parameter: one mask, rows 5 and 7
+    model.to(torch.bfloat16)
+    model(torch.tensor([[3, 5, 7]])).logits.float().sum().backward()
+    grad = emb.weight.grad
+    assert grad.dtype == torch.bfloat16
+    assert grad[5].any() and grad[7].any() and not grad[3].any() and not grad[100].any()
+    handle.remove()

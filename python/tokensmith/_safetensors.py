@@ -21,11 +21,13 @@ from typing import Any, BinaryIO
 
 from .errors import CheckpointError
 
+# Element sizes of the dtypes whose byte counts are checked; a tensor of a dtype not listed
+# (a newer one) is only copied, so its size need not be known.
 DTYPE_SIZES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1,
     "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
     "U32": 4, "I32": 4, "F32": 4,
-    "U64": 8, "I64": 8, "F64": 8,
+    "U64": 8, "I64": 8, "F64": 8, "C64": 8,
 }  # fmt: skip
 
 # safetensors dtype -> the name tokensmith.embeddings uses, and a numpy dtype that holds the bits.
@@ -76,13 +78,13 @@ class SafetensorsFile:
         for name, entry in header.items():
             try:
                 dtype, shape, (begin, end) = entry["dtype"], list(entry["shape"]), entry["data_offsets"]
-                if dtype not in DTYPE_SIZES or any(not isinstance(d, int) or d < 0 for d in shape):
+                if not isinstance(dtype, str) or any(not isinstance(d, int) or d < 0 for d in shape):
                     raise ValueError
                 if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end):
                     raise ValueError
             except (KeyError, TypeError, ValueError):
                 raise CheckpointError(f"{self.path}: tensor {name!r} has a malformed header entry: {entry!r}") from None
-            if (end - begin) != math.prod(shape) * DTYPE_SIZES[dtype]:
+            if dtype in DTYPE_SIZES and (end - begin) != math.prod(shape) * DTYPE_SIZES[dtype]:
                 raise CheckpointError(f"{self.path}: tensor {name!r}: {end - begin} bytes for {dtype}{shape}")
             self.tensors[name] = TensorInfo(name, dtype, shape, self.data_start + begin, self.data_start + end)
         data_end = max((t.end for t in self.tensors.values()), default=self.data_start)
@@ -132,8 +134,11 @@ def write_file(
     offset = 0
     plan = []
     for info in source.ordered():
-        shape = replacements[info.name].shape if info.name in replacements else info.shape
-        nbytes = math.prod(shape) * DTYPE_SIZES[info.dtype]
+        if info.name in replacements:
+            shape = replacements[info.name].shape
+            nbytes = math.prod(shape) * DTYPE_SIZES[info.dtype]
+        else:
+            shape, nbytes = info.shape, info.nbytes
         header[info.name] = {"dtype": info.dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
         plan.append((info, nbytes))
         offset += nbytes
@@ -165,6 +170,8 @@ def copy_range(src: BinaryIO, out: BinaryIO, begin: int, length: int, progress: 
         try:
             copied = os.copy_file_range(src.fileno(), out.fileno(), n, begin + done)
         except (AttributeError, OSError):
+            copied = 0
+        if copied <= 0:  # not supported here (or nothing copied): plain read and write
             src.seek(begin + done)
             data = src.read(n)
             out.write(data)

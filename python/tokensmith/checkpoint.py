@@ -16,6 +16,7 @@ output.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -47,6 +48,7 @@ INIT_METHODS = ("pieces", "description", "mean", "noisy_mean", "mean_cov")
 EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "tok_embeddings.weight", "embed_in.weight")
 HEAD_SUFFIXES = ("lm_head.weight", "embed_out.weight", "output.weight")
 
+REWRITTEN = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "model.safetensors.index.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack")
 # Special-token fields of tokenizer_config.json whose tokens a reserved slot must not be taken from.
 SPECIAL_FIELDS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
@@ -152,8 +154,8 @@ def add_tokens(
         raise ValueError(f"init must be one of {', '.join(INIT_METHODS)}; got {init!r}")
     if not src.is_dir():
         raise CheckpointError(f"{src}: no such model folder")
-    if out.resolve() == src.resolve():
-        raise CheckpointError("out_dir must differ from model_dir: the input is never modified")
+    if out.resolve() == src.resolve() or out.resolve() in src.resolve().parents or src.resolve() in out.resolve().parents:
+        raise CheckpointError("out_dir must not be model_dir, inside it, or a folder that contains it: the input is never modified")
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
     tokens = [str(t) for t in tokens]
@@ -167,9 +169,10 @@ def add_tokens(
 
     vocab = _vocabulary(tokenizer_json)
     old_size = max(vocab.values(), default=-1) + 1
-    _check_new_tokens(tokens, vocab)
+    old_tokenizer = _old_tokenizer(src / "tokenizer.json", tokenizer_json, required=init in ("pieces", "description"))
+    _check_new_tokens(tokens, tokenizer_json, vocab, old_tokenizer)
     patterns = [re.compile(p) for p in (reserved_patterns or RESERVED_PATTERNS.values())]
-    reserved = _reserved_slots(vocab, patterns, tokenizer_config)
+    reserved = _reserved_slots(vocab, patterns, _in_use(src, config, tokenizer_config))
     slots = reserved[: len(tokens)] if reuse_reserved else []
 
     embedding, head, files = _locate_matrices(shards, config)
@@ -187,7 +190,6 @@ def add_tokens(
     include = [True] * rows
     for r in list(range(old_size, rows)) + [id for id, _ in reserved] + [i for i in ids if i < rows]:
         include[r] = False
-    old_tokenizer = _old_tokenizer(src / "tokenizer.json", tokenizer_json) if init in ("pieces", "description") else None
     texts = list(descriptions) if init == "description" else tokens
     method_options = dict(tokenizer=old_tokenizer, texts=texts, seed=seed)
 
@@ -199,7 +201,7 @@ def add_tokens(
         if matrix.shape[0] != rows:
             raise CheckpointError(f"{shard.path}: {name} has {matrix.shape[0]} rows, the embedding {rows}")
         options = dict(method_options, seed=seed if tied else seed + k)
-        values = E._values(E._HostMatrix(matrix, kernel_dtype), len(ids), init, include, **options)
+        values = E._values(E._HostMatrix(matrix, kernel_dtype), len(ids), init, include, targets=[i for i in ids if i < rows], **options)
         staged = _round_rows(values, matrix.dtype, kernel_dtype)
         replacements.setdefault(shard.path, {})[name] = Replacement(
             [target, matrix.shape[1]], _matrix_writer(shard, name, target, dict(zip(ids, staged)))
@@ -208,7 +210,8 @@ def add_tokens(
         del matrix
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale_temp_folders(out)
+    shutil.rmtree(tmp, ignore_errors=True)  # a dead run's, whose pid this process now has
     total = sum(p.stat().st_size for p in _files(src)) + (target - rows) * sum(
         embedding.shape[1] * (2 if shard.tensors[name].dtype in ("F16", "BF16") else 4) for name, shard in files
     )
@@ -222,7 +225,7 @@ def add_tokens(
             shard = next((s for s in shards if s.path == path), None)
             if shard is not None and path in replacements:
                 write_file(shard, target_path, replacements[path], bar)
-            elif path.name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            elif path.parent == src and path.name in REWRITTEN:
                 bar(path.stat().st_size)  # rewritten below
             elif shard is not None or path.stat().st_size > COPY_CHUNK:
                 copy_file(path, target_path, bar)
@@ -239,7 +242,7 @@ def add_tokens(
             _write_json(tmp / "special_tokens_map.json", _new_special_map(_read_json(src / "special_tokens_map.json"), placed, special))
         index = src / "model.safetensors.index.json"
         if index.exists():
-            _write_json(tmp / index.name, _new_index(_read_json(index), tmp))
+            _write_json(tmp / index.name, _new_index(_read_json(index), tmp, (target - rows) * embedding.shape[1] * len(files)))
         _verify(tmp / "tokenizer.json", placed)
         bar.finish()
         if out.exists():
@@ -268,6 +271,24 @@ def add_tokens(
 # ----------------------------------------------------------------------------- reading
 
 
+def _remove_stale_temp_folders(out: Path) -> None:
+    """Temp folders that runs killed before their cleanup left next to ``out``."""
+    for tmp in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _read_json(path: Path) -> Any:
     if not path.exists():
         raise CheckpointError(f"{path.parent}: no {path.name} (is this a Hugging Face model folder?)")
@@ -278,7 +299,13 @@ def _read_json(path: Path) -> Any:
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+    """Every file of a model folder, following symlinked folders (the Hugging Face cache),
+    without hidden entries (.git with its LFS objects, .cache): they are not the model."""
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(root) / f for f in files if not f.startswith(".")]
+    return sorted(found)
 
 
 def _weight_files(src: Path) -> list[SafetensorsFile]:
@@ -316,37 +343,65 @@ def _vocabulary(tokenizer_json: dict) -> dict[str, int]:
     return out
 
 
-def _check_new_tokens(tokens: list[str], vocab: dict[str, int]) -> None:
+def _check_new_tokens(tokens: list[str], tokenizer_json: dict, vocab: dict[str, int], old_tokenizer: Any) -> None:
+    """A new token must not be an added token already, nor a text the old tokenizer already
+    encodes to one id, nor spelled like a vocabulary entry (the internal spelling of another
+    text, e.g. byte-level 'é' for the byte 0xE9): all three would make two ids for one
+    string."""
     if not tokens:
         raise InvalidInputError("no tokens to add")
+    added = {t["content"]: t["id"] for t in tokenizer_json.get("added_tokens") or []}
+    seen = set()
     for t in tokens:
         if not t:
             raise InvalidInputError("an empty string cannot be a token")
-        if t in vocab:
-            raise InvalidInputError(f"{t!r} is already token {vocab[t]}: nothing was written")
-    seen = set()
-    for t in tokens:
         if t in seen:
             raise InvalidInputError(f"{t!r} is listed twice")
         seen.add(t)
+        if t in added:
+            raise InvalidInputError(f"{t!r} is already token {added[t]}: nothing was written")
+        ids = E._plain_text_encoder(old_tokenizer)(t) if old_tokenizer is not None else []
+        if len(ids) == 1:
+            raise InvalidInputError(f"{t!r} is already token {ids[0]} (the tokenizer encodes it to that one id): nothing was written")
+        if t in vocab:
+            raise InvalidInputError(
+                f"{t!r} is spelled like vocabulary entry {vocab[t]}, which stands for another text in this "
+                "tokenizer's internal alphabet; adding it would make the tokenizer ambiguous: nothing was written"
+            )
 
 
-def _reserved_slots(vocab: dict[str, int], patterns: list[re.Pattern], tokenizer_config: dict | None) -> list[tuple[int, str]]:
-    """(id, content) of every reserved token, by id; those the tokenizer config uses (as
-    bos/eos/pad, in the chat template) are in use and left out."""
-    used: set[str] = set()
-    template = ""
+def _in_use(src: Path, config: dict, tokenizer_config: dict | None) -> tuple[set[int], str]:
+    """Token ids and text that the model folder uses: special-token ids of config.json and
+    generation_config.json, special tokens and chat templates of the tokenizer config and
+    of chat_template.jinja / additional_chat_templates/. A reserved slot named there is in use."""
+    ids: set[int] = set()
+    texts: list[str] = []
+    configs = [config]
+    if (src / "generation_config.json").exists():
+        configs.append(_read_json(src / "generation_config.json"))
+    for c in configs + [_text_config(config)]:
+        for key, value in c.items():
+            if key.endswith("token_id") or key.endswith("token_ids"):
+                ids.update(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, int))
     if tokenizer_config:
+        # Not added_tokens_decoder or the special-token lists: they enumerate the free slots too.
         for key in SPECIAL_FIELDS:
             value = tokenizer_config.get(key)
-            value = value.get("content") if isinstance(value, dict) else value
-            if isinstance(value, str):
-                used.add(value)
-        template = json.dumps(tokenizer_config.get("chat_template") or "")
+            texts.append(value.get("content", "") if isinstance(value, dict) else str(value or ""))
+        texts.append(json.dumps(tokenizer_config.get("chat_template") or "", ensure_ascii=False))
+    for template in [src / "chat_template.jinja", src / "chat_template.json", *sorted(src.glob("additional_chat_templates/*"))]:
+        if template.is_file():
+            texts.append(template.read_text(encoding="utf-8", errors="replace"))
+    return ids, "\n".join(texts)
+
+
+def _reserved_slots(vocab: dict[str, int], patterns: list[re.Pattern], in_use: tuple[set[int], str]) -> list[tuple[int, str]]:
+    """(id, content) of every reserved token, by id, except those the folder uses."""
+    used_ids, used_text = in_use
     return sorted(
         (id, content)
         for content, id in vocab.items()
-        if any(p.fullmatch(content) for p in patterns) and content not in used and content not in template
+        if any(p.fullmatch(content) for p in patterns) and id not in used_ids and content not in used_text
     )
 
 
@@ -380,9 +435,10 @@ def _text_config(config: dict) -> dict:
     return config.get("text_config") if isinstance(config.get("text_config"), dict) else config
 
 
-def _old_tokenizer(path: Path, tokenizer_json: dict) -> Any:
+def _old_tokenizer(path: Path, tokenizer_json: dict, required: bool) -> Any:
     """The tokenizer that splits a new token's text into pieces: tokensmith's own, or for a
-    tokenizer it does not run (SentencePiece-style BPE, Unigram, ...) the reference library."""
+    tokenizer it does not run (SentencePiece-style BPE, Unigram, ...) the reference library;
+    None when neither can run it and ``required`` is false."""
     from ._tokenizer import Tokenizer
 
     try:
@@ -392,6 +448,8 @@ def _old_tokenizer(path: Path, tokenizer_json: dict) -> Any:
     try:
         return E.TextOnlyTokenizer(tokenizer_json)
     except ImportError:
+        if not required:
+            return None
         raise CheckpointError(
             f"{path}: {reason}. init='pieces'/'description' then needs Hugging Face tokenizers "
             "(pip install tokenizers), or use init='mean'"
@@ -444,9 +502,12 @@ def _write_json(path: Path, value: Any, pretty: bool = True) -> None:
 
 
 def _new_config(config: dict, target: int) -> dict:
-    for c in (config, _text_config(config)):
-        if isinstance(c.get("vocab_size"), int):
-            c["vocab_size"] = max(c["vocab_size"], target)
+    """``vocab_size`` = the new row count, in the text config even where the file left it
+    out (a default that no longer matches), and at the top level where it is given."""
+    text = _text_config(config)
+    text["vocab_size"] = max(text.get("vocab_size") or 0, target)
+    if text is not config and isinstance(config.get("vocab_size"), int):
+        config["vocab_size"] = max(config["vocab_size"], target)
     return config
 
 
@@ -485,33 +546,38 @@ def _new_tokenizer_config(config: dict, placed: list[NewToken], special: bool) -
             del entry["id"]
             decoder[str(t.id)] = entry
         config["added_tokens_decoder"] = dict(sorted(decoder.items(), key=lambda kv: int(kv[0])))
-    if special:
-        _extend_special_list(config, placed)
+    _update_special_list(config, placed, special)
     return config
 
 
-def _extend_special_list(config: dict, placed: list[NewToken]) -> None:
-    """Add the tokens to the list of extra special tokens, under the key the file uses
-    (transformers 5 writes ``extra_special_tokens``, 4.x ``additional_special_tokens``);
-    reused slots leave the list."""
+def _update_special_list(config: dict, placed: list[NewToken], special: bool) -> None:
+    """Reused slots leave the list of extra special tokens (else transformers would add the
+    old name back as a new id); special new tokens join it, under the key the file uses
+    (transformers 5 writes ``extra_special_tokens``, 4.x ``additional_special_tokens``)."""
     key = "extra_special_tokens" if isinstance(config.get("extra_special_tokens"), list) else "additional_special_tokens"
-    current = [x for x in config.get(key) or [] if isinstance(x, str)]
-    replaced = {t.replaced for t in placed}
-    config[key] = [x for x in current if x not in replaced] + [t.content for t in placed]
+    replaced = {t.replaced for t in placed if t.replaced is not None}
+    content = lambda x: x.get("content") if isinstance(x, dict) else x  # noqa: E731
+    current = [x for x in config.get(key) or [] if content(x) not in replaced]
+    if special:
+        current += [t.content for t in placed]
+    if current or key in config:
+        config[key] = current
 
 
 def _new_special_map(special_map: dict, placed: list[NewToken], special: bool) -> dict:
-    if special:
-        _extend_special_list(special_map, placed)
+    _update_special_list(special_map, placed, special)
     return special_map
 
 
-def _new_index(index: dict, out: Path) -> dict:
+def _new_index(index: dict, out: Path, added_parameters: int) -> dict:
     total = 0
     for name in sorted(set(index["weight_map"].values())):
         shard = SafetensorsFile(out / name)
         total += sum(t.nbytes for t in shard.tensors.values())
-    index.setdefault("metadata", {})["total_size"] = total
+    metadata = index.setdefault("metadata", {})
+    metadata["total_size"] = total
+    if isinstance(metadata.get("total_parameters"), int):
+        metadata["total_parameters"] += added_parameters
     return index
 
 

@@ -50,11 +50,17 @@ class _HostMatrix:
             self.address = weight.data_ptr()
             shape = tuple(weight.shape)
         elif type(weight).__module__ == "numpy":
-            # `dtype` lets a raw uint16 view of bfloat16 data (safetensors) name its real type.
-            self.dtype = dtype or weight.dtype.name
+            self.dtype = weight.dtype.name
+            if dtype is not None:
+                # A raw 16-bit view of half-precision data (safetensors' BF16 has no numpy type).
+                if weight.dtype.kind not in "ui" or weight.dtype.itemsize != 2 or dtype not in ("float16", "bfloat16"):
+                    raise InvalidInputError(f"dtype={dtype!r} can only relabel a 16-bit integer array as float16 or bfloat16")
+                self.dtype = dtype
             contiguous = weight.flags.c_contiguous
             if not weight.flags.writeable:
                 raise InvalidInputError("weight is read-only")
+            if not weight.dtype.isnative or not weight.flags.aligned:
+                raise InvalidInputError("weight must be in native byte order and aligned (np.ascontiguousarray(w, w.dtype.newbyteorder('=')))")
             self.address = weight.__array_interface__["data"][0]
             shape = weight.shape
         else:
@@ -104,22 +110,21 @@ class _DeviceMatrix:
             yield start, min(start + step, self.rows)
 
     def _flags(self, include: list[bool]):
-        return self.torch.tensor(include, dtype=self.torch.float64, device=self.weight.device)
+        return self.torch.tensor(include, dtype=self.torch.bool, device=self.weight.device)
 
     def mean(self, include: list[bool]) -> list[float]:
-        # Float64 sums over row chunks, minus the few rows left out.
+        # Float64 sums over row chunks; left-out rows are selected away, not multiplied by
+        # zero, so a NaN or inf in them (rows about to be overwritten) cannot leak in.
         torch = self.torch
-        left_out = [r for r, keep in enumerate(include) if not keep]
-        count = self.rows - len(left_out)
+        flags = self._flags(include)
+        count = int(sum(include))
         if count == 0:
             raise InvalidInputError("no rows to take the mean of")
+        total = torch.zeros(self.cols, dtype=torch.float64, device=self.weight.device)
         with torch.no_grad():
-            total = torch.zeros(self.cols, dtype=torch.float64, device=self.weight.device)
             for a, b in self._chunks():
-                total += self.weight[a:b].sum(dim=0, dtype=torch.float64)
-            if left_out:
-                index = torch.tensor(left_out, dtype=torch.long, device=self.weight.device)
-                total -= self.weight[index].sum(dim=0, dtype=torch.float64)
+                chunk = self.weight[a:b].to(torch.float64)
+                total += torch.where(flags[a:b, None], chunk, 0.0).sum(dim=0)
         return (total / count).tolist()
 
     def covariance_noise(self, include: list[bool], mean: list[float], draws: int, seed: int, scale: float) -> list[list[float]]:
@@ -131,8 +136,9 @@ class _DeviceMatrix:
         with torch.no_grad():
             for a, b in self._chunks():
                 g = torch.frombuffer(bytearray(_core.embed_counter_normals(seed, draws, a, b)), dtype=torch.float64)
-                g = g.view(b - a, draws).to(device) * flags[a:b, None]
-                acc += (self.weight[a:b].to(torch.float64) - mu).T @ g
+                g = torch.where(flags[a:b, None], g.view(b - a, draws).to(device), 0.0)
+                centered = torch.where(flags[a:b, None], self.weight[a:b].to(torch.float64) - mu, 0.0)
+                acc += centered.T @ g
         factor = math.sqrt(scale / max(int(sum(include)), 1))
         return (acc.T * factor).tolist()
 
@@ -223,7 +229,7 @@ def init_rows(
     for i in rows + _ids(exclude, m.rows, "exclude"):
         include[i] = False
     options = dict(seed=seed, scale=scale, sources=sources, tokenizer=tokenizer, texts=texts, noise=noise)
-    m.write_rows(rows, _values(m, len(rows), method, include, **options))
+    m.write_rows(rows, _values(m, len(rows), method, include, targets=rows, **options))
 
 
 def _values(
@@ -232,6 +238,7 @@ def _values(
     method: str,
     include: list[bool],
     *,
+    targets: Sequence[int] = (),
     seed: int = 0,
     scale: float = 1e-9,
     sources: Sequence[int] | None = None,
@@ -240,7 +247,9 @@ def _values(
     noise: bool = False,
 ) -> list[list[float]]:
     """``count`` new rows (float64) by ``method`` from the rows of ``m``; the mean-based
-    methods take their statistics over the rows ``include`` marks."""
+    methods take their statistics over the rows ``include`` marks; ``targets`` are the rows
+    being written (pieces must not come from them)."""
+    targets = set(targets)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     if method in ("mean", "noisy_mean", "mean_cov"):
@@ -257,7 +266,15 @@ def _values(
         return m.group_means([[s] for s in _ids(sources, m.rows, "sources", unique=False)])
     if tokenizer is None or texts is None or len(texts) != count:
         raise ValueError(f"method={method!r} needs tokenizer= (the old tokenizer) and texts=[one per id]")
-    values = m.group_means(piece_ids(tokenizer, texts, m.rows))
+    groups = piece_ids(tokenizer, texts, m.rows)
+    for text, group in zip(texts, groups):
+        own = [r for r in group if r in targets]
+        if own:
+            raise InvalidInputError(
+                f"the pieces of {text!r} include row {own[0]}, one of the rows being initialized: "
+                "pass the tokenizer from before the tokens were added"
+            )
+    values = m.group_means(groups)
     if method == "description" and noise:
         values = _plus_noise(values, seed, m.cols)
     return values
@@ -418,20 +435,51 @@ def resize(model: Any, num_tokens: int, *, pad_to_multiple_of: int | None = None
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         text_config.vocab_size = target
         config.vocab_size = target
+    if isinstance(getattr(model, "vocab_size", None), int):
+        model.vocab_size = target  # some models read it for the loss, as transformers' resize sets it
     return target
 
 
 def train_only_rows(module: Any, ids: Sequence[int]) -> Any:
     """Mask the gradient of ``module.weight`` (an embedding or a head) so that only rows
-    ``ids`` learn. Returns the hook handle; ``handle.remove()`` undoes it.
+    ``ids`` learn. Returns the hook handle; ``handle.remove()`` undoes it. Calling it again
+    for the same parameter (a tied head) adds rows to the same mask instead of stacking a
+    second one. The mask follows the gradient's device and dtype (``model.to(...)`` later
+    is fine).
 
     Optimizers with weight decay still shrink the frozen rows: give this parameter
     ``weight_decay=0`` (or its own parameter group) when the other rows must not move.
     """
-    import torch
-
     weight = module.weight
     rows = _ids(ids, weight.shape[0])
-    mask = torch.zeros((weight.shape[0], 1), dtype=weight.dtype, device=weight.device)
-    mask[rows] = 1
-    return weight.register_hook(lambda grad: grad * mask)
+    state = getattr(weight, "_tokensmith_trainable_rows", None)
+    if state is not None and state.active:
+        state.rows.update(rows)
+        return state
+    state = _RowMask(weight, rows)
+    weight._tokensmith_trainable_rows = state
+    return state
+
+
+class _RowMask:
+    """The gradient hook of :func:`train_only_rows` and its handle."""
+
+    def __init__(self, weight: Any, rows: list[int]) -> None:
+        self.rows = set(rows)
+        self.active = True
+        self._mask = None
+        self._handle = weight.register_hook(self)
+
+    def __call__(self, grad: Any) -> Any:
+        import torch
+
+        key = (grad.device, grad.dtype, grad.shape[0], len(self.rows))
+        if self._mask is None or self._mask[0] != key:
+            mask = torch.zeros((grad.shape[0], 1), dtype=grad.dtype, device=grad.device)
+            mask[sorted(self.rows)] = 1
+            self._mask = (key, mask)
+        return grad * self._mask[1]
+
+    def remove(self) -> None:
+        self.active = False
+        self._handle.remove()
