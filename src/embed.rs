@@ -136,28 +136,36 @@ impl Matrix<'_> {
         }
     }
 
-    /// `scale^½ · Xcᵀ g / √N` for `draws` vectors g ~ N(0, I_N) over the included rows:
-    /// samples whose covariance is `scale · Σ` without forming Σ. One parallel pass over
-    /// the matrix for all draws; g's entries come from [`counter_normal`], so any device
-    /// that walks the rows in another order draws the same g.
-    pub fn covariance_noise(&self, cols: usize, include: &[bool], mean: &[f64], draws: usize, seed: u64, scale: f64) -> Result<Vec<Vec<f64>>> {
+    /// `draws` samples of N(mean, scale · Σ) over the included rows, flattened (draws x cols):
+    /// mean + `scale^½ · Xcᵀ g / √N` with g ~ N(0, I_N), whose covariance is `scale · Σ`,
+    /// without forming Σ. One parallel pass over the matrix for all draws; g's entries come
+    /// from [`counter_normal`], so any device that walks the rows in another order draws
+    /// the same g.
+    pub fn mean_cov_samples(&self, cols: usize, include: &[bool], mean: &[f64], draws: usize, seed: u64, scale: f64) -> Result<Vec<f64>> {
         let n = check(self.len(), cols, &[])?;
         if include.len() != n || mean.len() != cols {
             return Err(Error::Invalid(format!("{} row flags and a mean of {} for a {n} x {cols} matrix", include.len(), mean.len())));
         }
         let kept = include.iter().filter(|&&k| k).count();
         let factor = (scale / kept.max(1) as f64).sqrt();
-        let sums = match self {
+        let mut sums = match self {
             Matrix::F32(d) => weighted_sums(d, cols, include, mean, draws, seed),
             Matrix::F16(d) => weighted_sums(d, cols, include, mean, draws, seed),
             Matrix::Bf16(d) => weighted_sums(d, cols, include, mean, draws, seed),
         };
-        Ok(sums.chunks(cols.max(1)).take(draws).map(|s| s.iter().map(|a| a * factor).collect()).collect())
+        for sample in sums.chunks_exact_mut(cols) {
+            sample.iter_mut().zip(mean).for_each(|(x, m)| *x = m + *x * factor);
+        }
+        Ok(sums)
     }
 
-    /// Writes `values[k]` (rounded to the element type) into row `rows[k]`.
-    pub fn write_rows(&mut self, cols: usize, rows: &[usize], values: &[Vec<f64>]) -> Result<()> {
+    /// Writes row k of `values` (flattened, rows.len() x cols; rounded once to the element
+    /// type) into row `rows[k]`.
+    pub fn write_rows(&mut self, cols: usize, rows: &[usize], values: &[f64]) -> Result<()> {
         check(self.len(), cols, rows)?;
+        if values.len() != rows.len() * cols {
+            return Err(Error::Invalid(format!("{} values for {} rows of {cols}", values.len(), rows.len())));
+        }
         match self {
             Matrix::F32(d) => write(d, cols, rows, values),
             Matrix::F16(d) => write(d, cols, rows, values),
@@ -176,34 +184,36 @@ impl Matrix<'_> {
         })
     }
 
-    /// Row `r` in f64.
-    pub fn row(&self, cols: usize, r: usize) -> Result<Vec<f64>> {
-        check(self.len(), cols, &[r])?;
-        Ok(match self {
-            Matrix::F32(d) => d[r * cols..(r + 1) * cols].iter().map(|x| x.to_f64()).collect(),
-            Matrix::F16(d) => d[r * cols..(r + 1) * cols].iter().map(|x| x.to_f64()).collect(),
-            Matrix::Bf16(d) => d[r * cols..(r + 1) * cols].iter().map(|x| x.to_f64()).collect(),
-        })
+    /// The mean of each group of rows (e.g. the pieces an old tokenizer splits a new token
+    /// into), flattened (groups x cols); groups in parallel.
+    pub fn group_means(&self, cols: usize, groups: &[Vec<usize>]) -> Result<Vec<f64>> {
+        let n = check(self.len(), cols, &[])?;
+        if let Some(group) = groups.iter().find(|g| g.is_empty() || g.iter().any(|&r| r >= n)) {
+            return Err(Error::Invalid(format!("a group of rows {group:?} is empty or out of range for {n} rows")));
+        }
+        let mut out = vec![0.0f64; groups.len() * cols];
+        out.par_chunks_mut(cols.max(1)).zip(groups).for_each(|(acc, group)| {
+            for &r in group {
+                match self {
+                    Matrix::F32(d) => add_row(acc, &d[r * cols..(r + 1) * cols]),
+                    Matrix::F16(d) => add_row(acc, &d[r * cols..(r + 1) * cols]),
+                    Matrix::Bf16(d) => add_row(acc, &d[r * cols..(r + 1) * cols]),
+                }
+            }
+            acc.iter_mut().for_each(|a| *a /= group.len() as f64);
+        });
+        Ok(out)
     }
+}
 
-    /// The mean of each group of rows (e.g. the pieces an old tokenizer splits a new token into).
-    pub fn group_means(&self, cols: usize, groups: &[Vec<usize>]) -> Result<Vec<Vec<f64>>> {
-        groups
-            .iter()
-            .map(|group| {
-                if group.is_empty() {
-                    return Err(Error::Invalid("an empty group of rows has no mean".into()));
-                }
-                let mut acc = vec![0.0; cols];
-                for &r in group {
-                    for (a, v) in acc.iter_mut().zip(self.row(cols, r)?) {
-                        *a += v;
-                    }
-                }
-                Ok(acc.into_iter().map(|a| a / group.len() as f64).collect())
-            })
-            .collect()
-    }
+fn add_row<T: Element>(acc: &mut [f64], row: &[T]) {
+    acc.iter_mut().zip(row).for_each(|(a, &x)| *a += x.to_f64());
+}
+
+/// `values` plus N(0, std²) noise drawn in order from `Rng::new(seed)`.
+pub fn add_noise(values: &mut [f64], seed: u64, std: f64) {
+    let mut rng = Rng::new(seed);
+    values.iter_mut().for_each(|v| *v += std * rng.normal());
 }
 
 fn zero_rows_of<T: Element>(data: &[T], cols: usize) -> Vec<usize> {
@@ -298,11 +308,9 @@ pub fn counter_normal(seed: u64, stream: u64, index: u64) -> f64 {
     (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
 }
 
-fn write<T: Element>(data: &mut [T], cols: usize, rows: &[usize], values: &[Vec<f64>]) {
-    for (&r, v) in rows.iter().zip(values) {
-        for (x, &y) in data[r * cols..(r + 1) * cols].iter_mut().zip(v) {
-            *x = T::from_f64(y);
-        }
+fn write<T: Element>(data: &mut [T], cols: usize, rows: &[usize], values: &[f64]) {
+    for (&r, v) in rows.iter().zip(values.chunks_exact(cols)) {
+        data[r * cols..(r + 1) * cols].iter_mut().zip(v).for_each(|(x, &y)| *x = T::from_f64(y));
     }
 }
 
@@ -316,7 +324,7 @@ mod tests {
         let mut m = Matrix::F32(&mut data);
         let mean = m.mean(2, &[true, true, false]).unwrap();
         assert_eq!(mean, vec![2.0, 3.0]);
-        m.write_rows(2, &[2], &[mean]).unwrap();
+        m.write_rows(2, &[2], &mean).unwrap();
         assert_eq!(data, vec![1.0, 2.0, 3.0, 4.0, 2.0, 3.0]);
     }
 
@@ -348,6 +356,7 @@ mod tests {
         let mut data = vec![f16::ZERO; 6];
         let m = Matrix::F16(&mut data);
         assert!(m.mean(4, &[true]).is_err());
-        assert!(m.row(2, 3).is_err());
+        assert!(m.group_means(2, &[vec![3]]).is_err());
+        assert!(m.group_means(2, &[vec![]]).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! Python bindings (`tokensmith._core`). No logic lives here: argument conversion, GIL
 //! release, and mapping core errors to the exception classes defined in Python.
 
-use crate::embed::{counter_normal, Matrix, Rng};
+use crate::embed::{add_noise, counter_normal, Matrix};
 use crate::error::Error;
 use crate::formats::{tiktoken, tokenizer_json};
 use crate::special::{AddedToken, SpecialPolicy};
@@ -454,11 +454,11 @@ fn embed_mean(py: Python<'_>, address: usize, len: usize, dtype: &str, cols: usi
     with_matrix(py, address, len, dtype, |m| m.mean(cols, &include))
 }
 
-/// Samples of N(0, scale·Σ) over the included rows, `draws` of them, seeded.
+/// `draws` samples of N(mean, scale·Σ) over the included rows, seeded: f64 bytes, draws x cols.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-fn embed_covariance_noise(
-    py: Python<'_>,
+fn embed_mean_cov_samples<'py>(
+    py: Python<'py>,
     address: usize,
     len: usize,
     dtype: &str,
@@ -468,14 +468,24 @@ fn embed_covariance_noise(
     draws: usize,
     seed: u64,
     scale: f64,
-) -> PyResult<Vec<Vec<f64>>> {
-    with_matrix(py, address, len, dtype, |m| m.covariance_noise(cols, &include, &mean, draws, seed, scale))
+) -> PyResult<Bound<'py, PyBytes>> {
+    let samples = with_matrix(py, address, len, dtype, |m| m.mean_cov_samples(cols, &include, &mean, draws, seed, scale))?;
+    Ok(f64_bytes(py, &samples))
 }
 
-/// Mean of each group of rows.
+/// Mean of each group of rows: f64 bytes, groups x cols.
 #[pyfunction]
-fn embed_group_means(py: Python<'_>, address: usize, len: usize, dtype: &str, cols: usize, groups: Vec<Vec<usize>>) -> PyResult<Vec<Vec<f64>>> {
-    with_matrix(py, address, len, dtype, |m| m.group_means(cols, &groups))
+fn embed_group_means<'py>(py: Python<'py>, address: usize, len: usize, dtype: &str, cols: usize, groups: Vec<Vec<usize>>) -> PyResult<Bound<'py, PyBytes>> {
+    let means = with_matrix(py, address, len, dtype, |m| m.group_means(cols, &groups))?;
+    Ok(f64_bytes(py, &means))
+}
+
+/// `values` (f64 bytes) plus N(0, std²) noise, seeded (the same on every platform).
+#[pyfunction]
+fn embed_add_noise<'py>(py: Python<'py>, values: &[u8], seed: u64, std: f64) -> PyResult<Bound<'py, PyBytes>> {
+    let mut values = f64_values(values)?;
+    add_noise(&mut values, seed, std);
+    Ok(f64_bytes(py, &values))
 }
 
 /// Rows that are all zero.
@@ -484,14 +494,7 @@ fn embed_zero_rows(py: Python<'_>, address: usize, len: usize, dtype: &str, cols
     with_matrix(py, address, len, dtype, |m| m.zero_rows(cols))
 }
 
-/// Standard normal draws, seeded (the same on every platform).
-#[pyfunction]
-fn embed_normals(seed: u64, count: usize) -> Vec<f64> {
-    let mut rng = Rng::new(seed);
-    (0..count).map(|_| rng.normal()).collect()
-}
-
-/// The noise `covariance_noise` draws for rows `start..stop`, as native-endian f64 bytes
+/// The noise `mean_cov_samples` draws for rows `start..stop`, as native-endian f64 bytes
 /// laid out rows x streams: lets a CUDA tensor's rows be weighted by the same g as on the CPU.
 #[pyfunction]
 fn embed_counter_normals(py: Python<'_>, seed: u64, streams: usize, start: u64, stop: u64) -> Bound<'_, PyBytes> {
@@ -501,24 +504,36 @@ fn embed_counter_normals(py: Python<'_>, seed: u64, streams: usize, start: u64, 
             .flat_map_iter(|r| (0..streams as u64).map(move |k| counter_normal(seed, k, r)))
             .collect()
     });
+    f64_bytes(py, &values)
+}
+
+/// Writes the value rows (f64 bytes, rows x cols; rounded once to the dtype) into their rows, in place.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn embed_write_rows(py: Python<'_>, address: usize, len: usize, dtype: &str, cols: usize, rows: Vec<usize>, values: &[u8]) -> PyResult<()> {
+    let values = f64_values(values)?;
+    with_matrix(py, address, len, dtype, |m| m.write_rows(cols, &rows, &values))
+}
+
+fn f64_bytes<'py>(py: Python<'py>, values: &[f64]) -> Bound<'py, PyBytes> {
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_ne_bytes()).collect();
     PyBytes::new(py, &bytes)
 }
 
-/// Writes each value row (rounded to the dtype) into its row, in place.
-#[pyfunction]
-#[allow(clippy::too_many_arguments)]
-fn embed_write_rows(py: Python<'_>, address: usize, len: usize, dtype: &str, cols: usize, rows: Vec<usize>, values: Vec<Vec<f64>>) -> PyResult<()> {
-    with_matrix(py, address, len, dtype, |m| m.write_rows(cols, &rows, &values))
+fn f64_values(bytes: &[u8]) -> PyResult<Vec<f64>> {
+    if bytes.len() % 8 != 0 {
+        return Err(PyValueError::new_err("f64 values: the byte length is not a multiple of 8"));
+    }
+    Ok(bytes.chunks_exact(8).map(|b| f64::from_ne_bytes(b.try_into().expect("8 bytes"))).collect())
 }
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenizer>()?;
     m.add_function(wrap_pyfunction!(embed_mean, m)?)?;
-    m.add_function(wrap_pyfunction!(embed_covariance_noise, m)?)?;
+    m.add_function(wrap_pyfunction!(embed_mean_cov_samples, m)?)?;
     m.add_function(wrap_pyfunction!(embed_group_means, m)?)?;
-    m.add_function(wrap_pyfunction!(embed_normals, m)?)?;
+    m.add_function(wrap_pyfunction!(embed_add_noise, m)?)?;
     m.add_function(wrap_pyfunction!(embed_zero_rows, m)?)?;
     m.add_function(wrap_pyfunction!(embed_counter_normals, m)?)?;
     m.add_function(wrap_pyfunction!(embed_write_rows, m)?)?;

@@ -202,7 +202,7 @@ def add_tokens(
             raise CheckpointError(f"{shard.path}: {name} has {matrix.shape[0]} rows, the embedding {rows}")
         options = dict(method_options, seed=seed if tied else seed + k)
         values = E._values(E._HostMatrix(matrix, kernel_dtype), len(ids), init, include, targets=[i for i in ids if i < rows], **options)
-        staged = _round_rows(values, matrix.dtype, kernel_dtype)
+        staged = _round_rows(values, len(ids), matrix.shape[1], matrix.dtype, kernel_dtype)
         replacements.setdefault(shard.path, {})[name] = Replacement(
             [target, matrix.shape[1]], _matrix_writer(shard, name, target, dict(zip(ids, staged)))
         )
@@ -460,13 +460,13 @@ def _old_tokenizer(path: Path, tokenizer_json: dict, required: bool) -> Any:
 # The _new_* functions update the JSON documents read above in place and return them.
 
 
-def _round_rows(values: list[list[float]], np_dtype: Any, kernel_dtype: str) -> list[bytes]:
+def _round_rows(values: bytes, count: int, cols: int, np_dtype: Any, kernel_dtype: str) -> list[bytes]:
     """Each float64 row rounded to the tensor's dtype exactly as init_rows rounds it."""
     import numpy as np
 
-    staged = np.zeros((len(values), len(values[0]) if values else 0), dtype=np_dtype)
-    if values:
-        E._HostMatrix(staged, kernel_dtype).write_rows(list(range(len(values))), values)
+    staged = np.zeros((count, cols), dtype=np_dtype)
+    if count:
+        E._HostMatrix(staged, kernel_dtype).write_rows(list(range(count)), values)
     return [row.tobytes() for row in staged]
 
 

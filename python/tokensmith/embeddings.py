@@ -19,6 +19,7 @@ grows both without transformers' full re-initialization.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,7 +52,7 @@ class _HostMatrix:
             shape = tuple(weight.shape)
         elif type(weight).__module__ == "numpy":
             self.dtype = weight.dtype.name
-            if dtype is not None:
+            if dtype is not None and dtype != self.dtype:
                 # A raw 16-bit view of half-precision data (safetensors' BF16 has no numpy type).
                 if weight.dtype.kind not in "ui" or weight.dtype.itemsize != 2 or dtype not in ("float16", "bfloat16"):
                     raise InvalidInputError(f"dtype={dtype!r} can only relabel a 16-bit integer array as float16 or bfloat16")
@@ -77,13 +78,13 @@ class _HostMatrix:
     def mean(self, include: list[bool]) -> list[float]:
         return _core.embed_mean(*self._args(), include)
 
-    def covariance_noise(self, include: list[bool], mean: list[float], draws: int, seed: int, scale: float) -> list[list[float]]:
-        return _core.embed_covariance_noise(*self._args(), include, mean, draws, seed, scale)
+    def mean_cov_samples(self, include: list[bool], mean: list[float], draws: int, seed: int, scale: float) -> bytes:
+        return _core.embed_mean_cov_samples(*self._args(), include, mean, draws, seed, scale)
 
-    def group_means(self, groups: list[list[int]]) -> list[list[float]]:
+    def group_means(self, groups: list[list[int]]) -> bytes:
         return _core.embed_group_means(*self._args(), groups)
 
-    def write_rows(self, rows: list[int], values: list[list[float]]) -> None:
+    def write_rows(self, rows: list[int], values: bytes) -> None:
         _core.embed_write_rows(*self._args(), rows, values)
 
     def zero_rows(self) -> list[int]:
@@ -127,7 +128,7 @@ class _DeviceMatrix:
                 total += torch.where(flags[a:b, None], chunk, 0.0).sum(dim=0)
         return (total / count).tolist()
 
-    def covariance_noise(self, include: list[bool], mean: list[float], draws: int, seed: int, scale: float) -> list[list[float]]:
+    def mean_cov_samples(self, include: list[bool], mean: list[float], draws: int, seed: int, scale: float) -> bytes:
         torch = self.torch
         device = self.weight.device
         flags = self._flags(include)
@@ -140,9 +141,9 @@ class _DeviceMatrix:
                 centered = torch.where(flags[a:b, None], self.weight[a:b].to(torch.float64) - mu, 0.0)
                 acc += centered.T @ g
         factor = math.sqrt(scale / max(int(sum(include)), 1))
-        return (acc.T * factor).tolist()
+        return _f64_bytes(mu + acc.T * factor)
 
-    def group_means(self, groups: list[list[int]]) -> list[list[float]]:
+    def group_means(self, groups: list[list[int]]) -> bytes:
         torch = self.torch
         device = self.weight.device
         flat = torch.tensor([r for g in groups for r in g], dtype=torch.long, device=device)
@@ -151,19 +152,30 @@ class _DeviceMatrix:
         with torch.no_grad():
             sums = torch.zeros((len(groups), self.cols), dtype=torch.float64, device=device)
             sums.index_add_(0, owner, self.weight[flat].to(torch.float64))
-        return (sums / counts[:, None]).tolist()
+        return _f64_bytes(sums / counts[:, None])
 
     def zero_rows(self) -> list[int]:
         with self.torch.no_grad():
             return self.torch.nonzero(~self.weight.any(dim=1)).flatten().tolist()
 
-    def write_rows(self, rows: list[int], values: list[list[float]]) -> None:
+    def write_rows(self, rows: list[int], values: bytes) -> None:
         torch = self.torch
         staged = torch.empty((len(rows), self.cols), dtype=self.weight.dtype)
         _HostMatrix(staged).write_rows(list(range(len(rows))), values)
         with torch.no_grad():
             index = torch.tensor(rows, dtype=torch.long, device=self.weight.device)
             self.weight.index_copy_(0, index, staged.to(self.weight.device))
+
+
+def _f64_bytes(tensor: Any) -> bytes:
+    """A tensor's values as native float64 bytes, on the host (the flat row format the Rust
+    kernels read and write: no Python float per element)."""
+    import ctypes
+
+    import torch
+
+    host = tensor.detach().to("cpu", torch.float64).contiguous()
+    return ctypes.string_at(host.data_ptr(), host.numel() * 8)
 
 
 def _check_shape_dtype(shape: tuple, dtype: str) -> None:
@@ -245,8 +257,8 @@ def _values(
     tokenizer: Any = None,
     texts: Sequence[str] | None = None,
     noise: bool = False,
-) -> list[list[float]]:
-    """``count`` new rows (float64) by ``method`` from the rows of ``m``; the mean-based
+) -> bytes:
+    """``count`` new rows (float64 bytes, count x dim) by ``method`` from the rows of ``m``; the mean-based
     methods take their statistics over the rows ``include`` marks; ``targets`` are the rows
     being written (pieces must not come from them)."""
     targets = set(targets)
@@ -255,11 +267,10 @@ def _values(
     if method in ("mean", "noisy_mean", "mean_cov"):
         mean = m.mean(include)
         if method == "mean":
-            return [mean] * count
+            return array("d", mean).tobytes() * count
         if method == "noisy_mean":
-            return _plus_noise([mean] * count, seed, m.cols)
-        deltas = m.covariance_noise(include, mean, count, seed, scale)
-        return [[a + b for a, b in zip(mean, d)] for d in deltas]
+            return _plus_noise(array("d", mean).tobytes() * count, seed, m.cols)
+        return m.mean_cov_samples(include, mean, count, seed, scale)
     if method == "copy":
         if sources is None or len(sources) != count:
             raise ValueError("method='copy' needs sources=[one source row per id]")
@@ -326,10 +337,8 @@ def _plain_text_encoder(tokenizer: Any):
     )
 
 
-def _plus_noise(values: list[list[float]], seed: int, dim: int) -> list[list[float]]:
-    normals = _core.embed_normals(seed, len(values) * dim)
-    std = 1.0 / math.sqrt(dim)
-    return [[v + std * normals[k * dim + j] for j, v in enumerate(row)] for k, row in enumerate(values)]
+def _plus_noise(values: bytes, seed: int, dim: int) -> bytes:
+    return _core.embed_add_noise(values, seed, 1.0 / math.sqrt(dim))
 
 
 def grow(weight: Any, new_rows: int, *, pad_to_multiple_of: int | None = None) -> Any:
