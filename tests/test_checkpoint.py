@@ -392,7 +392,6 @@ def test_what_the_folder_uses_is_never_reused_and_lists_stay_consistent(models, 
     (src / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
     (src / ".git").mkdir()
     (src / ".git" / "big").write_bytes(b"lfs object")
-    (tmp_path / ".out.tmp-999999999").mkdir()  # left by a killed run
 
     result = add_tokens(src, tmp_path / "out", ["<|a|>", "<|b|>"], special=False, reuse_reserved=True, init="mean")
     assert [t.replaced for t in result.tokens] == ["<|reserved_special_token_2|>", "<|reserved_special_token_3|>"]
@@ -405,7 +404,6 @@ def test_what_the_folder_uses_is_never_reused_and_lists_stay_consistent(models, 
     assert [tok.encode(t.content, add_special_tokens=False) for t in result.tokens] == [[t.id] for t in result.tokens]
     assert (out / "1_Pooling" / "config.json").read_text() == '{"pooling_mode_mean_tokens": true}'
     assert not (out / ".git").exists()
-    assert not (tmp_path / ".out.tmp-999999999").exists()
 
 
 def test_text_that_is_already_one_token_or_spelled_like_a_vocabulary_entry(models, tmp_path):
@@ -451,3 +449,69 @@ def test_tensors_of_dtypes_it_does_not_size_are_copied(tmp_path):
     st.write_file(source, tmp_path / "y.safetensors", {"w": st.Replacement([5, 3], lambda out: out.write(grown.numpy().tobytes()))})
     loaded = load_file(tmp_path / "y.safetensors")
     assert torch.equal(loaded["c"], tensors["c"]) and torch.equal(loaded["w"], grown)
+
+
+def test_slots_named_anywhere_in_the_folder_are_in_use(models, tmp_path):
+    """special_tokens_map.json, tokenizer.json padding, named extra special tokens and
+    config keys such as image_token_index all keep their slot."""
+    src = tmp_path / "src"
+    shutil.copytree(models("llama3", True, False), src)
+    (src / "special_tokens_map.json").write_text(json.dumps({"pad_token": "<|reserved_special_token_0|>"}))
+    data = json.loads((src / "tokenizer.json").read_text())
+    data["padding"] = {"strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": None,
+                       "pad_id": 128003, "pad_type_id": 0, "pad_token": "<|reserved_special_token_1|>"}
+    (src / "tokenizer.json").write_text(json.dumps(data))
+    tokenizer_config = json.loads((src / "tokenizer_config.json").read_text())
+    tokenizer_config["extra_special_tokens"] = {"image_token": "<|reserved_special_token_2|>"}
+    (src / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    config = json.loads((src / "config.json").read_text())
+    config["image_token_index"] = 128005  # <|reserved_special_token_3|>
+    (src / "config.json").write_text(json.dumps(config))
+    # padding in tokenizer.json is not supported by tokensmith: init="mean" needs no tokenizer run
+    result = add_tokens(src, tmp_path / "out", ["<|a|>"], init="mean", reuse_reserved=True)
+    assert result.tokens[0].replaced == "<|reserved_special_token_4|>"
+
+
+def test_a_text_the_vocabulary_lacks_is_not_mistaken_for_unk(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokensmith.checkpoint import _check_new_tokens
+    from tokensmith.embeddings import TextOnlyTokenizer
+
+    vocab = {"[UNK]": 0, "a": 1, "b": 2}
+    hf = tokenizers.Tokenizer(tokenizers.models.WordPiece(vocab, unk_token="[UNK]"))
+    data = json.loads(hf.to_str())
+    tok = TextOnlyTokenizer(data)
+    _check_new_tokens(["🦜"], data, vocab, tok)  # encodes to [UNK]: new, accepted
+    with pytest.raises(InvalidInputError, match="'a' is already token 1"):
+        _check_new_tokens(["a"], data, vocab, tok)
+
+
+def test_a_tokenizer_nothing_can_run_still_takes_mean_init(models, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(models("llama3", True, False), src)
+    data = json.loads((src / "tokenizer.json").read_text())
+    data["normalizer"] = {"type": "SomethingNew"}
+    (src / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="init='mean'"):
+        add_tokens(src, tmp_path / "out", ["<|a|>"], init="pieces")
+    result = add_tokens(src, tmp_path / "out", ["<|a|>"], init="mean")
+    assert result.tokens[0].id == 128256
+
+
+def test_symlink_loops_and_links_to_parents_are_not_followed(models, tmp_path):
+    src = tmp_path / "models" / "src"
+    shutil.copytree(models("llama3", True, False), src)
+    (src / "loop").symlink_to(src)
+    (src / "up").symlink_to(src.parent)
+    (tmp_path / "models" / "unrelated.bin").write_bytes(b"x")
+    add_tokens(src, tmp_path / "out", ["<|a|>"], init="mean")
+    copied = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert copied == sorted(p.name for p in src.iterdir() if p.is_file())
+
+
+def test_stale_temp_folders_are_reported_not_deleted(models, tmp_path):
+    src = models("llama3", True, False)
+    (tmp_path / ".out.tmp-424242").mkdir()
+    result = add_tokens(src, tmp_path / "out", ["<|a|>"], init="mean")
+    assert (tmp_path / ".out.tmp-424242").exists()
+    assert any(".out.tmp-424242 was left by an interrupted run" in w for w in result.warnings)

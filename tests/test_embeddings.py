@@ -286,3 +286,15 @@ def test_train_only_rows_follows_dtype_and_merges_on_tied_weights():
     assert grad.dtype == torch.bfloat16
     assert grad[5].any() and grad[7].any() and not grad[3].any() and not grad[100].any()
     handle.remove()
+
+
+def test_a_pickled_weight_does_not_keep_a_dead_mask(tmp_path):
+    import torch
+
+    emb = torch.nn.Embedding(10, 4)
+    E.train_only_rows(emb, [1])
+    torch.save(emb, tmp_path / "emb.pt")
+    loaded = torch.load(tmp_path / "emb.pt", weights_only=False)
+    E.train_only_rows(loaded, [2])
+    loaded(torch.tensor([1, 2, 3])).sum().backward()
+    assert loaded.weight.grad[2].any() and not loaded.weight.grad[1].any() and not loaded.weight.grad[3].any()

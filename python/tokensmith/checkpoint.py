@@ -172,8 +172,9 @@ def add_tokens(
     old_tokenizer = _old_tokenizer(src / "tokenizer.json", tokenizer_json, required=init in ("pieces", "description"))
     _check_new_tokens(tokens, tokenizer_json, vocab, old_tokenizer)
     patterns = [re.compile(p) for p in (reserved_patterns or RESERVED_PATTERNS.values())]
-    reserved = _reserved_slots(vocab, patterns, _in_use(src, config, tokenizer_config))
-    slots = reserved[: len(tokens)] if reuse_reserved else []
+    reserved = _reserved_slots(vocab, patterns)  # all untrained, in use or not
+    free = _reserved_slots(vocab, patterns, _in_use(src, config, tokenizer_config, tokenizer_json))
+    slots = free[: len(tokens)] if reuse_reserved else []
 
     embedding, head, files = _locate_matrices(shards, config)
     rows = embedding.shape[0]
@@ -210,8 +211,8 @@ def add_tokens(
         del matrix
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    _remove_stale_temp_folders(out)
     shutil.rmtree(tmp, ignore_errors=True)  # a dead run's, whose pid this process now has
+    stale_temp = _stale_temp_folders(out)
     total = sum(p.stat().st_size for p in _files(src)) + (target - rows) * sum(
         embedding.shape[1] * (2 if shard.tensors[name].dtype in ("F16", "BF16") else 4) for name, shard in files
     )
@@ -264,29 +265,18 @@ def add_tokens(
         bytes_written=sum(p.stat().st_size for p in _files(out)),
         seconds=time.monotonic() - started,
         warnings=[f"{name} copied unchanged: it holds weights add-tokens does not update (delete it if unused)"
-                  for name in stale],
+                  for name in stale]
+        + [f"{p} was left by an interrupted run: delete it if no other run is writing {out}" for p in stale_temp],
     )
 
 
 # ----------------------------------------------------------------------------- reading
 
 
-def _remove_stale_temp_folders(out: Path) -> None:
-    """Temp folders that runs killed before their cleanup left next to ``out``."""
-    for tmp in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _stale_temp_folders(out: Path) -> list[Path]:
+    """Temp folders that interrupted runs (killed before their cleanup) left next to ``out``.
+    Reported, not deleted: one may belong to a run on another machine sharing the disk."""
+    return sorted(p for p in out.parent.glob(f".{glob.escape(out.name)}.tmp-*") if p.is_dir())
 
 
 def _read_json(path: Path) -> Any:
@@ -302,8 +292,19 @@ def _files(folder: Path) -> list[Path]:
     """Every file of a model folder, following symlinked folders (the Hugging Face cache),
     without hidden entries (.git with its LFS objects, .cache): they are not the model."""
     found = []
+    top = os.path.realpath(folder)
+    seen = {os.path.dirname(top)}  # never climb out through a link to a parent
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        real = os.path.realpath(root)
+        if real in seen:  # a symlink loop, or a folder reached twice
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(
+            d for d in dirs
+            if not d.startswith(".") and not top.startswith(os.path.realpath(os.path.join(root, d)) + os.sep)
+            and os.path.realpath(os.path.join(root, d)) not in seen
+        )
         found += [Path(root) / f for f in files if not f.startswith(".")]
     return sorted(found)
 
@@ -351,6 +352,7 @@ def _check_new_tokens(tokens: list[str], tokenizer_json: dict, vocab: dict[str, 
     if not tokens:
         raise InvalidInputError("no tokens to add")
     added = {t["content"]: t["id"] for t in tokenizer_json.get("added_tokens") or []}
+    unk = vocab.get((tokenizer_json.get("model") or {}).get("unk_token") or "")
     seen = set()
     for t in tokens:
         if not t:
@@ -361,7 +363,7 @@ def _check_new_tokens(tokens: list[str], tokenizer_json: dict, vocab: dict[str, 
         if t in added:
             raise InvalidInputError(f"{t!r} is already token {added[t]}: nothing was written")
         ids = E._plain_text_encoder(old_tokenizer)(t) if old_tokenizer is not None else []
-        if len(ids) == 1:
+        if len(ids) == 1 and ids[0] != unk:  # a text the vocabulary lacks may encode to <unk>
             raise InvalidInputError(f"{t!r} is already token {ids[0]} (the tokenizer encodes it to that one id): nothing was written")
         if t in vocab:
             raise InvalidInputError(
@@ -370,32 +372,39 @@ def _check_new_tokens(tokens: list[str], tokenizer_json: dict, vocab: dict[str, 
             )
 
 
-def _in_use(src: Path, config: dict, tokenizer_config: dict | None) -> tuple[set[int], str]:
-    """Token ids and text that the model folder uses: special-token ids of config.json and
-    generation_config.json, special tokens and chat templates of the tokenizer config and
-    of chat_template.jinja / additional_chat_templates/. A reserved slot named there is in use."""
+def _in_use(src: Path, config: dict, tokenizer_config: dict | None, tokenizer_json: dict) -> tuple[set[int], str]:
+    """Token ids and text the model folder uses; a reserved slot named there is in use:
+    - ids: config.json / generation_config.json keys naming tokens (pad_token_id,
+      image_token_index, ...);
+    - text: special-token fields and named extra tokens of tokenizer_config.json and
+      special_tokens_map.json (not the plain lists of extra special tokens, which enumerate
+      free slots too), tokenizer.json's padding and post-processor, and the chat templates
+      (tokenizer_config.json, chat_template.jinja / .json, additional_chat_templates/)."""
     ids: set[int] = set()
     texts: list[str] = []
-    configs = [config]
+    configs = [config, _text_config(config)]
     if (src / "generation_config.json").exists():
         configs.append(_read_json(src / "generation_config.json"))
-    for c in configs + [_text_config(config)]:
+    for c in configs:
         for key, value in c.items():
-            if key.endswith("token_id") or key.endswith("token_ids"):
+            if "token" in key.lower():
                 ids.update(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, int))
-    if tokenizer_config:
-        # Not added_tokens_decoder or the special-token lists: they enumerate the free slots too.
-        for key in SPECIAL_FIELDS:
-            value = tokenizer_config.get(key)
-            texts.append(value.get("content", "") if isinstance(value, dict) else str(value or ""))
-        texts.append(json.dumps(tokenizer_config.get("chat_template") or "", ensure_ascii=False))
+    special_map = _read_json(src / "special_tokens_map.json") if (src / "special_tokens_map.json").exists() else {}
+    for fields in (tokenizer_config or {}, special_map):
+        for key, value in fields.items():
+            if key in SPECIAL_FIELDS or (key.endswith("special_tokens") and isinstance(value, dict)):
+                texts.append(json.dumps(value, ensure_ascii=False))
+        texts.append(json.dumps(fields.get("chat_template") or "", ensure_ascii=False))
+    texts.append(json.dumps([tokenizer_json.get("padding"), tokenizer_json.get("post_processor")], ensure_ascii=False))
+    if isinstance((tokenizer_json.get("padding") or {}).get("pad_id"), int):
+        ids.add(tokenizer_json["padding"]["pad_id"])
     for template in [src / "chat_template.jinja", src / "chat_template.json", *sorted(src.glob("additional_chat_templates/*"))]:
         if template.is_file():
             texts.append(template.read_text(encoding="utf-8", errors="replace"))
     return ids, "\n".join(texts)
 
 
-def _reserved_slots(vocab: dict[str, int], patterns: list[re.Pattern], in_use: tuple[set[int], str]) -> list[tuple[int, str]]:
+def _reserved_slots(vocab: dict[str, int], patterns: list[re.Pattern], in_use: tuple[set[int], str] = (set(), "")) -> list[tuple[int, str]]:
     """(id, content) of every reserved token, by id, except those the folder uses."""
     used_ids, used_text = in_use
     return sorted(
@@ -448,12 +457,12 @@ def _old_tokenizer(path: Path, tokenizer_json: dict, required: bool) -> Any:
     try:
         return E.TextOnlyTokenizer(tokenizer_json)
     except ImportError:
-        if not required:
-            return None
-        raise CheckpointError(
-            f"{path}: {reason}. init='pieces'/'description' then needs Hugging Face tokenizers "
-            "(pip install tokenizers), or use init='mean'"
-        ) from None
+        reason = f"{reason}; Hugging Face tokenizers is not installed (pip install tokenizers)"
+    except Exception as e:  # tokenizers raises plain Exceptions for what it cannot parse
+        reason = f"{reason}; Hugging Face tokenizers cannot load it either ({e})"
+    if not required:
+        return None
+    raise CheckpointError(f"{path}: {reason}. init='pieces'/'description' needs a tokenizer that runs: use init='mean'")
 
 
 # ----------------------------------------------------------------------------- writing
@@ -591,9 +600,10 @@ def _verify(path: Path, placed: list[NewToken]) -> None:
     except TokenizerError:
         try:
             import tokenizers
-        except ImportError:
+
+            reference = tokenizers.Tokenizer.from_file(str(path))
+        except Exception:  # not installed, or cannot parse it either: transformers checks on load
             return
-        reference = tokenizers.Tokenizer.from_file(str(path))
         encode = lambda text, add_special_tokens: reference.encode(text, add_special_tokens=add_special_tokens).ids  # noqa: E731
     for t in placed:
         got = encode(t.content, add_special_tokens=False)

@@ -306,16 +306,17 @@ def piece_ids(tokenizer: Any, texts: Sequence[str], rows: int | None = None) -> 
 
 
 class TextOnlyTokenizer:
-    """A Hugging Face ``tokenizers`` tokenizer with its added tokens removed, so that text
-    spelling a control token is split as text (what ``special="text"`` does in tokensmith).
-    Built from tokenizer.json contents."""
+    """A Hugging Face ``tokenizers`` tokenizer with its special tokens removed, so that text
+    spelling a control token is split as text (what ``special="text"`` does in tokensmith;
+    plain added tokens still match). Built from tokenizer.json contents."""
 
     def __init__(self, tokenizer_json: dict) -> None:
         import json
 
         import tokenizers
 
-        self.tokenizer = tokenizers.Tokenizer.from_str(json.dumps(dict(tokenizer_json, added_tokens=[])))
+        plain = [t for t in tokenizer_json.get("added_tokens") or [] if not t.get("special")]
+        self.tokenizer = tokenizers.Tokenizer.from_str(json.dumps(dict(tokenizer_json, added_tokens=plain)))
 
     def encode(self, text: str, add_special_tokens: bool = False, special: str = "text") -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -492,3 +493,7 @@ class _RowMask:
     def remove(self) -> None:
         self.active = False
         self._handle.remove()
+
+    def __getstate__(self) -> dict:
+        # A pickled weight (torch.save) does not carry the hook: its copy must not look masked.
+        return {"rows": self.rows, "active": False, "_mask": None, "_handle": None}
