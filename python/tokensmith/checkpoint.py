@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import embeddings as E
+from ._atomic import atomic_folder, temp_folder_for
 from ._safetensors import COPY_CHUNK, Replacement, SafetensorsFile, copy_file, copy_range, write_file
 from .errors import CheckpointError, InvalidInputError, TokenizerError
 
@@ -210,16 +211,13 @@ def add_tokens(
         rewritten.append(name)
         del matrix
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)  # a dead run's, whose pid this process now has
-    stale_temp = _stale_temp_folders(out)
+    stale_temp = [p for p in _stale_temp_folders(out) if p != temp_folder_for(out)]
     total = sum(p.stat().st_size for p in _files(src)) + (target - rows) * sum(
         embedding.shape[1] * (2 if shard.tensors[name].dtype in ("F16", "BF16") else 4) for name, shard in files
     )
     bar = _Progress(total, sys.stderr.isatty() if progress is None else progress)
     copied = 0
-    try:
-        tmp.mkdir(parents=True)
+    with atomic_folder(out) as tmp:
         for path in _files(src):
             target_path = tmp / path.relative_to(src)
             target_path.parent.mkdir(parents=True, exist_ok=True)
@@ -246,12 +244,6 @@ def add_tokens(
             _write_json(tmp / index.name, _new_index(_read_json(index), tmp, (target - rows) * embedding.shape[1] * len(files)))
         _verify(tmp / "tokenizer.json", placed)
         bar.finish()
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     shard_paths = {shard.path for shard in shards}
     stale = [str(p.relative_to(src)) for p in _files(src) if p.suffix in WEIGHT_SUFFIXES and p not in shard_paths]
     return AddTokensResult(

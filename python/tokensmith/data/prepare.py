@@ -6,7 +6,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -14,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._atomic import atomic_folder
 from .._tokenizer import Tokenizer
 from ..errors import TokenizerError
 from .chat import IGNORE_INDEX, Example, encode_chat, resolve_template
@@ -243,13 +243,10 @@ def prepare(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
     encoder = ExampleEncoder(tok, chat_template, loss=loss, mapping=mapping)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     result = PrepareResult(out_dir=str(out))
     bar = _Progress(sys.stderr.isatty() if progress is None else progress)
     started = time.monotonic()
-    try:
+    with atomic_folder(out) as tmp:
         with _ShardWriter(tmp, pack, rows_per_shard) as writer:
             packer = Packer(max_length) if pack else None
             for source, line, value in _encoded(inputs, encoder, num_workers):
@@ -292,12 +289,6 @@ def prepare(
             "tokensmith_version": _version(),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result
 
 
