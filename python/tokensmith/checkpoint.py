@@ -16,6 +16,7 @@ output.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -193,7 +194,7 @@ def add_tokens(
     for r in list(range(old_size, rows)) + [id for id, _ in reserved] + [i for i in ids if i < rows]:
         include[r] = False
     texts = list(descriptions) if init == "description" else tokens
-    method_options = dict(tokenizer=old_tokenizer, texts=texts, seed=seed)
+    method_options = E._Options(tokenizer=old_tokenizer, texts=texts, seed=seed)
 
     replacements: dict[Path, dict[str, Replacement]] = {}
     rewritten = []
@@ -202,8 +203,9 @@ def add_tokens(
         matrix, kernel_dtype = shard.map_rows(name)
         if matrix.shape[0] != rows:
             raise CheckpointError(f"{shard.path}: {name} has {matrix.shape[0]} rows, the embedding {rows}")
-        options = dict(method_options, seed=seed if tied else seed + k)
-        values = E._values(E._HostMatrix(matrix, kernel_dtype), len(ids), init, include, targets=[i for i in ids if i < rows], **options)
+        options = dataclasses.replace(method_options, seed=seed if tied else seed + k)
+        targets = [i for i in ids if i < rows]
+        values = E._values(E._HostMatrix(matrix, kernel_dtype), len(ids), init, include, targets, options)
         staged = _round_rows(values, len(ids), matrix.shape[1], matrix.dtype, kernel_dtype)
         replacements.setdefault(shard.path, {})[name] = Replacement(
             [target, matrix.shape[1]], _matrix_writer(shard, name, target, dict(zip(ids, staged)))
@@ -345,6 +347,7 @@ def _check_new_tokens(tokens: list[str], tokenizer_json: dict, vocab: dict[str, 
         raise InvalidInputError("no tokens to add")
     added = {t["content"]: t["id"] for t in tokenizer_json.get("added_tokens") or []}
     unk = vocab.get((tokenizer_json.get("model") or {}).get("unk_token") or "")
+    encode = E._plain_text_encoder(old_tokenizer) if old_tokenizer is not None else lambda text: []
     seen = set()
     for t in tokens:
         if not t:
@@ -354,7 +357,7 @@ def _check_new_tokens(tokens: list[str], tokenizer_json: dict, vocab: dict[str, 
         seen.add(t)
         if t in added:
             raise InvalidInputError(f"{t!r} is already token {added[t]}: nothing was written")
-        ids = E._plain_text_encoder(old_tokenizer)(t) if old_tokenizer is not None else []
+        ids = encode(t)
         if len(ids) == 1 and ids[0] != unk:  # a text the vocabulary lacks may encode to <unk>
             raise InvalidInputError(f"{t!r} is already token {ids[0]} (the tokenizer encodes it to that one id): nothing was written")
         if t in vocab:

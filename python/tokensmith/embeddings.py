@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from . import _core
@@ -240,8 +241,20 @@ def init_rows(
     include = [True] * m.rows
     for i in rows + _ids(exclude, m.rows, "exclude"):
         include[i] = False
-    options = dict(seed=seed, scale=scale, sources=sources, tokenizer=tokenizer, texts=texts, noise=noise)
-    m.write_rows(rows, _values(m, len(rows), method, include, targets=rows, **options))
+    options = _Options(seed=seed, scale=scale, sources=sources, tokenizer=tokenizer, texts=texts, noise=noise)
+    m.write_rows(rows, _values(m, len(rows), method, include, rows, options))
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The method parameters of :func:`init_rows` (see there)."""
+
+    seed: int = 0
+    scale: float = 1e-9
+    sources: Sequence[int] | None = None
+    tokenizer: Any = None
+    texts: Sequence[str] | None = None
+    noise: bool = False
 
 
 def _values(
@@ -249,18 +262,13 @@ def _values(
     count: int,
     method: str,
     include: list[bool],
-    *,
-    targets: Sequence[int] = (),
-    seed: int = 0,
-    scale: float = 1e-9,
-    sources: Sequence[int] | None = None,
-    tokenizer: Any = None,
-    texts: Sequence[str] | None = None,
-    noise: bool = False,
+    targets: Sequence[int],
+    options: _Options,
 ) -> bytes:
-    """``count`` new rows (float64 bytes, count x dim) by ``method`` from the rows of ``m``; the mean-based
-    methods take their statistics over the rows ``include`` marks; ``targets`` are the rows
-    being written (pieces must not come from them)."""
+    """``count`` new rows (float64 bytes, count x dim) by ``method`` from the rows of ``m``;
+    the mean-based methods take their statistics over the rows ``include`` marks;
+    ``targets`` are the rows being written (pieces must not come from them)."""
+    seed, sources, tokenizer, texts = options.seed, options.sources, options.tokenizer, options.texts
     targets = set(targets)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
@@ -270,7 +278,7 @@ def _values(
             return array("d", mean).tobytes() * count
         if method == "noisy_mean":
             return _plus_noise(array("d", mean).tobytes() * count, seed, m.cols)
-        return m.mean_cov_samples(include, mean, count, seed, scale)
+        return m.mean_cov_samples(include, mean, count, seed, options.scale)
     if method == "copy":
         if sources is None or len(sources) != count:
             raise ValueError("method='copy' needs sources=[one source row per id]")
@@ -286,7 +294,7 @@ def _values(
                 "pass the tokenizer from before the tokens were added"
             )
     values = m.group_means(groups)
-    if method == "description" and noise:
+    if method == "description" and options.noise:
         values = _plus_noise(values, seed, m.cols)
     return values
 
