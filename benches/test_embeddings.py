@@ -217,6 +217,7 @@ def prepare(name: str, checkpoint: Path | None = None):
             return model.get_input_embeddings().weight.shape[0]
 
         call.model, call.ids = model, NEW_ROWS_OF.get(name, NEW_IDS)
+        call.kept = _sample_rows(model)
     else:
         out = Path(tempfile.mkdtemp(prefix="emb-out-")) / "out"
         call = functools.partial(DISK_CASES[name], checkpoint, out)
@@ -233,10 +234,22 @@ def measure(call) -> dict:
         seconds = time.perf_counter() - start
     if hasattr(call, "model"):
         _check_new_rows(call.model, rows, call.ids)
+        kept = zip(_sample_rows(call.model), call.kept)
+        assert all(after.equal(before[: len(after)]) for after, before in kept), "an old row changed"
     if hasattr(call, "folder"):
         shutil.rmtree(call.folder)
     return dict(seconds=seconds, rows=rows, peak_gb=peak.sampled / 1e9, anon_gb=peak.anon / 1e9,
                 hwm_gb=None if peak.hwm is None else peak.hwm / 1e9)
+
+
+#: Old rows compared before and after each case: the ends and rows across the matrix.
+SAMPLE_ROWS = [0, 1, 4095, 4096, 77777, TOKENIZER_SIZE - 1, OLD_ROWS - 2, OLD_ROWS - 1]
+
+
+def _sample_rows(model) -> list:
+    """SAMPLE_ROWS of the embedding and the head (those a shrink left)."""
+    weights = (model.get_input_embeddings().weight, model.get_output_embeddings().weight)
+    return [w.data[[r for r in SAMPLE_ROWS if r < w.shape[0]]].clone() for w in weights]
 
 
 def _check_new_rows(model, rows: int, ids: list[int]) -> None:

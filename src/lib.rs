@@ -8,6 +8,7 @@ pub mod embed;
 pub mod error;
 pub mod formats;
 pub mod normalize;
+pub mod pages;
 pub mod pretokenize;
 pub mod special;
 pub mod tokenizer;

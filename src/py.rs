@@ -515,6 +515,21 @@ fn embed_write_rows(py: Python<'_>, address: usize, len: usize, dtype: &str, col
     with_matrix(py, address, len, dtype, |m| m.write_rows(cols, &rows, &values))
 }
 
+/// Copies `len` bytes from `src` to `dst` (addresses of two exclusively owned, disjoint
+/// buffers), moving whole memory pages where it can: see `pages::move_or_copy`. Returns
+/// whether pages moved, in which case `src` now reads as zeros.
+#[pyfunction]
+fn move_or_copy_bytes(py: Python<'_>, src: usize, dst: usize, len: usize) -> PyResult<bool> {
+    if len > 0 && (src == 0 || dst == 0) {
+        return Err(PyValueError::new_err("null data pointer"));
+    }
+    if src < dst.saturating_add(len) && dst < src.saturating_add(len) {
+        return Err(PyValueError::new_err("the two buffers overlap"));
+    }
+    // SAFETY: the caller (tokensmith.embeddings) passes two live tensors it owns exclusively.
+    Ok(py.allow_threads(|| unsafe { crate::pages::move_or_copy(src as *mut u8, dst as *mut u8, len) }))
+}
+
 fn f64_bytes<'py>(py: Python<'py>, values: &[f64]) -> Bound<'py, PyBytes> {
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_ne_bytes()).collect();
     PyBytes::new(py, &bytes)
@@ -537,6 +552,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(embed_zero_rows, m)?)?;
     m.add_function(wrap_pyfunction!(embed_counter_normals, m)?)?;
     m.add_function(wrap_pyfunction!(embed_write_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(move_or_copy_bytes, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -120,11 +120,11 @@ def test_bad_inputs_are_clear_errors():
 
 # ----------------------------------------------------------------------------- torch models
 
-def tiny_llama(tied: bool, rows: int = 300):
+def tiny_llama(tied: bool, rows: int = 300, hidden: int = 16):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(
-        vocab_size=rows, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        vocab_size=rows, hidden_size=hidden, intermediate_size=32, num_hidden_layers=1,
         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=tied,
     )
     torch.manual_seed(0)
@@ -154,6 +154,56 @@ def test_resize_and_init_model_use_each_matrix_own_rows(tied):
     assert not inputs[303].any()
     logits = model(torch.tensor([[1, 300, 302]])).logits
     assert logits.shape == (1, 3, 304) and torch.isfinite(logits).all()
+
+
+def test_resize_grows_large_weights_in_place():
+    import torch
+
+    # Large enough (> 1 MiB, and 2 MiB per matrix) that the pages move where they can.
+    model = tiny_llama(tied=False, rows=8192, hidden=64)
+    inputs, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    old_in, old_out = inputs.detach().clone(), head.detach().clone()
+    assert E.resize(model, 8200) == 8200
+    assert model.get_input_embeddings().weight is inputs and model.get_output_embeddings().weight is head
+    assert torch.equal(inputs[:8192], old_in) and torch.equal(head[:8192], old_out)
+    assert not inputs[8192:].any() and not head[8192:].any()
+    assert torch.isfinite(model(torch.tensor([[1, 8199]])).logits).all()
+
+
+def _moves_pages() -> bool:
+    import platform
+
+    release = tuple(int(x) for x in platform.release().split("-")[0].split(".")[:2])
+    return platform.system() == "Linux" and release >= (5, 7)  # MREMAP_DONTUNMAP
+
+
+def test_grow_parameter_moves_pages_only_when_nothing_else_shares_them():
+    import torch
+
+    from tokensmith import _core
+
+    torch.manual_seed(0)
+    # 64 MiB: above glibc's largest mmap threshold, so torch's allocations are page-mapped.
+    parameter = torch.nn.Parameter(torch.randn(16384, 1024))
+    before = parameter.detach().clone()
+    assert E._grow_parameter(parameter, 16390) == _moves_pages()
+    assert parameter.shape == (16390, 1024) and parameter.requires_grad and parameter.grad is None
+    assert torch.equal(parameter[:16384], before) and not parameter[16384:].any()
+
+    # A view shares the storage: the rows are copied and the view keeps its values.
+    view = parameter.detach()[:100]
+    assert not E._grow_parameter(parameter, 16400)
+    assert torch.equal(view, before[:100]) and torch.equal(parameter[:16384], before)
+    del view
+
+    # Memory that numpy owns is never emptied.
+    array = before.numpy().copy()
+    borrowed = torch.nn.Parameter(torch.from_numpy(array))
+    assert not E._grow_parameter(borrowed, 16385)
+    assert np.array_equal(array, before.numpy()) and torch.equal(borrowed[:16384], before)
+
+    with pytest.raises(ValueError, match="overlap"):
+        _core.move_or_copy_bytes(before.data_ptr(), before.data_ptr() + 64, 4096)
 
 
 def test_train_only_rows_masks_the_gradient():

@@ -417,35 +417,33 @@ def init_model(model: Any, ids: Sequence[int], method: str = "mean", **options: 
 
 def resize(model: Any, num_tokens: int, *, pad_to_multiple_of: int | None = None) -> int:
     """Grow a transformers model's input embedding and output head to at least
-    ``num_tokens`` rows (rounded up to ``pad_to_multiple_of``), copying the old rows once
-    and zeroing the new ones: no full-matrix re-initialization, no float32 copy, and never
-    a shrink. Returns the new number of rows; ``config.vocab_size`` follows. Initialize the
+    ``num_tokens`` rows (rounded up to ``pad_to_multiple_of``), keeping the old rows and
+    zeroing the new ones: no full-matrix re-initialization, no float32 copy, and never a
+    shrink. Returns the new number of rows; ``config.vocab_size`` follows. Initialize the
     new rows with :func:`init_model`.
-    """
-    import torch
 
+    The weights grow in place: the same Parameter objects (tied weights stay one), with more
+    rows and no gradient. On Linux, a CPU weight that no other tensor shares hands its memory
+    pages to the grown matrix instead of being copied (milliseconds rather than about 0.3 s
+    per GB); any other weight is copied once.
+    """
     inputs_module = model.get_input_embeddings()
     head_module = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     inputs, head = _model_weights(model)
-    tied = head is None
-    del head  # each old matrix is freed as soon as its grown copy replaces it
     rows = inputs.shape[0]
     target = max(_padded(num_tokens, pad_to_multiple_of), rows)
     if target == rows:
         return rows
-
-    def grown(parameter: Any) -> Any:
-        return torch.nn.Parameter(grow(parameter.data, target - rows), requires_grad=parameter.requires_grad)
-
-    del inputs
-    inputs_module.weight = grown(inputs_module.weight)
+    for parameter in [inputs] if head is None else [inputs, head]:
+        _grow_parameter(parameter, target)
     inputs_module.num_embeddings = target
     if head_module is not None:
-        # tied: the same Parameter, as tie_weights() leaves it
-        head_module.weight = inputs_module.weight if tied else grown(head_module.weight)
-        if getattr(head_module, "bias", None) is not None:
-            bias = head_module.bias
-            head_module.bias = torch.nn.Parameter(grow(bias.data[:, None], target - rows)[:, 0], requires_grad=bias.requires_grad)
+        if head is None and getattr(head_module, "weight", None) is not None:
+            head_module.weight = inputs_module.weight  # tied: one Parameter, as tie_weights() leaves it
+        bias = getattr(head_module, "bias", None)
+        if bias is not None:
+            bias.data = grow(bias.data[:, None], target - bias.shape[0])[:, 0]
+            bias.grad = None
         if hasattr(head_module, "out_features"):
             head_module.out_features = target
     config = getattr(model, "config", None)
@@ -456,6 +454,48 @@ def resize(model: Any, num_tokens: int, *, pad_to_multiple_of: int | None = None
     if isinstance(getattr(model, "vocab_size", None), int):
         model.vocab_size = target  # some models read it for the loss, as transformers' resize sets it
     return target
+
+
+def _grow_parameter(parameter: Any, rows: int) -> bool:
+    """Give ``parameter`` ``rows`` rows in place: the old rows kept, the new ones zero.
+    Returns whether the old memory pages moved (rather than being copied)."""
+    import torch
+
+    old_rows = parameter.shape[0]
+    moved = False
+    if not _pages_can_move(parameter):
+        parameter.data = grow(parameter.data, rows - old_rows)
+    else:
+        grown = torch.empty((rows, *parameter.shape[1:]), dtype=parameter.dtype)
+        nbytes = parameter.numel() * parameter.element_size()
+        moved = _core.move_or_copy_bytes(parameter.data_ptr(), grown.data_ptr(), nbytes)
+        # The old storage may be empty now: swap it out before anything can read it.
+        parameter.data = grown
+        with torch.no_grad():
+            grown[old_rows:].zero_()
+    parameter.grad = None
+    return moved
+
+
+def _pages_can_move(parameter: Any) -> bool:
+    """Whether ``parameter``'s old storage may be emptied: a contiguous CPU tensor that owns
+    all of its storage, allocated by torch itself (not numpy's, not a buffer, not shared or
+    pinned memory), with no other tensor (a view, a detached copy) sharing it. The memory
+    kinds torch does not tell apart are checked again in Rust before any page moves."""
+    import torch
+
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None or parameter.device.type != "cpu" or not parameter.is_contiguous():
+        return False
+    storage = parameter.untyped_storage()
+    return (
+        parameter.storage_offset() == 0
+        and storage.nbytes() == parameter.numel() * parameter.element_size()
+        and storage.resizable()  # torch's own allocation: from_numpy / frombuffer storages are not
+        and not storage.is_shared()
+        and not parameter.is_pinned()
+        and use_count(storage._cdata) == 2  # the parameter and `storage` here: nothing else
+    )
 
 
 def train_only_rows(module: Any, ids: Sequence[int]) -> Any:
