@@ -18,11 +18,11 @@ pub enum Matrix<'a> {
 
 /// Rows per parallel task when summing.
 const BLOCK: usize = 1024;
-/// Row groups of `weighted_sums` run in parallel, each with a draws x cols accumulator:
+/// Row groups of `shifted_sums` run in parallel, each with a (1 + draws) x cols accumulator:
 /// at most this many, and at most this much memory for them together.
 const MAX_GROUPS: usize = 16;
 const ACCUMULATOR_BUDGET: usize = 256 << 20;
-/// Rows per matrix product in `weighted_sums`: few enough that the centered block stays in
+/// Rows per matrix product in `shifted_sums`: few enough that the shifted block stays in
 /// cache rather than streaming through memory, enough for the product to run at speed.
 const PRODUCT_ROWS: usize = 128;
 
@@ -32,6 +32,11 @@ trait Element: Copy + Send + Sync {
     /// A row widened to f32 (exact for every type here): the conversion runs vectorized
     /// (F16C for f16 where the CPU has it), which keeps the passes near memory bandwidth.
     fn widen(src: &[Self], dst: &mut [f32]);
+    /// `src − shift`, widened to f32.
+    fn widen_shifted(src: &[Self], shift: &[f32], dst: &mut [f32]) {
+        Self::widen(src, dst);
+        dst.iter_mut().zip(shift).for_each(|(d, &s)| *d -= s);
+    }
 }
 
 impl Element for f32 {
@@ -40,6 +45,9 @@ impl Element for f32 {
     }
     fn widen(src: &[Self], dst: &mut [f32]) {
         dst.copy_from_slice(src);
+    }
+    fn widen_shifted(src: &[Self], shift: &[f32], dst: &mut [f32]) {
+        dst.iter_mut().zip(src).zip(shift).for_each(|((d, &x), &s)| *d = x - s);
     }
     fn from_f64(v: f64) -> Self {
         v as f32
@@ -145,25 +153,34 @@ impl Matrix<'_> {
 
     /// `draws` samples of N(mean, scale · Σ) over the included rows, flattened (draws x cols):
     /// mean + `scale^½ · Xcᵀ g / √N` with g ~ N(0, I_N), whose covariance is `scale · Σ`,
-    /// without forming Σ. One parallel pass over the matrix for all draws; g's entries come
-    /// from [`counter_normal`], so any device that walks the rows in another order draws
-    /// the same g.
-    pub fn mean_cov_samples(&self, cols: usize, include: &[bool], mean: &[f64], draws: usize, seed: u64, scale: f64) -> Result<Vec<f64>> {
+    /// without forming Σ. One parallel pass over the matrix gives the mean and the weighted
+    /// sums of every draw together; g's entries come from [`counter_normal`], so any device
+    /// that walks the rows in another order draws the same g.
+    pub fn mean_cov_samples(&self, cols: usize, include: &[bool], draws: usize, seed: u64, scale: f64) -> Result<Vec<f64>> {
         let n = check(self.len(), cols, &[])?;
-        if include.len() != n || mean.len() != cols {
-            return Err(Error::Invalid(format!("{} row flags and a mean of {} for a {n} x {cols} matrix", include.len(), mean.len())));
+        if include.len() != n {
+            return Err(Error::Invalid(format!("{} row flags for {n} rows", include.len())));
         }
         let kept = include.iter().filter(|&&k| k).count();
-        let factor = (scale / kept.max(1) as f64).sqrt();
-        let mut sums = match self {
-            Matrix::F32(d) => weighted_sums(d, cols, include, mean, draws, seed),
-            Matrix::F16(d) => weighted_sums(d, cols, include, mean, draws, seed),
-            Matrix::Bf16(d) => weighted_sums(d, cols, include, mean, draws, seed),
-        };
-        for sample in sums.chunks_exact_mut(cols) {
-            sample.iter_mut().zip(mean).for_each(|(x, m)| *x = m + *x * factor);
+        if kept == 0 {
+            return Err(Error::Invalid("no rows to take the mean of".into()));
         }
-        Ok(sums)
+        let ShiftedSums { shift, sums, noise } = match self {
+            Matrix::F32(d) => shifted_sums(d, cols, include, draws, seed),
+            Matrix::F16(d) => shifted_sums(d, cols, include, draws, seed),
+            Matrix::Bf16(d) => shifted_sums(d, cols, include, draws, seed),
+        };
+        // With μ the mean: Σ g_k (x − μ) = Σ g_k (x − s) − (μ − s) · Σ g_k.
+        let mean: Vec<f64> = shift.iter().zip(&sums[..cols]).map(|(&s, &d)| f64::from(s) + d / kept as f64).collect();
+        let factor = (scale / kept as f64).sqrt();
+        let mut samples = Vec::with_capacity(draws * cols);
+        for (k, weighted) in sums[cols..].chunks_exact(cols).enumerate() {
+            samples.extend((0..cols).map(|c| {
+                let offset = mean[c] - f64::from(shift[c]);
+                mean[c] + (weighted[c] - offset * noise[k]) * factor
+            }));
+        }
+        Ok(samples)
     }
 
     /// Writes row k of `values` (flattened, rows.len() x cols; rounded once to the element
@@ -262,71 +279,111 @@ fn mean_of<T: Element>(data: &[T], cols: usize, include: &[bool]) -> Result<Vec<
     Ok(sum.into_iter().map(|s| s / count as f64).collect())
 }
 
-/// Σ_r g[k][r] · (x_r − mean) over the included rows r, for each draw k, flattened
-/// draw-major (draws x cols). Per block of rows: the centered rows C (n x cols) and their
-/// noise G (n x draws), then acc += Gᵀ C as one matrix product (O(N · cols · draws) in
-/// cache-blocked SIMD, instead of one axpy per row and draw).
-fn weighted_sums<T: Element>(data: &[T], cols: usize, include: &[bool], mean: &[f64], draws: usize, seed: u64) -> Vec<f64> {
+/// Rows used to pick the shift of `shifted_sums`.
+const SHIFT_ROWS: usize = 1024;
+
+/// The sums behind `mean_cov_samples` (over the included rows r, with s the mean of the
+/// first SHIFT_ROWS of them).
+struct ShiftedSums {
+    /// s, in f32.
+    shift: Vec<f32>,
+    /// (1 + draws) x cols: row 0 = Σ_r (x_r − s), row 1 + k = Σ_r g[k][r] · (x_r − s).
+    sums: Vec<f64>,
+    /// Σ_r g[k][r], per draw k.
+    noise: Vec<f64>,
+}
+
+/// [`ShiftedSums`] in one pass. Per block of PRODUCT_ROWS rows: the shifted included rows B
+/// (n x cols, f32) and their weights W (n x (1 + draws): a column of ones for the sum, then
+/// the noise), then Wᵀ B as one f32 matrix product in cache, added to f64 accumulators. Shifting by s
+/// (within a few standard errors of the mean) keeps the f32 products at the scale of the
+/// rows' spread, whatever their offset. Excluded rows are skipped, not multiplied by zero,
+/// so a NaN in one cannot leak in.
+fn shifted_sums<T: Element>(data: &[T], cols: usize, include: &[bool], draws: usize, seed: u64) -> ShiftedSums {
+    let shift = shift_of(data, cols, include);
     // A fixed number of row groups (set by the accumulator's size, not by the threads), each
     // summed in order and then added in order: the same bits on every run and machine size.
     let n = include.len();
-    let acc_bytes = (draws * cols * 8).max(1);
+    let acc_bytes = ((1 + draws) * cols * 8).max(1);
     let groups = (ACCUMULATOR_BUDGET / acc_bytes).clamp(1, MAX_GROUPS).min(n.div_ceil(PRODUCT_ROWS).max(1));
     let group_rows = n.div_ceil(groups).next_multiple_of(PRODUCT_ROWS).max(PRODUCT_ROWS);
-    let partial: Vec<Vec<f64>> = data
+    let partial: Vec<(Vec<f64>, Vec<f64>)> = data
         .par_chunks(group_rows * cols)
         .zip(include.par_chunks(group_rows))
         .enumerate()
-        .map(|(g, (rows, flags))| weighted_sums_of_group(rows, flags, g * group_rows, cols, mean, draws, seed))
+        .map(|(g, (rows, flags))| shifted_sums_of_group(rows, flags, g * group_rows, cols, &shift, draws, seed))
         .collect();
-    let mut total = vec![0.0f64; draws * cols];
-    for acc in &partial {
-        total.iter_mut().zip(acc).for_each(|(t, a)| *t += a);
+    let mut sums = vec![0.0f64; (1 + draws) * cols];
+    let mut noise = vec![0.0f64; draws];
+    for (acc, g) in &partial {
+        sums.iter_mut().zip(acc).for_each(|(t, a)| *t += a);
+        noise.iter_mut().zip(g).for_each(|(t, a)| *t += a);
     }
-    total
+    ShiftedSums { shift, sums, noise }
 }
 
-/// `weighted_sums` over the rows of one group (`first` = the index of its first row).
-fn weighted_sums_of_group<T: Element>(
+/// The mean of the first SHIFT_ROWS included rows, in f32.
+fn shift_of<T: Element>(data: &[T], cols: usize, include: &[bool]) -> Vec<f32> {
+    let mut sum = vec![0.0f64; cols];
+    let mut wide = vec![0.0f32; cols];
+    let rows: Vec<&[T]> = data.chunks_exact(cols).zip(include).filter(|(_, &k)| k).map(|(r, _)| r).take(SHIFT_ROWS).collect();
+    for row in &rows {
+        T::widen(row, &mut wide);
+        sum.iter_mut().zip(&wide).for_each(|(s, &x)| *s += f64::from(x));
+    }
+    sum.iter().map(|s| (s / rows.len().max(1) as f64) as f32).collect()
+}
+
+/// `shifted_sums` over the rows of one group (`first` = the index of its first row).
+fn shifted_sums_of_group<T: Element>(
     data: &[T],
     include: &[bool],
     first: usize,
     cols: usize,
-    mean: &[f64],
+    shift: &[f32],
     draws: usize,
     seed: u64,
-) -> Vec<f64> {
-    let mut acc = vec![0.0f64; draws * cols];
-    let mut centered = Vec::with_capacity(PRODUCT_ROWS * cols);
-    let mut noise = Vec::with_capacity(PRODUCT_ROWS * draws);
-    let mut wide = vec![0.0f32; cols];
+) -> (Vec<f64>, Vec<f64>) {
+    let width = 1 + draws;
+    let mut acc = vec![0.0f64; width * cols];
+    let mut noise_sums = vec![0.0f64; draws];
+    let mut block = vec![0.0f32; PRODUCT_ROWS * cols];
+    let mut weights = Vec::with_capacity(PRODUCT_ROWS * width);
+    let mut product = vec![0.0f32; width * cols];
+    let keys: Vec<u64> = (0..draws as u64).map(|k| stream_key(seed, k)).collect();
     for (b, (rows, flags)) in data.chunks(PRODUCT_ROWS * cols).zip(include.chunks(PRODUCT_ROWS)).enumerate() {
-        centered.clear();
-        noise.clear();
+        weights.clear();
+        let mut kept = 0;
         for (i, (row, &keep)) in rows.chunks_exact(cols).zip(flags).enumerate() {
             if !keep {
                 continue;
             }
-            T::widen(row, &mut wide);
-            centered.extend(wide.iter().zip(mean).map(|(&x, m)| f64::from(x) - m));
+            T::widen_shifted(row, shift, &mut block[kept * cols..(kept + 1) * cols]);
+            kept += 1;
             let r = (first + b * PRODUCT_ROWS + i) as u64;
-            noise.extend((0..draws as u64).map(|k| counter_normal(seed, k, r)));
-        }
-        let kept = noise.len() / draws.max(1);
-        if kept > 0 && draws > 0 {
-            // SAFETY: the buffers hold exactly the described row-major matrices: noise is
-            // kept x draws (read transposed, draws x kept), centered kept x cols, acc draws x cols.
-            unsafe {
-                matrixmultiply::dgemm(
-                    draws, kept, cols, 1.0,
-                    noise.as_ptr(), 1, draws as isize,
-                    centered.as_ptr(), cols as isize, 1,
-                    1.0, acc.as_mut_ptr(), cols as isize, 1,
-                );
+            weights.push(1.0f32);
+            for (&key, total) in keys.iter().zip(noise_sums.iter_mut()) {
+                let g = normal_at(key, r) as f32;
+                weights.push(g);
+                *total += f64::from(g);
             }
         }
+        if kept == 0 {
+            continue;
+        }
+        // SAFETY: the buffers hold exactly the described row-major matrices: weights is
+        // kept x width (read transposed, width x kept), block kept x cols, product width x cols.
+        unsafe {
+            matrixmultiply::sgemm(
+                width, kept, cols, 1.0,
+                weights.as_ptr(), 1, width as isize,
+                block.as_ptr(), cols as isize, 1,
+                0.0, product.as_mut_ptr(), cols as isize, 1,
+            );
+        }
+        acc.iter_mut().zip(&product).for_each(|(a, &p)| *a += f64::from(p));
     }
-    acc
+    (acc, noise_sums)
 }
 
 fn splitmix64(x: u64) -> u64 {
@@ -339,7 +396,16 @@ fn splitmix64(x: u64) -> u64 {
 /// A standard normal that depends only on (seed, stream, index): random access into
 /// seeded noise, so row blocks can be drawn in any order, on any device, in parallel.
 pub fn counter_normal(seed: u64, stream: u64, index: u64) -> f64 {
-    let base = splitmix64(splitmix64(seed) ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    normal_at(stream_key(seed, stream), index)
+}
+
+/// The key of one stream of [`counter_normal`] (hoisted out of loops over the index).
+fn stream_key(seed: u64, stream: u64) -> u64 {
+    splitmix64(splitmix64(seed) ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03))
+}
+
+/// [`counter_normal`] for a stream's key.
+fn normal_at(base: u64, index: u64) -> f64 {
     let to_unit = |x: u64| ((x >> 11) as f64 + 1.0) / (1u64 << 53) as f64; // (0, 1]
     let u = to_unit(splitmix64(base ^ index.wrapping_mul(2)));
     let v = to_unit(splitmix64(base ^ index.wrapping_mul(2).wrapping_add(1)));
@@ -393,12 +459,14 @@ mod tests {
     fn mean_cov_samples_match_a_direct_sum_and_repeat_exactly() {
         let (n, cols, draws) = (1000, 5, 3);
         let mut rng = Rng::new(1);
-        let mut data: Vec<f32> = (0..n * cols).map(|_| rng.normal() as f32).collect();
+        // An offset far larger than the spread: the shifted f32 products must not lose it.
+        let mut data: Vec<f32> = (0..n * cols).map(|_| 100.0 + rng.normal() as f32).collect();
         let include: Vec<bool> = (0..n).map(|r| r % 7 != 0).collect();
+        data[0] = f32::NAN; // an excluded row: must not leak into the sums
         let m = Matrix::F32(&mut data);
         let mean = m.mean(cols, &include).unwrap();
-        let a = m.mean_cov_samples(cols, &include, &mean, draws, 9, 4.0).unwrap();
-        let b = m.mean_cov_samples(cols, &include, &mean, draws, 9, 4.0).unwrap();
+        let a = m.mean_cov_samples(cols, &include, draws, 9, 4.0).unwrap();
+        let b = m.mean_cov_samples(cols, &include, draws, 9, 4.0).unwrap();
         assert_eq!(a, b);
         let Matrix::F32(d) = &m else { unreachable!() };
         let kept = include.iter().filter(|&&k| k).count() as f64;
@@ -408,8 +476,9 @@ mod tests {
                     .filter(|&r| include[r])
                     .map(|r| counter_normal(9, k as u64, r as u64) * (f64::from(d[r * cols + c]) - mean[c]))
                     .sum();
-                let want = mean[c] + direct * (4.0 / kept).sqrt();
-                assert!((a[k * cols + c] - want).abs() < 1e-9, "{} vs {want}", a[k * cols + c]);
+                let noise = direct * (4.0 / kept).sqrt();
+                // f32 products and f32 noise: agreement to float32 precision of the spread.
+                assert!((a[k * cols + c] - mean[c] - noise).abs() < 1e-5, "{} vs {}", a[k * cols + c], mean[c] + noise);
             }
         }
     }

@@ -448,9 +448,16 @@ fn with_matrix<R: Send>(
     .or_raise(py)
 }
 
-/// Mean of the rows whose flag is true.
+/// Row flags as bytes (one per row, nonzero = included): a Python list of 150k bools
+/// costs milliseconds to convert, bytes nothing.
+fn flags(include: &[u8]) -> Vec<bool> {
+    include.iter().map(|&b| b != 0).collect()
+}
+
+/// Mean of the rows whose flag is nonzero.
 #[pyfunction]
-fn embed_mean(py: Python<'_>, address: usize, len: usize, dtype: &str, cols: usize, include: Vec<bool>) -> PyResult<Vec<f64>> {
+fn embed_mean(py: Python<'_>, address: usize, len: usize, dtype: &str, cols: usize, include: &[u8]) -> PyResult<Vec<f64>> {
+    let include = flags(include);
     with_matrix(py, address, len, dtype, |m| m.mean(cols, &include))
 }
 
@@ -463,13 +470,13 @@ fn embed_mean_cov_samples<'py>(
     len: usize,
     dtype: &str,
     cols: usize,
-    include: Vec<bool>,
-    mean: Vec<f64>,
+    include: &[u8],
     draws: usize,
     seed: u64,
     scale: f64,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let samples = with_matrix(py, address, len, dtype, |m| m.mean_cov_samples(cols, &include, &mean, draws, seed, scale))?;
+    let include = flags(include);
+    let samples = with_matrix(py, address, len, dtype, |m| m.mean_cov_samples(cols, &include, draws, seed, scale))?;
     Ok(f64_bytes(py, &samples))
 }
 

@@ -317,7 +317,7 @@ def test_device_path_ignores_non_finite_rows_it_leaves_out():
     host, device = w.clone(), w.clone()
     for method in ("mean", "mean_cov"):
         E.init_rows(host, [99], method, exclude=[98], scale=1.0)
-        values = E._values(E._DeviceMatrix(device), 1, method, [True] * 98 + [False, False], [99], E._Options(scale=1.0))
+        values = E._values(E._DeviceMatrix(device), 1, method, E._row_flags(100, [98, 99]), [99], E._Options(scale=1.0))
         E._DeviceMatrix(device).write_rows([99], values)
         torch.testing.assert_close(device[99], host[99])
         assert torch.isfinite(host[99]).all()

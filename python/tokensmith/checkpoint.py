@@ -190,9 +190,7 @@ def add_tokens(
 
     # Statistics come from trained rows only: not the padding past the tokenizer, not the
     # reserved slots (never trained), not the rows being replaced.
-    include = [True] * rows
-    for r in list(range(old_size, rows)) + [id for id, _ in reserved] + [i for i in ids if i < rows]:
-        include[r] = False
+    include = E._row_flags(rows, [*range(old_size, rows), *(id for id, _ in reserved), *(i for i in ids if i < rows)])
     texts = list(descriptions) if init == "description" else tokens
     method_options = E._Options(tokenizer=old_tokenizer, texts=texts, seed=seed)
 

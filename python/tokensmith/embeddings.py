@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,11 +76,11 @@ class _HostMatrix:
     def _args(self) -> tuple[int, int, str, int]:
         return self.address, self.rows * self.cols, self.dtype, self.cols
 
-    def mean(self, include: list[bool]) -> list[float]:
+    def mean(self, include: bytes) -> list[float]:
         return _core.embed_mean(*self._args(), include)
 
-    def mean_cov_samples(self, include: list[bool], mean: list[float], draws: int, seed: int, scale: float) -> bytes:
-        return _core.embed_mean_cov_samples(*self._args(), include, mean, draws, seed, scale)
+    def mean_cov_samples(self, include: bytes, draws: int, seed: int, scale: float) -> bytes:
+        return _core.embed_mean_cov_samples(*self._args(), include, draws, seed, scale)
 
     def group_means(self, groups: list[list[int]]) -> bytes:
         return _core.embed_group_means(*self._args(), groups)
@@ -111,15 +111,16 @@ class _DeviceMatrix:
         for start in range(0, self.rows, step):
             yield start, min(start + step, self.rows)
 
-    def _flags(self, include: list[bool]):
-        return self.torch.tensor(include, dtype=self.torch.bool, device=self.weight.device)
+    def _flags(self, include: bytes):
+        torch = self.torch
+        return torch.frombuffer(bytearray(include), dtype=torch.uint8).to(self.weight.device, torch.bool)
 
-    def mean(self, include: list[bool]) -> list[float]:
+    def mean(self, include: bytes) -> list[float]:
         # Float64 sums over row chunks; left-out rows are selected away, not multiplied by
         # zero, so a NaN or inf in them (rows about to be overwritten) cannot leak in.
         torch = self.torch
         flags = self._flags(include)
-        count = int(sum(include))
+        count = _count(include)
         if count == 0:
             raise InvalidInputError("no rows to take the mean of")
         total = torch.zeros(self.cols, dtype=torch.float64, device=self.weight.device)
@@ -129,11 +130,11 @@ class _DeviceMatrix:
                 total += torch.where(flags[a:b, None], chunk, 0.0).sum(dim=0)
         return (total / count).tolist()
 
-    def mean_cov_samples(self, include: list[bool], mean: list[float], draws: int, seed: int, scale: float) -> bytes:
+    def mean_cov_samples(self, include: bytes, draws: int, seed: int, scale: float) -> bytes:
         torch = self.torch
         device = self.weight.device
         flags = self._flags(include)
-        mu = torch.tensor(mean, dtype=torch.float64, device=device)
+        mu = torch.tensor(self.mean(include), dtype=torch.float64, device=device)
         acc = torch.zeros((self.cols, draws), dtype=torch.float64, device=device)
         with torch.no_grad():
             for a, b in self._chunks():
@@ -141,7 +142,7 @@ class _DeviceMatrix:
                 g = torch.where(flags[a:b, None], g.view(b - a, draws).to(device), 0.0)
                 centered = torch.where(flags[a:b, None], self.weight[a:b].to(torch.float64) - mu, 0.0)
                 acc += centered.T @ g
-        factor = math.sqrt(scale / max(int(sum(include)), 1))
+        factor = math.sqrt(scale / max(_count(include), 1))
         return _f64_bytes(mu + acc.T * factor)
 
     def group_means(self, groups: list[list[int]]) -> bytes:
@@ -166,6 +167,18 @@ class _DeviceMatrix:
         with torch.no_grad():
             index = torch.tensor(rows, dtype=torch.long, device=self.weight.device)
             self.weight.index_copy_(0, index, staged.to(self.weight.device))
+
+
+def _row_flags(rows: int, left_out: Iterable[int]) -> bytes:
+    """One byte per row, 1 for the rows a statistic takes and 0 for those ``left_out``."""
+    flags = bytearray(b"\x01") * rows
+    for r in left_out:
+        flags[r] = 0
+    return bytes(flags)
+
+
+def _count(include: bytes) -> int:
+    return len(include) - include.count(0)
 
 
 def _f64_bytes(tensor: Any) -> bytes:
@@ -238,9 +251,7 @@ def init_rows(
     rows = _ids(ids, m.rows)
     if not rows:
         return
-    include = [True] * m.rows
-    for i in rows + _ids(exclude, m.rows, "exclude"):
-        include[i] = False
+    include = _row_flags(m.rows, rows + _ids(exclude, m.rows, "exclude"))
     options = _Options(seed=seed, scale=scale, sources=sources, tokenizer=tokenizer, texts=texts, noise=noise)
     m.write_rows(rows, _values(m, len(rows), method, include, rows, options))
 
@@ -261,7 +272,7 @@ def _values(
     m: _HostMatrix | _DeviceMatrix,
     count: int,
     method: str,
-    include: list[bool],
+    include: bytes,
     targets: Sequence[int],
     options: _Options,
 ) -> bytes:
@@ -272,13 +283,11 @@ def _values(
     targets = set(targets)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    if method in ("mean", "noisy_mean", "mean_cov"):
-        mean = m.mean(include)
-        if method == "mean":
-            return array("d", mean).tobytes() * count
-        if method == "noisy_mean":
-            return _plus_noise(array("d", mean).tobytes() * count, seed, m.cols)
-        return m.mean_cov_samples(include, mean, count, seed, options.scale)
+    if method == "mean_cov":
+        return m.mean_cov_samples(include, count, seed, options.scale)
+    if method in ("mean", "noisy_mean"):
+        mean = array("d", m.mean(include)).tobytes() * count
+        return mean if method == "mean" else _plus_noise(mean, seed, m.cols)
     if method == "copy":
         if sources is None or len(sources) != count:
             raise ValueError("method='copy' needs sources=[one source row per id]")
