@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::formats::{tiktoken, tokenizer_json};
 use crate::special::{AddedToken, SpecialPolicy};
 use crate::tokenizer::Tokenizer;
-use pyo3::exceptions::{PyFileNotFoundError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyFileNotFoundError, PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString, PyType};
@@ -522,11 +522,13 @@ fn embed_write_rows(py: Python<'_>, address: usize, len: usize, dtype: &str, col
     with_matrix(py, address, len, dtype, |m| m.write_rows(cols, &rows, &values))
 }
 
-/// Copies `len` bytes from `src` to `dst` (addresses of two exclusively owned, disjoint
-/// buffers), moving whole memory pages where it can: see `pages::move_or_copy`. Returns
-/// whether pages moved, in which case `src` now reads as zeros.
+/// Copies `len` bytes from `src` to `dst` (addresses of two disjoint buffers, `dst` freshly
+/// allocated), moving whole memory pages where it can: see `pages::move_or_copy`. Returns
+/// whether pages moved; `anonymous_ok`: whether `src` is an allocation the caller owns
+/// alone, so that it may read as zeros afterwards. MemoryError: `dst` is unusable (free it),
+/// `src` unchanged.
 #[pyfunction]
-fn move_or_copy_bytes(py: Python<'_>, src: usize, dst: usize, len: usize) -> PyResult<bool> {
+fn move_or_copy_bytes(py: Python<'_>, src: usize, dst: usize, len: usize, anonymous_ok: bool) -> PyResult<bool> {
     if len > 0 && (src == 0 || dst == 0) {
         return Err(PyValueError::new_err("null data pointer"));
     }
@@ -534,7 +536,8 @@ fn move_or_copy_bytes(py: Python<'_>, src: usize, dst: usize, len: usize) -> PyR
         return Err(PyValueError::new_err("the two buffers overlap"));
     }
     // SAFETY: the caller (tokensmith.embeddings) passes two live tensors it owns exclusively.
-    Ok(py.allow_threads(|| unsafe { crate::pages::move_or_copy(src as *mut u8, dst as *mut u8, len) }))
+    py.allow_threads(|| unsafe { crate::pages::move_or_copy(src as *mut u8, dst as *mut u8, len, anonymous_ok) })
+        .map_err(|_| PyMemoryError::new_err("moving memory pages failed and the new buffer lost its pages"))
 }
 
 fn f64_bytes<'py>(py: Python<'py>, values: &[f64]) -> Bound<'py, PyBytes> {

@@ -202,8 +202,43 @@ def test_grow_parameter_moves_pages_only_when_nothing_else_shares_them():
     assert not E._grow_parameter(borrowed, 16385)
     assert np.array_equal(array, before.numpy()) and torch.equal(borrowed[:16384], before)
 
+    # A storage object someone holds: copied, and it keeps its values.
+    held = parameter.untyped_storage()
+    assert not E._grow_parameter(parameter, 16420)
+    assert torch.equal(torch.empty(0).set_(held)[: 100 * 1024].view(100, 1024), before[:100])
+    del held
+
     with pytest.raises(ValueError, match="overlap"):
-        _core.move_or_copy_bytes(before.data_ptr(), before.data_ptr() + 64, 4096)
+        _core.move_or_copy_bytes(before.data_ptr(), before.data_ptr() + 64, 4096, True)
+
+
+def _in_file_mapping(tensor) -> bool:
+    address = tensor.data_ptr()
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        if lo <= address < hi:
+            return fields[4] != "0" and len(fields) > 5 and fields[5].startswith("/")
+    return False
+
+
+def test_a_memory_mapped_model_moves_its_unwritten_pages(tmp_path):
+    import torch
+    import transformers
+
+    tiny_llama(tied=False, rows=8192, hidden=64).save_pretrained(tmp_path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    inputs, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    mapped = _in_file_mapping(inputs)  # transformers 5 leaves safetensors weights memory-mapped
+    with torch.no_grad():
+        head[3000] += 1  # a page written since loading: it must not move (the file still has the old bytes)
+    before_in, before_out = inputs.detach().clone(), head.detach().clone()
+    assert E._grow_parameter(inputs, 8200) == (mapped and _moves_pages())
+    assert not E._grow_parameter(head, 8200)
+    assert torch.equal(inputs[:8192], before_in) and torch.equal(head[:8192], before_out)
+    assert not inputs[8192:].any() and not head[8192:].any()
+    E.init_model(model, list(range(8192, 8200)), "mean")
+    assert torch.isfinite(model(torch.tensor([[1, 8199]])).logits).all()
 
 
 def test_train_only_rows_masks_the_gradient():

@@ -472,39 +472,80 @@ def _grow_parameter(parameter: Any, rows: int) -> bool:
 
     old_rows = parameter.shape[0]
     moved = False
-    if not _pages_can_move(parameter):
-        parameter.data = grow(parameter.data, rows - old_rows)
-    else:
-        grown = torch.empty((rows, *parameter.shape[1:]), dtype=parameter.dtype)
+    owned = _sole_owner(parameter)
+    if owned is not None:
+        grown = _empty_like_pages_of(parameter, rows)
         nbytes = parameter.numel() * parameter.element_size()
-        moved = _core.move_or_copy_bytes(parameter.data_ptr(), grown.data_ptr(), nbytes)
-        # The old storage may be empty now: swap it out before anything can read it.
-        parameter.data = grown
-        with torch.no_grad():
-            grown[old_rows:].zero_()
+        try:
+            moved = _core.move_or_copy_bytes(parameter.data_ptr(), grown.data_ptr(), nbytes, owned)
+        except MemoryError:
+            owned = None  # `grown` lost pages; the old rows are intact: copy them instead
+        else:
+            # The old storage may read as zeros now: swap it out before anything can read it.
+            parameter.data = grown
+            with torch.no_grad():
+                grown[old_rows:].zero_()
+    if owned is None:
+        parameter.data = grow(parameter.data, rows - old_rows)
     parameter.grad = None
     return moved
 
 
-def _pages_can_move(parameter: Any) -> bool:
-    """Whether ``parameter``'s old storage may be emptied: a contiguous CPU tensor that owns
-    all of its storage, allocated by torch itself (not numpy's, not a buffer, not shared or
-    pinned memory), with no other tensor (a view, a detached copy) sharing it. The memory
-    kinds torch does not tell apart are checked again in Rust before any page moves."""
+def _empty_like_pages_of(tensor: Any, rows: int) -> Any:
+    """An empty CPU tensor of ``rows`` rows like ``tensor``, at the same offset within a
+    memory page (pages move only to the same offset). torch's allocator usually gives that
+    already; a tensor inside a memory-mapped file sits anywhere, and then the new tensor
+    starts up to a page into a slightly larger storage."""
+    import mmap
+
+    import torch
+
+    shape, dtype = (rows, *tensor.shape[1:]), tensor.dtype
+    grown = torch.empty(shape, dtype=dtype)
+    page, size = mmap.PAGESIZE, tensor.element_size()
+    gap = (tensor.data_ptr() - grown.data_ptr()) % page
+    if gap == 0 or gap % size:
+        return grown
+    storage = torch.UntypedStorage(grown.numel() * size + page)
+    offset = (tensor.data_ptr() - storage.data_ptr()) % page // size
+    return torch.empty(0, dtype=dtype).set_(storage, offset, shape)
+
+
+def _sole_owner(parameter: Any) -> bool | None:
+    """Whether ``parameter``'s memory pages may move out of its storage: None when they may
+    not (a GPU or non-contiguous tensor, shared or pinned memory, or any other tensor, view
+    or Python object holding the storage); else whether torch allocated the storage itself,
+    so that it may read as zeros afterwards (a numpy array or buffer may still see the
+    memory of a storage torch did not allocate). Rust checks the memory kinds again, and
+    moves file-backed pages (a model loaded from safetensors) only while unmodified."""
+    import sys
+
     import torch
 
     use_count = getattr(torch._C, "_storage_Use_Count", None)
     if use_count is None or parameter.device.type != "cpu" or not parameter.is_contiguous():
-        return False
+        return None
     storage = parameter.untyped_storage()
-    return (
-        parameter.storage_offset() == 0
-        and storage.nbytes() == parameter.numel() * parameter.element_size()
-        and storage.resizable()  # torch's own allocation: from_numpy / frombuffer storages are not
-        and not storage.is_shared()
-        and not parameter.is_pinned()
-        and use_count(storage._cdata) == 2  # the parameter and `storage` here: nothing else
-    )
+    if (
+        storage.is_shared()
+        or parameter.is_pinned()
+        or use_count(storage._cdata) != 2  # the parameter and `storage` here: no other tensor
+        or sys.getrefcount(storage) != _lone_storage_refcount()  # nobody holds the storage object
+    ):
+        return None
+    return storage.resizable()  # from_numpy / frombuffer / memory-mapped storages are not
+
+
+def _lone_storage_refcount() -> int:
+    """``sys.getrefcount`` of the storage object of a live tensor when only a local variable
+    holds it (torch returns one Python object per storage, so a user's reference adds to it)."""
+    import sys
+
+    import torch
+
+    tensor = torch.empty(1)
+    storage = tensor.untyped_storage()
+    return sys.getrefcount(storage)
 
 
 def train_only_rows(module: Any, ids: Sequence[int]) -> Any:
