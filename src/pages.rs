@@ -61,8 +61,8 @@ enum Outcome {
     DestinationLost,
 }
 
-/// Moves whole pages of `src..src + len`, within the one mapping that holds the first of
-/// them, to the same offsets in `dst`; returns the source range moved, or None.
+/// Moves the whole pages of `src..src + len` that lie in the mapping holding the first of
+/// them to the same offsets in `dst`.
 #[cfg(target_os = "linux")]
 fn move_whole_pages(src: usize, dst: usize, len: usize, anonymous_ok: bool) -> Outcome {
     let Some((start, end, target)) = movable_range(src, dst, len, anonymous_ok) else {

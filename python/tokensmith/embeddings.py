@@ -432,9 +432,10 @@ def resize(model: Any, num_tokens: int, *, pad_to_multiple_of: int | None = None
     new rows with :func:`init_model`.
 
     The weights grow in place: the same Parameter objects (tied weights stay one), with more
-    rows and no gradient. On Linux, a CPU weight that no other tensor shares hands its memory
+    rows and no gradient. On Linux, a CPU weight that nothing else holds hands its memory
     pages to the grown matrix instead of being copied (milliseconds rather than about 0.3 s
-    per GB); any other weight is copied once.
+    per GB), a model that ``from_pretrained`` left memory-mapped too (while its pages are
+    unwritten); any other weight is copied once.
     """
     inputs_module = model.get_input_embeddings()
     head_module = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
