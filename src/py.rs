@@ -527,8 +527,13 @@ fn embed_write_rows(py: Python<'_>, address: usize, len: usize, dtype: &str, col
 /// whether pages moved; `anonymous_ok`: whether `src` is an allocation the caller owns
 /// alone, so that it may read as zeros afterwards. MemoryError: `dst` is unusable (free it),
 /// `src` unchanged.
+/// `done[0]` is set to 1 once every byte is in `dst`, before returning: an interrupt that
+/// Python raises right after the call can tell that the copy completed.
 #[pyfunction]
-fn move_or_copy_bytes(py: Python<'_>, src: usize, dst: usize, len: usize, anonymous_ok: bool) -> PyResult<bool> {
+fn move_or_copy_bytes(py: Python<'_>, src: usize, dst: usize, len: usize, anonymous_ok: bool, done: &Bound<'_, PyByteArray>) -> PyResult<bool> {
+    if done.len() != 1 {
+        return Err(PyValueError::new_err("done must be a bytearray of length 1"));
+    }
     if len > 0 && (src == 0 || dst == 0) {
         return Err(PyValueError::new_err("null data pointer"));
     }
@@ -536,8 +541,12 @@ fn move_or_copy_bytes(py: Python<'_>, src: usize, dst: usize, len: usize, anonym
         return Err(PyValueError::new_err("the two buffers overlap"));
     }
     // SAFETY: the caller (tokensmith.embeddings) passes two live tensors it owns exclusively.
-    py.allow_threads(|| unsafe { crate::pages::move_or_copy(src as *mut u8, dst as *mut u8, len, anonymous_ok) })
-        .map_err(|_| PyMemoryError::new_err("moving memory pages failed and the new buffer lost its pages"))
+    let moved = py
+        .allow_threads(|| unsafe { crate::pages::move_or_copy(src as *mut u8, dst as *mut u8, len, anonymous_ok) })
+        .map_err(|_| PyMemoryError::new_err("moving memory pages failed and the new buffer lost its pages"))?;
+    // SAFETY: the GIL is held and the bytearray is not resized while this runs.
+    unsafe { done.as_bytes_mut()[0] = 1 };
+    Ok(moved)
 }
 
 fn f64_bytes<'py>(py: Python<'py>, values: &[f64]) -> Bound<'py, PyBytes> {

@@ -209,7 +209,7 @@ def test_grow_parameter_moves_pages_only_when_nothing_else_shares_them():
     del held
 
     with pytest.raises(ValueError, match="overlap"):
-        _core.move_or_copy_bytes(before.data_ptr(), before.data_ptr() + 64, 4096, True)
+        _core.move_or_copy_bytes(before.data_ptr(), before.data_ptr() + 64, 4096, True, bytearray(1))
 
 
 def _in_file_mapping(tensor) -> bool:
@@ -239,6 +239,40 @@ def test_a_memory_mapped_model_moves_its_unwritten_pages(tmp_path):
     assert not inputs[8192:].any() and not head[8192:].any()
     E.init_model(model, list(range(8192, 8200)), "mean")
     assert torch.isfinite(model(torch.tensor([[1, 8199]])).logits).all()
+    # Unwritten pages move again; the grown weights save like any others.
+    assert E._grow_parameter(inputs, 8300) == (mapped and _moves_pages())
+    assert torch.equal(inputs[:8192], before_in)
+    from safetensors.torch import save_model
+
+    model.config.vocab_size = 8300  # the head stays at 8200: only the tensors matter here
+    save_model(model, tmp_path / "resized.safetensors")
+    del model, inputs, head
+    # Nothing keeps the checkpoint mapped once the model is gone.
+    assert not any(str(tmp_path / "model.safetensors") in line for line in open("/proc/self/maps"))
+
+
+def test_an_interrupt_around_the_page_move_leaves_every_row(monkeypatch):
+    import torch
+
+    from tokensmith import _core
+
+    real = _core.move_or_copy_bytes
+
+    def interrupted_after(*args):
+        real(*args)
+        raise KeyboardInterrupt
+
+    def interrupted_before(*args):
+        raise KeyboardInterrupt
+
+    for fake in (interrupted_after, interrupted_before):
+        parameter = torch.nn.Parameter(torch.randn(16384, 1024))
+        before = parameter.detach().clone()
+        monkeypatch.setattr(_core, "move_or_copy_bytes", fake)
+        with pytest.raises(KeyboardInterrupt):
+            E._grow_parameter(parameter, 16390)
+        rows = 16390 if fake is interrupted_after else 16384
+        assert parameter.shape[0] == rows and torch.equal(parameter[:16384], before)
 
 
 def test_train_only_rows_masks_the_gradient():

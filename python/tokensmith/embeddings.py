@@ -466,50 +466,63 @@ def resize(model: Any, num_tokens: int, *, pad_to_multiple_of: int | None = None
     return target
 
 
+#: Tensors a failed page move left with unmapped holes: never handed back to the allocator.
+_UNUSABLE: list = []
+
+
 def _grow_parameter(parameter: Any, rows: int) -> bool:
     """Give ``parameter`` ``rows`` rows in place: the old rows kept, the new ones zero.
     Returns whether the old memory pages moved (rather than being copied)."""
     import torch
 
     old_rows = parameter.shape[0]
-    moved = False
     owned = _sole_owner(parameter)
-    if owned is not None:
-        grown = _empty_like_pages_of(parameter, rows)
-        nbytes = parameter.numel() * parameter.element_size()
-        try:
-            moved = _core.move_or_copy_bytes(parameter.data_ptr(), grown.data_ptr(), nbytes, owned)
-        except MemoryError:
-            owned = None  # `grown` lost pages; the old rows are intact: copy them instead
-        else:
-            # The old storage may read as zeros now: swap it out before anything can read it.
-            parameter.data = grown
-            with torch.no_grad():
-                grown[old_rows:].zero_()
     if owned is None:
         parameter.data = grow(parameter.data, rows - old_rows)
+        parameter.grad = None
+        return False
+    old = parameter.data
+    # Memory torch did not allocate may be a file mapping: its pages go to a mapping of our
+    # own, unmapped with the tensor, never to the allocator's memory (which would keep the
+    # file mapped after the tensor is freed, and hand its bytes out again).
+    grown = _empty_at_page_offset_of(old, rows, own_mapping=not owned)
+    with torch.no_grad():
+        grown[old_rows:].zero_()
+    # The Parameter takes `grown` first, so that it holds every row the moment the call
+    # returns; `done` (set inside the call) tells an interrupt before it from one after.
+    done = bytearray(1)
+    parameter.data = grown
     parameter.grad = None
-    return moved
+    nbytes = old.numel() * old.element_size()
+    try:
+        return _core.move_or_copy_bytes(old.data_ptr(), grown.data_ptr(), nbytes, owned, done)
+    except BaseException as error:
+        if done[0]:
+            raise
+        parameter.data = old  # the call failed or never ran: the old rows are intact
+        if not isinstance(error, MemoryError):
+            raise
+        _UNUSABLE.append(grown)
+        parameter.data = grow(old, rows - old_rows)
+        return False
 
 
-def _empty_like_pages_of(tensor: Any, rows: int) -> Any:
-    """An empty CPU tensor of ``rows`` rows like ``tensor``, at the same offset within a
-    memory page (pages move only to the same offset). torch's allocator usually gives that
-    already; a tensor inside a memory-mapped file sits anywhere, and then the new tensor
-    starts up to a page into a slightly larger storage."""
+def _empty_at_page_offset_of(tensor: Any, rows: int, own_mapping: bool) -> Any:
+    """An empty CPU tensor of ``rows`` rows like ``tensor`` whose data starts at the same
+    offset within a memory page (pages move only to the same offset): from torch's allocator,
+    which gives every large tensor the same offset, or in a new anonymous mapping."""
     import mmap
 
     import torch
 
     shape, dtype = (rows, *tensor.shape[1:]), tensor.dtype
-    grown = torch.empty(shape, dtype=dtype)
-    page, size = mmap.PAGESIZE, tensor.element_size()
-    gap = (tensor.data_ptr() - grown.data_ptr()) % page
-    if gap == 0 or gap % size:
-        return grown
-    storage = torch.UntypedStorage(grown.numel() * size + page)
-    offset = (tensor.data_ptr() - storage.data_ptr()) % page // size
-    return torch.empty(0, dtype=dtype).set_(storage, offset, shape)
+    count = math.prod(shape)
+    if not own_mapping or count == 0:
+        return torch.empty(shape, dtype=dtype)
+    gap = tensor.data_ptr() % mmap.PAGESIZE
+    memory = mmap.mmap(-1, gap + count * tensor.element_size(), flags=mmap.MAP_PRIVATE)
+    flat = torch.frombuffer(memory, dtype=dtype, count=count, offset=gap)
+    return torch.empty(0, dtype=dtype).set_(flat.untyped_storage(), 0, shape)
 
 
 def _sole_owner(parameter: Any) -> bool | None:
