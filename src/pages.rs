@@ -93,10 +93,13 @@ fn move_whole_pages(src: usize, dst: usize, len: usize, anonymous_ok: bool) -> O
 fn movable_range(src: usize, dst: usize, len: usize, anonymous_ok: bool) -> Option<(usize, usize, usize)> {
     // SAFETY: sysconf has no preconditions.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok().filter(|&p| p > 0)?;
-    if src % page != dst % page || !mremap_is_safe() {
+    if src % page != dst % page {
         return None;
     }
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    if !mremap_is_safe(maps.lines().count()) {
+        return None;
+    }
     let start = src.div_ceil(page) * page;
     let source = mapping_at(&maps, start)?;
     let end = ((src + len) / page * page).min(source.end);
@@ -163,9 +166,10 @@ fn mapping_at(maps: &str, address: usize) -> Option<Mapping> {
 }
 
 /// Whether an `mremap` here can only fail before it changes anything: the kernel has
-/// `MREMAP_DONTUNMAP` and none of the limits it checks after unmapping the target is near.
+/// `MREMAP_DONTUNMAP` and none of the limits it checks after unmapping the target is near
+/// (`mappings`: how many the process has).
 #[cfg(target_os = "linux")]
-fn mremap_is_safe() -> bool {
+fn mremap_is_safe(mappings: usize) -> bool {
     let read = |path: &str| std::fs::read_to_string(path).ok();
     let unlimited = |resource| {
         let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -174,8 +178,7 @@ fn mremap_is_safe() -> bool {
     };
     let strict_overcommit = read("/proc/sys/vm/overcommit_memory").is_none_or(|v| v.trim() == "2");
     let max_maps: Option<usize> = read("/proc/sys/vm/max_map_count").and_then(|v| v.trim().parse().ok());
-    let maps = read("/proc/self/maps").map(|m| m.lines().count());
-    let room = matches!((max_maps, maps), (Some(max), Some(used)) if used + 64 < max);
+    let room = max_maps.is_some_and(|max| mappings + 64 < max);
     room && !strict_overcommit && unlimited(libc::RLIMIT_AS) && unlimited(libc::RLIMIT_DATA) && kernel_at_least(5, 7)
 }
 
