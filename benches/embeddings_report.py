@@ -3,11 +3,12 @@ time, peak RSS above the RSS right before the operation, and speedup.
 
     python benches/embeddings_report.py [--repeat N] [case ...]
 
-The cases are those of benches/test_embeddings.py. The model checkpoint for the on-disk
-cases is saved once (in a temporary folder, by a separate process). With ``--repeat`` every
-case runs N times (each in its own process); the table shows the fastest time and the
-largest peak. Speedup: in-memory cases against ``transformers_resize_plain``, on-disk cases
-against ``transformers_add_tokens_disk``.
+The cases are those of benches/test_embeddings.py. The model checkpoint for the loaded and
+on-disk cases is saved once (in a temporary folder, by a separate process). With
+``--repeat`` every case runs N times (each in its own process); the table shows the fastest
+time and the largest peak. Speedup: in-memory cases against ``transformers_resize_plain``,
+loaded ones against ``transformers_resize_plain_loaded``, on-disk cases against
+``transformers_add_tokens_disk``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ sys.path.insert(0, str(HERE))
 import test_embeddings as bench  # noqa: E402
 
 BASELINES = {**dict.fromkeys(bench.MODEL_CASES, "transformers_resize_plain"),
+             **dict.fromkeys(bench.LOADED_CASES, "transformers_resize_plain_loaded"),
              **dict.fromkeys(bench.DISK_CASES, "transformers_add_tokens_disk"),
              "tokensmith_mean_with_room": "transformers_resize_to_tokenizer"}
 
@@ -57,7 +59,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="emb-bench-") as tmp:
         checkpoint = Path(tmp) / "model"
-        if any(c in bench.DISK_CASES for c in args.cases):
+        if any(c in bench.DISK_CASES or c in bench.LOADED_CASES for c in args.cases):
             error = run(["--save", str(checkpoint)]).get("error")
             if error:
                 sys.exit(f"saving the checkpoint failed: {error}")
@@ -85,7 +87,8 @@ def main() -> None:
         if r["hwm_gb"] is not None and r["hwm_gb"] > r["peak_gb"] + 0.05:
             missed.append(f"{case}: kernel high-water mark +{r['hwm_gb']:.2f} GB")
     print("\nSpeedup: in-memory cases against transformers_resize_plain (tokensmith_mean_with_room against "
-          "transformers_resize_to_tokenizer), on-disk cases against transformers_add_tokens_disk (load, add, "
+          "transformers_resize_to_tokenizer; *_loaded: the model loaded with from_pretrained, against "
+          "transformers_resize_plain_loaded), on-disk cases against transformers_add_tokens_disk (load, add, "
           "resize with mean_resizing=True, save).")
     for line in missed:
         print(f"\nNote: the 2 ms sampler missed a peak in {line}.")

@@ -148,7 +148,11 @@ DISK_CASES = {
     "tokensmith_add_tokens_disk": tokensmith_add_tokens,
     "transformers_add_tokens_disk": transformers_add_tokens,
 }
-CASES = [*MODEL_CASES, *DISK_CASES]
+#: In-memory cases again on the saved checkpoint loaded with from_pretrained, which leaves
+#: the weights memory-mapped on the safetensors file (transformers 5).
+LOADED_CASES = {f"{name}_loaded": MODEL_CASES[name]
+                for name in ("transformers_resize_plain", "tokensmith_mean", "tokensmith_mean_cov")}
+CASES = [*MODEL_CASES, *LOADED_CASES, *DISK_CASES]
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -208,9 +212,14 @@ class PeakRSS:
 def prepare(name: str, checkpoint: Path | None = None):
     """Set up case ``name`` (build a fresh model, or pick an empty output folder) and
     return the operation to time: no arguments, returns the matrix's row count after.
-    ``checkpoint``: the saved model folder, for the on-disk cases."""
-    if name in MODEL_CASES:
-        model, op = build_model(), MODEL_CASES[name]
+    ``checkpoint``: the saved model folder, for the loaded and on-disk cases."""
+    if name in MODEL_CASES or name in LOADED_CASES:
+        if name in MODEL_CASES:
+            model, op = build_model(), MODEL_CASES[name]
+        else:
+            import transformers
+
+            model, op = transformers.AutoModelForCausalLM.from_pretrained(checkpoint), LOADED_CASES[name]
 
         def call() -> int:
             op(model)
@@ -278,6 +287,11 @@ def checkpoint(tmp_path_factory):
 @pytest.mark.parametrize("case", list(MODEL_CASES))
 def test_model(benchmark, case):
     _bench(benchmark, case, None)
+
+
+@pytest.mark.parametrize("case", list(LOADED_CASES))
+def test_loaded_model(benchmark, case, checkpoint):
+    _bench(benchmark, case, checkpoint)
 
 
 @pytest.mark.parametrize("case", list(DISK_CASES))
