@@ -295,9 +295,9 @@ struct ShiftedSums {
 
 /// [`ShiftedSums`] in one pass. Per block of PRODUCT_ROWS rows: the shifted included rows B
 /// (n x cols, f32) and their weights W (n x (1 + draws): a column of ones for the sum, then
-/// the noise), then Wᵀ B as one f32 matrix product in cache, added to f64 accumulators. Shifting by s
-/// (within a few standard errors of the mean) keeps the f32 products at the scale of the
-/// rows' spread, whatever their offset. Excluded rows are skipped, not multiplied by zero,
+/// the noise), then Wᵀ B as one f32 matrix product in cache, added to f64 accumulators.
+/// Shifting by s (within a few standard errors of the mean) keeps the f32 products at the
+/// scale of the rows' spread, whatever their offset. Excluded rows are skipped, not multiplied by zero,
 /// so a NaN in one cannot leak in.
 fn shifted_sums<T: Element>(data: &[T], cols: usize, include: &[bool], draws: usize, seed: u64) -> ShiftedSums {
     let shift = shift_of(data, cols, include);
@@ -400,12 +400,12 @@ pub fn counter_normal(seed: u64, stream: u64, index: u64) -> f64 {
 }
 
 /// The key of one stream of [`counter_normal`] (hoisted out of loops over the index).
-fn stream_key(seed: u64, stream: u64) -> u64 {
+pub fn stream_key(seed: u64, stream: u64) -> u64 {
     splitmix64(splitmix64(seed) ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03))
 }
 
 /// [`counter_normal`] for a stream's key.
-fn normal_at(base: u64, index: u64) -> f64 {
+pub fn normal_at(base: u64, index: u64) -> f64 {
     let to_unit = |x: u64| ((x >> 11) as f64 + 1.0) / (1u64 << 53) as f64; // (0, 1]
     let u = to_unit(splitmix64(base ^ index.wrapping_mul(2)));
     let v = to_unit(splitmix64(base ^ index.wrapping_mul(2).wrapping_add(1)));

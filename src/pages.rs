@@ -129,40 +129,46 @@ fn move_whole_pages(_src: usize, _dst: usize, _len: usize, _anonymous_ok: bool) 
 /// One line of /proc/self/maps.
 #[cfg(target_os = "linux")]
 struct Mapping {
+    start: usize,
     end: usize,
     perms: [u8; 4],
+    /// Anonymous memory (the heap too).
     anonymous: bool,
+    /// A regular file; not a device (pinned or driver memory lives under /dev).
+    file: bool,
 }
 
 #[cfg(target_os = "linux")]
 impl Mapping {
+    /// Private anonymous or private file pages: the only kinds that move (not the stack,
+    /// not shared memory, not a device).
     fn private_writable(&self) -> bool {
-        &self.perms[..2] == b"rw" && self.perms[3] == b'p'
+        (self.anonymous || self.file) && &self.perms[..2] == b"rw" && self.perms[3] == b'p'
     }
 }
 
-/// The mapping that holds `address`: anonymous memory (the heap too), or a file (not the
-/// stack, not shared memory: those are never private anonymous or private file pages).
+/// The lines of /proc/self/maps, in address order.
 #[cfg(target_os = "linux")]
-fn mapping_at(maps: &str, address: usize) -> Option<Mapping> {
-    maps.lines().find_map(|line| {
+fn mappings(maps: &str) -> impl Iterator<Item = Mapping> + '_ {
+    maps.lines().filter_map(|line| {
         // address perms offset device inode [path]
         let mut fields = line.split_whitespace();
         let (range, perms, _, _, inode) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?, fields.next()?);
         let path = fields.next().unwrap_or("");
-        let (lo, hi) = range.split_once('-')?;
-        let (lo, hi) = (usize::from_str_radix(lo, 16).ok()?, usize::from_str_radix(hi, 16).ok()?);
-        if !(lo..hi).contains(&address) {
-            return None;
-        }
-        let anonymous = inode == "0" && (path.is_empty() || path == "[heap]" || path.starts_with("[anon:"));
-        // A regular file; not a device (pinned or driver memory lives under /dev).
-        let file = inode != "0" && path.starts_with('/') && !path.starts_with("/dev/");
-        if !anonymous && !file {
-            return Some(Mapping { end: hi, perms: *b"----", anonymous: false });
-        }
-        Some(Mapping { end: hi, perms: perms.as_bytes().try_into().ok()?, anonymous })
+        let (start, end) = range.split_once('-')?;
+        Some(Mapping {
+            start: usize::from_str_radix(start, 16).ok()?,
+            end: usize::from_str_radix(end, 16).ok()?,
+            perms: perms.as_bytes().try_into().ok()?,
+            anonymous: inode == "0" && (path.is_empty() || path == "[heap]" || path.starts_with("[anon:")),
+            file: inode != "0" && path.starts_with('/') && !path.starts_with("/dev/"),
+        })
     })
+}
+
+#[cfg(target_os = "linux")]
+fn mapping_at(maps: &str, address: usize) -> Option<Mapping> {
+    mappings(maps).find(|m| (m.start..m.end).contains(&address))
 }
 
 /// Whether an `mremap` here can only fail before it changes anything: the kernel has
@@ -224,9 +230,7 @@ fn refill(start: usize, len: usize) -> bool {
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return false };
     let mut holes = Vec::new();
     let mut at = start;
-    for line in maps.lines() {
-        let Some((lo, hi)) = line.split_whitespace().next().and_then(|r| r.split_once('-')) else { continue };
-        let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16)) else { continue };
+    for Mapping { start: lo, end: hi, .. } in mappings(&maps) {
         if hi <= at || lo >= start + len {
             continue;
         }

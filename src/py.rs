@@ -1,7 +1,7 @@
 //! Python bindings (`tokensmith._core`). No logic lives here: argument conversion, GIL
 //! release, and mapping core errors to the exception classes defined in Python.
 
-use crate::embed::{add_noise, counter_normal, Matrix};
+use crate::embed::{add_noise, normal_at, stream_key, Matrix};
 use crate::error::Error;
 use crate::formats::{tiktoken, tokenizer_json};
 use crate::special::{AddedToken, SpecialPolicy};
@@ -505,10 +505,11 @@ fn embed_zero_rows(py: Python<'_>, address: usize, len: usize, dtype: &str, cols
 /// laid out rows x streams: lets a CUDA tensor's rows be weighted by the same g as on the CPU.
 #[pyfunction]
 fn embed_counter_normals(py: Python<'_>, seed: u64, streams: usize, start: u64, stop: u64) -> Bound<'_, PyBytes> {
+    let keys: Vec<u64> = (0..streams as u64).map(|k| stream_key(seed, k)).collect();
     let values: Vec<f64> = py.allow_threads(|| {
         (start..stop.max(start))
             .into_par_iter()
-            .flat_map_iter(|r| (0..streams as u64).map(move |k| counter_normal(seed, k, r)))
+            .flat_map_iter(|r| keys.iter().map(move |&key| normal_at(key, r)))
             .collect()
     });
     f64_bytes(py, &values)
