@@ -190,6 +190,15 @@ def test_grow_parameter_moves_pages_only_when_nothing_else_shares_them():
     assert parameter.shape == (16390, 1024) and parameter.requires_grad and parameter.grad is None
     assert torch.equal(parameter[:16384], before) and not parameter[16384:].any()
 
+    # A weight at another offset within its page than torch gives a new tensor (here 1000
+    # floats into its storage; glibc does it to a tensor it places inside the heap): the pages
+    # move into a mapping of our own instead.
+    shifted = torch.nn.Parameter(torch.randn(16384 * 1024 + 1000)[1000:].view(16384, 1024))
+    kept = shifted.detach().clone()
+    assert E._grow_parameter(shifted, 16390) == _moves_pages()
+    assert torch.equal(shifted[:16384], kept) and not shifted[16384:].any()
+    del shifted, kept
+
     # A view shares the storage: the rows are copied and the view keeps its values.
     view = parameter.detach()[:100]
     assert not E._grow_parameter(parameter, 16400)

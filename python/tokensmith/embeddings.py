@@ -509,16 +509,23 @@ def _grow_parameter(parameter: Any, rows: int) -> bool:
 
 def _empty_at_page_offset_of(tensor: Any, rows: int, own_mapping: bool) -> Any:
     """An empty CPU tensor of ``rows`` rows like ``tensor`` whose data starts at the same
-    offset within a memory page (pages move only to the same offset): from torch's allocator,
-    which gives every large tensor the same offset, or in a new anonymous mapping."""
+    offset within a memory page (pages move only to the same offset). From torch's allocator
+    unless ``own_mapping``, when that lands at the same offset (it does for two tensors both
+    mapped on their own, not for one placed inside the heap); else in a new anonymous mapping
+    of our own, unmapped with the tensor."""
     import mmap
 
     import torch
 
     shape, dtype = (rows, *tensor.shape[1:]), tensor.dtype
     count = math.prod(shape)
-    if not own_mapping or count == 0:
+    if count == 0:
         return torch.empty(shape, dtype=dtype)
+    if not own_mapping:
+        grown = torch.empty(shape, dtype=dtype)
+        if (grown.data_ptr() - tensor.data_ptr()) % mmap.PAGESIZE == 0:
+            return grown
+        del grown
     gap = tensor.data_ptr() % mmap.PAGESIZE
     memory = mmap.mmap(-1, gap + count * tensor.element_size(), flags=mmap.MAP_PRIVATE)
     flat = torch.frombuffer(memory, dtype=dtype, count=count, offset=gap)
