@@ -1,8 +1,11 @@
-//! Byte-level BPE merging.
+//! BPE merging, byte-level and SentencePiece-style.
 //!
 //! The model is a table from an adjacent pair of token ids to (rank, merged id). A piece
-//! starts as one token per byte and the lowest-ranked adjacent pair is merged until none
-//! is left (leftmost first on ties), exactly as Hugging Face `tokenizers` and tiktoken do.
+//! starts as one symbol per byte (byte-level vocabularies) or per char (SentencePiece-style
+//! vocabularies: a char missing from the vocabulary becomes its `<0xXX>` byte tokens with
+//! `byte_fallback`, else the unknown token), and the lowest-ranked adjacent pair is merged
+//! until none is left (leftmost first on ties), exactly as Hugging Face `tokenizers`,
+//! tiktoken and sentencepiece do.
 //!
 //! Performance decisions:
 //! - Short pieces (nearly all of them) merge in a flat array with one cached rank per
@@ -18,7 +21,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const NO_ID: u32 = u32::MAX;
+pub const NO_ID: u32 = u32::MAX;
 const NO_RANK: u32 = u32::MAX;
 /// Pieces up to this many bytes merge in the flat loop.
 const FLAT_MAX: usize = 128;
@@ -42,9 +45,83 @@ pub fn rank_splits(ranks: &[(Vec<u8>, u32)]) -> Vec<(u32, u32, u32)> {
     splits
 }
 
+/// How a SentencePiece-style piece becomes its first symbols, as the reference's BPE model
+/// does it (`continuing_subword_prefix` / `end_of_word_suffix` spell a char inside / at the
+/// end of a piece; both are usually absent).
+#[derive(Debug, Clone, Default)]
+pub struct CharSymbols {
+    /// The id of each char as a token, by position: [plain, inside (prefixed), last
+    /// (suffixed), inside and last].
+    pub forms: [FxHashMap<char, u32>; 4],
+    pub has_prefix: bool,
+    pub has_suffix: bool,
+    /// The `<0xXX>` token of each byte (`NO_ID` where missing), with `byte_fallback`.
+    pub byte_fallback: Option<Box<[u32; 256]>>,
+    pub unk: Option<u32>,
+    pub fuse_unk: bool,
+}
+
+impl CharSymbols {
+    /// Appends the symbols of `piece` and, if asked, the byte offset where each starts.
+    fn symbols(&self, piece: &str, ids: &mut Vec<u32>, mut starts: Option<&mut Vec<u32>>) {
+        let mut push = |id: u32, at: usize, starts: &mut Option<&mut Vec<u32>>| {
+            ids.push(id);
+            if let Some(s) = starts.as_mut() {
+                s.push(at as u32);
+            }
+        };
+        // A pending unknown token: (start of its first char), fused over a run with fuse_unk.
+        let mut unk: Option<usize> = None;
+        let mut chars = piece.char_indices().peekable();
+        while let Some((at, c)) = chars.next() {
+            let is_last = chars.peek().is_none();
+            let form = usize::from(at > 0 && self.has_prefix) | (usize::from(is_last && self.has_suffix) << 1);
+            if let Some(&id) = self.forms[form].get(&c) {
+                if let (Some(start), Some(unk_id)) = (unk.take(), self.unk) {
+                    push(unk_id, start, &mut starts);
+                }
+                push(id, at, &mut starts);
+                continue;
+            }
+            if let Some(fallback) = &self.byte_fallback {
+                let mut buf = [0u8; 4];
+                let bytes = c.encode_utf8(&mut buf).as_bytes();
+                if bytes.iter().all(|&b| fallback[b as usize] != NO_ID) {
+                    // As the reference: a pending unknown token is not flushed here.
+                    for (k, &b) in bytes.iter().enumerate() {
+                        push(fallback[b as usize], at + k, &mut starts);
+                    }
+                    continue;
+                }
+            }
+            if let Some(unk_id) = self.unk {
+                match unk {
+                    Some(_) if self.fuse_unk => {}
+                    Some(start) => {
+                        push(unk_id, start, &mut starts);
+                        unk = Some(at);
+                    }
+                    None => unk = Some(at),
+                }
+            }
+        }
+        if let (Some(start), Some(unk_id)) = (unk, self.unk) {
+            push(unk_id, start, &mut starts);
+        }
+    }
+}
+
+/// The first symbols of a piece.
+#[derive(Debug, Clone)]
+pub enum Alphabet {
+    /// One symbol per byte: the id of each byte's token (`NO_ID` where missing).
+    Bytes(Box<[u32; 256]>),
+    Chars(Box<CharSymbols>),
+}
+
 #[derive(Debug, Clone)]
 pub struct Bpe {
-    byte_ids: [u32; 256],
+    alphabet: Alphabet,
     /// Byte length of each token, by id (0 for ids that are not byte strings).
     lens: Vec<u32>,
     /// (left << 32 | right) -> (rank << 32 | merged)
@@ -79,6 +156,17 @@ impl Bpe {
         merges: impl IntoIterator<Item = (u32, u32, u32)>,
         ignore_merges: bool,
     ) -> Self {
+        Self::with_alphabet(tokens, merges, ignore_merges, None)
+    }
+
+    /// Like `new`, with the first symbols given by `chars` instead of by bytes (then
+    /// `tokens` are the UTF-8 bytes of every vocabulary string).
+    pub fn with_alphabet<'a>(
+        tokens: impl IntoIterator<Item = (&'a [u8], u32)>,
+        merges: impl IntoIterator<Item = (u32, u32, u32)>,
+        ignore_merges: bool,
+        chars: Option<CharSymbols>,
+    ) -> Self {
         let mut byte_ids = [NO_ID; 256];
         let mut whole = ignore_merges.then(FxHashMap::default);
         let mut lens = Vec::new();
@@ -98,7 +186,15 @@ impl Bpe {
         for (rank, (left, right, merged)) in merges.into_iter().enumerate() {
             pairs.insert(pair_key(left, right), ((rank as u64) << 32) | u64::from(merged));
         }
-        Bpe { byte_ids, lens, pairs, whole, cache_owner: next_cache_owner() }
+        let alphabet = match chars {
+            Some(chars) => Alphabet::Chars(Box::new(chars)),
+            None => Alphabet::Bytes(Box::new(byte_ids)),
+        };
+        Bpe { alphabet, lens, pairs, whole, cache_owner: next_cache_owner() }
+    }
+
+    pub fn alphabet(&self) -> &Alphabet {
+        &self.alphabet
     }
 
     /// How many bytes of text the token `id` stands for.
@@ -126,10 +222,10 @@ impl Bpe {
 
     /// Appends the ids of one pre-tokenized piece.
     pub fn encode(&self, piece: &[u8], out: &mut Vec<u32>) {
-        match piece.len() {
-            0 => return,
-            1 => {
-                let id = self.byte_ids[piece[0] as usize];
+        match (piece.len(), &self.alphabet) {
+            (0, _) => return,
+            (1, Alphabet::Bytes(byte_ids)) => {
+                let id = byte_ids[piece[0] as usize];
                 if id != NO_ID {
                     out.push(id);
                 }
@@ -163,14 +259,62 @@ impl Bpe {
         })
     }
 
+    /// The first symbols of a piece, and where each starts if asked.
+    fn symbols(&self, piece: &[u8], starts: Option<&mut Vec<u32>>) -> Vec<u32> {
+        match &self.alphabet {
+            Alphabet::Bytes(byte_ids) => {
+                // A byte without a token is dropped, as the reference does when there is no unk.
+                let mut ids = Vec::with_capacity(piece.len());
+                let mut starts = starts;
+                for (at, &b) in piece.iter().enumerate() {
+                    let id = byte_ids[b as usize];
+                    if id != NO_ID {
+                        ids.push(id);
+                        if let Some(s) = starts.as_mut() {
+                            s.push(at as u32);
+                        }
+                    }
+                }
+                ids
+            }
+            Alphabet::Chars(chars) => {
+                let mut ids = Vec::with_capacity(piece.len());
+                // Pieces of a chars alphabet are text: the pre-tokenizer never splits a char.
+                let text = std::str::from_utf8(piece).unwrap_or_default();
+                chars.symbols(text, &mut ids, starts);
+                ids
+            }
+        }
+    }
+
     fn merge(&self, piece: &[u8], out: &mut Vec<u32>) {
-        // A byte without a token is dropped, as the reference does when there is no unk.
-        let symbols: Vec<u32> =
-            piece.iter().map(|&b| self.byte_ids[b as usize]).filter(|&id| id != NO_ID).collect();
+        let symbols = self.symbols(piece, None);
         if symbols.len() <= FLAT_MAX {
             self.merge_flat(symbols, out)
         } else {
-            self.merge_heap(symbols, out)
+            let mut symbols = symbols;
+            let alive = self.merge_heap(&mut symbols);
+            out.extend(alive.into_iter().map(|i| symbols[i]));
+        }
+    }
+
+    /// Appends the ids of one piece and the byte offset in the piece where each starts
+    /// (no cache: for offsets).
+    pub fn encode_with_starts(&self, piece: &[u8], out: &mut Vec<u32>, starts: &mut Vec<u32>) {
+        if let Some(&id) = self.whole.as_ref().and_then(|w| w.get(piece)) {
+            out.push(id);
+            starts.push(0);
+            return;
+        }
+        let mut first = Vec::new();
+        let mut ids = self.symbols(piece, Some(&mut first));
+        if ids.is_empty() {
+            return;
+        }
+        let alive = self.merge_heap(&mut ids);
+        for i in alive {
+            out.push(ids[i]);
+            starts.push(first[i]);
         }
     }
 
@@ -208,8 +352,12 @@ impl Bpe {
         out.extend_from_slice(&ids);
     }
 
-    fn merge_heap(&self, mut ids: Vec<u32>, out: &mut Vec<u32>) {
+    /// Merges `ids` in place; returns the positions of the symbols left, in order.
+    fn merge_heap(&self, ids: &mut [u32]) -> Vec<usize> {
         let n = ids.len();
+        if n < 2 {
+            return (0..n).collect();
+        }
         let mut next: Vec<usize> = (1..=n).collect(); // n means none
         let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect(); // usize::MAX means none
         let mut alive = vec![true; n];
@@ -250,7 +398,7 @@ impl Bpe {
                 }
             }
         }
-        out.extend((0..n).filter(|&i| alive[i]).map(|i| ids[i]));
+        (0..n).filter(|&i| alive[i]).collect()
     }
 }
 
@@ -282,10 +430,10 @@ mod tests {
     fn flat_and_heap_agree_on_long_pieces() {
         let bpe = toy();
         let text: Vec<u8> = b"abcab".iter().cycle().take(5000).copied().collect();
-        let symbols: Vec<u32> = text.iter().map(|&b| bpe.byte_ids[b as usize]).collect();
-        let (mut flat, mut heap) = (Vec::new(), Vec::new());
+        let mut symbols = bpe.symbols(&text, None);
+        let mut flat = Vec::new();
         bpe.merge_flat(symbols.clone(), &mut flat);
-        bpe.merge_heap(symbols, &mut heap);
+        let heap: Vec<u32> = bpe.merge_heap(&mut symbols).into_iter().map(|i| symbols[i]).collect();
         assert_eq!(flat, heap);
     }
 

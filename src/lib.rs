@@ -1,14 +1,16 @@
-//! tokensmith: exact byte-level BPE with safe special-token handling.
+//! tokensmith: exact BPE (byte-level and SentencePiece-style) with safe special-token handling.
 //!
 //! Pure Rust; the Python bindings live in `py` behind the `python` feature.
 
 pub mod bpe;
 pub mod bytelevel;
+pub mod decode;
 pub mod embed;
 pub mod error;
 pub mod formats;
 pub mod normalize;
 pub mod pages;
+pub mod postprocess;
 pub mod pretokenize;
 pub mod special;
 pub mod tokenizer;

@@ -112,6 +112,11 @@ impl CharIndex {
     fn char(&self, b: usize) -> usize {
         self.bytes.partition_point(|&x| x <= b).saturating_sub(1)
     }
+
+    /// How many chars start before byte `b` (an end offset in chars).
+    fn chars_before(&self, b: usize) -> usize {
+        self.bytes[..self.bytes.len() - 1].partition_point(|&x| x < b)
+    }
 }
 
 #[pyclass(module = "tokensmith._core", name = "CoreTokenizer", frozen)]
@@ -223,8 +228,8 @@ impl PyTokenizer {
         }
     }
 
-    /// ids and the char offset (Python str index) where each starts; special tokens are
-    /// text inside the `protected` char ranges whatever the policy.
+    /// ids and each token's (start, end) char offsets (Python str indices); special tokens
+    /// are text inside the `protected` char ranges whatever the policy.
     #[pyo3(signature = (text, add_special_tokens, policy, allowed = None, protected = Vec::new()))]
     fn encode_with_offsets(
         &self,
@@ -234,7 +239,7 @@ impl PyTokenizer {
         policy: &str,
         allowed: Option<Vec<String>>,
         protected: Vec<(usize, usize)>,
-    ) -> PyResult<(Vec<u32>, Vec<usize>)> {
+    ) -> PyResult<(Vec<u32>, Vec<(usize, usize)>)> {
         let s = self::text(text)?;
         let policy = self.policy(py, policy, allowed)?;
         let tokenizer = self.get();
@@ -251,8 +256,8 @@ impl PyTokenizer {
                     _ => merged.push((a, b)),
                 }
             }
-            let (ids, starts) = tokenizer.encode_with_offsets(s, &policy, &merged, add_special_tokens)?;
-            Ok((ids, starts.into_iter().map(|b| chars.char(b)).collect()))
+            let (ids, offsets) = tokenizer.encode_with_offsets(s, &policy, &merged, add_special_tokens)?;
+            Ok((ids, offsets.into_iter().map(|(s, e)| (chars.char(s), chars.chars_before(e))).collect()))
         })
         .or_raise(py)
     }
@@ -347,6 +352,39 @@ impl PyTokenizer {
         Ok(ids)
     }
 
+    /// The `truncation` or `padding` settings as tokenizer.json spells them (JSON text; `None`
+    /// when unset).
+    fn settings(&self, key: &str) -> PyResult<Option<String>> {
+        let tokenizer = self.get();
+        let value = match key {
+            "truncation" => tokenizer_json::truncation_to_value(&tokenizer.truncation),
+            "padding" => tokenizer_json::padding_to_value(&tokenizer.padding, tokenizer.passthrough.get("padding")),
+            _ => return Err(PyValueError::new_err(format!("unknown settings {key:?}"))),
+        };
+        Ok((!value.is_null()).then(|| value.to_string()))
+    }
+
+    /// Replaces the `truncation` or `padding` settings (tokenizer.json's JSON; `None` clears).
+    #[pyo3(signature = (key, json))]
+    fn set_settings(&self, py: Python<'_>, key: &str, json: Option<&str>) -> PyResult<()> {
+        let value: serde_json::Value = match json {
+            None => serde_json::Value::Null,
+            Some(text) => serde_json::from_str(text).map_err(|e| PyValueError::new_err(e.to_string()))?,
+        };
+        let mut guard = self.inner.write().expect("tokenizer lock");
+        let mut updated = (**guard).clone();
+        match key {
+            "truncation" => updated.truncation = tokenizer_json::parse_truncation(&value).or_raise(py)?,
+            "padding" => {
+                updated.padding = tokenizer_json::parse_padding(&value).or_raise(py)?;
+                updated.passthrough.insert("padding".into(), value);
+            }
+            _ => return Err(PyValueError::new_err(format!("unknown settings {key:?}"))),
+        }
+        *guard = Arc::new(updated);
+        Ok(())
+    }
+
     /// An independent tokenizer sharing this one's (immutable) model: adding tokens to
     /// either does not affect the other.
     fn copy(&self) -> Self {
@@ -369,10 +407,8 @@ impl PyTokenizer {
     fn get_vocab<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let tokenizer = self.get();
         let vocab = PyDict::new(py);
-        for (id, token) in tokenizer.vocab.tokens.iter().enumerate() {
-            if let Some(token) = token {
-                vocab.set_item(token, id)?;
-            }
+        for (token, id) in &tokenizer.vocab.ids {
+            vocab.set_item(token, id)?;
         }
         for (id, token) in tokenizer.added.tokens() {
             vocab.set_item(&token.content, id)?;

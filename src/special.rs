@@ -54,8 +54,8 @@ pub enum SpecialPolicy {
 /// A piece of input after added-token matching.
 pub enum Segment<'a> {
     Text(&'a str),
-    /// An added token's id and the byte offset where its match starts.
-    Token(u32, usize),
+    /// An added token's id and the byte range of its match (with stripped spaces).
+    Token(u32, usize, usize),
 }
 
 /// Byte ranges of the input (content spliced into a template) where special tokens are
@@ -319,7 +319,7 @@ impl AddedVocabulary {
             // lstrip can push `start` up to the end of the previous token's rstrip: such an
             // empty match is dropped, as the reference drops empty splits.
             if start < stop {
-                f(Segment::Token(id, start))?;
+                f(Segment::Token(id, start, stop))?;
             }
             done = stop;
         }
@@ -345,7 +345,7 @@ mod tests {
         v.split_raw(text, policy, Protect::exact(&[], 0), &mut |s| {
             out.push(match s {
                 Segment::Text(t) => t.to_string(),
-                Segment::Token(id, _) => format!("#{id}"),
+                Segment::Token(id, _, _) => format!("#{id}"),
             });
             Ok(())
         })?;

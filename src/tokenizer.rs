@@ -3,12 +3,15 @@
 
 use crate::bpe::Bpe;
 use crate::bytelevel;
+use crate::decode::Decoder;
 use crate::error::{Error, Result};
-use crate::normalize::Normalizer;
-use crate::pretokenize::PreTokenizer;
-use crate::special::{AddedToken, AddedVocabulary, Protect, Segment, SpecialPolicy};
+use crate::normalize::{identity_alignment, Normalizer};
+use crate::postprocess::{trim_offsets, Padding, PostProcessor, TemplatePiece, Truncation};
+use crate::pretokenize::{Context, PreTokenizer};
+use crate::special::{AddedToken, AddedVocabulary, Protect, Segment as AddedSegment, SpecialPolicy};
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// The model vocabulary: every id with its string as the file spells it.
@@ -28,20 +31,19 @@ impl Vocab {
             if tokens.len() <= slot {
                 tokens.resize(slot + 1, None);
             }
-            if let Some(other) = &tokens[slot] {
-                return Err(Error::format(
-                    "",
-                    format!("model.vocab: id {id} is given to both {other:?} and {token:?}"),
-                ));
-            }
             if ids.insert(token.clone(), id).is_some() {
                 return Err(Error::format("", format!("model.vocab: token {token:?} appears twice")));
             }
-            tokens[slot] = Some(token);
+            // Two strings may share an id (gpt-oss's o200k_harmony): both encode to it, and
+            // the first one spells it.
+            if tokens[slot].is_none() {
+                tokens[slot] = Some(token);
+            }
         }
         Ok(Vocab { tokens, ids })
     }
 
+    /// Distinct strings, as the reference counts the vocabulary.
     pub fn len(&self) -> usize {
         self.ids.len()
     }
@@ -55,27 +57,6 @@ impl Vocab {
     }
 }
 
-/// One item of a `TemplateProcessing` single-sequence template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TemplatePiece {
-    Ids(Vec<u32>),
-    Sequence,
-}
-
-/// What `add_special_tokens=True` wraps around the ids of a text.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PostProcessor {
-    /// `None` when the post-processor adds nothing (absent, or ByteLevel).
-    pub template: Option<Vec<TemplatePiece>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decoder {
-    ByteLevel,
-    /// No decoder: the reference joins token strings with spaces.
-    None,
-}
-
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
     // The model is shared between clones: adding tokens copies only the added vocabulary.
@@ -87,24 +68,27 @@ pub struct Tokenizer {
     pub normalizer: Option<Normalizer>,
     pub pre_tokenizer: PreTokenizer,
     pub post_processor: PostProcessor,
-    pub decoder: Decoder,
+    pub decoder: Option<Decoder>,
+    pub truncation: Option<Truncation>,
+    pub padding: Option<Padding>,
     pub added: AddedVocabulary,
     /// The tokenizer.json sections this core reads but does not rewrite, kept verbatim for
-    /// `save` (normalizer, pre_tokenizer, post_processor, decoder, and unknown keys).
+    /// `save` (normalizer, pre_tokenizer, post_processor, decoder, model settings, and
+    /// unknown keys).
     pub passthrough: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Where encoded ids go, with the byte offset in the input where each starts if asked.
+/// Where encoded ids go, with each token's byte range in the input if asked.
 struct Sink<'a> {
     ids: &'a mut Vec<u32>,
-    starts: Option<&'a mut Vec<usize>>,
+    offsets: Option<&'a mut Vec<(usize, usize)>>,
 }
 
 impl Sink<'_> {
-    fn push(&mut self, id: u32, start: usize) {
+    fn push(&mut self, id: u32, span: (usize, usize)) {
         self.ids.push(id);
-        if let Some(starts) = self.starts.as_mut() {
-            starts.push(start);
+        if let Some(offsets) = self.offsets.as_mut() {
+            offsets.push(span);
         }
     }
 }
@@ -115,55 +99,156 @@ fn offset_in(whole: &str, part: &str) -> Option<usize> {
     (p >= w && p + part.len() <= w + whole.len()).then(|| p - w)
 }
 
+/// A normalized segment of the input, and how its bytes map back to the input.
+struct Segment<'a> {
+    text: Cow<'a, str>,
+    /// Where the raw segment starts in the input.
+    start: usize,
+    /// Per byte of `text`, its input range relative to `start` (offsets only).
+    align: Option<Vec<(usize, usize)>>,
+}
+
+impl Segment<'_> {
+    /// The input byte range of the normalized bytes `from..to` (`to > from`).
+    fn span(&self, from: usize, to: usize) -> (usize, usize) {
+        match &self.align {
+            Some(align) => (self.start + align[from].0, self.start + align[to - 1].1),
+            None => (self.start + from, self.start + to),
+        }
+    }
+}
+
 impl Tokenizer {
-    /// The ids of `text`.
+    /// The ids of `text`, truncated and padded as the tokenizer's settings say.
     pub fn encode(&self, text: &str, policy: &SpecialPolicy, add_special_tokens: bool) -> Result<Vec<u32>> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 4);
-        self.run(text, policy, &[], add_special_tokens, Sink { ids: &mut ids, starts: None })?;
+        self.run(text, policy, &[], add_special_tokens, Sink { ids: &mut ids, offsets: None })?;
+        if let Some(padding) = &self.padding {
+            padding.apply(padding.target(ids.len()), &mut ids, None);
+        }
         Ok(ids)
     }
 
-    /// The ids of `text` and the byte offset where each starts, with special tokens
-    /// treated as text inside the `protected` byte ranges (sorted, not overlapping)
-    /// whatever the policy says: for content spliced into a template.
+    /// The ids of `text` and each token's byte range in it (the reference's offsets),
+    /// with special tokens treated as text inside the `protected` byte ranges (sorted, not
+    /// overlapping) whatever the policy says: for content spliced into a template.
     pub fn encode_with_offsets(
         &self,
         text: &str,
         policy: &SpecialPolicy,
         protected: &[(usize, usize)],
         add_special_tokens: bool,
-    ) -> Result<(Vec<u32>, Vec<usize>)> {
-        let (mut ids, mut starts) = (Vec::new(), Vec::new());
-        self.run(text, policy, protected, add_special_tokens, Sink { ids: &mut ids, starts: Some(&mut starts) })?;
-        Ok((ids, starts))
+    ) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let (mut ids, mut offsets) = (Vec::new(), Vec::new());
+        self.run(text, policy, protected, add_special_tokens, Sink { ids: &mut ids, offsets: Some(&mut offsets) })?;
+        if let Some(padding) = &self.padding {
+            padding.apply(padding.target(ids.len()), &mut ids, Some(&mut offsets));
+        }
+        Ok((ids, offsets))
     }
 
+    pub fn encode_batch(
+        &self,
+        texts: &[&str],
+        policy: &SpecialPolicy,
+        add_special_tokens: bool,
+    ) -> Result<Vec<Vec<u32>>> {
+        let mut batch: Vec<Vec<u32>> = texts
+            .par_iter()
+            .map(|t| {
+                let mut ids = Vec::with_capacity(t.len() / 3 + 4);
+                self.run(t, policy, &[], add_special_tokens, Sink { ids: &mut ids, offsets: None })?;
+                Ok(ids)
+            })
+            .collect::<Result<_>>()?;
+        if let Some(padding) = &self.padding {
+            let target = padding.target(batch.iter().map(Vec::len).max().unwrap_or(0));
+            batch.iter_mut().for_each(|ids| padding.apply(target, ids, None));
+        }
+        Ok(batch)
+    }
+
+    /// Encode, truncate, wrap in the template: everything but padding.
     fn run(
         &self,
         text: &str,
         policy: &SpecialPolicy,
         protected: &[(usize, usize)],
         add_special_tokens: bool,
-        mut sink: Sink,
+        sink: Sink,
     ) -> Result<()> {
+        let Sink { ids, mut offsets } = sink;
+        let mut body_offsets = Vec::new();
+        let mut body = Vec::with_capacity(text.len() / 3 + 4);
+        let track = offsets.is_some();
+        self.encode_into(
+            text,
+            policy,
+            protected,
+            &mut Sink { ids: &mut body, offsets: track.then_some(&mut body_offsets) },
+        )?;
+        if let (Some(add_prefix_space), true) = (self.post_processor.trim_offsets, track) {
+            let tokens: Vec<&str> = body.iter().map(|&id| self.id_to_token(id).unwrap_or("")).collect();
+            trim_offsets(&tokens, &mut body_offsets, add_prefix_space);
+        }
         let template = if add_special_tokens { self.post_processor.template.as_deref() } else { None };
+        if let Some(truncation) = &self.truncation {
+            let added = template.map_or(0, |_| self.post_processor.added_len());
+            truncation.apply(added, &mut body, track.then_some(&mut body_offsets))?;
+        }
         let Some(pieces) = template else {
-            return self.encode_into(text, policy, protected, &mut sink);
+            ids.extend_from_slice(&body);
+            if let Some(o) = offsets.as_mut() {
+                o.extend_from_slice(&body_offsets);
+            }
+            return Ok(());
         };
-        let mut seen_text = false;
+        ids.reserve(body.len() + self.post_processor.added_len());
         for piece in pieces {
             match piece {
                 TemplatePiece::Ids(special) => {
-                    let at = if seen_text { text.len() } else { 0 };
-                    special.iter().for_each(|&id| sink.push(id, at));
+                    ids.extend_from_slice(special);
+                    if let Some(o) = offsets.as_mut() {
+                        o.extend(std::iter::repeat((0, 0)).take(special.len()));
+                    }
                 }
                 TemplatePiece::Sequence => {
-                    self.encode_into(text, policy, protected, &mut sink)?;
-                    seen_text = true;
+                    ids.extend_from_slice(&body);
+                    if let Some(o) = offsets.as_mut() {
+                        o.extend_from_slice(&body_offsets);
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// The normalized form of a raw segment that starts at byte `start` of the input.
+    fn normalize_segment<'a>(&self, raw: &'a str, start: usize, track: bool) -> Segment<'a> {
+        match (&self.normalizer, track) {
+            (None, false) => Segment { text: Cow::Borrowed(raw), start, align: None },
+            (None, true) => Segment { text: Cow::Borrowed(raw), start, align: Some(identity_alignment(raw)) },
+            (Some(n), false) => Segment { text: n.normalize(raw), start, align: None },
+            (Some(n), true) => {
+                let (text, align) = n.normalize_aligned(raw).into_parts();
+                Segment { text, start, align: Some(align) }
+            }
+        }
+    }
+
+    /// Whether a normalized segment starts the input, as `Metaspace`'s `First` scheme asks
+    /// (the reference: its first byte stands for input offset 0).
+    fn starts_input(&self, segment: &Segment, raw: &str) -> bool {
+        if segment.start != 0 || !self.pre_tokenizer.needs_input_start() {
+            return segment.start == 0;
+        }
+        match (&segment.align, &self.normalizer, &segment.text) {
+            (Some(align), _, _) => align.first().is_some_and(|a| a.0 == 0),
+            (None, Some(n), Cow::Owned(_)) => {
+                n.normalize_aligned(raw).into_parts().1.first().is_some_and(|a| a.0 == 0)
+            }
+            _ => true,
+        }
     }
 
     fn encode_into(
@@ -173,50 +258,49 @@ impl Tokenizer {
         protected: &[(usize, usize)],
         sink: &mut Sink,
     ) -> Result<()> {
+        let track = sink.offsets.is_some();
         self.added.split_raw(text, policy, Protect::exact(protected, 0), &mut |segment| match segment {
-            Segment::Token(id, start) => {
-                sink.push(id, start);
+            AddedSegment::Token(id, start, end) => {
+                sink.push(id, (start, end));
                 Ok(())
             }
-            Segment::Text(raw) => {
+            AddedSegment::Text(raw) => {
                 let start = offset_in(text, raw).expect("segments are slices of the text");
-                let normalized = match &self.normalizer {
-                    Some(n) => n.normalize(raw),
-                    None => std::borrow::Cow::Borrowed(raw),
+                let segment = self.normalize_segment(raw, start, track);
+                // Positions in a changed (normalized) segment do not map back to the input
+                // without alignments: any protected overlap protects it all, in both modes
+                // (so that offsets never change the ids).
+                let protect = match &segment.text {
+                    Cow::Borrowed(_) => Protect::exact(protected, start),
+                    Cow::Owned(_) => Protect::whole(protected, start, start + raw.len()),
                 };
-                // Positions in a changed (normalized) segment do not map back to the input:
-                // its tokens all start at the segment, and any protected overlap protects it all.
-                let exact = matches!(normalized, std::borrow::Cow::Borrowed(_));
-                let protect = if exact {
-                    Protect::exact(protected, start)
-                } else {
-                    Protect::whole(protected, start, start + raw.len())
-                };
-                let segment_text: &str = &normalized;
+                let cx = Context { track, at_input_start: self.starts_input(&segment, raw) };
+                let normalized: &str = &segment.text;
                 self.added
-                    .split_normalized(segment_text, policy, protect, &mut |inner| match inner {
-                        Segment::Token(id, at) => {
-                            sink.push(id, if exact { start + at } else { start });
+                    .split_normalized(normalized, policy, protect, &mut |inner| match inner {
+                        AddedSegment::Token(id, s, e) => {
+                            sink.push(id, if track { segment.span(s, e) } else { (0, 0) });
                             Ok(())
                         }
-                        Segment::Text(piece_text) => self.pre_tokenizer.for_each_piece(piece_text, &mut |piece| {
-                            let first = sink.ids.len();
-                            self.bpe.encode(piece.as_bytes(), sink.ids);
-                            if let Some(starts) = sink.starts.as_mut() {
-                                // A piece outside the segment (ByteLevel's prefix space) has
-                                // no exact position either.
-                                let (mut at, exact) = match offset_in(segment_text, piece) {
-                                    Some(i) if exact => (start + i, true),
-                                    _ => (start, false),
-                                };
-                                for &id in &sink.ids[first..] {
-                                    starts.push(at);
-                                    if exact {
-                                        at += self.bpe.token_len(id);
-                                    }
+                        AddedSegment::Text(part) => {
+                            let base = offset_in(normalized, part).expect("segments are slices of the text");
+                            self.pre_tokenizer.for_each_piece(part, cx, &mut |piece, origin| {
+                                if !track {
+                                    self.bpe.encode(piece, sink.ids);
+                                    return Ok(());
                                 }
-                            }
-                        }),
+                                let (first, mut starts) = (sink.ids.len(), Vec::new());
+                                self.bpe.encode_with_starts(piece, sink.ids, &mut starts);
+                                let offsets = sink.offsets.as_mut().expect("tracking");
+                                for (k, &s) in starts.iter().enumerate() {
+                                    let e = starts.get(k + 1).map_or(piece.len(), |&e| e as usize);
+                                    let (from, to) = (base + origin.at(s as usize), base + origin.at(e - 1) + 1);
+                                    offsets.push(segment.span(from, to.max(from + 1)));
+                                }
+                                debug_assert_eq!(sink.ids.len() - first, starts.len());
+                                Ok(())
+                            })
+                        }
                     })
                     .map_err(|e| match e {
                         Error::SpecialToken { token, offset } => {
@@ -227,15 +311,6 @@ impl Tokenizer {
                     })
             }
         })
-    }
-
-    pub fn encode_batch(
-        &self,
-        texts: &[&str],
-        policy: &SpecialPolicy,
-        add_special_tokens: bool,
-    ) -> Result<Vec<Vec<u32>>> {
-        texts.par_iter().map(|t| self.encode(t, policy, add_special_tokens)).collect()
     }
 
     /// The string the reference gives an id: an added token's (normalized) content, or the
@@ -266,9 +341,9 @@ impl Tokenizer {
             }
             tokens.push(token);
         }
-        Ok(match self.decoder {
-            Decoder::None => tokens.join(" "),
-            Decoder::ByteLevel => {
+        Ok(match &self.decoder {
+            // The common case without a String per token.
+            Some(Decoder::ByteLevel) => {
                 let mut bytes = Vec::with_capacity(ids.len() * 4);
                 for token in tokens {
                     match bytelevel::decode_str(token) {
@@ -279,6 +354,7 @@ impl Tokenizer {
                 }
                 String::from_utf8_lossy(&bytes).into_owned()
             }
+            decoder => Decoder::decode(decoder.as_ref(), tokens.into_iter().map(str::to_string).collect()),
         })
     }
 
@@ -312,7 +388,8 @@ mod tests {
     fn offsets_point_at_each_token_in_the_text() {
         let tok = gpt2();
         let text = "Hello wörld<|endoftext|> again";
-        let (ids, starts) = tok.encode_with_offsets(text, &SpecialPolicy::Allow, &[], true).unwrap();
+        let (ids, offsets) = tok.encode_with_offsets(text, &SpecialPolicy::Allow, &[], true).unwrap();
+        let starts: Vec<usize> = offsets.iter().map(|o| o.0).collect();
         assert_eq!(ids, tok.encode(text, &SpecialPolicy::Allow, true).unwrap());
         let eot = tok.token_to_id("<|endoftext|>").unwrap();
         let at = ids.iter().position(|&i| i == eot).unwrap();

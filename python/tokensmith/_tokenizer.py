@@ -30,10 +30,11 @@ _POLICIES = ("allow", "text", "raise")
 class AddedToken:
     """A token added on top of the model vocabulary, with Hugging Face's flags.
 
-    ``normalized`` defaults to ``not special``, as in ``tokenizers``.
+    ``normalized`` left unset (``None``) becomes ``not special`` when the token is added
+    (with ``add_special_tokens`` the token is special), as in ``tokenizers``.
 
     >>> AddedToken("<|box_start|>", special=True)
-    AddedToken(content='<|box_start|>', single_word=False, lstrip=False, rstrip=False, normalized=False, special=True, id=None)
+    AddedToken(content='<|box_start|>', single_word=False, lstrip=False, rstrip=False, normalized=None, special=True, id=None)
     """
 
     content: str
@@ -47,16 +48,17 @@ class AddedToken:
     def __post_init__(self) -> None:
         if not isinstance(self.content, str):
             raise TypeError(f"AddedToken content must be str, got {type(self.content).__name__}")
-        if self.normalized is None:
-            self.normalized = not self.special
 
     def _flags(self) -> tuple[str, bool, bool, bool, bool, bool]:
+        # Left unset, `normalized` follows `special` as it is when the token is added: the
+        # reference stores False for a plain AddedToken given to add_special_tokens.
+        normalized = not self.special if self.normalized is None else self.normalized
         return (
             self.content,
             bool(self.single_word),
             bool(self.lstrip),
             bool(self.rstrip),
-            bool(self.normalized),
+            bool(normalized),
             bool(self.special),
         )
 
@@ -170,13 +172,16 @@ class Tokenizer:
         add_special_tokens: bool = True,
         special: SpecialPolicy = "allow",
         protected: Iterable[tuple[int, int]] = (),
-    ) -> tuple[list[int], list[int]]:
-        """The ids of ``text`` and the index in ``text`` where each token starts.
+    ) -> tuple[list[int], list[tuple[int, int]]]:
+        """The ids of ``text`` and each token's ``(start, end)`` indices in ``text``.
 
-        Inside the ``protected`` ``(start, end)`` ranges special-token strings are plain text
-        whatever ``special`` says: use it for user content spliced into a template.
+        The offsets are the reference's (``tokenizers``' ``Encoding.offsets``): through
+        normalizers and prefix spaces, with ``trim_offsets`` as the file says; tokens the
+        template adds get ``(0, 0)``. Inside the ``protected`` ``(start, end)`` ranges
+        special-token strings are plain text whatever ``special`` says: use it for user
+        content spliced into a template.
 
-        >>> ids, starts = tok.encode_with_offsets("<|im_start|>user\nhi", protected=[(17, 19)])  # doctest: +SKIP
+        >>> ids, offsets = tok.encode_with_offsets("<|im_start|>user\nhi", protected=[(17, 19)])  # doctest: +SKIP
         """
         policy, allowed = _policy(special)
         return self._core.encode_with_offsets(text, add_special_tokens, policy, allowed, list(protected))
@@ -267,6 +272,38 @@ class Tokenizer:
         if empty:
             raise InvalidInputError("cannot add an empty token")
         return ids
+
+    @property
+    def truncation(self) -> dict[str, Any] | None:
+        """The truncation settings, as tokenizer.json spells them (``None``: off).
+
+        ``encode`` and ``encode_batch`` keep ``max_length`` ids (special tokens included),
+        as the reference does. Set a dict to change them, ``None`` to turn them off.
+
+        >>> tok.truncation = {"max_length": 512}                      # doctest: +SKIP
+        """
+        text = self._core.settings("truncation")
+        return None if text is None else json.loads(text)
+
+    @truncation.setter
+    def truncation(self, value: dict[str, Any] | None) -> None:
+        self._core.set_settings("truncation", None if value is None else json.dumps(value))
+
+    @property
+    def padding(self) -> dict[str, Any] | None:
+        """The padding settings, as tokenizer.json spells them (``None``: off).
+
+        ``encode_batch`` pads every text to the longest (or to ``{"Fixed": n}``) with
+        ``pad_id``, as the reference does.
+
+        >>> tok.padding = {"strategy": "BatchLongest", "pad_id": 0}   # doctest: +SKIP
+        """
+        text = self._core.settings("padding")
+        return None if text is None else json.loads(text)
+
+    @padding.setter
+    def padding(self, value: dict[str, Any] | None) -> None:
+        self._core.set_settings("padding", None if value is None else json.dumps(value))
 
     def token_to_id(self, token: str) -> int | None:
         """The id of a token string as the vocabulary spells it (``None`` if absent)."""

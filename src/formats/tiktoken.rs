@@ -7,7 +7,9 @@ use crate::error::{Error, Result};
 use crate::formats::tokenizer_json::TOKENSMITH_KEY;
 use crate::pretokenize::{Dialect, PreTokenizer};
 use crate::special::{AddedToken, AddedVocabulary};
-use crate::tokenizer::{Decoder, PostProcessor, Tokenizer, Vocab};
+use crate::decode::Decoder;
+use crate::postprocess::PostProcessor;
+use crate::tokenizer::{Tokenizer, Vocab};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -60,7 +62,9 @@ pub fn build(
         normalizer: None,
         pre_tokenizer,
         post_processor: PostProcessor::default(),
-        decoder: Decoder::ByteLevel,
+        decoder: Some(Decoder::ByteLevel),
+        truncation: None,
+        padding: None,
         added: AddedVocabulary::default(),
         passthrough: passthrough(pattern),
     };

@@ -1,13 +1,17 @@
-//! Hugging Face `tokenizer.json`: read any byte-level BPE tokenizer, write one back that
-//! the reference loads and encodes identically.
+//! Hugging Face `tokenizer.json`: read any BPE tokenizer (byte-level or SentencePiece-style)
+//! with the components listed in the README, write one back that the reference loads and
+//! encodes identically.
 
-use crate::bpe::Bpe;
+use crate::bpe::{Bpe, CharSymbols, NO_ID};
 use crate::bytelevel;
+use crate::decode::{byte_token, Decoder};
 use crate::error::{Error, Result};
-use crate::normalize::Normalizer;
-use crate::pretokenize::{Behavior, Dialect, PreTokenizer, Splitter, Step};
+use crate::normalize::{Normalizer, Precompiled, Replacement};
+use crate::postprocess::{Direction, Padding, PostProcessor, TemplatePiece, Truncation};
+use crate::pretokenize::{Behavior, CharClass, Dialect, Pattern, PreTokenizer, PrependScheme, Splitter, Step};
 use crate::special::{AddedToken, AddedVocabulary};
-use crate::tokenizer::{Decoder, PostProcessor, TemplatePiece, Tokenizer, Vocab};
+use crate::tokenizer::{Tokenizer, Vocab};
+use base64::Engine;
 use rustc_hash::FxHashSet;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -65,16 +69,11 @@ pub fn from_value(mut root: Value) -> Result<Tokenizer> {
     let added_tokens = obj.remove("added_tokens").unwrap_or(Value::Array(vec![]));
     let passthrough: Map<String, Value> = obj.clone();
     let null = Value::Null;
-    for key in ["truncation", "padding"] {
-        if passthrough.get(key).is_some_and(|v| !v.is_null()) {
-            return Err(Error::Unsupported(format!(
-                "{key} settings in tokenizer.json (set \"{key}\": null; truncate or pad the ids instead)"
-            )));
-        }
-    }
 
     // The model first: "not a BPE" says more than any component it comes with.
-    let (vocab, merges, ignore_merges) = parse_model(&model)?;
+    let model = parse_model(&model)?;
+    let truncation = parse_truncation(passthrough.get("truncation").unwrap_or(&null))?;
+    let padding = parse_padding(passthrough.get("padding").unwrap_or(&null))?;
     let normalizer = parse_normalizer(passthrough.get("normalizer").unwrap_or(&null), "normalizer")?;
     // A tokenizer made from a tiktoken file keeps tiktoken's exact semantics when saved and
     // reloaded here: its pattern dialect and merging by ranks (the reference ignores this key).
@@ -88,13 +87,14 @@ pub fn from_value(mut root: Value) -> Result<Tokenizer> {
         None => parse_pre_tokenizer(passthrough.get("pre_tokenizer").unwrap_or(&null))?,
     };
     let post_processor = parse_post_processor(passthrough.get("post_processor").unwrap_or(&null))?;
-    let decoder = parse_decoder(passthrough.get("decoder").unwrap_or(&null))?;
+    let decoder = parse_decoder(passthrough.get("decoder").unwrap_or(&null), "decoder")?;
     let tokens = parse_added_tokens(&added_tokens)?;
     let bpe = match tiktoken_pattern {
         Some(_) => {
             let specials: FxHashSet<&str> =
                 tokens.iter().filter(|t| t.special).map(|t| t.content.as_str()).collect();
-            let ranks: Vec<(Vec<u8>, u32)> = vocab
+            let ranks: Vec<(Vec<u8>, u32)> = model
+                .vocab
                 .tokens
                 .iter()
                 .enumerate()
@@ -105,23 +105,182 @@ pub fn from_value(mut root: Value) -> Result<Tokenizer> {
                 .collect();
             Bpe::from_ranks(&ranks)
         }
-        None => build_bpe(&vocab, &merges, ignore_merges)?,
+        None if pre_tokenizer.is_byte_level() => build_bpe(&model)?,
+        None => build_char_bpe(&model)?,
     };
 
     let mut tokenizer = Tokenizer {
-        vocab: Arc::new(vocab),
-        merges: Arc::new(merges),
-        ignore_merges,
+        vocab: Arc::new(model.vocab),
+        merges: Arc::new(model.merges),
+        ignore_merges: model.ignore_merges,
         bpe: Arc::new(bpe),
         normalizer,
         pre_tokenizer,
         post_processor,
         decoder,
+        truncation,
+        padding,
         added: AddedVocabulary::default(),
         passthrough,
     };
+    tokenizer.passthrough.insert(MODEL_SETTINGS_KEY.into(), Value::Object(model.settings));
     tokenizer.add_tokens(tokens)?;
     Ok(tokenizer)
+}
+
+/// Where the model's settings (everything but vocab and merges) wait in `passthrough` to be
+/// written back; never written as a key of its own.
+const MODEL_SETTINGS_KEY: &str = "\0model";
+
+fn usize_field(obj: &Value, path: &str, key: &str, default: Option<usize>) -> Result<usize> {
+    match obj.get(key) {
+        None | Some(Value::Null) => default.ok_or_else(|| bad(format!("{path}: missing field {key:?}"))),
+        Some(v) => v
+            .as_u64()
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| bad(format!("{path}.{key}: expected a non-negative integer"))),
+    }
+}
+
+fn parse_direction(obj: &Value, path: &str) -> Result<Direction> {
+    match obj.get("direction").and_then(Value::as_str) {
+        None | Some("Right") => Ok(Direction::Right),
+        Some("Left") => Ok(Direction::Left),
+        Some(other) => Err(bad(format!("{path}.direction: expected \"Left\" or \"Right\", got {other:?}"))),
+    }
+}
+
+pub fn parse_truncation(value: &Value) -> Result<Option<Truncation>> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    let path = "truncation";
+    let first_allowed = match value.get("strategy").and_then(Value::as_str) {
+        None | Some("LongestFirst") | Some("OnlyFirst") => true,
+        Some("OnlySecond") => false,
+        Some(other) => return Err(bad(format!("{path}.strategy: unknown strategy {other:?}"))),
+    };
+    Ok(Some(Truncation {
+        max_length: usize_field(value, path, "max_length", None)?,
+        stride: usize_field(value, path, "stride", Some(0))?,
+        first_allowed,
+        direction: parse_direction(value, path)?,
+    }))
+}
+
+pub fn parse_padding(value: &Value) -> Result<Option<Padding>> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    let path = "padding";
+    let fixed = match value.get("strategy") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s == "BatchLongest" => None,
+        Some(v) => match v.get("Fixed") {
+            Some(n) => Some(n.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
+                bad(format!("{path}.strategy.Fixed: expected a non-negative integer"))
+            })?),
+            None => return Err(bad(format!("{path}.strategy: expected \"BatchLongest\" or {{\"Fixed\": n}}"))),
+        },
+    };
+    let pad_id = usize_field(value, path, "pad_id", Some(0))?;
+    Ok(Some(Padding {
+        fixed,
+        pad_to_multiple_of: match value.get("pad_to_multiple_of") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(usize_field(value, path, "pad_to_multiple_of", None)?),
+        },
+        pad_id: u32::try_from(pad_id).map_err(|_| bad(format!("{path}.pad_id: {pad_id} is not a valid id")))?,
+        direction: parse_direction(value, path)?,
+    }))
+}
+
+fn direction_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Left => "Left",
+        Direction::Right => "Right",
+    }
+}
+
+pub fn truncation_to_value(t: &Option<Truncation>) -> Value {
+    match t {
+        None => Value::Null,
+        Some(t) => json!({"direction": direction_name(t.direction), "max_length": t.max_length,
+            "strategy": if t.first_allowed { "LongestFirst" } else { "OnlySecond" }, "stride": t.stride}),
+    }
+}
+
+/// `pad_token` and `pad_type_id` are kept from `previous` (the file's own settings).
+pub fn padding_to_value(p: &Option<Padding>, previous: Option<&Value>) -> Value {
+    match p {
+        None => Value::Null,
+        Some(p) => {
+            let strategy = match p.fixed {
+                Some(n) => json!({"Fixed": n}),
+                None => json!("BatchLongest"),
+            };
+            let keep = |key: &str, default: Value| previous.and_then(|v| v.get(key)).cloned().unwrap_or(default);
+            json!({"strategy": strategy, "direction": direction_name(p.direction),
+                "pad_to_multiple_of": p.pad_to_multiple_of, "pad_id": p.pad_id,
+                "pad_type_id": keep("pad_type_id", json!(0)), "pad_token": keep("pad_token", json!("[PAD]"))})
+        }
+    }
+}
+
+fn parse_replacement(value: &Value, path: &str) -> Result<Replacement> {
+    let pattern = field(value, path, "pattern")?;
+    if let Some(s) = pattern.get("String").and_then(Value::as_str) {
+        if s.is_empty() {
+            // An empty literal matches between every char, as its escaped regex does.
+            return Ok(Replacement::Regex(Pattern::new("", Dialect::Oniguruma)?));
+        }
+        Ok(Replacement::Literal(s.to_string()))
+    } else if let Some(s) = pattern.get("Regex").and_then(Value::as_str) {
+        Ok(Replacement::Regex(
+            Pattern::new(s, Dialect::Oniguruma).map_err(|e| bad(format!("{path}.pattern: {e}")))?,
+        ))
+    } else {
+        Err(bad(format!("{path}.pattern: expected {{\"String\": ...}} or {{\"Regex\": ...}}")))
+    }
+}
+
+fn char_field(obj: &Value, path: &str, key: &str) -> Result<char> {
+    let s = str_field(obj, path, key)?;
+    let mut chars = s.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None) => Ok(c),
+        _ => Err(bad(format!("{path}.{key}: expected one char, got {s:?}"))),
+    }
+}
+
+fn prepend_scheme(obj: &Value, path: &str) -> Result<PrependScheme> {
+    let scheme = match obj.get("prepend_scheme").and_then(Value::as_str) {
+        None => PrependScheme::Always,
+        Some("always") => PrependScheme::Always,
+        Some("first") => PrependScheme::First,
+        Some("never") => PrependScheme::Never,
+        Some(other) => return Err(bad(format!("{path}.prepend_scheme: unknown scheme {other:?}"))),
+    };
+    // Files from before prepend_scheme say add_prefix_space: false for "never".
+    match obj.get("add_prefix_space") {
+        Some(Value::Bool(false)) if scheme != PrependScheme::Never && obj.get("prepend_scheme").is_some() => {
+            Err(bad(format!("{path}: add_prefix_space does not match declared prepend_scheme")))
+        }
+        Some(Value::Bool(false)) => Ok(PrependScheme::Never),
+        _ => Ok(scheme),
+    }
+}
+
+fn parse_behavior(value: &Value, path: &str, default: Option<Behavior>) -> Result<Behavior> {
+    Ok(match value.get("behavior").and_then(Value::as_str) {
+        None if default.is_some() => default.unwrap_or(Behavior::Isolated),
+        Some("Removed") => Behavior::Removed,
+        Some("Isolated") => Behavior::Isolated,
+        Some("MergedWithPrevious") => Behavior::MergedWithPrevious,
+        Some("MergedWithNext") => Behavior::MergedWithNext,
+        Some("Contiguous") => Behavior::Contiguous,
+        other => return Err(bad(format!("{path}.behavior: unknown behavior {other:?}"))),
+    })
 }
 
 fn parse_normalizer(value: &Value, path: &str) -> Result<Option<Normalizer>> {
@@ -134,6 +293,37 @@ fn parse_normalizer(value: &Value, path: &str) -> Result<Option<Normalizer>> {
         "NFKC" => Normalizer::Nfkc,
         "NFKD" => Normalizer::Nfkd,
         "Lowercase" => Normalizer::Lowercase,
+        "Prepend" => Normalizer::Prepend(str_field(value, path, "prepend")?.to_string()),
+        "Replace" => Normalizer::Replace {
+            pattern: parse_replacement(value, path)?,
+            content: str_field(value, path, "content")?.to_string(),
+        },
+        "Strip" => Normalizer::Strip {
+            left: bool_field(value, path, "strip_left", false)?,
+            right: bool_field(value, path, "strip_right", false)?,
+        },
+        "StripAccents" => Normalizer::StripAccents,
+        "Precompiled" => {
+            let encoded = str_field(value, path, "precompiled_charsmap")?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|e| bad(format!("{path}.precompiled_charsmap: invalid base64 ({e})")))?;
+            let map = Precompiled::from_bytes(&bytes).map_err(|e| match e {
+                Error::Format { message, .. } => bad(format!("{path}: {message}")),
+                other => other,
+            })?;
+            Normalizer::Precompiled(Arc::new(map))
+        }
+        "BertNormalizer" => Normalizer::Bert {
+            clean_text: bool_field(value, path, "clean_text", true)?,
+            handle_chinese_chars: bool_field(value, path, "handle_chinese_chars", true)?,
+            strip_accents: match value.get("strip_accents") {
+                None | Some(Value::Null) => None,
+                Some(Value::Bool(b)) => Some(*b),
+                Some(_) => return Err(bad(format!("{path}.strip_accents: expected true, false or null"))),
+            },
+            lowercase: bool_field(value, path, "lowercase", true)?,
+        },
         "Sequence" => {
             let mut steps = Vec::new();
             for (i, step) in array(value, path, "normalizers")?.iter().enumerate() {
@@ -143,7 +333,7 @@ fn parse_normalizer(value: &Value, path: &str) -> Result<Option<Normalizer>> {
             }
             Normalizer::Sequence(steps)
         }
-        other => return Err(Error::Unsupported(format!("normalizer {other:?}"))),
+        other => return Err(Error::Unsupported(format!("normalizer {other:?} (at {path})"))),
     }))
 }
 
@@ -156,6 +346,7 @@ fn parse_pre_tokenizer(value: &Value) -> Result<PreTokenizer> {
 }
 
 fn collect_steps(value: &Value, path: &str, steps: &mut Vec<Step>) -> Result<()> {
+    let split = |splitter, behavior| Step::Split { splitter, behavior, invert: false };
     match type_of(value, path)? {
         "Sequence" => {
             for (i, step) in array(value, path, "pretokenizers")?.iter().enumerate() {
@@ -175,26 +366,38 @@ fn collect_steps(value: &Value, path: &str, steps: &mut Vec<Step>) -> Result<()>
             } else {
                 return Err(bad(format!("{path}.pattern: expected {{\"Regex\": ...}} or {{\"String\": ...}}")));
             };
-            let behavior = match str_field(value, path, "behavior")? {
-                "Removed" => Behavior::Removed,
-                "Isolated" => Behavior::Isolated,
-                "MergedWithPrevious" => Behavior::MergedWithPrevious,
-                "MergedWithNext" => Behavior::MergedWithNext,
-                "Contiguous" => Behavior::Contiguous,
-                other => return Err(bad(format!("{path}.behavior: unknown behavior {other:?}"))),
-            };
+            let behavior = parse_behavior(value, path, None)?;
             let splitter = Splitter::for_pattern(&source, Dialect::Oniguruma)
                 .map_err(|e| bad(format!("{path}.pattern: {e}")))?;
             steps.push(Step::Split { splitter, behavior, invert: bool_field(value, path, "invert", false)? });
         }
-        "Digits" => steps.push(Step::Split {
-            splitter: Splitter::Numeric,
-            behavior: if bool_field(value, path, "individual_digits", false)? {
-                Behavior::Isolated
-            } else {
-                Behavior::Contiguous
-            },
-            invert: false,
+        "Digits" => steps.push(split(
+            Splitter::Chars(CharClass::Numeric),
+            if bool_field(value, path, "individual_digits", false)? { Behavior::Isolated } else { Behavior::Contiguous },
+        )),
+        "Punctuation" => steps.push(split(
+            Splitter::Chars(CharClass::Punctuation),
+            parse_behavior(value, path, Some(Behavior::Isolated))?,
+        )),
+        "WhitespaceSplit" => steps.push(split(Splitter::Chars(CharClass::Whitespace), Behavior::Removed)),
+        // The pieces are the matches of `\w+|[^\w\s]+` (the reference splits on the inverse).
+        "Whitespace" => steps.push(Step::Split {
+            splitter: Splitter::Pattern(Pattern::new(r"\w+|[^\w\s]+", Dialect::Tiktoken)?),
+            behavior: Behavior::Removed,
+            invert: true,
+        }),
+        "CharDelimiterSplit" => steps.push(split(
+            Splitter::Chars(CharClass::Is(char_field(value, path, "delimiter")?)),
+            Behavior::Removed,
+        )),
+        "BertPreTokenizer" => {
+            steps.push(split(Splitter::Chars(CharClass::Whitespace), Behavior::Removed));
+            steps.push(split(Splitter::Chars(CharClass::Punctuation), Behavior::Isolated));
+        }
+        "Metaspace" => steps.push(Step::Metaspace {
+            replacement: char_field(value, path, "replacement")?,
+            prepend: prepend_scheme(value, path)?,
+            split: bool_field(value, path, "split", true)?,
         }),
         other => return Err(Error::Unsupported(format!("pre-tokenizer {other:?} (at {path})"))),
     }
@@ -209,10 +412,40 @@ fn parse_post_processor(value: &Value) -> Result<PostProcessor> {
     Ok(post)
 }
 
+/// A `[token, id]` pair of RobertaProcessing / BertProcessing.
+fn token_id(value: &Value, path: &str, key: &str) -> Result<u32> {
+    match field(value, path, key)?.as_array().map(Vec::as_slice) {
+        Some([Value::String(_), id]) => id
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| bad(format!("{path}.{key}: expected [token, id]"))),
+        _ => Err(bad(format!("{path}.{key}: expected [token, id]"))),
+    }
+}
+
+fn set_template(post: &mut PostProcessor, path: &str, items: Vec<TemplatePiece>) -> Result<()> {
+    if post.template.is_some() {
+        return Err(Error::Unsupported(format!("two post-processors that add special tokens (at {path})")));
+    }
+    post.template = Some(items);
+    Ok(())
+}
+
 fn collect_post_processor(value: &Value, path: &str, post: &mut PostProcessor) -> Result<()> {
     match type_of(value, path)? {
-        // ByteLevel only trims offsets, which ids do not carry.
-        "ByteLevel" => Ok(()),
+        "ByteLevel" => {
+            if bool_field(value, path, "trim_offsets", true)? {
+                post.trim_offsets = Some(bool_field(value, path, "add_prefix_space", true)?);
+            }
+            Ok(())
+        }
+        "RobertaProcessing" | "BertProcessing" => {
+            let (cls, sep) = (token_id(value, path, "cls")?, token_id(value, path, "sep")?);
+            if type_of(value, path)? == "RobertaProcessing" && bool_field(value, path, "trim_offsets", true)? {
+                post.trim_offsets = Some(bool_field(value, path, "add_prefix_space", true)?);
+            }
+            set_template(post, path, vec![TemplatePiece::Ids(vec![cls]), TemplatePiece::Sequence, TemplatePiece::Ids(vec![sep])])
+        }
         "Sequence" => {
             for (i, p) in array(value, path, "processors")?.iter().enumerate() {
                 collect_post_processor(p, &format!("{path}.processors[{i}]"), post)?;
@@ -220,9 +453,6 @@ fn collect_post_processor(value: &Value, path: &str, post: &mut PostProcessor) -
             Ok(())
         }
         "TemplateProcessing" => {
-            if post.template.is_some() {
-                return Err(Error::Unsupported(format!("two TemplateProcessing post-processors (at {path})")));
-            }
             let specials = field(value, path, "special_tokens")?;
             let mut items = Vec::new();
             for (i, item) in array(value, path, "single")?.iter().enumerate() {
@@ -247,31 +477,79 @@ fn collect_post_processor(value: &Value, path: &str, post: &mut PostProcessor) -
                     return Err(bad(format!("{item_path}: expected SpecialToken or Sequence")));
                 }
             }
-            post.template = Some(items);
-            Ok(())
+            set_template(post, path, items)
         }
         other => Err(Error::Unsupported(format!("post-processor {other:?} (at {path})"))),
     }
 }
 
-fn parse_decoder(value: &Value) -> Result<Decoder> {
+fn parse_decoder(value: &Value, path: &str) -> Result<Option<Decoder>> {
     if value.is_null() {
-        return Ok(Decoder::None);
+        return Ok(None);
     }
-    match type_of(value, "decoder")? {
-        "ByteLevel" => Ok(Decoder::ByteLevel),
+    Ok(Some(match type_of(value, path)? {
+        "ByteLevel" => Decoder::ByteLevel,
+        "Replace" => Decoder::Replace {
+            pattern: parse_replacement(value, path)?,
+            content: str_field(value, path, "content")?.to_string(),
+        },
+        "ByteFallback" => Decoder::ByteFallback,
+        "Fuse" => Decoder::Fuse,
+        "Strip" => Decoder::Strip {
+            content: char_field(value, path, "content")?,
+            start: usize_field(value, path, "start", Some(0))?,
+            stop: usize_field(value, path, "stop", Some(0))?,
+        },
+        "Metaspace" => Decoder::Metaspace {
+            replacement: char_field(value, path, "replacement")?,
+            prepend: prepend_scheme(value, path)?,
+        },
+        "BPEDecoder" => Decoder::Bpe {
+            suffix: value.get("suffix").and_then(Value::as_str).unwrap_or("</w>").to_string(),
+        },
         "Sequence" => {
-            let decoders = array(value, "decoder", "decoders")?;
-            match decoders.as_slice() {
-                [single] if type_of(single, "decoder.decoders[0]")? == "ByteLevel" => Ok(Decoder::ByteLevel),
-                _ => Err(Error::Unsupported("decoder Sequence other than [ByteLevel]".into())),
+            let mut steps = Vec::new();
+            for (i, step) in array(value, path, "decoders")?.iter().enumerate() {
+                if let Some(d) = parse_decoder(step, &format!("{path}.decoders[{i}]"))? {
+                    steps.push(d);
+                }
+            }
+            // A lone ByteLevel keeps its fast path.
+            match <[Decoder; 1]>::try_from(steps) {
+                Ok([Decoder::ByteLevel]) => Decoder::ByteLevel,
+                Ok([d]) => Decoder::Sequence(vec![d]),
+                Err(steps) => Decoder::Sequence(steps),
             }
         }
-        other => Err(Error::Unsupported(format!("decoder {other:?}"))),
+        other => return Err(Error::Unsupported(format!("decoder {other:?} (at {path})"))),
+    }))
+}
+
+/// A BPE model section.
+struct Model {
+    vocab: Vocab,
+    /// (left, right, merged) ids in rank order.
+    merges: Vec<(u32, u32)>,
+    merged: Vec<u32>,
+    ignore_merges: bool,
+    prefix: Option<String>,
+    suffix: Option<String>,
+    byte_fallback: bool,
+    unk: Option<String>,
+    fuse_unk: bool,
+    /// The section without vocab and merges, to write back.
+    settings: Map<String, Value>,
+}
+
+fn optional_str(obj: &Value, path: &str, key: &str) -> Result<Option<String>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(bad(format!("{path}.{key}: expected a string or null"))),
     }
 }
 
-fn parse_model(model: &Value) -> Result<(Vocab, Vec<(u32, u32)>, bool)> {
+fn parse_model(model: &Value) -> Result<Model> {
     let kind = model.get("type").and_then(Value::as_str);
     if let Some(kind) = kind {
         if kind != "BPE" {
@@ -282,17 +560,14 @@ fn parse_model(model: &Value) -> Result<(Vocab, Vec<(u32, u32)>, bool)> {
     }
     if let Some(d) = model.get("dropout").and_then(Value::as_f64) {
         if d != 0.0 {
-            return Err(Error::Unsupported("BPE dropout".into()));
+            return Err(Error::Unsupported(format!(
+                "BPE dropout {d} (random by design: no two encodes agree; set \"dropout\": null)"
+            )));
         }
     }
-    for key in ["continuing_subword_prefix", "end_of_word_suffix"] {
-        if model.get(key).is_some_and(|v| !v.is_null()) {
-            return Err(Error::Unsupported(format!("BPE {key}")));
-        }
-    }
-    if bool_field(model, "model", "byte_fallback", false)? {
-        return Err(Error::Unsupported("BPE byte_fallback (SentencePiece-style BPE)".into()));
-    }
+    // An empty prefix or suffix changes nothing (the reference's own trainer writes "").
+    let prefix = optional_str(model, "model", "continuing_subword_prefix")?.filter(|s| !s.is_empty());
+    let suffix = optional_str(model, "model", "end_of_word_suffix")?.filter(|s| !s.is_empty());
     let ignore_merges = bool_field(model, "model", "ignore_merges", false)?;
     let vocab_obj = field(model, "model", "vocab")?
         .as_object()
@@ -308,15 +583,14 @@ fn parse_model(model: &Value) -> Result<(Vocab, Vec<(u32, u32)>, bool)> {
         })
         .collect::<Result<Vec<_>>>()?;
     let vocab = Vocab::new(entries)?;
-    if model.get("unk_token").is_some_and(|v| !v.is_null()) {
-        let missing = (0..=255u8).find(|&b| !vocab.ids.contains_key(&bytelevel::byte_to_char(b).to_string()));
-        if let Some(b) = missing {
-            return Err(Error::Unsupported(format!(
-                "a byte-level vocabulary without a token for byte {b:#04x} that falls back to unk_token"
-            )));
+    let unk = optional_str(model, "model", "unk_token")?;
+    if let Some(unk) = &unk {
+        if !vocab.ids.contains_key(unk) {
+            return Err(bad(format!("model.unk_token: {unk:?} is not in the vocabulary")));
         }
     }
-    let mut merges = Vec::new();
+    let prefix_len = prefix.as_ref().map_or(0, String::len);
+    let (mut merges, mut merged) = (Vec::new(), Vec::new());
     for (rank, merge) in array(model, "model", "merges")?.iter().enumerate() {
         let (left, right) = match merge {
             Value::String(s) => {
@@ -338,27 +612,115 @@ fn parse_model(model: &Value) -> Result<(Vocab, Vec<(u32, u32)>, bool)> {
             })
         };
         let (l, r) = (id(left)?, id(right)?);
-        id(&format!("{left}{right}"))?;
+        // As the reference: the right part loses its continuing-subword prefix.
+        let tail = right.get(prefix_len..).ok_or_else(|| {
+            bad(format!("model.merges[{rank}]: {right:?} does not start with the continuing_subword_prefix"))
+        })?;
+        merged.push(id(&format!("{left}{tail}"))?);
         merges.push((l, r));
     }
-    Ok((vocab, merges, ignore_merges))
+    let mut settings = model.as_object().cloned().unwrap_or_default();
+    settings.remove("vocab");
+    settings.remove("merges");
+    Ok(Model {
+        vocab,
+        merges,
+        merged,
+        ignore_merges,
+        prefix,
+        suffix,
+        byte_fallback: bool_field(model, "model", "byte_fallback", false)?,
+        fuse_unk: bool_field(model, "model", "fuse_unk", false)?,
+        unk,
+        settings,
+    })
 }
 
-pub(crate) fn build_bpe(vocab: &Vocab, merges: &[(u32, u32)], ignore_merges: bool) -> Result<Bpe> {
-    let byte_tokens: Vec<(Vec<u8>, u32)> = vocab
-        .tokens
-        .iter()
-        .enumerate()
-        .filter_map(|(id, t)| Some((bytelevel::decode_str(t.as_deref()?)?, id as u32)))
-        .collect();
-    let merged = |(l, r): (u32, u32)| -> u32 {
-        let joined = format!("{}{}", vocab.get(l).unwrap_or(""), vocab.get(r).unwrap_or(""));
-        vocab.ids[&joined]
+/// A BPE over the chars of the text (no ByteLevel pre-tokenizer: SentencePiece-style).
+fn build_char_bpe(model: &Model) -> Result<Bpe> {
+    let vocab = &model.vocab;
+    let mut chars = CharSymbols {
+        has_prefix: model.prefix.is_some(),
+        has_suffix: model.suffix.is_some(),
+        unk: model.unk.as_ref().and_then(|u| vocab.ids.get(u).copied()),
+        fuse_unk: model.fuse_unk,
+        ..Default::default()
     };
+    let (prefix, suffix) = (model.prefix.as_deref().unwrap_or(""), model.suffix.as_deref().unwrap_or(""));
+    let one_char = |s: &str| {
+        let mut it = s.chars();
+        match (it.next(), it.next()) {
+            (Some(c), None) => Some(c),
+            _ => None,
+        }
+    };
+    let mut fallback = Box::new([NO_ID; 256]);
+    for (token, &id) in &vocab.ids {
+        // The forms a char takes: plain, inside a piece, at its end, both (see CharSymbols).
+        if let Some(c) = one_char(token) {
+            chars.forms[0].insert(c, id);
+        }
+        let inner = token.strip_prefix(prefix).filter(|_| chars.has_prefix);
+        if let Some(c) = inner.and_then(one_char) {
+            chars.forms[1].insert(c, id);
+        }
+        let last = token.strip_suffix(suffix).filter(|_| chars.has_suffix);
+        if let Some(c) = last.and_then(one_char) {
+            chars.forms[2].insert(c, id);
+        }
+        if let Some(c) = inner.and_then(|t| t.strip_suffix(suffix)).filter(|_| chars.has_suffix).and_then(one_char) {
+            chars.forms[3].insert(c, id);
+        }
+        if let Some(b) = byte_token(token) {
+            // `<0xXX>` spelled the reference's way (upper-case hex) is what it looks up.
+            if token == &format!("<{b:#04X}>") {
+                fallback[b as usize] = id;
+            }
+        }
+    }
+    if !chars.has_prefix {
+        chars.forms[1] = chars.forms[0].clone();
+    }
+    if !chars.has_suffix {
+        chars.forms[2] = chars.forms[0].clone();
+        chars.forms[3] = chars.forms[1].clone();
+    } else if !chars.has_prefix {
+        chars.forms[3] = chars.forms[2].clone();
+    }
+    if model.byte_fallback {
+        chars.byte_fallback = Some(fallback);
+    }
+    let tokens = vocab.ids.iter().map(|(t, &id)| (t.as_bytes(), id));
+    Ok(Bpe::with_alphabet(
+        tokens,
+        model.merges.iter().zip(&model.merged).map(|(&(l, r), &m)| (l, r, m)),
+        model.ignore_merges,
+        Some(chars),
+    ))
+}
+
+/// A byte-level BPE: vocabulary strings are bytes spelled in the GPT-2 alphabet.
+fn build_bpe(model: &Model) -> Result<Bpe> {
+    if model.prefix.is_some() || model.suffix.is_some() {
+        return Err(Error::Unsupported(
+            "continuing_subword_prefix / end_of_word_suffix on a byte-level BPE".into(),
+        ));
+    }
+    let vocab = &model.vocab;
+    if model.unk.is_some() {
+        let missing = (0..=255u8).find(|&b| !vocab.ids.contains_key(&bytelevel::byte_to_char(b).to_string()));
+        if let Some(b) = missing {
+            return Err(Error::Unsupported(format!(
+                "a byte-level vocabulary without a token for byte {b:#04x} that falls back to unk_token"
+            )));
+        }
+    }
+    let byte_tokens: Vec<(Vec<u8>, u32)> =
+        vocab.ids.iter().filter_map(|(t, &id)| Some((bytelevel::decode_str(t)?, id))).collect();
     Ok(Bpe::new(
         byte_tokens.iter().map(|(b, id)| (b.as_slice(), *id)),
-        merges.iter().map(|&(l, r)| (l, r, merged((l, r)))),
-        ignore_merges,
+        model.merges.iter().zip(&model.merged).map(|(&(l, r), &m)| (l, r, m)),
+        model.ignore_merges,
     ))
 }
 
@@ -385,8 +747,8 @@ fn parse_added_tokens(value: &Value) -> Result<Vec<AddedToken>> {
 pub fn to_string(tokenizer: &Tokenizer) -> Result<String> {
     let mut root = Map::new();
     root.insert("version".into(), json!("1.0"));
-    root.insert("truncation".into(), Value::Null);
-    root.insert("padding".into(), Value::Null);
+    root.insert("truncation".into(), truncation_to_value(&tokenizer.truncation));
+    root.insert("padding".into(), padding_to_value(&tokenizer.padding, tokenizer.passthrough.get("padding")));
     let added: Vec<Value> = tokenizer
         .added
         .tokens()
@@ -400,26 +762,33 @@ pub fn to_string(tokenizer: &Tokenizer) -> Result<String> {
         root.insert(key.into(), tokenizer.passthrough.get(key).cloned().unwrap_or(Value::Null));
     }
     for (key, value) in &tokenizer.passthrough {
-        if !root.contains_key(key) {
+        if !root.contains_key(key) && key != MODEL_SETTINGS_KEY {
             root.insert(key.clone(), value.clone());
         }
     }
+    let mut entries: Vec<(&String, u32)> = tokenizer.vocab.ids.iter().map(|(t, &id)| (t, id)).collect();
+    entries.sort_unstable_by_key(|&(t, id)| (id, t));
     let mut vocab = Map::new();
-    for (id, token) in tokenizer.vocab.tokens.iter().enumerate() {
-        if let Some(token) = token {
-            vocab.insert(token.clone(), json!(id));
-        }
+    for (token, id) in entries {
+        vocab.insert(token.clone(), json!(id));
     }
     let merges: Vec<Value> = tokenizer
         .merges
         .iter()
         .map(|&(l, r)| json!([tokenizer.vocab.get(l), tokenizer.vocab.get(r)]))
         .collect();
-    root.insert(
-        "model".into(),
-        json!({"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-               "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-               "ignore_merges": tokenizer.ignore_merges, "vocab": vocab, "merges": merges}),
-    );
+    let mut model = match tokenizer.passthrough.get(MODEL_SETTINGS_KEY) {
+        Some(Value::Object(settings)) => settings.clone(),
+        _ => json!({"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                    "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false})
+        .as_object()
+        .cloned()
+        .unwrap_or_default(),
+    };
+    model.insert("type".into(), json!("BPE"));
+    model.insert("ignore_merges".into(), json!(tokenizer.ignore_merges));
+    model.insert("vocab".into(), Value::Object(vocab));
+    model.insert("merges".into(), Value::Array(merges));
+    root.insert("model".into(), Value::Object(model));
     serde_json::to_string_pretty(&Value::Object(root)).map_err(|e| Error::Invalid(e.to_string()))
 }

@@ -7,7 +7,8 @@
 pub mod lexer;
 pub mod regex;
 
-use crate::error::{Error, Result};
+use crate::bytelevel;
+use crate::error::Result;
 use lexer::Lexer;
 pub use regex::{Dialect, Pattern};
 use std::sync::OnceLock;
@@ -26,14 +27,39 @@ pub enum Behavior {
     Contiguous,
 }
 
+/// A class of chars each of which is a match of its own (the reference's char patterns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CharClass {
+    /// ASCII punctuation or a Unicode `P*` char (`Punctuation`, `BertPreTokenizer`).
+    Punctuation,
+    /// `char::is_whitespace` (`WhitespaceSplit`, `BertPreTokenizer`).
+    Whitespace,
+    /// One given char (`CharDelimiterSplit`).
+    Is(char),
+    /// `char::is_numeric` (`Digits`).
+    Numeric,
+}
+
+impl CharClass {
+    fn contains(self, c: char) -> bool {
+        use unicode_categories::UnicodeCategories;
+        match self {
+            CharClass::Punctuation => c.is_ascii_punctuation() || c.is_punctuation(),
+            CharClass::Whitespace => c.is_whitespace(),
+            CharClass::Is(d) => c == d,
+            CharClass::Numeric => c.is_numeric(),
+        }
+    }
+}
+
 /// What a split step looks for.
 #[derive(Debug, Clone)]
 pub enum Splitter {
     /// A hand-written lexer, equivalent to a known pattern but much faster.
     Lexer(Lexer),
     Pattern(Pattern),
-    /// Every char for which `char::is_numeric` holds (the `Digits` pre-tokenizer).
-    Numeric,
+    /// Every char of a class, one match each.
+    Chars(CharClass),
 }
 
 impl Splitter {
@@ -52,9 +78,9 @@ impl Splitter {
                 Ok(())
             }
             Splitter::Pattern(pattern) => pattern.for_each_match(text, f),
-            Splitter::Numeric => {
+            Splitter::Chars(class) => {
                 for (i, c) in text.char_indices() {
-                    if c.is_numeric() {
+                    if class.contains(c) {
                         f(i, i + c.len_utf8());
                     }
                 }
@@ -81,11 +107,24 @@ impl Splitter {
     }
 }
 
+/// When `Metaspace` puts its replacement char in front of a piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrependScheme {
+    Always,
+    /// Only for the piece that starts the input text.
+    First,
+    Never,
+}
+
 #[derive(Debug, Clone)]
 pub enum Step {
     Split { splitter: Splitter, behavior: Behavior, invert: bool },
-    /// Must be the last step: after it, pieces are byte strings for BPE.
+    /// Splits with the GPT-2 pattern (`use_regex`) and maps bytes to printable chars: the
+    /// steps after it see the mapped text, as in the reference (BPE itself works on bytes).
     ByteLevel { add_prefix_space: bool, use_regex: bool },
+    /// Spaces become `replacement`, which is put in front as `prepend` says; with `split`,
+    /// each piece starts at a replacement char.
+    Metaspace { replacement: char, prepend: PrependScheme, split: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -100,17 +139,44 @@ fn gpt2_splitter() -> &'static Splitter {
     })
 }
 
+/// Where a piece's bytes are in the text given to the pre-tokenizer.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// The piece is the text's bytes from this offset on.
+    At(usize),
+    /// The text offset of each byte of the piece (for pieces a step rewrote).
+    Map(&'a [usize]),
+}
+
+impl<'a> Origin<'a> {
+    fn sub(self, start: usize, end: usize) -> Origin<'a> {
+        match self {
+            Origin::At(at) => Origin::At(at + start),
+            Origin::Map(map) => Origin::Map(&map[start.min(map.len())..end.min(map.len())]),
+        }
+    }
+
+    /// The text offset of byte `i` of the piece.
+    pub fn at(self, i: usize) -> usize {
+        match self {
+            Origin::At(at) => at + i,
+            Origin::Map(map) => map.get(i).or(map.last()).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// How a text is pre-tokenized.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Context {
+    /// Build `Origin::Map`s for rewritten pieces (for offsets).
+    pub track: bool,
+    /// The text starts the input (what `Metaspace`'s `First` scheme asks).
+    pub at_input_start: bool,
+}
+
 impl PreTokenizer {
     pub fn new(steps: Vec<Step>) -> Result<Self> {
-        match steps.iter().position(|s| matches!(s, Step::ByteLevel { .. })) {
-            Some(i) if i + 1 == steps.len() => Ok(PreTokenizer { steps }),
-            Some(_) => Err(Error::Unsupported(
-                "pre-tokenizer steps after ByteLevel (ByteLevel must come last)".into(),
-            )),
-            None => Err(Error::Unsupported(
-                "a BPE model without a ByteLevel pre-tokenizer (SentencePiece-style BPE)".into(),
-            )),
-        }
+        Ok(PreTokenizer { steps })
     }
 
     /// A single split by `pattern` followed by byte-level mapping: a tiktoken encoding.
@@ -129,67 +195,175 @@ impl PreTokenizer {
         &self.steps
     }
 
-    /// Calls `f` with every non-empty piece of `text`, in order.
-    pub fn for_each_piece(&self, text: &str, f: &mut dyn FnMut(&str)) -> Result<()> {
-        self.apply(0, text, f)
+    /// Whether pieces are byte strings for a byte-level BPE (a `ByteLevel` step maps them).
+    pub fn is_byte_level(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s, Step::ByteLevel { .. }))
     }
 
-    fn apply(&self, step: usize, text: &str, f: &mut dyn FnMut(&str)) -> Result<()> {
+    /// Whether `Context::at_input_start` changes anything.
+    pub fn needs_input_start(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s, Step::Metaspace { prepend: PrependScheme::First, .. }))
+    }
+
+    /// Calls `f` with every non-empty piece of `text` (raw bytes) and where it is, in order.
+    pub fn for_each_piece(
+        &self,
+        text: &str,
+        cx: Context,
+        f: &mut dyn FnMut(&[u8], Origin) -> Result<()>,
+    ) -> Result<()> {
+        self.apply(0, text, Origin::At(0), false, cx, f)
+    }
+
+    /// `mapped`: `text` is byte-level mapped chars, one per raw byte.
+    fn apply(
+        &self,
+        step: usize,
+        text: &str,
+        origin: Origin,
+        mapped: bool,
+        cx: Context,
+        f: &mut dyn FnMut(&[u8], Origin) -> Result<()>,
+    ) -> Result<()> {
         if text.is_empty() {
             return Ok(());
         }
         match self.steps.get(step) {
+            None if !mapped => f(text.as_bytes(), origin),
             None => {
-                f(text);
-                Ok(())
+                let bytes: Vec<u8> = text.chars().filter_map(bytelevel::char_to_byte).collect();
+                let map: Vec<usize> = if cx.track {
+                    text.char_indices().map(|(i, _)| origin.at(i)).collect()
+                } else {
+                    Vec::new()
+                };
+                f(&bytes, Origin::Map(&map))
             }
             Some(Step::ByteLevel { add_prefix_space, use_regex }) => {
-                let prefixed;
-                let text = if *add_prefix_space && !text.starts_with(' ') {
+                let (prefixed, map);
+                let (text, origin) = if *add_prefix_space && !text.starts_with(' ') {
                     prefixed = format!(" {text}");
-                    prefixed.as_str()
+                    // The added space stands for the first char, as in the reference.
+                    map = if cx.track {
+                        std::iter::once(origin.at(0)).chain((0..text.len()).map(|i| origin.at(i))).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    (prefixed.as_str(), Origin::Map(&map))
                 } else {
-                    text
+                    (text, origin)
                 };
                 if *use_regex {
-                    self.split_isolated(gpt2_splitter(), step, text, f)
+                    self.split_isolated(gpt2_splitter(), step, text, origin, mapped, cx, f)
                 } else {
-                    self.apply(step + 1, text, f)
+                    self.byte_level_next(step, text, origin, mapped, cx, f)
                 }
             }
             // Isolated keeps every span whatever `invert` says: stream them.
             Some(Step::Split { splitter, behavior: Behavior::Isolated, .. }) => {
-                self.split_isolated(splitter, step, text, f)
+                self.split_isolated(splitter, step, text, origin, mapped, cx, f)
             }
             Some(Step::Split { splitter, behavior, invert }) => {
                 for (start, end) in combine(splitter.spans(text, *invert)?, *behavior) {
-                    self.apply(step + 1, &text[start..end], f)?;
+                    self.apply(step + 1, &text[start..end], origin.sub(start, end), mapped, cx, f)?;
                 }
                 Ok(())
+            }
+            Some(Step::Metaspace { replacement, prepend, split }) => {
+                let rep = *replacement;
+                let starts_input = cx.at_input_start && origin.at(0) == 0;
+                let first_is_space = text.starts_with(' ') || text.starts_with(rep);
+                let add = !first_is_space
+                    && match prepend {
+                        PrependScheme::Always => true,
+                        PrependScheme::First => starts_input,
+                        PrependScheme::Never => false,
+                    };
+                let mut out = String::with_capacity(text.len() + 8);
+                let mut map = Vec::new();
+                if add {
+                    out.push(rep);
+                    if cx.track {
+                        map.extend(std::iter::repeat(origin.at(0)).take(rep.len_utf8()));
+                    }
+                }
+                for (i, c) in text.char_indices() {
+                    let c2 = if c == ' ' { rep } else { c };
+                    out.push(c2);
+                    if cx.track {
+                        map.extend(std::iter::repeat(origin.at(i)).take(c2.len_utf8()));
+                    }
+                }
+                let origin = Origin::Map(&map);
+                if *split {
+                    let spans = Splitter::Chars(CharClass::Is(rep)).spans(&out, false)?;
+                    for (start, end) in combine(spans, Behavior::MergedWithNext) {
+                        self.apply(step + 1, &out[start..end], origin.sub(start, end), mapped, cx, f)?;
+                    }
+                    Ok(())
+                } else {
+                    self.apply(step + 1, &out, origin, mapped, cx, f)
+                }
             }
         }
     }
 
+    /// After a ByteLevel step: the last step hands raw bytes to BPE; steps after it see
+    /// the mapped chars, as in the reference.
+    fn byte_level_next(
+        &self,
+        step: usize,
+        text: &str,
+        origin: Origin,
+        mapped: bool,
+        cx: Context,
+        f: &mut dyn FnMut(&[u8], Origin) -> Result<()>,
+    ) -> Result<()> {
+        if mapped || step + 1 == self.steps.len() {
+            return self.apply(step + 1, text, origin, mapped, cx, f);
+        }
+        let mut out = String::with_capacity(text.len() * 2);
+        let mut map = Vec::new();
+        for (i, b) in text.bytes().enumerate() {
+            let c = bytelevel::byte_to_char(b);
+            out.push(c);
+            if cx.track {
+                map.extend(std::iter::repeat(origin.at(i)).take(c.len_utf8()));
+            }
+        }
+        self.apply(step + 1, &out, Origin::Map(&map), true, cx, f)
+    }
+
     /// Matches and the gaps between them, each passed on to the next step.
+    #[allow(clippy::too_many_arguments)]
     fn split_isolated(
         &self,
         splitter: &Splitter,
         step: usize,
         text: &str,
-        f: &mut dyn FnMut(&str),
+        origin: Origin,
+        mapped: bool,
+        cx: Context,
+        f: &mut dyn FnMut(&[u8], Origin) -> Result<()>,
     ) -> Result<()> {
+        let byte_level = matches!(self.steps.get(step), Some(Step::ByteLevel { .. }));
+        let mut next = |s: usize, e: usize| {
+            if byte_level {
+                self.byte_level_next(step, &text[s..e], origin.sub(s, e), mapped, cx, f)
+            } else {
+                self.apply(step + 1, &text[s..e], origin.sub(s, e), mapped, cx, f)
+            }
+        };
         let mut prev = 0;
         let mut result = Ok(());
         splitter.for_each_match(text, |start, end| {
             if result.is_ok() {
-                result = self
-                    .apply(step + 1, &text[prev..start], f)
-                    .and_then(|()| self.apply(step + 1, &text[start..end], f));
+                result = next(prev, start).and_then(|()| next(start, end));
             }
             prev = end;
         })?;
         result?;
-        self.apply(step + 1, &text[prev..], f)
+        next(prev, text.len())
     }
 }
 
@@ -241,7 +415,11 @@ mod tests {
 
     fn pieces(p: &PreTokenizer, text: &str) -> Vec<String> {
         let mut out = Vec::new();
-        p.for_each_piece(text, &mut |s| out.push(s.to_string())).unwrap();
+        p.for_each_piece(text, Context::default(), &mut |s, _| {
+            out.push(String::from_utf8_lossy(s).into_owned());
+            Ok(())
+        })
+        .unwrap();
         out
     }
 

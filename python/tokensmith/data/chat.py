@@ -314,9 +314,10 @@ def _encode_chat(
         for i, key, _, text in _text_slots(messages)
         if i not in located
     ]
-    ids, starts = tok.encode_with_offsets(
+    ids, offsets = tok.encode_with_offsets(
         rendered, add_special_tokens=False, special="allow", protected=[(s, e) for s, e, _ in spans]
     )
+    starts = [start for start, _ in offsets]
     if loss == "all":
         return Example(ids, list(ids), warnings), rendered, spans
 

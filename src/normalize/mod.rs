@@ -1,0 +1,165 @@
+//! Normalizers from tokenizer.json, each written once as edits on a [`NormalizedText`]
+//! (see `text.rs`): `NFC`, `NFD`, `NFKC`, `NFKD`, `Lowercase`, `Prepend`, `Replace`,
+//! `Strip`, `StripAccents`, `Precompiled`, `BertNormalizer`, `Sequence`.
+
+mod precompiled;
+mod text;
+
+pub use precompiled::Precompiled;
+pub use text::{identity_alignment, NormalizedText, Replacement};
+
+use std::borrow::Cow;
+use std::sync::Arc;
+// The same normalization crate (and so the same Unicode 9 tables) as the reference
+// `tokenizers`: a newer table composes pairs the reference leaves apart.
+use unicode_categories::UnicodeCategories;
+use unicode_normalization_alignments::char::is_combining_mark;
+use unicode_normalization_alignments::{
+    is_nfc_quick, is_nfd_quick, is_nfkc_quick, is_nfkd_quick, IsNormalized, UnicodeNormalization,
+};
+
+#[derive(Debug, Clone)]
+pub enum Normalizer {
+    Nfc,
+    Nfd,
+    Nfkc,
+    Nfkd,
+    Lowercase,
+    Prepend(String),
+    Replace { pattern: Replacement, content: String },
+    Strip { left: bool, right: bool },
+    StripAccents,
+    Precompiled(Arc<Precompiled>),
+    Bert { clean_text: bool, handle_chinese_chars: bool, strip_accents: Option<bool>, lowercase: bool },
+    Sequence(Vec<Normalizer>),
+}
+
+impl Normalizer {
+    /// The normalized text (borrowed when nothing changes).
+    pub fn normalize<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let mut n = NormalizedText::new(text, false);
+        self.apply(&mut n);
+        n.into_text()
+    }
+
+    /// The normalized text with each byte's input range, as the reference aligns it.
+    pub fn normalize_aligned<'a>(&self, text: &'a str) -> NormalizedText<'a> {
+        let mut n = NormalizedText::new(text, true);
+        self.apply(&mut n);
+        n
+    }
+
+    pub fn apply(&self, n: &mut NormalizedText) {
+        // The quick checks only skip work: a text they pass is left as it is by the
+        // reference too (every char replaced by itself, alignment unchanged).
+        match self {
+            Normalizer::Nfc => {
+                if is_nfc_quick(n.as_str().chars()) != IsNormalized::Yes {
+                    let dest: Vec<_> = n.as_str().nfc().collect();
+                    n.transform(dest, 0);
+                }
+            }
+            Normalizer::Nfd => {
+                if is_nfd_quick(n.as_str().chars()) != IsNormalized::Yes {
+                    let dest: Vec<_> = n.as_str().nfd().collect();
+                    n.transform(dest, 0);
+                }
+            }
+            Normalizer::Nfkc => {
+                if is_nfkc_quick(n.as_str().chars()) != IsNormalized::Yes {
+                    let dest: Vec<_> = n.as_str().nfkc().collect();
+                    n.transform(dest, 0);
+                }
+            }
+            Normalizer::Nfkd => {
+                if is_nfkd_quick(n.as_str().chars()) != IsNormalized::Yes {
+                    let dest: Vec<_> = n.as_str().nfkd().collect();
+                    n.transform(dest, 0);
+                }
+            }
+            Normalizer::Lowercase => n.lowercase(),
+            Normalizer::Prepend(s) => n.prepend(s),
+            Normalizer::Replace { pattern, content } => n.replace(pattern, content),
+            Normalizer::Strip { left, right } => n.strip(*left, *right),
+            Normalizer::StripAccents => n.filter(|c| !is_combining_mark(c)),
+            Normalizer::Precompiled(map) => {
+                if let Some(edits) = map.edits(n.as_str()) {
+                    n.transform(edits, 0);
+                }
+            }
+            Normalizer::Bert { clean_text, handle_chinese_chars, strip_accents, lowercase } => {
+                if *clean_text {
+                    n.filter(|c| !(c == '\0' || c == '\u{fffd}' || bert_is_control(c)));
+                    n.map(|c| if bert_is_whitespace(c) { ' ' } else { c });
+                }
+                if *handle_chinese_chars && n.as_str().chars().any(is_chinese_char) {
+                    let dest: Vec<(char, isize)> = n
+                        .as_str()
+                        .chars()
+                        .flat_map(|c| {
+                            if is_chinese_char(c) {
+                                vec![(' ', 0), (c, 1), (' ', 1)]
+                            } else {
+                                vec![(c, 0)]
+                            }
+                        })
+                        .collect();
+                    n.transform(dest, 0);
+                }
+                if strip_accents.unwrap_or(*lowercase) {
+                    Normalizer::Nfd.apply(n);
+                    n.filter(|c| !c.is_mark_nonspacing());
+                }
+                if *lowercase {
+                    n.lowercase();
+                }
+            }
+            Normalizer::Sequence(steps) => steps.iter().for_each(|s| s.apply(n)),
+        }
+    }
+}
+
+fn bert_is_whitespace(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r') || c.is_whitespace()
+}
+
+fn bert_is_control(c: char) -> bool {
+    !matches!(c, '\t' | '\n' | '\r') && c.is_other()
+}
+
+fn is_chinese_char(c: char) -> bool {
+    matches!(c as u32,
+        0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0x20000..=0x2A6DF | 0x2A700..=0x2B73F
+        | 0x2B740..=0x2B81F | 0x2B920..=0x2CEAF | 0xF900..=0xFAFF | 0x2F800..=0x2FA1F)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nfc_composes_and_borrows_when_clean() {
+        assert_eq!(Normalizer::Nfc.normalize("e\u{301}"), "\u{e9}");
+        // Dives Akuru (Unicode 13) does not compose under the reference's tables.
+        assert_eq!(Normalizer::Nfc.normalize("\u{11935}\u{11930}"), "\u{11935}\u{11930}");
+        assert!(matches!(Normalizer::Nfc.normalize("plain"), Cow::Borrowed(_)));
+        let seq = Normalizer::Sequence(vec![Normalizer::Nfkc, Normalizer::Lowercase]);
+        assert_eq!(seq.normalize("Ｈello"), "hello");
+    }
+
+    #[test]
+    fn llama_prepend_and_replace_align_to_the_input() {
+        let n = Normalizer::Sequence(vec![
+            Normalizer::Prepend("▁".into()),
+            Normalizer::Replace { pattern: Replacement::Literal(" ".into()), content: "▁".into() },
+        ]);
+        let (text, align) = n.normalize_aligned("Hi yé").into_parts();
+        assert_eq!(text, "▁Hi▁yé");
+        assert_eq!(n.normalize("Hi yé"), text);
+        // ▁ stands for "H", the second ▁ for the space, é for its two bytes.
+        assert_eq!(align[0], (0, 1));
+        assert_eq!(align[3], (0, 1));
+        assert_eq!(align[5], (2, 3));
+        assert_eq!(align[text.len() - 1], (4, 6));
+    }
+}

@@ -1,0 +1,275 @@
+//! A normalized text and, when offsets are wanted, where each of its bytes came from.
+//!
+//! This mirrors the reference's `NormalizedString`: every normalizer is written once as
+//! edits on this type (`transform`, `prepend`, `replace`, ...). With alignment tracking off
+//! (plain `encode`) an edit only rebuilds the text, and edits that would change nothing
+//! leave the borrowed input untouched; with tracking on, each byte of the text carries the
+//! (start, end) byte range of the input it stands for, updated by the reference's rules,
+//! so offsets come out exactly as the reference gives them.
+
+use crate::pretokenize::Pattern;
+use std::borrow::Cow;
+
+#[derive(Debug, Clone)]
+pub struct NormalizedText<'a> {
+    text: Cow<'a, str>,
+    /// For each byte of `text`, the input byte range it stands for (`None`: not tracked).
+    align: Option<Vec<(usize, usize)>>,
+}
+
+/// Each byte of `text` aligned to the char that holds it, as the reference starts.
+pub fn identity_alignment(text: &str) -> Vec<(usize, usize)> {
+    let mut align = Vec::with_capacity(text.len());
+    for (b, c) in text.char_indices() {
+        let n = c.len_utf8();
+        align.extend(std::iter::repeat((b, b + n)).take(n));
+    }
+    align
+}
+
+impl<'a> NormalizedText<'a> {
+    pub fn new(text: &'a str, track: bool) -> Self {
+        NormalizedText { align: track.then(|| identity_alignment(text)), text: Cow::Borrowed(text) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn is_changed(&self) -> bool {
+        matches!(self.text, Cow::Owned(_))
+    }
+
+    pub fn into_text(self) -> Cow<'a, str> {
+        self.text
+    }
+
+    /// The text and its alignment (tracking must have been on).
+    pub fn into_parts(self) -> (Cow<'a, str>, Vec<(usize, usize)>) {
+        let align = self.align.unwrap_or_else(|| identity_alignment(&self.text));
+        (self.text, align)
+    }
+
+    /// Replaces the text by `dest`, where each char comes with the reference's change
+    /// marker: 0 replaces the next old char, 1 is inserted, -N replaces the next old char
+    /// and removes the N after it; `initial_offset` old chars are removed at the start.
+    pub fn transform(&mut self, dest: impl IntoIterator<Item = (char, isize)>, initial_offset: usize) {
+        let Some(old_align) = self.align.as_ref() else {
+            self.text = Cow::Owned(dest.into_iter().map(|(c, _)| c).collect());
+            return;
+        };
+        let mut old = self.text.chars();
+        let mut offset: usize = old.by_ref().take(initial_offset).map(char::len_utf8).sum();
+        let mut text = String::with_capacity(self.text.len());
+        let mut align = Vec::with_capacity(old_align.len());
+        for (c, change) in dest {
+            let at = if change > 0 {
+                if offset == 0 {
+                    (0, 0)
+                } else {
+                    old_align[offset - 1]
+                }
+            } else {
+                // In range for edits that describe the text; the fallback keeps a malformed
+                // edit list from panicking.
+                old_align.get(offset).or(old_align.last()).copied().unwrap_or((0, 0))
+            };
+            if change <= 0 {
+                offset += old.next().map_or(0, char::len_utf8);
+            }
+            if change < 0 {
+                offset += old.by_ref().take(change.unsigned_abs()).map(char::len_utf8).sum::<usize>();
+            }
+            align.extend(std::iter::repeat(at).take(c.len_utf8()));
+            text.push(c);
+        }
+        self.text = Cow::Owned(text);
+        self.align = Some(align);
+    }
+
+    /// Puts `s` before the text (nothing when the text is empty); the new chars stand
+    /// for the first char of the text.
+    pub fn prepend(&mut self, s: &str) {
+        let Some(first) = self.text.chars().next() else { return };
+        if s.is_empty() {
+            return;
+        }
+        match self.align.as_mut() {
+            None => self.text = Cow::Owned(format!("{s}{}", self.text)),
+            Some(align) => {
+                // The reference replaces the first char by the prefix's first char and
+                // inserts the rest of the prefix and the first char again after it.
+                let n = first.len_utf8();
+                let head = s.chars().next().map_or(0, char::len_utf8);
+                let mut new_align = Vec::with_capacity(align.len() + s.len());
+                new_align.extend(std::iter::repeat(align[0]).take(head));
+                new_align.extend(std::iter::repeat(align[n - 1]).take(s.len() - head + n));
+                new_align.extend_from_slice(&align[n..]);
+                *align = new_align;
+                self.text = Cow::Owned(format!("{s}{}", self.text));
+            }
+        }
+    }
+
+    /// Replaces every match of `pattern` with `content`; the new chars stand for the last
+    /// byte of the match they replace.
+    pub fn replace(&mut self, pattern: &Replacement, content: &str) {
+        let mut matches = Vec::new();
+        pattern.for_each_match(&self.text, |s, e| matches.push((s, e)));
+        if matches.is_empty() {
+            return;
+        }
+        let mut text = String::with_capacity(self.text.len() + matches.len() * content.len());
+        let mut align = self.align.as_ref().map(|a| Vec::with_capacity(a.len()));
+        let mut last = 0;
+        for (start, end) in matches {
+            text.push_str(&self.text[last..start]);
+            if let (Some(new), Some(old)) = (align.as_mut(), self.align.as_ref()) {
+                new.extend_from_slice(&old[last..start]);
+                // An empty match at the very start has nothing before it: (0, 0).
+                let at = if end == 0 { (0, 0) } else { old[end - 1] };
+                new.extend(std::iter::repeat(at).take(content.len()));
+            }
+            text.push_str(content);
+            last = end;
+        }
+        text.push_str(&self.text[last..]);
+        if let (Some(new), Some(old)) = (align.as_mut(), self.align.as_ref()) {
+            new.extend_from_slice(&old[last..]);
+        }
+        self.text = Cow::Owned(text);
+        self.align = align;
+    }
+
+    /// Keeps the chars for which `keep` holds.
+    pub fn filter(&mut self, keep: impl Fn(char) -> bool) {
+        if self.text.chars().all(&keep) {
+            return;
+        }
+        let mut removed = 0isize;
+        let mut removed_start = 0usize;
+        let mut transforms = Vec::with_capacity(self.text.len());
+        let mut last = None;
+        for c in self.text.chars() {
+            if keep(c) {
+                match last {
+                    Some(lc) => transforms.push((lc, -removed)),
+                    None => removed_start = removed as usize,
+                }
+                last = Some(c);
+                removed = 0;
+            } else {
+                removed += 1;
+            }
+        }
+        if let Some(lc) = last {
+            transforms.push((lc, -removed));
+        }
+        self.transform(transforms, removed_start);
+    }
+
+    /// Maps each char to one char.
+    pub fn map(&mut self, f: impl Fn(char) -> char) {
+        if self.text.chars().all(|c| f(c) == c) {
+            return;
+        }
+        let dest: Vec<(char, isize)> = self.text.chars().map(|c| (f(c), 0)).collect();
+        self.transform(dest, 0);
+    }
+
+    /// Maps each char to zero or more chars: the first replaces it, the rest are inserted.
+    pub fn flat_map<I: IntoIterator<Item = char>>(&mut self, f: impl Fn(char) -> I) {
+        let dest: Vec<(char, isize)> = self
+            .text
+            .chars()
+            .flat_map(|c| f(c).into_iter().enumerate().map(|(i, n)| (n, isize::from(i > 0))))
+            .collect();
+        self.transform(dest, 0);
+    }
+
+    pub fn lowercase(&mut self) {
+        let unchanged = |c: char| {
+            let mut lower = c.to_lowercase();
+            lower.len() == 1 && lower.next() == Some(c)
+        };
+        if self.text.chars().all(unchanged) {
+            return;
+        }
+        self.flat_map(char::to_lowercase);
+    }
+
+    /// Removes whitespace at the start and/or the end.
+    pub fn strip(&mut self, left: bool, right: bool) {
+        let leading = if left { self.text.chars().take_while(|c| c.is_whitespace()).count() } else { 0 };
+        let count = self.text.chars().count();
+        let trailing = if right && leading < count {
+            self.text.chars().rev().take_while(|c| c.is_whitespace()).count()
+        } else {
+            0
+        };
+        if leading == 0 && trailing == 0 {
+            return;
+        }
+        // The reference compares a char index with a byte length here; kept as it is, since
+        // it only decides which kept char "removes" the trailing ones (same alignment).
+        let len = self.text.len();
+        let dest: Vec<(char, isize)> = self
+            .text
+            .chars()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                if i < leading || i >= count - trailing {
+                    None
+                } else if i + trailing + 1 == len {
+                    Some((c, -(trailing as isize)))
+                } else {
+                    Some((c, 0))
+                }
+            })
+            .collect();
+        self.transform(dest, leading);
+    }
+}
+
+/// What a `Replace` normalizer or decoder looks for.
+#[derive(Debug, Clone)]
+pub enum Replacement {
+    /// A literal string (the reference escapes it into a regex: the same matches).
+    Literal(String),
+    Regex(Pattern),
+}
+
+impl Replacement {
+    pub fn for_each_match(&self, text: &str, mut f: impl FnMut(usize, usize)) {
+        match self {
+            Replacement::Literal(s) => {
+                for (at, m) in text.match_indices(s.as_str()) {
+                    f(at, at + m.len());
+                }
+            }
+            // A pattern that fails on this input (backtracking limits are off) matches nothing more.
+            Replacement::Regex(p) => {
+                let _ = p.for_each_match(text, f);
+            }
+        }
+    }
+
+    /// `text` with every match replaced by `content`.
+    pub fn apply<'t>(&self, text: &'t str, content: &str) -> Cow<'t, str> {
+        let mut out: Option<String> = None;
+        let mut last = 0;
+        self.for_each_match(text, |s, e| {
+            let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
+            o.push_str(&text[last..s]);
+            o.push_str(content);
+            last = e;
+        });
+        match out {
+            None => Cow::Borrowed(text),
+            Some(mut o) => {
+                o.push_str(&text[last..]);
+                Cow::Owned(o)
+            }
+        }
+    }
+}
