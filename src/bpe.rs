@@ -15,7 +15,7 @@
 //! - `ignore_merges` vocabularies (Llama 3, cl100k, o200k) look a whole piece up first.
 //! - Results for short pieces are kept in a per-thread cache: text repeats its words.
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -59,6 +59,9 @@ pub struct CharSymbols {
     pub byte_fallback: Option<Box<[u32; 256]>>,
     pub unk: Option<u32>,
     pub fuse_unk: bool,
+    /// Every pair of adjacent chars inside some token (`char << 32 | char`), when text may
+    /// be cut between any other two chars (see `Bpe::encode_words`); `None`: never cut.
+    pub word_pairs: Option<FxHashSet<u64>>,
 }
 
 impl CharSymbols {
@@ -237,6 +240,38 @@ impl Bpe {
             out.push(id);
             return;
         }
+        if let (Alphabet::Chars(chars), true) = (&self.alphabet, piece.len() > CACHE_MAX_PIECE) {
+            if let Some(pairs) = &chars.word_pairs {
+                return self.encode_words(piece, pairs, &chars.forms[0], out);
+            }
+        }
+        self.encode_word(piece, out)
+    }
+
+    /// SentencePiece-style vocabularies run BPE over a whole text segment (there is no
+    /// pre-tokenizer), which defeats the cache and makes every merge a heap operation.
+    /// Where two adjacent chars appear together in no token, no merge can ever join them:
+    /// the text is cut there and each part is encoded on its own (cached, flat merges),
+    /// with the same result. Cuts between two chars outside the vocabulary are not made,
+    /// so that runs of unknown chars still fuse into one unknown token.
+    fn encode_words(&self, piece: &[u8], pairs: &FxHashSet<u64>, known: &FxHashMap<char, u32>, out: &mut Vec<u32>) {
+        let Ok(text) = std::str::from_utf8(piece) else { return self.encode_word(piece, out) };
+        let mut start = 0;
+        let mut chars = text.char_indices();
+        let Some((_, mut prev)) = chars.next() else { return };
+        for (at, c) in chars {
+            let joined = pairs.contains(&((u64::from(u32::from(prev)) << 32) | u64::from(u32::from(c))));
+            if !joined && (known.contains_key(&prev) || known.contains_key(&c)) {
+                self.encode_word(&piece[start..at], out);
+                start = at;
+            }
+            prev = c;
+        }
+        self.encode_word(&piece[start..], out);
+    }
+
+    /// One piece that needs no further cutting: cached when short.
+    fn encode_word(&self, piece: &[u8], out: &mut Vec<u32>) {
         if piece.len() > CACHE_MAX_PIECE {
             return self.merge(piece, out);
         }

@@ -13,6 +13,7 @@ use crate::special::{AddedToken, AddedVocabulary};
 use crate::tokenizer::{Tokenizer, Vocab};
 use base64::Engine;
 use rustc_hash::FxHashSet;
+
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
@@ -686,6 +687,23 @@ fn build_char_bpe(model: &Model) -> Result<Bpe> {
         chars.forms[3] = chars.forms[1].clone();
     } else if !chars.has_prefix {
         chars.forms[3] = chars.forms[2].clone();
+    }
+    // Cutting text between chars that no token joins is exact only when every merge joins
+    // chars (not byte-fallback or unknown symbols) and chars are looked up plainly.
+    let symbol_only = |id: u32| fallback.contains(&id) || Some(id) == chars.unk;
+    let merges_chars = !model.merges.iter().any(|&(l, r)| symbol_only(l) || symbol_only(r));
+    if merges_chars && !chars.has_prefix && !chars.has_suffix && !model.ignore_merges {
+        let mut pairs = FxHashSet::default();
+        for token in vocab.ids.keys() {
+            let mut it = token.chars();
+            if let Some(mut prev) = it.next() {
+                for c in it {
+                    pairs.insert((u64::from(u32::from(prev)) << 32) | u64::from(u32::from(c)));
+                    prev = c;
+                }
+            }
+        }
+        chars.word_pairs = Some(pairs);
     }
     if model.byte_fallback {
         chars.byte_fallback = Some(fallback);
