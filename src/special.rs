@@ -118,6 +118,11 @@ pub struct AddedVocabulary {
     /// what they are matched as, and what `decode` shows.
     normalized_forms: FxHashMap<u32, String>,
     specials: FxHashSet<String>,
+    /// More strings matched as an id whose own token is another string: tiktoken allows
+    /// two special-token strings on one id (gpt-oss's o200k_harmony). The reference
+    /// tokenizer.json semantics keep only the last token of an id, so only tiktoken
+    /// encodings have aliases.
+    aliases: Vec<(u32, AddedToken)>,
     raw: Option<Matcher>,
     normalized: Option<Matcher>,
 }
@@ -217,8 +222,25 @@ impl AddedVocabulary {
         Ok(ids)
     }
 
+    /// Makes `token` match as `id`, whose decode form stays that of the token added for it.
+    pub fn add_alias(&mut self, id: u32, token: AddedToken) -> Result<()> {
+        if token.special {
+            self.specials.insert(token.content.clone());
+        }
+        self.ids.insert(token.content.clone(), id);
+        self.aliases.push((id, token));
+        self.rebuild()
+    }
+
+    pub fn aliases(&self) -> &[(u32, AddedToken)] {
+        &self.aliases
+    }
+
     fn rebuild(&mut self) -> Result<()> {
         let (mut raw, mut normalized) = (Vec::new(), Vec::new());
+        for (id, token) in &self.aliases {
+            raw.push((token.content.clone(), *id));
+        }
         for (&id, token) in &self.tokens {
             if token.normalized {
                 let form = self.normalized_forms.get(&id).unwrap_or(&token.content);
@@ -269,6 +291,7 @@ impl AddedVocabulary {
         for m in matcher.automaton.find_iter(text) {
             let (mut start, mut stop) = (m.start(), m.end());
             let id = matcher.ids[m.pattern().as_usize()];
+            // An alias has no flags of its own: it matches as plainly as tiktoken matches it.
             let token = &self.tokens[&id];
             let special = self.specials.contains(&token.content);
             if special {

@@ -31,6 +31,9 @@ MODELS = {
     "mistral-nemo": ("tekken", "mistralai-Mistral-Nemo-Instruct-2407", "<s>", "</s>"),
     "mistral-small": ("tekken", "Mistral-Small-3.2-24B-Instruct-2506", "<s>", "</s>"),
     "deepseek-v3.1": ("deepseek-coder", "deepseek-ai-DeepSeek-V3.1", "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"),
+    # SentencePiece-style BPE
+    "gemma4": ("gemma4", "google-gemma-4-31B-it", "<bos>", "<turn|>"),
+    "mistral-v3": ("mistral-v3", "mistralai-Mistral-Nemo-Instruct-2407", "<s>", "</s>"),
 }
 
 CHATS = [

@@ -377,6 +377,25 @@ def test_pieces_with_a_transformers_or_tokenizers_tokenizer_split_special_text_a
         E.piece_ids(object(), texts)
 
 
+def test_pieces_on_sentencepiece_vocabularies_leave_out_the_lone_word_start_piece():
+    import tokenizers
+
+    from conftest import tokenizer_path
+
+    import tokensmith as ts
+
+    path = str(tokenizer_path("llama2"))
+    reference = tokenizers.Tokenizer.from_file(path)
+    word_start = reference.token_to_id("\u2581")
+    texts = ["中文", "<|box_start|>", " "]
+    want = [reference.encode(t, add_special_tokens=False).ids for t in texts]
+    assert word_start in want[0] and len(want[0]) > 1  # the reference's split starts with a lone "▁"
+    expected = [[i for i in ids if i != word_start] or ids for ids in want]
+    assert expected[0] != want[0] and expected[2] == want[2]
+    assert E.piece_ids(ts.Tokenizer.from_file(path), texts) == expected
+    assert E.piece_ids(reference, texts) == expected
+
+
 def test_pieces_from_the_rows_being_initialized_is_an_error():
     from tokensmith.cli import _default_tokenizer
 

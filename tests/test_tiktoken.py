@@ -165,3 +165,26 @@ def test_vocab_matches_rank_file(name):
     for raw, rank in items[:: max(1, len(items) // 5000)]:
         assert enc.decode_single_token_bytes(rank) == raw
         assert tok.decode([rank]) == enc.decode([rank]), rank
+
+
+def test_two_special_strings_on_one_id_as_gpt_oss_harmony_defines_them(tmp_path):
+    """tiktoken's o200k_harmony puts <|endofprompt|> and <|reserved_200018|> on id 200018."""
+    if "o200k_base" not in ENCODINGS:
+        pytest.fail(DATA_MISSING_REASON)
+    spec = ENCODINGS["o200k_base"]
+    path = str(TIKTOKEN_DIR / spec["file"])
+    specials = {"<|endoftext|>": 199999, "<|endofprompt|>": 200018, "<|reserved_200018|>": 200018}
+    enc = tiktoken.Encoding("harmony-like", pat_str=spec["pattern"],
+                            mergeable_ranks=tiktoken.load.load_tiktoken_bpe(path), special_tokens=specials)
+    tok = ts.Tokenizer.from_tiktoken(path, pattern=spec["pattern"], special_tokens=specials)
+    text = "a<|endofprompt|>b<|reserved_200018|>c<|endoftext|>"
+    want = enc.encode(text, allowed_special="all")
+    assert want.count(200018) == 2
+    assert tok.encode(text) == want
+    assert tok.encode(text, special="text") == enc.encode_ordinary(text)
+    with pytest.raises(ts.SpecialTokenError):
+        tok.encode(text, special="raise")
+    assert tok.decode([200018]) == enc.decode([200018])
+    # Saved and reloaded by tokensmith, both strings still match.
+    tok.save(tmp_path / "tokenizer.json")
+    assert ts.Tokenizer.from_file(tmp_path / "tokenizer.json").encode(text) == want

@@ -345,7 +345,7 @@ def _check_new_tokens(tokens: list[str], tokenizer_json: dict, vocab: dict[str, 
         raise InvalidInputError("no tokens to add")
     added = {t["content"]: t["id"] for t in tokenizer_json.get("added_tokens") or []}
     unk = vocab.get((tokenizer_json.get("model") or {}).get("unk_token") or "")
-    encode = E._plain_text_encoder(old_tokenizer) if old_tokenizer is not None else lambda text: []
+    encode = E._plain_text_encoder(old_tokenizer)[0] if old_tokenizer is not None else lambda text: []
     seen = set()
     for t in tokens:
         if not t:

@@ -34,14 +34,29 @@ def _show(piece: str) -> str:
     return repr(piece)
 
 
+def _surfaces(tok: Tokenizer, ids: list[int]) -> list[str]:
+    """The text each token adds where it stands: a SentencePiece decoder drops the space of
+    a first token (``▁here`` alone decodes to ``here``), so each token is shown as what it
+    adds to the decoded text before it (its own decode where that is not a clean suffix,
+    e.g. part of a UTF-8 char)."""
+    if len(ids) > 2000:
+        return [tok.decode([id]) for id in ids]
+    out, before = [], ""
+    for i, id in enumerate(ids):
+        text = tok.decode(ids[: i + 1])
+        out.append(text[len(before):] if text.startswith(before) and "\ufffd" not in text[len(before):] else tok.decode([id]))
+        before = text
+    return out
+
+
 def inspect(tok: Tokenizer, text: str, special: str, out=sys.stdout) -> int:
     """Print how ``text`` splits into tokens and whether special-looking strings are single tokens."""
     ids = tok.encode(text, add_special_tokens=False, special=special)
     specials = {t.id for t in tok.added_tokens if t.special}
     print(f"{len(text)} characters -> {len(ids)} tokens", file=out)
-    for i, id in enumerate(ids):
+    for i, (id, surface) in enumerate(zip(ids, _surfaces(tok, ids))):
         mark = "  [special]" if id in specials else ""
-        print(f"{i:5d}  {id:8d}  {_show(tok.decode([id]))}{mark}", file=out)
+        print(f"{i:5d}  {id:8d}  {_show(surface)}{mark}", file=out)
     found = sorted(set(SPECIAL_LOOKING.findall(text)), key=text.index)
     if found:
         print("\nspecial-looking strings:", file=out)
@@ -55,7 +70,7 @@ def inspect(tok: Tokenizer, text: str, special: str, out=sys.stdout) -> int:
         elif token_id is not None and pieces == [token_id]:
             verdict = f"single token {token_id} (not special)"
         else:
-            split = " + ".join(_show(tok.decode([p])) for p in pieces)
+            split = " + ".join(_show(p) for p in _surfaces(tok, pieces))
             verdict = f"NOT a token: {len(pieces)} pieces ({split}); register it with add_special_tokens"
         print(f"  {s!r:24} {verdict}", file=out)
     return 0

@@ -308,12 +308,27 @@ def _values(
     return values
 
 
+#: SentencePiece's word-start mark: as a piece of its own it means "a word begins here",
+#: not anything of the new token.
+WORD_START = "\u2581"
+
+
 def piece_ids(tokenizer: Any, texts: Sequence[str], rows: int | None = None) -> list[list[int]]:
     """The ids the (old) ``tokenizer`` splits each text into, as plain text: a text that
     happens to spell a special token is not turned into that control id. ``tokenizer`` is
-    a tokensmith Tokenizer, a transformers fast tokenizer or a ``tokenizers.Tokenizer``."""
-    encode = _plain_text_encoder(tokenizer)
-    groups = [encode(t) for t in texts]
+    a tokensmith Tokenizer, a transformers fast tokenizer or a ``tokenizers.Tokenizer``.
+    On SentencePiece vocabularies the lone word-start piece (``▁``) is left out unless it
+    is the whole text's only piece.
+
+    >>> E.piece_ids(llama2_tok, ["<|box_start|>"])                    # doctest: +SKIP
+    [[529, 29989, 1884, 29918, 2962, 29989, 29958]]
+    """
+    encode, spell = _plain_text_encoder(tokenizer)
+    groups = []
+    for text in texts:
+        group = encode(text)
+        kept = [i for i in group if spell(i) != WORD_START]
+        groups.append(kept if kept else group)
     for text, group in zip(texts, groups):
         if not group:
             raise InvalidInputError(f"{text!r} encodes to no tokens: it cannot seed a row")
@@ -338,17 +353,22 @@ class TextOnlyTokenizer:
     def encode(self, text: str, add_special_tokens: bool = False, special: str = "text") -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
+    def id_to_token(self, id: int) -> str | None:
+        return self.tokenizer.id_to_token(id)
+
 
 def _plain_text_encoder(tokenizer: Any):
+    """(encode as plain text, id -> token string) for a tokenizer of any kind piece_ids takes."""
     from ._tokenizer import Tokenizer
 
     if isinstance(tokenizer, (Tokenizer, TextOnlyTokenizer)):
-        return lambda text: tokenizer.encode(text, add_special_tokens=False, special="text")
+        return (lambda text: tokenizer.encode(text, add_special_tokens=False, special="text")), tokenizer.id_to_token
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)  # transformers fast tokenizers
     if hasattr(backend, "to_str"):
         import json
 
-        return TextOnlyTokenizer(json.loads(backend.to_str())).encode
+        plain = TextOnlyTokenizer(json.loads(backend.to_str()))
+        return plain.encode, plain.id_to_token
     raise TypeError(
         f"tokenizer must be a tokensmith Tokenizer, a transformers fast tokenizer or a tokenizers.Tokenizer; "
         f"got {type(tokenizer).__name__}"

@@ -70,6 +70,12 @@ pub fn build(
     };
     let specials = special_tokens.iter().map(|(content, _)| AddedToken::new(content.clone(), true)).collect();
     tokenizer.add_tokens(specials)?;
+    // tiktoken matches every special string, also two on one id (the last one decodes).
+    for (content, id) in special_tokens {
+        if tokenizer.added.get(*id).is_some_and(|t| &t.content != content) {
+            tokenizer.added.add_alias(*id, AddedToken::new(content.clone(), true))?;
+        }
+    }
     Ok(tokenizer)
 }
 

@@ -126,6 +126,17 @@ pub fn from_value(mut root: Value) -> Result<Tokenizer> {
     };
     tokenizer.passthrough.insert(MODEL_SETTINGS_KEY.into(), Value::Object(model.settings));
     tokenizer.add_tokens(tokens)?;
+    // Special strings that share an id with another (tiktoken encodings only).
+    let aliases = tokenizer.passthrough.get(TOKENSMITH_KEY).and_then(|m| m.get("aliases")).cloned();
+    for (i, alias) in aliases.iter().flat_map(|a| a.as_array().into_iter().flatten()).enumerate() {
+        match alias.as_array().map(Vec::as_slice) {
+            Some([id, Value::String(content)]) if id.as_u64().is_some_and(|id| id < u64::from(u32::MAX)) => {
+                let id = id.as_u64().unwrap_or_default() as u32;
+                tokenizer.added.add_alias(id, AddedToken::new(content.clone(), true))?;
+            }
+            _ => return Err(bad(format!("{TOKENSMITH_KEY}.aliases[{i}]: expected [id, content]"))),
+        }
+    }
     Ok(tokenizer)
 }
 
@@ -782,6 +793,13 @@ pub fn to_string(tokenizer: &Tokenizer) -> Result<String> {
     for (key, value) in &tokenizer.passthrough {
         if !root.contains_key(key) && key != MODEL_SETTINGS_KEY {
             root.insert(key.clone(), value.clone());
+        }
+    }
+    if !tokenizer.added.aliases().is_empty() {
+        let aliases: Vec<Value> = tokenizer.added.aliases().iter().map(|(id, t)| json!([id, t.content])).collect();
+        let meta = root.entry(TOKENSMITH_KEY).or_insert_with(|| json!({}));
+        if let Some(meta) = meta.as_object_mut() {
+            meta.insert("aliases".into(), Value::Array(aliases));
         }
     }
     let mut entries: Vec<(&String, u32)> = tokenizer.vocab.ids.iter().map(|(t, &id)| (t, id)).collect();
