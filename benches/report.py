@@ -1,6 +1,9 @@
-"""Turn a pytest-benchmark JSON file into the README's throughput table.
+"""Turn a pytest-benchmark JSON file into the README's throughput tables.
 
     python benches/report.py bench.json
+
+Ratios are tokensmith's speed over each peer's; a peer whose ids differ from tokensmith's
+(the reference's) on some documents is marked with the count, e.g. `12.0 (3 wrong)`.
 """
 
 from __future__ import annotations
@@ -13,17 +16,32 @@ from collections import defaultdict
 def main(path: str) -> None:
     runs = json.load(open(path))["benchmarks"]
     table: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
+    wrong: dict[tuple[str, str, str, str], int] = {}
+    libraries: list[str] = []
     for run in runs:
         info = run["extra_info"]
-        mb_per_s = info["bytes"] / 1e6 / run["stats"]["min"]
-        table[(info["mode"], info["vocab"], info["corpus"])][info["library"]] = mb_per_s
-    print("| mode | vocabulary | text | tokensmith MB/s | tiktoken MB/s | tokenizers MB/s | vs tiktoken | vs tokenizers |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
-    for (mode, vocab, corpus), libs in sorted(table.items()):
+        if "bytes" not in info:
+            continue
+        key = (info["mode"], info["vocab"], info["corpus"])
+        table[key][info["library"]] = info["bytes"] / 1e6 / run["stats"]["min"]
+        wrong[key + (info["library"],)] = info.get("mismatches", 0)
+        if info["library"] not in libraries:
+            libraries.append(info["library"])
+    peers = [lib for lib in libraries if lib != "tokensmith"]
+    print("| mode | vocabulary | text | " + " | ".join(f"{lib} MB/s" for lib in ["tokensmith"] + peers)
+          + " | " + " | ".join(f"vs {lib}" for lib in peers) + " |")
+    print("|---|---|---|" + "---:|" * (1 + 2 * len(peers)))
+    for key, libs in sorted(table.items()):
         ts = libs.get("tokensmith")
-        cells = [f"{libs[lib]:.1f}" if lib in libs else "n/a" for lib in ("tokensmith", "tiktoken", "tokenizers")]
-        ratios = [f"{ts / libs[lib]:.1f}x" if ts and lib in libs else "n/a" for lib in ("tiktoken", "tokenizers")]
-        print(f"| {mode} | {vocab} | {corpus} | " + " | ".join(cells + ratios) + " |")
+
+        def cell(lib: str) -> str:
+            if lib not in libs:
+                return "n/a"
+            n = wrong.get(key + (lib,), 0)
+            return f"{libs[lib]:.1f}" + (f" ({n} wrong)" if n else "")
+
+        ratios = [f"{ts / libs[lib]:.1f}x" if ts and lib in libs else "n/a" for lib in peers]
+        print(f"| {' | '.join(key)} | " + " | ".join([cell(lib) for lib in ["tokensmith"] + peers] + ratios) + " |")
 
 
 if __name__ == "__main__":
