@@ -55,12 +55,19 @@ pub enum Direction {
     Right,
 }
 
+/// Which text of a pair gives up ids; for a single text "only second" cannot be met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    LongestFirst,
+    OnlyFirst,
+    OnlySecond,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Truncation {
     pub max_length: usize,
     pub stride: usize,
-    /// `false` for "only_second", which a single text cannot satisfy.
-    pub first_allowed: bool,
+    pub strategy: Strategy,
     pub direction: Direction,
 }
 
@@ -76,14 +83,17 @@ pub struct Padding {
 impl Truncation {
     /// Keeps `max_length` ids (minus what the template adds) of `ids` and `offsets`.
     pub fn apply(&self, added: usize, ids: &mut Vec<u32>, offsets: Option<&mut Vec<(usize, usize)>>) -> Result<()> {
-        if !self.first_allowed {
-            return Err(Error::Invalid(
-                "truncation strategy \"only_second\" needs a pair of texts; this encodes one".into(),
-            ));
-        }
-        let max = self.max_length.saturating_sub(added);
+        // A max_length below what the template adds truncates nothing in the reference (its
+        // unsigned subtraction wraps around); so it does here.
+        let Some(max) = self.max_length.checked_sub(added) else { return Ok(()) };
         if max >= ids.len() {
             return Ok(());
+        }
+        if self.strategy == Strategy::OnlySecond {
+            return Err(Error::Invalid(format!(
+                "truncation strategy \"OnlySecond\" cannot shorten a single text to max_length {}",
+                self.max_length
+            )));
         }
         if max > 0 && self.stride >= max {
             return Err(Error::Invalid(format!(

@@ -5,7 +5,7 @@ use crate::embed::{add_noise, normal_at, stream_key, Matrix};
 use crate::error::Error;
 use crate::formats::{tiktoken, tokenizer_json};
 use crate::special::{AddedToken, SpecialPolicy};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{CharIndex, Tokenizer};
 use pyo3::exceptions::{PyFileNotFoundError, PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
@@ -88,35 +88,6 @@ fn texts<'py>(items: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyString>>> 
             })
         })
         .collect()
-}
-
-/// Converts between byte offsets in a str's UTF-8 and Python's char indices.
-struct CharIndex {
-    /// Byte offset of each char, plus the total length.
-    bytes: Vec<usize>,
-}
-
-impl CharIndex {
-    fn new(s: &str) -> Self {
-        let mut bytes: Vec<usize> = s.char_indices().map(|(i, _)| i).collect();
-        bytes.push(s.len());
-        CharIndex { bytes }
-    }
-
-    /// Byte offset of char index `i` (clamped to the end).
-    fn byte(&self, i: usize) -> usize {
-        self.bytes[i.min(self.bytes.len() - 1)]
-    }
-
-    /// Char index of the char containing byte `b`.
-    fn char(&self, b: usize) -> usize {
-        self.bytes.partition_point(|&x| x <= b).saturating_sub(1)
-    }
-
-    /// How many chars start before byte `b` (an end offset in chars).
-    fn chars_before(&self, b: usize) -> usize {
-        self.bytes[..self.bytes.len() - 1].partition_point(|&x| x < b)
-    }
 }
 
 #[pyclass(module = "tokensmith._core", name = "CoreTokenizer", frozen)]
@@ -256,8 +227,7 @@ impl PyTokenizer {
                     _ => merged.push((a, b)),
                 }
             }
-            let (ids, offsets) = tokenizer.encode_with_offsets(s, &policy, &merged, add_special_tokens)?;
-            Ok((ids, offsets.into_iter().map(|(s, e)| (chars.char(s), chars.chars_before(e))).collect()))
+            tokenizer.encode_with_offsets(s, &policy, &merged, add_special_tokens)
         })
         .or_raise(py)
     }

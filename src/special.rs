@@ -237,20 +237,23 @@ impl AddedVocabulary {
     }
 
     fn rebuild(&mut self) -> Result<()> {
-        let (mut raw, mut normalized) = (Vec::new(), Vec::new());
+        // One pattern per match form. Where two tokens match the same text (two normalized
+        // tokens with one normalized form), the reference picks either, by hash-map order
+        // (it changes from run to run); here the one with the higher id, every time.
+        let (mut raw, mut normalized) = (FxHashMap::default(), FxHashMap::default());
         for (id, token) in &self.aliases {
-            raw.push((token.content.clone(), *id));
+            raw.insert(token.content.clone(), *id);
         }
         for (&id, token) in &self.tokens {
             if token.normalized {
                 let form = self.normalized_forms.get(&id).unwrap_or(&token.content);
-                normalized.push((form.clone(), id));
+                normalized.insert(form.clone(), id);
             } else {
-                raw.push((token.content.clone(), id));
+                raw.insert(token.content.clone(), id);
             }
         }
-        self.raw = Matcher::build(raw)?;
-        self.normalized = Matcher::build(normalized)?;
+        self.raw = Matcher::build(raw.into_iter().collect())?;
+        self.normalized = Matcher::build(normalized.into_iter().collect())?;
         Ok(())
     }
 

@@ -78,6 +78,35 @@ pub struct Tokenizer {
     pub passthrough: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Converts between byte offsets in a str and char indices (what Python indexes by).
+pub struct CharIndex {
+    /// Byte offset of each char, plus the total length.
+    bytes: Vec<usize>,
+}
+
+impl CharIndex {
+    pub fn new(s: &str) -> Self {
+        let mut bytes: Vec<usize> = s.char_indices().map(|(i, _)| i).collect();
+        bytes.push(s.len());
+        CharIndex { bytes }
+    }
+
+    /// Byte offset of char index `i` (clamped to the end).
+    pub fn byte(&self, i: usize) -> usize {
+        self.bytes[i.min(self.bytes.len() - 1)]
+    }
+
+    /// Char index of the char containing byte `b`.
+    pub fn char(&self, b: usize) -> usize {
+        self.bytes.partition_point(|&x| x <= b).saturating_sub(1)
+    }
+
+    /// How many chars start before byte `b` (an end offset in chars).
+    pub fn chars_before(&self, b: usize) -> usize {
+        self.bytes[..self.bytes.len() - 1].partition_point(|&x| x < b)
+    }
+}
+
 /// Where encoded ids go, with each token's byte range in the input if asked.
 struct Sink<'a> {
     ids: &'a mut Vec<u32>,
@@ -129,9 +158,10 @@ impl Tokenizer {
         Ok(ids)
     }
 
-    /// The ids of `text` and each token's byte range in it (the reference's offsets),
-    /// with special tokens treated as text inside the `protected` byte ranges (sorted, not
-    /// overlapping) whatever the policy says: for content spliced into a template.
+    /// The ids of `text` and each token's (start, end) char indices in it (the reference's
+    /// offsets, as its Python API gives them), with special tokens treated as text inside
+    /// the `protected` byte ranges (sorted, not overlapping) whatever the policy says: for
+    /// content spliced into a template.
     pub fn encode_with_offsets(
         &self,
         text: &str,
@@ -187,9 +217,16 @@ impl Tokenizer {
             protected,
             &mut Sink { ids: &mut body, offsets: track.then_some(&mut body_offsets) },
         )?;
-        if let (Some(add_prefix_space), true) = (self.post_processor.trim_offsets, track) {
-            let tokens: Vec<&str> = body.iter().map(|&id| self.id_to_token(id).unwrap_or("")).collect();
-            trim_offsets(&tokens, &mut body_offsets, add_prefix_space);
+        if track {
+            // The reference trims offsets after turning them into char indices.
+            let chars = CharIndex::new(text);
+            for o in body_offsets.iter_mut() {
+                *o = (chars.char(o.0), chars.chars_before(o.1));
+            }
+            if let Some(add_prefix_space) = self.post_processor.trim_offsets {
+                let tokens: Vec<&str> = body.iter().map(|&id| self.id_to_token(id).unwrap_or("")).collect();
+                trim_offsets(&tokens, &mut body_offsets, add_prefix_space);
+            }
         }
         let template = if add_special_tokens { self.post_processor.template.as_deref() } else { None };
         if let Some(truncation) = &self.truncation {
@@ -388,22 +425,18 @@ mod tests {
     fn offsets_point_at_each_token_in_the_text() {
         let tok = gpt2();
         let text = "Hello wörld<|endoftext|> again";
+        let chars: Vec<char> = text.chars().collect();
         let (ids, offsets) = tok.encode_with_offsets(text, &SpecialPolicy::Allow, &[], true).unwrap();
-        let starts: Vec<usize> = offsets.iter().map(|o| o.0).collect();
         assert_eq!(ids, tok.encode(text, &SpecialPolicy::Allow, true).unwrap());
         let eot = tok.token_to_id("<|endoftext|>").unwrap();
         let at = ids.iter().position(|&i| i == eot).unwrap();
-        assert_eq!(starts[at], text.find("<|").unwrap());
-        assert_eq!(starts[0], 0);
-        assert!(starts.windows(2).all(|w| w[0] <= w[1]));
-        // Each token's bytes are the text between its start and the next one's.
-        let decoded: Vec<String> = ids.iter().map(|&i| tok.decode(&[i], false).unwrap()).collect();
-        for (k, piece) in decoded.iter().enumerate().filter(|(k, _)| *k != at) {
-            let end = starts.get(k + 1).copied().unwrap_or(text.len());
-            let expected = text.as_bytes()[starts[k]..end].to_vec();
-            if let Ok(s) = String::from_utf8(expected) {
-                assert_eq!(&s, piece);
-            }
+        assert_eq!(offsets[at], (11, 24));
+        assert_eq!(offsets[0], (0, 5));
+        assert!(offsets.windows(2).all(|w| w[0].1 <= w[1].0));
+        // Each token is the text between its offsets (char indices).
+        for (k, &(s, e)) in offsets.iter().enumerate().filter(|(k, _)| *k != at) {
+            let expected: String = chars[s..e].iter().collect();
+            assert_eq!(tok.decode(&[ids[k]], false).unwrap(), expected);
         }
     }
 

@@ -48,8 +48,12 @@ BYTE_LEVEL_TOKENIZERS = [
     "tekken",
 ]
 
-#: SentencePiece-style tokenizers that must be refused with UnsupportedTokenizerError (for now).
-NON_BYTE_LEVEL_TOKENIZERS = ["llama2", "mistral-v3", "gemma4"]
+#: SentencePiece-style BPE tokenizers (chars alphabet, ``▁`` for spaces, byte fallback) that
+#: tokensmith must reproduce exactly too.
+SENTENCEPIECE_TOKENIZERS = ["llama2", "mistral-v3", "gemma4"]
+
+#: Every shared tokenizer.
+ALL_TOKENIZERS = BYTE_LEVEL_TOKENIZERS + SENTENCEPIECE_TOKENIZERS
 
 
 def data_available() -> bool:

@@ -8,6 +8,7 @@ of tricky texts under every policy, decoding, the added-token table, and the voc
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import pickle
@@ -17,7 +18,8 @@ import tokenizers
 
 import tokensmith as ts
 from conftest import (
-    BYTE_LEVEL_TOKENIZERS,
+    ALL_TOKENIZERS,
+    SENTENCEPIECE_TOKENIZERS,
     assert_same,
     assert_same_strings,
     corpus_files,
@@ -28,7 +30,8 @@ from conftest import (
     ts_tokenizer,
 )
 
-ADDED_TOKEN_TOKENIZERS = ["gpt2", "llama3", "qwen2", "deepseek-coder"]
+# byte-level and SentencePiece-style (gemma4, slow to load, has its own lighter test below)
+ADDED_TOKEN_TOKENIZERS = ["gpt2", "llama3", "qwen2", "deepseek-coder", "llama2", "mistral-v3"]
 
 FLAG_NAMES = ("special", "lstrip", "rstrip", "single_word", "normalized")
 FLAG_COMBOS = [dict(zip(FLAG_NAMES, values)) for values in itertools.product([False, True], repeat=5)]
@@ -62,6 +65,8 @@ TRICKY_TEXTS = [
     # tokens added with add_special_tokens and pre-existing specials
     "<|box_start|>img<|box_end|>", "<|box_start|><|box_end|>", " <|box_start|> ", "<|box_start|",
     "<|endoftext|>", "a<|endoftext|>b", "<|endoftext|><|a|>",
+    # SentencePiece-style: the meta symbol typed in, the BOS/EOS strings, spaces before and after
+    "▁", "▁<|a|>▁", "<|a|>▁ab", "<s><|a|></s>", "x </s> <|a|>", " ▁ab ", "新词▁新词",
     # degenerate
     "", " ", "\n\n", "  \t ",
 ]
@@ -311,7 +316,7 @@ def hf_encode_or_none(hf, text, **kwargs):
 
 
 @pytest.mark.parametrize("config", sorted(STRIP_CONFIGS))
-@pytest.mark.parametrize("name", ["gpt2", "qwen2"])
+@pytest.mark.parametrize("name", ["gpt2", "qwen2", "llama2", "gemma4"])
 def test_strip_flags_around_whitespace_tokens(name, config):
     hf, tok = make_pair(name)
     toks = STRIP_CONFIGS[config]
@@ -370,7 +375,7 @@ def test_save_after_adding_is_hf_loadable(name, tmp_path):
         assert added_table_ts(reloaded) == added_table_hf(hf)
 
 
-@pytest.mark.parametrize("name", BYTE_LEVEL_TOKENIZERS)
+@pytest.mark.parametrize("name", ALL_TOKENIZERS)
 def test_save_unmodified_is_hf_loadable(name, tmp_path):
     tok = ts_tokenizer(name)
     hf = hf_tokenizer(name)
@@ -419,12 +424,12 @@ def test_pickle_round_trip_unmodified(name):
 # vocabulary queries
 
 
-@pytest.mark.parametrize("name", BYTE_LEVEL_TOKENIZERS)
+@pytest.mark.parametrize("name", ALL_TOKENIZERS)
 def test_vocab_queries_match_hf(name):
     assert_vocab_matches(ts_tokenizer(name), hf_tokenizer(name), context=name)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama3", "qwen2", "cl100k_base"])
+@pytest.mark.parametrize("name", ["gpt2", "llama3", "qwen2", "cl100k_base", "llama2", "gemma4"])
 def test_vocab_queries_match_hf_after_adding(name):
     hf, tok = make_pair(name)
     add_everything(hf, tok)
@@ -449,3 +454,95 @@ class hf_as_ts:
         assert special == "text"
         return hf_encode_as_text(self.hf, texts, add_special_tokens=add_special_tokens)
 
+
+
+# --------------------------------------------------------------------------------------------------
+# SentencePiece-style tokenizers: normalized defaults, the big gemma4 vocabulary, save
+
+
+GEMMA_FLAG_COMBOS = [FLAG_COMBOS[0], FLAG_COMBOS[-1]] + [
+    dict(special=True, lstrip=False, rstrip=False, single_word=False, normalized=False),
+    dict(special=False, lstrip=True, rstrip=True, single_word=False, normalized=True),
+    dict(special=False, lstrip=False, rstrip=False, single_word=True, normalized=True),
+    dict(special=True, lstrip=True, rstrip=False, single_word=True, normalized=False),
+]
+
+
+@functools.lru_cache(maxsize=1)
+def gemma_base():
+    return load_hf_fresh("gemma4").to_str()
+
+
+@pytest.mark.parametrize("flags", GEMMA_FLAG_COMBOS, ids=flags_id)
+def test_add_tokens_flag_combinations_gemma4(flags):
+    """gemma4 takes ~2 s to load: a few flag combinations, one shared JSON text."""
+    text = gemma_base()
+    hf, tok = tokenizers.Tokenizer.from_str(text), ts.Tokenizer.from_str(text)
+    hf.add_tokens([tokenizers.AddedToken(c, **flags) for c in ADDED_CONTENTS])
+    ids = tok.add_tokens([ts.AddedToken(c, **flags) for c in ADDED_CONTENTS])
+    assert ids == [hf.token_to_id(c) for c in ADDED_CONTENTS], f"ids of {ADDED_CONTENTS}"
+    hf.add_special_tokens(BOX_TOKENS)
+    assert tok.add_special_tokens(BOX_TOKENS) == [hf.token_to_id(c) for c in BOX_TOKENS]
+    context = f"gemma4 {flags_id(flags)}"
+    assert_encodings_match(tok, hf, context=context)
+    assert_decodes_match(tok, hf, context=context)
+    assert added_table_ts(tok) == added_table_hf(hf), f"{context}: added_tokens table"
+
+
+# Not both "<e\u0301>" and "<\u00e9>": on an NFC tokenizer they normalize to one string, and
+# which of the two the reference then matches changes from run to run (hash-map order).
+UNSET_CONTENTS = ["<e\u0301>", "cafe\u0301", "▁x▁", "a b"]
+UNSET_TEXTS = ["<e\u0301>", "<\u00e9>", "x<e\u0301>y", "x <\u00e9> y", "cafe\u0301", "caf\u00e9", "un cafe\u0301 au lait",
+               "▁x▁", " x ", "x▁x▁", "a b", "a  b", "a\u00a0b", "<e\u0301><\u00e9>"]
+
+
+@pytest.mark.parametrize("kind", ["add_special_tokens", "add_tokens"])
+@pytest.mark.parametrize("name", ["qwen2", "llama2", "mistral-v3"])
+def test_added_token_with_normalized_unset(name, kind):
+    """AddedToken(...) with `normalized` unset: the reference stores normalized = not special,
+    decided when it is added (add_special_tokens makes it special, so normalized=False)."""
+    hf, tok = make_pair(name)
+    getattr(hf, kind)([tokenizers.AddedToken(c) for c in UNSET_CONTENTS])
+    ids = getattr(tok, kind)([ts.AddedToken(c) for c in UNSET_CONTENTS])
+    assert ids == [hf.token_to_id(c) for c in UNSET_CONTENTS]
+    assert added_table_ts(tok) == added_table_hf(hf), f"{name} {kind}: added_tokens table"
+    assert_encodings_match(tok, hf, texts=UNSET_TEXTS + TRICKY_TEXTS[:20], context=f"{name} {kind} normalized unset")
+    assert_decodes_match(tok, hf, texts=UNSET_TEXTS, context=f"{name} {kind} normalized unset")
+
+
+def test_add_special_tokens_normalized_unset_is_stored_false_qwen2():
+    hf, tok = make_pair("qwen2")
+    hf.add_special_tokens([tokenizers.AddedToken("<e\u0301>")])
+    tok.add_special_tokens([ts.AddedToken("<e\u0301>")])
+    [hf_tok] = [t for t in hf.get_added_tokens_decoder().values() if t.content == "<e\u0301>"]
+    [ts_tok] = [t for t in tok.added_tokens if t.content == "<e\u0301>"]
+    assert (bool(ts_tok.special), bool(ts_tok.normalized)) == (hf_tok.special, hf_tok.normalized)
+    for text in ("<e\u0301>", "<\u00e9>", "a<e\u0301>b"):
+        assert tok.encode(text) == hf.encode(text).ids, text
+        assert tok.encode(text, special="text") == hf_encode_as_text(hf, [text])[0], text
+
+
+@pytest.mark.parametrize("name", SENTENCEPIECE_TOKENIZERS)
+def test_sentencepiece_save_with_added_tokens_reloads_in_reference(name, tmp_path):
+    """save() after add_tokens / add_special_tokens with every flag: the reference reloads the
+    file and encodes (ids and offsets) like the reference tokenizer that had the same calls."""
+    hf, tok = make_pair(name)
+    contents = [f"<|t{i}|>" for i in range(len(FLAG_COMBOS))]
+    hf.add_tokens([tokenizers.AddedToken(c, **f) for c, f in zip(contents, FLAG_COMBOS)])
+    tok.add_tokens([ts.AddedToken(c, **f) for c, f in zip(contents, FLAG_COMBOS)])
+    hf.add_special_tokens(["<e\u0301>", tokenizers.AddedToken("新词", lstrip=True)])
+    tok.add_special_tokens(["<e\u0301>", ts.AddedToken("新词", lstrip=True)])
+    out = tmp_path / "tokenizer.json"
+    tok.save(str(out))
+    reloaded = tokenizers.Tokenizer.from_file(str(out))
+    assert added_table_hf(reloaded) == added_table_hf(hf)
+    texts = TRICKY_TEXTS + [" ".join(contents), "".join(contents), " <|t3|>  <|t17|> x<|t31|>y ",
+                            "<e\u0301> 新词 x新词", "<\u00e9>"]
+    for add in (True, False):
+        want = [(e.ids, e.offsets) for e in hf.encode_batch(texts, add_special_tokens=add)]
+        got = [(e.ids, e.offsets) for e in reloaded.encode_batch(texts, add_special_tokens=add)]
+        bad = [(t, g, w) for t, g, w in zip(texts, got, want) if g != w]
+        assert not bad, f"{name}: {len(bad)} texts differ after reload, first: {bad[0]!r:.1500}"
+    assert_encodings_match(tok, hf, texts=texts, context=f"{name} with added tokens")
+    assert_encodings_match(ts.Tokenizer.from_file(str(out)), hf, texts=texts, context=f"{name} reloaded by tokensmith")
+    assert_decodes_match(tok, hf, texts=texts, context=f"{name} with added tokens")

@@ -8,7 +8,7 @@ scripts the corpora happen to contain.
 from __future__ import annotations
 
 import pytest
-from conftest import BYTE_LEVEL_TOKENIZERS, hf_tokenizer, ts_tokenizer
+from conftest import ALL_TOKENIZERS, hf_tokenizer, ts_tokenizer
 
 CODE_POINTS = [c for c in range(0x20, 0x110000) if not 0xD800 <= c < 0xE000]
 
@@ -18,7 +18,7 @@ def contexts(c: str) -> str:
     return f"a{c}b {c}{c} 1{c}'{c}s\n{c}"
 
 
-@pytest.mark.parametrize("name", BYTE_LEVEL_TOKENIZERS)
+@pytest.mark.parametrize("name", ALL_TOKENIZERS)
 def test_every_code_point_in_context(name):
     tok, hf = ts_tokenizer(name), hf_tokenizer(name)
     step = 100_000

@@ -1,6 +1,6 @@
 """Exact id parity with Hugging Face `tokenizers` on every line of every corpus file.
 
-For every byte-level tokenizer and every corpus file (whole files, every line, line ends kept)
+For every shared tokenizer (byte-level and SentencePiece-style) and every corpus file (whole files, every line, line ends kept)
 the lines are encoded as one batch on both sides and compared for:
 
 * ``default``      -- ``encode_batch(lines)`` vs HF ``encode_batch(lines)``
@@ -9,7 +9,8 @@ the lines are encoded as one batch on both sides and compared for:
 * ``decode``       -- ``decode_batch`` of the HF default ids, both ``skip_special_tokens`` values
 * ``numpy``        -- ``encode_batch_numpy`` is the flattened HF default ids + offsets
 
-and, for gpt2 and llama3, each corpus file is also encoded as ONE string with ``encode``.
+and, for gpt2, llama3 and llama2, each corpus file is also encoded as ONE string with ``encode``
+(for llama2, with no pre-tokenizer, a whole file is one single piece for the BPE model).
 
 HF's ``encode_batch`` is parallel; the reference ids of the current (tokenizer, file) are cached
 so the default ids are computed once for the default/decode/numpy checks.
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import (
-    BYTE_LEVEL_TOKENIZERS,
+    ALL_TOKENIZERS,
     assert_same,
     assert_same_ids,
     assert_same_strings,
@@ -36,13 +37,13 @@ from conftest import (
 )
 
 CHECKS = ["default", "no_special", "text", "decode", "numpy"]
-WHOLE_FILE_TOKENIZERS = ["gpt2", "llama3"]
+WHOLE_FILE_TOKENIZERS = ["gpt2", "llama3", "llama2"]
 
 # (tokenizer, corpus, check) in an order that keeps one (tokenizer, corpus) pair together, so the
 # cached reference ids are reused by the checks that follow.
 CASES = [
     pytest.param(name, corpus.values[0], check, id=f"{name}-{corpus.id}-{check}", marks=corpus.marks)
-    for name in BYTE_LEVEL_TOKENIZERS
+    for name in ALL_TOKENIZERS
     for corpus in corpus_params()
     for check in CHECKS
 ]

@@ -23,7 +23,9 @@ from conftest import (
     ts_tokenizer,
 )
 
-PROPERTY_TOKENIZERS = ["gpt2", "llama3", "qwen2", "o200k_base", "tekken", "deepseek-coder"]
+PROPERTY_TOKENIZERS = ["gpt2", "llama3", "qwen2", "o200k_base", "tekken", "deepseek-coder",
+                       "llama2", "mistral-v3", "gemma4"]
+SENTENCEPIECE = ["llama2", "mistral-v3", "gemma4"]
 
 SETTINGS = settings(
     max_examples=250,
@@ -282,3 +284,53 @@ def test_allowed_subset_of_specials(name, data):
             want.extend(hf_text.encode(piece, add_special_tokens=False).ids)
     got = ts_tokenizer(name).encode(text, add_special_tokens=False, special=allowed)
     assert got == want, (text, sorted(allowed))
+
+
+# ---------------------------------------------------------------------------------------------
+# SentencePiece-style tokenizers: what Prepend / Replace("▁") / byte fallback make hard
+
+SP_PIECES = ["▁", "▁▁", " ▁", "▁ ", "\u2581x", "x\u2581", " ", "  ", "   ", "\t", "\n", "\u00a0", "\u3000"]
+BYTE_FALLBACK = ["😀", "🧑🏿\u200d🚀", "𠀀", "𪚥", "𠮷", "\U0001f9ff", "\U000e0001", "\U0010fffd", "\U0001d49c",
+                 "\u0fff", "\ufffd", "\x00", "\x7f", "\u0378"]
+astral = st.characters(min_codepoint=0x10000, max_codepoint=0x10FFFF, exclude_categories=("Cs",))
+
+
+@functools.lru_cache(maxsize=None)
+def sp_text(name: str):
+    specials = hf_special_tokens(hf_tokenizer(name))
+    specials = specials[:8] + specials[-3:]
+    piece = st.one_of(
+        st.sampled_from(SP_PIECES),
+        runs(" \u2581\t\n", 20),
+        st.sampled_from(BYTE_FALLBACK),
+        st.text(alphabet=astral, min_size=1, max_size=4),
+        st.sampled_from(specials),
+        st.sampled_from(WORDS),
+        st.sampled_from(PUNCT),
+        st.sampled_from(COMBINING),
+        st.sampled_from(DIGITS),
+        st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=4),
+    )
+    return st.lists(piece, max_size=30).map("".join)
+
+
+@pytest.mark.parametrize("name", SENTENCEPIECE)
+@SETTINGS
+@given(data=st.data())
+def test_sentencepiece_structured_encode_decode(name, data):
+    """Whitespace runs, `▁` typed in, text after special tokens, byte-fallback characters."""
+    text = data.draw(sp_text(name), label="text")
+    check_encode_parity(name, text)
+    check_decode_parity(name, text)
+
+
+@pytest.mark.parametrize("name", SENTENCEPIECE)
+@SETTINGS
+@given(special=st.data(), tail=st.lists(st.sampled_from(SP_PIECES + BYTE_FALLBACK + ["a", "Hi", "."]),
+                                        max_size=12).map("".join))
+def test_sentencepiece_text_after_special(name, special, tail):
+    specials = hf_special_tokens(hf_tokenizer(name))
+    s = special.draw(st.sampled_from(specials[:8] + specials[-3:]), label="special")
+    for text in (s + tail, tail + s + tail, s + s + tail):
+        check_encode_parity(name, text)
+        check_decode_parity(name, text)

@@ -18,7 +18,7 @@ import pytest
 
 import tokensmith as ts
 from conftest import (
-    BYTE_LEVEL_TOKENIZERS,
+    ALL_TOKENIZERS,
     assert_same,
     assert_same_ids,
     hf_special_ids,
@@ -96,6 +96,10 @@ def case(name: str):
         hf = hf_tokenizer(name)
         specials = hf_special_tokens(hf)
         assert specials, f"{name} has no special tokens"
+        if len(specials) > 1000:
+            # gemma4: 6000+ reserved <unusedN> slots; keep the named ones and a spread of the rest
+            # (the automaton is still built from all of them on both sides)
+            specials = specials[:100] + specials[100:-100:25] + specials[-100:]
         _cache[name] = (specials, hf_special_ids(hf), injection_texts(specials))
     return _cache[name]
 
@@ -137,7 +141,7 @@ def allowed_sets(specials: list) -> list:
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", BYTE_LEVEL_TOKENIZERS)
+@pytest.mark.parametrize("name", ALL_TOKENIZERS)
 def test_allow_is_hf_default(name):
     specials, _, texts = case(name)
     tok, hf = ts_tokenizer(name), hf_tokenizer(name)
@@ -153,7 +157,7 @@ def test_allow_is_hf_default(name):
         assert tok.encode(s, add_special_tokens=False) == [hf.token_to_id(s)], s
 
 
-@pytest.mark.parametrize("name", BYTE_LEVEL_TOKENIZERS)
+@pytest.mark.parametrize("name", ALL_TOKENIZERS)
 def test_text_policy_equals_hf_encode_special_tokens(name):
     _, _, texts = case(name)
     tok, hf_text = ts_tokenizer(name), hf_tokenizer_text(name)
@@ -166,7 +170,7 @@ def test_text_policy_equals_hf_encode_special_tokens(name):
                 f"{name} single encode special='text'")
 
 
-@pytest.mark.parametrize("name", BYTE_LEVEL_TOKENIZERS)
+@pytest.mark.parametrize("name", ALL_TOKENIZERS)
 def test_text_policy_never_yields_special_ids(name):
     specials, special_ids, texts = case(name)
     tok = ts_tokenizer(name)
@@ -178,7 +182,7 @@ def test_text_policy_never_yields_special_ids(name):
         assert [i for i in ids if i in special_ids] == template_ids, (name, text)
 
 
-@pytest.mark.parametrize("name", BYTE_LEVEL_TOKENIZERS)
+@pytest.mark.parametrize("name", ALL_TOKENIZERS)
 def test_raise_policy_names_token_and_char_offset(name):
     specials, _, texts = case(name)
     tok, hf = ts_tokenizer(name), hf_tokenizer(name)
@@ -201,7 +205,7 @@ def test_raise_policy_names_token_and_char_offset(name):
     assert raised > len(specials), "the injection texts should contain special tokens"
 
 
-@pytest.mark.parametrize("name", BYTE_LEVEL_TOKENIZERS)
+@pytest.mark.parametrize("name", ALL_TOKENIZERS)
 def test_raise_offset_is_in_characters_not_bytes(name):
     specials, _, _ = case(name)
     tok = ts_tokenizer(name)
@@ -215,7 +219,7 @@ def test_raise_offset_is_in_characters_not_bytes(name):
         assert text[info.value.offset:].startswith(s)
 
 
-@pytest.mark.parametrize("name", BYTE_LEVEL_TOKENIZERS)
+@pytest.mark.parametrize("name", ALL_TOKENIZERS)
 def test_raise_policy_in_batches(name):
     specials, _, _ = case(name)
     tok = ts_tokenizer(name)
@@ -231,7 +235,7 @@ def test_raise_policy_in_batches(name):
         tok.encode_batch_numpy(dirty, special="raise")
 
 
-@pytest.mark.parametrize("name", BYTE_LEVEL_TOKENIZERS)
+@pytest.mark.parametrize("name", ALL_TOKENIZERS)
 def test_allowed_set_policy(name):
     specials, special_ids, texts = case(name)
     tok = ts_tokenizer(name)
@@ -251,7 +255,7 @@ def test_allowed_set_policy(name):
                     f"{name} single encode special={sorted(allowed)[:3]}")
 
 
-@pytest.mark.parametrize("name", BYTE_LEVEL_TOKENIZERS)
+@pytest.mark.parametrize("name", ALL_TOKENIZERS)
 def test_empty_allowed_set_is_text_and_full_set_is_allow(name):
     specials, _, texts = case(name)
     tok = ts_tokenizer(name)
@@ -264,7 +268,7 @@ def test_empty_allowed_set_is_text_and_full_set_is_allow(name):
 def test_reference_texts_have_no_ambiguous_overlaps():
     """Guard for the reference of test_allowed_set_policy: no special token occurrence overlaps
     another in the generated texts (so 'split on allowed' is the only sensible answer)."""
-    for name in BYTE_LEVEL_TOKENIZERS:
+    for name in ALL_TOKENIZERS:
         specials, _, texts = case(name)
         for text in texts:
             spans = []

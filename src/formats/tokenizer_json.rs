@@ -7,7 +7,7 @@ use crate::bytelevel;
 use crate::decode::{byte_token, Decoder};
 use crate::error::{Error, Result};
 use crate::normalize::{Normalizer, Precompiled, Replacement};
-use crate::postprocess::{Direction, Padding, PostProcessor, TemplatePiece, Truncation};
+use crate::postprocess::{Direction, Padding, PostProcessor, Strategy, TemplatePiece, Truncation};
 use crate::pretokenize::{Behavior, CharClass, Dialect, Pattern, PreTokenizer, PrependScheme, Splitter, Step};
 use crate::special::{AddedToken, AddedVocabulary};
 use crate::tokenizer::{Tokenizer, Vocab};
@@ -167,15 +167,16 @@ pub fn parse_truncation(value: &Value) -> Result<Option<Truncation>> {
         return Ok(None);
     }
     let path = "truncation";
-    let first_allowed = match value.get("strategy").and_then(Value::as_str) {
-        None | Some("LongestFirst") | Some("OnlyFirst") => true,
-        Some("OnlySecond") => false,
+    let strategy = match value.get("strategy").and_then(Value::as_str) {
+        None | Some("LongestFirst") => Strategy::LongestFirst,
+        Some("OnlyFirst") => Strategy::OnlyFirst,
+        Some("OnlySecond") => Strategy::OnlySecond,
         Some(other) => return Err(bad(format!("{path}.strategy: unknown strategy {other:?}"))),
     };
     Ok(Some(Truncation {
         max_length: usize_field(value, path, "max_length", None)?,
         stride: usize_field(value, path, "stride", Some(0))?,
-        first_allowed,
+        strategy,
         direction: parse_direction(value, path)?,
     }))
 }
@@ -218,7 +219,7 @@ pub fn truncation_to_value(t: &Option<Truncation>) -> Value {
     match t {
         None => Value::Null,
         Some(t) => json!({"direction": direction_name(t.direction), "max_length": t.max_length,
-            "strategy": if t.first_allowed { "LongestFirst" } else { "OnlySecond" }, "stride": t.stride}),
+            "strategy": format!("{:?}", t.strategy), "stride": t.stride}),
     }
 }
 
