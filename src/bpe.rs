@@ -202,6 +202,21 @@ impl Bpe {
         self.lens.get(id as usize).map_or(0, |&n| n as usize)
     }
 
+    /// A chars-alphabet BPE whose pairs carry their own ranks: (left, right, merged, rank).
+    /// Equal ranks tie leftmost, as SentencePiece's merge by piece score does (its
+    /// whitespace-run pieces all share one score, so no order of merges can say this).
+    pub fn with_ranked_pairs<'a>(
+        tokens: impl IntoIterator<Item = (&'a [u8], u32)>,
+        pairs: impl IntoIterator<Item = (u32, u32, u32, u32)>,
+        chars: CharSymbols,
+    ) -> Self {
+        let mut bpe = Self::with_alphabet(tokens, std::iter::empty(), false, Some(chars));
+        for (left, right, merged, rank) in pairs {
+            bpe.pairs.insert(pair_key(left, right), (u64::from(rank) << 32) | u64::from(merged));
+        }
+        bpe
+    }
+
     /// Like `new`, for tiktoken rank files, where any two tokens whose concatenation is a
     /// token merge with that token's rank.
     pub fn from_ranks(ranks: &[(Vec<u8>, u32)]) -> Self {
