@@ -101,17 +101,19 @@ pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Tokenizer> {
 /// The tokenizer.json (as a JSON value) equivalent to a .model file.
 pub fn to_tokenizer_json(bytes: &[u8], source: &str) -> Result<Value> {
     let bad = |message: String| Error::format(source, message);
-    let model = ModelProto::decode(bytes)
-        .map_err(|e| bad(format!("not a SentencePiece model (the protobuf does not decode: {e})")))?;
+    let model = ModelProto::decode(bytes).map_err(|e| {
+        bad(format!(
+            "not a SentencePiece model (the protobuf does not decode: {e})"
+        ))
+    })?;
     if model.pieces.is_empty() {
         return Err(bad("the model has no pieces".into()));
     }
     // Every model sentencepiece writes has both specs after the pieces: one missing means a
     // file cut short (at a field boundary, where the protobuf still decodes).
-    let trainer = model
-        .trainer_spec
-        .clone()
-        .ok_or_else(|| bad("no trainer_spec (the file is truncated or not a SentencePiece model)".into()))?;
+    let trainer = model.trainer_spec.clone().ok_or_else(|| {
+        bad("no trainer_spec (the file is truncated or not a SentencePiece model)".into())
+    })?;
     let model_type = trainer.model_type.unwrap_or(1);
     if model_type != BPE {
         return Err(Error::Unsupported(format!(
@@ -120,7 +122,9 @@ pub fn to_tokenizer_json(bytes: &[u8], source: &str) -> Result<Value> {
         )));
     }
     if trainer.treat_whitespace_as_suffix.unwrap_or(false) {
-        return Err(Error::Unsupported(format!("{source}: SentencePiece treat_whitespace_as_suffix")));
+        return Err(Error::Unsupported(format!(
+            "{source}: SentencePiece treat_whitespace_as_suffix"
+        )));
     }
     let byte_fallback = trainer.byte_fallback.unwrap_or(false);
 
@@ -175,10 +179,9 @@ pub fn to_tokenizer_json(bytes: &[u8], source: &str) -> Result<Value> {
     }
     let unk = unk.ok_or_else(|| bad("no UNKNOWN piece (sentencepiece requires one)".into()))?;
 
-    let normalizer_spec = model
-        .normalizer_spec
-        .clone()
-        .ok_or_else(|| bad("no normalizer_spec (the file is truncated or not a SentencePiece model)".into()))?;
+    let normalizer_spec = model.normalizer_spec.clone().ok_or_else(|| {
+        bad("no normalizer_spec (the file is truncated or not a SentencePiece model)".into())
+    })?;
     let normalizer = normalizer(&normalizer_spec, source)?;
     let escape = normalizer_spec.escape_whitespaces.unwrap_or(true);
     let dummy_prefix = normalizer_spec.add_dummy_prefix.unwrap_or(true);
@@ -205,8 +208,12 @@ pub fn to_tokenizer_json(bytes: &[u8], source: &str) -> Result<Value> {
         decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
 
-    let ids = Vocab::new(vocab.iter().filter_map(|(t, id)| Some((t.clone(), id.as_u64()? as u32))))
-        .map_err(|e| e.in_file(source))?;
+    let ids = Vocab::new(
+        vocab
+            .iter()
+            .filter_map(|(t, id)| Some((t.clone(), id.as_u64()? as u32))),
+    )
+    .map_err(|e| e.in_file(source))?;
     // For the reference: pairs by the score of what they make, best first; equal scores
     // keep the vocabulary order (see the module comment for why this can differ).
     let merges: Vec<Value> = score_pairs(&ids, &scores)
@@ -222,7 +229,10 @@ pub fn to_tokenizer_json(bytes: &[u8], source: &str) -> Result<Value> {
     root.insert("normalizer".into(), normalizer);
     root.insert("pre_tokenizer".into(), Value::Null);
     root.insert("post_processor".into(), post_processor);
-    root.insert("decoder".into(), json!({"type": "Sequence", "decoders": decoders}));
+    root.insert(
+        "decoder".into(),
+        json!({"type": "Sequence", "decoders": decoders}),
+    );
     root.insert(
         "model".into(),
         json!({"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
@@ -240,7 +250,9 @@ fn normalizer(spec: &NormalizerSpec, source: &str) -> Result<Value> {
     if !charsmap.is_empty() {
         // Refused here with the file's name when corrupt (the tokenizer.json reader checks it too).
         crate::normalize::Precompiled::from_bytes(charsmap).map_err(|e| match e {
-            Error::Format { message, .. } => Error::format(source, format!("normalizer_spec.{message}")),
+            Error::Format { message, .. } => {
+                Error::format(source, format!("normalizer_spec.{message}"))
+            }
             other => other,
         })?;
         let encoded = base64::engine::general_purpose::STANDARD.encode(charsmap);
@@ -274,7 +286,9 @@ pub fn score_pairs(vocab: &Vocab, scores: &[Option<f32>]) -> Vec<(u32, u32, u32,
     let rank_of = |s: f32| distinct.partition_point(|d| d.total_cmp(&s).is_gt()) as u32;
     let mut pairs = Vec::new();
     for (id, token) in vocab.tokens.iter().enumerate() {
-        let (Some(token), Some(score)) = (token, score_of(id as u32)) else { continue };
+        let (Some(token), Some(score)) = (token, score_of(id as u32)) else {
+            continue;
+        };
         let half = |s: &str| vocab.ids.get(s).copied().filter(|&h| score_of(h).is_some());
         for (at, _) in token.char_indices().skip(1) {
             if let (Some(l), Some(r)) = (half(&token[..at]), half(&token[at..])) {
@@ -283,13 +297,21 @@ pub fn score_pairs(vocab: &Vocab, scores: &[Option<f32>]) -> Vec<(u32, u32, u32,
         }
     }
     pairs.sort_unstable_by_key(|&(_, _, merged, rank, at)| (rank, merged, at));
-    pairs.into_iter().map(|(l, r, m, rank, _)| (l, r, m, rank)).collect()
+    pairs
+        .into_iter()
+        .map(|(l, r, m, rank, _)| (l, r, m, rank))
+        .collect()
 }
 
 /// The `SCORES_KEY` list of a saved tokenizer.json: one score per id, null for
 /// pieces that are never made by merging.
 pub fn scores_from_value(value: &Value) -> Result<Vec<Option<f32>>> {
-    let bad = || Error::format("", "model.tokensmith_sentencepiece_scores: expected a list of numbers or nulls");
+    let bad = || {
+        Error::format(
+            "",
+            "model.tokensmith_sentencepiece_scores: expected a list of numbers or nulls",
+        )
+    };
     value
         .as_array()
         .ok_or_else(bad)?
@@ -306,7 +328,11 @@ mod tests {
     use super::*;
 
     fn piece(p: &str, score: f32, kind: i32) -> SentencePiece {
-        SentencePiece { piece: Some(p.into()), score: Some(score), r#type: Some(kind) }
+        SentencePiece {
+            piece: Some(p.into()),
+            score: Some(score),
+            r#type: Some(kind),
+        }
     }
 
     fn toy(model_type: i32) -> Vec<u8> {
@@ -322,7 +348,10 @@ mod tests {
         ];
         let model = ModelProto {
             pieces,
-            trainer_spec: Some(TrainerSpec { model_type: Some(model_type), ..Default::default() }),
+            trainer_spec: Some(TrainerSpec {
+                model_type: Some(model_type),
+                ..Default::default()
+            }),
             normalizer_spec: Some(NormalizerSpec {
                 remove_extra_whitespaces: Some(false),
                 ..Default::default()
@@ -343,11 +372,17 @@ mod tests {
     #[test]
     fn bad_models_are_refused_with_the_file_name() {
         let err = from_bytes(&toy(1), "toy.model").unwrap_err();
-        assert!(matches!(&err, Error::Unsupported(m) if m.contains("UNIGRAM") && m.contains("toy.model")), "{err}");
+        assert!(
+            matches!(&err, Error::Unsupported(m) if m.contains("UNIGRAM") && m.contains("toy.model")),
+            "{err}"
+        );
         let bytes = toy(BPE);
         for cut in [1, bytes.len() / 2, bytes.len() - 1] {
             let err = from_bytes(&bytes[..cut], "toy.model").unwrap_err();
-            assert!(matches!(&err, Error::Format { source, .. } if source == "toy.model"), "{err}");
+            assert!(
+                matches!(&err, Error::Format { source, .. } if source == "toy.model"),
+                "{err}"
+            );
         }
         let err = from_bytes(b"", "empty.model").unwrap_err();
         assert!(err.to_string().contains("no pieces"), "{err}");
