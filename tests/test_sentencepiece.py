@@ -143,6 +143,31 @@ def test_edge_texts(name: str) -> None:
     assert_same_strings(tok.decode_batch(ids), sp.decode(ids), ids)
 
 
+@pytest.mark.parametrize("dummy_prefix", [True, False])
+@pytest.mark.parametrize("remove_extra", [True, False])
+@pytest.mark.parametrize("escape", [True, False])
+def test_normalizer_flags(tmp_path: Path, dummy_prefix: bool, remove_extra: bool, escape: bool) -> None:
+    # The real models set only add_dummy_prefix and escape_whitespaces: the other
+    # combinations come from editing llama2.model, with sentencepiece loading the same bytes.
+    def edit(proto) -> None:
+        proto.normalizer_spec.add_dummy_prefix = dummy_prefix
+        proto.normalizer_spec.remove_extra_whitespaces = remove_extra
+        proto.normalizer_spec.escape_whitespaces = escape
+
+    path = edited_llama2(tmp_path, edit)
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    tok = ts.Tokenizer.from_sentencepiece(path)
+    texts = ["", " ", "   ", "a", " a", "a ", "  a  b   c  ", "\tx \n y", "▁ x", "Hello  world\n", " " * 40 + "end"]
+    texts += corpus_lines(sorted((DATA / "corpora" / "en").glob("*.txt"))[0])[:2000]
+    expected = sp.encode(texts)
+    assert_same(tok.encode_batch(texts, add_special_tokens=False, special="text"), expected, texts)
+    # With remove_extra_whitespaces, sentencepiece's decode drops one leading ▁ from every
+    # piece until some text is out; ids of encoded text only start so with a ▁ written in
+    # the input, which the decoders of tokenizer.json cannot follow (see the report).
+    ids = [e for t, e in zip(texts, expected) if not (remove_extra and "▁" in t)]
+    assert_same_strings(tok.decode_batch(ids), sp.decode(ids), ids, "decode")
+
+
 def test_from_pretrained_takes_tokenizer_model(tmp_path: Path) -> None:
     shutil.copy(model_path("llama2"), tmp_path / "tokenizer.model")
     tok = ts.Tokenizer.from_pretrained(tmp_path)

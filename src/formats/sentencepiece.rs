@@ -199,12 +199,12 @@ pub fn to_tokenizer_json(bytes: &[u8], source: &str) -> Result<Value> {
             "special_tokens": {bos_piece.clone(): {"id": bos_piece, "ids": [id], "tokens": [bos_piece]}}}),
         None => Value::Null,
     };
-    let mut decoders = Vec::new();
-    if escape {
-        decoders.push(json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}));
-    }
+    // sp.decode turns every ▁ into a space whatever escape_whitespaces says, and drops the
+    // ▁ that starts the text when the normalizer may have put it there (it only can when
+    // spaces are escaped).
+    let mut decoders = vec![json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "})];
     decoders.extend([json!({"type": "ByteFallback"}), json!({"type": "Fuse"})]);
-    if dummy_prefix {
+    if escape && (dummy_prefix || normalizer_spec.remove_extra_whitespaces.unwrap_or(true)) {
         decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
 
