@@ -165,8 +165,12 @@ class Tokenizer:
         ``add_special_tokens=True`` puts the BOS piece first. Control pieces (``<s>``,
         ``</s>``, ...) are special tokens: under the default ``special="allow"`` a ``"</s>"``
         written in the text becomes the EOS id, where sentencepiece (and ``special="text"``)
-        spells it out as text. ``save()`` writes a tokenizer.json that Hugging Face
-        ``tokenizers`` loads. Unigram, word and char models raise
+        spells it out as text. ``decode`` equals ``sp.decode`` on the ids of text; it
+        differs where the tokenizer.json decoders cannot follow: the unknown id decodes to
+        ``<unk>`` (sentencepiece: `` ⁇ ``) and control ids to their text (sentencepiece:
+        nothing; pass ``skip_special_tokens=True``). ``save()`` writes a tokenizer.json that
+        Hugging Face ``tokenizers`` loads and that tokensmith reloads with sentencepiece's
+        merge order (the piece scores travel in the model section). Unigram, word and char models raise
         :class:`UnsupportedTokenizerError`; a file that is not a model raises
         :class:`TokenizerFormatError`.
 
