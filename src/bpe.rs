@@ -131,6 +131,9 @@ pub struct Bpe {
     pairs: FxHashMap<u64, u64>,
     /// Whole-piece lookup for `ignore_merges` vocabularies.
     whole: Option<FxHashMap<Box<[u8]>, u32>>,
+    /// By id: whether the token is in some pair. One that is not never merges, so the
+    /// symbols on either side of it merge independently.
+    paired: Vec<bool>,
     cache_owner: u64,
 }
 
@@ -193,7 +196,27 @@ impl Bpe {
             Some(chars) => Alphabet::Chars(Box::new(chars)),
             None => Alphabet::Bytes(Box::new(byte_ids)),
         };
-        Bpe { alphabet, lens, pairs, whole, cache_owner: next_cache_owner() }
+        let mut bpe = Bpe { alphabet, lens, pairs, whole, paired: Vec::new(), cache_owner: next_cache_owner() };
+        bpe.index_pairs();
+        bpe
+    }
+
+    fn index_pairs(&mut self) {
+        let mut paired = vec![false; self.lens.len()];
+        for &key in self.pairs.keys() {
+            for id in [(key >> 32) as usize, key as u32 as usize] {
+                if paired.len() <= id {
+                    paired.resize(id + 1, false);
+                }
+                paired[id] = true;
+            }
+        }
+        self.paired = paired;
+    }
+
+    #[inline]
+    fn is_paired(&self, id: u32) -> bool {
+        self.paired.get(id as usize).copied().unwrap_or(false)
     }
 
     pub fn alphabet(&self) -> &Alphabet {
@@ -205,6 +228,22 @@ impl Bpe {
         self.lens.get(id as usize).map_or(0, |&n| n as usize)
     }
 
+    /// A chars-alphabet BPE whose pairs carry their own ranks: (left, right, merged, rank).
+    /// Equal ranks tie leftmost, as SentencePiece's merge by piece score does (its
+    /// whitespace-run pieces all share one score, so no order of merges can say this).
+    pub fn with_ranked_pairs<'a>(
+        tokens: impl IntoIterator<Item = (&'a [u8], u32)>,
+        pairs: impl IntoIterator<Item = (u32, u32, u32, u32)>,
+        chars: CharSymbols,
+    ) -> Self {
+        let mut bpe = Self::with_alphabet(tokens, std::iter::empty(), false, Some(chars));
+        for (left, right, merged, rank) in pairs {
+            bpe.pairs.insert(pair_key(left, right), (u64::from(rank) << 32) | u64::from(merged));
+        }
+        bpe.index_pairs();
+        bpe
+    }
+
     /// Like `new`, for tiktoken rank files, where any two tokens whose concatenation is a
     /// token merge with that token's rank.
     pub fn from_ranks(ranks: &[(Vec<u8>, u32)]) -> Self {
@@ -212,6 +251,7 @@ impl Bpe {
         for (rank, left, right) in rank_splits(ranks) {
             bpe.pairs.insert(pair_key(left, right), (u64::from(rank) << 32) | u64::from(rank));
         }
+        bpe.index_pairs();
         bpe
     }
 
@@ -325,9 +365,28 @@ impl Bpe {
     fn merge(&self, piece: &[u8], out: &mut Vec<u32>) {
         let symbols = self.symbols(piece, None);
         if symbols.len() <= FLAT_MAX {
-            self.merge_flat(symbols, out)
+            return self.merge_flat(symbols, out);
+        }
+        // Runs between symbols that never merge are independent: a whole text with no
+        // pre-tokenizer (SentencePiece models) merges as its lines (a newline is a byte
+        // fallback token), each small and in cache, not as one heap of millions (13.6 s ->
+        // 0.9 s on 10 MB of Python with Llama 2).
+        let mut start = 0;
+        for (i, &id) in symbols.iter().enumerate() {
+            if !self.is_paired(id) {
+                self.merge_run(&symbols[start..i], out);
+                out.push(id);
+                start = i + 1;
+            }
+        }
+        self.merge_run(&symbols[start..], out);
+    }
+
+    fn merge_run(&self, symbols: &[u32], out: &mut Vec<u32>) {
+        if symbols.len() <= FLAT_MAX {
+            self.merge_flat(symbols.to_vec(), out)
         } else {
-            let mut symbols = symbols;
+            let mut symbols = symbols.to_vec();
             let alive = self.merge_heap(&mut symbols);
             out.extend(alive.into_iter().map(|i| symbols[i]));
         }
@@ -397,13 +456,14 @@ impl Bpe {
         let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect(); // usize::MAX means none
         let mut alive = vec![true; n];
         // Min-heap on (rank, position): leftmost first among equal ranks.
-        let mut heap: BinaryHeap<Reverse<(u32, usize, u32)>> = BinaryHeap::with_capacity(n);
-        for i in 0..n - 1 {
-            let (rank, merged) = self.lookup(ids[i], ids[i + 1]);
-            if rank != NO_RANK {
-                heap.push(Reverse((rank, i, merged)));
-            }
-        }
+        // Built in one O(n) heapify rather than n pushes.
+        let initial: Vec<Reverse<(u32, usize, u32)>> = (0..n - 1)
+            .filter_map(|i| {
+                let (rank, merged) = self.lookup(ids[i], ids[i + 1]);
+                (rank != NO_RANK).then_some(Reverse((rank, i, merged)))
+            })
+            .collect();
+        let mut heap = BinaryHeap::from(initial);
         while let Some(Reverse((rank, at, merged))) = heap.pop() {
             if !alive[at] || next[at] >= n {
                 continue;
@@ -459,6 +519,18 @@ mod tests {
         // "bc" has the better rank, so "abc" becomes a + bc and (ab, c) never applies.
         assert_eq!(enc(&toy(), b"abc"), [0, 4]);
         assert_eq!(enc(&toy(), b"abab"), [3, 3]);
+    }
+
+    #[test]
+    fn runs_split_at_tokens_without_pairs_merge_alike() {
+        // "d" is in no pair: the text merges as its runs between the d's.
+        let tokens: Vec<(&[u8], u32)> =
+            vec![(b"a", 0), (b"b", 1), (b"c", 2), (b"ab", 3), (b"bc", 4), (b"abc", 5), (b"d", 6)];
+        let bpe = Bpe::new(tokens, vec![(1, 2, 4), (0, 1, 3), (3, 2, 5)], false);
+        let text: Vec<u8> = b"abcabdab".iter().cycle().take(3000).copied().collect();
+        let mut symbols = bpe.symbols(&text, None);
+        let heap: Vec<u32> = bpe.merge_heap(&mut symbols).into_iter().map(|i| symbols[i]).collect();
+        assert_eq!(enc(&bpe, &text), heap);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use crate::embed::{add_noise, normal_at, stream_key, Matrix};
 use crate::error::Error;
-use crate::formats::{tiktoken, tokenizer_json};
+use crate::formats::{sentencepiece, tiktoken, tokenizer_json};
 use crate::special::{AddedToken, SpecialPolicy};
 use crate::tokenizer::{CharIndex, Tokenizer};
 use pyo3::exceptions::{PyFileNotFoundError, PyMemoryError, PyTypeError, PyValueError};
@@ -173,6 +173,16 @@ impl PyTokenizer {
                 tiktoken::build(ranks, pattern, &special_tokens)
             })
             .or_raise(py)?;
+        Ok(Self::new(tokenizer))
+    }
+
+    #[staticmethod]
+    fn from_sentencepiece(py: Python<'_>, path: &str) -> PyResult<Self> {
+        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(format!("{path}: no such file")),
+            _ => to_py(py, Error::Io { path: path.into(), message: e.to_string() }),
+        })?;
+        let tokenizer = py.allow_threads(|| sentencepiece::from_bytes(&bytes, path)).or_raise(py)?;
         Ok(Self::new(tokenizer))
     }
 

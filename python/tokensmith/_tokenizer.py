@@ -124,8 +124,9 @@ class Tokenizer:
                 f"{folder}: not a folder (tokensmith loads local folders only and never downloads)"
             )
         path = folder / "tokenizer.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{folder}: no tokenizer.json in this folder")
+        sentencepiece_model = folder / "tokenizer.model"
+        if not path.is_file() and not sentencepiece_model.is_file():
+            raise FileNotFoundError(f"{folder}: no tokenizer.json or tokenizer.model in this folder")
         config: dict[str, Any] = {}
         config_path = folder / "tokenizer_config.json"
         if config_path.is_file():
@@ -135,6 +136,9 @@ class Tokenizer:
                 from .errors import TokenizerFormatError
 
                 raise TokenizerFormatError(f"{config_path}: not valid JSON ({e})") from None
+        if not path.is_file():
+            # Older SentencePiece checkpoints ship only the .model file.
+            return cls(_core.CoreTokenizer.from_sentencepiece(str(sentencepiece_model)), config)
         return cls(_core.CoreTokenizer.from_file(str(path)), config)
 
     @classmethod
@@ -151,6 +155,30 @@ class Tokenizer:
         """
         specials = sorted((special_tokens or {}).items(), key=lambda kv: kv[1])
         return cls(_core.CoreTokenizer.from_tiktoken(os.fspath(path), pattern, specials))
+
+    @classmethod
+    def from_sentencepiece(cls, path: str | os.PathLike[str]) -> Tokenizer:
+        """Load a SentencePiece ``.model`` file (BPE models: Llama 2, Mistral, ...).
+
+        ``encode(text, add_special_tokens=False, special="text")`` gives the ids of
+        ``sentencepiece.SentencePieceProcessor(model_file=path).encode(text)``, and
+        ``add_special_tokens=True`` puts the BOS piece first. Control pieces (``<s>``,
+        ``</s>``, ...) are special tokens: under the default ``special="allow"`` a ``"</s>"``
+        written in the text becomes the EOS id, where sentencepiece (and ``special="text"``)
+        spells it out as text. ``decode`` equals ``sp.decode`` on the ids of text; it
+        differs where the tokenizer.json decoders cannot follow: the unknown id decodes to
+        ``<unk>`` (sentencepiece: `` ⁇ ``) and control ids to their text (sentencepiece:
+        nothing; pass ``skip_special_tokens=True``). ``save()`` writes a tokenizer.json that
+        Hugging Face ``tokenizers`` loads and that tokensmith reloads with sentencepiece's
+        merge order (the piece scores travel in the model section). Unigram, word and char models raise
+        :class:`UnsupportedTokenizerError`; a file that is not a model raises
+        :class:`TokenizerFormatError`.
+
+        >>> tok = Tokenizer.from_sentencepiece("tokenizer.model")    # doctest: +SKIP
+        >>> tok.encode("Hello world", special="text")                # doctest: +SKIP
+        [1, 15043, 3186]
+        """
+        return cls(_core.CoreTokenizer.from_sentencepiece(os.fspath(path)))
 
     # ------------------------------------------------------------------ encoding
 

@@ -1,4 +1,5 @@
 //! Reading and writing the file formats tokenizers come in.
 
+pub mod sentencepiece;
 pub mod tiktoken;
 pub mod tokenizer_json;

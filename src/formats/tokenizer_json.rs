@@ -6,6 +6,7 @@ use crate::bpe::{Bpe, CharSymbols, NO_ID};
 use crate::bytelevel;
 use crate::decode::{byte_token, Decoder};
 use crate::error::{Error, Result};
+use crate::formats::sentencepiece;
 use crate::normalize::{Normalizer, Precompiled, Replacement};
 use crate::postprocess::{Direction, Padding, PostProcessor, Strategy, TemplatePiece, Truncation};
 use crate::pretokenize::{Behavior, CharClass, Dialect, Pattern, PreTokenizer, PrependScheme, Splitter, Step};
@@ -90,6 +91,10 @@ pub fn from_value(mut root: Value) -> Result<Tokenizer> {
     let post_processor = parse_post_processor(passthrough.get("post_processor").unwrap_or(&null))?;
     let decoder = parse_decoder(passthrough.get("decoder").unwrap_or(&null), "decoder")?;
     let tokens = parse_added_tokens(&added_tokens)?;
+    let sentencepiece_scores = match model.settings.get(sentencepiece::SCORES_KEY) {
+        Some(scores) => Some(sentencepiece::scores_from_value(scores)?),
+        None => None,
+    };
     let bpe = match tiktoken_pattern {
         Some(_) => {
             let specials: FxHashSet<&str> =
@@ -107,7 +112,7 @@ pub fn from_value(mut root: Value) -> Result<Tokenizer> {
             Bpe::from_ranks(&ranks)
         }
         None if pre_tokenizer.is_byte_level() => build_bpe(&model)?,
-        None => build_char_bpe(&model)?,
+        None => build_char_bpe(&model, sentencepiece_scores.as_deref())?,
     };
 
     let mut tokenizer = Tokenizer {
@@ -650,7 +655,9 @@ fn parse_model(model: &Value) -> Result<Model> {
 }
 
 /// A BPE over the chars of the text (no ByteLevel pre-tokenizer: SentencePiece-style).
-fn build_char_bpe(model: &Model) -> Result<Bpe> {
+/// With `scores` (a tokenizer made from a SentencePiece .model), pairs merge by the score
+/// of the piece they make, as sentencepiece does, instead of by the order of the merges.
+fn build_char_bpe(model: &Model, scores: Option<&[Option<f32>]>) -> Result<Bpe> {
     let vocab = &model.vocab;
     let mut chars = CharSymbols {
         has_prefix: model.prefix.is_some(),
@@ -721,6 +728,10 @@ fn build_char_bpe(model: &Model) -> Result<Bpe> {
         chars.byte_fallback = Some(fallback);
     }
     let tokens = vocab.ids.iter().map(|(t, &id)| (t.as_bytes(), id));
+    if let Some(scores) = scores {
+        let pairs = sentencepiece::score_pairs(vocab, scores);
+        return Ok(Bpe::with_ranked_pairs(tokens, pairs, chars));
+    }
     Ok(Bpe::with_alphabet(
         tokens,
         model.merges.iter().zip(&model.merged).map(|(&(l, r), &m)| (l, r, m)),
