@@ -188,3 +188,18 @@ def test_two_special_strings_on_one_id_as_gpt_oss_harmony_defines_them(tmp_path)
     # Saved and reloaded by tokensmith, both strings still match.
     tok.save(tmp_path / "tokenizer.json")
     assert ts.Tokenizer.from_file(tmp_path / "tokenizer.json").encode(text) == want
+
+
+@pytest.mark.parametrize("name", ENCODING_PARAMS)
+def test_saved_file_loads_in_the_reference_and_encodes_like_tiktoken(name, tmp_path):
+    """The tokensmith-only settings go where `tokenizers` ignores them (it refuses unknown
+    top-level keys): the saved file loads there and gives tiktoken's ids."""
+    import tokenizers
+
+    tok = loaded(name)
+    tok.save(tmp_path / "tokenizer.json")
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    lines = corpus_lines(corpus_params()[0].values[0])[:2000]
+    want = [reference(name).encode_ordinary(line) for line in lines]
+    assert_same([e.ids for e in hf.encode_batch(lines, add_special_tokens=False)], want, lines, f"{name} saved")
+    assert ts.Tokenizer.from_file(tmp_path / "tokenizer.json").encode_batch(lines) == want

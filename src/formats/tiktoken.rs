@@ -107,11 +107,17 @@ fn passthrough(pattern: &str) -> Map<String, Value> {
     map
 }
 
-/// Rewrites unescaped `$` outside character classes as `\z`.
+/// Rewrites a tiktoken (fancy-regex) pattern for Oniguruma's Ruby syntax, which the
+/// reference compiles it with: an unescaped `$` outside character classes becomes `\z`, and
+/// a possessive bounded repeat `{n,m}+` at the end of a branch loses its `+` (Ruby reads
+/// `{n,m}+` as "one or more times {n,m}": cl100k's `\p{N}{1,3}+` would match any number of
+/// digits; at a branch end nothing can backtrack into it, so the plain repeat is the same).
 fn end_anchors_to_onig(pattern: &str) -> String {
     let mut out = String::with_capacity(pattern.len() + 4);
-    let (mut escaped, mut in_class) = (false, false);
-    for c in pattern.chars() {
+    let (mut escaped, mut in_class, mut after_repeat) = (false, false, false);
+    let mut chars = pattern.chars().peekable();
+    while let Some(c) = chars.next() {
+        let closes_repeat = !escaped && !in_class && c == '}';
         match c {
             _ if escaped => escaped = false,
             '\\' => escaped = true,
@@ -119,10 +125,16 @@ fn end_anchors_to_onig(pattern: &str) -> String {
             ']' => in_class = false,
             '$' if !in_class => {
                 out.push_str("\\z");
+                after_repeat = false;
+                continue;
+            }
+            '+' if after_repeat && matches!(chars.peek(), None | Some('|') | Some(')')) => {
+                after_repeat = false;
                 continue;
             }
             _ => {}
         }
+        after_repeat = closes_repeat;
         out.push(c);
     }
     out
@@ -135,6 +147,7 @@ mod tests {
     #[test]
     fn anchors_are_translated_outside_classes_only() {
         assert_eq!(end_anchors_to_onig(r"\s++$|[$]|\$"), r"\s++\z|[$]|\$");
+        assert_eq!(end_anchors_to_onig(r"\p{N}{1,3}+|a{2}+b|(x{1,2}+)"), r"\p{N}{1,3}|a{2}+b|(x{1,2})");
     }
 
     #[test]

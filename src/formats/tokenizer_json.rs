@@ -18,7 +18,9 @@ use rustc_hash::FxHashSet;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
-/// The top-level key under which tokensmith records what the reference format cannot say.
+/// The key under which tokensmith records what the reference format cannot say. It is
+/// written inside the model section, where the reference ignores unknown keys (it refuses
+/// them at the top level since tokenizers 0.22); files that have it at the top level load too.
 pub const TOKENSMITH_KEY: &str = "tokensmith";
 
 fn bad(message: impl Into<String>) -> Error {
@@ -69,7 +71,10 @@ pub fn from_value(mut root: Value) -> Result<Tokenizer> {
     };
     let model = obj.remove("model").ok_or_else(|| bad("missing field \"model\""))?;
     let added_tokens = obj.remove("added_tokens").unwrap_or(Value::Array(vec![]));
-    let passthrough: Map<String, Value> = obj.clone();
+    let mut passthrough: Map<String, Value> = obj.clone();
+    if let Some(meta) = model.get(TOKENSMITH_KEY) {
+        passthrough.insert(TOKENSMITH_KEY.into(), meta.clone());
+    }
     let null = Value::Null;
 
     // The model first: "not a BPE" says more than any component it comes with.
@@ -803,15 +808,15 @@ pub fn to_string(tokenizer: &Tokenizer) -> Result<String> {
         root.insert(key.into(), tokenizer.passthrough.get(key).cloned().unwrap_or(Value::Null));
     }
     for (key, value) in &tokenizer.passthrough {
-        if !root.contains_key(key) && key != MODEL_SETTINGS_KEY {
+        if !root.contains_key(key) && key != MODEL_SETTINGS_KEY && key != TOKENSMITH_KEY {
             root.insert(key.clone(), value.clone());
         }
     }
+    let mut meta = tokenizer.passthrough.get(TOKENSMITH_KEY).cloned();
     if !tokenizer.added.aliases().is_empty() {
         let aliases: Vec<Value> = tokenizer.added.aliases().iter().map(|(id, t)| json!([id, t.content])).collect();
-        let meta = root.entry(TOKENSMITH_KEY).or_insert_with(|| json!({}));
-        if let Some(meta) = meta.as_object_mut() {
-            meta.insert("aliases".into(), Value::Array(aliases));
+        if let Some(m) = meta.get_or_insert_with(|| json!({})).as_object_mut() {
+            m.insert("aliases".into(), Value::Array(aliases));
         }
     }
     let mut entries: Vec<(&String, u32)> = tokenizer.vocab.ids.iter().map(|(t, &id)| (t, id)).collect();
@@ -835,6 +840,9 @@ pub fn to_string(tokenizer: &Tokenizer) -> Result<String> {
     };
     model.insert("type".into(), json!("BPE"));
     model.insert("ignore_merges".into(), json!(tokenizer.ignore_merges));
+    if let Some(meta) = meta {
+        model.insert(TOKENSMITH_KEY.into(), meta);
+    }
     model.insert("vocab".into(), Value::Object(vocab));
     model.insert("merges".into(), Value::Array(merges));
     root.insert("model".into(), Value::Object(model));
