@@ -5,7 +5,8 @@ The reference for every parity test is the Hugging Face ``tokenizers`` library (
 
 Test data location: ``<repo>/../shared/data`` (i.e. ``Path(__file__).resolve().parents[2] /
 "shared" / "data"``), overridable with the ``TOKENSMITH_DATA`` environment variable.  When the
-folder is missing, every test that needs it is skipped with a reason saying where it looked.
+folder is missing, every test that needs it is skipped with a reason saying where it looked;
+under CI (``CI=true``) the run fails instead.
 """
 
 from __future__ import annotations
@@ -60,17 +61,34 @@ def data_available() -> bool:
     return DATA.is_dir()
 
 
+def under_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(message: str) -> None:
+    """A test's data is missing: it fails under CI (a suite that passes by skipping proves
+    nothing), and is skipped elsewhere."""
+    if under_ci():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def pytest_configure(config) -> None:
+    if under_ci() and not data_available():
+        raise pytest.UsageError(DATA_MISSING_REASON)
+
+
 def require_data() -> None:
-    """Skip the calling test when the shared data folder is missing."""
+    """Skip the calling test when the shared data folder is missing (fail under CI)."""
     if not data_available():
-        pytest.skip(DATA_MISSING_REASON)
+        missing(DATA_MISSING_REASON)
 
 
 def tokenizer_path(name: str) -> Path:
     require_data()
     path = TOKENIZERS_DIR / name / "tokenizer.json"
     if not path.is_file():
-        pytest.skip(f"tokenizer file missing: {path}")
+        missing(f"tokenizer file missing: {path}")
     return path
 
 

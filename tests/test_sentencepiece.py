@@ -26,7 +26,7 @@ import sentencepiece as spm
 import tokenizers
 
 import tokensmith as ts
-from conftest import DATA, assert_same, assert_same_strings, corpus_lines, corpus_params, read_corpus
+from conftest import DATA, assert_same, assert_same_strings, corpus_lines, corpus_params, missing, read_corpus
 from tokensmith.errors import TokenizerFormatError, UnsupportedTokenizerError
 
 SP_DIR = DATA / "sentencepiece"
@@ -36,11 +36,7 @@ MODELS = ["llama2", "mistral-v3"]
 def model_path(name: str) -> Path:
     path = SP_DIR / f"{name}.model"
     if not path.is_file():
-        message = f"SentencePiece model missing: {path}"
-        # A suite that passes by skipping proves nothing: under CI the data must be there.
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        missing(f"SentencePiece model missing: {path}")
     return path
 
 
