@@ -65,25 +65,26 @@ pub struct CharSymbols {
 }
 
 impl CharSymbols {
-    /// Appends the symbols of `piece` and, if asked, the byte offset where each starts.
-    fn symbols(&self, piece: &str, ids: &mut Vec<u32>, mut starts: Option<&mut Vec<u32>>) {
-        let mut push = |id: u32, at: usize, starts: &mut Option<&mut Vec<u32>>| {
+    /// Appends the symbols of `piece` and, if asked, how many bytes of it each stands for
+    /// (what the reference's offsets add up).
+    fn symbols(&self, piece: &str, ids: &mut Vec<u32>, mut lens: Option<&mut Vec<u32>>) {
+        let mut push = |id: u32, len: usize, lens: &mut Option<&mut Vec<u32>>| {
             ids.push(id);
-            if let Some(s) = starts.as_mut() {
-                s.push(at as u32);
+            if let Some(l) = lens.as_mut() {
+                l.push(len as u32);
             }
         };
-        // A pending unknown token: (start of its first char), fused over a run with fuse_unk.
+        // A pending unknown token: the bytes it stands for, fused over a run with fuse_unk.
         let mut unk: Option<usize> = None;
         let mut chars = piece.char_indices().peekable();
         while let Some((at, c)) = chars.next() {
             let is_last = chars.peek().is_none();
             let form = usize::from(at > 0 && self.has_prefix) | (usize::from(is_last && self.has_suffix) << 1);
             if let Some(&id) = self.forms[form].get(&c) {
-                if let (Some(start), Some(unk_id)) = (unk.take(), self.unk) {
-                    push(unk_id, start, &mut starts);
+                if let (Some(len), Some(unk_id)) = (unk.take(), self.unk) {
+                    push(unk_id, len, &mut lens);
                 }
-                push(id, at, &mut starts);
+                push(id, c.len_utf8(), &mut lens);
                 continue;
             }
             if let Some(fallback) = &self.byte_fallback {
@@ -91,25 +92,25 @@ impl CharSymbols {
                 let bytes = c.encode_utf8(&mut buf).as_bytes();
                 if bytes.iter().all(|&b| fallback[b as usize] != NO_ID) {
                     // As the reference: a pending unknown token is not flushed here.
-                    for (k, &b) in bytes.iter().enumerate() {
-                        push(fallback[b as usize], at + k, &mut starts);
+                    for &b in bytes.iter() {
+                        push(fallback[b as usize], 1, &mut lens);
                     }
                     continue;
                 }
             }
             if let Some(unk_id) = self.unk {
-                match unk {
-                    Some(_) if self.fuse_unk => {}
-                    Some(start) => {
-                        push(unk_id, start, &mut starts);
-                        unk = Some(at);
+                unk = match unk {
+                    Some(len) if self.fuse_unk => Some(len + c.len_utf8()),
+                    Some(len) => {
+                        push(unk_id, len, &mut lens);
+                        Some(c.len_utf8())
                     }
-                    None => unk = Some(at),
-                }
+                    None => Some(c.len_utf8()),
+                };
             }
         }
-        if let (Some(start), Some(unk_id)) = (unk, self.unk) {
-            push(unk_id, start, &mut starts);
+        if let (Some(len), Some(unk_id)) = (unk, self.unk) {
+            push(unk_id, len, &mut lens);
         }
     }
 }
@@ -334,19 +335,19 @@ impl Bpe {
         })
     }
 
-    /// The first symbols of a piece, and where each starts if asked.
-    fn symbols(&self, piece: &[u8], starts: Option<&mut Vec<u32>>) -> Vec<u32> {
+    /// The first symbols of a piece, and how many bytes each stands for if asked.
+    fn symbols(&self, piece: &[u8], lens: Option<&mut Vec<u32>>) -> Vec<u32> {
         match &self.alphabet {
             Alphabet::Bytes(byte_ids) => {
                 // A byte without a token is dropped, as the reference does when there is no unk.
                 let mut ids = Vec::with_capacity(piece.len());
-                let mut starts = starts;
-                for (at, &b) in piece.iter().enumerate() {
+                let mut lens = lens;
+                for &b in piece {
                     let id = byte_ids[b as usize];
                     if id != NO_ID {
                         ids.push(id);
-                        if let Some(s) = starts.as_mut() {
-                            s.push(at as u32);
+                        if let Some(l) = lens.as_mut() {
+                            l.push(1);
                         }
                     }
                 }
@@ -356,7 +357,7 @@ impl Bpe {
                 let mut ids = Vec::with_capacity(piece.len());
                 // Pieces of a chars alphabet are text: the pre-tokenizer never splits a char.
                 let text = std::str::from_utf8(piece).unwrap_or_default();
-                chars.symbols(text, &mut ids, starts);
+                chars.symbols(text, &mut ids, lens);
                 ids
             }
         }
@@ -392,23 +393,27 @@ impl Bpe {
         }
     }
 
-    /// Appends the ids of one piece and the byte offset in the piece where each starts
-    /// (no cache: for offsets).
-    pub fn encode_with_starts(&self, piece: &[u8], out: &mut Vec<u32>, starts: &mut Vec<u32>) {
+    /// Appends the ids of one piece and each token's byte span in it, as the reference
+    /// counts them: the lengths of the symbols before it added up (no cache: for offsets).
+    pub fn encode_with_spans(&self, piece: &[u8], out: &mut Vec<u32>, spans: &mut Vec<(usize, usize)>) {
         if let Some(&id) = self.whole.as_ref().and_then(|w| w.get(piece)) {
             out.push(id);
-            starts.push(0);
+            spans.push((0, piece.len()));
             return;
         }
-        let mut first = Vec::new();
-        let mut ids = self.symbols(piece, Some(&mut first));
+        let mut lens = Vec::new();
+        let mut ids = self.symbols(piece, Some(&mut lens));
         if ids.is_empty() {
             return;
         }
         let alive = self.merge_heap(&mut ids);
-        for i in alive {
+        let mut at = 0;
+        for (k, &i) in alive.iter().enumerate() {
+            let next = alive.get(k + 1).copied().unwrap_or(ids.len());
+            let len: usize = lens[i..next].iter().map(|&l| l as usize).sum();
             out.push(ids[i]);
-            starts.push(first[i]);
+            spans.push((at, at + len));
+            at += len;
         }
     }
 

@@ -20,26 +20,18 @@ pub enum Decoder {
 
 impl Decoder {
     /// The text of `tokens` (`None`: no decoder).
-    pub fn decode(decoder: Option<&Decoder>, tokens: Vec<String>) -> String {
+    pub fn decode(decoder: Option<&Decoder>, tokens: &[&str]) -> String {
         match decoder {
             None => tokens.join(" "),
-            Some(d) => d.chain(tokens).concat(),
+            // The common case without a String per token.
+            Some(Decoder::ByteLevel) => byte_level(tokens),
+            Some(d) => d.chain(tokens.iter().map(|t| t.to_string()).collect()).concat(),
         }
     }
 
     fn chain(&self, tokens: Vec<String>) -> Vec<String> {
         match self {
-            Decoder::ByteLevel => {
-                let mut bytes = Vec::with_capacity(tokens.iter().map(String::len).sum());
-                for token in &tokens {
-                    match bytelevel::decode_str(token) {
-                        Some(b) => bytes.extend_from_slice(&b),
-                        // A token outside the byte alphabet (an added word) is its own UTF-8.
-                        None => bytes.extend_from_slice(token.as_bytes()),
-                    }
-                }
-                vec![String::from_utf8_lossy(&bytes).into_owned()]
-            }
+            Decoder::ByteLevel => vec![byte_level(&tokens.iter().map(String::as_str).collect::<Vec<_>>())],
             Decoder::Replace { pattern, content } => {
                 tokens.into_iter().map(|t| pattern.apply(&t, content).into_owned()).collect()
             }
@@ -107,6 +99,19 @@ impl Decoder {
             Decoder::Sequence(steps) => steps.iter().fold(tokens, |tokens, step| step.chain(tokens)),
         }
     }
+}
+
+/// Byte-level tokens back to text; invalid UTF-8 becomes U+FFFD.
+fn byte_level(tokens: &[&str]) -> String {
+    let mut bytes = Vec::with_capacity(tokens.iter().map(|t| t.len()).sum());
+    for token in tokens {
+        match bytelevel::decode_str(token) {
+            Some(b) => bytes.extend_from_slice(&b),
+            // A token outside the byte alphabet (an added word) is its own UTF-8.
+            None => bytes.extend_from_slice(token.as_bytes()),
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// The byte of a `<0xXX>` token.

@@ -123,6 +123,8 @@ pub struct AddedVocabulary {
     /// tokenizer.json semantics keep only the last token of an id, so only tiktoken
     /// encodings have aliases.
     aliases: Vec<(u32, AddedToken)>,
+    /// Normalized tokens matched by their content as spelled (see `match_literally`).
+    literal: std::collections::BTreeSet<u32>,
     raw: Option<Matcher>,
     normalized: Option<Matcher>,
 }
@@ -205,7 +207,7 @@ impl AddedVocabulary {
                 ids.push(Some(id));
                 continue;
             }
-            if token.normalized {
+            if token.normalized && !self.literal.contains(&id) {
                 let normalized = normalize(&token.content);
                 if normalized != token.content {
                     self.normalized_forms.insert(id, normalized);
@@ -222,14 +224,42 @@ impl AddedVocabulary {
         Ok(ids)
     }
 
-    /// Makes `token` match as `id`, whose decode form stays that of the token added for it.
-    pub fn add_alias(&mut self, id: u32, token: AddedToken) -> Result<()> {
-        if token.special {
-            self.specials.insert(token.content.clone());
+    /// Makes each token match as its id, which must be an added token's; the id keeps
+    /// that token's decode form.
+    pub fn add_aliases(&mut self, aliases: Vec<(u32, AddedToken)>) -> Result<()> {
+        for (id, token) in aliases {
+            if !self.tokens.contains_key(&id) {
+                return Err(Error::Invalid(format!("alias {:?}: id {id} is not an added token", token.content)));
+            }
+            if self.ids.contains_key(&token.content) {
+                return Err(Error::Invalid(format!("alias {:?} is a token already", token.content)));
+            }
+            if token.special {
+                self.specials.insert(token.content.clone());
+            }
+            self.ids.insert(token.content.clone(), id);
+            self.aliases.push((id, token));
         }
-        self.ids.insert(token.content.clone(), id);
-        self.aliases.push((id, token));
         self.rebuild()
+    }
+
+    /// Makes these `normalized` tokens match their content as it is spelled, not its
+    /// normalized form (SentencePiece's user-defined pieces).
+    pub fn match_literally(&mut self, ids: &[u32]) -> Result<()> {
+        for id in ids {
+            match self.tokens.get(id) {
+                Some(t) if t.normalized => {
+                    self.normalized_forms.remove(id);
+                    self.literal.insert(*id);
+                }
+                _ => return Err(Error::Invalid(format!("id {id} is not a normalized added token"))),
+            }
+        }
+        self.rebuild()
+    }
+
+    pub fn literal(&self) -> impl Iterator<Item = u32> + '_ {
+        self.literal.iter().copied()
     }
 
     pub fn aliases(&self) -> &[(u32, AddedToken)] {
@@ -295,7 +325,7 @@ impl AddedVocabulary {
             let (mut start, mut stop) = (m.start(), m.end());
             let id = matcher.ids[m.pattern().as_usize()];
             // An alias has no flags of its own: it matches as plainly as tiktoken matches it.
-            let token = &self.tokens[&id];
+            let Some(token) = self.tokens.get(&id) else { continue };
             let special = self.specials.contains(&token.content);
             if special {
                 match policy {

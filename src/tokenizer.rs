@@ -2,7 +2,6 @@
 //! post-processing; and the reverse, decoding.
 
 use crate::bpe::Bpe;
-use crate::bytelevel;
 use crate::decode::Decoder;
 use crate::error::{Error, Result};
 use crate::normalize::{identity_alignment, Normalizer};
@@ -217,8 +216,14 @@ impl Tokenizer {
             protected,
             &mut Sink { ids: &mut body, offsets: track.then_some(&mut body_offsets) },
         )?;
+        let template = if add_special_tokens { self.post_processor.template.as_deref() } else { None };
+        if let Some(truncation) = &self.truncation {
+            let added = template.map_or(0, |_| self.post_processor.added_len());
+            truncation.apply(added, &mut body, track.then_some(&mut body_offsets))?;
+        }
         if track {
-            // The reference trims offsets after turning them into char indices.
+            // As the reference: offsets become char indices, then (after truncation, which
+            // decides the first token) lose their spaces.
             let chars = CharIndex::new(text);
             for o in body_offsets.iter_mut() {
                 *o = (chars.char(o.0), chars.chars_before(o.1));
@@ -227,11 +232,6 @@ impl Tokenizer {
                 let tokens: Vec<&str> = body.iter().map(|&id| self.id_to_token(id).unwrap_or("")).collect();
                 trim_offsets(&tokens, &mut body_offsets, add_prefix_space);
             }
-        }
-        let template = if add_special_tokens { self.post_processor.template.as_deref() } else { None };
-        if let Some(truncation) = &self.truncation {
-            let added = template.map_or(0, |_| self.post_processor.added_len());
-            truncation.apply(added, &mut body, track.then_some(&mut body_offsets))?;
         }
         let Some(pieces) = template else {
             ids.extend_from_slice(&body);
@@ -326,15 +326,16 @@ impl Tokenizer {
                                     self.bpe.encode(piece, sink.ids);
                                     return Ok(());
                                 }
-                                let (first, mut starts) = (sink.ids.len(), Vec::new());
-                                self.bpe.encode_with_starts(piece, sink.ids, &mut starts);
+                                let mut spans = Vec::new();
+                                self.bpe.encode_with_spans(piece, sink.ids, &mut spans);
                                 let offsets = sink.offsets.as_mut().expect("tracking");
-                                for (k, &s) in starts.iter().enumerate() {
-                                    let e = starts.get(k + 1).map_or(piece.len(), |&e| e as usize);
-                                    let (from, to) = (base + origin.at(s as usize), base + origin.at(e - 1) + 1);
+                                for (s, e) in spans {
+                                    // Normalized bytes s..e of the piece, through its origin
+                                    // and the normalizer's alignment back to the input.
+                                    let from = base + origin.at(s.min(piece.len().saturating_sub(1)));
+                                    let to = base + origin.at(e.max(s + 1).min(piece.len()) - 1) + 1;
                                     offsets.push(segment.span(from, to.max(from + 1)));
                                 }
-                                debug_assert_eq!(sink.ids.len() - first, starts.len());
                                 Ok(())
                             })
                         }
@@ -378,21 +379,7 @@ impl Tokenizer {
             }
             tokens.push(token);
         }
-        Ok(match &self.decoder {
-            // The common case without a String per token.
-            Some(Decoder::ByteLevel) => {
-                let mut bytes = Vec::with_capacity(ids.len() * 4);
-                for token in tokens {
-                    match bytelevel::decode_str(token) {
-                        Some(b) => bytes.extend_from_slice(&b),
-                        // A token outside the byte alphabet (an added word) is its own UTF-8.
-                        None => bytes.extend_from_slice(token.as_bytes()),
-                    }
-                }
-                String::from_utf8_lossy(&bytes).into_owned()
-            }
-            decoder => Decoder::decode(decoder.as_ref(), tokens.into_iter().map(str::to_string).collect()),
-        })
+        Ok(Decoder::decode(self.decoder.as_ref(), &tokens))
     }
 
     /// Adds tokens and returns their ids (`None` for an empty content, which is ignored).

@@ -139,6 +139,17 @@ def test_edge_texts(name: str) -> None:
     assert_same_strings(tok.decode_batch(ids), sp.decode(ids), ids)
 
 
+def test_user_defined_pieces_match_in_the_normalized_text_as_sentencepiece() -> None:
+    """mistral-v3.model has user-defined pieces ([REFERENCE_DOC_n]): sentencepiece matches
+    them as spelled after normalizing the whole text (one dummy prefix)."""
+    sp, tok = sp_model("mistral-v3"), ts_model("mistral-v3")
+    user = [p for p in (sp.id_to_piece(i) for i in range(sp.get_piece_size())) if p.startswith("[REFERENCE_DOC_")]
+    assert user, "the model lost its user-defined pieces"
+    texts = [f"a{user[0]}b", f"{user[0]}x", f"hello {user[0]} world", f" {user[0]}", user[0] + user[1],
+             f"x  {user[0]}  y", f"{user[0]}\n{user[1]} end"]
+    assert_same(tok.encode_batch(texts, add_special_tokens=False, special="text"), sp.encode(texts), texts)
+
+
 @pytest.mark.parametrize("dummy_prefix", [True, False])
 @pytest.mark.parametrize("remove_extra", [True, False])
 @pytest.mark.parametrize("escape", [True, False])

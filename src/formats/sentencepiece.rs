@@ -11,7 +11,7 @@
 //! -1e9); a merge list gives every pair its own rank, so it can only approximate that.
 
 use crate::error::{Error, Result};
-use crate::formats::tokenizer_json;
+use crate::formats::tokenizer_json::{self, TOKENSMITH_KEY};
 use crate::tokenizer::{Tokenizer, Vocab};
 use base64::Engine;
 use prost::Message;
@@ -132,7 +132,7 @@ pub fn to_tokenizer_json(bytes: &[u8], source: &str) -> Result<Value> {
     // refuses is refused here too.
     let mut vocab = Map::new();
     let mut scores: Vec<Option<f32>> = Vec::with_capacity(model.pieces.len());
-    let (mut unk, mut added) = (None, Vec::new());
+    let (mut unk, mut added, mut literal) = (None, Vec::new(), Vec::new());
     for (id, p) in model.pieces.iter().enumerate() {
         let piece = p.piece.as_deref().unwrap_or("");
         let at = |what: &str| bad(format!("pieces[{id}] ({piece:?}): {what}"));
@@ -157,10 +157,15 @@ pub fn to_tokenizer_json(bytes: &[u8], source: &str) -> Result<Value> {
             // that `special="text"` is sentencepiece's behaviour.
             CONTROL => added.push(json!({"id": id, "content": piece, "single_word": false,
                 "lstrip": false, "rstrip": false, "normalized": false, "special": true})),
-            // sentencepiece matches user-defined pieces in the text before anything else and
-            // never merges them.
-            USER_DEFINED => added.push(json!({"id": id, "content": piece, "single_word": false,
-                "lstrip": false, "rstrip": false, "normalized": false, "special": false})),
+            // sentencepiece matches user-defined pieces in the normalized text, spelled as
+            // they are, and never merges them; the dummy prefix goes once before the whole
+            // text. So they are normalized tokens matched by their literal content (the
+            // reference would normalize the content: see `literal_added`).
+            USER_DEFINED => {
+                added.push(json!({"id": id, "content": piece, "single_word": false,
+                    "lstrip": false, "rstrip": false, "normalized": true, "special": false}));
+                literal.push(json!(id));
+            }
             UNUSED => {
                 return Err(Error::Unsupported(format!(
                     "{source}: UNUSED piece {piece:?} (sentencepiece merges through it and then splits it back)"
@@ -237,7 +242,8 @@ pub fn to_tokenizer_json(bytes: &[u8], source: &str) -> Result<Value> {
         "model".into(),
         json!({"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
                "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": byte_fallback,
-               "ignore_merges": false, SCORES_KEY: scores, "vocab": vocab, "merges": merges}),
+               "ignore_merges": false, SCORES_KEY: scores, TOKENSMITH_KEY: {"literal_added": literal},
+               "vocab": vocab, "merges": merges}),
     );
     Ok(Value::Object(root))
 }

@@ -71,11 +71,12 @@ pub fn build(
     let specials = special_tokens.iter().map(|(content, _)| AddedToken::new(content.clone(), true)).collect();
     tokenizer.add_tokens(specials)?;
     // tiktoken matches every special string, also two on one id (the last one decodes).
-    for (content, id) in special_tokens {
-        if tokenizer.added.get(*id).is_some_and(|t| &t.content != content) {
-            tokenizer.added.add_alias(*id, AddedToken::new(content.clone(), true))?;
-        }
-    }
+    let aliases = special_tokens
+        .iter()
+        .filter(|(content, id)| tokenizer.added.get(*id).is_some_and(|t| &t.content != content))
+        .map(|(content, id)| (*id, AddedToken::new(content.clone(), true)))
+        .collect();
+    tokenizer.added.add_aliases(aliases)?;
     Ok(tokenizer)
 }
 
@@ -114,15 +115,26 @@ fn passthrough(pattern: &str) -> Map<String, Value> {
 /// digits; at a branch end nothing can backtrack into it, so the plain repeat is the same).
 fn end_anchors_to_onig(pattern: &str) -> String {
     let mut out = String::with_capacity(pattern.len() + 4);
-    let (mut escaped, mut in_class, mut after_repeat) = (false, false, false);
+    let (mut escaped, mut in_class) = (false, false);
+    // Where the `{` of a possible repeat opened in `out` (not one of `\p{..}`, `\x{..}`, ...).
+    let mut brace: Option<usize> = None;
+    let mut after_repeat = false;
     let mut chars = pattern.chars().peekable();
     while let Some(c) = chars.next() {
-        let closes_repeat = !escaped && !in_class && c == '}';
+        let mut closes_repeat = false;
         match c {
             _ if escaped => escaped = false,
             '\\' => escaped = true,
             '[' => in_class = true,
             ']' => in_class = false,
+            '{' if !in_class => brace = (!out.ends_with(['p', 'P', 'x', 'u', 'k', 'g']) || !escaped_before(&out)).then_some(out.len()),
+            '}' if !in_class => {
+                let body = brace.take().map(|at| &out[at + 1..]);
+                closes_repeat = body.is_some_and(|b| {
+                    let (lo, hi) = b.split_once(',').unwrap_or((b, "0"));
+                    !lo.is_empty() && lo.bytes().all(|d| d.is_ascii_digit()) && hi.bytes().all(|d| d.is_ascii_digit())
+                });
+            }
             '$' if !in_class => {
                 out.push_str("\\z");
                 after_repeat = false;
@@ -140,6 +152,12 @@ fn end_anchors_to_onig(pattern: &str) -> String {
     out
 }
 
+/// Whether the last char of `out` is escaped (preceded by an odd number of backslashes).
+fn escaped_before(out: &str) -> bool {
+    let body = &out[..out.len() - out.chars().next_back().map_or(0, char::len_utf8)];
+    body.chars().rev().take_while(|&c| c == '\\').count() % 2 == 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +166,8 @@ mod tests {
     fn anchors_are_translated_outside_classes_only() {
         assert_eq!(end_anchors_to_onig(r"\s++$|[$]|\$"), r"\s++\z|[$]|\$");
         assert_eq!(end_anchors_to_onig(r"\p{N}{1,3}+|a{2}+b|(x{1,2}+)"), r"\p{N}{1,3}|a{2}+b|(x{1,2})");
+        // `}` of a class name is no repeat: its `+` stays.
+        assert_eq!(end_anchors_to_onig(r" ?\p{L}+| ?\p{N}+|\s+"), r" ?\p{L}+| ?\p{N}+|\s+");
     }
 
     #[test]

@@ -137,16 +137,27 @@ pub fn from_value(mut root: Value) -> Result<Tokenizer> {
     tokenizer.passthrough.insert(MODEL_SETTINGS_KEY.into(), Value::Object(model.settings));
     tokenizer.add_tokens(tokens)?;
     // Special strings that share an id with another (tiktoken encodings only).
-    let aliases = tokenizer.passthrough.get(TOKENSMITH_KEY).and_then(|m| m.get("aliases")).cloned();
-    for (i, alias) in aliases.iter().flat_map(|a| a.as_array().into_iter().flatten()).enumerate() {
+    let meta = tokenizer.passthrough.get(TOKENSMITH_KEY).cloned();
+    let meta = meta.as_ref();
+    let mut aliases = Vec::new();
+    for (i, alias) in meta.and_then(|m| m.get("aliases")).and_then(Value::as_array).into_iter().flatten().enumerate() {
         match alias.as_array().map(Vec::as_slice) {
             Some([id, Value::String(content)]) if id.as_u64().is_some_and(|id| id < u64::from(u32::MAX)) => {
-                let id = id.as_u64().unwrap_or_default() as u32;
-                tokenizer.added.add_alias(id, AddedToken::new(content.clone(), true))?;
+                aliases.push((id.as_u64().unwrap_or_default() as u32, AddedToken::new(content.clone(), true)));
             }
-            _ => return Err(bad(format!("{TOKENSMITH_KEY}.aliases[{i}]: expected [id, content]"))),
+            _ => return Err(bad(format!("model.{TOKENSMITH_KEY}.aliases[{i}]: expected [id, content]"))),
         }
     }
+    tokenizer.added.add_aliases(aliases).map_err(|e| bad(format!("model.{TOKENSMITH_KEY}.aliases: {e}")))?;
+    // Normalized tokens matched as spelled (SentencePiece's user-defined pieces).
+    let literal: Vec<u32> = match meta.and_then(|m| m.get("literal_added")) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(list) => list
+            .as_array()
+            .and_then(|l| l.iter().map(|v| v.as_u64().and_then(|v| u32::try_from(v).ok())).collect())
+            .ok_or_else(|| bad(format!("model.{TOKENSMITH_KEY}.literal_added: expected a list of ids")))?,
+    };
+    tokenizer.added.match_literally(&literal).map_err(|e| bad(format!("model.{TOKENSMITH_KEY}.literal_added: {e}")))?;
     Ok(tokenizer)
 }
 
@@ -191,6 +202,9 @@ pub fn parse_truncation(value: &Value) -> Result<Option<Truncation>> {
     }))
 }
 
+/// The longest padded length a tokenizer.json may ask for (16M ids).
+const MAX_PADDED_LENGTH: usize = 1 << 24;
+
 pub fn parse_padding(value: &Value) -> Result<Option<Padding>> {
     if value.is_null() {
         return Ok(None);
@@ -207,12 +221,20 @@ pub fn parse_padding(value: &Value) -> Result<Option<Padding>> {
         },
     };
     let pad_id = usize_field(value, path, "pad_id", Some(0))?;
+    let pad_to_multiple_of = match value.get("pad_to_multiple_of") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(usize_field(value, path, "pad_to_multiple_of", None)?),
+    };
+    // Padding allocates that many ids per text: a length past any model's context is a
+    // mistake (or a hostile file), not a reason to exhaust memory.
+    for (what, n) in [("strategy.Fixed", fixed), ("pad_to_multiple_of", pad_to_multiple_of)] {
+        if n.is_some_and(|n| n > MAX_PADDED_LENGTH) {
+            return Err(bad(format!("{path}.{what}: {} is more than {MAX_PADDED_LENGTH} ids", n.unwrap_or(0))));
+        }
+    }
     Ok(Some(Padding {
         fixed,
-        pad_to_multiple_of: match value.get("pad_to_multiple_of") {
-            None | Some(Value::Null) => None,
-            Some(_) => Some(usize_field(value, path, "pad_to_multiple_of", None)?),
-        },
+        pad_to_multiple_of,
         pad_id: u32::try_from(pad_id).map_err(|_| bad(format!("{path}.pad_id: {pad_id} is not a valid id")))?,
         direction: parse_direction(value, path)?,
     }))
@@ -296,7 +318,7 @@ fn prepend_scheme(obj: &Value, path: &str) -> Result<PrependScheme> {
 
 fn parse_behavior(value: &Value, path: &str, default: Option<Behavior>) -> Result<Behavior> {
     Ok(match value.get("behavior").and_then(Value::as_str) {
-        None if default.is_some() => default.unwrap_or(Behavior::Isolated),
+        None if default.is_some() => return default.ok_or_else(|| bad(format!("{path}: no behavior"))),
         Some("Removed") => Behavior::Removed,
         Some("Isolated") => Behavior::Isolated,
         Some("MergedWithPrevious") => Behavior::MergedWithPrevious,
@@ -714,9 +736,15 @@ fn build_char_bpe(model: &Model, scores: Option<&[Option<f32>]>) -> Result<Bpe> 
     }
     // Cutting text between chars that no token joins is exact only when every merge joins
     // chars (not byte-fallback or unknown symbols) and chars are looked up plainly.
-    let symbol_only = |id: u32| fallback.contains(&id) || Some(id) == chars.unk;
-    let merges_chars = !model.merges.iter().any(|&(l, r)| symbol_only(l) || symbol_only(r));
-    if merges_chars && !chars.has_prefix && !chars.has_suffix && !model.ignore_merges {
+    // And only when no char is dropped (a char with neither a token, byte tokens nor unk
+    // vanishes, and its neighbours may merge across it).
+    let mut symbol_only = vec![false; vocab.tokens.len()];
+    for id in fallback.iter().copied().chain(chars.unk).filter(|&id| id != NO_ID) {
+        symbol_only[id as usize] = true;
+    }
+    let merges_chars = !model.merges.iter().any(|&(l, r)| symbol_only[l as usize] || symbol_only[r as usize]);
+    let nothing_dropped = chars.unk.is_some() || (model.byte_fallback && !fallback.contains(&NO_ID));
+    if merges_chars && nothing_dropped && !chars.has_prefix && !chars.has_suffix && !model.ignore_merges {
         let mut pairs = FxHashSet::default();
         for token in vocab.ids.keys() {
             let mut it = token.chars();
@@ -730,6 +758,12 @@ fn build_char_bpe(model: &Model, scores: Option<&[Option<f32>]>) -> Result<Bpe> 
         chars.word_pairs = Some(pairs);
     }
     if model.byte_fallback {
+        if chars.has_prefix || chars.has_suffix {
+            // The reference falls back on the bytes of the prefixed string; no model uses both.
+            return Err(Error::Unsupported(
+                "BPE byte_fallback together with continuing_subword_prefix / end_of_word_suffix".into(),
+            ));
+        }
         chars.byte_fallback = Some(fallback);
     }
     let tokens = vocab.ids.iter().map(|(t, &id)| (t.as_bytes(), id));
@@ -813,10 +847,13 @@ pub fn to_string(tokenizer: &Tokenizer) -> Result<String> {
         }
     }
     let mut meta = tokenizer.passthrough.get(TOKENSMITH_KEY).cloned();
-    if !tokenizer.added.aliases().is_empty() {
-        let aliases: Vec<Value> = tokenizer.added.aliases().iter().map(|(id, t)| json!([id, t.content])).collect();
-        if let Some(m) = meta.get_or_insert_with(|| json!({})).as_object_mut() {
-            m.insert("aliases".into(), Value::Array(aliases));
+    let aliases: Vec<Value> = tokenizer.added.aliases().iter().map(|(id, t)| json!([id, t.content])).collect();
+    let literal: Vec<Value> = tokenizer.added.literal().map(|id| json!(id)).collect();
+    for (key, list) in [("aliases", aliases), ("literal_added", literal)] {
+        if !list.is_empty() {
+            if let Some(m) = meta.get_or_insert_with(|| json!({})).as_object_mut() {
+                m.insert(key.into(), Value::Array(list));
+            }
         }
     }
     let mut entries: Vec<(&String, u32)> = tokenizer.vocab.ids.iter().map(|(t, &id)| (t, id)).collect();

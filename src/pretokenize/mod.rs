@@ -139,28 +139,40 @@ fn gpt2_splitter() -> &'static Splitter {
     })
 }
 
-/// Where a piece's bytes are in the text given to the pre-tokenizer.
+/// Where a piece's bytes are in the text given to the pre-tokenizer: from `at` on, or,
+/// for a piece a step rewrote, byte by byte in `map` (built only for offsets; without it,
+/// `at` still says where the piece starts).
 #[derive(Debug, Clone, Copy)]
-pub enum Origin<'a> {
-    /// The piece is the text's bytes from this offset on.
-    At(usize),
-    /// The text offset of each byte of the piece (for pieces a step rewrote).
-    Map(&'a [usize]),
+pub struct Origin<'a> {
+    at: usize,
+    map: Option<&'a [usize]>,
 }
 
 impl<'a> Origin<'a> {
+    fn start() -> Self {
+        Origin { at: 0, map: None }
+    }
+
+    /// A rewritten piece whose first byte comes from `at`, mapped byte by byte if `track`.
+    fn rewritten(at: usize, map: &'a [usize], track: bool) -> Self {
+        Origin { at, map: track.then_some(map) }
+    }
+
     fn sub(self, start: usize, end: usize) -> Origin<'a> {
-        match self {
-            Origin::At(at) => Origin::At(at + start),
-            Origin::Map(map) => Origin::Map(&map[start.min(map.len())..end.min(map.len())]),
+        match self.map {
+            None => Origin { at: self.at + start, map: None },
+            Some(map) => {
+                let part = &map[start.min(map.len())..end.min(map.len())];
+                Origin { at: part.first().copied().unwrap_or(self.at), map: Some(part) }
+            }
         }
     }
 
     /// The text offset of byte `i` of the piece.
     pub fn at(self, i: usize) -> usize {
-        match self {
-            Origin::At(at) => at + i,
-            Origin::Map(map) => map.get(i).or(map.last()).copied().unwrap_or(0),
+        match self.map {
+            None => self.at + i,
+            Some(map) => map.get(i).or(map.last()).copied().unwrap_or(self.at),
         }
     }
 }
@@ -212,7 +224,7 @@ impl PreTokenizer {
         cx: Context,
         f: &mut dyn FnMut(&[u8], Origin) -> Result<()>,
     ) -> Result<()> {
-        self.apply(0, text, Origin::At(0), false, cx, f)
+        self.apply(0, text, Origin::start(), false, cx, f)
     }
 
     /// `mapped`: `text` is byte-level mapped chars, one per raw byte.
@@ -237,7 +249,7 @@ impl PreTokenizer {
                 } else {
                     Vec::new()
                 };
-                f(&bytes, Origin::Map(&map))
+                f(&bytes, Origin::rewritten(origin.at(0), &map, cx.track))
             }
             Some(Step::ByteLevel { add_prefix_space, use_regex }) => {
                 let (prefixed, map);
@@ -249,7 +261,7 @@ impl PreTokenizer {
                     } else {
                         Vec::new()
                     };
-                    (prefixed.as_str(), Origin::Map(&map))
+                    (prefixed.as_str(), Origin::rewritten(origin.at(0), &map, cx.track))
                 } else {
                     (text, origin)
                 };
@@ -294,7 +306,7 @@ impl PreTokenizer {
                         map.extend(std::iter::repeat(origin.at(i)).take(c2.len_utf8()));
                     }
                 }
-                let origin = Origin::Map(&map);
+                let origin = Origin::rewritten(origin.at(0), &map, cx.track);
                 if *split {
                     let spans = Splitter::Chars(CharClass::Is(rep)).spans(&out, false)?;
                     for (start, end) in combine(spans, Behavior::MergedWithNext) {
@@ -331,7 +343,7 @@ impl PreTokenizer {
                 map.extend(std::iter::repeat(origin.at(i)).take(c.len_utf8()));
             }
         }
-        self.apply(step + 1, &out, Origin::Map(&map), true, cx, f)
+        self.apply(step + 1, &out, Origin::rewritten(origin.at(0), &map, cx.track), true, cx, f)
     }
 
     /// Matches and the gaps between them, each passed on to the next step.
