@@ -170,7 +170,12 @@ class Tokenizer:
         ``<unk>`` (sentencepiece: `` ⁇ ``) and control ids to their text (sentencepiece:
         nothing; pass ``skip_special_tokens=True``). ``save()`` writes a tokenizer.json that
         Hugging Face ``tokenizers`` loads and that tokensmith reloads with sentencepiece's
-        merge order (the piece scores travel in the model section). Unigram, word and char models raise
+        merge order (the piece scores travel in the model section). User-defined pieces
+        match in the normalized text as spelled, as sentencepiece matches them (the saved
+        file's reference normalizes them: its ids differ on text that contains them). A
+        non-empty precompiled charsmap normalizes as ``tokenizers``' conversion does (per
+        grapheme), which can differ from sentencepiece's longest-prefix rule on
+        compatibility characters; Llama 2 and Mistral models have none. Unigram, word and char models raise
         :class:`UnsupportedTokenizerError`; a file that is not a model raises
         :class:`TokenizerFormatError`.
 

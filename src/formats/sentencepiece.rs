@@ -77,6 +77,8 @@ const NORMAL: i32 = 1;
 const UNKNOWN: i32 = 2;
 const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
+/// The longest scored piece accepted (sentencepiece's trainer caps pieces far below it).
+const MAX_PIECE_BYTES: usize = 1024;
 const UNUSED: i32 = 5;
 const BYTE: i32 = 6;
 const BPE: i32 = 2;
@@ -143,6 +145,11 @@ pub fn to_tokenizer_json(bytes: &[u8], source: &str) -> Result<Value> {
             return Err(at("defined twice"));
         }
         let kind = p.r#type.unwrap_or(NORMAL);
+        // Every split of a scored piece is looked up (quadratic in its length); trainers
+        // write pieces of at most a few dozen chars, so a huge one is a broken or hostile file.
+        if kind == NORMAL && piece.len() > MAX_PIECE_BYTES {
+            return Err(at(&format!("{} bytes, more than the {MAX_PIECE_BYTES} a trained piece can have", piece.len())));
+        }
         scores.push((kind == NORMAL).then(|| p.score.unwrap_or(0.0)));
         match kind {
             NORMAL => {}
