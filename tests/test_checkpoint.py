@@ -355,20 +355,31 @@ def test_other_weight_files_are_copied_with_a_warning(models, tmp_path):
 
 
 @pytest.mark.parametrize("special", [True, False], ids=["special", "plain"])
-def test_pieces_on_a_tokenizer_tokensmith_does_not_run(models, tmp_path, special):
-    """Mistral v3 is SentencePiece-style BPE: the pieces come from the reference library
-    (with its added tokens removed, so text stays text) and so does the final check."""
+def test_pieces_on_a_sentencepiece_tokenizer_come_from_tokensmith(models, tmp_path, special, monkeypatch):
+    """Mistral v3 is SentencePiece-style BPE: tokensmith splits the new tokens itself (the
+    reference library is not used), leaving out the lone word-start piece "▁"."""
     import tokenizers
 
+    from tokensmith import embeddings as E
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the reference library was used for pieces")
+
+    monkeypatch.setattr(E, "TextOnlyTokenizer", no_fallback)
     src = models("mistral-v3", False, False)
-    result = add_tokens(src, tmp_path / "out", ["<|box_start|>", "newword"], special=special)
+    result = add_tokens(src, tmp_path / "out", ["<|box_start|>", "newword", "中文"], special=special)
     data = json.loads((src / "tokenizer.json").read_text())
     reference = tokenizers.Tokenizer.from_str(json.dumps(dict(data, added_tokens=[])))
+    word_start = reference.token_to_id("\u2581")
     old, new = tensors(src), tensors(tmp_path / "out")
+    lone = 0
     for t in result.tokens:
         pieces = reference.encode(t.content, add_special_tokens=False).ids
+        lone += word_start in pieces
+        pieces = [p for p in pieces if p != word_start] or pieces
         for n in ("model.embed_tokens.weight", "lm_head.weight"):
             assert new[n][t.id].tobytes() == to_bf16_bits(as_f64(old[n][pieces]).mean(axis=0)).tobytes()
+    assert lone, "no token here splits into a lone word-start piece: the case is not tested"
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
     assert [tok.encode(t.content, add_special_tokens=False) for t in result.tokens] == [[t.id] for t in result.tokens]
 
