@@ -4,6 +4,7 @@ For every shared tokenizer (byte-level and SentencePiece-style) and every corpus
 the lines are encoded as one batch on both sides and compared for:
 
 * ``default``      -- ``encode_batch(lines)`` vs HF ``encode_batch(lines)``
+* ``offsets``      -- ``encode_with_offsets(line)`` for every line vs HF ids and ``offsets``
 * ``no_special``   -- ``add_special_tokens=False`` on both sides
 * ``text``         -- ``special="text"`` vs HF with ``encode_special_tokens = True``
 * ``decode``       -- ``decode_batch`` of the HF default ids, both ``skip_special_tokens`` values
@@ -36,7 +37,7 @@ from conftest import (
     ts_tokenizer,
 )
 
-CHECKS = ["default", "no_special", "text", "decode", "numpy"]
+CHECKS = ["default", "offsets", "no_special", "text", "decode", "numpy"]
 WHOLE_FILE_TOKENIZERS = ["gpt2", "llama3", "llama2"]
 
 # (tokenizer, corpus, check) in an order that keeps one (tokenizer, corpus) pair together, so the
@@ -74,7 +75,13 @@ def reference_ids(name: str, path, mode: str):
             del _reference_cache[k]
         lines = corpus_lines(path)
         if mode == "default":
-            ids = hf_encode_batch(hf_tokenizer(name), lines, add_special_tokens=True)
+            # One pass of the reference gives the ids and the offsets (kept as compact arrays).
+            hf, ids, offsets = hf_tokenizer(name), [], []
+            for i in range(0, len(lines), 4096):
+                for e in hf.encode_batch(lines[i:i + 4096], add_special_tokens=True):
+                    ids.append(e.ids)
+                    offsets.append(np.array(e.offsets, dtype=np.int32).reshape(-1, 2))
+            _reference_cache[(name, str(path), "offsets")] = offsets
         elif mode == "no_special":
             # HF's post-processor only adds the template ids around the sequence, so the ids
             # without it are the default ids minus the template (computed once, checked below).
@@ -104,6 +111,20 @@ def test_corpus_lines_parity(name, corpus, check):
     if check == "default":
         got = ts_encode_batch(tok, lines)
         assert_same(got, reference_ids(name, corpus, "default"), lines, context)
+    elif check == "offsets":
+        want_ids = reference_ids(name, corpus, "default")
+        want = _reference_cache[(name, str(corpus), "offsets")]
+        bad = []
+        for k, line in enumerate(lines):
+            ids, offsets = tok.encode_with_offsets(line)
+            if ids != want_ids[k] or not np.array_equal(np.array(offsets, dtype=np.int32).reshape(-1, 2), want[k]):
+                bad.append(k)
+        if bad:
+            k = bad[0]
+            ids, offsets = tok.encode_with_offsets(lines[k])
+            raise AssertionError(f"{context}: {len(bad)} of {len(lines)} lines differ; first is #{k} {lines[k]!r}\n"
+                                 f"tokensmith {list(zip(ids, offsets))[:40]}\nreference  "
+                                 f"{list(zip(want_ids[k], map(tuple, want[k].tolist())))[:40]}")
     elif check == "no_special":
         got = ts_encode_batch(tok, lines, add_special_tokens=False)
         assert_same(got, reference_ids(name, corpus, "no_special"), lines, context)
