@@ -231,8 +231,8 @@ impl AddedVocabulary {
             if !self.tokens.contains_key(&id) {
                 return Err(Error::Invalid(format!("alias {:?}: id {id} is not an added token", token.content)));
             }
-            if self.ids.contains_key(&token.content) {
-                return Err(Error::Invalid(format!("alias {:?} is a token already", token.content)));
+            if self.ids.get(&token.content).is_some_and(|&other| other != id) {
+                return Err(Error::Invalid(format!("alias {:?} is already another token", token.content)));
             }
             if token.special {
                 self.specials.insert(token.content.clone());

@@ -206,6 +206,11 @@ impl Tokenizer {
         add_special_tokens: bool,
         sink: Sink,
     ) -> Result<()> {
+        let template = if add_special_tokens { self.post_processor.template.as_deref() } else { None };
+        if sink.offsets.is_none() && template.is_none() && self.truncation.is_none() {
+            // The common case: straight into the caller's ids.
+            return self.encode_into(text, policy, protected, &mut Sink { ids: sink.ids, offsets: None });
+        }
         let Sink { ids, mut offsets } = sink;
         let mut body_offsets = Vec::new();
         let mut body = Vec::with_capacity(text.len() / 3 + 4);
@@ -216,7 +221,6 @@ impl Tokenizer {
             protected,
             &mut Sink { ids: &mut body, offsets: track.then_some(&mut body_offsets) },
         )?;
-        let template = if add_special_tokens { self.post_processor.template.as_deref() } else { None };
         if let Some(truncation) = &self.truncation {
             let added = template.map_or(0, |_| self.post_processor.added_len());
             truncation.apply(added, &mut body, track.then_some(&mut body_offsets))?;
