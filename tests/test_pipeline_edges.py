@@ -87,7 +87,7 @@ def test_aliases_in_a_file_are_checked():
     obj["model"]["tokensmith"] = {"aliases": [[0, "zzz"]]}  # id 0 is no added token
     with pytest.raises(ts.TokenizerError, match="aliases"):
         ts.Tokenizer.from_str(json.dumps(obj))
-    obj["model"]["tokensmith"] = {"aliases": [[50256, "<|endoftext|>"]]}  # a token already
+    obj["model"]["tokensmith"] = {"aliases": [[50256, "hello"]]}  # another token's string
     with pytest.raises(ts.TokenizerError, match="aliases"):
         ts.Tokenizer.from_str(json.dumps(obj))
 

@@ -143,7 +143,11 @@ pub fn from_value(mut root: Value) -> Result<Tokenizer> {
     for (i, alias) in meta.and_then(|m| m.get("aliases")).and_then(Value::as_array).into_iter().flatten().enumerate() {
         match alias.as_array().map(Vec::as_slice) {
             Some([id, Value::String(content)]) if id.as_u64().is_some_and(|id| id < u64::from(u32::MAX)) => {
-                aliases.push((id.as_u64().unwrap_or_default() as u32, AddedToken::new(content.clone(), true)));
+                let id = id.as_u64().unwrap_or_default() as u32;
+                if tokenizer.vocab.ids.get(content).is_some_and(|&other| other != id) {
+                    return Err(bad(format!("model.{TOKENSMITH_KEY}.aliases[{i}]: {content:?} is another token")));
+                }
+                aliases.push((id, AddedToken::new(content.clone(), true)));
             }
             _ => return Err(bad(format!("model.{TOKENSMITH_KEY}.aliases[{i}]: expected [id, content]"))),
         }
