@@ -265,6 +265,7 @@ impl Bpe {
     }
 
     /// Appends the ids of one pre-tokenized piece.
+    #[inline]
     pub fn encode(&self, piece: &[u8], out: &mut Vec<u32>) {
         match (piece.len(), &self.alphabet) {
             (0, _) => return,
@@ -312,6 +313,7 @@ impl Bpe {
     }
 
     /// One piece that needs no further cutting: cached when short.
+    #[inline]
     fn encode_word(&self, piece: &[u8], out: &mut Vec<u32>) {
         if piece.len() > CACHE_MAX_PIECE {
             return self.merge(piece, out);

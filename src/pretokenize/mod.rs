@@ -158,6 +158,7 @@ impl<'a> Origin<'a> {
         Origin { at, map: track.then_some(map) }
     }
 
+    #[inline]
     fn sub(self, start: usize, end: usize) -> Origin<'a> {
         match self.map {
             None => Origin { at: self.at + start, map: None },
@@ -169,6 +170,7 @@ impl<'a> Origin<'a> {
     }
 
     /// The text offset of byte `i` of the piece.
+    #[inline]
     pub fn at(self, i: usize) -> usize {
         match self.map {
             None => self.at + i,
@@ -228,6 +230,7 @@ impl PreTokenizer {
     }
 
     /// `mapped`: `text` is byte-level mapped chars, one per raw byte.
+    #[inline]
     fn apply(
         &self,
         step: usize,
@@ -322,6 +325,7 @@ impl PreTokenizer {
 
     /// After a ByteLevel step: the last step hands raw bytes to BPE; steps after it see
     /// the mapped chars, as in the reference.
+    #[inline]
     fn byte_level_next(
         &self,
         step: usize,
