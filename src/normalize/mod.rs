@@ -53,30 +53,10 @@ impl Normalizer {
         // The quick checks only skip work: a text they pass is left as it is by the
         // reference too (every char replaced by itself, alignment unchanged).
         match self {
-            Normalizer::Nfc => {
-                if is_nfc_quick(n.as_str().chars()) != IsNormalized::Yes {
-                    let dest: Vec<_> = n.as_str().nfc().collect();
-                    n.transform(dest, 0);
-                }
-            }
-            Normalizer::Nfd => {
-                if is_nfd_quick(n.as_str().chars()) != IsNormalized::Yes {
-                    let dest: Vec<_> = n.as_str().nfd().collect();
-                    n.transform(dest, 0);
-                }
-            }
-            Normalizer::Nfkc => {
-                if is_nfkc_quick(n.as_str().chars()) != IsNormalized::Yes {
-                    let dest: Vec<_> = n.as_str().nfkc().collect();
-                    n.transform(dest, 0);
-                }
-            }
-            Normalizer::Nfkd => {
-                if is_nfkd_quick(n.as_str().chars()) != IsNormalized::Yes {
-                    let dest: Vec<_> = n.as_str().nfkd().collect();
-                    n.transform(dest, 0);
-                }
-            }
+            Normalizer::Nfc => unicode_form(n, |t| is_nfc_quick(t.chars()), |t| t.nfc().collect()),
+            Normalizer::Nfd => unicode_form(n, |t| is_nfd_quick(t.chars()), |t| t.nfd().collect()),
+            Normalizer::Nfkc => unicode_form(n, |t| is_nfkc_quick(t.chars()), |t| t.nfkc().collect()),
+            Normalizer::Nfkd => unicode_form(n, |t| is_nfkd_quick(t.chars()), |t| t.nfkd().collect()),
             Normalizer::Lowercase => n.lowercase(),
             Normalizer::Prepend(s) => n.prepend(s),
             Normalizer::Replace { pattern, content } => n.replace(pattern, content),
@@ -116,6 +96,18 @@ impl Normalizer {
             }
             Normalizer::Sequence(steps) => steps.iter().for_each(|s| s.apply(n)),
         }
+    }
+}
+
+/// A Unicode normalization form, skipped when the quick check says the text is in it.
+fn unicode_form(
+    n: &mut NormalizedText,
+    quick: fn(&str) -> IsNormalized,
+    form: fn(&str) -> Vec<(char, isize)>,
+) {
+    if quick(n.as_str()) != IsNormalized::Yes {
+        let dest = form(n.as_str());
+        n.transform(dest, 0);
     }
 }
 
