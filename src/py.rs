@@ -4,7 +4,7 @@
 use crate::embed::{add_noise, normal_at, stream_key, Matrix};
 use crate::error::Error;
 use crate::formats::{sentencepiece, tiktoken, tokenizer_json};
-use crate::special::{AddedToken, SpecialPolicy};
+use crate::special::{AddedToken, Protected, SpecialPolicy};
 use crate::tokenizer::{CharIndex, Tokenizer};
 use pyo3::exceptions::{PyFileNotFoundError, PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -210,8 +210,10 @@ impl PyTokenizer {
     }
 
     /// ids and each token's (start, end) char offsets (Python str indices); special tokens
-    /// are text inside the `protected` char ranges whatever the policy.
-    #[pyo3(signature = (text, add_special_tokens, policy, allowed = None, protected = Vec::new()))]
+    /// are text inside the `protected` char ranges whatever the policy, but those named in
+    /// `protected_allowed`.
+    #[pyo3(signature = (text, add_special_tokens, policy, allowed = None, protected = Vec::new(), protected_allowed = None))]
+    #[allow(clippy::too_many_arguments)]
     fn encode_with_offsets(
         &self,
         py: Python<'_>,
@@ -220,9 +222,17 @@ impl PyTokenizer {
         policy: &str,
         allowed: Option<Vec<String>>,
         protected: Vec<(usize, usize)>,
+        protected_allowed: Option<Vec<String>>,
     ) -> PyResult<(Vec<u32>, Vec<(usize, usize)>)> {
         let s = self::text(text)?;
         let policy = self.policy(py, policy, allowed)?;
+        let allowed_inside = match protected_allowed {
+            Some(tokens) => match self.policy(py, "only", Some(tokens))? {
+                SpecialPolicy::Only(ids) => Some(ids),
+                _ => unreachable!("an \"only\" policy"),
+            },
+            None => None,
+        };
         let tokenizer = self.get();
         py.allow_threads(|| {
             let chars = CharIndex::new(s);
@@ -237,7 +247,8 @@ impl PyTokenizer {
                     _ => merged.push((a, b)),
                 }
             }
-            tokenizer.encode_with_offsets(s, &policy, &merged, add_special_tokens)
+            let protected = Protected { ranges: &merged, allowed: allowed_inside.as_ref() };
+            tokenizer.encode_with_offsets(s, &policy, protected, add_special_tokens)
         })
         .or_raise(py)
     }

@@ -62,7 +62,7 @@ pub enum Segment<'a> {
 /// text whatever the policy says.
 #[derive(Debug, Clone, Copy)]
 pub struct Protect<'a> {
-    ranges: &'a [(usize, usize)],
+    protected: Protected<'a>,
     /// Where the text being matched starts in the input.
     base: usize,
     /// For text whose positions do not map back to the input (it was normalized): the
@@ -70,23 +70,37 @@ pub struct Protect<'a> {
     whole: Option<(usize, usize)>,
 }
 
+/// Input byte ranges (sorted, not overlapping) where special tokens are plain text whatever
+/// the policy, except the `allowed` ones: user content spliced into a template, where the
+/// template's own markers must not be injected but a user's task tokens may be.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Protected<'a> {
+    pub ranges: &'a [(usize, usize)],
+    pub allowed: Option<&'a FxHashSet<u32>>,
+}
+
+impl<'a> Protected<'a> {
+    pub const NONE: Protected<'static> = Protected { ranges: &[], allowed: None };
+}
+
 impl<'a> Protect<'a> {
-    pub fn exact(ranges: &'a [(usize, usize)], base: usize) -> Self {
-        Protect { ranges, base, whole: None }
+    pub fn exact(protected: Protected<'a>, base: usize) -> Self {
+        Protect { protected, base, whole: None }
     }
 
-    pub fn whole(ranges: &'a [(usize, usize)], start: usize, end: usize) -> Self {
-        Protect { ranges, base: start, whole: Some((start, end)) }
+    pub fn whole(protected: Protected<'a>, start: usize, end: usize) -> Self {
+        Protect { protected, base: start, whole: Some((start, end)) }
     }
 
-    fn covers(&self, start: usize, end: usize) -> bool {
-        if self.ranges.is_empty() {
+    fn covers(&self, start: usize, end: usize, id: u32) -> bool {
+        let ranges = self.protected.ranges;
+        if ranges.is_empty() || self.protected.allowed.is_some_and(|allowed| allowed.contains(&id)) {
             return false;
         }
         let (start, end) = self.whole.unwrap_or((self.base + start, self.base + end));
         // The first range ending after `start` is the only candidate for an overlap.
-        let i = self.ranges.partition_point(|&(_, e)| e <= start);
-        self.ranges.get(i).is_some_and(|&(s, _)| s < end)
+        let i = ranges.partition_point(|&(_, e)| e <= start);
+        ranges.get(i).is_some_and(|&(s, _)| s < end)
     }
 }
 
@@ -335,7 +349,7 @@ impl AddedVocabulary {
                     SpecialPolicy::Only(_) => {}
                     SpecialPolicy::Raise => {}
                 }
-                if protect.covers(start, stop) {
+                if protect.covers(start, stop, id) {
                     continue;
                 }
             }
@@ -398,7 +412,7 @@ mod tests {
 
     fn segments(v: &AddedVocabulary, text: &str, policy: &SpecialPolicy) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        v.split_raw(text, policy, Protect::exact(&[], 0), &mut |s| {
+        v.split_raw(text, policy, Protect::exact(Protected::NONE, 0), &mut |s| {
             out.push(match s {
                 Segment::Text(t) => t.to_string(),
                 Segment::Token(id, _, _) => format!("#{id}"),

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::normalize::{identity_alignment, Normalizer};
 use crate::postprocess::{trim_offsets, Padding, PostProcessor, TemplatePiece, Truncation};
 use crate::pretokenize::{Context, PreTokenizer};
-use crate::special::{AddedToken, AddedVocabulary, Protect, Segment as AddedSegment, SpecialPolicy};
+use crate::special::{AddedToken, AddedVocabulary, Protect, Protected, Segment as AddedSegment, SpecialPolicy};
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use std::borrow::Cow;
@@ -150,7 +150,7 @@ impl Tokenizer {
     /// The ids of `text`, truncated and padded as the tokenizer's settings say.
     pub fn encode(&self, text: &str, policy: &SpecialPolicy, add_special_tokens: bool) -> Result<Vec<u32>> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 4);
-        self.run(text, policy, &[], add_special_tokens, Sink { ids: &mut ids, offsets: None })?;
+        self.run(text, policy, Protected::NONE, add_special_tokens, Sink { ids: &mut ids, offsets: None })?;
         if let Some(padding) = &self.padding {
             padding.apply(padding.target(ids.len()), &mut ids, None);
         }
@@ -159,13 +159,13 @@ impl Tokenizer {
 
     /// The ids of `text` and each token's (start, end) char indices in it (the reference's
     /// offsets, as its Python API gives them), with special tokens treated as text inside
-    /// the `protected` byte ranges (sorted, not overlapping) whatever the policy says: for
+    /// the `protected` ranges (but the ones allowed there) whatever the policy says: for
     /// content spliced into a template.
     pub fn encode_with_offsets(
         &self,
         text: &str,
         policy: &SpecialPolicy,
-        protected: &[(usize, usize)],
+        protected: Protected,
         add_special_tokens: bool,
     ) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
         let (mut ids, mut offsets) = (Vec::new(), Vec::new());
@@ -186,7 +186,7 @@ impl Tokenizer {
             .par_iter()
             .map(|t| {
                 let mut ids = Vec::with_capacity(t.len() / 3 + 4);
-                self.run(t, policy, &[], add_special_tokens, Sink { ids: &mut ids, offsets: None })?;
+                self.run(t, policy, Protected::NONE, add_special_tokens, Sink { ids: &mut ids, offsets: None })?;
                 Ok(ids)
             })
             .collect::<Result<_>>()?;
@@ -202,7 +202,7 @@ impl Tokenizer {
         &self,
         text: &str,
         policy: &SpecialPolicy,
-        protected: &[(usize, usize)],
+        protected: Protected,
         add_special_tokens: bool,
         sink: Sink,
     ) -> Result<()> {
@@ -296,7 +296,7 @@ impl Tokenizer {
         &self,
         text: &str,
         policy: &SpecialPolicy,
-        protected: &[(usize, usize)],
+        protected: Protected,
         sink: &mut Sink,
     ) -> Result<()> {
         let track = sink.offsets.is_some();
@@ -417,7 +417,7 @@ mod tests {
         let tok = gpt2();
         let text = "Hello wörld<|endoftext|> again";
         let chars: Vec<char> = text.chars().collect();
-        let (ids, offsets) = tok.encode_with_offsets(text, &SpecialPolicy::Allow, &[], true).unwrap();
+        let (ids, offsets) = tok.encode_with_offsets(text, &SpecialPolicy::Allow, Protected::NONE, true).unwrap();
         assert_eq!(ids, tok.encode(text, &SpecialPolicy::Allow, true).unwrap());
         let eot = tok.token_to_id("<|endoftext|>").unwrap();
         let at = ids.iter().position(|&i| i == eot).unwrap();
@@ -436,11 +436,22 @@ mod tests {
         let tok = gpt2();
         let text = "<|endoftext|>user: <|endoftext|>";
         let content = (19, text.len());
-        let (ids, _) = tok.encode_with_offsets(text, &SpecialPolicy::Allow, &[content], false).unwrap();
+        let protected = Protected { ranges: &[content], allowed: None };
+        let (ids, _) = tok.encode_with_offsets(text, &SpecialPolicy::Allow, protected, false).unwrap();
         let eot = tok.token_to_id("<|endoftext|>").unwrap();
         assert_eq!(ids.iter().filter(|&&i| i == eot).count(), 1);
         assert_eq!(ids[0], eot);
         // The rest is one run of text: BPE merges across the template/content boundary.
         assert_eq!(ids[1..], tok.encode(&text[13..], &SpecialPolicy::Text, false).unwrap()[..]);
+
+        // A token allowed inside the ranges is an id there; the others stay text.
+        let mut tok = tok;
+        let boxed = tok.add_tokens(vec![AddedToken::new("<|box|>", true)]).unwrap()[0].unwrap();
+        let text = "<|endoftext|>user: <|endoftext|><|box|>";
+        let allowed = [boxed].into_iter().collect();
+        let protected = Protected { ranges: &[(19, text.len())], allowed: Some(&allowed) };
+        let (ids, _) = tok.encode_with_offsets(text, &SpecialPolicy::Allow, protected, false).unwrap();
+        assert_eq!(ids.iter().filter(|&&i| i == eot).count(), 1);
+        assert_eq!(ids.last(), Some(&boxed));
     }
 }

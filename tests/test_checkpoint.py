@@ -83,6 +83,12 @@ def to_bf16_bits(values: np.ndarray) -> np.ndarray:
     return values.astype(ml_dtypes.bfloat16).view(np.int16)
 
 
+def reserved_ids(folder: Path) -> list[int]:
+    """Ids of the reserved slots: never trained, never in the statistics."""
+    data = json.loads((folder / "tokenizer.json").read_text())
+    return sorted(t["id"] for t in data["added_tokens"] if "reserved_special_token" in t["content"])
+
+
 def digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
@@ -137,8 +143,10 @@ def test_add_tokens_end_to_end(models, tmp_path, name, tied, sharded):
             pieces = reference.encode(token, add_special_tokens=False).ids
             want = to_bf16_bits(as_f64(old[n][pieces]).mean(axis=0))
             assert new[n][id].tobytes() == want.tobytes(), (n, token)
-        untouched = np.setdiff1d(np.arange(old[n].shape[0], rows), ids)
-        assert not new[n][untouched].any(), "padding rows must be zero"
+        padding = np.setdiff1d(np.arange(old[n].shape[0], rows), ids)
+        trained = np.setdiff1d(np.arange(old_size), reserved_ids(src))
+        want = to_bf16_bits(as_f64(old[n][trained]).mean(axis=0))
+        assert all(row.tobytes() == want.tobytes() for row in new[n][padding]), "padding rows start at the mean"
 
 
 def test_reuse_reserved_slots_renames_them_and_initializes_their_rows(models, tmp_path):
@@ -526,3 +534,122 @@ def test_stale_temp_folders_are_reported_not_deleted(models, tmp_path):
     result = add_tokens(src, tmp_path / "out", ["<|a|>"], init="mean")
     assert (tmp_path / ".out.tmp-424242").exists()
     assert any(".out.tmp-424242 was left by an interrupted run" in w for w in result.warnings)
+
+
+# ----------------------------------------------------------------------------- reserved slots in memory
+
+
+@pytest.mark.parametrize("name,special", [("llama3", True), ("llama3", False), ("gemma4", True), ("mistral-v3", True), ("tekken", True)])
+def test_reuse_reserved_in_memory_matches_the_folder(models, tmp_path, name, special):
+    """Tokenizer.reuse_reserved gives the ids, vocabulary, config and encodings that
+    add_tokens(reuse_reserved=True) writes, and that the reference library and transformers
+    load from what it saves."""
+    import tokenizers
+
+    from tokensmith import Tokenizer
+
+    src = models(name, True, False)
+    new_tokens = ["<|box_start|>", "<|box_end|>"]
+    result = add_tokens(src, tmp_path / "out", new_tokens, special=special, init="mean", reuse_reserved=True)
+    assert all(t.replaced for t in result.tokens)
+    tok = Tokenizer.from_pretrained(src)
+    assert tok.reuse_reserved(new_tokens, special=special) == [t.id for t in result.tokens]
+    written = Tokenizer.from_pretrained(tmp_path / "out")
+    assert tok.get_vocab() == written.get_vocab()
+    assert tok.added_tokens == written.added_tokens
+    assert tok.config == written.config
+    text = " ".join(f"a{t.content}b {t.replaced} c" for t in result.tokens) + " hello world"
+    reference = tokenizers.Tokenizer.from_str(tok.to_str())
+    for template in (False, True):
+        ids = tok.encode(text, add_special_tokens=template)
+        assert ids == written.encode(text, add_special_tokens=template)
+        assert ids == reference.encode(text, add_special_tokens=template).ids
+    assert all(t.id in tok.encode(text, add_special_tokens=False) for t in result.tokens)
+    tok.save_pretrained(tmp_path / "saved")
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "saved")
+    assert hf.encode(text, add_special_tokens=False) == tok.encode(text, add_special_tokens=False)
+    assert (set(new_tokens) <= set(hf.all_special_tokens)) == special
+    assert not {t.replaced for t in result.tokens} & set(hf.all_special_tokens)
+
+
+def test_reuse_reserved_in_memory_when_slots_run_out(models, tmp_path):
+    from tokensmith import Tokenizer
+
+    src = models("llama3", True, False)
+    pattern = [r"<\|reserved_special_token_1[01]\|>"]
+    new_tokens = ["<|a|>", "<|b|>", "<|c|>"]
+    result = add_tokens(src, tmp_path / "out", new_tokens, init="mean", reuse_reserved=True, reserved_patterns=pattern)
+    assert [t.replaced for t in result.tokens] == ["<|reserved_special_token_10|>", "<|reserved_special_token_11|>", None]
+    tok = Tokenizer.from_pretrained(src)
+    eot = tok.token_to_id("<|eot_id|>")
+    ids = tok.reuse_reserved(["<|eot_id|>", *new_tokens, "<|a|>"], patterns=pattern)
+    assert ids == [eot, *(t.id for t in result.tokens), result.tokens[0].id], "present tokens keep their ids"
+    assert result.tokens[2].id == 128256
+    assert tok.get_vocab() == Tokenizer.from_pretrained(tmp_path / "out").get_vocab()
+    assert tok.reuse_reserved(["<|d|>"], patterns=pattern) == [128257], "no slot left"
+
+
+# ----------------------------------------------------------------------------- --init copy
+
+
+@pytest.mark.parametrize("name,tied,source,source_id", [
+    ("qwen2", False, "<|im_end|>", 151645), ("llama3", True, " hello", 24748), ("mistral-v3", False, "</s>", 2),
+])
+def test_copy_init_copies_the_rows_of_one_token(models, tmp_path, name, tied, source, source_id):
+    src = models(name, tied, False)
+    result = add_tokens(src, tmp_path / "out", NEW, init="copy", copy_from=source)
+    old, new = tensors(src), tensors(tmp_path / "out")
+    matrices = ["model.embed_tokens.weight"] + ([] if tied else ["lm_head.weight"])
+    assert sorted(result.tensors) == sorted(matrices)
+    for n in matrices:
+        for t in result.tokens:
+            assert new[n][t.id].tobytes() == old[n][source_id].tobytes(), (n, t.content)
+    if not tied:
+        assert new["lm_head.weight"][source_id].tobytes() != new["model.embed_tokens.weight"][source_id].tobytes()
+
+
+def test_copy_from_must_be_one_token_of_the_old_tokenizer(models, tmp_path, capsys):
+    src = models("llama3", False, False)
+    out = tmp_path / "out"
+    with pytest.raises(InvalidInputError, match=r"copy_from '</x>' is not a token of this tokenizer \(it splits into 3 pieces\)"):
+        add_tokens(src, out, ["<|a|>"], init="copy", copy_from="</x>")
+    with pytest.raises(InvalidInputError, match=r"copy_from '<\|a\|>' is not a token"):  # not before it is added
+        add_tokens(src, out, ["<|a|>"], init="copy", copy_from="<|a|>")
+    with pytest.raises(ValueError, match="init='copy' needs copy_from"):
+        add_tokens(src, out, ["<|a|>"], init="copy")
+    with pytest.raises(ValueError, match="copy_from is only used with init='copy'"):
+        add_tokens(src, out, ["<|a|>"], init="mean", copy_from="<|eot_id|>")
+    assert cli(["add-tokens", str(src), str(out), "--tokens", "<|a|>", "--init", "copy", "--copy-from", "</x>"]) == 2
+    assert "tokensmith: error: --copy-from '</x>' is not a token of this tokenizer" in capsys.readouterr().err
+    assert cli(["add-tokens", str(src), str(out), "--tokens", "<|a|>", "--init", "copy"]) == 2
+    assert "--init copy needs --copy-from" in capsys.readouterr().err
+    assert not out.exists()
+    assert cli(["add-tokens", str(src), str(out), "--tokens", "<|a|>", "--init", "copy", "--copy-from", "<|eot_id|>"]) == 0
+    old, new = tensors(src), tensors(out)
+    for n in ("model.embed_tokens.weight", "lm_head.weight"):
+        assert new[n][128256].tobytes() == old[n][128009].tobytes()
+
+
+# ----------------------------------------------------------------------------- padding rows
+
+
+@pytest.mark.parametrize("init", ["pieces", "copy", "mean", "noisy_mean", "mean_cov"])
+def test_padding_rows_start_from_the_trained_rows_not_zero(models, tmp_path, init):
+    src = models("llama3", False, False)
+    options = {"copy_from": "<|eot_id|>"} if init == "copy" else {}
+    result = add_tokens(src, tmp_path / "padded", NEW, init=init, pad_to_multiple_of=64, seed=3, **options)
+    assert result.rows_after == 128320
+    add_tokens(src, tmp_path / "plain", NEW, init=init, seed=3, **options)
+    old, new, plain = tensors(src), tensors(tmp_path / "padded"), tensors(tmp_path / "plain")
+    padding = np.arange(128256 + len(NEW), 128320)
+    trained = np.setdiff1d(np.arange(128256), reserved_ids(src))
+    for n in ("model.embed_tokens.weight", "lm_head.weight"):
+        rows = as_f64(new[n][padding])
+        assert np.isfinite(rows).all() and rows.any(axis=1).all(), f"{n}: a padding row is zero"
+        assert new[n][: 128256 + len(NEW)].tobytes() == plain[n].tobytes(), "the new rows do not depend on the padding"
+        if init == "noisy_mean":
+            assert len({row.tobytes() for row in new[n][padding]}) == len(padding)
+        elif init != "mean_cov":
+            want = to_bf16_bits(as_f64(old[n][trained]).mean(axis=0))
+            assert all(row.tobytes() == want.tobytes() for row in new[n][padding]), n
+    assert result.padding_rows == 61 and "61 padding rows initialized by" in result.summary()

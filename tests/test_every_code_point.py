@@ -10,7 +10,16 @@ from __future__ import annotations
 import pytest
 from conftest import ALL_TOKENIZERS, hf_tokenizer, ts_tokenizer
 
-CODE_POINTS = [c for c in range(0x20, 0x110000) if not 0xD800 <= c < 0xE000]
+# Every code point of the planes with assigned characters (0-3: BMP, supplementary
+# multilingual and ideographic planes; the tags and variation selectors of plane 14); the
+# rest of planes 4-14 is unassigned and 15-16 private use, each a single class all through,
+# so every 61st of them (a step prime to every block size) stands for the rest: 0.28M code
+# points instead of 1.1M, a quarter of the time per tokenizer.
+CODE_POINTS = [
+    c
+    for c in range(0x20, 0x110000)
+    if not 0xD800 <= c < 0xE000 and (c < 0x40000 or 0xE0000 <= c < 0xE1000 or c % 61 == 0)
+]
 
 
 def contexts(c: str) -> str:

@@ -12,6 +12,7 @@ from ._core import __version__
 from ._tokenizer import AddedToken, SpecialPolicy, Tokenizer
 from .errors import (
     CheckpointError,
+    DataError,
     InvalidInputError,
     SpecialTokenError,
     TokenizerError,
@@ -22,6 +23,7 @@ from .errors import (
 __all__ = [
     "AddedToken",
     "CheckpointError",
+    "DataError",
     "InvalidInputError",
     "SpecialPolicy",
     "SpecialTokenError",

@@ -23,6 +23,7 @@ class CoreTokenizer:
         policy: str,
         allowed: list[str] | None = None,
         protected: list[tuple[int, int]] = ...,
+        protected_allowed: list[str] | None = None,
     ) -> tuple[list[int], list[tuple[int, int]]]: ...
     def encode_batch(
         self, texts: Sequence[str], add_special_tokens: bool, policy: str, allowed: list[str] | None = None

@@ -90,7 +90,9 @@ class Tokenizer:
 
     def __init__(self, core: _core.CoreTokenizer, config: dict[str, Any] | None = None) -> None:
         self._core = core
-        #: tokenizer_config.json of the folder it was loaded from (``{}`` otherwise).
+        #: tokenizer_config.json of the folder it was loaded from (``{}`` otherwise), kept in
+        #: step with the tokens added since (``added_tokens_decoder``, the extra special
+        #: tokens), as :meth:`save_pretrained` writes it.
         self.config: dict[str, Any] = config or {}
 
     # ------------------------------------------------------------------ loading
@@ -136,6 +138,9 @@ class Tokenizer:
                 from .errors import TokenizerFormatError
 
                 raise TokenizerFormatError(f"{config_path}: not valid JSON ({e})") from None
+        templates = _chat_templates(folder, config)
+        if templates is not None:
+            config["chat_template"] = templates
         if not path.is_file():
             # Older SentencePiece checkpoints ship only the .model file.
             return cls(_core.CoreTokenizer.from_sentencepiece(str(sentencepiece_model)), config)
@@ -205,19 +210,21 @@ class Tokenizer:
         add_special_tokens: bool = True,
         special: SpecialPolicy = "allow",
         protected: Iterable[tuple[int, int]] = (),
+        protected_allowed: Iterable[str] = (),
     ) -> tuple[list[int], list[tuple[int, int]]]:
         """The ids of ``text`` and each token's ``(start, end)`` indices in ``text``.
 
         The offsets are the reference's (``tokenizers``' ``Encoding.offsets``): through
         normalizers and prefix spaces, with ``trim_offsets`` as the file says; tokens the
         template adds get ``(0, 0)``. Inside the ``protected`` ``(start, end)`` ranges
-        special-token strings are plain text whatever ``special`` says: use it for user
-        content spliced into a template.
+        special-token strings are plain text whatever ``special`` says, but those named in
+        ``protected_allowed``: use it for user content spliced into a template.
 
         >>> ids, offsets = tok.encode_with_offsets("<|im_start|>user\nhi", protected=[(17, 19)])  # doctest: +SKIP
         """
         policy, allowed = _policy(special)
-        return self._core.encode_with_offsets(text, add_special_tokens, policy, allowed, list(protected))
+        inside = _policy(protected_allowed)[1] or None
+        return self._core.encode_with_offsets(text, add_special_tokens, policy, allowed, list(protected), inside)
 
     def encode_batch(
         self, texts: Sequence[str], *, add_special_tokens: bool = True, special: SpecialPolicy = "allow"
@@ -300,11 +307,63 @@ class Tokenizer:
         for t in tokens:
             if not isinstance(t, AddedToken):
                 raise TypeError(f"expected str or AddedToken, got {type(t).__name__}")
-        ids = self._core.add_tokens([t._flags() for t in tokens])
+        from ._tokenizer_files import FLAGS, _new_tokenizer_config
+
+        flags = [t._flags() for t in tokens]
+        ids = self._core.add_tokens(flags)
+        # transformers learns which tokens are special from tokenizer_config.json, not from
+        # tokenizer.json: the config follows every addition (the core has just set each
+        # token's flags to these, new or not, as the reference does).
+        _new_tokenizer_config(self.config, [dict(zip(("content", *FLAGS), f), id=i) for f, i in zip(flags, ids) if i is not None])
         empty = [t.content for t, i in zip(tokens, ids) if i is None]
         if empty:
             raise InvalidInputError("cannot add an empty token")
         return ids
+
+    def reuse_reserved(
+        self, tokens: Iterable[str], *, patterns: Iterable[str] | None = None, special: bool = True
+    ) -> list[int]:
+        """Add ``tokens`` into untrained reserved slots first, and return their ids.
+
+        Each new token takes over the next free slot (Llama 3 ``<|reserved_special_token_N|>``,
+        Gemma ``<unusedN>``, Mistral ``[control_N]``, Tekken ``<SPECIAL_N>``, or ``patterns``,
+        regular expressions matched against whole tokens): the slot is renamed and keeps its
+        id, so the embedding needs no new row. Slots that ``config`` names (special-token
+        fields, chat template) or that tokenizer.json pads or post-processes with are not
+        taken. When the slots run out the rest are added after the vocabulary; a token that
+        exists already keeps its id, as with :meth:`add_special_tokens` (``special=True``) or
+        :meth:`add_tokens`. Same ids as :func:`tokensmith.checkpoint.add_tokens` with
+        ``reuse_reserved=True`` on the folder.
+
+        >>> tok.reuse_reserved(["<|box_start|>", "<|box_end|>"])       # doctest: +SKIP
+        [128002, 128003]
+        """
+        import re
+
+        from . import _tokenizer_files as F
+
+        tokens = list(tokens)
+        for t in tokens:
+            if not isinstance(t, str):
+                raise TypeError(f"tokens must be str, got {type(t).__name__}")
+            if not t:
+                raise InvalidInputError("cannot add an empty token")
+        compiled = [re.compile(p) for p in (list(patterns or ()) or F.RESERVED_PATTERNS.values())]
+        present = [t for t in tokens if self.token_to_id(t) is not None]
+        if present:
+            (self.add_special_tokens if special else self.add_tokens)(present)
+        new = list(dict.fromkeys(t for t in tokens if t not in set(present)))
+        if new:
+            data = json.loads(self.to_str())
+            vocab = F._vocabulary(data)
+            asked = set(tokens)
+            free = [s for s in F._reserved_slots(vocab, compiled, F._used_by(self.config, {}, data)) if s[1] not in asked]
+            placed = F._placements(new, free, max(vocab.values(), default=-1) + 1)
+            F._new_tokenizer_json(data, placed, special)
+            self._core = _core.CoreTokenizer.from_str(json.dumps(data, ensure_ascii=False))
+            replaced = {t.replaced for t in placed if t.replaced is not None}
+            F._new_tokenizer_config(self.config, [F._token_entry(t, special) for t in placed], replaced)
+        return [self._core.token_to_id(t) for t in tokens]
 
     @property
     def truncation(self) -> dict[str, Any] | None:
@@ -378,6 +437,28 @@ class Tokenizer:
         """
         self._core.save(os.fspath(path))
 
+    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> list[Path]:
+        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into a
+        folder (created if missing) for ``transformers.AutoTokenizer.from_pretrained``.
+
+        The config keeps every key of :attr:`config` (chat template, BOS/EOS, model max
+        length, ...); its ``added_tokens_decoder`` lists every added token with the flags
+        tokenizer.json has, and the special tokens added here are in its list of extra
+        special tokens, so transformers sees each added token as special or not as
+        tokensmith does and encodes to the same ids. Each file is written under a temporary
+        name and renamed. Returns the written paths.
+
+        >>> tok = Tokenizer.from_pretrained("Qwen2.5-0.5B")          # doctest: +SKIP
+        >>> tok.add_special_tokens(["<|box_start|>"]); tok.save_pretrained("out")  # doctest: +SKIP
+        """
+        from ._tokenizer_files import _added_entries, _special_tokens_map, _with_decoder, write_tokenizer_files
+
+        folder = Path(save_directory)
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"{folder}: not a folder")
+        config = _with_decoder(self.config, _added_entries(self._core.added_tokens()))
+        return write_tokenizer_files(folder, self.to_str(), config, _special_tokens_map(config))
+
     def copy(self) -> Tokenizer:
         """An independent copy (cheap: the model is shared, the added tokens are not).
 
@@ -400,6 +481,49 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"<tokensmith.Tokenizer vocab_size={self.vocab_size} added_tokens={len(self._core.added_tokens())}>"
+
+
+def _chat_templates(folder: Path, config: dict[str, Any]) -> str | list[dict[str, str]] | None:
+    """The folder's chat templates from every place ``transformers`` keeps them, in
+    tokenizer_config.json's form (a string, or a list of ``{"name", "template"}``).
+
+    ``chat_template.jinja`` (what transformers 5 ``save_pretrained`` writes) and
+    ``additional_chat_templates/NAME.jinja`` take priority over tokenizer_config.json's
+    ``chat_template``, as in transformers; ``chat_template.json`` (``{"chat_template": ...}``,
+    processors' file) is read where neither has one.
+    """
+    from .errors import TokenizerFormatError
+
+    def read(path: Path) -> str:
+        try:
+            return path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError) as e:
+            raise TokenizerFormatError(f"{path}: cannot read the chat template ({e})") from None
+
+    templates: dict[str, str] = {}
+    own = config.get("chat_template")
+    if isinstance(own, str):
+        templates["default"] = own
+    elif isinstance(own, list):
+        templates.update({t["name"]: t["template"] for t in own if isinstance(t, dict) and "name" in t and "template" in t})
+    legacy = folder / "chat_template.json"
+    if legacy.is_file() and "default" not in templates:
+        try:
+            value = json.loads(read(legacy)).get("chat_template")
+        except (ValueError, AttributeError) as e:
+            raise TokenizerFormatError(f"{legacy}: not a JSON object with a chat_template ({e})") from None
+        if isinstance(value, str):
+            templates["default"] = value
+    if (folder / "chat_template.jinja").is_file():
+        templates["default"] = read(folder / "chat_template.jinja")
+    extra = folder / "additional_chat_templates"
+    if extra.is_dir():
+        templates.update({p.stem: read(p) for p in sorted(extra.glob("*.jinja"))})
+    if not templates:
+        return None
+    if list(templates) == ["default"]:
+        return templates["default"]
+    return [{"name": name, "template": text} for name, text in templates.items()]
 
 
 def _bad_ids(ids: Sequence[int]) -> Exception | None:

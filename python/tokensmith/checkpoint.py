@@ -32,35 +32,32 @@ from typing import Any, BinaryIO
 from . import embeddings as E
 from ._atomic import atomic_folder, temp_folder_for
 from ._safetensors import COPY_CHUNK, Replacement, SafetensorsFile, copy_file, copy_range, write_file
+from ._tokenizer_files import (
+    RESERVED_PATTERNS,
+    TOKENIZER_FILES,
+    NewToken,
+    _new_special_map,
+    _new_tokenizer_config,
+    _new_tokenizer_json,
+    _placements,
+    _reserved_slots,
+    _token_entry,
+    _used_by,
+    _vocabulary,
+    write_tokenizer_files,
+)
 from .errors import CheckpointError, InvalidInputError, TokenizerError
 
 __all__ = ["RESERVED_PATTERNS", "INIT_METHODS", "NewToken", "AddTokensResult", "add_tokens"]
 
-# Slots that tokenizers ship untrained, by family; each is reusable for a new token.
-RESERVED_PATTERNS = {
-    "llama3": r"<\|reserved_special_token_\d+\|>",
-    "gemma": r"<unused\d+>",
-    "mistral": r"\[control_\d+\]",
-    "tekken": r"<SPECIAL_\d+>",
-}
-
-INIT_METHODS = ("pieces", "description", "mean", "noisy_mean", "mean_cov")
+INIT_METHODS = ("pieces", "description", "mean", "noisy_mean", "mean_cov", "copy")
 
 # Input embeddings and output heads, by the names model families give them.
 EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "tok_embeddings.weight", "embed_in.weight")
 HEAD_SUFFIXES = ("lm_head.weight", "embed_out.weight", "output.weight")
 
-REWRITTEN = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "model.safetensors.index.json")
+REWRITTEN = ("config.json", *TOKENIZER_FILES, "model.safetensors.index.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack")
-# Special-token fields of tokenizer_config.json whose tokens a reserved slot must not be taken from.
-SPECIAL_FIELDS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
-
-
-@dataclass
-class NewToken:
-    content: str
-    id: int
-    replaced: str | None = None  # the reserved slot it took over, if any
 
 
 @dataclass
@@ -71,6 +68,7 @@ class AddTokensResult:
     rows_after: int
     init: str
     tensors: list[str] = field(default_factory=list)  # rewritten tensors
+    padding_rows: int = 0  # rows --pad-to-multiple-of added past the new tokens
     files_copied: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
@@ -83,6 +81,8 @@ class AddTokensResult:
             lines.append(f"  {t.id:8d}  {t.content!r}  ({how})")
         grown = "unchanged" if self.rows_after == self.rows_before else f"{self.rows_before} -> {self.rows_after}"
         lines.append(f"embedding rows: {grown}; rows initialized by {self.init!r} in: {', '.join(self.tensors)}")
+        if self.padding_rows:
+            lines.append(f"{self.padding_rows} padding rows initialized by {_padding_init(self.init)!r}")
         lines.append(f"{self.files_copied} other files copied byte for byte")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
@@ -125,6 +125,7 @@ def add_tokens(
     special: bool = True,
     init: str = "pieces",
     descriptions: Sequence[str] | None = None,
+    copy_from: str | None = None,
     reuse_reserved: bool = False,
     reserved_patterns: Sequence[str] | None = None,
     pad_to_multiple_of: int | None = None,
@@ -138,13 +139,16 @@ def add_tokens(
       ``decode(skip_special_tokens=True)``); else as plain added tokens.
     - ``init``: how their rows start: ``pieces`` (mean of the rows of the pieces the old
       tokenizer splits the token's text into), ``description`` (the same over
-      ``descriptions``), ``mean``, ``noisy_mean`` or ``mean_cov`` (see
-      :func:`tokensmith.embeddings.init_rows`). The output head is initialized from its own
-      rows; tied weights once.
+      ``descriptions``), ``mean``, ``noisy_mean``, ``mean_cov`` (see
+      :func:`tokensmith.embeddings.init_rows`) or ``copy`` (every new row a copy of the row
+      of ``copy_from``, one token of the old tokenizer, e.g. ``"</s>"``). The output head is
+      initialized from its own rows; tied weights once.
     - ``reuse_reserved``: take over untrained reserved slots (:data:`RESERVED_PATTERNS`, or
       ``reserved_patterns``, regular expressions matched against whole tokens) before
       growing the matrices.
-    - ``pad_to_multiple_of``: round the grown row count up (never shrinks).
+    - ``pad_to_multiple_of``: round the grown row count up (never shrinks); the padding
+      rows start from the mean of the trained rows (with ``noisy_mean`` / ``mean_cov``,
+      drawn like the new rows), never zero.
 
     Raises :class:`CheckpointError` for a folder that cannot be read (missing, not
     safetensors, truncated, inconsistent tensors) and :class:`InvalidInputError` for tokens
@@ -163,6 +167,8 @@ def add_tokens(
     tokens = [str(t) for t in tokens]
     if init == "description" and (descriptions is None or len(descriptions) != len(tokens)):
         raise ValueError("init='description' needs descriptions=[one per token]")
+    if (init == "copy") != (copy_from is not None):
+        raise ValueError("init='copy' needs copy_from=TOKEN, and copy_from is only used with init='copy'")
 
     config = _read_json(src / "config.json")
     tokenizer_json = _read_json(src / "tokenizer.json")
@@ -173,6 +179,7 @@ def add_tokens(
     old_size = max(vocab.values(), default=-1) + 1
     old_tokenizer = _old_tokenizer(src / "tokenizer.json", tokenizer_json, required=init in ("pieces", "description"))
     _check_new_tokens(tokens, tokenizer_json, vocab, old_tokenizer)
+    sources = None if copy_from is None else [_copy_source(copy_from, tokenizer_json, vocab, old_tokenizer)] * len(tokens)
     patterns = [re.compile(p) for p in (reserved_patterns or RESERVED_PATTERNS.values())]
     reserved = _reserved_slots(vocab, patterns)  # all untrained, in use or not
     free = _reserved_slots(vocab, patterns, _in_use(src, config, tokenizer_config, tokenizer_json))
@@ -184,15 +191,24 @@ def add_tokens(
         raise CheckpointError(f"the embedding has {rows} rows but the tokenizer has {old_size} tokens")
     new_count = len(tokens) - len(slots)
     target = max(rows, E._padded(old_size + new_count, pad_to_multiple_of))
-    placed = [NewToken(t, id, old) for t, (id, old) in zip(tokens, slots)]
-    placed += [NewToken(t, old_size + k, None) for k, t in enumerate(tokens[len(slots):])]
+    placed = _placements(tokens, slots, old_size)
     ids = [t.id for t in placed]
+    padding = sorted(set(range(rows, target)) - set(ids))
 
     # Statistics come from trained rows only: not the padding past the tokenizer, not the
     # reserved slots (never trained), not the rows being replaced.
     include = E._row_flags(rows, [*range(old_size, rows), *(id for id, _ in reserved), *(i for i in ids if i < rows)])
     texts = list(descriptions) if init == "description" else tokens
-    method_options = E._Options(tokenizer=old_tokenizer, texts=texts, seed=seed)
+    method_options = E._Options(tokenizer=old_tokenizer, texts=texts, seed=seed, sources=sources)
+    # Padding rows are never an input, but each is a logit in every softmax of an untied
+    # head: a zero row gives logit 0 wherever that falls among the real logits. At the
+    # mean of the trained rows its logit is the mean logit, so exp(logit) is at most the
+    # mean of the real exp(logits) (Jensen): k such rows take at most k/V of the mass, the
+    # bound behind mean init (Hewitt 2021) that transformers' mean_resizing also applies to
+    # its padding. pieces / description / copy describe one token; a padding row stands
+    # for none, so it takes that plain mean; noisy_mean and mean_cov draw around it as the
+    # new rows do (with their own seed: the new rows do not change when padding is asked).
+    pad_init = _padding_init(init)
 
     replacements: dict[Path, dict[str, Replacement]] = {}
     rewritten = []
@@ -203,13 +219,18 @@ def add_tokens(
             raise CheckpointError(f"{shard.path}: {name} has {matrix.shape[0]} rows, the embedding {rows}")
         options = dataclasses.replace(method_options, seed=seed if tied else seed + k)
         targets = [i for i in ids if i < rows]
-        values = E._values(E._HostMatrix(matrix, kernel_dtype), len(ids), init, include, targets, options)
-        staged = _round_rows(values, len(ids), matrix.shape[1], matrix.dtype, kernel_dtype)
+        host = E._HostMatrix(matrix, kernel_dtype)
+        values = E._values(host, len(ids), init, include, targets, options)
+        new_rows = dict(zip(ids, _round_rows(values, len(ids), matrix.shape[1], matrix.dtype, kernel_dtype)))
+        if padding:
+            pad_options = dataclasses.replace(options, seed=options.seed + len(files))
+            values = E._values(host, len(padding), pad_init, include, padding, pad_options)
+            new_rows.update(zip(padding, _round_rows(values, len(padding), matrix.shape[1], matrix.dtype, kernel_dtype)))
         replacements.setdefault(shard.path, {})[name] = Replacement(
-            [target, matrix.shape[1]], _matrix_writer(shard, name, target, dict(zip(ids, staged)))
+            [target, matrix.shape[1]], _matrix_writer(shard, name, target, new_rows)
         )
         rewritten.append(name)
-        del matrix
+        del matrix, host
 
     stale_temp = [p for p in _stale_temp_folders(out) if p != temp_folder_for(out)]
     total = sum(p.stat().st_size for p in _files(src)) + (target - rows) * sum(
@@ -234,11 +255,15 @@ def add_tokens(
                 bar(path.stat().st_size)
                 copied += 1
         _write_json(tmp / "config.json", _new_config(config, target))
-        _write_json(tmp / "tokenizer.json", _new_tokenizer_json(tokenizer_json, placed, special), pretty=False)
-        if tokenizer_config is not None:
-            _write_json(tmp / "tokenizer_config.json", _new_tokenizer_config(tokenizer_config, placed, special))
-        if (src / "special_tokens_map.json").exists():
-            _write_json(tmp / "special_tokens_map.json", _new_special_map(_read_json(src / "special_tokens_map.json"), placed, special))
+        entries = [_token_entry(t, special) for t in placed]
+        replaced = {t.replaced for t in placed if t.replaced is not None}
+        special_map = src / "special_tokens_map.json"
+        write_tokenizer_files(
+            tmp,
+            json.dumps(_new_tokenizer_json(tokenizer_json, placed, special), ensure_ascii=False),
+            None if tokenizer_config is None else _new_tokenizer_config(tokenizer_config, entries, replaced),
+            _new_special_map(_read_json(special_map), entries, replaced) if special_map.exists() else None,
+        )
         index = src / "model.safetensors.index.json"
         if index.exists():
             _write_json(tmp / index.name, _new_index(_read_json(index), tmp, (target - rows) * embedding.shape[1] * len(files)))
@@ -252,6 +277,7 @@ def add_tokens(
         rows_before=rows,
         rows_after=target,
         init=init,
+        padding_rows=len(padding),
         tensors=rewritten,
         files_copied=copied,
         bytes_written=sum(p.stat().st_size for p in _files(out)),
@@ -323,19 +349,6 @@ def _weight_files(src: Path) -> list[SafetensorsFile]:
     raise CheckpointError(f"{src}: no model.safetensors or model.safetensors.index.json")
 
 
-def _vocabulary(tokenizer_json: dict) -> dict[str, int]:
-    model = tokenizer_json.get("model") or {}
-    vocab = model.get("vocab")
-    out: dict[str, int] = {}
-    if isinstance(vocab, dict):
-        out.update(vocab)
-    elif isinstance(vocab, list):  # Unigram: [[piece, score], ...]
-        out.update({entry[0]: i for i, entry in enumerate(vocab)})
-    for t in tokenizer_json.get("added_tokens") or []:
-        out[t["content"]] = t["id"]
-    return out
-
-
 def _check_new_tokens(tokens: list[str], tokenizer_json: dict, vocab: dict[str, int], old_tokenizer: Any) -> None:
     """A new token must not be an added token already, nor a text the old tokenizer already
     encodes to one id, nor spelled like a vocabulary entry (the internal spelling of another
@@ -365,16 +378,40 @@ def _check_new_tokens(tokens: list[str], tokenizer_json: dict, vocab: dict[str, 
             )
 
 
+def _copy_source(copy_from: str, tokenizer_json: dict, vocab: dict[str, int], old_tokenizer: Any) -> int:
+    """The id of ``copy_from`` in the old tokenizer: an added token spelled so, or a text it
+    encodes to one id (not the unknown token); the vocabulary's own spelling where no
+    tokenizer runs. Raises InvalidInputError(detail="copy_from") otherwise."""
+    added = {t["content"]: t["id"] for t in tokenizer_json.get("added_tokens") or []}
+    if copy_from in added:
+        return added[copy_from]
+    if old_tokenizer is None:
+        if copy_from in vocab:
+            return vocab[copy_from]
+        why = "not in the vocabulary"
+    else:
+        ids = E._plain_text_encoder(old_tokenizer)[0](copy_from) if copy_from else []
+        unk = vocab.get((tokenizer_json.get("model") or {}).get("unk_token") or "")
+        if len(ids) == 1 and ids[0] != unk:
+            return ids[0]
+        why = "the unknown token" if ids == [unk] else f"it splits into {len(ids)} pieces"
+    raise InvalidInputError(f"copy_from {copy_from!r} is not a token of this tokenizer ({why})", "copy_from")
+
+
+def _padding_init(init: str) -> str:
+    """How the padding rows start (see add_tokens)."""
+    return init if init in ("noisy_mean", "mean_cov") else "mean"
+
+
 def _in_use(src: Path, config: dict, tokenizer_config: dict | None, tokenizer_json: dict) -> tuple[set[int], str]:
     """Token ids and text the model folder uses; a reserved slot named there is in use:
     - ids: config.json / generation_config.json keys naming tokens (pad_token_id,
       image_token_index, ...);
-    - text: special-token fields and named extra tokens of tokenizer_config.json and
-      special_tokens_map.json (not the plain lists of extra special tokens, which enumerate
-      free slots too), tokenizer.json's padding and post-processor, and the chat templates
-      (tokenizer_config.json, chat_template.jinja / .json, additional_chat_templates/)."""
+    - text: what the tokenizer files use (see ``_tokenizer_files._used_by``: special-token
+      fields, named extra tokens, padding, post-processor, the config's chat template), and
+      the chat templates of their own files (chat_template.jinja / .json,
+      additional_chat_templates/)."""
     ids: set[int] = set()
-    texts: list[str] = []
     configs = [config, _text_config(config)]
     if (src / "generation_config.json").exists():
         configs.append(_read_json(src / "generation_config.json"))
@@ -383,28 +420,12 @@ def _in_use(src: Path, config: dict, tokenizer_config: dict | None, tokenizer_js
             if "token" in key.lower():
                 ids.update(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, int))
     special_map = _read_json(src / "special_tokens_map.json") if (src / "special_tokens_map.json").exists() else {}
-    for fields in (tokenizer_config or {}, special_map):
-        for key, value in fields.items():
-            if key in SPECIAL_FIELDS or (key.endswith("special_tokens") and isinstance(value, dict)):
-                texts.append(json.dumps(value, ensure_ascii=False))
-        texts.append(json.dumps(fields.get("chat_template") or "", ensure_ascii=False))
-    texts.append(json.dumps([tokenizer_json.get("padding"), tokenizer_json.get("post_processor")], ensure_ascii=False))
-    if isinstance((tokenizer_json.get("padding") or {}).get("pad_id"), int):
-        ids.add(tokenizer_json["padding"]["pad_id"])
+    used_ids, used_text = _used_by(tokenizer_config or {}, special_map, tokenizer_json)
+    texts = [used_text]
     for template in [src / "chat_template.jinja", src / "chat_template.json", *sorted(src.glob("additional_chat_templates/*"))]:
         if template.is_file():
             texts.append(template.read_text(encoding="utf-8", errors="replace"))
-    return ids, "\n".join(texts)
-
-
-def _reserved_slots(vocab: dict[str, int], patterns: list[re.Pattern], in_use: tuple[set[int], str] = (set(), "")) -> list[tuple[int, str]]:
-    """(id, content) of every reserved token, by id, except those the folder uses."""
-    used_ids, used_text = in_use
-    return sorted(
-        (id, content)
-        for content, id in vocab.items()
-        if any(p.fullmatch(content) for p in patterns) and id not in used_ids and content not in used_text
-    )
+    return ids | used_ids, "\n".join(texts)
 
 
 def _locate_matrices(shards: list[SafetensorsFile], config: dict) -> tuple[Any, Any, list[tuple[str, SafetensorsFile]]]:
@@ -511,64 +532,6 @@ def _new_config(config: dict, target: int) -> dict:
     if text is not config and isinstance(config.get("vocab_size"), int):
         config["vocab_size"] = max(config["vocab_size"], target)
     return config
-
-
-def _token_entry(t: NewToken, special: bool) -> dict:
-    return {
-        "id": t.id,
-        "content": t.content,
-        "single_word": False,
-        "lstrip": False,
-        "rstrip": False,
-        "normalized": not special,
-        "special": special,
-    }
-
-
-def _new_tokenizer_json(data: dict, placed: list[NewToken], special: bool) -> dict:
-    """New tokens appended to ``added_tokens``; a reused slot's entry replaced, and its
-    vocabulary key renamed (Gemma's <unusedN> are vocabulary entries only: they get an
-    added-token entry, which makes the new token match whole)."""
-    by_id = {t.id: t for t in placed}
-    added = [a for a in data.setdefault("added_tokens", []) if a["id"] not in by_id]
-    added += [_token_entry(t, special) for t in placed]
-    data["added_tokens"] = sorted(added, key=lambda a: a["id"])
-    model = data.get("model") or {}
-    renames = {t.replaced: t.content for t in placed if t.replaced is not None}
-    if renames and isinstance(model.get("vocab"), dict):
-        model["vocab"] = {renames.get(k, k): v for k, v in model["vocab"].items()}
-    return data
-
-
-def _new_tokenizer_config(config: dict, placed: list[NewToken], special: bool) -> dict:
-    decoder = config.get("added_tokens_decoder")
-    if isinstance(decoder, dict):
-        for t in placed:
-            entry = _token_entry(t, special)
-            del entry["id"]
-            decoder[str(t.id)] = entry
-        config["added_tokens_decoder"] = dict(sorted(decoder.items(), key=lambda kv: int(kv[0])))
-    _update_special_list(config, placed, special)
-    return config
-
-
-def _update_special_list(config: dict, placed: list[NewToken], special: bool) -> None:
-    """Reused slots leave the list of extra special tokens (else transformers would add the
-    old name back as a new id); special new tokens join it, under the key the file uses
-    (transformers 5 writes ``extra_special_tokens``, 4.x ``additional_special_tokens``)."""
-    key = "extra_special_tokens" if isinstance(config.get("extra_special_tokens"), list) else "additional_special_tokens"
-    replaced = {t.replaced for t in placed if t.replaced is not None}
-    content = lambda x: x.get("content") if isinstance(x, dict) else x  # noqa: E731
-    current = [x for x in config.get(key) or [] if content(x) not in replaced]
-    if special:
-        current += [t.content for t in placed]
-    if current or key in config:
-        config[key] = current
-
-
-def _new_special_map(special_map: dict, placed: list[NewToken], special: bool) -> dict:
-    _update_special_list(special_map, placed, special)
-    return special_map
 
 
 def _new_index(index: dict, out: Path, added_parameters: int) -> dict:

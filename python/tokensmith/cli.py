@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 from . import Tokenizer
 from .checkpoint import INIT_METHODS
 from .data.lint import SPECIAL_LOOKING
-from .errors import TokenizerError
+from .errors import InvalidInputError, TokenizerError
 
 
 SAMPLE = "Hello world!<|endoftext|> A model that sees </s> as text never stops: <|im_end|>"
@@ -94,19 +95,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=4096)
     p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
                    help="pack examples into max-length blocks (default) or truncate each")
-    p.add_argument("--template", help="chat template (.jinja file) instead of the tokenizer's")
-    p.add_argument("--loss", choices=["assistant", "all"], default="assistant")
+    _data_options(p)
+    p.add_argument("--loss", choices=["assistant", "all"], default="assistant",
+                   help="labels on the assistant replies and their end-of-turn token (default), or on everything")
     p.add_argument("--map", action="append", default=[], metavar="FROM=TO",
                    help="rename an input field, e.g. --map conversation=messages")
     p.add_argument("--on-error", choices=["skip", "raise"], default="skip",
                    help="skip malformed records (reported with file and line) or stop")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: the CPUs this process may use)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
     p = commands.add_parser("lint", help="report data and template problems; exits 1 on errors")
     p.add_argument("inputs", nargs="+", help="JSONL or Parquet files")
     p.add_argument("--tokenizer", "-t", required=True, help="model folder or tokenizer.json")
-    p.add_argument("--template", help="chat template (.jinja file) instead of the tokenizer's")
+    _data_options(p)
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--map", action="append", default=[], metavar="FROM=TO")
     p.add_argument("--limit", type=int, default=50, help="print at most this many findings (all are counted)")
@@ -120,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="how the new rows start (default: pieces, the mean of the rows of the pieces "
                         "the old tokenizer splits each token into)")
     p.add_argument("--descriptions-file", help="with --init description: one description per token, one per line")
+    p.add_argument("--copy-from", metavar="TOKEN",
+                   help="with --init copy: the existing token whose rows every new row copies, e.g. '</s>'")
     p.add_argument("--not-special", action="store_true", help="add plain tokens instead of special tokens")
     p.add_argument("--reuse-reserved", action="store_true",
                    help="take over untrained reserved slots (<|reserved_special_token_N|>, <unusedN>, "
@@ -141,8 +146,30 @@ def main(argv: list[str] | None = None) -> int:
             return _prepare(tok, args)
         return _lint(tok, args)
     except (TokenizerError, OSError, ValueError) as e:
-        print(f"tokensmith: error: {e}", file=sys.stderr)
+        print(f"tokensmith: error: {_cli_terms(str(e))}", file=sys.stderr)
         return 2
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    """The options prepare and lint share: how records become examples."""
+    p.add_argument("--template", help="chat template (.jinja file) instead of the tokenizer's")
+    p.add_argument("--template-name", help="one of the tokenizer's named chat templates (e.g. tool_use)")
+    p.add_argument("--content-special", default="auto", metavar="auto|text|TOKEN,...",
+                   help="what special tokens inside message content become: auto (default: the template's "
+                        "markers, BOS/EOS/PAD... stay text, task tokens such as <|box_start|> become ids), "
+                        "text (all stay text), or a comma-separated list of the tokens that become ids")
+    p.add_argument("--eos", metavar="TOKEN",
+                   help="the token that ends each text record (default: eos_token of tokenizer_config.json, "
+                        "else the tokenizer's end-of-text token such as <|endoftext|>)")
+
+
+def _content_special(value: str) -> str | list[str]:
+    return value if value in ("auto", "text") else [t for t in value.split(",") if t]
+
+
+def _cli_terms(message: str) -> str:
+    """Messages name an option both ways, ``overwrite=True / --overwrite``: keep the flag."""
+    return re.sub(r"\b[a-z_]+=[\w.]* / (--[a-z-]+)", r"\1", message)
 
 
 def _mapping(pairs: list[str]) -> dict[str, str]:
@@ -160,11 +187,12 @@ def _prepare(tok: Tokenizer, args: argparse.Namespace) -> int:
 
     result = prepare(
         args.inputs, tok, args.out, max_length=args.max_length, pack=args.pack, loss=args.loss,
-        chat_template=args.template, mapping=_mapping(args.map), on_error=args.on_error,
-        num_workers=args.workers, overwrite=args.overwrite,
+        chat_template=args.template, template_name=args.template_name,
+        content_special=_content_special(args.content_special), eos=args.eos, mapping=_mapping(args.map),
+        on_error=args.on_error, num_workers=args.workers, overwrite=args.overwrite,
     )
     for message in result.errors[:20]:
-        print(f"skipped {message}", file=sys.stderr)
+        print(f"skipped {_cli_terms(message)}", file=sys.stderr)
     print(result.summary())
     return 0
 
@@ -177,12 +205,19 @@ def _add_tokens(args: argparse.Namespace) -> int:
     from .checkpoint import add_tokens
 
     tokens = args.tokens + (_lines(args.tokens_file) if args.tokens_file else [])
-    result = add_tokens(
-        args.model_dir, args.out_dir, tokens, special=not args.not_special, init=args.init,
-        descriptions=_lines(args.descriptions_file) if args.descriptions_file else None,
-        reuse_reserved=args.reuse_reserved, reserved_patterns=args.reserved_pattern,
-        pad_to_multiple_of=args.pad_to_multiple_of, seed=args.seed, overwrite=args.overwrite,
-    )
+    if (args.init == "copy") != (args.copy_from is not None):
+        raise ValueError("--init copy needs --copy-from TOKEN, and --copy-from is only used with --init copy")
+    try:
+        result = add_tokens(
+            args.model_dir, args.out_dir, tokens, special=not args.not_special, init=args.init,
+            descriptions=_lines(args.descriptions_file) if args.descriptions_file else None,
+            copy_from=args.copy_from, reuse_reserved=args.reuse_reserved, reserved_patterns=args.reserved_pattern,
+            pad_to_multiple_of=args.pad_to_multiple_of, seed=args.seed, overwrite=args.overwrite,
+        )
+    except InvalidInputError as e:
+        if e.detail != "copy_from":
+            raise
+        raise InvalidInputError(f"--copy-from{str(e).removeprefix('copy_from')}") from None
     print(result.summary())
     return 0
 
@@ -194,16 +229,32 @@ def _lint(tok: Tokenizer, args: argparse.Namespace) -> int:
 
     counts: Counter[tuple[str, str]] = Counter()
     shown = 0
-    for finding in lint(args.inputs, tok, chat_template=args.template, max_length=args.max_length,
-                        mapping=_mapping(args.map)):
+    tokens: Counter[tuple[str, str]] = Counter()
+    for finding in lint(args.inputs, tok, chat_template=args.template, template_name=args.template_name,
+                        content_special=_content_special(args.content_special), eos=args.eos,
+                        max_length=args.max_length, mapping=_mapping(args.map)):
         counts[(finding.severity, finding.kind)] += 1
+        if finding.token is not None and finding.kind in _TREATMENT:
+            tokens[(finding.token, finding.kind)] += 1
         if shown < args.limit:
-            print(finding)
+            print(_cli_terms(str(finding)))
             shown += 1
+    if tokens:
+        print("\nspecial-token spellings in content:")
+        for (token, kind), n in sorted(tokens.items(), key=lambda kv: -kv[1]):
+            print(f"  {token!r:28} {n:6d} records  {_TREATMENT[kind]}")
     errors = sum(n for (severity, _), n in counts.items() if severity == "error")
     summary = ", ".join(f"{n} {kind} {severity}s" for (severity, kind), n in sorted(counts.items())) or "no problems"
     print(f"\n{summary}")
     return 1 if errors else 0
+
+
+#: How lint's content findings say each spelling is encoded.
+_TREATMENT = {
+    "task-token": "-> its id (a task token; --content-special text keeps it text)",
+    "special-in-text": "-> text (a marker of the template: content cannot inject it)",
+    "eos-as-text": "-> text (not a control token of this tokenizer)",
+}
 
 
 if __name__ == "__main__":

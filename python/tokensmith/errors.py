@@ -9,6 +9,7 @@ __all__ = [
     "SpecialTokenError",
     "InvalidInputError",
     "CheckpointError",
+    "DataError",
 ]
 
 
@@ -35,6 +36,11 @@ class InvalidInputError(TokenizerError, ValueError):
 class CheckpointError(TokenizerError, ValueError):
     """A model folder cannot be read or rewritten (missing, not safetensors, truncated, a
     tensor of the wrong shape or dtype); the message names the file. The input is untouched."""
+
+
+class DataError(TokenizerError, ValueError):
+    """Training data cannot be prepared as asked: a record that cannot become an example (the
+    message names its file and line), nothing to write, no EOS token to end text records."""
 
 
 class SpecialTokenError(TokenizerError, ValueError):

@@ -1,5 +1,5 @@
-"""Training data from chat and text datasets: template markers and EOS as ids, contents as
-text, labels, packing, Parquet output.
+"""Training data from chat and text datasets: template markers, task tokens and EOS as ids,
+contents as text, labels, packing, Parquet output.
 
 >>> from tokensmith import Tokenizer, data
 >>> tok = Tokenizer.from_pretrained("model_dir")                       # doctest: +SKIP
@@ -7,10 +7,12 @@ text, labels, packing, Parquet output.
 >>> data.prepare(["train.jsonl"], tok, "out/", max_length=4096)        # doctest: +SKIP
 """
 
-from .chat import IGNORE_INDEX, ChatTemplateError, Example, encode_chat, render_template
+from ..errors import DataError
+from .chat import IGNORE_INDEX, ChatTemplateError, Example, content_special_tokens, encode_chat, render_template
+from .eos import NoEOSError, eos_token
 from .lint import Finding, lint
-from .prepare import DataError, ExampleEncoder, Packer, PrepareResult, prepare
-from .sources import read_records, to_example_input
+from .prepare import ExampleEncoder, Packer, PrepareResult, SkippedRecord, prepare
+from .sources import read_records, to_example_input, to_tools
 
 __all__ = [
     "IGNORE_INDEX",
@@ -19,12 +21,17 @@ __all__ = [
     "Example",
     "ExampleEncoder",
     "Finding",
+    "NoEOSError",
     "Packer",
     "PrepareResult",
+    "SkippedRecord",
+    "content_special_tokens",
     "encode_chat",
+    "eos_token",
     "lint",
     "prepare",
     "read_records",
     "render_template",
     "to_example_input",
+    "to_tools",
 ]

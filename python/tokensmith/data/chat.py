@@ -1,11 +1,13 @@
 """Chat templates to token ids, with the template's special tokens as ids and message
-content as plain text.
+content as text, but for the task tokens a user added.
 
-The template is rendered as ``transformers`` renders it (same Jinja environment), then
-the rendered string is encoded in one pass with special-token matching switched off
-inside message contents. For content without special-token strings the ids are exactly
-those of ``apply_chat_template(..., tokenize=True)``; content that contains
-``<|im_end|>`` or ``</s>`` cannot inject control tokens.
+The template is rendered as ``transformers`` renders it (same Jinja environment), then the
+rendered string is encoded in one pass. Inside message contents the template's own markers
+(every special token the template text contains, and the folder's BOS/EOS/PAD/... tokens)
+are plain text, so content that contains ``<|im_end|>`` or ``</s>`` cannot inject control
+tokens; every other special token (``<|box_start|>``, tokens the user added) is its id, as
+the user who added it means it. For content without template markers the ids are exactly
+those of ``apply_chat_template(..., tokenize=True)``.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import functools
 import json
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from .._tokenizer import Tokenizer
 from ..errors import TokenizerError
@@ -88,17 +90,30 @@ GENERATION_START = "\U000f0001"
 GENERATION_END = "\U000f0002"
 
 
-def resolve_template(tok: Tokenizer, chat_template: str | os.PathLike[str] | None = None) -> str:
-    """The template text: ``chat_template`` (a template, a file, or a named template of the
-    tokenizer), else the tokenizer's own from ``tokenizer_config.json``."""
+def resolve_template(
+    tok: Tokenizer, chat_template: str | os.PathLike[str] | None = None, *, tools: list[Any] | None = None
+) -> str:
+    """The template text: ``chat_template`` (a template, a ``.jinja`` file, or the name of one
+    of the tokenizer's templates), else the tokenizer's own: its ``"tool_use"`` template when
+    ``tools`` are given and it has one, else its ``"default"``, as ``transformers`` picks."""
     own = tok.config.get("chat_template")
-    named = {t["name"]: t["template"] for t in own} if isinstance(own, list) else {}
+    named = _named_templates(own)
     if chat_template is None:
         if isinstance(own, str):
             return own
+        if tools and "tool_use" in named:
+            return named["tool_use"]
         if "default" in named:
             return named["default"]
-        raise ChatTemplateError("the tokenizer has no chat_template; pass chat_template= (a template or a .jinja file)")
+        if named:
+            raise ChatTemplateError(
+                f"the tokenizer has several chat templates and none is \"default\": choose one of {sorted(named)} "
+                "by name (chat_template=NAME / --template-name NAME)"
+            )
+        raise ChatTemplateError(
+            "the tokenizer has no chat template (not in tokenizer_config.json, chat_template.jinja or "
+            "chat_template.json); pass one (chat_template= / --template FILE)"
+        )
     if isinstance(chat_template, str) and chat_template in named:
         return named[chat_template]
     if isinstance(chat_template, os.PathLike) or (
@@ -106,21 +121,93 @@ def resolve_template(tok: Tokenizer, chat_template: str | os.PathLike[str] | Non
     ):
         return Path(chat_template).read_text(encoding="utf-8")
     if isinstance(chat_template, str):
+        if "{" not in chat_template:
+            # Neither a template nor a file: a name or a path with a typo, never a template.
+            known = f"; the tokenizer's templates are {sorted(named)}" if named else ""
+            raise ChatTemplateError(f"{chat_template!r} is not a chat template, a template file or a template name{known}")
         return chat_template
     raise TypeError(f"chat_template must be a str or a path, got {type(chat_template).__name__}")
 
 
+def named_template(tok: Tokenizer, name: str) -> str:
+    """The tokenizer's chat template called ``name`` (``--template-name``)."""
+    named = _named_templates(tok.config.get("chat_template"))
+    if isinstance(tok.config.get("chat_template"), str):
+        named.setdefault("default", tok.config["chat_template"])
+    if name not in named:
+        raise ChatTemplateError(f"the tokenizer has no chat template named {name!r} (it has {sorted(named) or 'none'})")
+    return named[name]
+
+
+def _named_templates(own: Any) -> dict[str, str]:
+    """tokenizer_config.json's list of ``{"name": ..., "template": ...}`` as a dict."""
+    if not isinstance(own, list):
+        return {}
+    out = {}
+    for entry in own:
+        if isinstance(entry, Mapping) and isinstance(entry.get("name"), str) and isinstance(entry.get("template"), str):
+            out[entry["name"]] = entry["template"]
+    return out
+
+
+#: The config keys of the tokens a template may write through variables (``{{ eos_token }}``).
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+
+
 def _special_token_strings(tok: Tokenizer) -> dict[str, str]:
     """bos_token, eos_token, ... as the template sees them (tokenizer_config.json values)."""
-    names = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
     out = {}
-    for name in names:
+    for name in SPECIAL_TOKEN_KEYS:
         value = tok.config.get(name)
         if isinstance(value, Mapping):
             value = value.get("content")
         if isinstance(value, str):
             out[name] = value
     return out
+
+
+#: ``content_special``: the rule (``"auto"``), every special token as text (``"text"``), or
+#: a collection of the special tokens that alone become ids inside content.
+ContentSpecial = Union[str, Iterable[str]]
+
+
+def template_markers(tok: Tokenizer, template: str) -> set[str]:
+    """The special tokens that are the template's own markup: those its text contains, the
+    folder's BOS/EOS/PAD/UNK/SEP/CLS/MASK, and the end-of-text token the tokenizer declares.
+    Inside content they are text: a user who writes ``<|im_end|>`` never ends a turn."""
+    from .eos import declared_eos
+
+    specials = {t.content for t in tok.added_tokens if t.special}
+    markers = {s for s in specials if s in template}
+    markers |= {s for s in _special_token_strings(tok).values() if s in specials}
+    declared = declared_eos(tok)
+    if declared is not None:
+        markers.add(declared)
+    return markers
+
+
+def content_special_tokens(tok: Tokenizer, template: str, content_special: ContentSpecial = "auto") -> list[str]:
+    """The special tokens that become ids inside message content under ``content_special``:
+    with ``"auto"`` every special token but the template's markers (:func:`template_markers`);
+    ``"text"`` none; a collection exactly those (each must be a special token)."""
+    if isinstance(content_special, str):
+        if content_special == "text":
+            return []
+        if content_special != "auto":
+            raise ValueError(
+                f'content_special must be "auto", "text" or a collection of special tokens, got {content_special!r}'
+            )
+        markers = template_markers(tok, template)
+        return sorted(t.content for t in tok.added_tokens if t.special and t.content not in markers)
+    try:
+        chosen = list(content_special)
+    except TypeError:
+        raise TypeError(f"content_special must be a str or a collection of str, got {type(content_special).__name__}") from None
+    specials = {t.content for t in tok.added_tokens if t.special}
+    unknown = [t for t in chosen if not isinstance(t, str) or t not in specials]
+    if unknown:
+        raise ValueError(f"content_special names {unknown[0]!r}, which is not a special token of this tokenizer")
+    return sorted(set(chosen))
 
 
 def render_template(
@@ -150,11 +237,29 @@ def _render(template, tok, messages, add_generation_prompt, tools, documents, te
             add_generation_prompt=add_generation_prompt,
             **context,
         )
+    except jinja2.UndefinedError as e:
+        raise ChatTemplateError(_undefined(e, messages)) from None
     except jinja2.TemplateError as e:
         raise ChatTemplateError(f"chat template failed: {e}") from None
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
         # The template's own code failed on these messages (e.g. list content it cannot join).
         raise ChatTemplateError(f"chat template failed on these messages: {type(e).__name__}: {e}") from None
+
+
+def _undefined(error: Exception, messages: Sequence[Mapping[str, Any]]) -> str:
+    """Jinja's ``'dict object' has no attribute 'content'`` as which message lacks what."""
+    import re
+
+    found = re.search(r"has no attribute '([^']*)'|'([^']*)' is undefined", str(error))
+    name = next((g for g in found.groups() if g), None) if found else None
+    lacking = [i for i, m in enumerate(messages) if name is not None and name not in m]
+    if lacking:
+        i = lacking[0]
+        return (f"chat template failed: message {i} ({messages[i].get('role')}) has no {name!r}, "
+                f"which the template reads ({error})")
+    if name is not None:
+        return f"chat template failed: it reads {name!r}, which these messages and options do not give ({error})"
+    return f"chat template failed: {error}"
 
 
 # ---------------------------------------------------------------------------- encoding
@@ -274,33 +379,44 @@ def encode_chat(
     add_generation_prompt: bool = False,
     *,
     loss: str = "assistant",
+    content_special: ContentSpecial = "auto",
     tools: list[Any] | None = None,
     documents: list[Any] | None = None,
     **template_kwargs: Any,
 ) -> Example:
     """Encode a chat with its template: template markers as ids, contents as text, labels.
 
-    ``loss="assistant"`` (default) puts labels on each assistant reply and the end-of-turn
-    token(s) that close it; ``loss="all"`` on every token. Everything else is
-    ``IGNORE_INDEX``.
+    ``loss="assistant"`` (default) puts labels on every token that overlaps an assistant
+    reply or the template text that closes it, up to and including its end-of-turn token;
+    ``loss="all"`` on every token. Everything else is ``IGNORE_INDEX``.
+
+    ``content_special`` decides what special tokens written inside message content become.
+    ``"auto"`` (default): the template's own markers (special tokens its text contains, the
+    folder's BOS/EOS/PAD/UNK/SEP/CLS/MASK, the tokenizer's end-of-text token) stay text, so
+    content cannot end a turn or forge a role; every other special token (a task token such
+    as ``<|box_start|>``, tokens you added) becomes its id. ``"text"``: all stay text. A
+    collection: exactly those become ids.
 
     >>> ex = encode_chat(tok, [{"role": "user", "content": "hi"},
     ...                        {"role": "assistant", "content": "hello"}])   # doctest: +SKIP
     >>> ex.input_ids, ex.labels                                              # doctest: +SKIP
     """
+    template = resolve_template(tok, chat_template, tools=tools)
+    allowed = content_special_tokens(tok, template, content_special)
     return _encode_chat(
-        tok, messages, chat_template, add_generation_prompt, loss=loss, tools=tools, documents=documents, **template_kwargs
+        tok, messages, template, allowed, add_generation_prompt, loss=loss, tools=tools, documents=documents,
+        **template_kwargs,
     )[0]
 
 
 def _encode_chat(
-    tok, messages, chat_template, add_generation_prompt, *, loss, tools, documents, **template_kwargs
+    tok, messages, template, allowed, add_generation_prompt, *, loss, tools, documents, **template_kwargs
 ) -> tuple[Example, str, list[tuple[int, int, int]]]:
-    """``encode_chat``, also returning the rendered text and the content spans in it."""
+    """``encode_chat`` with the template text and the special tokens allowed in content
+    resolved, also returning the rendered text and the content spans in it."""
     if loss not in ("assistant", "all"):
         raise ValueError(f'loss must be "assistant" or "all", got {loss!r}')
     messages = _check_messages(messages)
-    template = resolve_template(tok, chat_template)
     marked = _render(template, tok, messages, add_generation_prompt, tools, documents, template_kwargs)
     rendered, generation = _generation_spans(marked)
     spans = _content_spans(template, tok, messages, marked, add_generation_prompt, tools, documents, template_kwargs)
@@ -315,14 +431,14 @@ def _encode_chat(
         if i not in located
     ]
     ids, offsets = tok.encode_with_offsets(
-        rendered, add_special_tokens=False, special="allow", protected=[(s, e) for s, e, _ in spans]
+        rendered, add_special_tokens=False, special="allow", protected=[(s, e) for s, e, _ in spans],
+        protected_allowed=allowed,
     )
-    starts = [start for start, _ in offsets]
     if loss == "all":
         return Example(ids, list(ids), warnings), rendered, spans
 
     regions = generation or _assistant_regions(tok, messages, rendered, spans, warnings)
-    return Example(ids, _labels(ids, starts, regions), warnings), rendered, spans
+    return Example(ids, _labels(ids, offsets, regions), warnings), rendered, spans
 
 
 def _check_messages(messages) -> list[dict[str, Any]]:
@@ -356,15 +472,19 @@ def _assistant_regions(tok, messages, rendered, spans, warnings):
     return regions
 
 
-def _labels(ids: list[int], starts: list[int], regions: list[tuple[int, int]]) -> list[int]:
+def _labels(ids: list[int], offsets: list[tuple[int, int]], regions: list[tuple[int, int]]) -> list[int]:
+    """Each token that overlaps a region keeps its id as label: a token that straddles the
+    template text and a reply (``":\n\nHello"``) takes loss, as the reply needs it. A
+    token with no characters of its own counts where it stands."""
     labels = [IGNORE_INDEX] * len(ids)
     if not regions:
         return labels
     regions = sorted(regions)
     r = 0
-    for k, (id, at) in enumerate(zip(ids, starts)):
-        while r < len(regions) and regions[r][1] <= at:
+    for k, (start, end) in enumerate(offsets):
+        end = max(end, start + 1)
+        while r < len(regions) and regions[r][1] <= start:
             r += 1
-        if r < len(regions) and regions[r][0] <= at:
-            labels[k] = id
+        if r < len(regions) and regions[r][0] < end:
+            labels[k] = ids[k]
     return labels

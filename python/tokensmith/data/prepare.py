@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import sys
 import time
@@ -15,20 +14,58 @@ from typing import Any
 
 from .._atomic import atomic_folder
 from .._tokenizer import Tokenizer
-from ..errors import TokenizerError
-from .chat import IGNORE_INDEX, Example, encode_chat, resolve_template
-from .sources import BadRecord, Record, read_records, to_example_input
+from ..errors import DataError, TokenizerError
+from .chat import (
+    IGNORE_INDEX,
+    ChatTemplateError,
+    ContentSpecial,
+    Example,
+    _encode_chat,
+    content_special_tokens,
+    named_template,
+    resolve_template,
+)
+from .eos import NoEOSError, eos_token
+from .sources import BadRecord, Record, read_records, to_example_input, to_tools
 
-__all__ = ["DataError", "ExampleEncoder", "Packer", "PrepareResult", "prepare"]
+__all__ = ["DataError", "ExampleEncoder", "Packer", "PrepareResult", "RecordError", "SkippedRecord", "prepare"]
 
 
-class DataError(TokenizerError, ValueError):
-    """A record cannot be turned into an example; the message names its file and line."""
+class SkippedRecord(DataError):
+    """A well-formed record that gives no training example (a chat with no assistant reply)."""
+
+
+class _Fatal(DataError):
+    """The setup's fault, not the record's (see :class:`RecordError`)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class RecordError:
+    """Why a record gave no example: ``reason`` is its kind (counted in the summary), and a
+    ``fatal`` one is the setup's fault (no EOS, no template): it stops the run whatever
+    ``on_error`` says, since every such record would fail the same way."""
+
+    message: str
+    reason: str
+    fatal: bool = False
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class ExampleEncoder:
     """Turns records of any supported shape into :class:`Example` s. Picklable, so the same
     object serves worker processes, ``datasets.Dataset.map`` and Ray Data.
+
+    Chat records go through the chat template (``content_special`` as in
+    :func:`~tokensmith.data.encode_chat`); under ``loss="assistant"`` a chat with no
+    assistant reply raises :class:`SkippedRecord`. Text records (continued pre-training)
+    end with the EOS id: ``eos``, else the folder's ``eos_token``, else the tokenizer's own
+    end-of-text token; never an EOS spelled as text.
 
     >>> enc = ExampleEncoder(tok)                                                # doctest: +SKIP
     >>> ds = ds.map(enc.map_batch, batched=True, remove_columns=ds.column_names)  # doctest: +SKIP
@@ -41,30 +78,68 @@ class ExampleEncoder:
         *,
         loss: str = "assistant",
         mapping: Mapping[str, str] | None = None,
+        content_special: ContentSpecial = "auto",
+        eos: str | None = None,
+        template_name: str | None = None,
     ) -> None:
+        if loss not in ("assistant", "all"):
+            raise ValueError(f'loss must be "assistant" or "all", got {loss!r}')
         self.tok = tok
         self.loss = loss
         self.mapping = dict(mapping or {})
+        self.template: str | None = None
+        self.template_error: str | None = None
+        if template_name is not None:
+            self.template = named_template(tok, template_name)
+        elif chat_template is not None:
+            self.template = resolve_template(tok, chat_template)
+        else:
+            try:
+                self.template = resolve_template(tok)
+            except ChatTemplateError as e:
+                self.template_error = str(e)  # text-only data needs none; chat records will say so
+        # Tool records use the tokenizer's "tool_use" template where it has one, as transformers does.
+        self.tool_template = self.template
+        if chat_template is None and template_name is None and self.template is not None:
+            self.tool_template = resolve_template(tok, tools=[{}])
+        if not isinstance(content_special, str):
+            content_special = sorted(set(content_special))  # an iterator would be used up
+        self.content_special = content_special
+        self._allowed = {
+            t: content_special_tokens(tok, t, content_special) for t in {self.template, self.tool_template} if t is not None
+        }
+        self.text_allowed = content_special_tokens(tok, self.template or "", content_special)
+        self.eos_problem: str | None = None
         try:
-            self.template: str | None = resolve_template(tok, chat_template)
-        except TokenizerError:
-            self.template = None  # text-only data needs none; chats will say so
-        eos = tok.config.get("eos_token")
-        eos = eos.get("content") if isinstance(eos, Mapping) else eos
-        self.eos_id = tok.token_to_id(eos) if isinstance(eos, str) else None
+            self.eos, self.eos_id = eos_token(tok, eos)
+        except NoEOSError as e:
+            if eos is not None:
+                raise
+            self.eos, self.eos_id, self.eos_problem = None, None, str(e)
 
     def __call__(self, data: Mapping[str, Any]) -> Example:
         kind, value = to_example_input(data, self.mapping)
         if kind == "text":
             return self.encode_text(value)
-        if self.template is None:
-            raise DataError("chat records need a chat template: the tokenizer has none, pass chat_template=")
-        return encode_chat(self.tok, value, self.template, loss=self.loss)
+        messages, tools = value, to_tools(data, self.mapping)
+        template = self.tool_template if tools else self.template
+        if template is None:
+            raise _Fatal(f"chat records need a chat template: {self.template_error}", "no chat template")
+        ex = _encode_chat(
+            self.tok, messages, template, self._allowed[template], False, loss=self.loss, tools=tools or None,
+            documents=None,
+        )[0]
+        if self.loss == "assistant" and all(label == IGNORE_INDEX for label in ex.labels):
+            raise SkippedRecord("no assistant reply: nothing to train on (loss=\"all\" keeps such records)")
+        return ex
 
     def encode_text(self, text: str) -> Example:
-        """Continued pre-training text: plain text (never control tokens), EOS as an id."""
-        ids = self.tok.encode(text, special="text")
-        if self.eos_id is not None and (not ids or ids[-1] != self.eos_id):
+        """Continued pre-training text, then the EOS id. Special tokens in it follow
+        ``content_special`` as in chat content (the template's markers stay text)."""
+        if self.eos_id is None:
+            raise _Fatal(str(self.eos_problem), "no EOS token")
+        ids = self.tok.encode(text, add_special_tokens=False, special=self.text_allowed)
+        if not ids or ids[-1] != self.eos_id:
             ids.append(self.eos_id)
         return Example(ids, list(ids))
 
@@ -134,6 +209,8 @@ class PrepareResult:
     loss_tokens: int = 0
     truncated: int = 0
     skipped: int = 0
+    #: How many records were skipped for each reason ("malformed record", "no assistant reply", ...).
+    skipped_reasons: dict[str, int] = field(default_factory=dict)
     bytes_read: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
@@ -149,31 +226,39 @@ class PrepareResult:
         if self.truncated:
             lines.append(f"{self.truncated} examples were longer than max_length and truncated")
         if self.skipped:
-            lines.append(f"{self.skipped} records skipped (see errors in meta.json)")
+            lines.append(f"{self.skipped} records skipped ({self.reasons()}; see errors in meta.json)")
         return "\n".join(lines)
+
+    def reasons(self) -> str:
+        return ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped_reasons.items(), key=lambda kv: -kv[1]))
+
+    def skip(self, source: str, line: int, error: RecordError) -> None:
+        self.skipped += 1
+        self.skipped_reasons[error.reason] = self.skipped_reasons.get(error.reason, 0) + 1
+        if len(self.errors) < 1000:
+            self.errors.append(f"{source}:{line}: {error}")
 
 
 # ----------------------------------------------------------------------------- workers
 
-_WORKER: ExampleEncoder | None = None
 
-
-def _init_worker(encoder: ExampleEncoder) -> None:
-    global _WORKER
-    _WORKER = encoder
-
-
-def _encode_chunk(chunk: list[tuple[str, int, Any]]) -> list[tuple[str, int, Any]]:
-    """(source, line, Example or error message) for each record of a chunk."""
-    assert _WORKER is not None
-    return [_encode_one(_WORKER, s, n, d) for s, n, d in chunk]
+def _encode_chunk(encoder: ExampleEncoder, chunk: list[tuple[str, int, Any]]) -> list[tuple[str, int, Any]]:
+    """:func:`_encode_one` for each record of a chunk: what the worker processes
+    (``_workers.WorkerPool``) run."""
+    return [_encode_one(encoder, s, n, d) for s, n, d in chunk]
 
 
 def _encode_one(encoder: ExampleEncoder, source: str, line: int, data: Any) -> tuple[str, int, Any]:
     try:
         return source, line, encoder(data)
+    except _Fatal as e:
+        return source, line, RecordError(str(e), e.reason, fatal=True)
+    except SkippedRecord as e:
+        return source, line, RecordError(str(e), "no assistant reply")
+    except ChatTemplateError as e:
+        return source, line, RecordError(str(e), "chat template failed")
     except (ValueError, TypeError, KeyError, TokenizerError) as e:
-        return source, line, f"{type(e).__name__}: {e}"
+        return source, line, RecordError(f"{type(e).__name__}: {e}", "malformed record")
 
 
 def _chunks(records: Iterator[Record | BadRecord], size: int) -> Iterator[list[Any]]:
@@ -219,6 +304,9 @@ def prepare(
     pack: bool = True,
     loss: str = "assistant",
     chat_template: str | os.PathLike[str] | None = None,
+    template_name: str | None = None,
+    content_special: ContentSpecial = "auto",
+    eos: str | None = None,
     mapping: Mapping[str, str] | None = None,
     on_error: str = "skip",
     num_workers: int | None = None,
@@ -231,7 +319,13 @@ def prepare(
 
     Output appears at ``out_dir`` only when complete (written under a temporary name and
     renamed), so an interrupted run leaves nothing half-written. Bad records are reported
-    with file and line and skipped (``on_error="skip"``) or stop the run (``"raise"``).
+    with file and line and skipped (``on_error="skip"``) or stop the run (``"raise"``); chats
+    with no assistant reply are skipped and counted. A run that would write no example raises
+    :class:`DataError` saying why, as does a setup that fails every record alike (chat
+    records and no template; text records and no EOS token: pass ``eos=``).
+
+    ``chat_template`` / ``template_name``, ``loss`` and ``content_special`` are those of
+    :func:`~tokensmith.data.encode_chat`; ``eos`` the token that ends each text record.
 
     >>> prepare(["train.jsonl"], tok, "out/", max_length=4096, pack=True)   # doctest: +SKIP
     """
@@ -242,7 +336,10 @@ def prepare(
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
-    encoder = ExampleEncoder(tok, chat_template, loss=loss, mapping=mapping)
+    encoder = ExampleEncoder(
+        tok, chat_template, loss=loss, mapping=mapping, content_special=content_special, eos=eos,
+        template_name=template_name,
+    )
     result = PrepareResult(out_dir=str(out))
     bar = _Progress(sys.stderr.isatty() if progress is None else progress)
     started = time.monotonic()
@@ -250,13 +347,12 @@ def prepare(
         with _ShardWriter(tmp, pack, rows_per_shard) as writer:
             packer = Packer(max_length) if pack else None
             for source, line, value in _encoded(inputs, encoder, num_workers):
-                if isinstance(value, str):
-                    message = f"{source}:{line}: {value}"
-                    if on_error == "raise":
-                        raise DataError(message)
-                    result.skipped += 1
-                    if len(result.errors) < 1000:
-                        result.errors.append(message)
+                if isinstance(value, str):  # a line that could not be read
+                    value = RecordError(value, "unreadable line")
+                if isinstance(value, RecordError):
+                    if value.fatal or (on_error == "raise" and value.reason != "no assistant reply"):
+                        raise DataError(f"{source}:{line}: {value}")
+                    result.skip(source, line, value)
                     continue
                 ex: Example = value
                 result.warnings += [f"{source}:{line}: {w}" for w in ex.warnings][: max(0, 1000 - len(result.warnings))]
@@ -273,6 +369,10 @@ def prepare(
             if packer and packer.pending():
                 writer.write(packer.flush())
             result.rows = writer.rows
+            if not result.examples:
+                why = f"all {result.skipped} records were skipped ({result.reasons()})" if result.skipped else "the input has no records"
+                first = f"; first: {result.errors[0]}" if result.errors else ""
+                raise DataError(f"no training example to write: {why}{first}")
         result.seconds = time.monotonic() - started
         result.bytes_read = sum(os.path.getsize(p) for p in _paths(inputs))
         bar.update(result, force=True)
@@ -284,6 +384,8 @@ def prepare(
             "max_length": max_length,
             "pack": pack,
             "loss": loss,
+            "content_special": encoder.content_special,
+            "eos_token": encoder.eos,
             "columns": writer.columns,
             "ignore_index": IGNORE_INDEX,
             "tokensmith_version": _version(),
@@ -305,43 +407,51 @@ def _version() -> str:
 
 
 def _encoded(inputs, encoder: ExampleEncoder, num_workers: int | None) -> Iterator[tuple[str, int, Any]]:
-    """(source, line, Example or error message) in input order, on all cores."""
-    workers = num_workers if num_workers is not None else (os.cpu_count() or 1)
+    """(source, line, Example or error message) in input order, on the CPUs this process may
+    use. Workers are subprocesses (see ``_workers``), so this works from a script without a
+    ``__main__`` guard, a notebook, or a daemonic process such as a DataLoader worker."""
+    from . import _workers
+
+    workers = num_workers if num_workers is not None else _workers.available_cpus()
     chunks = _chunks(read_records(inputs), 256)
     if workers <= 1:
         for chunk in chunks:
             for s, n, d, bad in chunk:
                 yield (s, n, d) if bad else _encode_one(encoder, s, n, d)
         return
-    context = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "forkserver")
-    with context.Pool(workers, initializer=_init_worker, initargs=(encoder,)) as pool:
+    with _workers.WorkerPool(_encode_chunk, encoder, workers) as pool:
         for encoded in _in_pool(chunks, pool):
             yield from encoded
 
 
 def _in_pool(chunks: Iterator[list[Any]], pool) -> Iterator[list[tuple[str, int, Any]]]:
     """Bad records pass through; good ones are encoded in the pool, order kept, a bounded
-    number of chunks in flight (memory stays bounded on inputs larger than RAM)."""
+    number of chunks in flight (memory stays bounded on inputs larger than RAM). A worker
+    that dies raises :class:`DataError` naming the records it was encoding."""
     from collections import deque
 
-    in_flight: deque = deque()
-    limit = 4 * (pool._processes or 1)  # noqa: SLF001 - documented attribute of Pool
+    from ._workers import WorkerError
 
-    def submit(chunk):
-        good = [(s, n, d) for s, n, d, bad in chunk if not bad]
-        in_flight.append((chunk, pool.apply_async(_encode_chunk, (good,))))
+    in_flight: deque = deque()  # chunks sent to the pool and not yielded yet, in order
+    yielded = 0
 
-    def collect():
-        chunk, job = in_flight.popleft()
-        encoded = iter(job.get())
-        return [(s, n, d) if bad else next(encoded) for s, n, d, bad in chunk]
+    def good_records():
+        for chunk in chunks:
+            in_flight.append(chunk)
+            yield [(s, n, d) for s, n, d, bad in chunk if not bad]
 
-    for chunk in chunks:
-        submit(chunk)
-        if len(in_flight) >= limit:
-            yield collect()
-    while in_flight:
-        yield collect()
+    try:
+        for encoded_chunk in pool.imap(good_records()):
+            chunk = in_flight.popleft()
+            yielded += 1
+            encoded = iter(encoded_chunk)
+            yield [(s, n, d) if bad else next(encoded) for s, n, d, bad in chunk]
+    except WorkerError as e:
+        where = ""
+        if e.index is not None and 0 <= e.index - yielded < len(in_flight):
+            chunk = in_flight[e.index - yielded]
+            where = f" while encoding one of the records {chunk[0][0]}:{chunk[0][1]} to {chunk[-1][0]}:{chunk[-1][1]}"
+        raise DataError(f"{e}{where}") from e
 
 
 class _ShardWriter:
@@ -396,10 +506,4 @@ class _ShardWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self._flush()
-            if self._shards == 0 and self._writer is None:
-                # An empty dataset still gets one (empty) shard with the schema.
-                import pyarrow as pa
-                import pyarrow.parquet as pq
-
-                pq.write_table(pa.table({c: [] for c in self.columns}, schema=self.schema), self.folder / "part-00000.parquet")
         self._close_shard()

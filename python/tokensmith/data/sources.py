@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Record", "BadRecord", "read_records", "to_example_input", "FORMATS"]
+__all__ = ["Record", "BadRecord", "read_records", "to_example_input", "to_tools", "FORMATS"]
 
-#: ShareGPT role names and their OpenAI equivalents.
+#: ShareGPT role names (LLaMA-Factory's) and the roles chat templates know. ``gpt`` and
+#: ``function_call`` (the model's tool call, whose text is the call's JSON) are the model's
+#: turns and take loss; ``observation`` (a tool's result) is a ``tool`` turn.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "tool": "tool", "function_call": "assistant", "observation": "tool"}
 
@@ -96,34 +98,32 @@ def _parquet(path: Path) -> Iterator[Record]:
 def to_example_input(data: Mapping[str, Any], mapping: Mapping[str, str] | None = None) -> tuple[str, Any]:
     """(``"chat"``, messages) or (``"text"``, text) for a record in any supported shape.
 
-    ``mapping`` renames fields first, e.g. ``{"conversation": "messages"}``.
+    ``mapping`` renames fields first, e.g. ``{"conversation": "messages"}``. A record-level
+    ``system`` becomes the first message (unless the chat has one); Alpaca's ``history``
+    (LLaMA-Factory's ``[[query, response], ...]``) becomes the turns before the
+    instruction, whose ``input`` follows it on a new line, as LLaMA-Factory joins them.
     """
     if mapping:
         data = {mapping.get(k, k): v for k, v in data.items()}
-    if "messages" in data:
-        messages = data["messages"]
-        if not isinstance(messages, list):
-            raise ValueError("'messages' must be a list")
-        return "chat", [_message(m, n) for n, m in enumerate(messages)]
-    if "conversations" in data:
-        turns = data["conversations"]
+    if "messages" in data or "conversations" in data:
+        key = "messages" if "messages" in data else "conversations"
+        turns = data[key]
         if not isinstance(turns, list):
-            raise ValueError("'conversations' must be a list")
-        return "chat", [_message(t, n) for n, t in enumerate(turns)]
+            raise ValueError(f"'{key}' must be a list")
+        messages = [_message(t, n) for n, t in enumerate(turns)]
+        if data.get("system") and not any(m.get("role") == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": _text(data["system"], "system")})
+        return "chat", messages
     if "prompt" in data and ("response" in data or "completion" in data):
-        messages = []
-        if data.get("system"):
-            messages.append({"role": "system", "content": str(data["system"])})
+        messages = _system(data)
         messages.append({"role": "user", "content": _text(data["prompt"], "prompt")})
         messages.append({"role": "assistant", "content": _text(data.get("response", data.get("completion")), "response")})
         return "chat", messages
     if "instruction" in data and "output" in data:
         prompt = _text(data["instruction"], "instruction")
         if data.get("input"):
-            prompt = f"{prompt}\n\n{_text(data['input'], 'input')}"
-        messages = []
-        if data.get("system"):
-            messages.append({"role": "system", "content": str(data["system"])})
+            prompt = f"{prompt}\n{_text(data['input'], 'input')}" if prompt else _text(data["input"], "input")
+        messages = _system(data) + _history(data.get("history"))
         messages += [{"role": "user", "content": prompt},
                      {"role": "assistant", "content": _text(data["output"], "output")}]
         return "chat", messages
@@ -133,6 +133,45 @@ def to_example_input(data: Mapping[str, Any], mapping: Mapping[str, str] | None 
         f"unknown record shape (fields: {sorted(data)[:8]}); expected messages, conversations, "
         "prompt/response, instruction/output or text (use a field mapping for other names)"
     )
+
+
+def to_tools(data: Mapping[str, Any], mapping: Mapping[str, str] | None = None) -> list[Any] | None:
+    """A chat record's ``tools`` (a list, or LLaMA-Factory's JSON string of one), for the
+    template's ``tools`` variable."""
+    if mapping:
+        data = {mapping.get(k, k): v for k, v in data.items()}
+    tools = data.get("tools")
+    if tools is None or tools == "" or tools == []:
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"'tools' is a string but not JSON ({e.msg} at column {e.colno})") from None
+    if isinstance(tools, Mapping):
+        tools = [tools]
+    if not isinstance(tools, list):
+        raise ValueError(f"'tools' must be a list of tool definitions, got {type(tools).__name__}")
+    return tools
+
+
+def _system(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [{"role": "system", "content": _text(data["system"], "system")}] if data.get("system") else []
+
+
+def _history(history: Any) -> list[dict[str, Any]]:
+    """Alpaca ``history``: ``[[query, response], ...]`` as user / assistant turns."""
+    if history is None or history == []:
+        return []
+    if not isinstance(history, list):
+        raise ValueError(f"'history' must be a list of [query, response] pairs, got {type(history).__name__}")
+    turns = []
+    for n, pair in enumerate(history):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise ValueError(f"'history' item {n} must be a [query, response] pair")
+        turns.append({"role": "user", "content": _text(pair[0], f"history[{n}][0]")})
+        turns.append({"role": "assistant", "content": _text(pair[1], f"history[{n}][1]")})
+    return turns
 
 
 def _text(value: Any, name: str) -> str:
@@ -149,10 +188,13 @@ def _message(m: Any, n: int) -> dict[str, Any]:
     elif "from" in m and "value" in m:
         role = SHAREGPT_ROLES.get(m["from"])
         if role is None:
-            raise ValueError(f"message {n}: unknown ShareGPT role {m['from']!r}")
+            raise ValueError(f"message {n}: unknown ShareGPT role {m['from']!r} (known: {', '.join(SHAREGPT_ROLES)})")
         out = {"role": role, "content": m["value"]}
     else:
         raise ValueError(f"message {n} has no 'role' (or ShareGPT 'from'/'value')")
     if out.get("content") is not None and not isinstance(out["content"], (str, list)):
         raise ValueError(f"message {n}: content must be a string or a list of parts")
+    if "content" not in out and not out.get("tool_calls"):
+        # Templates differ on a missing field: some fail, some print nothing (a silent empty turn).
+        raise ValueError(f"message {n} ({out.get('role')}) has no 'content' (nor 'tool_calls')")
     return out

@@ -1,0 +1,228 @@
+"""``data.prepare`` with worker processes works in any calling context: a script without a
+``__main__`` guard, a daemonic process, a restricted CPU set; a dead worker or an interrupt ends
+the run cleanly (an exception, no output, no processes left behind); order is kept."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+import tokensmith as ts
+from tokensmith import data
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
+PACKAGE_PATH = ROOT / "python"
+GPT2 = PACKAGE_PATH / "tokensmith" / "assets" / "gpt2" / "tokenizer.json"
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+@pytest.fixture(scope="module")
+def tok() -> ts.Tokenizer:
+    return ts.Tokenizer.from_file(GPT2)
+
+
+def write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def rows(folder: Path) -> list[dict]:
+    return [row for part in sorted(folder.glob("part-*.parquet")) for row in pq.read_table(part).to_pylist()]
+
+
+def small_records(n: int) -> list[dict]:
+    return [{"text": f"record {i}: " + "word " * (i % 13)} for i in range(n)]
+
+
+def env_with_package(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(PACKAGE_PATH), **extra}
+
+
+def processes_with_marker(marker: str) -> list[int]:
+    """Processes whose environment holds ``marker`` (the workers of a script inherit it)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                if marker.encode() in Path(f"/proc/{entry}/environ").read_bytes():
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def test_script_without_main_guard(tok, tmp_path):
+    src = write_jsonl(tmp_path / "train.jsonl", small_records(700))
+    script = tmp_path / "prepare_script.py"
+    script.write_text(textwrap.dedent(f"""
+        from tokensmith import Tokenizer, data
+        print("TOP-LEVEL-MARKER", flush=True)
+        tok = Tokenizer.from_file({str(GPT2)!r})
+        result = data.prepare([{str(src)!r}], tok, {str(tmp_path / "out")!r}, pack=False, num_workers=2, progress=False)
+        print("EXAMPLES", result.examples, flush=True)
+    """))
+    done = subprocess.run([sys.executable, str(script)], env=env_with_package(), capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("TOP-LEVEL-MARKER") == 1
+    assert "EXAMPLES 700" in done.stdout
+    data.prepare([src], tok, tmp_path / "serial", pack=False, num_workers=1, progress=False)
+    assert rows(tmp_path / "out") == rows(tmp_path / "serial")
+
+
+def test_inside_a_daemonic_process(tok, tmp_path):
+    import _worker_helpers
+
+    src = write_jsonl(tmp_path / "train.jsonl", small_records(600))
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        examples, count = pool.apply(_worker_helpers.prepare_in_this_process, (str(src), str(GPT2), str(tmp_path / "out")))
+    assert examples == 600 and count == 600
+    data.prepare([src], tok, tmp_path / "serial", pack=False, num_workers=1, progress=False)
+    assert rows(tmp_path / "out") == rows(tmp_path / "serial")
+
+
+def test_default_worker_count_follows_cpu_affinity():
+    code = textwrap.dedent("""
+        import os
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        from tokensmith.data import _workers
+        print(_workers.available_cpus())
+    """)
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no sched_setaffinity on this platform")
+    done = subprocess.run([sys.executable, "-c", code], env=env_with_package(), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
+
+
+def test_prepare_uses_available_cpus_by_default(tok, tmp_path, monkeypatch):
+    from tokensmith.data import _workers
+
+    started = []
+
+    class Started(Exception):
+        pass
+
+    class RecordingPool:
+        def __init__(self, function, state, workers):
+            started.append(workers)
+            raise Started
+
+    monkeypatch.setattr(_workers, "WorkerPool", RecordingPool)
+    monkeypatch.setattr(_workers, "available_cpus", lambda: 3)
+    with pytest.raises(Started):
+        data.prepare(small_records(10), tok, tmp_path / "a", progress=False)
+    assert started == [3]
+    monkeypatch.setattr(_workers, "available_cpus", lambda: 1)
+    assert data.prepare(small_records(10), tok, tmp_path / "b", progress=False).examples == 10
+    assert started == [3]  # one CPU: encoded in this process, no pool
+
+
+@linux_only
+def test_dead_worker_raises_and_leaves_nothing(tmp_path):
+    out = tmp_path / "out"
+    script = tmp_path / "dying.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(TESTS)!r})
+        import _worker_helpers
+        from tokensmith import Tokenizer, data
+
+        if __name__ == "__main__":  # not needed any more, but the subject here is the dead worker
+            # (tokensmith.data.prepare is also the name of the function)
+            sys.modules["tokensmith.data.prepare"].ExampleEncoder = _worker_helpers.DyingEncoder
+            tok = Tokenizer.from_file({str(GPT2)!r})
+            records = [{{"text": f"record {{i}}"}} for i in range(3000)]
+            records[1500] = {{"text": "die"}}
+            try:
+                data.prepare(records, tok, {str(out)!r}, num_workers=2, progress=False)
+            except data.DataError as e:
+                print("RAISED", e, flush=True)
+            print("CHILDREN", _worker_helpers.children_of(os.getpid()), flush=True)
+    """))
+    # A hang (the pool waiting forever for the dead worker's answer) fails here.
+    done = subprocess.run([sys.executable, str(script)], env=env_with_package(), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "RAISED worker process" in done.stdout and "exit code 3" in done.stdout, done.stdout + done.stderr
+    assert "<iterable>:1281 to <iterable>:1536" in done.stdout  # the chunk holding record 1501
+    assert "CHILDREN []" in done.stdout
+    assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+@linux_only
+def test_interrupt_terminates_workers(tmp_path):
+    marker = f"TOKENSMITH_TEST_{uuid.uuid4().hex}"
+    out = tmp_path / "out"
+    script = tmp_path / "endless.py"
+    script.write_text(textwrap.dedent(f"""
+        import itertools
+        from tokensmith import Tokenizer, data
+
+        def records():
+            for i in itertools.count():
+                if i == 3000:
+                    print("READY", flush=True)
+                yield {{"text": f"record {{i}} " * 20}}
+
+        tok = Tokenizer.from_file({str(GPT2)!r})
+        data.prepare(records(), tok, {str(out)!r}, num_workers=2, progress=False)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], env=env_with_package(**{marker: "1"}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+        workers = [pid for pid in processes_with_marker(marker) if pid != proc.pid]
+        assert len(workers) == 2
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert processes_with_marker(marker) == []
+    assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_order_kept_across_chunks_with_records_larger_than_pipe_buffers(tok, tmp_path):
+    records = small_records(1500)
+    for i in range(0, len(records), 97):
+        records[i] = {"text": f"big record {i} " + "the quick brown fox jumps over the lazy dog " * 4700}  # ~200 KB
+    src = write_jsonl(tmp_path / "train.jsonl", records)
+    parallel = data.prepare([src], tok, tmp_path / "parallel", pack=False, num_workers=2, progress=False)
+    data.prepare([src], tok, tmp_path / "serial", pack=False, num_workers=1, progress=False)
+    assert parallel.examples == len(records)
+    assert rows(tmp_path / "parallel") == rows(tmp_path / "serial")
+
+    from _worker_helpers import reverse_slowly
+    from tokensmith.data._workers import WorkerPool
+
+    payloads = [os.urandom(1 << 20) for _ in range(3)]  # results and items of 1 MB both ways
+    items = [(i, payloads[i % 3]) for i in range(24)]
+    with WorkerPool(reverse_slowly, [0.05, 0.0, 0.02, 0.0, 0.01], 2, max_in_flight=6) as pool:
+        assert list(pool.imap(items)) == [(i, p[::-1]) for i, p in items]
+
+
+def test_exception_in_a_worker_is_raised_and_the_pool_reaped():
+    from _worker_helpers import reverse_slowly
+    from tokensmith.data._workers import WorkerPool
+
+    pool = WorkerPool(reverse_slowly, [0.0], 2)
+    with pytest.raises(ZeroDivisionError, match="item 3") as caught:
+        list(pool.imap([(i, b"raise" if i == 3 else b"x") for i in range(8)]))
+    assert "reverse_slowly" in str(caught.value.__cause__)  # the worker's traceback
+    assert all(w.process.returncode is not None for w in pool._workers)  # killed and reaped
