@@ -185,8 +185,12 @@ def test_named_templates_from_the_config_list_and_the_folder(tmp_path):
     tools = [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object", "properties": {}}}}]
     assert data.chat.resolve_template(tok, tools=tools) == llama == hf.get_chat_template(tools=tools)
     src = write_jsonl(tmp_path / "in.jsonl", [{"messages": CHATS[0]}])
+    # (Llama's template on Qwen's tokenizer: <|eot_id|> is no token here, so no turn has an end.)
     done = cli("prepare", str(src), "-t", str(folder), "-o", str(tmp_path / "o"), "--workers", "1",
                "--template-name", "tool_use")
+    assert done.returncode == 2 and "closes this assistant turn with no special token" in done.stderr
+    done = cli("prepare", str(src), "-t", str(folder), "-o", str(tmp_path / "o"), "--workers", "1",
+               "--template-name", "tool_use", "--loss", "all")
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "o" / "meta.json").read_text())["chat_template"] == llama
     done = cli("prepare", str(src), "-t", str(folder), "-o", str(tmp_path / "p"), "--template-name", "nope")
@@ -421,7 +425,7 @@ def test_sharegpt_roles_system_and_tools_as_llama_factory_means_them(tmp_path_fa
 def test_template_errors_name_the_record_and_the_missing_field(tmp_path_factory, tmp_path):
     folder = model_dir(tmp_path_factory, "qwen2.5")
     tok = ts.Tokenizer.from_pretrained(folder)
-    with pytest.raises(data.ChatTemplateError, match="message 1 \\(assistant\\) has no 'content'"):
+    with pytest.raises(data.ChatTemplateError, match="it reads 'content', which message 1 \\(assistant\\) does not have"):
         data.encode_chat(tok, [{"role": "user", "content": "hi"}, {"role": "assistant"}])
     src = write_jsonl(tmp_path / "in.jsonl", [{"messages": CHATS[0]}, {"messages": [{"role": "user", "content": "x"}, {"role": "assistant"}]}])
     with pytest.raises(data.DataError, match="in.jsonl:2: .*message 1 \\(assistant\\) has no 'content'"):
@@ -430,7 +434,7 @@ def test_template_errors_name_the_record_and_the_missing_field(tmp_path_factory,
     assert [(f.line, f.kind) for f in findings] == [(2, "malformed")]
     assert "has no 'content'" in findings[0].message
     # A template reading a field these messages lack.
-    with pytest.raises(data.ChatTemplateError, match="message 0 \\(user\\) has no 'weight'"):
+    with pytest.raises(data.ChatTemplateError, match="it reads 'weight', which messages 0 \\(user\\), 1 \\(assistant\\) do not"):
         data.encode_chat(tok, CHATS[0], chat_template="{% for m in messages %}{{ m.weight.value }}{% endfor %}")
 
 
@@ -443,3 +447,93 @@ def test_cli_errors_speak_cli(tmp_path_factory, tmp_path):
     bare = bare_folder(tmp_path / "bare")
     done = cli("prepare", str(src), "-t", str(bare), "-o", str(tmp_path / "p"))
     assert done.returncode == 2 and "--template FILE" in done.stderr and "chat_template=" not in done.stderr
+
+
+# ------------------------------------------------------------------ where content is, exactly
+
+
+def test_trimmed_content_is_located_between_the_templates_own_text(tmp_path_factory):
+    folder = model_dir(tmp_path_factory, "llama3.1")
+    tok = ts.Tokenizer.from_pretrained(folder)
+    hf = transformers.AutoTokenizer.from_pretrained(str(folder))
+    chat = [{"role": "user", "content": "Is it true? "}, {"role": "assistant", "content": "a"}]
+    ex = data.encode_chat(tok, chat)
+    assert ex.input_ids == hf_ids(hf, chat)
+    assert tok.decode([l for l in ex.labels if l != data.IGNORE_INDEX]) == "a<|eot_id|>"
+    # The fallback search never takes a piece of a special token's spelling for content.
+    rendered = "<|start_header_id|>user<|end_header_id|>\n\nart<|eot_id|>"
+    [(start, end, _)] = data.chat._spans_by_search(tok, [(0, "content", None, "art")], rendered)
+    assert rendered[start:] == "art<|eot_id|>"
+
+
+def test_reasoning_and_reply_are_one_region_with_the_templates_think_tags(tmp_path_factory):
+    folder = model_dir(tmp_path_factory, "qwen3")
+    tok = ts.Tokenizer.from_pretrained(folder)
+    hf = transformers.AutoTokenizer.from_pretrained(str(folder))
+    chat = [{"role": "user", "content": "2+2?"},
+            {"role": "assistant", "reasoning_content": "add them", "content": "4"}]
+    ex = data.encode_chat(tok, chat)
+    assert ex.input_ids == hf_ids(hf, chat)
+    assert ex.warnings == []
+    trained = tok.decode([l for l in ex.labels if l != data.IGNORE_INDEX])
+    assert trained.startswith("add them") and "</think>" in trained and trained.endswith("4<|im_end|>")
+
+
+def test_a_template_that_does_not_compile_stops_before_any_record(tmp_path):
+    tok = ts.Tokenizer.from_pretrained(bare_folder(tmp_path / "m", config={"eos_token": "<|im_end|>"}))
+    src = write_jsonl(tmp_path / "in.jsonl", [{"messages": CHATS[0]}, {"text": "plain"}])
+    with pytest.raises(data.ChatTemplateError, match="does not compile: .*line 1"):
+        data.prepare([src], tok, tmp_path / "o", num_workers=1, chat_template="{% for m in messages %}{{ m }")
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_assistant_turn_without_an_end_token_stops_prepare(tmp_path):
+    tok = ts.Tokenizer.from_pretrained(bare_folder(tmp_path / "m", config={"eos_token": "<|im_end|>"}))
+    template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    src = write_jsonl(tmp_path / "in.jsonl", [{"messages": CHATS[0]}] * 3)
+    with pytest.raises(data.DataError, match="in.jsonl:1: .*no special token.*loss=\"all\""):
+        data.prepare([src], tok, tmp_path / "o", num_workers=1, chat_template=template)
+    assert not (tmp_path / "o").exists()
+    assert data.prepare([src], tok, tmp_path / "o", num_workers=1, chat_template=template, loss="all").examples == 3
+    assert {f.kind for f in data.lint([src], tok, chat_template=template) if f.severity == "error"} == {"missing-eos"}
+
+
+@pytest.mark.parametrize("name", ["gemma4", "llama3", "llama2", "tekken"])
+def test_a_bare_tokenizer_json_keeps_its_control_tokens_text_in_content(name, tmp_path):
+    tok = ts.Tokenizer.from_file(bare_folder(tmp_path, name) / "tokenizer.json")
+    allowed = set(data.content_special_tokens(tok, "{{ messages }}"))
+    controls = {"<bos>", "<eos>", "<pad>", "<unk>", "<mask>", "<s>", "</s>", "<|begin_of_text|>", "<|end_of_text|>",
+                "<|eot_id|>", "<|finetune_right_pad_id|>"}
+    assert not allowed & controls
+    assert not allowed & {t.content for t in tok.added_tokens if t.special and t.content in controls}
+
+
+def test_map_batch_leaves_out_chats_with_no_reply(tmp_path_factory):
+    tok = ts.Tokenizer.from_pretrained(model_dir(tmp_path_factory, "qwen2.5"))
+    out = data.ExampleEncoder(tok).map_batch({"messages": [CHATS[0], CHATS[3], CHATS[1]]})
+    assert out["input_ids"] == [data.encode_chat(tok, c).input_ids for c in (CHATS[0], CHATS[1])]
+
+
+def test_save_pretrained_writes_templates_where_transformers_reads_them_first(tmp_path):
+    qwen, llama = template("Qwen-Qwen2.5-7B-Instruct"), template("meta-llama-Llama-3.1-8B-Instruct")
+    folder = bare_folder(tmp_path / "m", config={"eos_token": "<|im_end|>"})
+    (folder / "chat_template.jinja").write_text(llama, encoding="utf-8")
+    tok = ts.Tokenizer.from_pretrained(folder)
+    assert tok.config["chat_template"] == llama
+    tok.config["chat_template"] = [{"name": "default", "template": qwen}, {"name": "tool_use", "template": llama}]
+    tok.save_pretrained(folder)  # over the folder it came from: the old chat_template.jinja must not win
+    for loaded in (ts.Tokenizer.from_pretrained(folder).config["chat_template"],
+                   transformers.AutoTokenizer.from_pretrained(str(folder)).chat_template):
+        named = {t["name"]: t["template"] for t in loaded} if isinstance(loaded, list) else loaded
+        assert named == {"default": qwen, "tool_use": llama}
+
+
+def test_template_files_replace_the_configs_templates_as_in_transformers(tmp_path):
+    qwen, llama = template("Qwen-Qwen2.5-7B-Instruct"), template("meta-llama-Llama-3.1-8B-Instruct")
+    folder = bare_folder(tmp_path / "m", config={
+        "eos_token": "<|im_end|>",
+        "chat_template": [{"name": "default", "template": llama}, {"name": "tool_use", "template": llama}]})
+    (folder / "chat_template.jinja").write_text(qwen, encoding="utf-8")
+    tok = ts.Tokenizer.from_pretrained(folder)
+    hf = transformers.AutoTokenizer.from_pretrained(str(folder))
+    assert tok.config["chat_template"] == hf.chat_template == qwen

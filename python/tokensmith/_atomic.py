@@ -1,4 +1,4 @@
-"""Folders that appear whole or not at all."""
+"""Folders that appear whole or not at all, written by one run at a time."""
 
 from __future__ import annotations
 
@@ -8,25 +8,84 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs into one folder are not serialized
+    fcntl = None  # type: ignore[assignment]
+
 
 def temp_folder_for(out: Path) -> Path:
     """The hidden folder next to ``out`` that this process writes it in."""
     return out.parent / f".{out.name}.tmp-{os.getpid()}"
 
 
+def exists_message(out: Path) -> str:
+    return f"{out}: already exists (pass overwrite=True / --overwrite to replace it)"
+
+
 @contextmanager
-def atomic_folder(out: Path) -> Iterator[Path]:
-    """Yield an empty hidden folder next to ``out``; when the block ends it replaces ``out``
+def atomic_folder(out: Path, *, overwrite: bool = False, error: type[Exception] = FileExistsError) -> Iterator[Path]:
+    """Yield an empty hidden folder next to ``out``; when the block ends it becomes ``out``
     (one rename), and when the block raises (KeyboardInterrupt too) it is removed, so an
-    interrupted run leaves no half-written output."""
-    tmp = temp_folder_for(out)
-    shutil.rmtree(tmp, ignore_errors=True)  # a dead run's, whose pid this process now has
-    tmp.mkdir(parents=True)
+    interrupted run leaves no half-written output.
+
+    The run holds a lock on ``out`` from start to end: a second run into the same folder
+    fails at once (``error``) instead of both succeeding and one result silently replacing
+    the other. Without ``overwrite`` an existing ``out`` is an error, checked under the lock
+    when the run starts and again before the rename. With ``overwrite`` the old folder is
+    moved aside, the new one renamed in, and the old one deleted.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(out, error):
+        if not overwrite and out.exists():
+            raise error(exists_message(out))
+        tmp = temp_folder_for(out)
+        shutil.rmtree(tmp, ignore_errors=True)  # a dead run's, whose pid this process now has
+        try:
+            tmp.mkdir()
+            yield tmp
+            if out.exists():
+                if not overwrite:
+                    raise error(exists_message(out))  # made since by something that takes no lock
+                old = out.parent / f".{out.name}.old-{os.getpid()}"
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(out, old)
+                os.replace(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+@contextmanager
+def _lock(out: Path, error: type[Exception]) -> Iterator[None]:
+    """An exclusive lock on ``.NAME.lock`` next to ``out``. The operating system drops it
+    when the process ends, however it ends (a killed run leaves no stale claim), and the
+    file is removed when the run is done."""
+    if fcntl is None:
+        yield
+        return
+    path = out.parent / f".{out.name}.lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise error(f"{out}: another run is writing it now") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break  # the live lock file, not one the previous holder just removed
+        except FileNotFoundError:
+            pass
+        os.close(fd)
     try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        yield
+    finally:
+        try:
+            os.unlink(path)  # still holding the lock: the next run locks a new file
+        except OSError:
+            pass
+        os.close(fd)

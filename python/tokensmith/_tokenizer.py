@@ -333,7 +333,9 @@ class Tokenizer:
         taken. When the slots run out the rest are added after the vocabulary; a token that
         exists already keeps its id, as with :meth:`add_special_tokens` (``special=True``) or
         :meth:`add_tokens`. Same ids as :func:`tokensmith.checkpoint.add_tokens` with
-        ``reuse_reserved=True`` on the folder.
+        ``reuse_reserved=True`` on the folder, except for slots that only the model's
+        config.json or generation_config.json name (e.g. a ``pad_token_id``), which a
+        Tokenizer does not see: the folder tool skips those too.
 
         >>> tok.reuse_reserved(["<|box_start|>", "<|box_end|>"])       # doctest: +SKIP
         [128002, 128003]
@@ -441,8 +443,9 @@ class Tokenizer:
         """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into a
         folder (created if missing) for ``transformers.AutoTokenizer.from_pretrained``.
 
-        The config keeps every key of :attr:`config` (chat template, BOS/EOS, model max
-        length, ...); its ``added_tokens_decoder`` lists every added token with the flags
+        The config keeps every key of :attr:`config` (BOS/EOS, model max length, ...) but
+        the chat templates, written as transformers 5 writes them (chat_template.jinja and
+        additional_chat_templates/NAME.jinja); its ``added_tokens_decoder`` lists every added token with the flags
         tokenizer.json has, and the special tokens added here are in its list of extra
         special tokens, so transformers sees each added token as special or not as
         tokensmith does and encodes to the same ids. Each file is written under a temporary
@@ -456,8 +459,11 @@ class Tokenizer:
         folder = Path(save_directory)
         if folder.exists() and not folder.is_dir():
             raise NotADirectoryError(f"{folder}: not a folder")
+        from .data.chat import _named_templates
+
         config = _with_decoder(self.config, _added_entries(self._core.added_tokens()))
-        return write_tokenizer_files(folder, self.to_str(), config, _special_tokens_map(config))
+        templates = _named_templates(config.pop("chat_template", None))
+        return write_tokenizer_files(folder, self.to_str(), config, _special_tokens_map(config), templates)
 
     def copy(self) -> Tokenizer:
         """An independent copy (cheap: the model is shared, the added tokens are not).
@@ -488,9 +494,9 @@ def _chat_templates(folder: Path, config: dict[str, Any]) -> str | list[dict[str
     tokenizer_config.json's form (a string, or a list of ``{"name", "template"}``).
 
     ``chat_template.jinja`` (what transformers 5 ``save_pretrained`` writes) and
-    ``additional_chat_templates/NAME.jinja`` take priority over tokenizer_config.json's
-    ``chat_template``, as in transformers; ``chat_template.json`` (``{"chat_template": ...}``,
-    processors' file) is read where neither has one.
+    ``additional_chat_templates/NAME.jinja`` replace tokenizer_config.json's ``chat_template``
+    when they exist, as in transformers; ``chat_template.json`` (``{"chat_template": ...}``,
+    processors' file) is read where none of them has one.
     """
     from .errors import TokenizerFormatError
 
@@ -501,24 +507,26 @@ def _chat_templates(folder: Path, config: dict[str, Any]) -> str | list[dict[str
             raise TokenizerFormatError(f"{path}: cannot read the chat template ({e})") from None
 
     templates: dict[str, str] = {}
-    own = config.get("chat_template")
-    if isinstance(own, str):
-        templates["default"] = own
-    elif isinstance(own, list):
+    if (folder / "chat_template.jinja").is_file():
+        templates["default"] = read(folder / "chat_template.jinja")
+    extra = folder / "additional_chat_templates"
+    if extra.is_dir():
+        templates.update({p.stem: read(p) for p in sorted(extra.glob("*.jinja"))})
+    if templates:
+        pass  # as in transformers, template files replace the config's templates whole
+    elif isinstance(config.get("chat_template"), str):
+        templates["default"] = config["chat_template"]
+    elif isinstance(config.get("chat_template"), list):
+        own = config["chat_template"]
         templates.update({t["name"]: t["template"] for t in own if isinstance(t, dict) and "name" in t and "template" in t})
-    legacy = folder / "chat_template.json"
-    if legacy.is_file() and "default" not in templates:
+    elif (folder / "chat_template.json").is_file():
+        legacy = folder / "chat_template.json"
         try:
             value = json.loads(read(legacy)).get("chat_template")
         except (ValueError, AttributeError) as e:
             raise TokenizerFormatError(f"{legacy}: not a JSON object with a chat_template ({e})") from None
         if isinstance(value, str):
             templates["default"] = value
-    if (folder / "chat_template.jinja").is_file():
-        templates["default"] = read(folder / "chat_template.jinja")
-    extra = folder / "additional_chat_templates"
-    if extra.is_dir():
-        templates.update({p.stem: read(p) for p in sorted(extra.glob("*.jinja"))})
     if not templates:
         return None
     if list(templates) == ["default"]:

@@ -205,10 +205,17 @@ def _json_text(value: Any) -> str:
 
 
 def write_tokenizer_files(
-    folder: str | os.PathLike[str], tokenizer_json: str, config: dict | None, special_map: dict | None
+    folder: str | os.PathLike[str],
+    tokenizer_json: str,
+    config: dict | None,
+    special_map: dict | None,
+    templates: dict[str, str] | None = None,
 ) -> list[Path]:
     """Write tokenizer.json (its text as given), tokenizer_config.json and
-    special_tokens_map.json (each skipped when None) into ``folder``, created if missing.
+    special_tokens_map.json (each skipped when None) into ``folder``, created if missing,
+    and ``templates`` as transformers 5 writes chat templates: ``"default"`` in
+    chat_template.jinja, the others in additional_chat_templates/NAME.jinja (template files
+    win over the config's on loading, so stale ones must not stay behind).
     Each file is written under a temporary name first and all are renamed at the end, so a
     failure leaves the old files, never a half-written one. Returns the written paths."""
     out = Path(folder)
@@ -218,11 +225,18 @@ def write_tokenizer_files(
         texts["tokenizer_config.json"] = _json_text(config)
     if special_map is not None:
         texts["special_tokens_map.json"] = _json_text(special_map)
+    for name, template in (templates or {}).items():
+        if not re.fullmatch(r"[\w.-]+", name) or name.startswith("."):
+            raise ValueError(f"chat template name {name!r} is not a plain file name")
+        texts["chat_template.jinja" if name == "default" else f"additional_chat_templates/{name}.jinja"] = template
+    if templates and any(name != "default" for name in templates):
+        (out / "additional_chat_templates").mkdir(exist_ok=True)
     staged: list[tuple[Path, Path]] = []
     try:
         for name, text in texts.items():
-            temp = out / f".{name}.tmp-{os.getpid()}"
-            staged.append((temp, out / name))
+            path = out / name
+            temp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+            staged.append((temp, path))
             temp.write_text(text, encoding="utf-8")
         for temp, path in staged:
             os.replace(temp, path)

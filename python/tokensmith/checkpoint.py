@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import embeddings as E
-from ._atomic import atomic_folder, temp_folder_for
+from ._atomic import atomic_folder, exists_message, temp_folder_for
 from ._safetensors import COPY_CHUNK, Replacement, SafetensorsFile, copy_file, copy_range, write_file
 from ._tokenizer_files import (
     RESERVED_PATTERNS,
@@ -163,7 +163,7 @@ def add_tokens(
     if out.resolve() == src.resolve() or out.resolve() in src.resolve().parents or src.resolve() in out.resolve().parents:
         raise CheckpointError("out_dir must not be model_dir, inside it, or a folder that contains it: the input is never modified")
     if out.exists() and not overwrite:
-        raise CheckpointError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+        raise CheckpointError(exists_message(out))  # early; atomic_folder claims it for good
     tokens = [str(t) for t in tokens]
     if init == "description" and (descriptions is None or len(descriptions) != len(tokens)):
         raise ValueError("init='description' needs descriptions=[one per token]")
@@ -238,7 +238,7 @@ def add_tokens(
     )
     bar = _Progress(total, sys.stderr.isatty() if progress is None else progress)
     copied = 0
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, overwrite=overwrite, error=CheckpointError) as tmp:
         for path in _files(src):
             target_path = tmp / path.relative_to(src)
             target_path.parent.mkdir(parents=True, exist_ok=True)

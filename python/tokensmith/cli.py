@@ -27,7 +27,10 @@ def _load(spec: str | None) -> Tokenizer:
     if spec is None:
         return _default_tokenizer()
     path = Path(spec)
-    return Tokenizer.from_pretrained(path) if path.is_dir() else Tokenizer.from_file(path)
+    if path.is_dir() or (path.name == "tokenizer.json" and (path.parent / "tokenizer_config.json").is_file()):
+        # A model folder's tokenizer.json comes with its config: chat template, BOS/EOS.
+        return Tokenizer.from_pretrained(path if path.is_dir() else path.parent)
+    return Tokenizer.from_file(path)
 
 
 def _show(piece: str) -> str:

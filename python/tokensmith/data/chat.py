@@ -12,9 +12,11 @@ those of ``apply_chat_template(..., tokenize=True)``.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from .._tokenizer import Tokenizer
+from .._tokenizer_files import SPECIAL_FIELDS
 from ..errors import TokenizerError
 
 __all__ = ["IGNORE_INDEX", "ChatTemplateError", "Example", "encode_chat", "resolve_template", "render_template"]
@@ -49,6 +52,17 @@ class Example:
 
 
 # ---------------------------------------------------------------------------- rendering
+
+
+def compile_template(template: str):
+    """The template compiled as transformers compiles it; a syntax error is a
+    :class:`ChatTemplateError` naming the line."""
+    import jinja2
+
+    try:
+        return _compile(template)
+    except jinja2.TemplateSyntaxError as e:
+        raise ChatTemplateError(f"the chat template does not compile: {e.message} (line {e.lineno})") from None
 
 
 @functools.lru_cache(maxsize=64)
@@ -99,9 +113,7 @@ def resolve_template(
     own = tok.config.get("chat_template")
     named = _named_templates(own)
     if chat_template is None:
-        if isinstance(own, str):
-            return own
-        if tools and "tool_use" in named:
+        if tools is not None and "tool_use" in named:
             return named["tool_use"]
         if "default" in named:
             return named["default"]
@@ -132,15 +144,16 @@ def resolve_template(
 def named_template(tok: Tokenizer, name: str) -> str:
     """The tokenizer's chat template called ``name`` (``--template-name``)."""
     named = _named_templates(tok.config.get("chat_template"))
-    if isinstance(tok.config.get("chat_template"), str):
-        named.setdefault("default", tok.config["chat_template"])
     if name not in named:
         raise ChatTemplateError(f"the tokenizer has no chat template named {name!r} (it has {sorted(named) or 'none'})")
     return named[name]
 
 
 def _named_templates(own: Any) -> dict[str, str]:
-    """tokenizer_config.json's list of ``{"name": ..., "template": ...}`` as a dict."""
+    """tokenizer_config.json's ``chat_template`` as a dict by name: a string is the
+    ``"default"``, a list of ``{"name": ..., "template": ...}`` names each."""
+    if isinstance(own, str):
+        return {"default": own}
     if not isinstance(own, list):
         return {}
     out = {}
@@ -150,20 +163,17 @@ def _named_templates(own: Any) -> dict[str, str]:
     return out
 
 
-#: The config keys of the tokens a template may write through variables (``{{ eos_token }}``).
-SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+def config_token(tok: Tokenizer, key: str) -> str | None:
+    """A token named in tokenizer_config.json (``"eos_token": "</s>"`` or ``{"content": "</s>"}``)."""
+    value = tok.config.get(key)
+    if isinstance(value, Mapping):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
 
 
 def _special_token_strings(tok: Tokenizer) -> dict[str, str]:
     """bos_token, eos_token, ... as the template sees them (tokenizer_config.json values)."""
-    out = {}
-    for name in SPECIAL_TOKEN_KEYS:
-        value = tok.config.get(name)
-        if isinstance(value, Mapping):
-            value = value.get("content")
-        if isinstance(value, str):
-            out[name] = value
-    return out
+    return {key: value for key in SPECIAL_FIELDS if (value := config_token(tok, key)) is not None}
 
 
 #: ``content_special``: the rule (``"auto"``), every special token as text (``"text"``), or
@@ -173,13 +183,15 @@ ContentSpecial = Union[str, Iterable[str]]
 
 def template_markers(tok: Tokenizer, template: str) -> set[str]:
     """The special tokens that are the template's own markup: those its text contains, the
-    folder's BOS/EOS/PAD/UNK/SEP/CLS/MASK, and the end-of-text token the tokenizer declares.
-    Inside content they are text: a user who writes ``<|im_end|>`` never ends a turn."""
-    from .eos import declared_eos
+    folder's BOS/EOS/PAD/UNK/SEP/CLS/MASK, the end-of-text token the tokenizer declares,
+    and the BOS/EOS/end-of-turn/padding spellings of the common families (so that a bare
+    tokenizer.json, without the folder's config, keeps them too). Inside content they are
+    text: a user who writes ``<|im_end|>`` never ends a turn."""
+    from .eos import CONTROL_SPELLINGS, OTHER_CONTROL_TOKENS, declared_eos
 
     specials = {t.content for t in tok.added_tokens if t.special}
     markers = {s for s in specials if s in template}
-    markers |= {s for s in _special_token_strings(tok).values() if s in specials}
+    markers |= specials & (set(_special_token_strings(tok).values()) | set(CONTROL_SPELLINGS) | set(OTHER_CONTROL_TOKENS))
     declared = declared_eos(tok)
     if declared is not None:
         markers.add(declared)
@@ -225,41 +237,62 @@ def render_template(
     return text.replace(GENERATION_START, "").replace(GENERATION_END, "")
 
 
+#: Bounds on one rendering. A template is code from a model folder: a loop nested over
+#: ``range(10**5)``, a recursive macro or an exploding string costs that record (a
+#: :class:`ChatTemplateError`), never the run. Time is checked as output is produced.
+MAX_RENDERED_CHARS = 256 * 2**20
+MAX_RENDER_SECONDS = 30.0
+
+
 def _render(template, tok, messages, add_generation_prompt, tools, documents, template_kwargs) -> str:
     import jinja2
 
     context = {**_special_token_strings(tok), **template_kwargs}
     try:
-        return _compile(template).render(
+        chunks, size = [], 0
+        deadline = time.monotonic() + MAX_RENDER_SECONDS
+        for chunk in compile_template(template).generate(
             messages=list(messages),
             tools=tools,
             documents=documents,
             add_generation_prompt=add_generation_prompt,
             **context,
-        )
+        ):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_RENDERED_CHARS:
+                raise ChatTemplateError(f"chat template failed: it wrote more than {MAX_RENDERED_CHARS:,} characters")
+            if time.monotonic() > deadline:
+                raise ChatTemplateError(f"chat template failed: still rendering after {MAX_RENDER_SECONDS:.0f} s")
+        return "".join(chunks)
+    except ChatTemplateError:
+        raise
     except jinja2.UndefinedError as e:
         raise ChatTemplateError(_undefined(e, messages)) from None
     except jinja2.TemplateError as e:
         raise ChatTemplateError(f"chat template failed: {e}") from None
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
-        # The template's own code failed on these messages (e.g. list content it cannot join).
+    except RecursionError:
+        raise ChatTemplateError("chat template failed: it recurses too deeply") from None
+    except Exception as e:  # noqa: BLE001 - the template's own code failed on these messages
         raise ChatTemplateError(f"chat template failed on these messages: {type(e).__name__}: {e}") from None
 
 
 def _undefined(error: Exception, messages: Sequence[Mapping[str, Any]]) -> str:
-    """Jinja's ``'dict object' has no attribute 'content'`` as which message lacks what."""
+    """Jinja's ``'dict object' has no attribute 'content'`` as which messages lack what."""
     import re
 
-    found = re.search(r"has no attribute '([^']*)'|'([^']*)' is undefined", str(error))
-    name = next((g for g in found.groups() if g), None) if found else None
-    lacking = [i for i, m in enumerate(messages) if name is not None and name not in m]
-    if lacking:
-        i = lacking[0]
-        return (f"chat template failed: message {i} ({messages[i].get('role')}) has no {name!r}, "
-                f"which the template reads ({error})")
-    if name is not None:
-        return f"chat template failed: it reads {name!r}, which these messages and options do not give ({error})"
-    return f"chat template failed: {error}"
+    text = str(error)
+    variable = re.search(r"^'([^']*)' is undefined", text)
+    if variable:
+        return f"chat template failed: it reads {variable.group(1)!r}, which is not given ({text})"
+    field = re.search(r"has no attribute '([^']*)'", text)
+    lacking = [i for i, m in enumerate(messages) if field and field.group(1) not in m]
+    if not field or not lacking:
+        return f"chat template failed: {text}"
+    which = ", ".join(f"{i} ({messages[i].get('role')})" for i in lacking[:5]) + (", ..." if len(lacking) > 5 else "")
+    many = len(lacking) > 1
+    return (f"chat template failed: it reads {field.group(1)!r}, which message{'s' if many else ''} {which} "
+            f"{'do' if many else 'does'} not have ({text})")
 
 
 # ---------------------------------------------------------------------------- encoding
@@ -300,9 +333,10 @@ def _replaced(messages, slots, texts) -> list[dict[str, Any]]:
 def _content_spans(template, tok, messages, rendered, add_generation_prompt, tools, documents, kwargs):
     """(start, end, message index) of each written text in ``rendered``.
 
-    The texts are replaced by unique sentinels and the template rendered again: where the
-    template copies them through unchanged, the text between sentinels is identical and
-    gives exact spans. Otherwise each text is searched for in order.
+    The texts are replaced by unique sentinels and the template rendered again. The
+    skeleton's literal pieces must then appear in ``rendered`` in order, and between them
+    each text as written or trimmed (Llama's and Gemma's templates ``| trim`` it): that
+    gives exact spans. A template that changes texts otherwise falls back to a search.
     """
     slots = _text_slots(messages)
     if not slots:
@@ -314,35 +348,51 @@ def _content_spans(template, tok, messages, rendered, add_generation_prompt, too
     except ChatTemplateError:
         skeleton = None
     spans = _spans_from_skeleton(skeleton, dict(zip(sentinels, slots)), rendered) if skeleton else None
-    return spans if spans is not None else _spans_by_search(slots, rendered)
+    return spans if spans is not None else _spans_by_search(tok, slots, rendered)
 
 
 def _spans_from_skeleton(skeleton, sentinels, rendered):
     import re
 
     pattern = re.compile("|".join(re.escape(s) for s in sentinels))
-    spans, pieces, cursor, out_pos = [], [], 0, 0
-    seen = set()
+    # literal, slot, literal, slot, ..., literal
+    pieces: list = []
+    cursor = 0
     for m in pattern.finditer(skeleton):
-        if m.group() in seen:
-            return None  # a template that prints a text twice: search instead
-        seen.add(m.group())
-        i, _, _, text = sentinels[m.group()]
-        literal = skeleton[cursor : m.start()]
-        out_pos += len(literal)
-        spans.append((out_pos, out_pos + len(text), i))
-        pieces += [literal, text]
-        out_pos += len(text)
+        pieces += [skeleton[cursor : m.start()], sentinels[m.group()]]
         cursor = m.end()
     pieces.append(skeleton[cursor:])
-    return spans if "".join(pieces) == rendered else None
+    if len({id(p) for p in pieces[1::2]}) != len(pieces) // 2:
+        return None  # a template that prints a text twice: search instead
+    spans, pos = [], 0
+    for k in range(0, len(pieces) - 1, 2):
+        literal, (i, _, _, text), after = pieces[k], pieces[k + 1], pieces[k + 2]
+        if not rendered.startswith(literal, pos):
+            return None
+        pos += len(literal)
+        for written in dict.fromkeys((text, text.strip(), text.lstrip(), text.rstrip())):
+            if rendered.startswith(written, pos) and (not after or rendered.startswith(after, pos + len(written))):
+                break
+        else:
+            return None
+        spans.append((pos, pos + len(written), i))
+        pos += len(written)
+    return spans if rendered[pos:] == pieces[-1] else None
 
 
-def _spans_by_search(slots, rendered):
+def _spans_by_search(tok, slots, rendered):
+    """Each text (or its trimmed form) at its first place after the previous one that does
+    not cut through a special token's spelling: a reply "a" is not the "a" of a template's
+    ``<|start_header_id|>``."""
+    specials = [t.content for t in tok.added_tokens if t.special and t.content]
+    marks = sorted((m.start(), m.end()) for s in specials for m in _finditer_literal(s, rendered))
     spans, cursor = [], 0
     for i, _, _, text in slots:
-        for candidate in (text, text.strip()):
+        for candidate in dict.fromkeys((text, text.strip())):
             at = rendered.find(candidate, cursor) if candidate else -1
+            while at >= 0 and any(a < at + len(candidate) and at < b and not (at <= a and b <= at + len(candidate))
+                                  for a, b in marks):
+                at = rendered.find(candidate, at + 1)
             if at >= 0:
                 spans.append((at, at + len(candidate), i))
                 cursor = at + len(candidate)
@@ -350,10 +400,17 @@ def _spans_by_search(slots, rendered):
     return spans
 
 
-def _unmarked(marked: str, offset: int) -> int:
-    """``offset`` in ``marked`` as an offset in the text without generation markers."""
-    prefix = marked[:offset]
-    return offset - prefix.count(GENERATION_START) - prefix.count(GENERATION_END)
+def _finditer_literal(needle: str, haystack: str):
+    import re
+
+    return re.finditer(re.escape(needle), haystack)
+
+
+def _unmarker(marked: str):
+    """Maps an offset in ``marked`` to the offset in the text without generation markers (a
+    binary search over the markers: linear in the text, whatever the number of turns)."""
+    markers = [i for i, ch in enumerate(marked) if ch == GENERATION_START or ch == GENERATION_END]
+    return lambda offset: offset - bisect.bisect_left(markers, offset)
 
 
 def _generation_spans(text: str) -> tuple[str, list[tuple[int, int]]]:
@@ -421,7 +478,8 @@ def _encode_chat(
     rendered, generation = _generation_spans(marked)
     spans = _content_spans(template, tok, messages, marked, add_generation_prompt, tools, documents, template_kwargs)
     if generation:
-        spans = [(_unmarked(marked, s), _unmarked(marked, e), i) for s, e, i in spans]
+        unmarked = _unmarker(marked)
+        spans = [(unmarked(s), unmarked(e), i) for s, e, i in spans]
     located = {j for _, _, j in spans}
     warnings = [
         f"message {i} ({messages[i]['role']}): "
@@ -452,15 +510,25 @@ def _check_messages(messages) -> list[dict[str, Any]]:
     return out
 
 
+#: The warning for an assistant turn that no special token closes (lint's error, prepare's stop).
+NO_END_TOKEN = "the template closes this assistant turn with no special token (no EOS)"
+
+
 def _assistant_regions(tok, messages, rendered, spans, warnings):
-    """Each assistant reply's span, extended over the template text that closes the turn up
-    to and including its first special token (``<|im_end|>``, ``<|eot_id|>``, ``</s>``...)."""
+    """One region per assistant message, from its first written text to its last (its
+    reasoning, the template's ``</think>``, its reply), extended over the template text that
+    closes the turn up to and including the first special token there (``<|im_end|>``,
+    ``<|eot_id|>``, ``</s>``...)."""
     specials = [t.content for t in tok.added_tokens if t.special]
+    extent: dict[int, list[int]] = {}
+    for start, end, i in spans:
+        first_last = extent.setdefault(i, [start, end])
+        first_last[0], first_last[1] = min(first_last[0], start), max(first_last[1], end)
     regions = []
-    for k, (start, end, i) in enumerate(spans):
+    for i, (start, end) in extent.items():
         if messages[i].get("role") != "assistant":
             continue
-        limit = spans[k + 1][0] if k + 1 < len(spans) else len(rendered)
+        limit = min((s for s, _ in extent.values() if s >= end), default=len(rendered))
         tail = rendered[end:limit]
         hits = [(tail.find(s), s) for s in specials if s and s in tail]
         if hits:
@@ -468,7 +536,7 @@ def _assistant_regions(tok, messages, rendered, spans, warnings):
             regions.append((start, end + at + len(token)))
         else:
             regions.append((start, end))
-            warnings.append(f"message {i}: the template closes this assistant turn with no special token (no EOS)")
+            warnings.append(f"message {i}: {NO_END_TOKEN}")
     return regions
 
 

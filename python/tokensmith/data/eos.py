@@ -3,12 +3,11 @@ type as text by mistake (``"...</s>"``), which a tokenizer may not even have."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from .._tokenizer import Tokenizer
 from ..errors import DataError
+from .chat import config_token
 
-__all__ = ["EOS_SPELLINGS", "CONTROL_SPELLINGS", "declared_eos", "eos_token", "NoEOSError"]
+__all__ = ["EOS_SPELLINGS", "CONTROL_SPELLINGS", "OTHER_CONTROL_TOKENS", "declared_eos", "eos_token", "NoEOSError"]
 
 #: End-of-text tokens of the model families people fine-tune, most common first: the token a
 #: pre-training document ends with when tokenizer_config.json names no ``eos_token``.
@@ -41,15 +40,14 @@ CONTROL_SPELLINGS = EOS_SPELLINGS + (
 )
 
 
+#: Padding, unknown, mask and separator tokens of those families: control tokens too, never
+#: task tokens, whether or not a tokenizer_config.json names them.
+OTHER_CONTROL_TOKENS = ("<pad>", "<unk>", "<mask>", "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<|pad|>",
+                        "<|padding|>", "<|finetune_right_pad_id|>", "<｜▁pad▁｜>")
+
+
 class NoEOSError(DataError):
     """No end-of-text token can be determined, or the one named is not a token."""
-
-
-def _config_token(tok: Tokenizer, key: str) -> str | None:
-    value = tok.config.get(key)
-    if isinstance(value, Mapping):
-        value = value.get("content")
-    return value if isinstance(value, str) and value else None
 
 
 def declared_eos(tok: Tokenizer) -> str | None:
@@ -64,7 +62,7 @@ def eos_token(tok: Tokenizer, eos: str | None = None) -> tuple[str, int]:
     ``eos_token``, else :func:`declared_eos`. It must be one token of this tokenizer: an EOS
     appended as text (``</s>`` as ``</``, ``s``, ``>``) never stops a model."""
     where = "eos" if eos is not None else "tokenizer_config.json's eos_token"
-    content = eos if eos is not None else _config_token(tok, "eos_token")
+    content = eos if eos is not None else config_token(tok, "eos_token")
     if content is None:
         content = declared_eos(tok)
         where = "the tokenizer's end-of-text token"

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._tokenizer import Tokenizer
-from ..errors import TokenizerError
-from .chat import IGNORE_INDEX, TEXT_FIELDS, ContentSpecial, _encode_chat
+from ..errors import DataError, TokenizerError
+from .chat import IGNORE_INDEX, NO_END_TOKEN, ContentSpecial, _encode_chat, _text_slots, config_token
 from .eos import CONTROL_SPELLINGS
 from .prepare import ExampleEncoder
 from .sources import BadRecord, read_records, to_example_input, to_tools
@@ -68,9 +68,8 @@ def lint(
     # control tokens of other families (typed as text, they are several pieces here).
     spellings = sorted(set(specials) | set(CONTROL_SPELLINGS), key=len, reverse=True)
     finder = re.compile("|".join(map(re.escape, spellings)))
-    bos = tok.config.get("bos_token")
-    bos = bos.get("content") if isinstance(bos, Mapping) else bos
-    bos_id = tok.token_to_id(bos) if isinstance(bos, str) else None
+    bos = config_token(tok, "bos_token")
+    bos_id = tok.token_to_id(bos) if bos is not None else None
     checked_template_strings: dict[str, int] = {}
     records = 0
 
@@ -86,8 +85,15 @@ def lint(
         except ValueError as e:
             yield Finding(*where, "error", "malformed", str(e))
             continue
-        template = (encoder.tool_template if tools else encoder.template) if kind == "chat" else None
-        allowed = set(encoder.text_allowed if kind == "text" else encoder._allowed.get(template, ()))
+        if kind == "text":
+            allowed = set(encoder.text_allowed)
+        else:
+            try:
+                template = encoder.template_for(tools)
+            except DataError as e:
+                yield Finding(*where, "error", "no-template", str(e))
+                continue
+            allowed = set(encoder.allowed_in(template))
         for role, text in _contents(kind, value):
             for found in dict.fromkeys(finder.findall(text)):
                 yield _content_finding(where, tok, role, text, found, specials, allowed)
@@ -97,19 +103,17 @@ def lint(
             ids = tok.encode(value, add_special_tokens=False, special=list(allowed))
             labels = None
         else:
-            if template is None:
-                yield Finding(*where, "error", "no-template", f"chat record but {encoder.template_error}")
-                continue
             try:
                 ex, rendered, spans = _encode_chat(
-                    tok, value, template, encoder._allowed[template], False, loss="assistant", tools=tools, documents=None
+                    tok, value, template, encoder.allowed_in(template), False, loss="assistant", tools=tools, documents=None
                 )
             except (ValueError, TypeError, TokenizerError) as e:
                 yield Finding(*where, "error", "template", str(e))
                 continue
             ids, labels = ex.input_ids, ex.labels
             for w in ex.warnings:
-                yield Finding(*where, "error" if "no EOS" in w else "warning", "missing-eos" if "no EOS" in w else "content", w)
+                no_end = NO_END_TOKEN in w
+                yield Finding(*where, "error" if no_end else "warning", "missing-eos" if no_end else "content", w)
             for s in _template_strings(rendered, spans):
                 if s not in checked_template_strings:
                     checked_template_strings[s] = len(tok.encode(s, add_special_tokens=False))
@@ -135,15 +139,8 @@ def _contents(kind: str, value: Any) -> Iterator[tuple[str, str]]:
     if kind == "text":
         yield "text", value
         return
-    for m in value:
-        for key in TEXT_FIELDS:
-            field = m.get(key)
-            parts = [field] if isinstance(field, str) else [
-                p.get("text") for p in field if isinstance(p, Mapping)
-            ] if isinstance(field, list) else []
-            for text in parts:
-                if isinstance(text, str) and text:
-                    yield str(m.get("role")), text
+    for i, _, _, text in _text_slots(value):
+        yield str(value[i].get("role")), text
 
 
 def _content_finding(where, tok, role, text, found, specials, allowed) -> Finding:

@@ -12,15 +12,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._atomic import atomic_folder
+from .._atomic import atomic_folder, exists_message
 from .._tokenizer import Tokenizer
 from ..errors import DataError, TokenizerError
 from .chat import (
     IGNORE_INDEX,
+    NO_END_TOKEN,
     ChatTemplateError,
     ContentSpecial,
     Example,
     _encode_chat,
+    compile_template,
     content_special_tokens,
     named_template,
     resolve_template,
@@ -33,6 +35,10 @@ __all__ = ["DataError", "ExampleEncoder", "Packer", "PrepareResult", "RecordErro
 
 class SkippedRecord(DataError):
     """A well-formed record that gives no training example (a chat with no assistant reply)."""
+
+
+#: The reason a chat with nothing to train on is skipped (counted, never an error).
+NO_REPLY = "no assistant reply"
 
 
 class _Fatal(DataError):
@@ -102,12 +108,15 @@ class ExampleEncoder:
         self.tool_template = self.template
         if chat_template is None and template_name is None and self.template is not None:
             self.tool_template = resolve_template(tok, tools=[{}])
+        for template in {self.template, self.tool_template} - {None}:
+            compile_template(template)  # a syntax error is the setup's, not each record's
         if not isinstance(content_special, str):
             content_special = sorted(set(content_special))  # an iterator would be used up
         self.content_special = content_special
         self._allowed = {
             t: content_special_tokens(tok, t, content_special) for t in {self.template, self.tool_template} if t is not None
         }
+        #: The special tokens that become ids in text records (the same rule as in chats).
         self.text_allowed = content_special_tokens(tok, self.template or "", content_special)
         self.eos_problem: str | None = None
         try:
@@ -121,17 +130,33 @@ class ExampleEncoder:
         kind, value = to_example_input(data, self.mapping)
         if kind == "text":
             return self.encode_text(value)
-        messages, tools = value, to_tools(data, self.mapping)
-        template = self.tool_template if tools else self.template
+        ex = self.encode_messages(value, to_tools(data, self.mapping))[0]
+        if self.loss == "assistant" and all(label == IGNORE_INDEX for label in ex.labels):
+            raise SkippedRecord(f"{NO_REPLY}: nothing to train on (loss=\"all\" keeps such records)")
+        return ex
+
+    def template_for(self, tools: list[Any] | None) -> str:
+        """The template a chat with these ``tools`` is rendered with."""
+        template = self.tool_template if tools is not None else self.template
         if template is None:
             raise _Fatal(f"chat records need a chat template: {self.template_error}", "no chat template")
-        ex = _encode_chat(
-            self.tok, messages, template, self._allowed[template], False, loss=self.loss, tools=tools or None,
-            documents=None,
-        )[0]
-        if self.loss == "assistant" and all(label == IGNORE_INDEX for label in ex.labels):
-            raise SkippedRecord("no assistant reply: nothing to train on (loss=\"all\" keeps such records)")
-        return ex
+        return template
+
+    def allowed_in(self, template: str) -> list[str]:
+        """The special tokens that become ids inside content under ``template``."""
+        return self._allowed[template]
+
+    def encode_messages(self, messages: list[dict[str, Any]], tools: list[Any] | None = None):
+        """``(Example, rendered text, content spans)`` of a chat. An assistant turn that no
+        special token closes stops the run: the model would never learn to stop."""
+        template = self.template_for(tools)
+        encoded = _encode_chat(
+            self.tok, messages, template, self.allowed_in(template), False, loss=self.loss, tools=tools, documents=None
+        )
+        no_end = next((w for w in encoded[0].warnings if NO_END_TOKEN in w), None)
+        if no_end is not None:
+            raise _Fatal(f"{no_end}: add the end-of-turn token to the template, or train with loss=\"all\"", "no end of turn")
+        return encoded
 
     def encode_text(self, text: str) -> Example:
         """Continued pre-training text, then the EOS id. Special tokens in it follow
@@ -145,12 +170,16 @@ class ExampleEncoder:
 
     def map_batch(self, batch: Mapping[str, list[Any]]) -> dict[str, list[list[int]]]:
         """A ``Dataset.map(batched=True)`` / Ray ``map_batches`` function: columns in,
-        ``input_ids`` and ``labels`` out."""
+        ``input_ids`` and ``labels`` out. Chats with no assistant reply are left out (a
+        batched map may return fewer rows); any other bad record raises."""
         columns = list(batch)
         rows = len(batch[columns[0]]) if columns else 0
         out: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
         for r in range(rows):
-            ex = self({c: _plain(batch[c][r]) for c in columns})
+            try:
+                ex = self({c: _plain(batch[c][r]) for c in columns})
+            except SkippedRecord:
+                continue
             out["input_ids"].append(ex.input_ids)
             out["labels"].append(ex.labels)
         return out
@@ -254,11 +283,13 @@ def _encode_one(encoder: ExampleEncoder, source: str, line: int, data: Any) -> t
     except _Fatal as e:
         return source, line, RecordError(str(e), e.reason, fatal=True)
     except SkippedRecord as e:
-        return source, line, RecordError(str(e), "no assistant reply")
+        return source, line, RecordError(str(e), NO_REPLY)
     except ChatTemplateError as e:
         return source, line, RecordError(str(e), "chat template failed")
     except (ValueError, TypeError, KeyError, TokenizerError) as e:
         return source, line, RecordError(f"{type(e).__name__}: {e}", "malformed record")
+    except Exception as e:  # noqa: BLE001 - whatever one record does, the others go on
+        return source, line, RecordError(f"{type(e).__name__}: {e}"[:2000], "failed")
 
 
 def _chunks(records: Iterator[Record | BadRecord], size: int) -> Iterator[list[Any]]:
@@ -335,7 +366,7 @@ def prepare(
         raise ValueError("max_length must be positive")
     out = Path(out_dir)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
+        raise FileExistsError(exists_message(out))  # early; atomic_folder claims it for good
     encoder = ExampleEncoder(
         tok, chat_template, loss=loss, mapping=mapping, content_special=content_special, eos=eos,
         template_name=template_name,
@@ -343,14 +374,14 @@ def prepare(
     result = PrepareResult(out_dir=str(out))
     bar = _Progress(sys.stderr.isatty() if progress is None else progress)
     started = time.monotonic()
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, overwrite=overwrite) as tmp:
         with _ShardWriter(tmp, pack, rows_per_shard) as writer:
             packer = Packer(max_length) if pack else None
             for source, line, value in _encoded(inputs, encoder, num_workers):
                 if isinstance(value, str):  # a line that could not be read
                     value = RecordError(value, "unreadable line")
                 if isinstance(value, RecordError):
-                    if value.fatal or (on_error == "raise" and value.reason != "no assistant reply"):
+                    if value.fatal or (on_error == "raise" and value.reason != NO_REPLY):
                         raise DataError(f"{source}:{line}: {value}")
                     result.skip(source, line, value)
                     continue

@@ -61,23 +61,26 @@ def read_records(inputs: Iterable[str | os.PathLike[str]] | Iterable[Mapping[str
 
 
 def _jsonl(path: Path) -> Iterator[Record | BadRecord]:
-    with open(path, encoding="utf-8", errors="strict") as f:
-        line_no = 0
-        while True:
+    """Each line on its own: a bad byte or bad JSON costs that record only, never the rest
+    of the file (a text-mode reader fails for the whole buffer around a bad byte)."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark
             try:
-                line = f.readline()
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield BadRecord(str(path), line_no + 1, f"not valid UTF-8 ({e.reason})")
-                return
-            if not line:
-                return
-            line_no += 1
+                yield BadRecord(str(path), line_no, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line)")
+                continue
             if not line.strip():
                 continue
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as e:
                 yield BadRecord(str(path), line_no, f"invalid JSON ({e.msg} at column {e.colno})")
+                continue
+            except RecursionError:
+                yield BadRecord(str(path), line_no, "JSON nested too deeply")
                 continue
             if not isinstance(data, dict):
                 yield BadRecord(str(path), line_no, f"expected a JSON object, got {type(data).__name__}")
@@ -148,6 +151,8 @@ def to_tools(data: Mapping[str, Any], mapping: Mapping[str, str] | None = None) 
             tools = json.loads(tools)
         except json.JSONDecodeError as e:
             raise ValueError(f"'tools' is a string but not JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise ValueError("'tools' is JSON nested too deeply") from None
     if isinstance(tools, Mapping):
         tools = [tools]
     if not isinstance(tools, list):
