@@ -10,6 +10,7 @@ pub mod error;
 pub mod formats;
 pub mod normalize;
 pub mod pages;
+pub mod pool;
 pub mod postprocess;
 pub mod pretokenize;
 pub mod special;

@@ -90,20 +90,48 @@ fn texts<'py>(items: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyString>>> 
         .collect()
 }
 
+/// Runs `f` with the GIL released, its parallel work in a pool that survives `fork`
+/// ([`crate::pool`]).
+fn without_gil<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
+    py.allow_threads(|| crate::pool::install(f))
+}
+
 #[pyclass(module = "tokensmith._core", name = "CoreTokenizer", frozen)]
 struct PyTokenizer {
-    // Mutation (adding tokens) builds a new tokenizer, so encodes in flight never see a
-    // half-updated one and clones for worker threads are cheap.
+    // Mutation (adding tokens) builds a new tokenizer and swaps it in, so encodes in flight
+    // never see a half-updated one and clones for worker threads are cheap. The lock is
+    // held only to clone or swap the Arc, never while waiting for anything else, so a
+    // thread holding the GIL that waits for it cannot deadlock with one that holds it.
     inner: std::sync::RwLock<Arc<Tokenizer>>,
+    /// Serializes updates (two `add_tokens` at once must not lose one's tokens). Taken
+    /// with the GIL released: an update waiting for it must not hold what others need.
+    updating: std::sync::Mutex<()>,
 }
 
 impl PyTokenizer {
     fn new(tokenizer: Tokenizer) -> Self {
-        PyTokenizer { inner: std::sync::RwLock::new(Arc::new(tokenizer)) }
+        PyTokenizer { inner: std::sync::RwLock::new(Arc::new(tokenizer)), updating: std::sync::Mutex::new(()) }
     }
 
     fn get(&self) -> Arc<Tokenizer> {
-        self.inner.read().expect("tokenizer lock").clone()
+        self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Applies `change` to a copy of the tokenizer and swaps the copy in, with the GIL
+    /// released while it waits for other updates and while it works.
+    fn update<T: Send>(
+        &self,
+        py: Python<'_>,
+        change: impl FnOnce(&mut Tokenizer) -> crate::Result<T> + Send,
+    ) -> PyResult<T> {
+        without_gil(py, || {
+            let _one_at_a_time = self.updating.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut updated = (*self.get()).clone();
+            let out = change(&mut updated)?;
+            *self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(updated);
+            Ok(out)
+        })
+        .or_raise(py)
     }
 
     fn policy(&self, py: Python<'_>, policy: &str, allowed: Option<Vec<String>>) -> PyResult<SpecialPolicy> {
@@ -153,22 +181,22 @@ impl PyTokenizer {
     #[staticmethod]
     fn from_file(py: Python<'_>, path: &str) -> PyResult<Self> {
         let json = read(py, path)?;
-        let tokenizer = py.allow_threads(|| tokenizer_json::from_str(&json, path)).or_raise(py)?;
+        let tokenizer = without_gil(py, || tokenizer_json::from_str(&json, path)).or_raise(py)?;
         Ok(Self::new(tokenizer))
     }
 
     #[staticmethod]
     #[pyo3(signature = (json, source = "<string>"))]
     fn from_str(py: Python<'_>, json: &str, source: &str) -> PyResult<Self> {
-        let tokenizer = py.allow_threads(|| tokenizer_json::from_str(json, source)).or_raise(py)?;
+        let tokenizer = without_gil(py, || tokenizer_json::from_str(json, source)).or_raise(py)?;
         Ok(Self::new(tokenizer))
     }
 
     #[staticmethod]
     fn from_tiktoken(py: Python<'_>, path: &str, pattern: &str, special_tokens: Vec<(String, u32)>) -> PyResult<Self> {
         let text = read(py, path)?;
-        let tokenizer = py
-            .allow_threads(|| {
+        let tokenizer = without_gil(
+            py, || {
                 let ranks = tiktoken::parse_ranks(&text, path)?;
                 tiktoken::build(ranks, pattern, &special_tokens)
             })
@@ -182,7 +210,7 @@ impl PyTokenizer {
             std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(format!("{path}: no such file")),
             _ => to_py(py, Error::Io { path: path.into(), message: e.to_string() }),
         })?;
-        let tokenizer = py.allow_threads(|| sentencepiece::from_bytes(&bytes, path)).or_raise(py)?;
+        let tokenizer = without_gil(py, || sentencepiece::from_bytes(&bytes, path)).or_raise(py)?;
         Ok(Self::new(tokenizer))
     }
 
@@ -205,7 +233,7 @@ impl PyTokenizer {
         if s.len() < 4096 {
             tokenizer.encode(s, &policy, add_special_tokens).or_raise(py)
         } else {
-            py.allow_threads(|| tokenizer.encode(s, &policy, add_special_tokens)).or_raise(py)
+            without_gil(py, || tokenizer.encode(s, &policy, add_special_tokens)).or_raise(py)
         }
     }
 
@@ -234,7 +262,7 @@ impl PyTokenizer {
             None => None,
         };
         let tokenizer = self.get();
-        py.allow_threads(|| {
+        without_gil(py, || {
             let chars = CharIndex::new(s);
             let mut ranges: Vec<(usize, usize)> =
                 protected.iter().map(|&(a, b)| (chars.byte(a), chars.byte(b))).filter(|(a, b)| a < b).collect();
@@ -266,7 +294,7 @@ impl PyTokenizer {
         let strs = owned.iter().map(text).collect::<PyResult<Vec<&str>>>()?;
         let policy = self.policy(py, policy, allowed)?;
         let tokenizer = self.get();
-        py.allow_threads(|| tokenizer.encode_batch(&strs, &policy, add_special_tokens)).or_raise(py)
+        without_gil(py, || tokenizer.encode_batch(&strs, &policy, add_special_tokens)).or_raise(py)
     }
 
     /// The ids of all texts concatenated, and n + 1 offsets, as little-endian bytearrays
@@ -284,8 +312,8 @@ impl PyTokenizer {
         let strs = owned.iter().map(text).collect::<PyResult<Vec<&str>>>()?;
         let policy = self.policy(py, policy, allowed)?;
         let tokenizer = self.get();
-        let (ids, offsets) = py
-            .allow_threads(|| {
+        let (ids, offsets) = without_gil(
+            py, || {
                 let batch = tokenizer.encode_batch(&strs, &policy, add_special_tokens)?;
                 let total: usize = batch.iter().map(Vec::len).sum();
                 let mut ids = Vec::with_capacity(total * 4);
@@ -307,13 +335,13 @@ impl PyTokenizer {
 
     fn decode(&self, py: Python<'_>, ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
         let tokenizer = self.get();
-        py.allow_threads(|| tokenizer.decode(&ids, skip_special_tokens)).or_raise(py)
+        without_gil(py, || tokenizer.decode(&ids, skip_special_tokens)).or_raise(py)
     }
 
     fn decode_batch(&self, py: Python<'_>, batch: Vec<Vec<u32>>, skip_special_tokens: bool) -> PyResult<Vec<String>> {
         use rayon::prelude::*;
         let tokenizer = self.get();
-        py.allow_threads(|| {
+        without_gil(py, || {
             batch.par_iter().map(|ids| tokenizer.decode(ids, skip_special_tokens)).collect::<crate::Result<Vec<_>>>()
         })
         .or_raise(py)
@@ -336,11 +364,7 @@ impl PyTokenizer {
                 special,
             })
             .collect();
-        let mut guard = self.inner.write().expect("tokenizer lock");
-        let mut updated = (**guard).clone();
-        let ids = py.allow_threads(|| updated.add_tokens(tokens)).or_raise(py)?;
-        *guard = Arc::new(updated);
-        Ok(ids)
+        self.update(py, |tokenizer| tokenizer.add_tokens(tokens))
     }
 
     /// The `truncation` or `padding` settings as tokenizer.json spells them (JSON text; `None`
@@ -362,24 +386,24 @@ impl PyTokenizer {
             None => serde_json::Value::Null,
             Some(text) => serde_json::from_str(text).map_err(|e| PyValueError::new_err(e.to_string()))?,
         };
-        let mut guard = self.inner.write().expect("tokenizer lock");
-        let mut updated = (**guard).clone();
-        match key {
-            "truncation" => updated.truncation = tokenizer_json::parse_truncation(&value).or_raise(py)?,
-            "padding" => {
-                updated.padding = tokenizer_json::parse_padding(&value).or_raise(py)?;
-                updated.passthrough.insert("padding".into(), value);
-            }
-            _ => return Err(PyValueError::new_err(format!("unknown settings {key:?}"))),
+        if key != "truncation" && key != "padding" {
+            return Err(PyValueError::new_err(format!("unknown settings {key:?}")));
         }
-        *guard = Arc::new(updated);
-        Ok(())
+        self.update(py, |tokenizer| {
+            if key == "truncation" {
+                tokenizer.truncation = tokenizer_json::parse_truncation(&value)?;
+            } else {
+                tokenizer.padding = tokenizer_json::parse_padding(&value)?;
+                tokenizer.passthrough.insert("padding".into(), value);
+            }
+            Ok(())
+        })
     }
 
     /// An independent tokenizer sharing this one's (immutable) model: adding tokens to
     /// either does not affect the other.
     fn copy(&self) -> Self {
-        PyTokenizer { inner: std::sync::RwLock::new(self.get()) }
+        PyTokenizer { inner: std::sync::RwLock::new(self.get()), updating: std::sync::Mutex::new(()) }
     }
 
     fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -418,14 +442,14 @@ impl PyTokenizer {
 
     fn to_json(&self, py: Python<'_>) -> PyResult<String> {
         let tokenizer = self.get();
-        py.allow_threads(|| tokenizer_json::to_string(&tokenizer)).or_raise(py)
+        without_gil(py, || tokenizer_json::to_string(&tokenizer)).or_raise(py)
     }
 
     /// Writes tokenizer.json to `path` through a temporary file in the same folder, renamed
     /// at the end: a failed write leaves no half-written file.
     fn save(&self, py: Python<'_>, path: &str) -> PyResult<()> {
         let tokenizer = self.get();
-        py.allow_threads(|| -> crate::Result<()> {
+        without_gil(py, || -> crate::Result<()> {
             let json = tokenizer_json::to_string(&tokenizer)?;
             let io = |e: std::io::Error| Error::Io { path: path.into(), message: e.to_string() };
             let target = std::path::Path::new(path);
@@ -460,7 +484,7 @@ fn with_matrix<R: Send>(
         return Err(PyValueError::new_err("null data pointer"));
     }
     let dtype = dtype.to_string();
-    py.allow_threads(move || {
+    without_gil(py, move || {
         // SAFETY: see above: `address` points at `len` live, exclusively borrowed elements.
         let mut matrix = unsafe {
             match dtype.as_str() {
@@ -533,7 +557,7 @@ fn embed_zero_rows(py: Python<'_>, address: usize, len: usize, dtype: &str, cols
 #[pyfunction]
 fn embed_counter_normals(py: Python<'_>, seed: u64, streams: usize, start: u64, stop: u64) -> Bound<'_, PyBytes> {
     let keys: Vec<u64> = (0..streams as u64).map(|k| stream_key(seed, k)).collect();
-    let values: Vec<f64> = py.allow_threads(|| {
+    let values: Vec<f64> = without_gil(py, || {
         (start..stop.max(start))
             .into_par_iter()
             .flat_map_iter(|r| keys.iter().map(move |&key| normal_at(key, r)))
@@ -569,8 +593,8 @@ fn move_or_copy_bytes(py: Python<'_>, src: usize, dst: usize, len: usize, anonym
         return Err(PyValueError::new_err("the two buffers overlap"));
     }
     // SAFETY: the caller (tokensmith.embeddings) passes two live tensors it owns exclusively.
-    let moved = py
-        .allow_threads(|| unsafe { crate::pages::move_or_copy(src as *mut u8, dst as *mut u8, len, anonymous_ok) })
+    let moved = without_gil(
+        py, || unsafe { crate::pages::move_or_copy(src as *mut u8, dst as *mut u8, len, anonymous_ok) })
         .map_err(|_| PyMemoryError::new_err("moving memory pages failed and the new buffer lost its pages"))?;
     // SAFETY: the GIL is held and the bytearray is not resized while this runs.
     unsafe { done.as_bytes_mut()[0] = 1 };

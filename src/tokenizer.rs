@@ -23,7 +23,17 @@ pub struct Vocab {
 
 impl Vocab {
     pub fn new(entries: impl IntoIterator<Item = (String, u32)>) -> Result<Self> {
-        let mut tokens: Vec<Option<String>> = Vec::new();
+        let entries: Vec<(String, u32)> = entries.into_iter().collect();
+        // The id table has a slot for every id up to the largest: one id of 2^31 in a file
+        // would take gigabytes (an abort, not an error). Real vocabularies have few holes.
+        let limit = entries.len().saturating_mul(2).max(entries.len() + (1 << 20));
+        if let Some((token, id)) = entries.iter().find(|(_, id)| *id as usize >= limit) {
+            return Err(Error::format(
+                "",
+                format!("model.vocab: id {id} of {token:?} is far beyond the {} entries of the vocabulary", entries.len()),
+            ));
+        }
+        let mut tokens: Vec<Option<String>> = Vec::with_capacity(entries.len());
         let mut ids = FxHashMap::default();
         for (token, id) in entries {
             let slot = id as usize;

@@ -520,3 +520,38 @@ def test_100mb_document():
                if text[p] == " " and text[p - 1].isalpha() and text[p + 1].isalpha())
     head_ids = hf_tokenizer("gpt2").encode(text[:cut]).ids
     assert ids[: len(head_ids)] == head_ids
+
+
+@pytest.mark.parametrize("id", [2**31, 2**32 - 2, 5_000_000])
+def test_an_id_far_beyond_the_vocabulary_is_a_format_error_not_an_abort(tmp_path, id):
+    spec = tiny_tokenizer()
+    spec["model"]["vocab"]["zz"] = id
+    with pytest.raises(ts.TokenizerFormatError) as e:
+        ts.Tokenizer.from_file(write_json(tmp_path, spec))
+    assert_mentions(e, "model.vocab", str(id), "far beyond")
+    # Holes of a real size still load (tiktoken vocabularies have some).
+    spec["model"]["vocab"]["zz"] = len(spec["model"]["vocab"]) + 1000
+    ts.Tokenizer.from_file(write_json(tmp_path, spec))
+
+
+@pytest.mark.parametrize("pattern", [r"(a+)+(?=b)", r"(a|aa)+\1c", r"(?:a|a)+(?!a)c"])
+def test_a_regex_bomb_in_a_split_pattern_ends_with_an_error_naming_it(tmp_path, pattern):
+    import subprocess
+    import sys
+
+    spec = tiny_tokenizer()
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    path = write_json(tmp_path, spec)
+    code = (
+        "import sys, tokensmith as ts\n"
+        f"tok = ts.Tokenizer.from_file({str(path)!r})\n"
+        "try:\n    tok.encode('a' * 40 + '!')\nexcept ts.InvalidInputError as e:\n    print(e)\n"
+    )
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the pattern still runs after 120 s")
+    assert done.returncode == 0, done.stderr
+    assert pattern in done.stdout.replace("\\\\", "\\") and "backtrack" in done.stdout  # Rust escapes \\

@@ -22,6 +22,9 @@ pub enum Dialect {
     Tiktoken,
 }
 
+/// Backtracking steps one match may take: ten per byte of a 10 MB run.
+const BACKTRACK_LIMIT: usize = 100_000_000;
+
 impl Pattern {
     pub fn new(source: &str, dialect: Dialect) -> Result<Self> {
         let translated = match dialect {
@@ -29,9 +32,11 @@ impl Pattern {
             Dialect::Tiktoken => source.to_string(),
         };
         let regex = fancy_regex::RegexBuilder::new(&translated)
-            // Long runs without a break (10 MB of letters) must not fail on the default limit;
-            // the matching itself stays linear for these patterns.
-            .backtrack_limit(usize::MAX)
+            // Long runs without a break (10 MB of letters) must not fail on the default limit
+            // (the matching stays linear for the usual patterns), but a pattern that truly
+            // backtracks, such as `(a+)+(?=b)` from a hostile file, must end: it fails with
+            // an error naming the pattern after about a second of steps, never hangs.
+            .backtrack_limit(BACKTRACK_LIMIT)
             .build()
             .map_err(|e| Error::Invalid(format!("invalid pre-tokenizer pattern {source:?}: {e}")))?;
         Ok(Pattern { source: source.to_string(), regex })
@@ -45,7 +50,10 @@ impl Pattern {
     pub fn for_each_match(&self, text: &str, mut f: impl FnMut(usize, usize)) -> Result<()> {
         for m in self.regex.find_iter(text) {
             let m = m.map_err(|e| {
-                Error::Invalid(format!("pattern {:?} failed on the input: {e}", self.source))
+                Error::Invalid(format!(
+                    "pattern {:?} failed on the input: {e} (a pattern that backtracks this much cannot split it in bounded time)",
+                    self.source
+                ))
             })?;
             f(m.start(), m.end());
         }
