@@ -276,7 +276,7 @@ def test_truncated_and_corrupt_files_leave_the_input_untouched(models, tmp_path)
         add_tokens(src, tmp_path / "out", ["<|x|>"])
     assert digest(src) == before
     shard.write_bytes(struct.pack("<Q", 10**12) + data[8:])
-    with pytest.raises(CheckpointError, match="not a safetensors file or truncated"):
+    with pytest.raises(CheckpointError, match="not a safetensors file, or truncated"):
         add_tokens(src, tmp_path / "out", ["<|x|>"])
     shard.write_bytes(data[:8] + b"x" + data[9:])
     with pytest.raises(CheckpointError, match="not valid JSON"):
@@ -517,15 +517,113 @@ def test_a_tokenizer_nothing_can_run_still_takes_mean_init(models, tmp_path):
     assert result.tokens[0].id == 128256
 
 
-def test_symlink_loops_and_links_to_parents_are_not_followed(models, tmp_path):
+def test_symlink_loops_are_not_followed_and_links_to_parents_are_refused(models, tmp_path):
     src = tmp_path / "models" / "src"
     shutil.copytree(models("llama3", True, False), src)
     (src / "loop").symlink_to(src)
-    (src / "up").symlink_to(src.parent)
     (tmp_path / "models" / "unrelated.bin").write_bytes(b"x")
     add_tokens(src, tmp_path / "out", ["<|a|>"], init="mean")
     copied = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert copied == sorted(p.name for p in src.iterdir() if p.is_file())
+    for name, target in [("up", src.parent), ("rootfs", Path("/"))]:
+        (src / name).symlink_to(target)
+        with pytest.raises(CheckpointError, match=f"{name}: a link to the folder .*outside the model folder"):
+            add_tokens(src, tmp_path / "out2", ["<|a|>"], init="mean")
+        (src / name).unlink()
+    assert not (tmp_path / "out2").exists()
+
+
+# ----------------------------------------------------------------------------- hostile model folders
+
+
+def test_links_to_files_outside_the_folder_and_special_files_are_refused(models, tmp_path):
+    import os
+
+    src = tmp_path / "src"
+    shutil.copytree(models("llama3", True, False), src)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not copy")
+    (src / "notes.txt").symlink_to(secret)
+    with pytest.raises(CheckpointError, match="notes.txt: a link to .*secret.txt, outside the model folder"):
+        add_tokens(src, tmp_path / "out", ["<|a|>"], init="mean")
+    (src / "notes.txt").unlink()
+    os.mkfifo(src / "README.md")  # reading it would never end
+    with pytest.raises(CheckpointError, match="README.md: not a regular file"):
+        add_tokens(src, tmp_path / "out", ["<|a|>"], init="mean")
+    (src / "README.md").unlink()
+    (src / "zero").symlink_to("/dev/zero")
+    with pytest.raises(CheckpointError, match="zero: not a regular file"):
+        add_tokens(src, tmp_path / "out", ["<|a|>"], init="mean")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_hugging_face_cache_layout_of_links_into_blobs_works(models, tmp_path):
+    repo = tmp_path / "hub" / "models--org--tiny"
+    snapshot = repo / "snapshots" / "0123abc"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for path in sorted(models("llama3", True, True).iterdir()):
+        blob = repo / "blobs" / hashlib.sha256(path.name.encode()).hexdigest()
+        shutil.copy(path, blob)
+        (snapshot / path.name).symlink_to(Path("../../blobs") / blob.name)
+    result = add_tokens(snapshot, tmp_path / "out", ["<|a|>"], init="mean")
+    assert result.tokens[0].id == 128256
+    assert all(not p.is_symlink() for p in (tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("shard", ["/etc/hostname", "../secret.safetensors", "sub/../../secret.safetensors"])
+def test_shards_named_outside_the_folder_are_refused(models, tmp_path, shard):
+    src = tmp_path / "src"
+    shutil.copytree(models("llama3", True, True), src)
+    shutil.copy(next(src.glob("model-*.safetensors")), tmp_path / "secret.safetensors")
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = shard
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="outside the model folder"):
+        add_tokens(src, tmp_path / "out", ["<|a|>"], init="mean")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("index, message", [
+    ([1, 2], "expected a JSON object, got list"),
+    ({"weight_map": {"model.embed_tokens.weight": 7}}, "weight_map values must be file names, got 7"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+])
+def test_malformed_index_files_are_one_line_errors(models, tmp_path, index, message):
+    src = tmp_path / "src"
+    shutil.copytree(models("llama3", True, True), src)
+    text = index if isinstance(index, str) else json.dumps(index)
+    (src / "model.safetensors.index.json").write_text(text)
+    with pytest.raises(CheckpointError, match=message):
+        add_tokens(src, tmp_path / "out", ["<|a|>"], init="mean")
+    assert cli(["add-tokens", str(src), str(tmp_path / "out"), "--tokens", "<|a|>", "--init", "mean"]) == 2
+
+
+def test_a_file_that_is_not_safetensors_is_not_echoed_in_the_error(models, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(models("llama3", True, False), src)
+    (src / "model.safetensors").write_bytes(b"SECRET!!" + b"x" * 100)
+    with pytest.raises(CheckpointError) as e:
+        add_tokens(src, tmp_path / "out", ["<|a|>"], init="mean")
+    assert "not a safetensors file" in str(e.value)
+    assert str(struct.unpack("<Q", b"SECRET!!")[0]) not in str(e.value)
+
+
+@pytest.mark.parametrize("header, message", [
+    ('{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+     '"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', "names 'a' twice"),
+    ('{"a": {"dtype": "F32", "shape": [1], "data_offsets": [false, 4]}}', "malformed header entry"),
+    ('{"__metadata__": {"format": 1}, "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}',
+     "__metadata__ must map names to strings"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+])
+def test_safetensors_headers_the_reference_refuses_are_refused(tmp_path, header, message):
+    raw = header.encode()
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 4)
+    with pytest.raises(CheckpointError, match=message):
+        st.SafetensorsFile(path)
 
 
 def test_stale_temp_folders_are_reported_not_deleted(models, tmp_path):

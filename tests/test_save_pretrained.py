@@ -138,3 +138,15 @@ def test_save_pretrained_into_a_file_path_is_an_error(tmp_path):
     with pytest.raises(NotADirectoryError):
         tok.save_pretrained(tmp_path / "file")
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_string_where_a_list_of_special_tokens_belongs_is_an_error_not_one_token_per_char(tmp_path):
+    from conftest import TOKENIZERS_DIR, require_data
+
+    import tokensmith as ts
+
+    require_data()
+    tok = ts.Tokenizer.from_file(TOKENIZERS_DIR / "gpt2" / "tokenizer.json")
+    tok.config = {"additional_special_tokens": "abc"}
+    with pytest.raises(ts.TokenizerFormatError, match="additional_special_tokens must be a list of tokens"):
+        tok.add_special_tokens(["<|box|>"])

@@ -49,6 +49,19 @@ class TensorInfo:
         return self.end - self.begin
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no offset
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"names {key!r} twice")
+        out[key] = value
+    return out
+
+
 class SafetensorsFile:
     """The parsed header of one ``.safetensors`` file, checked against the file's size."""
 
@@ -61,28 +74,37 @@ class SafetensorsFile:
                 raise CheckpointError(f"{self.path}: not a safetensors file ({size} bytes, no header)")
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > MAX_HEADER or 8 + header_len > size:
-                raise CheckpointError(
-                    f"{self.path}: not a safetensors file or truncated (header of {header_len} bytes in a {size}-byte file)"
-                )
+                # (The length itself is not shown: for another kind of file it is that file's first bytes.)
+                raise CheckpointError(f"{self.path}: not a safetensors file, or truncated ({size} bytes)")
             raw = f.read(header_len)
         try:
-            header = json.loads(raw)
+            header = json.loads(raw, object_pairs_hook=_unique_keys)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{self.path}: the safetensors header is not valid JSON ({e})") from None
+        except RecursionError:
+            raise CheckpointError(f"{self.path}: the safetensors header is nested too deeply") from None
+        except ValueError as e:  # a name twice: safetensors refuses the file, so must we
+            raise CheckpointError(f"{self.path}: the safetensors header {e}") from None
         if not isinstance(header, dict):
             raise CheckpointError(f"{self.path}: the safetensors header is not a JSON object")
         self.metadata: dict[str, str] | None = header.pop("__metadata__", None)
+        if self.metadata is not None and not (
+            isinstance(self.metadata, dict) and all(isinstance(v, str) for v in self.metadata.values())
+        ):
+            raise CheckpointError(f"{self.path}: __metadata__ must map names to strings")
         self.data_start = 8 + header_len
         self.tensors: dict[str, TensorInfo] = {}
         for name, entry in header.items():
             try:
                 dtype, shape, (begin, end) = entry["dtype"], list(entry["shape"]), entry["data_offsets"]
-                if not isinstance(dtype, str) or any(not isinstance(d, int) or d < 0 for d in shape):
+                if not isinstance(dtype, str) or any(not _is_int(d) or d < 0 for d in shape):
                     raise ValueError
-                if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end):
+                if not (_is_int(begin) and _is_int(end) and 0 <= begin <= end):
                     raise ValueError
             except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{self.path}: tensor {name!r} has a malformed header entry: {entry!r}") from None
+                raise CheckpointError(
+                    f"{self.path}: tensor {name!r} has a malformed header entry: {repr(entry)[:200]}"
+                ) from None
             if dtype in DTYPE_SIZES and (end - begin) != math.prod(shape) * DTYPE_SIZES[dtype]:
                 raise CheckpointError(f"{self.path}: tensor {name!r}: {end - begin} bytes for {dtype}{shape}")
             self.tensors[name] = TensorInfo(name, dtype, shape, self.data_start + begin, self.data_start + end)

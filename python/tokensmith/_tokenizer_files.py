@@ -156,6 +156,10 @@ def _update_special_list(config: dict, entries: list[dict], replaced: Collection
     key = "extra_special_tokens" if isinstance(config.get("extra_special_tokens"), list) else "additional_special_tokens"
     content = lambda x: x.get("content") if isinstance(x, dict) else x  # noqa: E731
     leaving = set(replaced) | {e["content"] for e in entries if not e["special"]}
+    if not isinstance(config.get(key) or [], list):  # a string would become one token per char
+        from .errors import TokenizerFormatError
+
+        raise TokenizerFormatError(f"tokenizer_config.json: {key} must be a list of tokens, got {config[key]!r:.80}")
     current = [x for x in config.get(key) or [] if content(x) not in leaving]
     listed = {content(x) for x in current}
     for e in entries:

@@ -170,9 +170,9 @@ def add_tokens(
     if (init == "copy") != (copy_from is not None):
         raise ValueError("init='copy' needs copy_from=TOKEN, and copy_from is only used with init='copy'")
 
-    config = _read_json(src / "config.json")
-    tokenizer_json = _read_json(src / "tokenizer.json")
-    tokenizer_config = _read_json(src / "tokenizer_config.json") if (src / "tokenizer_config.json").exists() else None
+    config = _read_json_object(src / "config.json")
+    tokenizer_json = _read_json_object(src / "tokenizer.json")
+    tokenizer_config = _read_json_object(src / "tokenizer_config.json") if (src / "tokenizer_config.json").exists() else None
     shards = _weight_files(src)
 
     vocab = _vocabulary(tokenizer_json)
@@ -262,11 +262,11 @@ def add_tokens(
             tmp,
             json.dumps(_new_tokenizer_json(tokenizer_json, placed, special), ensure_ascii=False),
             None if tokenizer_config is None else _new_tokenizer_config(tokenizer_config, entries, replaced),
-            _new_special_map(_read_json(special_map), entries, replaced) if special_map.exists() else None,
+            _new_special_map(_read_json_object(special_map), entries, replaced) if special_map.exists() else None,
         )
         index = src / "model.safetensors.index.json"
         if index.exists():
-            _write_json(tmp / index.name, _new_index(_read_json(index), tmp, (target - rows) * embedding.shape[1] * len(files)))
+            _write_json(tmp / index.name, _new_index(_read_json_object(index), tmp, (target - rows) * embedding.shape[1] * len(files)))
         _verify(tmp / "tokenizer.json", placed)
         bar.finish()
     shard_paths = {shard.path for shard in shards}
@@ -304,41 +304,91 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply") from None
+
+
+def _read_json_object(path: Path) -> dict:
+    value = _read_json(path)
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _check_link(path: Path, top: str) -> None:
+    """A model folder's entry may be a link to a regular file inside the folder, or into the
+    ``blobs`` of the Hugging Face cache repository the folder is a snapshot of
+    (``models--org--name/snapshots/REV/x -> ../../blobs/HASH``). Anything else (a file
+    elsewhere, a device, a FIFO) is refused: copying it would leak or never end."""
+    real = os.path.realpath(path)
+    if not os.path.isfile(real):
+        kind = "a folder" if os.path.isdir(real) else "not a regular file (a device, a FIFO, a socket, a broken link)"
+        raise CheckpointError(f"{path}: {kind} where a model file was expected; remove it from the model folder")
+    if os.path.islink(path) and not _inside(real, top):
+        snapshots = os.path.dirname(top)
+        blobs = os.path.join(os.path.dirname(snapshots), "blobs")
+        if not (os.path.basename(snapshots) == "snapshots" and _inside(real, blobs)):
+            raise CheckpointError(
+                f"{path}: a link to {real}, outside the model folder: not copied (copy the file in, or remove the link)"
+            )
 
 
 def _files(folder: Path) -> list[Path]:
-    """Every file of a model folder, following symlinked folders (the Hugging Face cache),
-    without hidden entries (.git with its LFS objects, .cache): they are not the model."""
+    """Every file of a model folder, without hidden entries (.git with its LFS objects,
+    .cache): they are not the model. Links to files stay allowed where the Hugging Face
+    cache puts them (see ``_check_link``); links to folders only inside the folder."""
     found = []
     top = os.path.realpath(folder)
-    seen = {os.path.dirname(top)}  # never climb out through a link to a parent
+    seen: set[str] = set()
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
         if real in seen:  # a symlink loop, or a folder reached twice
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = sorted(
-            d for d in dirs
-            if not d.startswith(".") and not top.startswith(os.path.realpath(os.path.join(root, d)) + os.sep)
-            and os.path.realpath(os.path.join(root, d)) not in seen
-        )
-        found += [Path(root) / f for f in files if not f.startswith(".")]
+        for d in dirs:
+            target = os.path.realpath(os.path.join(root, d))
+            if not d.startswith(".") and not _inside(target, top):
+                raise CheckpointError(f"{Path(root) / d}: a link to the folder {target}, outside the model folder")
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) not in seen)
+        for f in files:
+            if not f.startswith("."):
+                _check_link(Path(root) / f, top)
+                found.append(Path(root) / f)
     return sorted(found)
+
+
+def _shard_path(src: Path, index: Path, name: str) -> Path:
+    """A shard named by the index: a plain file name of the folder (or of a subfolder),
+    never an absolute path or one that climbs out with ``..``."""
+    if not name:
+        raise CheckpointError(f"{index}: a weight_map value is empty")
+    parts = Path(name).parts
+    if Path(name).is_absolute() or ".." in parts:
+        raise CheckpointError(f"{index}: the shard {name!r} is outside the model folder")
+    path = src / name
+    if not path.is_file():
+        raise CheckpointError(f"{index} lists a shard that is missing: {name}")
+    _check_link(path, os.path.realpath(src))
+    return path
 
 
 def _weight_files(src: Path) -> list[SafetensorsFile]:
     index = src / "model.safetensors.index.json"
     if index.exists():
-        weight_map = _read_json(index).get("weight_map")
+        weight_map = _read_json_object(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{index}: no weight_map")
-        names = sorted(set(weight_map.values()))
-        missing = [n for n in names if not (src / n).is_file()]
-        if missing:
-            raise CheckpointError(f"{index} lists shards that are missing: {', '.join(missing)}")
-        return [SafetensorsFile(src / n) for n in names]
+        for name in weight_map.values():
+            if not isinstance(name, str):
+                raise CheckpointError(f"{index}: weight_map values must be file names, got {name!r:.80}")
+        return [SafetensorsFile(_shard_path(src, index, name)) for name in sorted(set(weight_map.values()))]
     if (src / "model.safetensors").is_file():
+        _check_link(src / "model.safetensors", os.path.realpath(src))
         return [SafetensorsFile(src / "model.safetensors")]
     others = [p.name for p in src.iterdir() if p.suffix in WEIGHT_SUFFIXES]
     if others:
@@ -414,12 +464,12 @@ def _in_use(src: Path, config: dict, tokenizer_config: dict | None, tokenizer_js
     ids: set[int] = set()
     configs = [config, _text_config(config)]
     if (src / "generation_config.json").exists():
-        configs.append(_read_json(src / "generation_config.json"))
+        configs.append(_read_json_object(src / "generation_config.json"))
     for c in configs:
         for key, value in c.items():
             if "token" in key.lower():
                 ids.update(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, int))
-    special_map = _read_json(src / "special_tokens_map.json") if (src / "special_tokens_map.json").exists() else {}
+    special_map = _read_json_object(src / "special_tokens_map.json") if (src / "special_tokens_map.json").exists() else {}
     used_ids, used_text = _used_by(tokenizer_config or {}, special_map, tokenizer_json)
     texts = [used_text]
     for template in [src / "chat_template.jinja", src / "chat_template.json", *sorted(src.glob("additional_chat_templates/*"))]:
