@@ -537,3 +537,14 @@ def test_template_files_replace_the_configs_templates_as_in_transformers(tmp_pat
     tok = ts.Tokenizer.from_pretrained(folder)
     hf = transformers.AutoTokenizer.from_pretrained(str(folder))
     assert tok.config["chat_template"] == hf.chat_template == qwen
+
+
+def test_tool_call_turns_are_reported_not_silently_untrained(tmp_path_factory, tmp_path):
+    tok = ts.Tokenizer.from_pretrained(model_dir(tmp_path_factory, "qwen2.5"))
+    call = {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}
+    chat = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": "21"}, {"role": "assistant", "content": "21 degrees"}]
+    ex = data.encode_chat(tok, chat)
+    assert any("message 1 (assistant): its tool_calls take no loss" in w for w in ex.warnings)
+    src = write_jsonl(tmp_path / "in.jsonl", [{"messages": chat}])
+    assert any(f.kind == "content" and "tool_calls" in f.message for f in data.lint([src], tok))

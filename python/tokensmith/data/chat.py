@@ -488,6 +488,14 @@ def _encode_chat(
         for i, key, _, text in _text_slots(messages)
         if i not in located
     ]
+    # Tool calls are written by the template from structured fields, not copied text: they
+    # are neither located nor protected, and a turn of calls alone takes no loss.
+    warnings += [
+        f"message {i} (assistant): its tool_calls take no loss (only written text such as content does) "
+        "and special-token strings in them are not protected"
+        for i, m in enumerate(messages)
+        if m.get("role") == "assistant" and m.get("tool_calls")
+    ]
     ids, offsets = tok.encode_with_offsets(
         rendered, add_special_tokens=False, special="allow", protected=[(s, e) for s, e, _ in spans],
         protected_allowed=allowed,

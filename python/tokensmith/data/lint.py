@@ -100,7 +100,9 @@ def lint(
         if kind == "text":
             if encoder.eos_id is None:
                 yield Finding(*where, "error", "no-eos", str(encoder.eos_problem))
-            ids = tok.encode(value, add_special_tokens=False, special=list(allowed))
+                ids = tok.encode(value, add_special_tokens=False, special=list(allowed))
+            else:
+                ids = encoder.encode_text(value).input_ids  # with its EOS, as prepare writes it
             labels = None
         else:
             try:
