@@ -9,7 +9,7 @@
 //! the same pass, so untrusted text costs nothing extra.
 
 use crate::error::{Error, Result};
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::BTreeMap;
 
@@ -116,8 +116,13 @@ impl Matcher {
             return Ok(None);
         }
         let (texts, ids): (Vec<String>, Vec<u32>) = patterns.into_iter().unzip();
+        // The DFA the builder picks for a few patterns is the fastest to search, but its build
+        // is quadratic in a long pattern (one 32 KB token: 37 s): such sets get the NFA,
+        // whose build is linear.
+        let long = texts.iter().any(|t| t.len() > 512);
         let automaton = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
+            .kind(long.then_some(AhoCorasickKind::ContiguousNFA))
             .build(&texts)
             .map_err(|e| Error::Invalid(format!("cannot build the added-token matcher: {e}")))?;
         Ok(Some(Matcher { automaton, ids }))

@@ -555,3 +555,26 @@ def test_a_regex_bomb_in_a_split_pattern_ends_with_an_error_naming_it(tmp_path, 
         pytest.fail("the pattern still runs after 120 s")
     assert done.returncode == 0, done.stderr
     assert pattern in done.stdout.replace("\\\\", "\\") and "backtrack" in done.stdout  # Rust escapes \\
+
+
+def test_a_100_kb_added_token_loads_and_matches(tmp_path):
+    """One long token once made the matcher's build quadratic (100 KB: hours)."""
+    import subprocess
+    import sys
+
+    spec = tiny_tokenizer()
+    long_token = "<|" + "x" * 100_000 + "|>"
+    spec["added_tokens"].append({"id": len(spec["model"]["vocab"]), "content": long_token, "single_word": False,
+                                 "lstrip": False, "rstrip": False, "normalized": False, "special": True})
+    path = write_json(tmp_path, spec)
+    code = (
+        "import tokensmith as ts\n"
+        f"tok = ts.Tokenizer.from_file({str(path)!r})\n"
+        "token = '<|' + 'x' * 100_000 + '|>'\n"
+        "print(tok.encode('hello' + token + 'world').count(tok.token_to_id(token)))\n"
+    )
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("loading a tokenizer with one 100 KB added token still runs after 120 s")
+    assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr

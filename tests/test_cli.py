@@ -46,3 +46,16 @@ def test_inspect_default_sample_and_bad_tokenizer_path(tmp_path):
 def test_bundled_tokenizer_loads():
     tok = _default_tokenizer()
     assert tok.token_to_id("<|endoftext|>") == 50256
+
+
+def test_the_suite_fails_under_ci_without_the_shared_data(tmp_path):
+    """.ci/run sets CI=true: a missing ../shared/data must fail the run, not skip 500 tests."""
+    import os
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "CI": "true", "TOKENSMITH_DATA": str(tmp_path / "nowhere")}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests / "test_offsets.py"),
+                           "--co"], capture_output=True, text=True, env=env, cwd=tests.parent)
+    assert done.returncode != 0 and "test data not found" in done.stdout + done.stderr
+    assert "CI=true" in (tests.parent / ".ci" / "run").read_text()
