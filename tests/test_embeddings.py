@@ -170,6 +170,36 @@ def test_resize_grows_large_weights_in_place():
     assert torch.isfinite(model(torch.tensor([[1, 8199]])).logits).all()
 
 
+def test_resize_from_many_threads_at_once_keeps_the_model_consistent():
+    import threading
+
+    import torch
+
+    model = tiny_llama(tied=False, rows=8192, hidden=64)
+    inputs, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    old_in, old_out = inputs.detach().clone(), head.detach().clone()
+    barrier = threading.Barrier(4)
+    errors = []
+
+    def grow(target):
+        try:
+            barrier.wait()
+            E.resize(model, target)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=grow, args=(8192 + 8 * k,)) for k in range(1, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    inputs, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert inputs.shape[0] == head.shape[0] == model.config.vocab_size == model.get_input_embeddings().num_embeddings == 8224
+    assert torch.equal(inputs[:8192], old_in) and torch.equal(head[:8192], old_out)
+    assert not inputs[8192:].any() and not head[8192:].any()
+
+
 def _moves_pages() -> bool:
     import platform
 

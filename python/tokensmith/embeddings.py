@@ -19,6 +19,7 @@ grows both without transformers' full re-initialization.
 from __future__ import annotations
 
 import math
+import threading
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -457,6 +458,16 @@ def resize(model: Any, num_tokens: int, *, pad_to_multiple_of: int | None = None
     per GB), a model that ``from_pretrained`` left memory-mapped too (while its pages are
     unwritten); any other weight is copied once.
     """
+    with _RESIZING:
+        return _resize(model, num_tokens, pad_to_multiple_of)
+
+
+#: One resize at a time: two threads growing one model would move its pages twice and leave
+#: the embedding, the head and the config disagreeing (resizes are rare and short).
+_RESIZING = threading.Lock()
+
+
+def _resize(model: Any, num_tokens: int, pad_to_multiple_of: int | None) -> int:
     inputs_module = model.get_input_embeddings()
     head_module = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     inputs, head = _model_weights(model)
