@@ -126,6 +126,36 @@ fn move_whole_pages(_src: usize, _dst: usize, _len: usize, _anonymous_ok: bool) 
     Outcome::NotMoved
 }
 
+/// Whether every byte of `[address, address + len)` lies in memory this process may write.
+/// A torch tensor made from a read-only memory map looks like any other (torch only warns),
+/// and writing into it would crash the process. Linux only; elsewhere assumed.
+pub fn writable(address: usize, len: usize) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return true };
+        let end = address.saturating_add(len);
+        let mut at = address;
+        for m in mappings(&maps) {
+            if at >= end {
+                break;
+            }
+            if m.end <= at {
+                continue;
+            }
+            if m.start > at || m.perms[1] != b'w' {
+                return false;
+            }
+            at = m.end;
+        }
+        at >= end
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (address, len);
+        true
+    }
+}
+
 /// One line of /proc/self/maps.
 #[cfg(target_os = "linux")]
 struct Mapping {

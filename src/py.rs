@@ -613,9 +613,16 @@ fn f64_values(bytes: &[u8]) -> PyResult<Vec<f64>> {
     Ok(bytes.chunks_exact(8).map(|b| f64::from_ne_bytes(b.try_into().expect("8 bytes"))).collect())
 }
 
+/// Whether the process may write every byte of `[address, address + len)` (see `pages::writable`).
+#[pyfunction]
+fn memory_writable(address: usize, len: usize) -> bool {
+    crate::pages::writable(address, len)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenizer>()?;
+    m.add_function(wrap_pyfunction!(memory_writable, m)?)?;
     m.add_function(wrap_pyfunction!(embed_mean, m)?)?;
     m.add_function(wrap_pyfunction!(embed_mean_cov_samples, m)?)?;
     m.add_function(wrap_pyfunction!(embed_group_means, m)?)?;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tokensmith import InvalidInputError
 from tokensmith import embeddings as E
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -475,3 +476,46 @@ def test_a_pickled_weight_does_not_keep_a_dead_mask(tmp_path):
     E.train_only_rows(loaded, [2])
     loaded(torch.tensor([1, 2, 3])).sum().backward()
     assert loaded.weight.grad[2].any() and not loaded.weight.grad[1].any() and not loaded.weight.grad[3].any()
+
+
+# ----------------------------------------------------------------------------- tensors that cannot be written
+
+
+def test_a_tensor_on_a_read_only_memory_map_is_an_error_not_a_crash(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    code = f"""
+import mmap, warnings
+import numpy as np, torch
+from tokensmith import embeddings as E, InvalidInputError
+path = {str(tmp_path / "w.bin")!r}
+np.arange(40, dtype=np.float32).reshape(10, 4).tofile(path)
+with open(path, "rb") as f:
+    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # torch warns that the buffer is not writable, and goes on
+    weight = torch.frombuffer(mm, dtype=torch.float32).reshape(10, 4)
+try:
+    E.init_rows(weight, [8, 9], "mean")
+except InvalidInputError as e:
+    print("refused:", e)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-500:]}"
+    assert "refused:" in done.stdout and "read-only" in done.stdout
+
+
+def test_meta_sparse_and_impossible_tensors_get_clear_errors():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(InvalidInputError, match="meta device"):
+        E.init_rows(torch.empty((10, 4), device="meta"), [9], "mean")
+    with pytest.raises(InvalidInputError, match="dense tensor"):
+        E.init_rows(torch.eye(10, 4).to_sparse(), [9], "mean")
+    with pytest.raises(InvalidInputError, match="meta device"):
+        E.grow(torch.empty((10, 4), device="meta"), 2)
+    with pytest.raises(MemoryError, match="needs .* GB"):
+        E.grow(torch.zeros((10, 4)), 10**15)
+    with pytest.raises(MemoryError, match="needs .* GB"):
+        E.grow(np.zeros((10, 4), np.float32), 10**15)

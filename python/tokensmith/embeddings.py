@@ -86,7 +86,16 @@ class _HostMatrix:
     def group_means(self, groups: list[list[int]]) -> bytes:
         return _core.embed_group_means(*self._args(), groups)
 
+    def _check_writable(self) -> None:
+        nbytes = self.rows * self.cols * (4 if self.dtype == "float32" else 2)
+        if not _core.memory_writable(self.address, nbytes):
+            raise InvalidInputError(
+                "the weight's memory is read-only (a tensor made from a read-only memory map?): "
+                "writing it would crash the process; clone it first"
+            )
+
     def write_rows(self, rows: list[int], values: bytes) -> None:
+        self._check_writable()
         _core.embed_write_rows(*self._args(), rows, values)
 
     def zero_rows(self) -> list[int]:
@@ -201,9 +210,22 @@ def _check_shape_dtype(shape: tuple, dtype: str) -> None:
 
 
 def _matrix(weight: Any, dtype: str | None = None) -> _HostMatrix | _DeviceMatrix:
-    if _is_torch(weight) and weight.device.type != "cpu":
-        return _DeviceMatrix(weight)
+    if _is_torch(weight):
+        _check_torch_storage(weight)
+        if weight.device.type != "cpu":
+            return _DeviceMatrix(weight)
     return _HostMatrix(weight, dtype)
+
+
+def _check_torch_storage(weight: Any) -> None:
+    """Tensors with no dense memory of their own get a clear error, not a crash."""
+    if weight.device.type == "meta":
+        raise InvalidInputError(
+            "the weight is on the meta device and has no data: load the model's weights first "
+            "(from_pretrained without a meta/empty-weights context)"
+        )
+    if str(weight.layout) != "torch.strided":
+        raise InvalidInputError(f"the weight must be a dense tensor, got layout {weight.layout} (use .to_dense())")
 
 
 def _ids(ids: Sequence[int], rows: int, name: str = "ids", unique: bool = True) -> list[int]:
@@ -389,21 +411,31 @@ def grow(weight: Any, new_rows: int, *, pad_to_multiple_of: int | None = None) -
     """
     if new_rows < 0:
         raise ValueError("new_rows must be >= 0")
+    if _is_torch(weight):
+        _check_torch_storage(weight)
     rows, dim = weight.shape
     target = _padded(rows + new_rows, pad_to_multiple_of)
     target = max(target, rows)
-    if _is_torch(weight):
-        import torch
+    try:
+        if _is_torch(weight):
+            import torch
 
-        out = torch.empty((target, dim), dtype=weight.dtype, device=weight.device)
-        with torch.no_grad():
+            out = torch.empty((target, dim), dtype=weight.dtype, device=weight.device)
+            with torch.no_grad():
+                out[:rows] = weight
+                out[rows:].zero_()
+        else:
+            import numpy as np
+
+            out = np.zeros((target, dim), dtype=weight.dtype)
             out[:rows] = weight
-            out[rows:].zero_()
-    else:
-        import numpy as np
-
-        out = np.zeros((target, dim), dtype=weight.dtype)
-        out[:rows] = weight
+    except (MemoryError, RuntimeError, ValueError) as e:
+        if isinstance(e, RuntimeError) and "alloc" not in str(e).lower() and "memory" not in str(e).lower():
+            raise
+        raise MemoryError(
+            f"growing the matrix to {target:,} rows x {dim:,} needs {target * dim * weight.itemsize / 1e9:,.1f} GB, "
+            f"which cannot be allocated ({type(e).__name__})"
+        ) from None
     return out
 
 
