@@ -22,7 +22,9 @@ from tokensmith import data
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
-PACKAGE_PATH = ROOT / "python"
+# The folder that holds the tokensmith this run imports (site-packages after `pip install`,
+# python/ in a development checkout with the built module copied in): children import it too.
+PACKAGE_PATH = Path(ts.__file__).resolve().parents[1]
 GPT2 = PACKAGE_PATH / "tokensmith" / "assets" / "gpt2" / "tokenizer.json"
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
