@@ -514,11 +514,10 @@ def _chat_templates(folder: Path, config: dict[str, Any]) -> str | list[dict[str
         templates.update({p.stem: read(p) for p in sorted(extra.glob("*.jinja"))})
     if templates:
         pass  # as in transformers, template files replace the config's templates whole
-    elif isinstance(config.get("chat_template"), str):
-        templates["default"] = config["chat_template"]
-    elif isinstance(config.get("chat_template"), list):
-        own = config["chat_template"]
-        templates.update({t["name"]: t["template"] for t in own if isinstance(t, dict) and "name" in t and "template" in t})
+    elif isinstance(config.get("chat_template"), (str, list)):
+        from .data.chat import _named_templates
+
+        templates = _named_templates(config["chat_template"])
     elif (folder / "chat_template.json").is_file():
         legacy = folder / "chat_template.json"
         try:

@@ -16,6 +16,7 @@ import bisect
 import functools
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -279,8 +280,6 @@ def _render(template, tok, messages, add_generation_prompt, tools, documents, te
 
 def _undefined(error: Exception, messages: Sequence[Mapping[str, Any]]) -> str:
     """Jinja's ``'dict object' has no attribute 'content'`` as which messages lack what."""
-    import re
-
     text = str(error)
     variable = re.search(r"^'([^']*)' is undefined", text)
     if variable:
@@ -352,8 +351,6 @@ def _content_spans(template, tok, messages, rendered, add_generation_prompt, too
 
 
 def _spans_from_skeleton(skeleton, sentinels, rendered):
-    import re
-
     pattern = re.compile("|".join(re.escape(s) for s in sentinels))
     # literal, slot, literal, slot, ..., literal
     pieces: list = []
@@ -385,7 +382,7 @@ def _spans_by_search(tok, slots, rendered):
     not cut through a special token's spelling: a reply "a" is not the "a" of a template's
     ``<|start_header_id|>``."""
     specials = [t.content for t in tok.added_tokens if t.special and t.content]
-    marks = sorted((m.start(), m.end()) for s in specials for m in _finditer_literal(s, rendered))
+    marks = sorted((m.start(), m.end()) for s in specials for m in re.finditer(re.escape(s), rendered))
     spans, cursor = [], 0
     for i, _, _, text in slots:
         for candidate in dict.fromkeys((text, text.strip())):
@@ -398,12 +395,6 @@ def _spans_by_search(tok, slots, rendered):
                 cursor = at + len(candidate)
                 break
     return spans
-
-
-def _finditer_literal(needle: str, haystack: str):
-    import re
-
-    return re.finditer(re.escape(needle), haystack)
 
 
 def _unmarker(marked: str):
