@@ -11,10 +11,13 @@
 //! - Short pieces (nearly all of them) merge in a flat array with one cached rank per
 //!   adjacent pair: O(n) per merge, no allocation beyond two small vectors.
 //! - Long pieces use a heap over a linked list: O(n log n), so a 10 MB piece without a
-//!   break is bounded (the flat loop would be quadratic).
+//!   break is bounded (the flat loop would be quadratic). Its memory is 24 bytes per
+//!   symbol (id, two u32 links, a 12-byte heap entry), reserved up front: a piece too
+//!   long for the memory left is an `Error::Memory`, not an abort.
 //! - `ignore_merges` vocabularies (Llama 3, cl100k, o200k) look a whole piece up first.
 //! - Results for short pieces are kept in a per-thread cache: text repeats its words.
 
+use crate::error::{Error, Result};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -266,21 +269,21 @@ impl Bpe {
 
     /// Appends the ids of one pre-tokenized piece.
     #[inline]
-    pub fn encode(&self, piece: &[u8], out: &mut Vec<u32>) {
+    pub fn encode(&self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
         match (piece.len(), &self.alphabet) {
-            (0, _) => return,
+            (0, _) => return Ok(()),
             (1, Alphabet::Bytes(byte_ids)) => {
                 let id = byte_ids[piece[0] as usize];
                 if id != NO_ID {
                     out.push(id);
                 }
-                return;
+                return Ok(());
             }
             _ => {}
         }
         if let Some(&id) = self.whole.as_ref().and_then(|w| w.get(piece)) {
             out.push(id);
-            return;
+            return Ok(());
         }
         if let (Alphabet::Chars(chars), true) = (&self.alphabet, piece.len() > CACHE_MAX_PIECE) {
             if let Some(pairs) = &chars.word_pairs {
@@ -296,25 +299,31 @@ impl Bpe {
     /// the text is cut there and each part is encoded on its own (cached, flat merges),
     /// with the same result. Cuts between two chars outside the vocabulary are not made,
     /// so that runs of unknown chars still fuse into one unknown token.
-    fn encode_words(&self, piece: &[u8], pairs: &FxHashSet<u64>, known: &FxHashMap<char, u32>, out: &mut Vec<u32>) {
+    fn encode_words(
+        &self,
+        piece: &[u8],
+        pairs: &FxHashSet<u64>,
+        known: &FxHashMap<char, u32>,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
         let Ok(text) = std::str::from_utf8(piece) else { return self.encode_word(piece, out) };
         let mut start = 0;
         let mut chars = text.char_indices();
-        let Some((_, mut prev)) = chars.next() else { return };
+        let Some((_, mut prev)) = chars.next() else { return Ok(()) };
         for (at, c) in chars {
             let joined = pairs.contains(&((u64::from(u32::from(prev)) << 32) | u64::from(u32::from(c))));
             if !joined && (known.contains_key(&prev) || known.contains_key(&c)) {
-                self.encode_word(&piece[start..at], out);
+                self.encode_word(&piece[start..at], out)?;
                 start = at;
             }
             prev = c;
         }
-        self.encode_word(&piece[start..], out);
+        self.encode_word(&piece[start..], out)
     }
 
     /// One piece that needs no further cutting: cached when short.
     #[inline]
-    fn encode_word(&self, piece: &[u8], out: &mut Vec<u32>) {
+    fn encode_word(&self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
         if piece.len() > CACHE_MAX_PIECE {
             return self.merge(piece, out);
         }
@@ -326,24 +335,30 @@ impl Bpe {
             }
             if let Some(ids) = cache.1.get(piece) {
                 out.extend_from_slice(ids);
-                return;
+                return Ok(());
             }
             let start = out.len();
-            self.merge(piece, out);
+            self.merge(piece, out)?;
             if cache.1.len() >= CACHE_MAX_ENTRIES {
                 cache.1.clear();
             }
             cache.1.insert(piece.into(), out[start..].into());
+            Ok(())
         })
     }
 
     /// The first symbols of a piece, and how many bytes each stands for if asked.
-    fn symbols(&self, piece: &[u8], lens: Option<&mut Vec<u32>>) -> Vec<u32> {
+    fn symbols(&self, piece: &[u8], lens: Option<&mut Vec<u32>>) -> Result<Vec<u32>> {
+        // At most one symbol per byte (a char's fallback bytes included).
+        let mut ids = Vec::new();
+        Error::reserve(&mut ids, piece.len(), "the symbols of one piece")?;
+        let mut lens = lens;
+        if let Some(l) = lens.as_mut() {
+            Error::reserve(l, piece.len(), "the symbol lengths of one piece")?;
+        }
         match &self.alphabet {
             Alphabet::Bytes(byte_ids) => {
                 // A byte without a token is dropped, as the reference does when there is no unk.
-                let mut ids = Vec::with_capacity(piece.len());
-                let mut lens = lens;
                 for &b in piece {
                     let id = byte_ids[b as usize];
                     if id != NO_ID {
@@ -353,70 +368,77 @@ impl Bpe {
                         }
                     }
                 }
-                ids
             }
             Alphabet::Chars(chars) => {
-                let mut ids = Vec::with_capacity(piece.len());
                 // Pieces of a chars alphabet are text: the pre-tokenizer never splits a char.
                 let text = std::str::from_utf8(piece).unwrap_or_default();
                 chars.symbols(text, &mut ids, lens);
-                ids
             }
         }
+        Ok(ids)
     }
 
-    fn merge(&self, piece: &[u8], out: &mut Vec<u32>) {
-        let symbols = self.symbols(piece, None);
+    fn merge(&self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
+        let mut symbols = self.symbols(piece, None)?;
         if symbols.len() <= FLAT_MAX {
-            return self.merge_flat(symbols, out);
+            self.merge_flat(symbols, out);
+            return Ok(());
         }
         // Runs between symbols that never merge are independent: a whole text with no
         // pre-tokenizer (SentencePiece models) merges as its lines (a newline is a byte
         // fallback token), each small and in cache, not as one heap of millions (13.6 s ->
         // 0.9 s on 10 MB of Python with Llama 2).
         let mut start = 0;
-        for (i, &id) in symbols.iter().enumerate() {
+        for i in 0..symbols.len() {
+            let id = symbols[i];
             if !self.is_paired(id) {
-                self.merge_run(&symbols[start..i], out);
+                self.merge_run(&mut symbols[start..i], out)?;
                 out.push(id);
                 start = i + 1;
             }
         }
-        self.merge_run(&symbols[start..], out);
+        self.merge_run(&mut symbols[start..], out)
     }
 
-    fn merge_run(&self, symbols: &[u32], out: &mut Vec<u32>) {
+    fn merge_run(&self, symbols: &mut [u32], out: &mut Vec<u32>) -> Result<()> {
         if symbols.len() <= FLAT_MAX {
             self.merge_flat(symbols.to_vec(), out)
         } else {
-            let mut symbols = symbols.to_vec();
-            let alive = self.merge_heap(&mut symbols);
-            out.extend(alive.into_iter().map(|i| symbols[i]));
+            self.merge_heap(symbols)?;
+            out.extend(symbols.iter().filter(|&&id| id != NO_ID));
         }
+        Ok(())
     }
 
     /// Appends the ids of one piece and each token's byte span in it, as the reference
     /// counts them: the lengths of the symbols before it added up (no cache: for offsets).
-    pub fn encode_with_spans(&self, piece: &[u8], out: &mut Vec<u32>, spans: &mut Vec<(usize, usize)>) {
+    pub fn encode_with_spans(
+        &self,
+        piece: &[u8],
+        out: &mut Vec<u32>,
+        spans: &mut Vec<(usize, usize)>,
+    ) -> Result<()> {
         if let Some(&id) = self.whole.as_ref().and_then(|w| w.get(piece)) {
             out.push(id);
             spans.push((0, piece.len()));
-            return;
+            return Ok(());
         }
         let mut lens = Vec::new();
-        let mut ids = self.symbols(piece, Some(&mut lens));
-        if ids.is_empty() {
-            return;
-        }
-        let alive = self.merge_heap(&mut ids);
-        let mut at = 0;
-        for (k, &i) in alive.iter().enumerate() {
-            let next = alive.get(k + 1).copied().unwrap_or(ids.len());
-            let len: usize = lens[i..next].iter().map(|&l| l as usize).sum();
-            out.push(ids[i]);
-            spans.push((at, at + len));
+        let mut ids = self.symbols(piece, Some(&mut lens))?;
+        self.merge_heap(&mut ids)?;
+        // A symbol left stands for its own bytes and those of the symbols merged into it.
+        let (first, mut at) = (spans.len(), 0);
+        for (&id, &len) in ids.iter().zip(&lens) {
+            let len = len as usize;
+            if id != NO_ID {
+                out.push(id);
+                spans.push((at, at + len));
+            } else if let Some(span) = spans[first..].last_mut() {
+                span.1 += len;
+            }
             at += len;
         }
+        Ok(())
     }
 
     fn merge_flat(&self, mut ids: Vec<u32>, out: &mut Vec<u32>) {
@@ -453,54 +475,65 @@ impl Bpe {
         out.extend_from_slice(&ids);
     }
 
-    /// Merges `ids` in place; returns the positions of the symbols left, in order.
-    fn merge_heap(&self, ids: &mut [u32]) -> Vec<usize> {
+    /// Merges `ids` in place: a symbol merged into its left neighbour becomes `NO_ID`.
+    fn merge_heap(&self, ids: &mut [u32]) -> Result<()> {
         let n = ids.len();
         if n < 2 {
-            return (0..n).collect();
+            return Ok(());
         }
-        let mut next: Vec<usize> = (1..=n).collect(); // n means none
-        let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect(); // usize::MAX means none
-        let mut alive = vec![true; n];
-        // Min-heap on (rank, position): leftmost first among equal ranks.
+        // Positions are u32 (half the memory of usize); `END` means none.
+        const END: u32 = u32::MAX;
+        if n >= END as usize {
+            return Err(Error::Invalid(format!("a piece of {n} symbols is too long to merge")));
+        }
+        let mut next: Vec<u32> = Vec::new();
+        let mut prev: Vec<u32> = Vec::new();
+        Error::reserve(&mut next, n, "the merge links of one piece")?;
+        Error::reserve(&mut prev, n, "the merge links of one piece")?;
+        next.extend((1..=n as u32).map(|i| if i as usize == n { END } else { i }));
+        prev.extend((0..n as u32).map(|i| i.wrapping_sub(1))); // 0 - 1 wraps to END
+        // Min-heap on (rank, position): leftmost first among equal ranks. A merge pops one
+        // entry and pushes at most two, but also makes the entry on its right stale, so the
+        // heap rarely outgrows its start (then it grows by doubling).
+        let mut initial: Vec<Reverse<(u32, u32, u32)>> = Vec::new();
+        Error::reserve(&mut initial, n, "the merge heap of one piece")?;
+        initial.extend((0..n - 1).filter_map(|i| {
+            let (rank, merged) = self.lookup(ids[i], ids[i + 1]);
+            (rank != NO_RANK).then_some(Reverse((rank, i as u32, merged)))
+        }));
         // Built in one O(n) heapify rather than n pushes.
-        let initial: Vec<Reverse<(u32, usize, u32)>> = (0..n - 1)
-            .filter_map(|i| {
-                let (rank, merged) = self.lookup(ids[i], ids[i + 1]);
-                (rank != NO_RANK).then_some(Reverse((rank, i, merged)))
-            })
-            .collect();
         let mut heap = BinaryHeap::from(initial);
         while let Some(Reverse((rank, at, merged))) = heap.pop() {
-            if !alive[at] || next[at] >= n {
+            let right = next[at as usize];
+            if ids[at as usize] == NO_ID || right == END {
                 continue;
             }
-            let right = next[at];
             // Skip entries made stale by an earlier merge on either side.
-            if self.lookup(ids[at], ids[right]) != (rank, merged) {
+            if self.lookup(ids[at as usize], ids[right as usize]) != (rank, merged) {
                 continue;
             }
-            ids[at] = merged;
-            alive[right] = false;
-            next[at] = next[right];
-            if next[at] < n {
-                prev[next[at]] = at;
+            ids[at as usize] = merged;
+            ids[right as usize] = NO_ID;
+            let after = next[right as usize];
+            next[at as usize] = after;
+            if after != END {
+                prev[after as usize] = at;
             }
-            if prev[at] != usize::MAX {
-                let p = prev[at];
-                let (r, m) = self.lookup(ids[p], ids[at]);
+            let before = prev[at as usize];
+            if before != END {
+                let (r, m) = self.lookup(ids[before as usize], merged);
                 if r != NO_RANK {
-                    heap.push(Reverse((r, p, m)));
+                    heap.push(Reverse((r, before, m)));
                 }
             }
-            if next[at] < n {
-                let (r, m) = self.lookup(ids[at], ids[next[at]]);
+            if after != END {
+                let (r, m) = self.lookup(merged, ids[after as usize]);
                 if r != NO_RANK {
                     heap.push(Reverse((r, at, m)));
                 }
             }
         }
-        (0..n).filter(|&i| alive[i]).collect()
+        Ok(())
     }
 }
 
@@ -517,7 +550,7 @@ mod tests {
 
     fn enc(bpe: &Bpe, s: &[u8]) -> Vec<u32> {
         let mut out = Vec::new();
-        bpe.encode(s, &mut out);
+        bpe.encode(s, &mut out).unwrap();
         out
     }
 
@@ -535,8 +568,9 @@ mod tests {
             vec![(b"a", 0), (b"b", 1), (b"c", 2), (b"ab", 3), (b"bc", 4), (b"abc", 5), (b"d", 6)];
         let bpe = Bpe::new(tokens, vec![(1, 2, 4), (0, 1, 3), (3, 2, 5)], false);
         let text: Vec<u8> = b"abcabdab".iter().cycle().take(3000).copied().collect();
-        let mut symbols = bpe.symbols(&text, None);
-        let heap: Vec<u32> = bpe.merge_heap(&mut symbols).into_iter().map(|i| symbols[i]).collect();
+        let mut symbols = bpe.symbols(&text, None).unwrap();
+        bpe.merge_heap(&mut symbols).unwrap();
+        let heap: Vec<u32> = symbols.into_iter().filter(|&id| id != NO_ID).collect();
         assert_eq!(enc(&bpe, &text), heap);
     }
 
@@ -544,10 +578,11 @@ mod tests {
     fn flat_and_heap_agree_on_long_pieces() {
         let bpe = toy();
         let text: Vec<u8> = b"abcab".iter().cycle().take(5000).copied().collect();
-        let mut symbols = bpe.symbols(&text, None);
+        let mut symbols = bpe.symbols(&text, None).unwrap();
         let mut flat = Vec::new();
         bpe.merge_flat(symbols.clone(), &mut flat);
-        let heap: Vec<u32> = bpe.merge_heap(&mut symbols).into_iter().map(|i| symbols[i]).collect();
+        bpe.merge_heap(&mut symbols).unwrap();
+        let heap: Vec<u32> = symbols.into_iter().filter(|&id| id != NO_ID).collect();
         assert_eq!(flat, heap);
     }
 

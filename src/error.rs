@@ -13,6 +13,8 @@ pub enum Error {
     /// Anything else the caller passed in that cannot be honoured (bad id, bad pattern, ...).
     Invalid(String),
     Io { path: String, message: String },
+    /// An allocation the input asked for failed (Python's `MemoryError`).
+    Memory(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -20,6 +22,14 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     pub fn format(source: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Format { source: source.into(), message: message.into() }
+    }
+
+    /// `vec` with room for `n` more items, or a memory error naming `what` (allocation
+    /// failures that inputs size: one long piece must not abort the process).
+    pub fn reserve<T>(vec: &mut Vec<T>, n: usize, what: &str) -> Result<()> {
+        vec.try_reserve_exact(n).map_err(|_| {
+            Error::Memory(format!("{what}: {n} items of {} bytes", std::mem::size_of::<T>()))
+        })
     }
 
     /// Re-label a format error with the file it came from.
@@ -46,6 +56,7 @@ impl fmt::Display for Error {
             ),
             Error::Invalid(message) => write!(f, "{message}"),
             Error::Io { path, message } => write!(f, "{path}: {message}"),
+            Error::Memory(what) => write!(f, "out of memory: {what}"),
         }
     }
 }

@@ -23,12 +23,15 @@ fn exception<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyType>> {
 
 fn to_py(py: Python<'_>, err: Error) -> PyErr {
     let message = err.to_string();
+    if let Error::Memory(_) = err {
+        return pyo3::exceptions::PyMemoryError::new_err(message);
+    }
     let class = match &err {
         Error::Format { .. } => "TokenizerFormatError",
         Error::Unsupported(_) => "UnsupportedTokenizerError",
         Error::SpecialToken { .. } => "SpecialTokenError",
         Error::Invalid(_) => "InvalidInputError",
-        Error::Io { .. } => "TokenizerError",
+        Error::Io { .. } | Error::Memory(_) => "TokenizerError",
     };
     let class = match exception(py, class) {
         Ok(c) => c,
@@ -263,18 +266,7 @@ impl PyTokenizer {
         };
         let tokenizer = self.get();
         without_gil(py, || {
-            let chars = CharIndex::new(s);
-            let mut ranges: Vec<(usize, usize)> =
-                protected.iter().map(|&(a, b)| (chars.byte(a), chars.byte(b))).filter(|(a, b)| a < b).collect();
-            ranges.sort_unstable();
-            // Overlapping ranges merge, so that the matcher can binary-search them.
-            let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
-            for (a, b) in ranges {
-                match merged.last_mut() {
-                    Some(last) if a <= last.1 => last.1 = last.1.max(b),
-                    _ => merged.push((a, b)),
-                }
-            }
+            let merged = CharIndex::new(s).byte_ranges(&protected);
             let protected = Protected { ranges: &merged, allowed: allowed_inside.as_ref() };
             tokenizer.encode_with_offsets(s, &policy, protected, add_special_tokens)
         })

@@ -110,6 +110,22 @@ impl CharIndex {
         self.bytes.partition_point(|&x| x <= b).saturating_sub(1)
     }
 
+    /// Char ranges as byte ranges: sorted, empty ones dropped, overlapping ones merged (so
+    /// that the added-token matcher can binary-search them). Indices past the end clamp.
+    pub fn byte_ranges(&self, char_ranges: &[(usize, usize)]) -> Vec<(usize, usize)> {
+        let mut ranges: Vec<(usize, usize)> =
+            char_ranges.iter().map(|&(a, b)| (self.byte(a), self.byte(b))).filter(|(a, b)| a < b).collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
+        for (a, b) in ranges {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        merged
+    }
+
     /// How many chars start before byte `b` (an end offset in chars).
     pub fn chars_before(&self, b: usize) -> usize {
         self.bytes[..self.bytes.len() - 1].partition_point(|&x| x < b)
@@ -159,7 +175,8 @@ impl Segment<'_> {
 impl Tokenizer {
     /// The ids of `text`, truncated and padded as the tokenizer's settings say.
     pub fn encode(&self, text: &str, policy: &SpecialPolicy, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let mut ids = Vec::with_capacity(text.len() / 3 + 4);
+        let mut ids = Vec::new();
+        Error::reserve(&mut ids, text.len() / 3 + 4, "the ids of the text")?;
         self.run(text, policy, Protected::NONE, add_special_tokens, Sink { ids: &mut ids, offsets: None })?;
         if let Some(padding) = &self.padding {
             padding.apply(padding.target(ids.len()), &mut ids, None);
@@ -195,7 +212,8 @@ impl Tokenizer {
         let mut batch: Vec<Vec<u32>> = texts
             .par_iter()
             .map(|t| {
-                let mut ids = Vec::with_capacity(t.len() / 3 + 4);
+                let mut ids = Vec::new();
+                Error::reserve(&mut ids, t.len() / 3 + 4, "the ids of the text")?;
                 self.run(t, policy, Protected::NONE, add_special_tokens, Sink { ids: &mut ids, offsets: None })?;
                 Ok(ids)
             })
@@ -337,11 +355,10 @@ impl Tokenizer {
                             let base = offset_in(normalized, part).expect("segments are slices of the text");
                             self.pre_tokenizer.for_each_piece(part, cx, &mut |piece, origin| {
                                 if !track {
-                                    self.bpe.encode(piece, sink.ids);
-                                    return Ok(());
+                                    return self.bpe.encode(piece, sink.ids);
                                 }
                                 let mut spans = Vec::new();
-                                self.bpe.encode_with_spans(piece, sink.ids, &mut spans);
+                                self.bpe.encode_with_spans(piece, sink.ids, &mut spans)?;
                                 let offsets = sink.offsets.as_mut().expect("tracking");
                                 for (s, e) in spans {
                                     // Normalized bytes s..e of the piece, through its origin

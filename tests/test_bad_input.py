@@ -578,3 +578,27 @@ def test_a_100_kb_added_token_loads_and_matches(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("loading a tokenizer with one 100 KB added token still runs after 120 s")
     assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama2"])
+def test_a_piece_too_long_for_the_memory_left_is_a_memory_error_not_an_abort(name):
+    """100 MB of one letter is one piece that merges in about 2.4 GB. With 1 GB of address
+    space left (RLIMIT_AS) the process used to abort; now encode raises MemoryError, and the
+    tokenizer goes on working."""
+    import subprocess
+    import sys
+
+    require_data()
+    code = (
+        "import resource, tokensmith as ts\n"
+        f"tok = ts.Tokenizer.from_file({str(tokenizer_path(name))!r})\n"
+        "text = 'a' * 100_000_000\n"
+        "expected = tok.encode('hello world')\n"
+        "vm = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:'))\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.RLIM_INFINITY))\n"
+        "try:\n    tok.encode(text)\n    print('encoded')\nexcept MemoryError as e:\n    print('MemoryError', e)\n"
+        "assert tok.encode('hello world') == expected\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("MemoryError out of memory"), done.stdout

@@ -98,3 +98,18 @@ def test_huge_padding_is_refused_not_allocated():
                       "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"}
     with pytest.raises(ts.TokenizerError, match="Fixed"):
         ts.Tokenizer.from_str(json.dumps(obj))
+
+
+def test_merges_of_a_string_that_shares_its_id_save_as_spelled():
+    # Found by the tokenizer_json fuzz target: '*' given the id of "'" (ids may be shared,
+    # as in gpt-oss's harmony vocabulary). The merge ('*', '*') was saved as ("'", "'"), so
+    # the saved file did not load ("''" is no token).
+    spec = char_bpe()
+    spec["model"]["vocab"] = {"'": 0, "*": 0, "**": 1, "b": 2}
+    spec["model"]["merges"] = [["*", "*"]]
+    tok, hf = pair(spec)
+    saved = json.loads(tok.to_str())
+    assert saved["model"]["merges"] == [["*", "*"]]
+    again = ts.Tokenizer.from_str(tok.to_str())
+    for text in ["**b", "''", "*'"]:
+        assert tok.encode(text) == again.encode(text) == hf.encode(text).ids

@@ -640,6 +640,9 @@ fn parse_model(model: &Value) -> Result<Model> {
     }
     let prefix_len = prefix.as_ref().map_or(0, String::len);
     let (mut merges, mut merged) = (Vec::new(), Vec::new());
+    // Whether a merge names a string that shares its id with another one (the ids then
+    // cannot spell the merges back).
+    let mut respelled = false;
     for (rank, merge) in array(model, "model", "merges")?.iter().enumerate() {
         let (left, right) = match merge {
             Value::String(s) => {
@@ -667,10 +670,14 @@ fn parse_model(model: &Value) -> Result<Model> {
         })?;
         merged.push(id(&format!("{left}{tail}"))?);
         merges.push((l, r));
+        respelled |= vocab.get(l) != Some(left) || vocab.get(r) != Some(right);
     }
     let mut settings = model.as_object().cloned().unwrap_or_default();
     settings.remove("vocab");
-    settings.remove("merges");
+    if !respelled {
+        // Written back from the ids; kept verbatim (for `to_string`) only when they can't be.
+        settings.remove("merges");
+    }
     Ok(Model {
         vocab,
         merges,
@@ -866,11 +873,6 @@ pub fn to_string(tokenizer: &Tokenizer) -> Result<String> {
     for (token, id) in entries {
         vocab.insert(token.clone(), json!(id));
     }
-    let merges: Vec<Value> = tokenizer
-        .merges
-        .iter()
-        .map(|&(l, r)| json!([tokenizer.vocab.get(l), tokenizer.vocab.get(r)]))
-        .collect();
     let mut model = match tokenizer.passthrough.get(MODEL_SETTINGS_KEY) {
         Some(Value::Object(settings)) => settings.clone(),
         _ => json!({"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
@@ -885,7 +887,10 @@ pub fn to_string(tokenizer: &Tokenizer) -> Result<String> {
         model.insert(TOKENSMITH_KEY.into(), meta);
     }
     model.insert("vocab".into(), Value::Object(vocab));
-    model.insert("merges".into(), Value::Array(merges));
+    if !model.contains_key("merges") {
+        let merges = tokenizer.merges.iter().map(|&(l, r)| json!([tokenizer.vocab.get(l), tokenizer.vocab.get(r)]));
+        model.insert("merges".into(), Value::Array(merges.collect()));
+    }
     root.insert("model".into(), Value::Object(model));
     serde_json::to_string_pretty(&Value::Object(root)).map_err(|e| Error::Invalid(e.to_string()))
 }
