@@ -432,22 +432,35 @@ mod tests {
         out
     }
 
-    fn regexed(pattern: &Pattern, text: &str) -> Vec<(usize, usize)> {
-        let mut out = Vec::new();
-        let mut prev = 0;
-        pattern
-            .for_each_match(text, |s, e| {
+    /// The pattern on fancy-regex, the backtracking engine that reads it as the reference
+    /// does, and as our `Pattern` (the linear engine after its rewrites).
+    fn engines(pattern: &str, dialect: Option<Dialect>) -> (fancy_regex::Regex, Pattern) {
+        let dialect = dialect.unwrap_or(Dialect::Oniguruma);
+        let source = if dialect == Dialect::Oniguruma { format!("(?m:{pattern})") } else { pattern.to_string() };
+        (fancy_regex::Regex::new(&source).unwrap(), Pattern::new(pattern, dialect).unwrap())
+    }
+
+    /// The spans (matches and the gaps between them) of fancy-regex, checked equal to ours.
+    fn regexed((fancy, ours): &(fancy_regex::Regex, Pattern), text: &str) -> Vec<(usize, usize)> {
+        let spans = |matches: &mut dyn Iterator<Item = (usize, usize)>| {
+            let (mut out, mut prev) = (Vec::new(), 0);
+            for (s, e) in matches {
                 if prev < s {
                     out.push((prev, s));
                 }
                 out.push((s, e));
                 prev = e;
-            })
-            .unwrap();
-        if prev < text.len() {
-            out.push((prev, text.len()));
-        }
-        out
+            }
+            if prev < text.len() {
+                out.push((prev, text.len()));
+            }
+            out
+        };
+        let want = spans(&mut fancy.find_iter(text).map(|m| m.unwrap()).map(|m| (m.start(), m.end())));
+        let mut matches = Vec::new();
+        ours.for_each_match(text, |s, e| matches.push((s, e))).unwrap();
+        assert_eq!(spans(&mut matches.into_iter()), want, "Pattern and fancy-regex on {}\ntext {text:?}", ours.source());
+        want
     }
 
     const SAMPLES: &[&str] = &[
@@ -470,9 +483,9 @@ mod tests {
             .chain([SAMPLES.concat(), SAMPLES.join(" "), SAMPLES.join("\n")])
             .collect();
         for (pattern, dialect, lexer) in KNOWN {
-            let regex = Pattern::new(pattern, dialect.unwrap_or(Dialect::Oniguruma)).unwrap();
+            let engines = engines(pattern, *dialect);
             for text in &corpus {
-                assert_eq!(lexed(lexer, text), regexed(&regex, text), "pattern {pattern}\ntext {text:?}");
+                assert_eq!(lexed(lexer, text), regexed(&engines, text), "pattern {pattern}\ntext {text:?}");
             }
         }
     }
@@ -499,9 +512,9 @@ mod tests {
             })
             .collect();
         for (pattern, dialect, lexer) in KNOWN {
-            let regex = Pattern::new(pattern, dialect.unwrap_or(Dialect::Oniguruma)).unwrap();
+            let engines = engines(pattern, *dialect);
             for text in &texts {
-                assert_eq!(lexed(lexer, text), regexed(&regex, text), "pattern {pattern}\ntext {text:?}");
+                assert_eq!(lexed(lexer, text), regexed(&engines, text), "pattern {pattern}\ntext {text:?}");
             }
         }
     }

@@ -1,0 +1,98 @@
+"""Split patterns no hand-written lexer knows, on the general engine, against the reference.
+
+Patterns run on the `regex` crate (linear time) whenever they can; `\\s+(?!\\S)|\\s+`, the
+one look-ahead real pre-tokenizers use, is matched as `\\s+` and cut afterwards, and
+possessive quantifiers become greedy where that is exact. The tokenizer.json patterns here
+are real ones from models the shared tokenizers do not cover (Qwen3.5, and an Indic variant
+that keeps ZWNJ/ZWJ in words), set on Qwen2's vocabulary; the tiktoken ones are cl100k's and
+GPT-2's with a changed digit rule (so that no lexer takes them), on their rank files.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tiktoken
+import tiktoken.load
+import tokenizers
+
+import tokensmith as ts
+from conftest import TIKTOKEN_DIR, corpus_files, corpus_lines, require_data, tiktoken_encodings, tokenizer_path
+
+PATTERNS = {
+    "qwen3.5": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "zwj": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?(?:\p{L}|\p{M}|\u200C|\u200D)+|\p{N}{1,3}"
+           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    # GPT-2's grammar ending in `\s` instead of `\s+`, and with 3-digit groups.
+    "gpt2-tail": r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}{1,3}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s",
+    # The look-ahead not followed by a whitespace alternative: the backtracking engine.
+    "lookahead-only": r"'s|'t| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
+}
+
+HARD = ["a  b", "a b", "  ", " x", "x \n  y", "x\t\t\u3000y  ", "a   \n\n b\u00a0\u00a0c", "", " ", "\r\n\r\n  x",
+        "emoji \U0001F468\u200D\U0001F469 zwj\u200Cnj", "don't  STOP's", "12345 678\n\n\n", "x" + " " * 1000 + "y"]
+
+
+def pair(pattern: str) -> tuple[ts.Tokenizer, tokenizers.Tokenizer]:
+    require_data()
+    spec = json.loads(tokenizer_path("qwen2").read_text(encoding="utf-8"))
+    spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = pattern
+    text = json.dumps(spec)
+    return ts.Tokenizer.from_str(text), tokenizers.Tokenizer.from_str(text)
+
+
+@pytest.mark.parametrize("name", PATTERNS)
+def test_hard_cases_and_corpus_lines_match_the_reference(name):
+    tok, hf = pair(PATTERNS[name])
+    lines = list(HARD)
+    for path in corpus_files():
+        if path.parent.name in ("multi", "emoji", "code"):
+            lines += corpus_lines(path)[:1500]
+    got = tok.encode_batch(lines)
+    want = [e.ids for e in hf.encode_batch(lines)]
+    bad = [i for i in range(len(lines)) if got[i] != want[i]]
+    assert not bad, f"{len(bad)} of {len(lines)} differ; first {lines[bad[0]]!r}: {got[bad[0]]} != {want[bad[0]]}"
+    for line in HARD:
+        assert tok.encode_with_offsets(line) == (hf.encode(line).ids, hf.encode(line).offsets)
+
+
+@pytest.mark.parametrize("name", ["qwen3.5", "gpt2-tail"])
+def test_a_run_of_millions_of_spaces_splits_as_the_reference_splits_it(name):
+    # The backtracking engine failed here ("max stack size") past about a million chars.
+    tok, hf = pair(PATTERNS[name])
+    for text in [" " * 3_000_000 + "x", "x" + " \t" * 1_000_000 + "\n", " " * 3_000_000]:
+        assert tok.encode(text) == hf.encode(text).ids
+
+
+TIKTOKEN_PATTERNS = {
+    "cl100k_base": r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,2}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"
+                   r"|\s++$|\s*[\r\n]|\s+(?!\S)|\s",
+    "gpt2": r"'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}{1,4}+| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s",
+}
+
+
+def tiktoken_pair(name: str) -> tuple[ts.Tokenizer, tiktoken.Encoding]:
+    require_data()
+    spec = tiktoken_encodings()[name]
+    path = TIKTOKEN_DIR / spec["file"]
+    pattern = TIKTOKEN_PATTERNS[name]
+    tok = ts.Tokenizer.from_tiktoken(path, pattern=pattern, special_tokens=spec["special_tokens"])
+    ranks = tiktoken.load.load_tiktoken_bpe(str(path))
+    return tok, tiktoken.Encoding(name + "-variant", pat_str=pattern, mergeable_ranks=ranks,
+                                  special_tokens=spec["special_tokens"])
+
+
+@pytest.mark.parametrize("name", TIKTOKEN_PATTERNS)
+def test_possessive_tiktoken_patterns_match_tiktoken(name):
+    tok, enc = tiktoken_pair(name)
+    # tiktoken itself overflows its backtracking stack on runs of a million spaces.
+    lines = list(HARD) + [" " * 200_000 + "x", "x" + " \t" * 100_000 + "\n", "a1234567 ,,,\r\n\r\n  "]
+    for path in corpus_files():
+        if path.parent.name in ("multi", "emoji", "code", "zh"):
+            lines += corpus_lines(path)[:1000]
+    got = tok.encode_batch(lines, special="text", add_special_tokens=False)
+    want = enc.encode_ordinary_batch(lines)
+    bad = [i for i in range(len(lines)) if got[i] != want[i]]
+    assert not bad, f"{len(bad)} of {len(lines)} differ; first {lines[bad[0]][:200]!r}"
