@@ -57,9 +57,37 @@ impl<T> IntoPy<T> for crate::Result<T> {
     }
 }
 
+/// Bytes of Python objects per token of a result: a list slot and an int; with offsets
+/// also a (start, end) tuple and its ints.
+const IDS: usize = 40;
+const IDS_AND_OFFSETS: usize = 160;
+
+/// Whether Python has room for the objects of a result of `items` tokens. PyO3 panics
+/// when it cannot make an int of a result (an abort: the panic cannot allocate either),
+/// so a result too large for the memory left is a `MemoryError` before the conversion.
+/// Checked as the working memory of encoding is (`tokenizer::check_working_memory`).
+fn check_python_room(items: usize, bytes_each: usize) -> crate::Result<()> {
+    if items < 1 << 18 {
+        return Ok(());
+    }
+    let need = items.saturating_mul(bytes_each);
+    let mut probe: Vec<u8> = Vec::new();
+    probe.try_reserve_exact(need).map_err(|_| {
+        Error::Memory(format!("the Python objects of {items} tokens need about {} MB", need >> 20))
+    })
+}
+
+fn room_for_python(bytes_each: usize) -> impl Fn(Vec<u32>) -> crate::Result<Vec<u32>> {
+    move |ids| check_python_room(ids.len(), bytes_each).map(|()| ids)
+}
+
 /// `&str` of a Python str, with a clear error for lone surrogates (not valid UTF-8).
 fn text<'a>(s: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
-    s.to_str().map_err(|_| {
+    s.to_str().map_err(|e| {
+        // Python makes the UTF-8 form of a non-ASCII str on first use: that can fail too.
+        if e.is_instance_of::<pyo3::exceptions::PyMemoryError>(s.py()) {
+            return e;
+        }
         let position = s
             .call_method1("encode", ("utf-32-le", "surrogatepass"))
             .ok()
@@ -236,7 +264,8 @@ impl PyTokenizer {
         if s.len() < 4096 {
             tokenizer.encode(s, &policy, add_special_tokens).or_raise(py)
         } else {
-            without_gil(py, || tokenizer.encode(s, &policy, add_special_tokens)).or_raise(py)
+            without_gil(py, || tokenizer.encode(s, &policy, add_special_tokens).and_then(room_for_python(IDS)))
+                .or_raise(py)
         }
     }
 
@@ -266,9 +295,15 @@ impl PyTokenizer {
         };
         let tokenizer = self.get();
         without_gil(py, || {
-            let merged = CharIndex::new(s).byte_ranges(&protected);
+            // The char index costs 8 bytes a char: only when there are ranges to map.
+            let merged = match protected.is_empty() {
+                true => Vec::new(),
+                false => CharIndex::new(s).byte_ranges(&protected),
+            };
             let protected = Protected { ranges: &merged, allowed: allowed_inside.as_ref() };
-            tokenizer.encode_with_offsets(s, &policy, protected, add_special_tokens)
+            tokenizer.encode_with_offsets(s, &policy, protected, add_special_tokens).and_then(|(ids, offsets)| {
+                room_for_python(IDS_AND_OFFSETS)(ids).map(|ids| (ids, offsets))
+            })
         })
         .or_raise(py)
     }
@@ -286,7 +321,13 @@ impl PyTokenizer {
         let strs = owned.iter().map(text).collect::<PyResult<Vec<&str>>>()?;
         let policy = self.policy(py, policy, allowed)?;
         let tokenizer = self.get();
-        without_gil(py, || tokenizer.encode_batch(&strs, &policy, add_special_tokens)).or_raise(py)
+        without_gil(py, || {
+            let batch = tokenizer.encode_batch(&strs, &policy, add_special_tokens)?;
+            let ids = batch.iter().map(Vec::len).sum();
+            check_python_room(ids, IDS)?;
+            Ok(batch)
+        })
+        .or_raise(py)
     }
 
     /// The ids of all texts concatenated, and n + 1 offsets, as little-endian bytearrays
