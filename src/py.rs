@@ -24,7 +24,7 @@ fn exception<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyType>> {
 fn to_py(py: Python<'_>, err: Error) -> PyErr {
     let message = err.to_string();
     if let Error::Memory(_) = err {
-        return pyo3::exceptions::PyMemoryError::new_err(message);
+        return PyMemoryError::new_err(message);
     }
     let class = match &err {
         Error::Format { .. } => "TokenizerFormatError",
@@ -57,35 +57,52 @@ impl<T> IntoPy<T> for crate::Result<T> {
     }
 }
 
-/// Bytes of Python objects per token of a result: a list slot and an int; with offsets
+/// Bytes of Python objects per item of a result (a token, or a byte of decoded text): a list slot and an int; with offsets
 /// also a (start, end) tuple and its ints.
 const IDS: usize = 40;
 const IDS_AND_OFFSETS: usize = 160;
+/// Per UTF-8 byte of a decoded text: at most 4 (one char beyond Latin-1 makes Python store
+/// every char in 4 bytes).
+const STR: usize = 4;
 
 /// Whether Python has room for the objects of a result of `items` tokens. PyO3 panics
 /// when it cannot make an int of a result (an abort: the panic cannot allocate either),
 /// so a result too large for the memory left is a `MemoryError` before the conversion.
 /// Checked as the working memory of encoding is (`tokenizer::check_working_memory`).
 fn check_python_room(items: usize, bytes_each: usize) -> crate::Result<()> {
-    if items < 1 << 18 {
-        return Ok(());
-    }
-    let need = items.saturating_mul(bytes_each);
-    let mut probe: Vec<u8> = Vec::new();
-    probe.try_reserve_exact(need).map_err(|_| {
-        Error::Memory(format!("the Python objects of {items} tokens need about {} MB", need >> 20))
-    })
+    crate::tokenizer::check_memory(items.saturating_mul(bytes_each), || "the Python result".to_string())
 }
 
 fn room_for_python(bytes_each: usize) -> impl Fn(Vec<u32>) -> crate::Result<Vec<u32>> {
     move |ids| check_python_room(ids.len(), bytes_each).map(|()| ids)
 }
 
+/// The items of a Python sequence (not a str), in a vector reserved fallibly: a list of
+/// ids too long for the memory left is a `MemoryError`, where PyO3's own extraction aborts.
+fn sequence_arg<'py, T>(
+    items: &Bound<'py, PyAny>,
+    item: impl Fn(&Bound<'py, PyAny>) -> PyResult<T>,
+) -> PyResult<Vec<T>> {
+    if items.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err("expected a sequence, got str"));
+    }
+    let mut out = Vec::new();
+    Error::reserve(&mut out, items.len()?, "the ids given").map_err(|e| PyMemoryError::new_err(e.to_string()))?;
+    for x in items.try_iter()? {
+        out.push(item(&x?)?);
+    }
+    Ok(out)
+}
+
+fn ids_arg(ids: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+    sequence_arg(ids, |id| id.extract::<u32>())
+}
+
 /// `&str` of a Python str, with a clear error for lone surrogates (not valid UTF-8).
 fn text<'a>(s: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
     s.to_str().map_err(|e| {
         // Python makes the UTF-8 form of a non-ASCII str on first use: that can fail too.
-        if e.is_instance_of::<pyo3::exceptions::PyMemoryError>(s.py()) {
+        if e.is_instance_of::<PyMemoryError>(s.py()) {
             return e;
         }
         let position = s
@@ -349,8 +366,11 @@ impl PyTokenizer {
             py, || {
                 let batch = tokenizer.encode_batch(&strs, &policy, add_special_tokens)?;
                 let total: usize = batch.iter().map(Vec::len).sum();
-                let mut ids = Vec::with_capacity(total * 4);
-                let mut offsets = Vec::with_capacity((batch.len() + 1) * 8);
+                // The bytes here, then their copies in the bytearrays.
+                check_python_room(total, 2 * 4)?;
+                let (mut ids, mut offsets) = (Vec::new(), Vec::new());
+                Error::reserve(&mut ids, total * 4, "the ids of the batch")?;
+                Error::reserve(&mut offsets, (batch.len() + 1) * 8, "the offsets of the batch")?;
                 let mut at = 0i64;
                 offsets.extend_from_slice(&at.to_le_bytes());
                 for row in &batch {
@@ -366,16 +386,25 @@ impl PyTokenizer {
         Ok((PyByteArray::new(py, &ids), PyByteArray::new(py, &offsets)))
     }
 
-    fn decode(&self, py: Python<'_>, ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
-        let tokenizer = self.get();
-        without_gil(py, || tokenizer.decode(&ids, skip_special_tokens)).or_raise(py)
-    }
-
-    fn decode_batch(&self, py: Python<'_>, batch: Vec<Vec<u32>>, skip_special_tokens: bool) -> PyResult<Vec<String>> {
-        use rayon::prelude::*;
+    fn decode(&self, py: Python<'_>, ids: &Bound<'_, PyAny>, skip_special_tokens: bool) -> PyResult<String> {
+        let ids = ids_arg(ids)?;
         let tokenizer = self.get();
         without_gil(py, || {
-            batch.par_iter().map(|ids| tokenizer.decode(ids, skip_special_tokens)).collect::<crate::Result<Vec<_>>>()
+            let text = tokenizer.decode(&ids, skip_special_tokens)?;
+            check_python_room(text.len(), STR)?;
+            Ok(text)
+        })
+        .or_raise(py)
+    }
+
+    fn decode_batch(&self, py: Python<'_>, batch: &Bound<'_, PyAny>, skip_special_tokens: bool) -> PyResult<Vec<String>> {
+        use rayon::prelude::*;
+        let batch = sequence_arg(batch, ids_arg)?;
+        let tokenizer = self.get();
+        without_gil(py, || {
+            let texts = batch.par_iter().map(|ids| tokenizer.decode(ids, skip_special_tokens)).collect::<crate::Result<Vec<_>>>()?;
+            check_python_room(texts.iter().map(String::len).sum(), STR)?;
+            Ok(texts)
         })
         .or_raise(py)
     }

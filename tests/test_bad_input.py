@@ -582,10 +582,10 @@ def test_a_100_kb_added_token_loads_and_matches(tmp_path):
 
 @pytest.mark.parametrize("name", ["gpt2", "llama2", "qwen2"])
 def test_a_text_too_long_for_the_memory_left_is_a_memory_error_not_an_abort(name):
-    """100 MB of one letter (one piece that merges in about 2.4 GB) and 96 MB of CJK, with
-    100 MB, 300 MB and 1 GB of address space left (RLIMIT_AS). The process used to abort
-    (or hang in a panic that could not allocate); now each call raises MemoryError or
-    succeeds, and the tokenizer goes on working."""
+    """100 MB of one letter (one piece that merges in about 2.4 GB) and 96 MB of CJK, and
+    30 million ids to decode, with 100 MB, 300 MB and 1 GB of address space left
+    (RLIMIT_AS). The process used to abort (or hang in a panic that could not allocate);
+    now each call raises MemoryError or succeeds, and the tokenizer goes on working."""
     import subprocess
     import sys
 
@@ -595,18 +595,24 @@ def test_a_text_too_long_for_the_memory_left_is_a_memory_error_not_an_abort(name
         f"tok = ts.Tokenizer.from_file({str(tokenizer_path(name))!r})\n"
         "texts = ['a' * 100_000_000, '中文' * 16_000_000]\n"
         "expected = tok.encode('hello world')\n"
+        "ids = [expected[0]] * 30_000_000\n"
         "tok.encode_with_offsets('warm up')\n"
+        "calls = [tok.encode, tok.encode_with_offsets, lambda t: tok.encode_batch([t]),\n"
+        "         lambda t: tok.encode_batch_numpy([t])]\n"
         "vm = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:'))\n"
+        "def run(f, arg):\n"
+        "    try:\n        f(arg)\n        print('ok')\n"
+        "    except MemoryError as e:\n        print('MemoryError', e)\n"
         "for limit in (1000, 300, 100):\n"
         "    resource.setrlimit(resource.RLIMIT_AS, (vm + (limit << 20), resource.RLIM_INFINITY))\n"
         "    for text in texts:\n"
-        "        for f in (tok.encode, tok.encode_with_offsets, lambda t: tok.encode_batch([t])):\n"
-        "            try:\n                f(text)\n                print('ok')\n"
-        "            except MemoryError as e:\n                print('MemoryError', e)\n"
+        "        for f in calls:\n            run(f, text)\n"
+        "    run(tok.decode, ids)\n"
+        "    run(lambda i: tok.decode_batch([i]), ids)\n"
         "assert tok.encode('hello world') == expected\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    assert len(lines) == 18 and all(line == "ok" or line.startswith("MemoryError out of memory") for line in lines), lines
-    assert sum(line != "ok" for line in lines) >= 12, lines
+    assert len(lines) == 30 and all(line == "ok" or line.startswith("MemoryError") for line in lines), lines
+    assert sum(line != "ok" for line in lines) >= 20, lines
