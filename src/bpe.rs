@@ -36,9 +36,18 @@ const CACHE_MAX_ENTRIES: usize = 1 << 16;
 /// rank, right rank), sorted. These are the merges a rank table implies.
 pub fn rank_splits(ranks: &[(Vec<u8>, u32)]) -> Vec<(u32, u32, u32)> {
     let by_bytes: FxHashMap<&[u8], u32> = ranks.iter().map(|(b, r)| (b.as_slice(), *r)).collect();
+    // Both parts are tokens, so only cuts at a token length are tried: a long token costs
+    // its length times the few lengths there are, not its length squared (one 1 MB token
+    // took minutes to load).
+    let lengths: FxHashSet<usize> = ranks.iter().map(|(b, _)| b.len()).collect();
+    let mut sorted: Vec<usize> = lengths.iter().copied().filter(|&n| n > 0).collect();
+    sorted.sort_unstable();
     let mut splits = Vec::new();
     for (bytes, rank) in ranks {
-        for at in 1..bytes.len() {
+        for &at in sorted.iter().take_while(|&&at| at < bytes.len()) {
+            if !lengths.contains(&(bytes.len() - at)) {
+                continue;
+            }
             if let (Some(&l), Some(&r)) = (by_bytes.get(&bytes[..at]), by_bytes.get(&bytes[at..])) {
                 splits.push((*rank, l, r));
             }

@@ -616,3 +616,32 @@ def test_a_text_too_long_for_the_memory_left_is_a_memory_error_not_an_abort(name
     lines = done.stdout.splitlines()
     assert len(lines) == 30 and all(line == "ok" or line.startswith("MemoryError") for line in lines), lines
     assert sum(line != "ok" for line in lines) >= 20, lines
+
+
+def test_a_1_mb_token_in_a_tiktoken_rank_file_loads_and_encodes(tmp_path):
+    """Finding the merges a rank file implies tried every cut of every token: one 1 MB
+    token took minutes to load (quadratic in its length)."""
+    import base64
+    import subprocess
+    import sys
+
+    long_token = b"x" * 1_000_000
+    lines = [base64.b64encode(bytes([b])).decode() + f" {b}" for b in range(256)]
+    lines += [base64.b64encode(b"xx").decode() + " 256", base64.b64encode(long_token).decode() + " 257"]
+    path = tmp_path / "long.tiktoken"
+    path.write_text("\n".join(lines) + "\n")
+    code = (
+        "import tokensmith as ts\n"
+        f"tok = ts.Tokenizer.from_tiktoken({str(path)!r}, pattern=r'\\w+|\\s+')\n"
+        "print(tok.encode('x' * 1_000_000), tok.encode('xxxxx'))\n"
+    )
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("loading a rank file with one 1 MB token still runs after 120 s")
+    assert done.returncode == 0, done.stderr[-2000:]
+    import tiktoken
+
+    ranks = {bytes([b]): b for b in range(256)} | {b"xx": 256, long_token: 257}
+    reference = tiktoken.Encoding("long", pat_str=r"\w+|\s+", mergeable_ranks=ranks, special_tokens={})
+    assert done.stdout.strip() == f"{reference.encode('x' * 1_000_000)} {reference.encode('xxxxx')}"
