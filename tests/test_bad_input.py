@@ -534,11 +534,19 @@ def test_an_id_far_beyond_the_vocabulary_is_a_format_error_not_an_abort(tmp_path
     ts.Tokenizer.from_file(write_json(tmp_path, spec))
 
 
-@pytest.mark.parametrize("pattern", [r"(a+)+(?=b)", r"(a|aa)+\1c", r"(?:a|a)+(?!a)c"])
-def test_a_regex_bomb_in_a_split_pattern_ends_with_an_error_naming_it(tmp_path, pattern):
+def run_python(code: str, seconds: int, what: str):
+    """`code` in a fresh Python; a test failure naming `what` if it runs past `seconds`."""
     import subprocess
     import sys
 
+    try:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{what} still runs after {seconds} s")
+
+
+@pytest.mark.parametrize("pattern", [r"(a+)+(?=b)", r"(a|aa)+\1c", r"(?:a|a)+(?!a)c"])
+def test_a_regex_bomb_in_a_split_pattern_ends_with_an_error_naming_it(tmp_path, pattern):
     spec = tiny_tokenizer()
     spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
         {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
@@ -549,18 +557,13 @@ def test_a_regex_bomb_in_a_split_pattern_ends_with_an_error_naming_it(tmp_path, 
         f"tok = ts.Tokenizer.from_file({str(path)!r})\n"
         "try:\n    tok.encode('a' * 40 + '!')\nexcept ts.InvalidInputError as e:\n    print(e)\n"
     )
-    try:
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the pattern still runs after 120 s")
+    done = run_python(code, 120, "the pattern")
     assert done.returncode == 0, done.stderr
     assert pattern in done.stdout.replace("\\\\", "\\") and "backtrack" in done.stdout  # Rust escapes \\
 
 
 def test_a_100_kb_added_token_loads_and_matches(tmp_path):
     """One long token once made the matcher's build quadratic (100 KB: hours)."""
-    import subprocess
-    import sys
 
     spec = tiny_tokenizer()
     long_token = "<|" + "x" * 100_000 + "|>"
@@ -573,10 +576,7 @@ def test_a_100_kb_added_token_loads_and_matches(tmp_path):
         "token = '<|' + 'x' * 100_000 + '|>'\n"
         "print(tok.encode('hello' + token + 'world').count(tok.token_to_id(token)))\n"
     )
-    try:
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    except subprocess.TimeoutExpired:
-        pytest.fail("loading a tokenizer with one 100 KB added token still runs after 120 s")
+    done = run_python(code, 120, "loading a tokenizer with one 100 KB added token")
     assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr
 
 
@@ -622,8 +622,6 @@ def test_a_1_mb_token_in_a_tiktoken_rank_file_loads_and_encodes(tmp_path):
     """Finding the merges a rank file implies tried every cut of every token: one 1 MB
     token took minutes to load (quadratic in its length)."""
     import base64
-    import subprocess
-    import sys
 
     long_token = b"x" * 1_000_000
     lines = [base64.b64encode(bytes([b])).decode() + f" {b}" for b in range(256)]
@@ -635,10 +633,7 @@ def test_a_1_mb_token_in_a_tiktoken_rank_file_loads_and_encodes(tmp_path):
         f"tok = ts.Tokenizer.from_tiktoken({str(path)!r}, pattern=r'\\w+|\\s+')\n"
         "print(tok.encode('x' * 1_000_000), tok.encode('xxxxx'))\n"
     )
-    try:
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    except subprocess.TimeoutExpired:
-        pytest.fail("loading a rank file with one 1 MB token still runs after 120 s")
+    done = run_python(code, 120, "loading a rank file with one 1 MB token")
     assert done.returncode == 0, done.stderr[-2000:]
     import tiktoken
 
