@@ -57,7 +57,7 @@ impl<T> IntoPy<T> for crate::Result<T> {
     }
 }
 
-/// Bytes of Python objects per item of a result (a token, or a byte of decoded text): a list slot and an int; with offsets
+/// Bytes of Python objects per token of a result: a list slot and an int; with offsets
 /// also a (start, end) tuple and its ints.
 const IDS: usize = 40;
 const IDS_AND_OFFSETS: usize = 160;
@@ -71,10 +71,6 @@ const STR: usize = 4;
 /// Checked as the working memory of encoding is (`tokenizer::check_working_memory`).
 fn check_python_room(items: usize, bytes_each: usize) -> crate::Result<()> {
     crate::tokenizer::check_memory(items.saturating_mul(bytes_each), || "the Python result".to_string())
-}
-
-fn room_for_python(bytes_each: usize) -> impl Fn(Vec<u32>) -> crate::Result<Vec<u32>> {
-    move |ids| check_python_room(ids.len(), bytes_each).map(|()| ids)
 }
 
 /// The items of a Python sequence (not a str), in a vector reserved fallibly: a list of
@@ -281,8 +277,12 @@ impl PyTokenizer {
         if s.len() < 4096 {
             tokenizer.encode(s, &policy, add_special_tokens).or_raise(py)
         } else {
-            without_gil(py, || tokenizer.encode(s, &policy, add_special_tokens).and_then(room_for_python(IDS)))
-                .or_raise(py)
+            without_gil(py, || {
+                let ids = tokenizer.encode(s, &policy, add_special_tokens)?;
+                check_python_room(ids.len(), IDS)?;
+                Ok(ids)
+            })
+            .or_raise(py)
         }
     }
 
@@ -318,9 +318,9 @@ impl PyTokenizer {
                 false => CharIndex::new(s).byte_ranges(&protected),
             };
             let protected = Protected { ranges: &merged, allowed: allowed_inside.as_ref() };
-            tokenizer.encode_with_offsets(s, &policy, protected, add_special_tokens).and_then(|(ids, offsets)| {
-                room_for_python(IDS_AND_OFFSETS)(ids).map(|ids| (ids, offsets))
-            })
+            let encoded = tokenizer.encode_with_offsets(s, &policy, protected, add_special_tokens)?;
+            check_python_room(encoded.0.len(), IDS_AND_OFFSETS)?;
+            Ok(encoded)
         })
         .or_raise(py)
     }

@@ -172,22 +172,16 @@ impl Segment<'_> {
     }
 }
 
-/// Texts from this size on have their working memory checked before encoding.
-const CHECKED_FROM_BYTES: usize = 1 << 20;
-
 /// Whether the memory a long text needs can be had: a text too long for the memory left
 /// must be an `Error::Memory` (Python's `MemoryError`), not an abort in whichever of the
 /// text-sized allocations comes first (normalized and byte-level copies, ids, and with
 /// offsets the char index, alignments and offsets). Reserving their sum in one block and
 /// freeing it at once checks that it fits: untouched, it costs no memory. The sum, per
-/// input byte, is measured on English and CJK with gpt2, llama2 and qwen2 (3-12 bytes
-/// without offsets, 30-45 with them, the ids in Python lists included), and it stays below
+/// input byte, is measured on English and CJK with gpt2, llama2 and qwen2 (5-12.5 bytes
+/// without offsets, 32-87 with them, the ids in Python lists included), and it stays below
 /// what the Python result needs anyway, so no text that could be encoded is refused. The
 /// BPE of one long piece reserves its own tables the same way (`Bpe::merge_heap`).
 fn check_working_memory(len: usize, offsets: bool) -> Result<()> {
-    if len < CHECKED_FROM_BYTES {
-        return Ok(());
-    }
     check_memory(len.saturating_mul(if offsets { 32 } else { 8 }), || format!("encoding a text of {len} bytes"))
 }
 
