@@ -1,7 +1,7 @@
 //! The pipeline: added-token matching, normalization, pre-tokenization, BPE,
 //! post-processing; and the reverse, decoding.
 
-use crate::bpe::Bpe;
+use crate::bpe::{Bpe, PieceEncoder};
 use crate::decode::Decoder;
 use crate::error::{Error, Result};
 use crate::normalize::{identity_alignment, Normalizer};
@@ -354,6 +354,18 @@ impl Tokenizer {
         protected: Protected,
         sink: &mut Sink,
     ) -> Result<()> {
+        // The piece cache is taken once per call: per piece it cost a thread-local lookup.
+        self.bpe.with_cache(|pieces| self.encode_with(pieces, text, policy, protected, sink))
+    }
+
+    fn encode_with(
+        &self,
+        pieces: &mut PieceEncoder,
+        text: &str,
+        policy: &SpecialPolicy,
+        protected: Protected,
+        sink: &mut Sink,
+    ) -> Result<()> {
         let track = sink.offsets.is_some();
         self.added.split_raw(text, policy, Protect::exact(protected, 0), &mut |segment| match segment {
             AddedSegment::Token(id, start, end) => {
@@ -382,7 +394,7 @@ impl Tokenizer {
                             let base = offset_in(normalized, part).expect("segments are slices of the text");
                             self.pre_tokenizer.for_each_piece(part, cx, &mut |piece, origin| {
                                 if !track {
-                                    return self.bpe.encode(piece, sink.ids);
+                                    return pieces.encode(piece, sink.ids);
                                 }
                                 let mut spans = Vec::new();
                                 self.bpe.encode_with_spans(piece, sink.ids, &mut spans)?;

@@ -200,6 +200,8 @@ class Tokenizer:
 
         >>> tok.encode("<|im_start|>user", special="text")            # doctest: +SKIP
         """
+        if special.__class__ is str and special in _POLICIES:  # the common call, without _policy's checks
+            return self._core.encode(text, add_special_tokens, special, None)
         policy, allowed = _policy(special)
         return self._core.encode(text, add_special_tokens, policy, allowed)
 

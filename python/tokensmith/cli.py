@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import Tokenizer
+from .bench import MODES, PEERS
 from .checkpoint import INIT_METHODS
 from .data.lint import SPECIAL_LOOKING
 from .errors import InvalidInputError, TokenizerError
@@ -138,10 +139,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
+    p = commands.add_parser("bench", help="encoding speed of tokensmith and every installed peer, side by side")
+    p.add_argument("--tokenizer", required=True, help="tokenizer.json, or a model folder holding one")
+    p.add_argument("--corpus", nargs="+", required=True, metavar="FILE",
+                   help="UTF-8 text files; each is cut into documents at blank lines")
+    p.add_argument("--peers", nargs="+", default=None, metavar="PEER",
+                   help="peers to race (default: every one installed): " + ", ".join(PEERS))
+    p.add_argument("--modes", nargs="+", default=MODES, choices=MODES,
+                   help="per-doc and whole run on one pinned core, batch on every core (default: all)")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds; the best counts (default 3)")
+    p.add_argument("--max-mb", type=float, default=2.0, help="use the first N MB of each file (default 2)")
+    p.add_argument("--png", help="also draw a bar chart here (needs matplotlib)")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "add-tokens":
             return _add_tokens(args)
+        if args.command == "bench":
+            return _bench(args)
         tok = _load(args.tokenizer)
         if args.command == "inspect":
             return inspect(tok, args.text, args.special)
@@ -260,5 +275,34 @@ _TREATMENT = {
 }
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    path = Path(args.tokenizer)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise ValueError(f"{args.tokenizer}: no tokenizer.json there")
+    if args.rounds < 1 or args.max_mb <= 0:
+        raise ValueError("--rounds and --max-mb must be positive")
+    corpora = {}
+    for file in args.corpus:
+        data = Path(file).read_bytes()[: int(args.max_mb * 1e6)]
+        corpora[Path(file).name] = data.decode("utf-8", "ignore")  # a cut char at the end is dropped
+    encoders, skipped = bench.load(args.peers if args.peers is not None else PEERS, bench.Source(path))
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}", file=sys.stderr)
+    for e in encoders:
+        print(f"{e.name} {e.version}" + (f" ({e.note})" if e.note else ""), file=sys.stderr)
+    results = bench.race(encoders, corpora, modes=args.modes, rounds=args.rounds,
+                         progress=lambda m: print(m, file=sys.stderr))
+    print(bench.table(results))
+    if args.png:
+        bench.chart(results, args.png)
+        print(f"chart: {args.png}", file=sys.stderr)
+    return 0
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -8,16 +8,22 @@
 //! tiktoken and sentencepiece do.
 //!
 //! Performance decisions:
-//! - Short pieces (nearly all of them) merge in a flat array with one cached rank per
-//!   adjacent pair: O(n) per merge, no allocation beyond two small vectors.
+//! - Short pieces (nearly all of them) merge in flat arrays on the stack with one cached
+//!   rank per adjacent pair: O(n) per merge, no allocation. A byte alphabet's first ranks
+//!   come from a dense table of every byte pair.
 //! - Long pieces use a heap over a linked list: O(n log n), so a 10 MB piece without a
 //!   break is bounded (the flat loop would be quadratic). Its memory is 24 bytes per
 //!   symbol (id, two u32 links, a 12-byte heap entry), reserved up front: a piece too
 //!   long for the memory left is an `Error::Memory`, not an abort.
 //! - `ignore_merges` vocabularies (Llama 3, cl100k, o200k) look a whole piece up first.
-//! - Results for short pieces are kept in a per-thread cache: text repeats its words.
+//! - Results for short pieces are kept in a per-thread cache: text repeats its words
+//!   (`cache`, whose comment says what the profile showed).
+//! - A caller encoding many pieces takes the cache once (`Bpe::with_cache`), not per piece.
+
+mod cache;
 
 use crate::error::{Error, Result};
+use cache::{ModelCache, PieceCache};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -28,9 +34,6 @@ pub const NO_ID: u32 = u32::MAX;
 const NO_RANK: u32 = u32::MAX;
 /// Pieces up to this many bytes merge in the flat loop.
 const FLAT_MAX: usize = 128;
-/// Pieces up to this many bytes are cached.
-const CACHE_MAX_PIECE: usize = 64;
-const CACHE_MAX_ENTRIES: usize = 1 << 16;
 
 /// Every way of writing a token of a rank table as two tokens: (rank of the whole, left
 /// rank, right rank), sorted. These are the merges a rank table implies.
@@ -72,7 +75,7 @@ pub struct CharSymbols {
     pub unk: Option<u32>,
     pub fuse_unk: bool,
     /// Every pair of adjacent chars inside some token (`char << 32 | char`), when text may
-    /// be cut between any other two chars (see `Bpe::encode_words`); `None`: never cut.
+    /// be cut between any other two chars (see `PieceEncoder::encode_words`); `None`: never cut.
     pub word_pairs: Option<FxHashSet<u64>>,
 }
 
@@ -147,6 +150,10 @@ pub struct Bpe {
     /// By id: whether the token is in some pair. One that is not never merges, so the
     /// symbols on either side of it merge independently.
     paired: Vec<bool>,
+    /// Byte alphabets: the pair lookup of every two bytes' tokens (`first << 8 | second`),
+    /// as `pairs` values (`u64::MAX`: none). A piece's first lookups are all byte pairs:
+    /// here they are one read of a 512 kB table, not a probe of a table of megabytes.
+    byte_pairs: Box<[u64]>,
     cache_owner: u64,
 }
 
@@ -155,10 +162,15 @@ fn next_cache_owner() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-type Cache = (u64, FxHashMap<Box<[u8]>, Box<[u32]>>);
-
 thread_local! {
-    static CACHE: RefCell<Cache> = RefCell::new((0, FxHashMap::default()));
+    static CACHE: RefCell<PieceCache> = RefCell::new(PieceCache::default());
+}
+
+/// A model with this thread's piece cache in hand: what encodes the pieces of a text.
+pub struct PieceEncoder<'a> {
+    bpe: &'a Bpe,
+    /// `None` when the cache is in use further up this thread's stack.
+    cache: Option<ModelCache<'a>>,
 }
 
 #[inline]
@@ -209,7 +221,15 @@ impl Bpe {
             Some(chars) => Alphabet::Chars(Box::new(chars)),
             None => Alphabet::Bytes(Box::new(byte_ids)),
         };
-        let mut bpe = Bpe { alphabet, lens, pairs, whole, paired: Vec::new(), cache_owner: next_cache_owner() };
+        let mut bpe = Bpe {
+            alphabet,
+            lens,
+            pairs,
+            whole,
+            paired: Vec::new(),
+            byte_pairs: Box::default(),
+            cache_owner: next_cache_owner(),
+        };
         bpe.index_pairs();
         bpe
     }
@@ -225,6 +245,17 @@ impl Bpe {
             }
         }
         self.paired = paired;
+        if let Alphabet::Bytes(byte_ids) = &self.alphabet {
+            let mut table = vec![u64::MAX; 1 << 16];
+            for (a, &left) in byte_ids.iter().enumerate() {
+                for (b, &right) in byte_ids.iter().enumerate() {
+                    if let Some(&v) = self.pairs.get(&pair_key(left, right)) {
+                        table[a << 8 | b] = v;
+                    }
+                }
+            }
+            self.byte_pairs = table.into_boxed_slice();
+        }
     }
 
     #[inline]
@@ -276,84 +307,34 @@ impl Bpe {
         }
     }
 
-    /// Appends the ids of one pre-tokenized piece.
-    #[inline]
-    pub fn encode(&self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
-        match (piece.len(), &self.alphabet) {
-            (0, _) => return Ok(()),
-            (1, Alphabet::Bytes(byte_ids)) => {
-                let id = byte_ids[piece[0] as usize];
-                if id != NO_ID {
-                    out.push(id);
-                }
-                return Ok(());
-            }
-            _ => {}
-        }
-        if let Some(&id) = self.whole.as_ref().and_then(|w| w.get(piece)) {
-            out.push(id);
-            return Ok(());
-        }
-        if let (Alphabet::Chars(chars), true) = (&self.alphabet, piece.len() > CACHE_MAX_PIECE) {
-            if let Some(pairs) = &chars.word_pairs {
-                return self.encode_words(piece, pairs, &chars.forms[0], out);
-            }
-        }
-        self.encode_word(piece, out)
-    }
-
-    /// SentencePiece-style vocabularies run BPE over a whole text segment (there is no
-    /// pre-tokenizer), which defeats the cache and makes every merge a heap operation.
-    /// Where two adjacent chars appear together in no token, no merge can ever join them:
-    /// the text is cut there and each part is encoded on its own (cached, flat merges),
-    /// with the same result. Cuts between two chars outside the vocabulary are not made,
-    /// so that runs of unknown chars still fuse into one unknown token.
-    fn encode_words(
-        &self,
-        piece: &[u8],
-        pairs: &FxHashSet<u64>,
-        known: &FxHashMap<char, u32>,
-        out: &mut Vec<u32>,
-    ) -> Result<()> {
-        let Ok(text) = std::str::from_utf8(piece) else { return self.encode_word(piece, out) };
-        let mut start = 0;
-        let mut chars = text.char_indices();
-        let Some((_, mut prev)) = chars.next() else { return Ok(()) };
-        for (at, c) in chars {
-            let joined = pairs.contains(&((u64::from(u32::from(prev)) << 32) | u64::from(u32::from(c))));
-            if !joined && (known.contains_key(&prev) || known.contains_key(&c)) {
-                self.encode_word(&piece[start..at], out)?;
-                start = at;
-            }
-            prev = c;
-        }
-        self.encode_word(&piece[start..], out)
-    }
-
-    /// One piece that needs no further cutting: cached when short.
-    #[inline]
-    fn encode_word(&self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
-        if piece.len() > CACHE_MAX_PIECE {
-            return self.merge(piece, out);
-        }
-        CACHE.with(|cell| {
-            let mut cache = cell.borrow_mut();
-            if cache.0 != self.cache_owner {
-                cache.0 = self.cache_owner;
-                cache.1.clear();
-            }
-            if let Some(ids) = cache.1.get(piece) {
-                out.extend_from_slice(ids);
-                return Ok(());
-            }
-            let start = out.len();
-            self.merge(piece, out)?;
-            if cache.1.len() >= CACHE_MAX_ENTRIES {
-                cache.1.clear();
-            }
-            cache.1.insert(piece.into(), out[start..].into());
-            Ok(())
+    /// Runs `f` with an encoder holding this thread's piece cache.
+    pub fn with_cache<R>(&self, f: impl FnOnce(&mut PieceEncoder) -> R) -> R {
+        CACHE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut cache) => f(&mut PieceEncoder { bpe: self, cache: Some(cache.for_model(self.cache_owner)) }),
+            Err(_) => f(&mut PieceEncoder { bpe: self, cache: None }),
         })
+    }
+
+    /// Appends the ids of one pre-tokenized piece (`with_cache` for many).
+    pub fn encode(&self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
+        self.with_cache(|encoder| encoder.encode(piece, out))
+    }
+
+    /// The token that is the whole piece, for `ignore_merges` vocabularies.
+    #[inline]
+    fn whole_id(&self, piece: &[u8]) -> Option<u32> {
+        self.whole.as_ref().and_then(|w| w.get(piece)).copied()
+    }
+
+    /// One piece, not from the cache.
+    fn encode_uncached(&self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
+        match self.whole_id(piece) {
+            Some(id) => {
+                out.push(id);
+                Ok(())
+            }
+            None => self.merge(piece, out),
+        }
     }
 
     /// The first symbols of a piece, and how many bytes each stands for if asked.
@@ -388,9 +369,13 @@ impl Bpe {
     }
 
     fn merge(&self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
+        if let (Alphabet::Bytes(byte_ids), true) = (&self.alphabet, piece.len() <= FLAT_MAX) {
+            self.merge_short_bytes(byte_ids, piece, out);
+            return Ok(());
+        }
         let mut symbols = self.symbols(piece, None)?;
         if symbols.len() <= FLAT_MAX {
-            self.merge_flat(symbols, out);
+            self.merge_flat(&symbols, out);
             return Ok(());
         }
         // Runs between symbols that never merge are independent: a whole text with no
@@ -411,7 +396,7 @@ impl Bpe {
 
     fn merge_run(&self, symbols: &mut [u32], out: &mut Vec<u32>) -> Result<()> {
         if symbols.len() <= FLAT_MAX {
-            self.merge_flat(symbols.to_vec(), out)
+            self.merge_flat(symbols, out)
         } else {
             self.merge_heap(symbols)?;
             out.extend(symbols.iter().filter(|&&id| id != NO_ID));
@@ -427,7 +412,7 @@ impl Bpe {
         out: &mut Vec<u32>,
         spans: &mut Vec<(usize, usize)>,
     ) -> Result<()> {
-        if let Some(&id) = self.whole.as_ref().and_then(|w| w.get(piece)) {
+        if let Some(id) = self.whole_id(piece) {
             out.push(id);
             spans.push((0, piece.len()));
             return Ok(());
@@ -450,38 +435,64 @@ impl Bpe {
         Ok(())
     }
 
-    fn merge_flat(&self, mut ids: Vec<u32>, out: &mut Vec<u32>) {
-        if ids.len() < 2 {
-            out.extend_from_slice(&ids);
-            return;
+    /// A short piece of a byte alphabet: symbols and first lookups straight from bytes,
+    /// no allocation (this is the work of every cache miss).
+    fn merge_short_bytes(&self, byte_ids: &[u32; 256], piece: &[u8], out: &mut Vec<u32>) {
+        let mut flat = Flat::new();
+        let mut prev: Option<u8> = None;
+        for &b in piece {
+            let id = byte_ids[b as usize];
+            if id == NO_ID {
+                continue; // a byte without a token is dropped, as `symbols` does
+            }
+            if let Some(a) = prev {
+                let v = self.byte_pairs[usize::from(a) << 8 | usize::from(b)];
+                flat.pairs[flat.n - 1] = if v == u64::MAX { (NO_RANK, NO_ID) } else { ((v >> 32) as u32, v as u32) };
+            }
+            flat.ids[flat.n] = id;
+            flat.n += 1;
+            prev = Some(b);
         }
-        // ranks[i] / merged[i]: what merging ids[i] and ids[i + 1] gives.
-        let (mut ranks, mut merged): (Vec<u32>, Vec<u32>) =
-            ids.windows(2).map(|w| self.lookup(w[0], w[1])).unzip();
-        loop {
-            let mut best = NO_RANK;
-            let mut at = 0;
-            for (i, &r) in ranks.iter().enumerate() {
-                if r < best {
-                    best = r;
+        self.merge_flat_in(&mut flat, out);
+    }
+
+    fn merge_flat(&self, symbols: &[u32], out: &mut Vec<u32>) {
+        let mut flat = Flat::new();
+        flat.n = symbols.len();
+        flat.ids[..flat.n].copy_from_slice(symbols);
+        for i in 1..flat.n {
+            flat.pairs[i - 1] = self.lookup(flat.ids[i - 1], flat.ids[i]);
+        }
+        self.merge_flat_in(&mut flat, out);
+    }
+
+    /// Merges the lowest-ranked pair (leftmost on ties) until none is left: O(n) per merge
+    /// over arrays on the stack, which beats a heap for the short pieces of real text.
+    fn merge_flat_in(&self, flat: &mut Flat, out: &mut Vec<u32>) {
+        let Flat { ids, pairs, n } = flat;
+        while *n >= 2 {
+            let (mut best, mut at) = (NO_RANK, 0);
+            for (i, &(rank, _)) in pairs[..*n - 1].iter().enumerate() {
+                if rank < best {
+                    best = rank;
                     at = i;
                 }
             }
             if best == NO_RANK {
                 break;
             }
-            ids[at] = merged[at];
-            ids.remove(at + 1);
-            ranks.remove(at);
-            merged.remove(at);
+            ids[at] = pairs[at].1;
+            ids.copy_within(at + 2..*n, at + 1);
+            pairs.copy_within(at + 1..*n - 1, at);
+            *n -= 1;
             if at > 0 {
-                (ranks[at - 1], merged[at - 1]) = self.lookup(ids[at - 1], ids[at]);
+                pairs[at - 1] = self.lookup(ids[at - 1], ids[at]);
             }
-            if at < ranks.len() {
-                (ranks[at], merged[at]) = self.lookup(ids[at], ids[at + 1]);
+            if at + 1 < *n {
+                pairs[at] = self.lookup(ids[at], ids[at + 1]);
             }
         }
-        out.extend_from_slice(&ids);
+        out.extend_from_slice(&ids[..*n]);
     }
 
     /// Merges `ids` in place: a symbol merged into its left neighbour becomes `NO_ID`.
@@ -546,6 +557,83 @@ impl Bpe {
     }
 }
 
+/// The symbols of a short piece being merged: `pairs[i]` is what merging `ids[i]` and
+/// `ids[i + 1]` gives (rank, merged id).
+struct Flat {
+    ids: [u32; FLAT_MAX],
+    pairs: [(u32, u32); FLAT_MAX],
+    n: usize,
+}
+
+impl Flat {
+    fn new() -> Self {
+        Flat { ids: [0; FLAT_MAX], pairs: [(NO_RANK, NO_ID); FLAT_MAX], n: 0 }
+    }
+}
+
+impl PieceEncoder<'_> {
+    /// Appends the ids of one pre-tokenized piece.
+    #[inline]
+    pub fn encode(&mut self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
+        let bpe = self.bpe;
+        match (piece.len(), &bpe.alphabet) {
+            (0, _) => return Ok(()),
+            (1, Alphabet::Bytes(byte_ids)) => {
+                let id = byte_ids[piece[0] as usize];
+                if id != NO_ID {
+                    out.push(id);
+                }
+                return Ok(());
+            }
+            (n, Alphabet::Chars(chars)) if n > cache::LONG_MAX => {
+                if let (Some(pairs), None) = (&chars.word_pairs, bpe.whole_id(piece)) {
+                    return self.encode_words(piece, pairs, &chars.forms[0], out);
+                }
+            }
+            _ => {}
+        }
+        self.encode_word(piece, out)
+    }
+
+    /// SentencePiece-style vocabularies run BPE over a whole text segment (there is no
+    /// pre-tokenizer), which defeats the cache and makes every merge a heap operation.
+    /// Where two adjacent chars appear together in no token, no merge can ever join them:
+    /// the text is cut there and each part is encoded on its own (cached, flat merges),
+    /// with the same result. Cuts between two chars outside the vocabulary are not made,
+    /// so that runs of unknown chars still fuse into one unknown token.
+    fn encode_words(
+        &mut self,
+        piece: &[u8],
+        pairs: &FxHashSet<u64>,
+        known: &FxHashMap<char, u32>,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
+        let Ok(text) = std::str::from_utf8(piece) else { return self.encode_word(piece, out) };
+        let mut start = 0;
+        let mut chars = text.char_indices();
+        let Some((_, mut prev)) = chars.next() else { return Ok(()) };
+        for (at, c) in chars {
+            let joined = pairs.contains(&((u64::from(u32::from(prev)) << 32) | u64::from(u32::from(c))));
+            if !joined && (known.contains_key(&prev) || known.contains_key(&c)) {
+                self.encode_word(&piece[start..at], out)?;
+                start = at;
+            }
+            prev = c;
+        }
+        self.encode_word(&piece[start..], out)
+    }
+
+    /// One piece that needs no further cutting: cached when short.
+    #[inline]
+    fn encode_word(&mut self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
+        let bpe = self.bpe;
+        match self.cache.as_mut() {
+            Some(cache) => cache.get_or_encode(piece, out, |piece, out| bpe.encode_uncached(piece, out)),
+            None => bpe.encode_uncached(piece, out),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -584,15 +672,28 @@ mod tests {
     }
 
     #[test]
-    fn flat_and_heap_agree_on_long_pieces() {
+    fn flat_and_heap_agree() {
         let bpe = toy();
-        let text: Vec<u8> = b"abcab".iter().cycle().take(5000).copied().collect();
-        let mut symbols = bpe.symbols(&text, None).unwrap();
-        let mut flat = Vec::new();
-        bpe.merge_flat(symbols.clone(), &mut flat);
-        bpe.merge_heap(&mut symbols).unwrap();
-        let heap: Vec<u32> = symbols.into_iter().filter(|&id| id != NO_ID).collect();
-        assert_eq!(flat, heap);
+        let Alphabet::Bytes(byte_ids) = bpe.alphabet() else { unreachable!() };
+        // Pseudo-random strings over a, b, c (and d, a byte without a token) of every
+        // length the flat loop takes.
+        let mut state = 12345u32;
+        for len in 1..=FLAT_MAX {
+            let piece: Vec<u8> = (0..len)
+                .map(|_| {
+                    state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    b"abcabcd"[(state >> 16) as usize % 7]
+                })
+                .collect();
+            let mut symbols = bpe.symbols(&piece, None).unwrap();
+            let (mut flat, mut short) = (Vec::new(), Vec::new());
+            bpe.merge_flat(&symbols, &mut flat);
+            bpe.merge_short_bytes(byte_ids, &piece, &mut short);
+            bpe.merge_heap(&mut symbols).unwrap();
+            let heap: Vec<u32> = symbols.into_iter().filter(|&id| id != NO_ID).collect();
+            assert_eq!(flat, heap, "{:?}", String::from_utf8_lossy(&piece));
+            assert_eq!(short, heap, "{:?}", String::from_utf8_lossy(&piece));
+        }
     }
 
     #[test]

@@ -1,0 +1,74 @@
+"""`tokensmith.bench` and `tokensmith bench`: the side-by-side speed comparison counts wrong
+documents, times what it says, and leaves the process as it found it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DATA, require_data, tokenizer_path
+from tokensmith import bench
+
+
+@pytest.fixture(scope="module")
+def corpus() -> dict[str, str]:
+    require_data()
+    text = (DATA / "corpora" / "en" / "debian-handbook.en-US.txt").read_text(encoding="utf-8")
+    return {"en": text[:40_000]}
+
+
+def test_peers_agree_with_the_reference_and_a_wrong_encoder_is_counted(corpus):
+    encoders, skipped = bench.load(["tokenizers", "tiktoken"], bench.Source(tokenizer_path("llama3")))
+    assert [e.name for e in encoders] == ["tokensmith", "tokenizers", "tiktoken"], skipped
+    # Ids of the first document everywhere, so each document of the corpus comes out wrong.
+    first = encoders[0].encode(bench.documents(corpus["en"])[0])
+    wrong = bench.Encoder("wrong", "0", lambda text: first, lambda texts: [first] * len(texts))
+    affinity = os.sched_getaffinity(0)
+    results = bench.race([*encoders, wrong], corpus, rounds=1)
+    assert os.sched_getaffinity(0) == affinity
+    docs = bench.documents(corpus["en"])
+    differ = sum(encoders[0].encode(d) != first for d in docs)  # a heading may come back
+    got = {(r.library, r.mode): r for r in results}
+    for mode in bench.MODES:
+        assert got["tokensmith", mode].mismatches == 0
+        assert got["tokenizers", mode].mismatches == 0  # the reference itself
+        assert got["wrong", mode].mismatches == (1 if mode == "whole" else differ)
+        assert got["tokensmith", mode].seconds > 0
+    assert ("tiktoken", "batch") in got
+    table = bench.table(results)
+    assert f"({differ} wrong)" in table and "vs fastest exact peer" in table
+    # The wrong encoder is never the peer a ratio is taken against.
+    assert "x wrong |" not in table
+
+
+def test_unknown_peer_or_mode_is_an_error(corpus):
+    with pytest.raises(ValueError, match="unknown peer"):
+        bench.load(["no-such-peer"], bench.Source(tokenizer_path("gpt2")))
+    encoders, _ = bench.load([], bench.Source(tokenizer_path("gpt2")))
+    with pytest.raises(ValueError, match="unknown modes"):
+        bench.race(encoders, corpus, modes=["fast"])
+
+
+def test_bench_command_prints_the_table(tmp_path, corpus):
+    text = tmp_path / "en.txt"
+    text.write_text(corpus["en"], encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "tokensmith.cli", "bench", "--tokenizer", str(tokenizer_path("gpt2").parent),
+         "--corpus", str(text), "--peers", "tokenizers", "--rounds", "1", "--modes", "per-doc", "whole"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| per-doc") or line.startswith("| whole")]
+    assert len(rows) == 2 and all("en.txt" in row and "wrong" not in row for row in rows), done.stdout
+    assert "tokenizers " in done.stderr  # the peers and their versions
+
+
+def test_bench_command_explains_a_missing_tokenizer(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "tokensmith.cli", "bench", "--tokenizer", str(tmp_path), "--corpus", "x.txt"],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 2 and "no tokenizer.json" in done.stderr
