@@ -390,12 +390,15 @@ impl Tokenizer {
                             sink.push(id, if track { segment.span(s, e) } else { (0, 0) });
                             Ok(())
                         }
+                        AddedSegment::Text(part) if !track => {
+                            let direct = self.pre_tokenizer.direct_pieces(part, |piece, _| pieces.encode(piece, sink.ids));
+                            direct.unwrap_or_else(|| {
+                                self.pre_tokenizer.for_each_piece(part, cx, &mut |piece, _| pieces.encode(piece, sink.ids))
+                            })
+                        }
                         AddedSegment::Text(part) => {
                             let base = offset_in(normalized, part).expect("segments are slices of the text");
                             self.pre_tokenizer.for_each_piece(part, cx, &mut |piece, origin| {
-                                if !track {
-                                    return pieces.encode(piece, sink.ids);
-                                }
                                 let mut spans = Vec::new();
                                 self.bpe.encode_with_spans(piece, sink.ids, &mut spans)?;
                                 let offsets = sink.offsets.as_mut().expect("tracking");

@@ -3,48 +3,60 @@
 //! Text repeats its words, so most pieces a pre-tokenizer cuts have been encoded before.
 //! Profiles of per-document encoding (Llama 3, English) showed a third of the time in the
 //! old cache, a `HashMap<Box<[u8]>, Box<[u32]>>`: hashing the bytes, a `memcmp` call per
-//! probe, and a pointer chase to the ids. Here a short piece (up to `SHORT_MAX` bytes, nearly
-//! every piece of English or code) is its own key, four `u64` words compared inline, and its
-//! ids sit beside it: one 64-byte line per lookup. The table is direct-mapped (a new piece
-//! replaces the one in its slot), which keeps a lookup to one probe; a corpus's frequent
-//! words stay, since they come back before they are replaced.
+//! probe, and a pointer chase to the ids. Here a short piece (up to `SHORT_MAX` bytes: nearly
+//! every piece of English or code) is its own key, two `u64` words compared inline, with its
+//! ids beside it in a 32-byte slot. The table is direct-mapped (a new piece replaces the one
+//! in its slot), which keeps a lookup to one probe; a corpus's frequent words stay, since
+//! they come back before they are replaced. What is left of a lookup is mostly the wait for
+//! its slot from memory (prefetching the next pieces' slots was tried: slower).
 //!
 //! Longer pieces (up to `LONG_MAX` bytes: CJK runs, identifiers), and short ones with more
 //! ids than a slot holds, go to a map as before.
 //!
 //! Each slot is tagged with the tokenizer (BPE model) that filled it, as a small per-thread
 //! number, so that threads switching between tokenizers keep both caches' entries valid
-//! without clearing 1 MB per switch.
+//! without clearing the table per switch.
 
 use rustc_hash::FxHashMap;
 
 /// Pieces up to this many bytes are short: inline keys.
-pub const SHORT_MAX: usize = 32;
+pub const SHORT_MAX: usize = 16;
+const WORDS: usize = SHORT_MAX / 8;
 /// At most this many ids are kept in a slot (a short piece with more goes to the map).
-const SHORT_IDS: usize = 6;
+const SHORT_IDS: usize = 3;
 /// Pieces up to this many bytes are cached.
 pub const LONG_MAX: usize = 64;
 const LONG_MAX_ENTRIES: usize = 1 << 16;
-/// 2^16 slots of 64 bytes: 4 MB per thread. Measured on 2 MB of English and of Chinese
-/// (per-document calls, one core): 2^14 slots ran 20-25% slower than 2^16 (the pieces of
-/// a corpus outnumber 16k slots), 2^17 no faster.
-const SLOT_BITS: u32 = 16;
+/// 2^17 slots of 32 bytes: 4 MB per thread, zeroed memory mapped as it is used. Measured on
+/// 2 MB of English and of Chinese (per-document calls, one core, best of 30 rounds, each
+/// variant in turn): 64-byte slots for pieces up to 32 bytes (2^16 of them) ran 10-25% slower
+/// than these, 2^14 of them 20-25% slower still; 2^15 and 2^16 32-byte slots were 5-10%
+/// slower than 2^17 on English and no faster on Chinese.
+const SLOT_BITS: u32 = 17;
 /// Models remembered per thread before every tag is dropped and numbering starts again.
 const MAX_TAGS: usize = 1 << 10;
 
 struct Key {
-    words: [u64; 4],
+    words: [u64; WORDS],
     len: u8,
 }
 
 impl Key {
+    /// The piece's bytes as little-endian words, zero-padded. Built from loads of the piece
+    /// itself: copying it into a zeroed buffer and reading that back stalled every lookup
+    /// (a store-forwarding miss: a quarter of the encode time in a profile).
     #[inline]
     fn new(piece: &[u8]) -> Key {
         debug_assert!(piece.len() <= SHORT_MAX);
-        let mut bytes = [0u8; SHORT_MAX];
-        bytes[..piece.len()].copy_from_slice(piece);
-        let word = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-        Key { words: [word(0), word(1), word(2), word(3)], len: piece.len() as u8 }
+        let mut words = [0u64; WORDS];
+        let (full, tail) = piece.split_at(piece.len() & !7);
+        for (word, chunk) in words.iter_mut().zip(full.chunks_exact(8)) {
+            *word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        }
+        if !tail.is_empty() {
+            words[full.len() / 8] = partial_word(tail);
+        }
+        Key { words, len: piece.len() as u8 }
     }
 
     #[inline]
@@ -58,11 +70,31 @@ impl Key {
     }
 }
 
-/// A piece and its ids in one cache line (the key's fields laid out flat: 60 bytes).
+/// Up to 7 bytes as a little-endian word, zero-padded, from at most two overlapping loads.
+#[inline]
+fn partial_word(bytes: &[u8]) -> u64 {
+    let n = bytes.len();
+    debug_assert!((1..8).contains(&n));
+    let (lo, hi) = if n >= 4 {
+        let lo = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
+        let hi = u32::from_le_bytes(bytes[n - 4..].try_into().expect("4 bytes"));
+        (u64::from(lo), u64::from(hi) << ((n - 4) * 8))
+    } else if n >= 2 {
+        let lo = u16::from_le_bytes(bytes[..2].try_into().expect("2 bytes"));
+        let hi = u16::from_le_bytes(bytes[n - 2..].try_into().expect("2 bytes"));
+        (u64::from(lo), u64::from(hi) << ((n - 2) * 8))
+    } else {
+        (u64::from(bytes[0]), 0)
+    };
+    // The two loads overlap in the middle: or-ing them gives each byte once.
+    lo | hi
+}
+
+/// A piece and its ids (the key's fields laid out flat): two slots to a cache line.
 #[derive(Clone, Copy)]
-#[repr(C, align(64))]
+#[repr(C, align(32))]
 struct Slot {
-    words: [u64; 4],
+    words: [u64; WORDS],
     ids: [u32; SHORT_IDS],
     /// The model that filled it (0: empty).
     tag: u16,
@@ -70,8 +102,8 @@ struct Slot {
     n: u8,
 }
 
-const EMPTY: Slot = Slot { words: [0; 4], ids: [0; SHORT_IDS], tag: 0, len: 0, n: 0 };
-const _: () = assert!(std::mem::size_of::<Slot>() == 64);
+const EMPTY: Slot = Slot { words: [0; WORDS], ids: [0; SHORT_IDS], tag: 0, len: 0, n: 0 };
+const _: () = assert!(std::mem::size_of::<Slot>() == 32);
 
 #[derive(Default)]
 pub struct PieceCache {
@@ -185,6 +217,20 @@ mod tests {
             .unwrap();
         assert_eq!(out[0], 7, "appends after what is there");
         out.split_off(1)
+    }
+
+    #[test]
+    fn keys_are_the_zero_padded_bytes() {
+        let text: Vec<u8> = (1..=SHORT_MAX as u8).map(|b| b.wrapping_mul(37)).collect();
+        for len in 0..=SHORT_MAX {
+            let mut bytes = [0u8; SHORT_MAX];
+            bytes[..len].copy_from_slice(&text[..len]);
+            let words: Vec<u64> =
+                bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+            let key = Key::new(&text[..len]);
+            assert_eq!(key.words[..], words[..], "length {len}");
+            assert_eq!(key.len as usize, len);
+        }
     }
 
     #[test]
