@@ -45,41 +45,23 @@ def hf_tokenizer(vocab: str):
     return tokenizers.Tokenizer.from_file(str(DATA / "tokenizers" / vocab / "tokenizer.json"))
 
 
-def _gpt2_byte_decoder() -> dict[str, int]:
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + extra)] = b
-            extra += 1
-    return chars
+def source(vocab: str):
+    """The vocabulary's files for `tokensmith.bench`: its tokenizer.json and, for a tiktoken
+    encoding, its rank file (which some peers load instead)."""
+    from tokensmith import bench
+
+    src = bench.Source(DATA / "tokenizers" / vocab / "tokenizer.json")
+    if VOCABS[vocab] is not None:
+        spec = json.loads((DATA / "tiktoken" / "encodings.json").read_text())[VOCABS[vocab]]
+        src.rank_file = DATA / "tiktoken" / spec["file"]
+        src.pattern, src.special_tokens = spec["pattern"], spec["special_tokens"]
+    return src
 
 
 @functools.cache
 def tiktoken_encoding(vocab: str):
     """The tiktoken peer for a vocabulary: its rank file, or its tokenizer.json vocabulary
     as ranks with the first Split pattern (Llama 3 and Qwen2 are tiktoken-style BPEs)."""
-    import tiktoken
-    from tiktoken.load import load_tiktoken_bpe
+    from tokensmith import bench
 
-    name = VOCABS[vocab]
-    if name is not None:
-        spec = json.loads((DATA / "tiktoken" / "encodings.json").read_text())[name]
-        return tiktoken.Encoding(
-            name=name,
-            pat_str=spec["pattern"],
-            mergeable_ranks=load_tiktoken_bpe(str(DATA / "tiktoken" / spec["file"])),
-            special_tokens=spec["special_tokens"],
-        )
-    spec = json.loads((DATA / "tokenizers" / vocab / "tokenizer.json").read_text(encoding="utf-8"))
-    added = {t["content"]: t["id"] for t in spec["added_tokens"]}
-    decoder = _gpt2_byte_decoder()
-    ranks = {
-        bytes(decoder[c] for c in token): id
-        for token, id in spec["model"]["vocab"].items()
-        if token not in added and all(c in decoder for c in token)
-    }
-    pattern = spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]
-    return tiktoken.Encoding(name=vocab, pat_str=pattern, mergeable_ranks=ranks, special_tokens=added)
+    return bench.tiktoken_encoding(source(vocab))

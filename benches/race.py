@@ -11,23 +11,13 @@ over the fastest peer that got every document right.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from datetime import date
 
-from conftest import CORPORA, DATA, VOCABS, corpus
+from conftest import CORPORA, VOCABS, corpus, source
 
 from tokensmith import bench
-
-
-def source(vocab: str) -> bench.Source:
-    src = bench.Source(DATA / "tokenizers" / vocab / "tokenizer.json")
-    if VOCABS[vocab] is not None:  # a tiktoken encoding: some peers read its rank file
-        spec = json.loads((DATA / "tiktoken" / "encodings.json").read_text())[VOCABS[vocab]]
-        src.rank_file = DATA / "tiktoken" / spec["file"]
-        src.pattern, src.special_tokens = spec["pattern"], spec["special_tokens"]
-    return src
 
 
 def main() -> None:

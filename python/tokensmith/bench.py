@@ -402,7 +402,7 @@ def chart(results: Sequence[Result], path: str | Path) -> None:
     groups = list(dict.fromkeys((r.mode, r.corpus) for r in results))
     speed = {(r.library, r.mode, r.corpus): r for r in results}
     width = 0.8 / len(libraries)
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) * len(libraries) * 0.35 + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(min(16, 2 + 0.12 * len(groups) * len(libraries)), 4.5))
     for i, lib in enumerate(libraries):
         xs, ys, hatch = [], [], []
         for g, (mode, corpus) in enumerate(groups):
@@ -417,7 +417,7 @@ def chart(results: Sequence[Result], path: str | Path) -> None:
     ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
     ax.set_xticklabels([f"{corpus}\n{mode}" for mode, corpus in groups])
     ax.set_ylabel("MB/s (hatched: some documents wrong)")
-    ax.legend(fontsize="small", ncol=min(4, len(libraries)))
+    ax.legend(fontsize="small", ncol=len(libraries), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
