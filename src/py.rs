@@ -168,7 +168,9 @@ impl PyTokenizer {
     /// `ids` as a Python list of ints.
     fn id_list<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
         let table = self.id_objects.get_or_init(py, || {
-            let n = self.get().vocab_size() as u32;
+            // Every real vocabulary fits under 2^20 (30 MB of ints at most); ids past the
+            // table get new ints.
+            let n = self.get().vocab_size().min(1 << 20) as u32;
             (0..n).map(|id| id.into_pyobject(py).expect("infallible").into_any().unbind()).collect()
         });
         PyList::new(
