@@ -498,6 +498,40 @@ mod tests {
     }
 
     #[test]
+    fn direct_pieces_are_the_pieces_of_the_steps() {
+        let llama3 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+        let split = Step::Split {
+            splitter: Splitter::for_pattern(llama3, Dialect::Oniguruma).unwrap(),
+            behavior: Behavior::Isolated,
+            invert: false,
+        };
+        let byte_level = Step::ByteLevel { add_prefix_space: false, use_regex: false };
+        let gpt2 = Step::ByteLevel { add_prefix_space: false, use_regex: true };
+        let texts = ["", "Hello   world's 123!!", "  \n\n  x\r\n", "日本語のテキスト, 12345", "a\u{a0}b  \t"];
+        for steps in [vec![split, byte_level], vec![gpt2]] {
+            let p = PreTokenizer::new(steps.clone()).unwrap();
+            for text in texts {
+                let mut direct = Vec::new();
+                p.direct_pieces(text, |piece, at| {
+                    direct.push((piece.to_vec(), at));
+                    Ok(())
+                })
+                .expect("a direct pre-tokenizer")
+                .unwrap();
+                let mut stepped = Vec::new();
+                p.apply(0, text, Origin::start(), false, Context::default(), &mut |piece, origin| {
+                    stepped.push((piece.to_vec(), origin.at(0)));
+                    Ok(())
+                })
+                .unwrap();
+                assert_eq!(direct, stepped, "{steps:?} on {text:?}");
+            }
+        }
+        let metaspace = Step::Metaspace { replacement: '▁', prepend: PrependScheme::Always, split: true };
+        assert!(PreTokenizer::new(vec![metaspace]).unwrap().direct_pieces("a b", |_, _| Ok(())).is_none());
+    }
+
+    #[test]
     fn behaviors_combine_like_the_reference() {
         // "a-b--c" split on "-": spans a | - | b | -- would be two matches "-" "-".
         let spans = vec![(0, 1, false), (1, 2, true), (2, 3, false), (3, 4, true), (4, 5, true), (5, 6, false)];
