@@ -14,8 +14,9 @@
 //! ids than a slot holds, go to a map as before.
 //!
 //! Each slot is tagged with the tokenizer (BPE model) that filled it, as a small per-thread
-//! number, so that threads switching between tokenizers keep both caches' entries valid
-//! without clearing the table per switch.
+//! number that is also part of the slot's hash: a thread switching between tokenizers never
+//! clears the table, and the same piece of two tokenizers has two slots (the long-piece map
+//! holds one tokenizer's pieces at a time).
 
 use rustc_hash::FxHashMap;
 
@@ -59,10 +60,12 @@ impl Key {
         Key { words, len: piece.len() as u8 }
     }
 
+    /// The slot of this key for the model tagged `tag`: models have their own slots for a
+    /// piece, so that two tokenizers used in turn do not evict each other's entries.
     #[inline]
-    fn slot(&self) -> usize {
+    fn slot(&self, tag: u16) -> usize {
         const K: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut h = u64::from(self.len);
+        let mut h = u64::from(self.len) | u64::from(tag) << 8;
         for w in self.words {
             h = (h.rotate_left(26) ^ w).wrapping_mul(K);
         }
@@ -169,7 +172,7 @@ impl ModelCache<'_> {
         let mut slot = None;
         if piece.len() <= SHORT_MAX {
             let key = Key::new(piece);
-            let at = key.slot();
+            let at = key.slot(self.tag);
             let s = &self.cache.slots[at];
             if s.tag == self.tag && s.words == key.words && s.len == key.len {
                 out.extend_from_slice(&s.ids[..s.n as usize]);
@@ -265,11 +268,13 @@ mod tests {
         for piece in [&b"hello"[..], &long] {
             assert_eq!(get(&mut cache.for_model(1), piece, &[1], &mut calls), [1]);
             assert_eq!(get(&mut cache.for_model(1), piece, &[9], &mut calls), [1]);
-            // One slot (or map) per piece: the other model's entry replaces it, never serves it.
             assert_eq!(get(&mut cache.for_model(2), piece, &[2], &mut calls), [2]);
-            assert_eq!(get(&mut cache.for_model(1), piece, &[3], &mut calls), [3]);
+            // Model 1's entry is kept (short pieces: its own slot) or encoded again (the map
+            // holds one model's), never model 2's.
+            let again = get(&mut cache.for_model(1), piece, &[3], &mut calls);
+            assert_eq!(again, if piece.len() <= SHORT_MAX { [1] } else { [3] });
         }
-        assert_eq!(calls, 6);
+        assert_eq!(calls, 5);
         // More models than tags: everything is dropped and numbering starts again.
         for owner in 3..(MAX_TAGS as u64 + 10) {
             assert_eq!(get(&mut cache.for_model(owner), b"hello", &[owner as u32], &mut calls), [owner as u32]);
@@ -283,8 +288,8 @@ mod tests {
         let mut cache = PieceCache::default();
         let mut model = cache.for_model(1);
         // Find two pieces that share a slot.
-        let first = Key::new(b"p0").slot();
-        let other = (1..).map(|i| format!("p{i}")).find(|p| Key::new(p.as_bytes()).slot() == first).unwrap();
+        let first = Key::new(b"p0").slot(model.tag);
+        let other = (1..).map(|i| format!("p{i}")).find(|p| Key::new(p.as_bytes()).slot(model.tag) == first).unwrap();
         let mut calls = 0;
         for _ in 0..3 {
             assert_eq!(get(&mut model, b"p0", &[1], &mut calls), [1]);
