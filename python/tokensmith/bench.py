@@ -314,6 +314,15 @@ def _timed(run: Callable[[], object]) -> float:
         gc.enable()
 
 
+def _call(e: Encoder, mode: str, text: str, docs: list[str]) -> Callable[[], list] | None:
+    """What one timed run of `e` does in `mode` (None: it has no batch call)."""
+    if mode == "per-doc":
+        return lambda: [e.encode(d) for d in docs]
+    if mode == "whole":
+        return lambda: [e.encode(text)]
+    return (lambda: e.encode_batch(docs)) if e.encode_batch else None
+
+
 def race(
     encoders: Sequence[Encoder],
     corpora: dict[str, str],
@@ -343,12 +352,7 @@ def race(
                     expected = [reference.encode(text)]
                 else:
                     expected = [reference.encode(d) for d in docs]
-                calls = {
-                    "per-doc": lambda e: lambda: [e.encode(d) for d in docs],
-                    "whole": lambda e: lambda: [e.encode(text)],
-                    "batch": lambda e: (lambda: e.encode_batch(docs)) if e.encode_batch else None,
-                }[mode]
-                runs = {e.name: calls(e) for e in encoders if calls(e) is not None}
+                runs = {e.name: run for e in encoders if (run := _call(e, mode, text, docs)) is not None}
                 best = {name: float("inf") for name in runs}
                 wrong = {}
                 for name, run in runs.items():
