@@ -32,6 +32,18 @@ impl Error {
         })
     }
 
+    /// Whether `need` bytes can be had now (reserved in one block and freed at once), else an
+    /// `Error::Memory` saying what needed them. Small needs pass unchecked.
+    pub fn check_memory(need: usize, what: impl Fn() -> String) -> Result<()> {
+        if need < 1 << 24 {
+            return Ok(());
+        }
+        let mut probe: Vec<u8> = Vec::new();
+        probe
+            .try_reserve_exact(need)
+            .map_err(|_| Error::Memory(format!("{} needs about {} MB of working memory", what(), need >> 20)))
+    }
+
     /// Re-label a format error with the file it came from.
     pub fn in_file(self, path: &str) -> Self {
         match self {

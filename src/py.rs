@@ -70,7 +70,7 @@ const STR: usize = 4;
 /// so a result too large for the memory left is a `MemoryError` before the conversion.
 /// Checked as the working memory of encoding is (`tokenizer::check_working_memory`).
 fn check_python_room(items: usize, bytes_each: usize) -> crate::Result<()> {
-    crate::tokenizer::check_memory(items.saturating_mul(bytes_each), || "the Python result".to_string())
+    crate::error::Error::check_memory(items.saturating_mul(bytes_each), || "the Python result".to_string())
 }
 
 /// The items of a Python sequence (not a str), in a vector reserved fallibly: a list of

@@ -180,21 +180,9 @@ impl Segment<'_> {
 /// input byte, is measured on English and CJK with gpt2, llama2 and qwen2 (5-12.5 bytes
 /// without offsets, 32-87 with them, the ids in Python lists included), and it stays below
 /// what the Python result needs anyway, so no text that could be encoded is refused. The
-/// BPE of one long piece reserves its own tables the same way (`Bpe::merge_heap`).
+/// BPE of one long piece reserves its own tables (`Bpe::merge_heap`, `backtrack`).
 fn check_working_memory(len: usize, offsets: bool) -> Result<()> {
-    check_memory(len.saturating_mul(if offsets { 32 } else { 8 }), || format!("encoding a text of {len} bytes"))
-}
-
-/// Whether `need` bytes can be had now (reserved in one block and freed at once), else an
-/// `Error::Memory` saying what needed them. Small needs pass unchecked.
-pub fn check_memory(need: usize, what: impl Fn() -> String) -> Result<()> {
-    if need < 1 << 24 {
-        return Ok(());
-    }
-    let mut probe: Vec<u8> = Vec::new();
-    probe
-        .try_reserve_exact(need)
-        .map_err(|_| Error::Memory(format!("{} needs about {} MB of working memory", what(), need >> 20)))
+    Error::check_memory(len.saturating_mul(if offsets { 32 } else { 8 }), || format!("encoding a text of {len} bytes"))
 }
 
 impl Tokenizer {
@@ -442,7 +430,7 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         // A token's string, its decoded copies and the text: 48 bytes per id is above what
         // the decoders take (checked as encoding's working memory is).
-        check_memory(ids.len().saturating_mul(48), || format!("decoding {} ids", ids.len()))?;
+        Error::check_memory(ids.len().saturating_mul(48), || format!("decoding {} ids", ids.len()))?;
         let mut tokens: Vec<&str> = Vec::with_capacity(ids.len());
         for (position, &id) in ids.iter().enumerate() {
             let token = self.id_to_token(id).ok_or_else(|| {

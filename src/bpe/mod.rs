@@ -11,8 +11,12 @@
 //! - Short pieces (nearly all of them) merge in flat arrays on the stack with one cached
 //!   rank per adjacent pair: O(n) per merge, no allocation. A byte alphabet's first ranks
 //!   come from a dense table of every byte pair.
-//! - Long pieces use a heap over a linked list: O(n log n), so a 10 MB piece without a
-//!   break is bounded (the flat loop would be quadratic). Its memory is 24 bytes per
+//! - Long pieces (from `LONG_MIN` bytes) go to a linear-time encoder (`backtrack`), whose
+//!   tables are built on the first one: 10 MB of one letter or of one whitespace run
+//!   took 10-25x the per-byte time of English through the heap.
+//! - Other pieces over `FLAT_MAX` use a heap over a linked list: O(n log n), so a long
+//!   piece the linear encoder cannot take (a SentencePiece char outside the vocabulary)
+//!   is bounded too (the flat loop would be quadratic). Its memory is 24 bytes per
 //!   symbol (id, two u32 links, a 12-byte heap entry), reserved up front: a piece too
 //!   long for the memory left is an `Error::Memory`, not an abort.
 //! - `ignore_merges` vocabularies (Llama 3, cl100k, o200k) look a whole piece up first.
@@ -20,20 +24,27 @@
 //!   (`cache`, whose comment says what the profile showed).
 //! - A caller encoding many pieces takes the cache once (`Bpe::with_cache`), not per piece.
 
+mod backtrack;
 mod cache;
+mod trie;
 
 use crate::error::{Error, Result};
+use backtrack::LongPieces;
 use cache::{ModelCache, PieceCache};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 pub const NO_ID: u32 = u32::MAX;
 const NO_RANK: u32 = u32::MAX;
 /// Pieces up to this many bytes merge in the flat loop.
 const FLAT_MAX: usize = 128;
+/// Byte-alphabet pieces from this many bytes on go to the backtracking encoder
+/// (`backtrack`), whose tables are built the first time one comes.
+const LONG_MIN: usize = 256;
 
 /// Every way of writing a token of a rank table as two tokens: (rank of the whole, left
 /// rank, right rank), sorted. These are the merges a rank table implies.
@@ -155,6 +166,9 @@ pub struct Bpe {
     /// here they are one read of a 512 kB table, not a probe of a table of megabytes.
     byte_pairs: Box<[u64]>,
     cache_owner: u64,
+    /// The linear-time encoder's tables, built on the first long piece (`None` inside:
+    /// this vocabulary keeps the heap).
+    long_pieces: OnceLock<Option<Arc<LongPieces>>>,
 }
 
 fn next_cache_owner() -> u64 {
@@ -229,6 +243,7 @@ impl Bpe {
             paired: Vec::new(),
             byte_pairs: Box::default(),
             cache_owner: next_cache_owner(),
+            long_pieces: OnceLock::new(),
         };
         bpe.index_pairs();
         bpe
@@ -373,6 +388,11 @@ impl Bpe {
             self.merge_short_bytes(byte_ids, piece, out);
             return Ok(());
         }
+        if let Some(long) = self.long_pieces(piece.len()) {
+            if long.encode(self, piece, out)? {
+                return Ok(());
+            }
+        }
         let mut symbols = self.symbols(piece, None)?;
         if symbols.len() <= FLAT_MAX {
             self.merge_flat(&symbols, out);
@@ -392,6 +412,80 @@ impl Bpe {
             }
         }
         self.merge_run(&mut symbols[start..], out)
+    }
+
+    /// The linear-time encoder for a piece of `len` bytes, where it is exact and pays.
+    fn long_pieces(&self, len: usize) -> Option<&LongPieces> {
+        if len < LONG_MIN {
+            return None;
+        }
+        if self.long_pieces.get().is_none() {
+            // The tables take about 100 bytes per token and 16 per byte of every token.
+            // Where that much memory cannot be had now, this piece goes to the heap, which
+            // says what it lacks; a later piece tries again.
+            let need = self.lens.len() * 128 + self.lens.iter().map(|&l| l as usize * 16).sum::<usize>();
+            Error::check_memory(need, String::new).ok()?;
+        }
+        self.long_pieces.get_or_init(|| LongPieces::new(self).map(Arc::new)).as_deref()
+    }
+
+    /// The ids of `piece` by merges alone (no whole-piece lookup, no backtracking encoder):
+    /// what `backtrack` checks pairs of tokens against.
+    fn merges_only(&self, piece: &[u8]) -> Vec<u32> {
+        let mut out = Vec::new();
+        match &self.alphabet {
+            Alphabet::Bytes(byte_ids) if piece.len() <= FLAT_MAX => self.merge_short_bytes(byte_ids, piece, &mut out),
+            _ => match self.symbols(piece, None) {
+                Ok(symbols) if symbols.len() <= FLAT_MAX => self.merge_flat(&symbols, &mut out),
+                Ok(mut symbols) => {
+                    if self.merge_heap(&mut symbols).is_ok() {
+                        out.extend(symbols.into_iter().filter(|&id| id != NO_ID));
+                    }
+                }
+                Err(_) => {}
+            },
+        }
+        out
+    }
+
+    /// The last merge BPE makes on `piece`, if it leaves the one token `id`: how `id` is
+    /// built (for `backtrack`, once per token of a byte alphabet; `ids` and `pairs` are
+    /// scratch space).
+    fn last_merge_if_whole(
+        &self,
+        piece: &[u8],
+        id: u32,
+        ids: &mut Vec<u32>,
+        pairs: &mut Vec<(u32, u32)>,
+    ) -> Option<(u32, u32, u32)> {
+        ids.clear();
+        match &self.alphabet {
+            Alphabet::Bytes(byte_ids) => ids.extend(piece.iter().map(|&b| byte_ids[b as usize])),
+            Alphabet::Chars(chars) => chars.symbols(std::str::from_utf8(piece).ok()?, ids, None),
+        }
+        pairs.clear();
+        pairs.extend(ids.windows(2).map(|w| self.lookup(w[0], w[1])));
+        let mut last = None;
+        while let Some((at, &(rank, merged))) = pairs.iter().enumerate().min_by_key(|(_, p)| p.0) {
+            if rank == NO_RANK {
+                break;
+            }
+            last = Some((ids[at], ids[at + 1], rank));
+            ids[at] = merged;
+            ids.remove(at + 1);
+            pairs.remove(at);
+            if at > 0 {
+                pairs[at - 1] = self.lookup(ids[at - 1], merged);
+            }
+            if at + 1 < ids.len() {
+                pairs[at] = self.lookup(merged, ids[at + 1]);
+            }
+        }
+        if ids[..] == [id] {
+            last
+        } else {
+            None
+        }
     }
 
     fn merge_run(&self, symbols: &mut [u32], out: &mut Vec<u32>) -> Result<()> {
@@ -416,6 +510,17 @@ impl Bpe {
             out.push(id);
             spans.push((0, piece.len()));
             return Ok(());
+        }
+        if let Some(long) = self.long_pieces(piece.len()) {
+            let first = out.len();
+            if long.encode(self, piece, out)? {
+                let mut at = 0;
+                for &id in &out[first..] {
+                    spans.push((at, at + self.token_len(id)));
+                    at += self.token_len(id);
+                }
+                return Ok(());
+            }
         }
         let mut lens = Vec::new();
         let mut ids = self.symbols(piece, Some(&mut lens))?;

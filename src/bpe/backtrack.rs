@@ -1,0 +1,388 @@
+//! Linear-time BPE for long pieces: the backtracking encoder of rust-gems `bpe`
+//! (github.com/github/rust-gems, `crates/bpe`; its README gives the proofs), adapted from
+//! token ranks to the pair ranks of a merges list.
+//!
+//! Why: the heap (`Bpe::merge_heap`) is O(n log n) with a cache miss per heap step; 10 MB
+//! of one letter, of digits or of one whitespace run (one piece each) took 10-50x the
+//! per-byte time of English. This encoder takes 0.2-2x (README, "Long inputs").
+//!
+//! How:
+//! - The BPE encoding of a text is the only sequence of tokens that spells it in which
+//!   every token encodes to itself and every two neighbours encode to themselves
+//!   ("compatible"). A left-to-right search that tries the longest token first and backs
+//!   off to the next shorter prefix token when a pair is not compatible finds it. A bit
+//!   per position marks where no encoding can go on (the prefix before a position has one
+//!   encoding, so one failure there is final), which keeps the search linear.
+//! - Whether two tokens are compatible is decided without encoding them again (`walk`):
+//!   undo the merges that built them, latest first, and at each step check whether the
+//!   pair across the boundary would have merged before the merge being undone. That is
+//!   exact when each token in both build trees was last merged after its parts were made
+//!   (`in_order`), so that the merges of each side run in non-decreasing rank order: every
+//!   token of a trained vocabulary.
+//! - Vocabularies converted from tiktoken rank files (Llama 3, cl100k, Tekken) have a few
+//!   tokens built out of that order: Llama 3's ".:.:" is last merged from ".:." and ":" at
+//!   rank 236225, but ".:." is only made at rank 243897. A pair with such a token is
+//!   checked by encoding its bytes again.
+//! - Every answer is kept in a small per-thread table (`PairMemo`): the search asks about
+//!   the same pairs again and again.
+
+use super::trie::Trie;
+use super::{Alphabet, Bpe, NO_ID};
+use crate::error::{Error, Result};
+use rustc_hash::FxHashMap;
+use std::cell::RefCell;
+
+/// Tokens longer than this make a vocabulary keep the heap: working out how each token is
+/// built costs its length squared, and no real vocabulary comes near.
+const MAX_TOKEN_LEN: usize = 1024;
+
+#[derive(Debug)]
+pub(super) struct LongPieces {
+    /// Every token that encodes to itself.
+    tokens: Trie,
+    /// By token id: the two tokens its last merge joined (a byte's token: itself twice).
+    split: Vec<(u32, u32)>,
+    /// By token id: 1 + the rank of that last merge; 0 for a byte's token.
+    built_at: Vec<u32>,
+    /// The pairs that are some token's last merge (`left << 32 | right`) -> that token's
+    /// `built_at`. No other pair of the table ever merges (see `new`), and this map is a
+    /// fraction of the table's size: `walk` looks pairs up here, mostly in cache.
+    last_merges: FxHashMap<u64, u32>,
+    /// By token id: the longest token that is a proper prefix of it (`NO_ID`: none).
+    shorter: Vec<u32>,
+    /// By token id: (start, len) of its bytes in `arena` (len 0: no merge makes it).
+    spans: Vec<(u32, u32)>,
+    arena: Vec<u8>,
+    /// By token id: every merge of its build tree ranks after the merges that made its
+    /// parts, so `walk` may decide pairs with it.
+    in_order: Vec<bool>,
+    /// Tells this thread's `PairMemo` which tables its answers belong to.
+    memo_owner: u64,
+}
+
+/// Pairs of tokens already decided, per thread: a direct-mapped table of 2^14 pairs. The
+/// search tries the same pairs again and again (a run of spaces in Tekken tries 12 lengths
+/// of space tokens after each 64-space token, and each walk takes about 20 steps; a
+/// repeated text repeats its pairs), and one probe of this small table replaces a walk or
+/// an encoding.
+struct PairMemo {
+    owner: u64,
+    pairs: Box<[u64]>,
+    answers: Box<[bool]>,
+}
+
+const MEMO_BITS: u32 = 14;
+const NO_PAIR: u64 = u64::MAX; // no token id is `NO_ID`
+
+thread_local! {
+    static MEMO: RefCell<PairMemo> = RefCell::new(PairMemo::new(0));
+}
+
+impl PairMemo {
+    fn new(owner: u64) -> Self {
+        let size = 1 << MEMO_BITS;
+        PairMemo { owner, pairs: vec![NO_PAIR; size].into_boxed_slice(), answers: vec![false; size].into_boxed_slice() }
+    }
+
+    #[inline]
+    fn get_or_insert_with(&mut self, pair: u64, decide: impl FnOnce() -> bool) -> bool {
+        let slot = (pair.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - MEMO_BITS)) as usize;
+        if self.pairs[slot] != pair {
+            self.answers[slot] = decide();
+            self.pairs[slot] = pair;
+        }
+        self.answers[slot]
+    }
+}
+
+impl LongPieces {
+    /// The tables for `bpe`, or `None` where this encoder would not be exact: a byte
+    /// without a token, chars spelled otherwise inside or at the end of a word
+    /// (`continuing_subword_prefix`, `end_of_word_suffix`), a merge whose parts do not
+    /// spell its result or a token over `MAX_TOKEN_LEN`. With a chars alphabet, a piece
+    /// with a char outside the vocabulary is left to the heap (`encode` gives `false`).
+    pub(super) fn new(bpe: &Bpe) -> Option<Self> {
+        // The first symbols: each byte's token, or each char's.
+        let base: Vec<(Vec<u8>, u32)> = match &bpe.alphabet {
+            Alphabet::Bytes(byte_ids) => (0..=255u8).map(|b| (vec![b], byte_ids[b as usize])).collect(),
+            Alphabet::Chars(chars) if !chars.has_prefix && !chars.has_suffix => {
+                chars.forms[0].iter().map(|(c, &id)| (c.to_string().into_bytes(), id)).collect()
+            }
+            Alphabet::Chars(_) => return None,
+        };
+        let n = bpe.lens.len();
+        let mut is_byte = vec![false; n];
+        for &(_, id) in &base {
+            if id as usize >= n || is_byte[id as usize] {
+                return None;
+            }
+            is_byte[id as usize] = true;
+        }
+        // The bytes of every token a merge can make, shortest first (parts before wholes).
+        let mut made_from = vec![(NO_ID, NO_ID); n];
+        for (&key, &value) in &bpe.pairs {
+            let (left, right, merged) = ((key >> 32) as u32, key as u32, value as u32);
+            let len = |id: u32| bpe.lens.get(id as usize).map_or(0, |&l| l as usize);
+            let (l, r, m) = (len(left), len(right), len(merged));
+            if l == 0 || r == 0 || m != l + r || m > MAX_TOKEN_LEN {
+                return None;
+            }
+            made_from[merged as usize] = (left, right);
+        }
+        let mut spans = vec![(0u32, 0u32); n]; // (start, len) in `arena`; len 0: unknown
+        let mut arena = Vec::new();
+        for (bytes, id) in &base {
+            spans[*id as usize] = (arena.len() as u32, bytes.len() as u32);
+            arena.extend_from_slice(bytes);
+        }
+        let mut merged: Vec<u32> = (0..n as u32).filter(|&id| made_from[id as usize].0 != NO_ID).collect();
+        merged.sort_by_key(|&id| bpe.lens[id as usize]);
+        for &id in &merged {
+            let (left, right) = made_from[id as usize];
+            let (l, r) = (spans[left as usize], spans[right as usize]);
+            if l.1 == 0 || r.1 == 0 {
+                continue; // a part no merge or byte makes: this token is never made
+            }
+            let start = arena.len() as u32;
+            arena.extend_from_within(l.0 as usize..(l.0 + l.1) as usize);
+            arena.extend_from_within(r.0 as usize..(r.0 + r.1) as usize);
+            spans[id as usize] = (start, l.1 + r.1);
+        }
+        let bytes = |id: u32| {
+            let (start, len) = spans[id as usize];
+            &arena[start as usize..(start + len) as usize]
+        };
+
+        // How BPE builds each token from its bytes: the tokens that encode to themselves,
+        // and the last merge of each.
+        let mut split: Vec<(u32, u32)> = (0..n as u32).map(|id| (id, id)).collect();
+        let mut built_at = vec![0u32; n];
+        let mut reachable = is_byte.clone();
+        let (mut ids, mut pairs) = (Vec::new(), Vec::new());
+        for &id in &merged {
+            if spans[id as usize].1 == 0 {
+                continue;
+            }
+            if let Some((left, right, rank)) = bpe.last_merge_if_whole(bytes(id), id, &mut ids, &mut pairs) {
+                split[id as usize] = (left, right);
+                built_at[id as usize] = rank.checked_add(1)?;
+                reachable[id as usize] = true;
+            }
+        }
+        // Merges in rank order: each token's last merge ranks after those of its parts.
+        // Only these merges ever happen: a merge that makes `m` happens after everything
+        // inside `m`'s bytes has merged as if they stood alone, so it is `m`'s last merge.
+        // Other pairs in the table, such as Llama 3's ("ĠGlob", "al") ranked long before
+        // "ĠGlob" itself, never meet.
+        let mut in_order = reachable.clone();
+        for &id in &merged {
+            let (left, right) = split[id as usize];
+            let at = built_at[id as usize];
+            in_order[id as usize] = reachable[id as usize]
+                && in_order[left as usize]
+                && in_order[right as usize]
+                && built_at[left as usize] < at
+                && built_at[right as usize] < at;
+        }
+
+        let ids: Vec<u32> = (0..n as u32).filter(|&id| reachable[id as usize]).collect();
+        let last_merges = ids
+            .iter()
+            .filter(|&&id| built_at[id as usize] > 0)
+            .map(|&id| (super::pair_key(split[id as usize].0, split[id as usize].1), built_at[id as usize]))
+            .collect();
+        let tokens = Trie::new(ids.iter().map(|&id| (bytes(id), id)));
+        let mut pieces = LongPieces {
+            tokens,
+            split,
+            built_at,
+            last_merges,
+            shorter: vec![NO_ID; n],
+            spans,
+            arena,
+            in_order,
+            memo_owner: super::next_cache_owner(),
+        };
+        for id in ids {
+            let token = pieces.bytes(id);
+            pieces.shorter[id as usize] = pieces.tokens.longest(&token[..token.len() - 1]).unwrap_or(NO_ID);
+        }
+        Some(pieces)
+    }
+
+    fn bytes(&self, id: u32) -> &[u8] {
+        let (start, len) = self.spans[id as usize];
+        &self.arena[start as usize..(start + len) as usize]
+    }
+
+    /// Whether BPE encodes the bytes of `left` followed by those of `right` as these two.
+    #[inline]
+    fn compatible(&self, bpe: &Bpe, left: u32, right: u32, memo: &mut PairMemo) -> bool {
+        memo.get_or_insert_with(super::pair_key(left, right), || {
+            if self.in_order[left as usize] && self.in_order[right as usize] {
+                return self.walk(left, right);
+            }
+            let mut pair = self.bytes(left).to_vec();
+            pair.extend_from_slice(self.bytes(right));
+            bpe.merges_only(&pair) == [left, right]
+        })
+    }
+
+    fn walk(&self, mut left: u32, mut right: u32) -> bool {
+        // A merge across the boundary ranked below `limit` would have happened before the
+        // merge last undone; at the end no merge is left to come first.
+        let mut limit = u64::MAX;
+        loop {
+            if let Some(&at) = self.last_merges.get(&super::pair_key(left, right)) {
+                if u64::from(at - 1) < limit {
+                    return false;
+                }
+            }
+            let (left_at, right_at) = (self.built_at[left as usize], self.built_at[right as usize]);
+            if left_at > right_at {
+                // `left` was made last. Before, its right part faced `right`; that pair
+                // merges first only below the rank of `left`'s merge, which lies further
+                // left and wins ties.
+                limit = u64::from(left_at - 1);
+                left = self.split[left as usize].1;
+            } else if right_at > 0 {
+                // `right` was made last (on equal ranks too: the leftmost merge goes first).
+                // The pair across the boundary lies left of it, so it wins a tie.
+                limit = u64::from(right_at);
+                right = self.split[right as usize].0;
+            } else {
+                return true; // two bytes' tokens, checked above
+            }
+        }
+    }
+
+    /// Appends the encoding of `text`. `false` (and nothing appended) if the search found
+    /// none: a char outside the vocabulary of a chars alphabet (the checks in `new` rule
+    /// out every other case); the caller then uses the heap.
+    pub(super) fn encode(&self, bpe: &Bpe, text: &[u8], out: &mut Vec<u32>) -> Result<bool> {
+        MEMO.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut memo) => {
+                if memo.owner != self.memo_owner {
+                    memo.pairs.fill(NO_PAIR);
+                    memo.owner = self.memo_owner;
+                }
+                self.search(bpe, text, out, &mut memo)
+            }
+            // The search never calls itself, so this is not reached; a memo of its own is right.
+            Err(_) => self.search(bpe, text, out, &mut PairMemo::new(self.memo_owner)),
+        })
+    }
+
+    fn search(&self, bpe: &Bpe, text: &[u8], out: &mut Vec<u32>, memo: &mut PairMemo) -> Result<bool> {
+        let n = text.len();
+        let mut tokens: Vec<u32> = Vec::new();
+        let mut dead: Vec<u64> = Vec::new();
+        Error::reserve(&mut tokens, n, "the tokens of one piece")?;
+        Error::reserve(&mut dead, n / 64 + 1, "the search marks of one piece")?;
+        dead.resize(n / 64 + 1, 0);
+        let is_dead = |dead: &[u64], at: usize| dead[at / 64] >> (at % 64) & 1 == 1;
+        let mut at = 0;
+        let mut next = self.tokens.longest(text);
+        while let Some(mut token) = next {
+            let last = tokens.last().copied();
+            loop {
+                let end = at + bpe.token_len(token);
+                if !is_dead(&dead, end) && last.map_or(true, |l| self.compatible(bpe, l, token, memo)) {
+                    tokens.push(token);
+                    at = end;
+                    next = self.tokens.longest(&text[at..]);
+                    break;
+                }
+                let shorter = self.shorter[token as usize];
+                if shorter != NO_ID {
+                    token = shorter;
+                    continue;
+                }
+                // No token fits after `last`: no encoding goes through `at`. Take `last`
+                // back and try its shorter prefixes.
+                dead[at / 64] |= 1 << (at % 64);
+                tokens.pop();
+                at -= last.map_or(0, |l| bpe.token_len(l));
+                next = last;
+                break;
+            }
+        }
+        if at != n {
+            return Ok(false);
+        }
+        out.extend_from_slice(&tokens);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Byte tokens for a, b, c (ids 0-2) and every other byte (ids 3..), then `merged`.
+    fn vocab(merged: &[&'static [u8]], merges: &[(u32, u32, u32)]) -> Bpe {
+        let mut tokens: Vec<(Vec<u8>, u32)> = b"abc".iter().enumerate().map(|(i, &b)| (vec![b], i as u32)).collect();
+        let others = (0..=255u8).filter(|b| !b"abc".contains(b));
+        tokens.extend(others.enumerate().map(|(i, b)| (vec![b], 3 + i as u32)));
+        tokens.extend(merged.iter().enumerate().map(|(i, m)| (m.to_vec(), 256 + i as u32)));
+        Bpe::new(tokens.iter().map(|(b, id)| (b.as_slice(), *id)), merges.iter().copied(), false)
+    }
+
+    fn random_text(state: &mut u32, len: usize, alphabet: &[u8]) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                *state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                alphabet[(*state >> 16) as usize % alphabet.len()]
+            })
+            .collect()
+    }
+
+    /// `out_of_order`: the tokens whose build tree has a merge out of rank order.
+    fn assert_same_as_heap(bpe: &Bpe, out_of_order: &[u32]) {
+        let long = LongPieces::new(bpe).expect("a vocabulary the linear encoder takes");
+        let found: Vec<u32> = (0..bpe.lens.len() as u32).filter(|&id| long.spans[id as usize].1 > 0 && !long.in_order[id as usize]).collect();
+        assert_eq!(found, out_of_order);
+        let mut state = 7;
+        for len in (1..300).chain([1000, 5000]) {
+            for alphabet in [&b"abc"[..], b"aab", b"ab", b"abcd"] {
+                let text = random_text(&mut state, len, alphabet);
+                let mut heap = bpe.symbols(&text, None).unwrap();
+                bpe.merge_heap(&mut heap).unwrap();
+                heap.retain(|&id| id != NO_ID);
+                let mut linear = Vec::new();
+                assert!(long.encode(bpe, &text, &mut linear).unwrap());
+                assert_eq!(linear, heap, "{:?}", String::from_utf8_lossy(&text));
+            }
+        }
+    }
+
+    #[test]
+    fn merges_in_rank_order_walk_back_and_match_the_heap() {
+        // ab=256, bc=257, abc=258 (never made: "abc" merges as a + bc), aa=259, aaa=260,
+        // abab=261, caa=262.
+        let bpe = vocab(
+            &[b"ab", b"bc", b"abc", b"aa", b"aaa", b"abab", b"caa"],
+            &[(1, 2, 257), (0, 1, 256), (256, 2, 258), (0, 0, 259), (259, 0, 260), (256, 256, 261), (2, 259, 262)],
+        );
+        assert_same_as_heap(&bpe, &[258]); // never made, so never walked
+        let long = LongPieces::new(&bpe).unwrap();
+        assert_eq!(long.tokens.longest(b"abcc"), Some(256), "abc is not a token BPE can make");
+    }
+
+    #[test]
+    fn merges_out_of_rank_order_encode_pairs_again_and_match_the_heap() {
+        // aab=257 is made from a + ab=256 at rank 0, before ab itself (rank 1); so is aaba,
+        // which contains it. The other pairs are walked.
+        let bpe = vocab(&[b"ab", b"aab", b"ba", b"aaba"], &[(0, 256, 257), (0, 1, 256), (1, 0, 258), (257, 0, 259)]);
+        assert_same_as_heap(&bpe, &[257, 259]);
+    }
+
+    #[test]
+    fn vocabularies_it_cannot_take_keep_the_heap() {
+        // A byte without a token.
+        let tokens: Vec<(&[u8], u32)> = vec![(b"a", 0), (b"b", 1), (b"ab", 2)];
+        assert!(LongPieces::new(&Bpe::new(tokens, vec![(0, 1, 2)], false)).is_none());
+        // A merge whose parts do not spell its result.
+        assert!(LongPieces::new(&vocab(&[b"abc"], &[(0, 1, 256)])).is_none());
+    }
+}
