@@ -136,6 +136,28 @@ fn texts<'py>(items: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyString>>> 
 
 /// Runs `f` with the GIL released, its parallel work in a pool that survives `fork`
 /// ([`crate::pool`]).
+/// Writes the rows' ids one after another into `out` (little-endian u32), in parallel
+/// over groups of rows of about equal size.
+fn copy_rows(out: &mut [u8], rows: &[Vec<u32>]) {
+    let group_bytes = (out.len() / 64).max(1 << 16);
+    let mut groups = Vec::new();
+    let (mut rest, mut first, mut size) = (out, 0, 0);
+    for (i, row) in rows.iter().enumerate() {
+        size += row.len() * 4;
+        if size >= group_bytes || i + 1 == rows.len() {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(size);
+            groups.push((head, &rows[first..=i]));
+            (rest, first, size) = (tail, i + 1, 0);
+        }
+    }
+    groups.into_par_iter().for_each(|(out, rows)| {
+        let ids = rows.iter().flatten();
+        for (bytes, id) in out.chunks_exact_mut(4).zip(ids) {
+            bytes.copy_from_slice(&id.to_le_bytes());
+        }
+    });
+}
+
 fn without_gil<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
     py.allow_threads(|| crate::pool::install(f))
 }
@@ -390,28 +412,30 @@ impl PyTokenizer {
         let strs = owned.iter().map(text).collect::<PyResult<Vec<&str>>>()?;
         let policy = self.policy(py, policy, allowed)?;
         let tokenizer = self.get();
-        let (ids, offsets) = without_gil(
-            py, || {
-                let batch = tokenizer.encode_batch(&strs, &policy, add_special_tokens)?;
-                let total: usize = batch.iter().map(Vec::len).sum();
-                // The bytes here, then their copies in the bytearrays.
-                check_python_room(total, 2 * 4)?;
-                let (mut ids, mut offsets) = (Vec::new(), Vec::new());
-                Error::reserve(&mut ids, total * 4, "the ids of the batch")?;
-                Error::reserve(&mut offsets, (batch.len() + 1) * 8, "the offsets of the batch")?;
-                let mut at = 0i64;
+        let (batch, offsets) = without_gil(py, || {
+            let batch = tokenizer.encode_batch(&strs, &policy, add_special_tokens)?;
+            let total: usize = batch.iter().map(Vec::len).sum();
+            check_python_room(total, 4)?;
+            let mut offsets = Vec::new();
+            Error::reserve(&mut offsets, (batch.len() + 1) * 8, "the offsets of the batch")?;
+            let mut at = 0i64;
+            offsets.extend_from_slice(&at.to_le_bytes());
+            for row in &batch {
+                at += row.len() as i64;
                 offsets.extend_from_slice(&at.to_le_bytes());
-                for row in &batch {
-                    for id in row {
-                        ids.extend_from_slice(&id.to_le_bytes());
-                    }
-                    at += row.len() as i64;
-                    offsets.extend_from_slice(&at.to_le_bytes());
-                }
-                Ok::<_, Error>((ids, offsets))
-            })
-            .or_raise(py)?;
-        Ok((PyByteArray::new(py, &ids), PyByteArray::new(py, &offsets)))
+            }
+            Ok::<_, Error>((batch, offsets))
+        })
+        .or_raise(py)?;
+        // The ids go straight into the bytearray, copied by all cores with the GIL released
+        // (nothing else can see the new object yet): a serial copy here, and another into
+        // the bytearray, kept 2 cores at 1.6x of one.
+        let total = batch.iter().map(Vec::len).sum::<usize>() * 4;
+        let ids = PyByteArray::new_with(py, total, |buf| {
+            without_gil(py, || copy_rows(buf, &batch));
+            Ok(())
+        })?;
+        Ok((ids, PyByteArray::new(py, &offsets)))
     }
 
     fn decode(&self, py: Python<'_>, ids: &Bound<'_, PyAny>, skip_special_tokens: bool) -> PyResult<String> {

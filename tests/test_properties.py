@@ -6,6 +6,8 @@ Deterministic (derandomize=True) so CI runs the same examples every time.
 from __future__ import annotations
 
 import functools
+import itertools
+import random
 
 import pytest
 import tokenizers
@@ -14,12 +16,15 @@ from hypothesis import strategies as st
 
 import tokensmith as ts
 from conftest import (
+    corpus_files,
     hf_special_ids,
     hf_special_tokens,
     hf_tokenizer,
     hf_tokenizer_text,
     load_hf_fresh,
     load_ts_fresh,
+    read_corpus,
+    require_data,
     ts_tokenizer,
 )
 
@@ -334,3 +339,22 @@ def test_sentencepiece_text_after_special(name, special, tail):
     for text in (s + tail, tail + s + tail, s + s + tail):
         check_encode_parity(name, text)
         check_decode_parity(name, text)
+
+
+@pytest.mark.parametrize("name", ["llama3", "llama2"])
+def test_batch_numpy_is_every_row_in_order_across_copy_groups(name):
+    """The flat ids are copied by groups of rows of at least 64 KB, in parallel: rows that
+    are empty, short or longer than a group, at the edges of groups, land in order."""
+    require_data()
+    english = next(read_corpus(p) for p in corpus_files() if p.name.startswith("debian-handbook.en"))
+    rnd = random.Random(11)
+    texts = ["", english[:300_000]]
+    for _ in range(3_000):
+        start = rnd.randrange(len(english) - 2_000)
+        texts.append(english[start:start + rnd.choice([0, 1, 10, 200, 2_000])])
+    texts += [english[300_000:600_000], ""]
+    tok = ts_tokenizer(name)
+    flat, offsets = tok.encode_batch_numpy(texts)
+    rows = tok.encode_batch(texts)
+    assert offsets.tolist() == [0] + list(itertools.accumulate(len(r) for r in rows))
+    assert flat.tolist() == [i for r in rows for i in r]

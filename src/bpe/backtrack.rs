@@ -287,7 +287,7 @@ impl LongPieces {
             let last = tokens.last().copied();
             loop {
                 let end = at + bpe.token_len(token);
-                if !is_dead(&dead, end) && last.map_or(true, |l| self.compatible(bpe, l, token, memo)) {
+                if !is_dead(&dead, end) && last.is_none_or(|l| self.compatible(bpe, l, token, memo)) {
                     tokens.push(token);
                     at = end;
                     next = self.tokens.longest(&text[at..]);

@@ -71,9 +71,14 @@ impl Trie {
         for &byte in rest {
             let Node { first, count, .. } = self.nodes[node as usize];
             let children = &self.labels[first as usize..(first + count) as usize];
-            match children.binary_search(&byte) {
-                Ok(i) => node = first + i as u32,
-                Err(_) => break,
+            // Most nodes have a few children: a scan beats the branches of a binary search.
+            let found = match children.len() {
+                0..=16 => children.iter().position(|&b| b == byte),
+                _ => children.binary_search(&byte).ok(),
+            };
+            match found {
+                Some(i) => node = first + i as u32,
+                None => break,
             }
             let token = self.nodes[node as usize].token;
             if token != NO_ID {
