@@ -108,15 +108,14 @@ impl<'a> Protect<'a> {
 struct Matcher {
     automaton: AhoCorasick,
     ids: Vec<u32>,
-    /// No token starts with an ASCII byte. Then only the positions whose byte starts some
-    /// token (`starts`: a table scan skips the rest, ASCII runs and other scripts) are
-    /// searched, anchored (`matches`): 30,000 added Chinese words cost English and code
-    /// text 8-17% of their speed, spent scanning for matches that cannot start there. (A
-    /// set with an ASCII start such as `<|...|>` is searched as usual: for a few tokens the
-    /// automaton's own prefilter, a `memchr`, is faster than a table scan.)
-    no_ascii_start: bool,
-    /// By byte: whether some token starts with it.
-    starts: Box<[bool; 256]>,
+    /// When no token starts with an ASCII byte: by byte, whether some token starts with it.
+    /// Then only the positions whose byte starts some token (a table scan skips the rest,
+    /// ASCII runs and other scripts) are searched, anchored (`matches`): 30,000 added
+    /// Chinese words cost English and code text 8-17% of their speed, spent scanning for
+    /// matches that cannot start there. (A set with an ASCII start such as `<|...|>` is
+    /// searched as usual: for a few tokens the automaton's own prefilter, a `memchr`, is
+    /// faster than a table scan.)
+    starts: Option<Box<[bool; 256]>>,
     /// Every token it finds is special: with `SpecialPolicy::Text` every match would be
     /// skipped, so the text is not searched at all (a Llama 3 encode with `special="text"`
     /// spent its time scanning for 256 tokens it then ignored).
@@ -141,35 +140,50 @@ impl Matcher {
             .start_kind(if no_ascii_start { StartKind::Anchored } else { StartKind::Unanchored })
             .build(&texts)
             .map_err(|e| Error::Invalid(format!("cannot build the added-token matcher: {e}")))?;
-        let mut starts = Box::new([false; 256]);
-        for text in &texts {
-            if let Some(&b) = text.as_bytes().first() {
-                starts[b as usize] = true;
+        let starts = no_ascii_start.then(|| {
+            let mut starts = Box::new([false; 256]);
+            for text in &texts {
+                starts[text.as_bytes()[0] as usize] = true;
             }
-        }
-        Ok(Some(Matcher { automaton, ids, no_ascii_start, starts, only_specials }))
+            starts
+        });
+        Ok(Some(Matcher { automaton, ids, starts, only_specials }))
     }
 
     /// The leftmost-longest matches in `text`, left to right, as `find_iter` gives them.
-    fn matches<'t>(&'t self, text: &'t str) -> Box<dyn Iterator<Item = Match> + 't> {
-        if !self.no_ascii_start {
-            return Box::new(self.automaton.find_iter(text));
+    fn matches<'t>(&'t self, text: &'t str) -> Matches<'t> {
+        match &self.starts {
+            None => Matches::Plain(self.automaton.find_iter(text)),
+            Some(starts) => Matches::AtStarts { automaton: &self.automaton, starts, text, at: 0 },
         }
-        // The first match at or after a position is the longest anchored match at the
-        // first position that has one.
-        let bytes = text.as_bytes();
-        let mut at = 0;
-        Box::new(std::iter::from_fn(move || loop {
-            at += bytes.get(at..)?.iter().position(|&b| self.starts[b as usize])?;
-            let input = Input::new(text).span(at..text.len()).anchored(Anchored::Yes);
-            match self.automaton.find(input) {
-                Some(m) => {
-                    at = m.end();
-                    return Some(m);
+    }
+}
+
+enum Matches<'t> {
+    Plain(aho_corasick::FindIter<'t, 't>),
+    AtStarts { automaton: &'t AhoCorasick, starts: &'t [bool; 256], text: &'t str, at: usize },
+}
+
+impl Iterator for Matches<'_> {
+    type Item = Match;
+
+    fn next(&mut self) -> Option<Match> {
+        match self {
+            Matches::Plain(matches) => matches.next(),
+            Matches::AtStarts { automaton, starts, text, at } => loop {
+                // The first match at or after a position is the longest anchored match at
+                // the first position that has one.
+                *at += text.as_bytes().get(*at..)?.iter().position(|&b| starts[b as usize])?;
+                let input = Input::new(*text).span(*at..text.len()).anchored(Anchored::Yes);
+                match automaton.find(input) {
+                    Some(m) => {
+                        *at = m.end();
+                        return Some(m);
+                    }
+                    None => *at += 1,
                 }
-                None => at += 1,
-            }
-        }))
+            },
+        }
     }
 }
 
@@ -494,7 +508,7 @@ mod tests {
     fn tokens_that_start_outside_ascii_are_not_searched_for_in_ascii_text() {
         let raw = |content: &str| AddedToken { normalized: false, ..AddedToken::new(content, false) };
         let v = vocab(vec![raw("数据"), raw("é!"), raw("数据集"), raw("据集合")]);
-        assert!(v.raw.as_ref().unwrap().no_ascii_start);
+        assert!(v.raw.as_ref().unwrap().starts.is_some());
         assert_eq!(segments(&v, "data, 数据!", &SpecialPolicy::Allow).unwrap(), ["data, ", "#100", "!"]);
         assert_eq!(segments(&v, "café!é", &SpecialPolicy::Allow).unwrap(), ["caf", "#101", "é"]);
         assert_eq!(segments(&v, "data", &SpecialPolicy::Allow).unwrap(), ["data"]);
@@ -514,7 +528,7 @@ mod tests {
             assert_eq!(spans(matcher.matches(&text).collect()), spans(plain.find_iter(&text).collect()), "{text}");
         }
         let v = vocab(vec![raw("数据"), AddedToken::new("<x>", true)]);
-        assert!(!v.raw.as_ref().unwrap().no_ascii_start);
+        assert!(v.raw.as_ref().unwrap().starts.is_none());
         assert_eq!(segments(&v, "a<x>", &SpecialPolicy::Allow).unwrap(), ["a", "#101"]);
     }
 

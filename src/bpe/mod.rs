@@ -435,15 +435,12 @@ impl Bpe {
         let mut out = Vec::new();
         match &self.alphabet {
             Alphabet::Bytes(byte_ids) if piece.len() <= FLAT_MAX => self.merge_short_bytes(byte_ids, piece, &mut out),
-            _ => match self.symbols(piece, None) {
-                Ok(symbols) if symbols.len() <= FLAT_MAX => self.merge_flat(&symbols, &mut out),
-                Ok(mut symbols) => {
-                    if self.merge_heap(&mut symbols).is_ok() {
-                        out.extend(symbols.into_iter().filter(|&id| id != NO_ID));
-                    }
+            // Out of memory: no ids, and the check this serves fails.
+            _ => {
+                if let Ok(mut symbols) = self.symbols(piece, None) {
+                    self.merge_run(&mut symbols, &mut out).unwrap_or_default();
                 }
-                Err(_) => {}
-            },
+            }
         }
         out
     }
