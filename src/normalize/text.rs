@@ -87,6 +87,46 @@ impl<'a> NormalizedText<'a> {
         self.align = Some(align);
     }
 
+    /// `transform` line by line (each line ends after its `\n`): `edit` gives a line's new
+    /// chars with their change markers, or `None` to keep the line as it is. Without
+    /// tracking, kept lines are copied whole, and a text with no line edited stays borrowed.
+    pub fn transform_lines(&mut self, mut edit: impl FnMut(&str) -> Option<Vec<(char, isize)>>) {
+        // (start, end, new chars) of each edited line
+        let edits: Vec<(usize, usize, Vec<(char, isize)>)> = self
+            .text
+            .split_inclusive('\n')
+            .scan(0, |at, line| {
+                let start = *at;
+                *at += line.len();
+                Some((start, line))
+            })
+            .filter_map(|(start, line)| Some((start, start + line.len(), edit(line)?)))
+            .collect();
+        if edits.is_empty() {
+            return;
+        }
+        if self.align.is_some() {
+            let mut dest = Vec::with_capacity(self.text.len());
+            let mut kept = 0;
+            for (start, end, chars) in edits {
+                dest.extend(self.text[kept..start].chars().map(|c| (c, 0)));
+                dest.extend(chars);
+                kept = end;
+            }
+            dest.extend(self.text[kept..].chars().map(|c| (c, 0)));
+            return self.transform(dest, 0);
+        }
+        let mut text = String::with_capacity(self.text.len());
+        let mut kept = 0;
+        for (start, end, chars) in edits {
+            text.push_str(&self.text[kept..start]);
+            text.extend(chars.into_iter().map(|(c, _)| c));
+            kept = end;
+        }
+        text.push_str(&self.text[kept..]);
+        self.text = Cow::Owned(text);
+    }
+
     /// Puts `s` before the text (nothing when the text is empty); the new chars stand
     /// for the first char of the text.
     pub fn prepend(&mut self, s: &str) {
