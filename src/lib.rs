@@ -19,6 +19,19 @@ pub mod tokenizer;
 #[cfg(feature = "python")]
 mod py;
 
+#[cfg(test)]
+mod testing {
+    /// A xorshift64 stream from `seed` (not 0): reproducible random tests.
+    pub fn random(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+}
+
 pub use error::{Error, Result};
 pub use special::{AddedToken, SpecialPolicy};
 pub use tokenizer::Tokenizer;

@@ -154,13 +154,7 @@ mod tests {
             (Normalizer::Nfkc, |t| t.nfkc().collect()),
             (Normalizer::Nfkd, |t| t.nfkd().collect()),
         ];
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::testing::random(0x2545_f491_4f6c_dd1d);
         let mut changed = 0;
         for _ in 0..5_000 {
             let len = (next() % 20) as usize;
