@@ -1,11 +1,13 @@
-"""Split patterns no hand-written lexer knows, on the general engine, against the reference.
+"""Split patterns beyond the shared tokenizers' own, against the reference.
 
-Patterns run on the `regex` crate (linear time) whenever they can; `\\s+(?!\\S)|\\s+`, the
-one look-ahead real pre-tokenizers use, is matched as `\\s+` and cut afterwards, and
-possessive quantifiers become greedy where that is exact. The tokenizer.json patterns here
-are real ones from models the shared tokenizers do not cover (Qwen3.5, and an Indic variant
-that keeps ZWNJ/ZWJ in words), set on Qwen2's vocabulary; the tiktoken ones are cl100k's and
-GPT-2's with a changed digit rule (so that no lexer takes them), on their rank files.
+Patterns without a hand-written lexer run on the `regex` crate (linear time) whenever they
+can; `\\s+(?!\\S)|\\s+`, the one look-ahead real pre-tokenizers use, is matched as `\\s+` and
+cut afterwards, and possessive quantifiers become greedy where that is exact. The
+tokenizer.json patterns here are real ones from models the shared tokenizers do not cover:
+Qwen3.5 (now a lexer's), an Indic variant that keeps ZWNJ/ZWJ in words, and DeepSeek V3's
+chain of three splits (fused into one pass), set on the vocabularies of Qwen2 and Llama
+3; the tiktoken ones are cl100k's and GPT-2's with a changed digit rule (so that no
+lexer takes them), on their rank files.
 """
 
 from __future__ import annotations
@@ -64,6 +66,36 @@ def test_a_run_of_millions_of_spaces_splits_as_the_reference_splits_it(name):
     tok, hf = pair(PATTERNS[name])
     for text in [" " * 3_000_000 + "x", "x" + " \t" * 1_000_000 + "\n", " " * 3_000_000]:
         assert tok.encode(text) == hf.encode(text).ids
+
+
+# DeepSeek V3, R1 and V4, as their tokenizer.json files spell it (`\r` and `\n` as the chars).
+DEEPSEEK_V3 = [r"\p{N}{1,3}", "[一-龥\u3040-ゟ゠-ヿ]+",
+               r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"""
+               r"""| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""".replace(r"\r", "\r").replace(r"\n", "\n")]
+
+
+def test_deepseek_v3_chain_of_splits_matches_the_reference_on_every_corpus_line():
+    require_data()
+    # On Llama 3's vocabulary: DeepSeek Coder's has single digits only and few tokens that
+    # start with punctuation, so pieces cut wrong would often still give its ids.
+    spec = json.loads(tokenizer_path("llama3").read_text(encoding="utf-8"))
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": p}, "behavior": "Isolated", "invert": False} for p in DEEPSEEK_V3
+    ] + [{"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    text = json.dumps(spec)
+    tok, hf = ts.Tokenizer.from_str(text), tokenizers.Tokenizer.from_str(text)
+    lines = list(HARD) + ["os.path.join('a', \"b\") x=1234567 (foo)", "日本語のテキスト・カタカナー。123", "ﾟ\u3040ゟ゠ヿ"]
+    for path in corpus_files():
+        lines += corpus_lines(path)
+    got = tok.encode_batch(lines)
+    want = [e.ids for e in hf.encode_batch(lines)]
+    bad = [i for i in range(len(lines)) if got[i] != want[i]]
+    assert not bad, f"{len(bad)} of {len(lines)} differ; first {lines[bad[0]]!r}: {got[bad[0]]} != {want[bad[0]]}"
+    for line in lines[:: max(1, len(lines) // 3000)]:
+        assert tok.encode_with_offsets(line) == (hf.encode(line).ids, hf.encode(line).offsets), line
+    for path in corpus_files()[:3]:
+        whole = path.read_text(encoding="utf-8")[:300_000]
+        assert tok.encode(whole) == hf.encode(whole).ids, path.name
 
 
 TIKTOKEN_PATTERNS = {

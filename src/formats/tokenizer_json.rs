@@ -894,3 +894,33 @@ pub fn to_string(tokenizer: &Tokenizer) -> Result<String> {
     root.insert("model".into(), Value::Object(model));
     serde_json::to_string_pretty(&Value::Object(root)).map_err(|e| Error::Invalid(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// DeepSeek's chains of splits, as their tokenizer.json files spell them (Coder as in
+    /// the shared file, V3 with the chars `\r` and `\n` themselves), become one step.
+    #[test]
+    fn deepseek_split_chains_are_fused_into_one_step() {
+        let split = |pattern: &str| format!(r#"{{"type": "Split", "pattern": {{"Regex": {pattern}}}, "behavior": "Isolated", "invert": false}}"#);
+        let byte_level = r#"{"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}"#;
+        let coder = [r#""[\\r\\n]""#, r#""\\s?\\p{L}+""#, r#""\\s?\\p{P}+""#, r#""[一-龥ࠀ-一가-\ud7ff]+""#].map(split).join(", ");
+        let coder = format!(r#"{{"type": "Sequence", "pretokenizers": [{coder}, {{"type": "Digits", "individual_digits": true}}, {byte_level}]}}"#);
+        let v3 = [
+            r#""\\p{N}{1,3}""#,
+            r#""[一-龥\u3040-ゟ゠-ヿ]+""#,
+            r##""[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+""##,
+        ]
+        .map(split)
+        .join(", ");
+        let v3 = format!(r#"{{"type": "Sequence", "pretokenizers": [{v3}, {byte_level}]}}"#);
+        for json in [coder, v3] {
+            let p = parse_pre_tokenizer(&serde_json::from_str(&json).unwrap()).unwrap();
+            assert!(
+                matches!(p.steps(), [Step::Split { splitter: Splitter::Chain(_), .. }, Step::ByteLevel { .. }]),
+                "not fused: {json}"
+            );
+        }
+    }
+}

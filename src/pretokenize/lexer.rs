@@ -14,13 +14,17 @@
 use super::regex::Dialect;
 use std::sync::OnceLock;
 
-const LETTER: u8 = 1; // \p{L}
-const NUMBER: u8 = 2; // \p{N}
-const SPACE: u8 = 4; // \s
+pub(super) const LETTER: u8 = 1; // \p{L}
+pub(super) const NUMBER: u8 = 2; // \p{N}
+pub(super) const SPACE: u8 = 4; // \s
 const UPPER: u8 = 8; // [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]
 const LOWER: u8 = 16; // [\p{Ll}\p{Lm}\p{Lo}\p{M}]
+pub(super) const MARK: u8 = 32; // \p{M}
+pub(super) const PUNCT: u8 = 64; // \p{P}
+pub(super) const SYMBOL: u8 = 128; // \p{S}
 
-fn class_table() -> &'static [u8] {
+/// Each char's classes, as flags, indexed by code point.
+pub(super) fn class_table() -> &'static [u8] {
     static TABLE: OnceLock<Vec<u8>> = OnceLock::new();
     TABLE.get_or_init(|| {
         let mut table = vec![0u8; 0x11_0000];
@@ -30,6 +34,9 @@ fn class_table() -> &'static [u8] {
             (r"\s", SPACE),
             (r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]", UPPER),
             (r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]", LOWER),
+            (r"\p{M}", MARK),
+            (r"\p{P}", PUNCT),
+            (r"\p{S}", SYMBOL),
         ] {
             let hir = regex_syntax::parse(pattern).expect("valid class");
             let regex_syntax::hir::HirKind::Class(regex_syntax::hir::Class::Unicode(class)) = hir.kind() else {
@@ -46,7 +53,7 @@ fn class_table() -> &'static [u8] {
 }
 
 #[inline]
-fn class(table: &[u8], c: char) -> u8 {
+pub(super) fn class(table: &[u8], c: char) -> u8 {
     table[c as usize]
 }
 
@@ -88,6 +95,9 @@ enum Spaces {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lexer {
+    /// The class words are runs of (`\p{L}`, or `[\p{L}\p{M}]` in Qwen3.5); punctuation
+    /// runs are of chars outside it, `\p{N}` and `\s`.
+    word: u8,
     contractions: Contractions,
     words: Words,
     numbers: Numbers,
@@ -97,6 +107,7 @@ pub struct Lexer {
 }
 
 const GPT2: Lexer = Lexer {
+    word: LETTER,
     contractions: Contractions::CaseSensitive,
     words: Words::SpacePrefixed,
     numbers: Numbers::SpacePrefixed,
@@ -104,6 +115,7 @@ const GPT2: Lexer = Lexer {
     spaces: Spaces::Gpt2,
 };
 const CL100K: Lexer = Lexer {
+    word: LETTER,
     contractions: Contractions::CaseInsensitive,
     words: Words::AnyPrefix,
     numbers: Numbers::UpTo(3),
@@ -112,7 +124,11 @@ const CL100K: Lexer = Lexer {
 };
 const LLAMA3: Lexer = Lexer { spaces: Spaces::Llama3, ..CL100K };
 const QWEN2: Lexer = Lexer { numbers: Numbers::UpTo(1), ..LLAMA3 };
+/// Qwen3.5: Qwen2 with combining marks in words (Indic and Arabic words no longer break at
+/// every vowel sign) and out of punctuation.
+const QWEN35: Lexer = Lexer { word: LETTER | MARK, ..QWEN2 };
 const O200K: Lexer = Lexer {
+    word: LETTER,
     contractions: Contractions::CaseInsensitive,
     words: Words::CaseAware,
     numbers: Numbers::UpTo(3),
@@ -151,6 +167,11 @@ const KNOWN: &[(&str, Option<Dialect>, Lexer)] = &[
         QWEN2,
     ),
     (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        None,
+        QWEN35,
+    ),
+    (
         r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
         None,
         O200K,
@@ -163,14 +184,14 @@ const KNOWN: &[(&str, Option<Dialect>, Lexer)] = &[
 ];
 
 /// Text plus the class table, with small helpers over char positions (byte offsets).
-struct Scan<'a> {
-    text: &'a str,
-    table: &'a [u8],
+pub(super) struct Scan<'a> {
+    pub(super) text: &'a str,
+    pub(super) table: &'a [u8],
 }
 
 impl Scan<'_> {
     #[inline]
-    fn char_at(&self, at: usize) -> Option<char> {
+    pub(super) fn char_at(&self, at: usize) -> Option<char> {
         let b = *self.text.as_bytes().get(at)?;
         if b < 0x80 {
             Some(b as char)
@@ -180,13 +201,13 @@ impl Scan<'_> {
     }
 
     #[inline]
-    fn class_at(&self, at: usize) -> u8 {
+    pub(super) fn class_at(&self, at: usize) -> u8 {
         self.char_at(at).map_or(0, |c| class(self.table, c))
     }
 
     /// End of the run of chars whose class has any of `flags`, from `at`.
     #[inline]
-    fn run(&self, mut at: usize, flags: u8) -> usize {
+    pub(super) fn run(&self, mut at: usize, flags: u8) -> usize {
         let bytes = self.text.as_bytes();
         while at < bytes.len() {
             let b = bytes[at];
@@ -207,7 +228,7 @@ impl Scan<'_> {
     }
 
     /// End of the run of chars in `set`, from `at`.
-    fn run_of(&self, mut at: usize, set: &[char]) -> usize {
+    pub(super) fn run_of(&self, mut at: usize, set: &[char]) -> usize {
         while let Some(c) = self.char_at(at).filter(|c| set.contains(c)) {
             at += c.len_utf8();
         }
@@ -237,6 +258,11 @@ impl Scan<'_> {
             _ => None,
         }
     }
+}
+
+/// `\s*[\r\n]+|\s+(?!\S)|\s+` at `at`, a whitespace char: Llama 3's whitespace rules.
+pub(super) fn llama3_spaces(s: &Scan, at: usize) -> usize {
+    LLAMA3.spaces_at(s, at)
 }
 
 impl Lexer {
@@ -304,7 +330,7 @@ impl Lexer {
                 }
             };
         }
-        let other = |flags: u8| flags & (LETTER | NUMBER | SPACE) == 0;
+        let other = |flags: u8| flags & (self.word | NUMBER | SPACE) == 0;
         let punct_start = if other(cls) {
             at
         } else if b == b' ' && next.is_some() && other(next_cls) {
@@ -319,7 +345,7 @@ impl Lexer {
         while end < bytes.len() && bytes[end] < 0x80 && other(s.table[bytes[end] as usize]) {
             end += 1;
         }
-        Some(s.run_of(s.run_other(end), self.punct_tail))
+        Some(s.run_of(s.run_other(end, self.word), self.punct_tail))
     }
 
     /// `ascii_match` for a word of ASCII letters with its prefix char: `None` when the
@@ -345,7 +371,7 @@ impl Lexer {
             Words::SpacePrefixed | Words::AnyPrefix => {
                 let end = ascii_run(bytes, start + 1, letters);
                 // A letter outside ASCII continues the word.
-                Some(if bytes.get(end).is_some_and(|&b| b >= 0x80) { s.run(end, LETTER) } else { end })
+                Some(if bytes.get(end).is_some_and(|&b| b >= 0x80) { s.run(end, self.word) } else { end })
             }
             Words::CaseAware => {
                 // `U*W+` or `U+W*`: over ASCII both are upper-case letters, then lower-case.
@@ -366,7 +392,8 @@ impl Lexer {
         let t = s.table;
         let cls = class(t, c);
         let next = at + c.len_utf8();
-        let other = |flags: u8| flags & (LETTER | NUMBER | SPACE) == 0;
+        let word = self.word;
+        let other = |flags: u8| flags & (word | NUMBER | SPACE) == 0;
         let prefix = c != '\r' && c != '\n' && cls & (LETTER | NUMBER) == 0;
 
         // Contractions as their own alternative.
@@ -378,19 +405,19 @@ impl Lexer {
         // Words.
         match self.words {
             Words::SpacePrefixed => {
-                if cls & LETTER != 0 {
-                    return Some(s.run(next, LETTER));
+                if cls & word != 0 {
+                    return Some(s.run(next, word));
                 }
-                if c == ' ' && s.class_at(next) & LETTER != 0 {
-                    return Some(s.run(next, LETTER));
+                if c == ' ' && s.class_at(next) & word != 0 {
+                    return Some(s.run(next, word));
                 }
             }
             Words::AnyPrefix => {
-                if cls & LETTER != 0 {
-                    return Some(s.run(next, LETTER));
+                if cls & word != 0 {
+                    return Some(s.run(next, word));
                 }
-                if prefix && s.class_at(next) & LETTER != 0 {
-                    return Some(s.run(next, LETTER));
+                if prefix && s.class_at(next) & word != 0 {
+                    return Some(s.run(next, word));
                 }
             }
             Words::CaseAware => {
@@ -431,7 +458,7 @@ impl Lexer {
             None
         };
         if let Some(start) = punct_start {
-            return Some(s.run_of(s.run_other(start), self.punct_tail));
+            return Some(s.run_of(s.run_other(start, self.word), self.punct_tail));
         }
         // Whitespace.
         if cls & SPACE != 0 {
@@ -525,7 +552,7 @@ fn in_range(w: u64, lo: u8, hi: u8) -> u64 {
 }
 
 #[inline(always)]
-fn letters(w: u64) -> u64 {
+pub(super) fn letters(w: u64) -> u64 {
     // Setting bit 5 maps A-Z onto a-z and no other byte into a-z.
     in_range(w | ONES * 0x20, b'a', b'z')
 }
@@ -548,7 +575,7 @@ fn digits(w: u64) -> u64 {
 /// The end of the run from `at` of bytes that `class` marks (the high bit of each byte it
 /// accepts in a word of 8), 8 bytes at a time.
 #[inline(always)]
-fn ascii_run(bytes: &[u8], mut at: usize, class: fn(u64) -> u64) -> usize {
+pub(super) fn ascii_run(bytes: &[u8], mut at: usize, class: fn(u64) -> u64) -> usize {
     while let Some(chunk) = bytes.get(at..at + 8) {
         let stop = !class(u64::from_le_bytes(chunk.try_into().expect("8 bytes"))) & HIGH;
         if stop != 0 {
@@ -563,10 +590,10 @@ fn ascii_run(bytes: &[u8], mut at: usize, class: fn(u64) -> u64) -> usize {
 }
 
 impl Scan<'_> {
-    /// End of a run of chars outside \p{L}, \p{N} and \s.
-    fn run_other(&self, mut at: usize) -> usize {
+    /// End of a run of chars outside `word` (\p{L}, or with \p{M}), \p{N} and \s.
+    fn run_other(&self, mut at: usize, word: u8) -> usize {
         while let Some(c) = self.char_at(at) {
-            if class(self.table, c) & (LETTER | NUMBER | SPACE) != 0 {
+            if class(self.table, c) & (word | NUMBER | SPACE) != 0 {
                 break;
             }
             at += c.len_utf8();
@@ -650,7 +677,7 @@ mod tests {
         const ALPHABET: &[char] = &[
             'a', 'Z', 's', 'S', 't', 'l', 'L', 'e', 'v', 'r', 'R', 'm', 'd', 'ſ', '\'', '’', ' ', ' ', '\n',
             '\r', '\t', '\u{b}', '\u{85}', '\u{a0}', '\u{3000}', '1', '٣', 'ⅷ', '¼', '.', '/', '!', '_',
-            '\u{301}', '\u{903}', 'ʰ', 'ǅ', 'É', 'é', '日', 'ー', '👨', '\u{200d}', '\u{fe0f}', '$',
+            '\u{301}', '\u{903}', 'क', '\u{94d}', 'ʰ', 'ǅ', 'É', 'é', '日', 'ー', '👨', '\u{200d}', '\u{fe0f}', '$',
         ];
         let mut next = crate::testing::random(0x2545_f491_4f6c_dd1d);
         // Mostly ASCII letters, in runs longer than the 8 bytes the fast path reads at once.

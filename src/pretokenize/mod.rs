@@ -4,6 +4,7 @@
 //! produced (as Hugging Face `Sequence` does). Pieces are streamed to a callback, so the
 //! common chain (one split pattern, then byte-level) allocates nothing per piece.
 
+pub mod chain;
 pub mod lexer;
 pub mod regex;
 
@@ -60,6 +61,8 @@ pub enum Splitter {
     Pattern(Pattern),
     /// Every char of a class, one match each.
     Chars(CharClass),
+    /// Several known split steps in one (`chain::fuse`): its pieces are the matches.
+    Chain(chain::Chain),
 }
 
 impl Splitter {
@@ -78,6 +81,10 @@ impl Splitter {
                 Ok(())
             }
             Splitter::Pattern(pattern) => pattern.for_each_match(text, f),
+            Splitter::Chain(chain) => {
+                chain.for_each_piece(text, f);
+                Ok(())
+            }
             Splitter::Chars(class) => {
                 for (i, c) in text.char_indices() {
                     if class.contains(c) {
@@ -203,13 +210,18 @@ pub struct Context {
 
 impl PreTokenizer {
     pub fn new(steps: Vec<Step>) -> Result<Self> {
+        Ok(Self::unfused(chain::fuse(steps)))
+    }
+
+    /// The steps as given, without fusing known chains of them.
+    fn unfused(steps: Vec<Step>) -> Self {
         let plain_byte_level = |s: &Step| matches!(s, Step::ByteLevel { add_prefix_space: false, use_regex: false });
         let direct = match steps.as_slice() {
             [Step::Split { behavior: Behavior::Isolated, .. }, last] if plain_byte_level(last) => Some(Direct::First),
             [Step::ByteLevel { add_prefix_space: false, use_regex: true }] => Some(Direct::Gpt2),
             _ => None,
         };
-        Ok(PreTokenizer { steps, direct })
+        PreTokenizer { steps, direct }
     }
 
     /// A single split by `pattern` followed by byte-level mapping: a tiktoken encoding.
