@@ -128,3 +128,46 @@ def test_possessive_tiktoken_patterns_match_tiktoken(name):
     want = enc.encode_ordinary_batch(lines)
     bad = [i for i in range(len(lines)) if got[i] != want[i]]
     assert not bad, f"{len(bad)} of {len(lines)} differ; first {lines[bad[0]][:200]!r}"
+
+
+# Cohere's digit groups (Command A, Tiny Aya): groups of three from the right, where the run
+# of digits ends at a word boundary. Backtracking takes time quadratic in a run of digits
+# (40,000 digits: 7 s); tokensmith decides it run by run.
+DIGIT_GROUPS = r"\d{1,3}(?=(?:\d{3})*\b)"
+
+
+def digit_groups_pair() -> tuple[ts.Tokenizer, tokenizers.Tokenizer]:
+    require_data()
+    # Llama 3's vocabulary has tokens of up to three digits, so where the groups are cut shows.
+    spec = json.loads(tokenizer_path("llama3").read_text(encoding="utf-8"))
+    split = {"type": "Split", "pattern": {"Regex": DIGIT_GROUPS}, "behavior": "Isolated", "invert": False}
+    spec["pre_tokenizer"]["pretokenizers"].insert(0, split)
+    text = json.dumps(spec)
+    return ts.Tokenizer.from_str(text), tokenizers.Tokenizer.from_str(text)
+
+
+def test_digit_groups_match_the_reference_next_to_every_code_point():
+    tok, hf = digit_groups_pair()
+    # Which chars end a run at a word boundary (`\w` as Oniguruma reads it), and which are `\d`.
+    chars = [chr(c) for c in range(0x20, 0x110000) if not 0xD800 <= c < 0xE000 and (c < 0x40000 or c % 61 == 0)]
+    texts = [f"1234{c} x{c}{c}{c}{c}{c}!" for c in chars]
+    got = tok.encode_batch(texts, add_special_tokens=False)
+    want = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
+    bad = [f"U+{ord(c):04X}" for c, g, w in zip(chars, got, want) if g != w]
+    assert not bad, f"{len(bad)} code points differ, first: {bad[:10]}"
+
+
+def test_digit_groups_match_the_reference_on_corpus_lines_and_long_runs():
+    tok, hf = digit_groups_pair()
+    lines = list(HARD) + ["1234567 12345_ 1,234,567.89 x1234567. 1234-5678 ١٢٣٤٥ x 1234٣ ４５６７８"]
+    for path in corpus_files():
+        lines += corpus_lines(path)[:2000]
+    lines += ["9" * n + end for n in (1, 2, 3, 4, 30_001) for end in ("", " ", "a", ".")]
+    got = tok.encode_batch(lines)
+    want = [e.ids for e in hf.encode_batch(lines)]
+    bad = [i for i in range(len(lines)) if got[i] != want[i]]
+    assert not bad, f"{len(bad)} of {len(lines)} differ; first {lines[bad[0]][:200]!r}"
+    # Three million digits: each group of three is a piece of its own, as in the reference.
+    assert tok.encode("123" * 1_000_000 + " x", add_special_tokens=False) == (
+        hf.encode("123", add_special_tokens=False).ids * 1_000_000 + hf.encode(" x", add_special_tokens=False).ids
+    )

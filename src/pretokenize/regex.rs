@@ -8,11 +8,16 @@
 //! - possessive quantifiers (tiktoken's `\p{L}++`) become greedy where giving chars back
 //!   can never change the match ([`greedy_alternative`]).
 //!
+//! One pattern with a look-ahead the `regex` crate cannot run has an engine of its own:
+//! Cohere's digit groups `\d{1,3}(?=(?:\d{3})*\b)` ([`digit_groups`]), which backtracking
+//! runs in time quadratic in a run of digits.
+//!
 //! Anything else the `regex` crate cannot compile (other look-around, backreferences, the
 //! possessives left) goes to `fancy-regex`, a backtracking engine, with a step limit: a
 //! pattern that backtracks without end fails with an error naming it.
 
 use crate::error::{Error, Result};
+use std::sync::OnceLock;
 
 #[derive(Debug, Clone)]
 pub struct Pattern {
@@ -25,6 +30,8 @@ enum Engine {
     /// Linear time. `ws_group`: the capture group that stands for `\s+(?!\S)`.
     Linear { regex: regex::Regex, ws_group: Option<usize> },
     Backtracking(fancy_regex::Regex),
+    /// `\d{1,3}(?=(?:\d{3})*\b)` read as Oniguruma reads it.
+    DigitGroups,
 }
 
 /// Which regex dialect a pattern was written for.
@@ -40,11 +47,17 @@ pub enum Dialect {
 /// Backtracking steps one match may take: ten per byte of a 10 MB run.
 const BACKTRACK_LIMIT: usize = 100_000_000;
 
+/// Cohere's pattern (Command A, Tiny Aya): digits in groups of three from the right.
+const DIGIT_GROUPS: &str = r"\d{1,3}(?=(?:\d{3})*\b)";
+
 /// The name of the group that replaces `\s+(?!\S)`.
 const WS_GROUP: &str = "tokensmith_ws";
 
 impl Pattern {
     pub fn new(source: &str, dialect: Dialect) -> Result<Self> {
+        if source == DIGIT_GROUPS && dialect == Dialect::Oniguruma {
+            return Ok(Pattern { source: source.to_string(), engine: Engine::DigitGroups });
+        }
         let wrap = |pattern: &str| match dialect {
             Dialect::Oniguruma => format!("(?m:{pattern})"),
             Dialect::Tiktoken => pattern.to_string(),
@@ -88,7 +101,7 @@ impl Pattern {
 
     /// Whether matching is linear in the text (no backtracking engine).
     pub fn is_linear(&self) -> bool {
-        matches!(self.engine, Engine::Linear { .. })
+        matches!(self.engine, Engine::Linear { .. } | Engine::DigitGroups)
     }
 
     /// Calls `f(start, end)` for every non-overlapping match, left to right (empty matches
@@ -121,6 +134,10 @@ impl Pattern {
                 }
                 Ok(())
             }
+            Engine::DigitGroups => {
+                digit_groups(text, f);
+                Ok(())
+            }
             Engine::Backtracking(regex) => {
                 for m in regex.find_iter(text) {
                     let m = m.map_err(|e| {
@@ -135,6 +152,68 @@ impl Pattern {
             }
         }
     }
+}
+
+/// The matches of `\d{1,3}(?=(?:\d{3})*\b)`, run by run of `\d`, in linear time.
+///
+/// Inside a run of digits there is no word boundary (digits are word chars), so the
+/// look-ahead holds only where the rest of the run is a multiple of three digits and the run
+/// ends at a boundary: at the end of the text or before a char that is not a word char. Then
+/// the run is cut into groups of three from the right (the leftmost match takes the 1-3
+/// digits left over); otherwise no part of it matches.
+fn digit_groups(text: &str, mut f: impl FnMut(usize, usize)) {
+    let mut chars = text.char_indices().peekable();
+    while let Some((start, c)) = chars.next() {
+        if !is_decimal_digit(c) {
+            continue;
+        }
+        let mut digits = vec![start];
+        while let Some(&(i, c)) = chars.peek() {
+            if !is_decimal_digit(c) {
+                break;
+            }
+            digits.push(i);
+            chars.next();
+        }
+        let end = chars.peek().map_or(text.len(), |&(i, _)| i);
+        if chars.peek().is_some_and(|&(_, c)| is_word_char(c)) {
+            continue;
+        }
+        let first = (digits.len() - 1) % 3 + 1;
+        let cuts = (first..digits.len()).step_by(3).map(|k| digits[k]).chain([end]);
+        let mut from = start;
+        for to in cuts {
+            f(from, to);
+            from = to;
+        }
+    }
+}
+
+/// `\d` in Oniguruma (as Hugging Face `tokenizers` runs it): `\p{Nd}`.
+fn is_decimal_digit(c: char) -> bool {
+    static DIGITS: OnceLock<Vec<(char, char)>> = OnceLock::new();
+    c.is_ascii_digit() || (!c.is_ascii() && in_ranges(c, DIGITS.get_or_init(|| class_ranges(r"\p{Nd}"))))
+}
+
+/// `\w` in Oniguruma: alphabetic, marks, decimal digits and connector punctuation, and in
+/// Latin-1 the superscript digits and vulgar fractions too (measured on every code point
+/// against `tokenizers`; the `regex` crate's `\w` differs there and adds ZWNJ and ZWJ).
+fn is_word_char(c: char) -> bool {
+    static WORD: OnceLock<Vec<(char, char)>> = OnceLock::new();
+    if c.is_ascii() {
+        return c.is_ascii_alphanumeric() || c == '_';
+    }
+    let word = WORD.get_or_init(|| class_ranges(r"[\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\u{b2}\u{b3}\u{b9}\u{bc}-\u{be}]"));
+    in_ranges(c, word)
+}
+
+fn class_ranges(class: &str) -> Vec<(char, char)> {
+    char_set(class).expect("a Unicode class").iter().map(|r| (r.start(), r.end())).collect()
+}
+
+fn in_ranges(c: char, ranges: &[(char, char)]) -> bool {
+    let i = ranges.partition_point(|&(_, hi)| hi < c);
+    ranges.get(i).is_some_and(|&(lo, _)| lo <= c)
 }
 
 fn next_char(text: &str, at: usize) -> usize {
@@ -555,5 +634,23 @@ mod tests {
         assert!(!Pattern::new(r"\s+(?!\S)|\w", Dialect::Oniguruma).unwrap().is_linear());
         assert!(!Pattern::new(r"\p{L}++\p{L}|\s", Dialect::Tiktoken).unwrap().is_linear());
         assert!(Pattern::new(r"\w+|[^\w\s]+", Dialect::Tiktoken).unwrap().is_linear());
+    }
+
+    #[test]
+    fn digit_groups_run_linear_and_as_the_backtracking_engine() {
+        let pattern = Pattern::new(DIGIT_GROUPS, Dialect::Oniguruma).unwrap();
+        assert!(pattern.is_linear());
+        let backtracking = fancy_regex::Regex::new(&format!("(?m:{DIGIT_GROUPS})")).unwrap();
+        // fancy-regex reads `\w` as the `regex` crate does, not as Oniguruma: the chars where
+        // the two differ are left out (they have a test against `tokenizers`).
+        const ALPHABET: &[char] = &['1', '2', '0', '٣', '١', '１', '⁰', 'ⅷ', 'a', 'é', '\u{301}', '_', ' ', '.', '-', '\n', '‿', '日'];
+        let mut next = crate::testing::random(0x51_7cc1_b727_220a);
+        for _ in 0..20_000 {
+            let len = (next() % 16) as usize;
+            let text: String = (0..len).map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize]).collect();
+            let want: Vec<String> = backtracking.find_iter(&text).map(|m| m.unwrap().as_str().to_string()).collect();
+            assert_eq!(matches(&pattern, &text), want, "{text:?}");
+        }
+        assert!(!Pattern::new(DIGIT_GROUPS, Dialect::Tiktoken).unwrap().is_linear());
     }
 }
