@@ -13,6 +13,10 @@ DATA = Path(os.environ.get("TOKENSMITH_DATA") or Path(__file__).resolve().parent
 #: tokenizer.json, whose byte-level vocabulary is a rank table for these models)
 VOCABS = {"gpt2": "gpt2", "llama3": None, "qwen2": None, "o200k_base": "o200k_base"}
 
+#: SentencePiece-style BPE vocabularies (tokenizer.json files; `sentencepiece` itself runs
+#: their .model files in `test_encode_sentencepiece.py`).
+SENTENCEPIECE_VOCABS = ["llama2", "mistral-v3", "gemma4"]
+
 #: A corpus per kind of text; each benchmark encodes the whole file.
 CORPORA = {
     "en": "en/debian-handbook.en-US.txt",
@@ -51,7 +55,7 @@ def source(vocab: str):
     from tokensmith import bench
 
     src = bench.Source(DATA / "tokenizers" / vocab / "tokenizer.json")
-    if VOCABS[vocab] is not None:
+    if VOCABS.get(vocab) is not None:
         spec = json.loads((DATA / "tiktoken" / "encodings.json").read_text())[VOCABS[vocab]]
         src.rank_file = DATA / "tiktoken" / spec["file"]
         src.pattern, src.special_tokens = spec["pattern"], spec["special_tokens"]

@@ -15,14 +15,14 @@ import platform
 import sys
 from datetime import date
 
-from conftest import CORPORA, VOCABS, corpus, source
+from conftest import CORPORA, SENTENCEPIECE_VOCABS, VOCABS, corpus, source
 
 from tokensmith import bench
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vocabs", nargs="+", default=list(VOCABS))
+    p.add_argument("--vocabs", nargs="+", default=[*VOCABS, *SENTENCEPIECE_VOCABS])
     p.add_argument("--corpora", nargs="+", default=list(CORPORA))
     p.add_argument("--peers", nargs="+", default=bench.PEERS)
     p.add_argument("--modes", nargs="+", default=bench.MODES)

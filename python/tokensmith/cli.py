@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peers", nargs="+", default=None, metavar="PEER",
                    help="peers to race (default: every one installed): " + ", ".join(PEERS))
     p.add_argument("--modes", nargs="+", default=MODES, choices=MODES,
-                   help="per-doc and whole run on one pinned core, batch on every core (default: all)")
+                   help="per-doc, first-pass and whole run on one pinned core, batch on every core (default: all)")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds; the best counts (default 3)")
     p.add_argument("--max-mb", type=float, default=2.0, help="use the first N MB of each file (default 2)")
     p.add_argument("--png", help="also draw a bar chart here (needs matplotlib)")

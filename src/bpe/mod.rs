@@ -85,9 +85,63 @@ pub struct CharSymbols {
     pub byte_fallback: Option<Box<[u32; 256]>>,
     pub unk: Option<u32>,
     pub fuse_unk: bool,
-    /// Every pair of adjacent chars inside some token (`char << 32 | char`), when text may
-    /// be cut between any other two chars (see `PieceEncoder::encode_words`); `None`: never cut.
-    pub word_pairs: Option<FxHashSet<u64>>,
+    /// Where text may be cut between two chars (see `PieceEncoder::encode_words`); `None`:
+    /// never cut.
+    pub word_cuts: Option<WordCuts>,
+}
+
+/// Between which two adjacent chars a text of a chars alphabet may be cut: where no token
+/// holds the pair and one of the two chars has a token (runs of unknown chars fuse into
+/// one unknown token, so they are never cut).
+#[derive(Debug, Clone)]
+pub struct WordCuts {
+    /// Every pair of adjacent chars inside some token (`char << 32 | char`).
+    pairs: FxHashSet<u64>,
+    /// The answer for every pair of chars from ASCII and `▁` (index 128), one bit each:
+    /// SentencePiece-style text is mostly those, and two hash lookups per char were a
+    /// quarter of an encode of English (Llama 2).
+    small: Box<[[u64; 3]; 129]>,
+}
+
+impl WordCuts {
+    const SPACE: char = '\u{2581}';
+
+    /// `pairs`: every pair of adjacent chars in a token; `known`: the chars with a token.
+    pub fn new(pairs: FxHashSet<u64>, known: &FxHashMap<char, u32>) -> Self {
+        let mut small = Box::new([[0u64; 3]; 129]);
+        let chars = (0..128u8).map(char::from).chain([Self::SPACE]);
+        for (i, a) in chars.clone().enumerate() {
+            for (j, b) in chars.clone().enumerate() {
+                if Self::decide(&pairs, known, a, b) {
+                    small[i][j / 64] |= 1 << (j % 64);
+                }
+            }
+        }
+        WordCuts { pairs, small }
+    }
+
+    fn decide(pairs: &FxHashSet<u64>, known: &FxHashMap<char, u32>, a: char, b: char) -> bool {
+        !pairs.contains(&((u64::from(u32::from(a)) << 32) | u64::from(u32::from(b))))
+            && (known.contains_key(&a) || known.contains_key(&b))
+    }
+
+    #[inline]
+    fn small_index(c: char) -> Option<usize> {
+        match c {
+            c if c.is_ascii() => Some(c as usize),
+            Self::SPACE => Some(128),
+            _ => None,
+        }
+    }
+
+    /// Whether the text may be cut between `a` and `b`.
+    #[inline]
+    fn cut(&self, a: char, b: char, known: &FxHashMap<char, u32>) -> bool {
+        match (Self::small_index(a), Self::small_index(b)) {
+            (Some(i), Some(j)) => self.small[i][j / 64] & (1 << (j % 64)) != 0,
+            _ => Self::decide(&self.pairs, known, a, b),
+        }
+    }
 }
 
 impl CharSymbols {
@@ -659,6 +713,29 @@ impl Bpe {
     }
 }
 
+/// The char that `bytes` starts with and its length in bytes; `None` where they do not
+/// start with one (pieces of a chars alphabet are text, so only a bug would see that).
+#[inline]
+fn decode_char(bytes: &[u8]) -> Option<(char, usize)> {
+    let b0 = *bytes.first()?;
+    if b0 < 0x80 {
+        return Some((char::from(b0), 1));
+    }
+    let len = match b0 {
+        0xC0..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF7 => 4,
+        _ => return None,
+    };
+    let tail = bytes.get(1..len)?;
+    if tail.iter().any(|&b| b & 0xC0 != 0x80) {
+        return None;
+    }
+    let lead = u32::from(b0) & (0x7F >> len);
+    let cp = tail.iter().fold(lead, |cp, &b| (cp << 6) | u32::from(b & 0x3F));
+    Some((char::from_u32(cp)?, len))
+}
+
 /// The symbols of a short piece being merged: `pairs[i]` is what merging `ids[i]` and
 /// `ids[i + 1]` gives (rank, merged id).
 struct Flat {
@@ -688,8 +765,8 @@ impl PieceEncoder<'_> {
                 return Ok(());
             }
             (n, Alphabet::Chars(chars)) if n > cache::LONG_MAX => {
-                if let (Some(pairs), None) = (&chars.word_pairs, bpe.whole_id(piece)) {
-                    return self.encode_words(piece, pairs, &chars.forms[0], out);
+                if let (Some(cuts), None) = (&chars.word_cuts, bpe.whole_id(piece)) {
+                    return self.encode_words(piece, cuts, &chars.forms[0], out);
                 }
             }
             _ => {}
@@ -706,21 +783,22 @@ impl PieceEncoder<'_> {
     fn encode_words(
         &mut self,
         piece: &[u8],
-        pairs: &FxHashSet<u64>,
+        cuts: &WordCuts,
         known: &FxHashMap<char, u32>,
         out: &mut Vec<u32>,
     ) -> Result<()> {
-        let Ok(text) = std::str::from_utf8(piece) else { return self.encode_word(piece, out) };
+        // The chars are decoded here, not validated first: `from_utf8` over the whole
+        // segment was a tenth of an encode of English (a `▁` every few bytes is its slow path).
+        let Some((mut prev, mut at)) = decode_char(piece) else { return self.encode_word(piece, out) };
         let mut start = 0;
-        let mut chars = text.char_indices();
-        let Some((_, mut prev)) = chars.next() else { return Ok(()) };
-        for (at, c) in chars {
-            let joined = pairs.contains(&((u64::from(u32::from(prev)) << 32) | u64::from(u32::from(c))));
-            if !joined && (known.contains_key(&prev) || known.contains_key(&c)) {
+        while at < piece.len() {
+            let Some((c, len)) = decode_char(&piece[at..]) else { return self.encode_word(&piece[start..], out) };
+            if cuts.cut(prev, c, known) {
                 self.encode_word(&piece[start..at], out)?;
                 start = at;
             }
             prev = c;
+            at += len;
         }
         self.encode_word(&piece[start..], out)
     }
@@ -804,5 +882,39 @@ mod tests {
         let bpe = Bpe::from_ranks(&ranks);
         assert_eq!(enc(&bpe, b"ababa"), [3, 0]);
         assert_eq!(enc(&bpe, b"abab"), [3]);
+    }
+
+    #[test]
+    fn chars_decode_as_the_standard_library_decodes_them() {
+        let text = "a\u{2581}é日\u{1F468}\u{7f}\u{80}\u{7ff}\u{800}\u{ffff}\u{10000}\u{10ffff}";
+        let mut at = 0;
+        for c in text.chars() {
+            assert_eq!(decode_char(&text.as_bytes()[at..]), Some((c, c.len_utf8())));
+            at += c.len_utf8();
+        }
+        for bad in [&b""[..], b"\x80", b"\xe2\x96", b"\xe2\x41\x81", b"\xf8\x80\x80\x80", b"\xed\xa0\x80"] {
+            assert_eq!(decode_char(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn word_cuts_of_the_small_table_are_the_rule_itself() {
+        let tokens = ["\u{2581}a", "ab", "b\u{2581}", "é日", "\u{2581}\u{2581}", "x"];
+        let mut pairs = FxHashSet::default();
+        for t in tokens {
+            let chars: Vec<char> = t.chars().collect();
+            for w in chars.windows(2) {
+                pairs.insert((u64::from(u32::from(w[0])) << 32) | u64::from(u32::from(w[1])));
+            }
+        }
+        let known: FxHashMap<char, u32> = ['a', 'b', 'x', '\u{2581}', 'é', '日'].into_iter().zip(0..).collect();
+        let cuts = WordCuts::new(pairs.clone(), &known);
+        let chars = ['a', 'b', 'x', 'q', '\u{2581}', 'é', '日', 'Z', '\u{2582}', ' '];
+        for a in chars {
+            for b in chars {
+                assert_eq!(cuts.cut(a, b, &known), WordCuts::decide(&pairs, &known, a, b), "{a:?} {b:?}");
+            }
+        }
+        assert!(!cuts.cut('a', 'b', &known) && cuts.cut('b', 'a', &known) && !cuts.cut('q', 'Z', &known));
     }
 }

@@ -2,7 +2,7 @@
 //! with the components listed in the README, write one back that the reference loads and
 //! encodes identically.
 
-use crate::bpe::{Bpe, CharSymbols, NO_ID};
+use crate::bpe::{Bpe, CharSymbols, WordCuts, NO_ID};
 use crate::bytelevel;
 use crate::decode::{byte_token, Decoder};
 use crate::error::{Error, Result};
@@ -766,7 +766,7 @@ fn build_char_bpe(model: &Model, scores: Option<&[Option<f32>]>) -> Result<Bpe> 
                 }
             }
         }
-        chars.word_pairs = Some(pairs);
+        chars.word_cuts = Some(WordCuts::new(pairs, &chars.forms[0]));
     }
     if model.byte_fallback {
         if chars.has_prefix || chars.has_suffix {
