@@ -1,6 +1,7 @@
-"""Long inputs without a break: seconds per MB against English, on every shared tokenizer.
+"""Long inputs without a break: seconds per MB against English, on every shared tokenizer
+and on the pre-tokenizers of public models the shared files do not cover (VARIANTS).
 
-    python benches/long_inputs.py [--mb 10] [--tokenizers llama3 o200k_base ...]
+    python benches/long_inputs.py [--mb 10] [--tokenizers llama3 o200k_base qwen3.5 ...]
 
 Each input is `--mb` MB of one kind of text (English prose for the baseline), encoded in one
 call on one pinned core. The issue's bar: every kind within 3x the per-byte time of English.
@@ -9,6 +10,7 @@ call on one pinned core. The issue's bar: every kind within 3x the per-byte time
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -26,10 +28,45 @@ KINDS = {
 }
 
 
+BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+
+
+def _split(pattern: str) -> dict:
+    return {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}
+
+
+#: name -> (shared vocabulary, its pre-tokenizer replaced by this one's steps, as the models'
+#: tokenizer.json files spell them).
+VARIANTS = {
+    "qwen3.5": ("qwen2", [_split(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+                                 r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"), BYTE_LEVEL]),
+    "deepseek-v3": ("llama3", [
+        _split(r"\p{N}{1,3}"), _split("[一-龥\u3040-ゟ゠-ヿ]+"),
+        _split((r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"""
+                r"""| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""").replace(r"\r", "\r").replace(r"\n", "\n")),
+        BYTE_LEVEL]),
+    "command-r": ("gpt2", [{"type": "Digits", "individual_digits": True},
+                           {**BYTE_LEVEL, "use_regex": True}]),
+    "command-a": ("tekken", [_split(r"\d{1,3}(?=(?:\d{3})*\b)"), None]),
+}
+
+
+def tokenizer(name: str) -> tokensmith.Tokenizer:
+    if name not in VARIANTS:
+        return tokensmith.Tokenizer.from_file(DATA / "tokenizers" / name / "tokenizer.json")
+    vocab, steps = VARIANTS[name]
+    spec = json.loads((DATA / "tokenizers" / vocab / "tokenizer.json").read_text(encoding="utf-8"))
+    # `None`: the vocabulary's own steps from here on.
+    pre = spec["pre_tokenizer"]
+    own = pre.get("pretokenizers", [pre])
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [s for step in steps for s in ([step] if step else own)]}
+    return tokensmith.Tokenizer.from_str(json.dumps(spec))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     names = sorted(d.name for d in (DATA / "tokenizers").iterdir() if (d / "tokenizer.json").is_file())
-    p.add_argument("--tokenizers", nargs="+", default=names)
+    p.add_argument("--tokenizers", nargs="+", default=[*names, *VARIANTS])
     p.add_argument("--mb", type=float, default=10)
     args = p.parse_args()
     n = int(args.mb * 1e6)
@@ -40,7 +77,7 @@ def main() -> None:
     print("| tokenizer | " + " | ".join(f"{k} s/MB" if k == "English" else f"{k} (x English)" for k in texts) + " |")
     print("|---|" + "---:|" * len(texts))
     for name in args.tokenizers:
-        tok = tokensmith.Tokenizer.from_file(DATA / "tokenizers" / name / "tokenizer.json")
+        tok = tokenizer(name)
         per_mb = {}
         for kind, text in texts.items():
             start = time.perf_counter()

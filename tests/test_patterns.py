@@ -4,9 +4,9 @@ Patterns without a hand-written lexer run on the `regex` crate (linear time) whe
 can; `\\s+(?!\\S)|\\s+`, the one look-ahead real pre-tokenizers use, is matched as `\\s+` and
 cut afterwards, and possessive quantifiers become greedy where that is exact. The
 tokenizer.json patterns here are real ones from models the shared tokenizers do not cover:
-Qwen3.5 (now a lexer's), an Indic variant that keeps ZWNJ/ZWJ in words, and DeepSeek V3's
-chain of three splits (fused into one pass), set on the vocabularies of Qwen2 and Llama
-3; the tiktoken ones are cl100k's and GPT-2's with a changed digit rule (so that no
+Qwen3.5 (now a lexer's), an Indic variant that keeps ZWNJ/ZWJ in words, DeepSeek V3's chain
+of three splits and Command R's digits before GPT-2's split (each fused into one pass), and
+Cohere's digit groups, set on the vocabularies of Qwen2, Llama 3 and GPT-2; the tiktoken ones are cl100k's and GPT-2's with a changed digit rule (so that no
 lexer takes them), on their rank files.
 """
 
@@ -171,3 +171,25 @@ def test_digit_groups_match_the_reference_on_corpus_lines_and_long_runs():
     assert tok.encode("123" * 1_000_000 + " x", add_special_tokens=False) == (
         hf.encode("123", add_special_tokens=False).ids * 1_000_000 + hf.encode(" x", add_special_tokens=False).ids
     )
+
+
+def test_command_r_digits_then_byte_level_matches_the_reference_on_every_corpus_line():
+    # Command R's pre-tokenizer (every digit alone, then GPT-2's split and byte mapping),
+    # which tokensmith runs as one pass, on GPT-2's vocabulary.
+    require_data()
+    spec = json.loads(tokenizer_path("gpt2").read_text(encoding="utf-8"))
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+    ]}
+    text = json.dumps(spec)
+    tok, hf = ts.Tokenizer.from_str(text), tokenizers.Tokenizer.from_str(text)
+    lines = list(HARD) + ["x=1234567 ٣٤ ¼½ ⅷ 12ab  34\n", "9" * 10_000 + "  x"]
+    for path in corpus_files():
+        lines += corpus_lines(path)[:3000]
+    got = tok.encode_batch(lines)
+    want = [e.ids for e in hf.encode_batch(lines)]
+    bad = [i for i in range(len(lines)) if got[i] != want[i]]
+    assert not bad, f"{len(bad)} of {len(lines)} differ; first {lines[bad[0]][:200]!r}: {got[bad[0]]} != {want[bad[0]]}"
+    for line in lines[:: max(1, len(lines) // 2000)]:
+        assert tok.encode_with_offsets(line) == (hf.encode(line).ids, hf.encode(line).offsets), line

@@ -9,7 +9,9 @@
 //! its own steps on the general path.
 
 use super::lexer::{self, ascii_run, class, letters, Scan, LETTER, MARK, NUMBER, PUNCT, SPACE, SYMBOL};
-use super::{Behavior, CharClass, Splitter, Step};
+use super::lexer::Lexer;
+use super::{Behavior, CharClass, Dialect, Splitter, Step};
+use std::sync::OnceLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chain {
@@ -19,6 +21,10 @@ pub enum Chain {
     /// DeepSeek Coder and DeepSeek LLM: `[\r\n]`, `\s?\p{L}+`, `\s?\p{P}+`, runs of
     /// U+0800-U+9FA5 and Hangul, then every digit on its own.
     DeepSeekCoder,
+    /// Command R and R7B: every digit on its own (`Digits`), then GPT-2's pattern on the
+    /// text between (the split of a `ByteLevel` with `use_regex`, fused here; the byte
+    /// mapping stays a step of its own).
+    DigitsThenGpt2,
 }
 
 /// A step of a chain as a tokenizer.json spells it: an `Isolated` split by this pattern, or
@@ -36,6 +42,20 @@ const DEEPSEEK_CODER: &[Spelled] =
 
 /// The steps with the first known chain in them replaced by one split that runs it.
 pub fn fuse(mut steps: Vec<Step>) -> Vec<Step> {
+    let digits_then_gpt2 = steps.windows(2).position(|w| {
+        matches!(
+            w,
+            [
+                Step::Split { splitter: Splitter::Chars(CharClass::Numeric), behavior: Behavior::Isolated, .. },
+                Step::ByteLevel { add_prefix_space: false, use_regex: true }
+            ]
+        )
+    });
+    if let Some(i) = digits_then_gpt2 {
+        let fused = Step::Split { splitter: Splitter::Chain(Chain::DigitsThenGpt2), behavior: Behavior::Isolated, invert: false };
+        steps.splice(i..i + 2, [fused, Step::ByteLevel { add_prefix_space: false, use_regex: false }]);
+        return steps;
+    }
     for (chain, spelled) in [(Chain::DeepSeekV3, DEEPSEEK_V3), (Chain::DeepSeekCoder, DEEPSEEK_CODER)] {
         let found = steps.windows(spelled.len()).position(|w| w.iter().zip(spelled).all(|(s, p)| spells(s, *p)));
         if let Some(i) = found {
@@ -67,6 +87,7 @@ impl Chain {
         match self {
             Chain::DeepSeekV3 => deepseek_v3(&s, &mut f),
             Chain::DeepSeekCoder => deepseek_coder(&s, &mut f),
+            Chain::DigitsThenGpt2 => digits_then_gpt2(text, &mut f),
         }
     }
 }
@@ -187,6 +208,26 @@ fn with_gaps(s: &Scan, matcher: impl Fn(&Scan, usize) -> Option<usize>, f: &mut 
     }
 }
 
+/// Every numeric char alone (`char::is_numeric`, as `Digits`), GPT-2's pattern between.
+fn digits_then_gpt2(text: &str, f: &mut impl FnMut(usize, usize)) {
+    static GPT2: OnceLock<Lexer> = OnceLock::new();
+    let gpt2 = GPT2.get_or_init(|| Lexer::for_pattern(super::GPT2_PATTERN, Dialect::Oniguruma).expect("GPT-2 has a lexer"));
+    let between = |from: usize, to: usize, f: &mut dyn FnMut(usize, usize)| {
+        if from < to {
+            gpt2.for_each_match(&text[from..to], |a, b| f(from + a, from + b));
+        }
+    };
+    let mut from = 0;
+    for (at, c) in text.char_indices() {
+        if c.is_numeric() {
+            between(from, at, f);
+            f(at, at + c.len_utf8());
+            from = at + c.len_utf8();
+        }
+    }
+    between(from, text.len(), f);
+}
+
 // DeepSeek Coder.
 
 fn deepseek_coder(s: &Scan, f: &mut impl FnMut(usize, usize)) {
@@ -274,7 +315,7 @@ fn coder_runs(s: &Scan, start: usize, end: usize, f: &mut impl FnMut(usize, usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pretokenize::{Context, Dialect, PreTokenizer};
+    use crate::pretokenize::{Context, PreTokenizer};
 
     fn unfused(spelled: &[Spelled]) -> Vec<Step> {
         spelled
@@ -339,6 +380,26 @@ mod tests {
                 assert_eq!(pieces(&fused, &text), pieces(&stepped, &text), "{chain:?} on {text:?}");
             }
         }
+    }
+
+    #[test]
+    fn digits_then_gpt2_gives_the_pieces_of_its_steps() {
+        let steps = vec![
+            Step::Split { splitter: Splitter::Chars(CharClass::Numeric), behavior: Behavior::Isolated, invert: false },
+            Step::ByteLevel { add_prefix_space: false, use_regex: true },
+        ];
+        let fused = PreTokenizer::new(steps.clone()).unwrap();
+        assert!(matches!(fused.steps(), [Step::Split { splitter: Splitter::Chain(Chain::DigitsThenGpt2), .. }, _]));
+        let stepped = PreTokenizer::unfused(steps);
+        for text in texts() {
+            assert_eq!(pieces(&fused, &text), pieces(&stepped, &text), "{text:?}");
+        }
+        // With a prefix space, each piece gets one: not this chain.
+        let prefixed = vec![
+            Step::Split { splitter: Splitter::Chars(CharClass::Numeric), behavior: Behavior::Isolated, invert: false },
+            Step::ByteLevel { add_prefix_space: true, use_regex: true },
+        ];
+        assert!(matches!(fuse(prefixed)[..], [Step::Split { splitter: Splitter::Chars(_), .. }, _]));
     }
 
     #[test]
