@@ -13,6 +13,7 @@ lexer takes them), on their rank files.
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 import pytest
 import tiktoken
@@ -45,6 +46,26 @@ def pair(pattern: str) -> tuple[ts.Tokenizer, tokenizers.Tokenizer]:
     return ts.Tokenizer.from_str(text), tokenizers.Tokenizer.from_str(text)
 
 
+def pipeline(vocab: str, pre_tokenizer: Callable[[list], list]) -> tuple[ts.Tokenizer, tokenizers.Tokenizer]:
+    """The vocabulary's tokenizer with the steps of its pre-tokenizer replaced, on both sides."""
+    require_data()
+    spec = json.loads(tokenizer_path(vocab).read_text(encoding="utf-8"))
+    own = spec["pre_tokenizer"].get("pretokenizers", [spec["pre_tokenizer"]])
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": pre_tokenizer(own)}
+    text = json.dumps(spec)
+    return ts.Tokenizer.from_str(text), tokenizers.Tokenizer.from_str(text)
+
+
+def assert_lines_match(tok: ts.Tokenizer, hf: tokenizers.Tokenizer, lines: list[str], offsets: int = 2000) -> None:
+    """Ids of every line, and ids and offsets of about `offsets` of them, as the reference's."""
+    got = tok.encode_batch(lines)
+    want = [e.ids for e in hf.encode_batch(lines)]
+    bad = [i for i in range(len(lines)) if got[i] != want[i]]
+    assert not bad, f"{len(bad)} of {len(lines)} differ; first {lines[bad[0]][:200]!r}: {got[bad[0]]} != {want[bad[0]]}"
+    for line in lines[:: max(1, len(lines) // offsets)]:
+        assert tok.encode_with_offsets(line) == (hf.encode(line).ids, hf.encode(line).offsets), line[:200]
+
+
 @pytest.mark.parametrize("name", PATTERNS)
 def test_hard_cases_and_corpus_lines_match_the_reference(name):
     tok, hf = pair(PATTERNS[name])
@@ -75,24 +96,14 @@ DEEPSEEK_V3 = [r"\p{N}{1,3}", "[一-龥\u3040-ゟ゠-ヿ]+",
 
 
 def test_deepseek_v3_chain_of_splits_matches_the_reference_on_every_corpus_line():
-    require_data()
     # On Llama 3's vocabulary: DeepSeek Coder's has single digits only and few tokens that
     # start with punctuation, so pieces cut wrong would often still give its ids.
-    spec = json.loads(tokenizer_path("llama3").read_text(encoding="utf-8"))
-    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": p}, "behavior": "Isolated", "invert": False} for p in DEEPSEEK_V3
-    ] + [{"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
-    text = json.dumps(spec)
-    tok, hf = ts.Tokenizer.from_str(text), tokenizers.Tokenizer.from_str(text)
+    split = [{"type": "Split", "pattern": {"Regex": p}, "behavior": "Isolated", "invert": False} for p in DEEPSEEK_V3]
+    tok, hf = pipeline("llama3", lambda own: split + own[1:])
     lines = list(HARD) + ["os.path.join('a', \"b\") x=1234567 (foo)", "日本語のテキスト・カタカナー。123", "ﾟ\u3040ゟ゠ヿ"]
     for path in corpus_files():
         lines += corpus_lines(path)
-    got = tok.encode_batch(lines)
-    want = [e.ids for e in hf.encode_batch(lines)]
-    bad = [i for i in range(len(lines)) if got[i] != want[i]]
-    assert not bad, f"{len(bad)} of {len(lines)} differ; first {lines[bad[0]]!r}: {got[bad[0]]} != {want[bad[0]]}"
-    for line in lines[:: max(1, len(lines) // 3000)]:
-        assert tok.encode_with_offsets(line) == (hf.encode(line).ids, hf.encode(line).offsets), line
+    assert_lines_match(tok, hf, lines, offsets=3000)
     for path in corpus_files()[:3]:
         whole = path.read_text(encoding="utf-8")[:300_000]
         assert tok.encode(whole) == hf.encode(whole).ids, path.name
@@ -137,13 +148,9 @@ DIGIT_GROUPS = r"\d{1,3}(?=(?:\d{3})*\b)"
 
 
 def digit_groups_pair() -> tuple[ts.Tokenizer, tokenizers.Tokenizer]:
-    require_data()
     # Llama 3's vocabulary has tokens of up to three digits, so where the groups are cut shows.
-    spec = json.loads(tokenizer_path("llama3").read_text(encoding="utf-8"))
     split = {"type": "Split", "pattern": {"Regex": DIGIT_GROUPS}, "behavior": "Isolated", "invert": False}
-    spec["pre_tokenizer"]["pretokenizers"].insert(0, split)
-    text = json.dumps(spec)
-    return ts.Tokenizer.from_str(text), tokenizers.Tokenizer.from_str(text)
+    return pipeline("llama3", lambda own: [split, *own])
 
 
 def test_digit_groups_match_the_reference_next_to_every_code_point():
@@ -163,10 +170,7 @@ def test_digit_groups_match_the_reference_on_corpus_lines_and_long_runs():
     for path in corpus_files():
         lines += corpus_lines(path)[:2000]
     lines += ["9" * n + end for n in (1, 2, 3, 4, 30_001) for end in ("", " ", "a", ".")]
-    got = tok.encode_batch(lines)
-    want = [e.ids for e in hf.encode_batch(lines)]
-    bad = [i for i in range(len(lines)) if got[i] != want[i]]
-    assert not bad, f"{len(bad)} of {len(lines)} differ; first {lines[bad[0]][:200]!r}"
+    assert_lines_match(tok, hf, lines)
     # Three million digits: each group of three is a piece of its own, as in the reference.
     assert tok.encode("123" * 1_000_000 + " x", add_special_tokens=False) == (
         hf.encode("123", add_special_tokens=False).ids * 1_000_000 + hf.encode(" x", add_special_tokens=False).ids
@@ -176,20 +180,11 @@ def test_digit_groups_match_the_reference_on_corpus_lines_and_long_runs():
 def test_command_r_digits_then_byte_level_matches_the_reference_on_every_corpus_line():
     # Command R's pre-tokenizer (every digit alone, then GPT-2's split and byte mapping),
     # which tokensmith runs as one pass, on GPT-2's vocabulary.
-    require_data()
-    spec = json.loads(tokenizer_path("gpt2").read_text(encoding="utf-8"))
-    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+    tok, hf = pipeline("gpt2", lambda own: [
         {"type": "Digits", "individual_digits": True},
         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
-    ]}
-    text = json.dumps(spec)
-    tok, hf = ts.Tokenizer.from_str(text), tokenizers.Tokenizer.from_str(text)
+    ])
     lines = list(HARD) + ["x=1234567 ٣٤ ¼½ ⅷ 12ab  34\n", "9" * 10_000 + "  x"]
     for path in corpus_files():
         lines += corpus_lines(path)[:3000]
-    got = tok.encode_batch(lines)
-    want = [e.ids for e in hf.encode_batch(lines)]
-    bad = [i for i in range(len(lines)) if got[i] != want[i]]
-    assert not bad, f"{len(bad)} of {len(lines)} differ; first {lines[bad[0]][:200]!r}: {got[bad[0]]} != {want[bad[0]]}"
-    for line in lines[:: max(1, len(lines) // 2000)]:
-        assert tok.encode_with_offsets(line) == (hf.encode(line).ids, hf.encode(line).offsets), line
+    assert_lines_match(tok, hf, lines)
