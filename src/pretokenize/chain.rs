@@ -64,6 +64,25 @@ pub fn fuse(mut steps: Vec<Step>) -> Vec<Step> {
             return steps;
         }
     }
+    // Any `Isolated` split followed by one with a lexer (Command A: digit groups, then an
+    // o200k-like pattern): each piece of the first goes straight to the lexer, not through
+    // the general chain of steps (10 MB of digits: 3.5x -> about 2.5x the time of English).
+    while let Some(i) = steps.windows(2).position(|w| {
+        matches!(
+            w,
+            [Step::Split { behavior: Behavior::Isolated, .. }, Step::Split { splitter: Splitter::Lexer(_), behavior: Behavior::Isolated, .. }]
+        )
+    }) {
+        let mut pair = steps.drain(i..i + 2);
+        let (Some(Step::Split { splitter: first, .. }), Some(Step::Split { splitter: Splitter::Lexer(lexer), .. })) =
+            (pair.next(), pair.next())
+        else {
+            unreachable!("matched above")
+        };
+        drop(pair);
+        let fused = Splitter::Then(Box::new(first), lexer);
+        steps.insert(i, Step::Split { splitter: fused, behavior: Behavior::Isolated, invert: false });
+    }
     steps
 }
 
@@ -315,7 +334,7 @@ fn coder_runs(s: &Scan, start: usize, end: usize, f: &mut impl FnMut(usize, usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pretokenize::{Context, PreTokenizer};
+    use crate::pretokenize::{Context, Dialect, PreTokenizer};
 
     fn unfused(spelled: &[Spelled]) -> Vec<Step> {
         spelled
@@ -400,6 +419,28 @@ mod tests {
             Step::ByteLevel { add_prefix_space: true, use_regex: true },
         ];
         assert!(matches!(fuse(prefixed)[..], [Step::Split { splitter: Splitter::Chars(_), .. }, _]));
+    }
+
+    #[test]
+    fn a_split_then_a_lexer_gives_the_pieces_of_the_two_steps() {
+        let llama3 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+        let split = |splitter| Step::Split { splitter, behavior: Behavior::Isolated, invert: false };
+        let pattern = |p| Splitter::for_pattern(p, Dialect::Oniguruma).unwrap();
+        let byte_level = Step::ByteLevel { add_prefix_space: false, use_regex: false };
+        // Command A's digit groups (a pattern with matches and gaps), and `Punctuation`.
+        for first in [pattern(r"\d{1,3}(?=(?:\d{3})*\b)"), Splitter::Chars(CharClass::Punctuation)] {
+            let steps = vec![split(first), split(pattern(llama3)), byte_level.clone()];
+            let fused = PreTokenizer::new(steps.clone()).unwrap();
+            assert!(matches!(fused.steps(), [Step::Split { splitter: Splitter::Then(..), .. }, _]));
+            let stepped = PreTokenizer::unfused(steps);
+            for text in texts() {
+                assert_eq!(pieces(&fused, &text), pieces(&stepped, &text), "{text:?}");
+            }
+        }
+        // A second step without a lexer, or not `Isolated`: left as it is.
+        let merged = Step::Split { splitter: pattern(llama3), behavior: Behavior::MergedWithNext, invert: false };
+        assert_eq!(fuse(vec![split(pattern(r"\d")), merged]).len(), 2);
+        assert_eq!(fuse(vec![split(pattern(r"\d")), split(pattern(r"\w+"))]).len(), 2);
     }
 
     #[test]

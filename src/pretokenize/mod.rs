@@ -63,6 +63,9 @@ pub enum Splitter {
     Chars(CharClass),
     /// Several known split steps in one (`chain::fuse`): its pieces are the matches.
     Chain(chain::Chain),
+    /// An `Isolated` split, then a lexer on each of its pieces (`chain::fuse`): the pieces
+    /// of the two steps, as matches.
+    Then(Box<Splitter>, Lexer),
 }
 
 impl Splitter {
@@ -83,6 +86,24 @@ impl Splitter {
             Splitter::Pattern(pattern) => pattern.for_each_match(text, f),
             Splitter::Chain(chain) => {
                 chain.for_each_piece(text, f);
+                Ok(())
+            }
+            Splitter::Then(first, lexer) => {
+                let mut prev = 0;
+                let mut second = |s: usize, e: usize| lexer.for_each_match(&text[s..e], |a, b| f(s + a, s + b));
+                // Through `dyn`: a generic closure here would instantiate this function
+                // again for every level of nesting.
+                let pieces: &mut dyn FnMut(usize, usize) = &mut |start, end| {
+                    if prev < start {
+                        second(prev, start);
+                    }
+                    second(start, end);
+                    prev = end;
+                };
+                first.for_each_match(text, pieces)?;
+                if prev < text.len() {
+                    second(prev, text.len());
+                }
                 Ok(())
             }
             Splitter::Chars(class) => {
