@@ -1,15 +1,15 @@
-//! Known chains of `Split` steps, each fused into one pass over the text.
+//! Chains of pre-tokenizer steps, fused into one pass over the text.
 //!
 //! DeepSeek's tokenizers pre-tokenize in several `Split` steps, each applied to every piece
 //! the step before produced. On the general path every piece goes through the next step's
 //! regex, a call of the `regex` crate per piece: DeepSeek Coder and V3 encoded English at
 //! 16-20 MB/s where one-pattern tokenizers with a lexer run at 100. A chain here walks the
 //! text once and gives the same pieces. [`fuse`] replaces only steps whose patterns it
-//! knows, spelled as the tokenizer.json files spell them; the tests check each chain against
-//! its own steps on the general path.
+//! knows, spelled as the tokenizer.json files spell them (and, generally, an `Isolated`
+//! split followed by a split with a lexer); the tests check each against its own steps on
+//! the general path.
 
-use super::lexer::{self, ascii_run, class, letters, Scan, LETTER, MARK, NUMBER, PUNCT, SPACE, SYMBOL};
-use super::lexer::Lexer;
+use super::lexer::{self, ascii_run, class, letters, Lexer, Scan, LETTER, MARK, NUMBER, PUNCT, SPACE, SYMBOL};
 use super::{Behavior, CharClass, Dialect, Splitter, Step};
 use std::sync::OnceLock;
 
@@ -40,7 +40,8 @@ const DEEPSEEK_V3: &[Spelled] = &[
 const DEEPSEEK_CODER: &[Spelled] =
     &[Some(r"[\r\n]"), Some(r"\s?\p{L}+"), Some(r"\s?\p{P}+"), Some("[一-龥\u{800}-一가-\u{d7ff}]+"), None];
 
-/// The steps with the first known chain in them replaced by one split that runs it.
+/// The steps with the first known chain in them replaced by one split that runs it, and
+/// every `Isolated` split followed by a split with a lexer made one.
 pub fn fuse(mut steps: Vec<Step>) -> Vec<Step> {
     let digits_then_gpt2 = steps.windows(2).position(|w| {
         matches!(
