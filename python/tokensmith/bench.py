@@ -329,8 +329,9 @@ def _timed_output(run: Callable[[], object]) -> tuple[float, object]:
 
 def _first_pass(encoders: Sequence[Encoder], docs: list[str], expected: list, rounds: int,
                 progress: Callable[[str], None]) -> tuple[dict[str, float], dict[str, int]]:
-    """Best seconds per library over `rounds` first passes over `docs` (each with the library
-    loaded afresh and warmed on `warm`), and its documents that differ from `expected`."""
+    """Best seconds per library over `rounds` passes over the last four fifths of `docs`, each
+    by the library loaded afresh and warmed on the first fifth, and its documents there that
+    differ from `expected` (the reference's ids of all of `docs`)."""
     cut = len(docs) // 5
     warm, docs = docs[:cut], docs[cut:]
     best, wrong = {e.name: float("inf") for e in encoders}, {}

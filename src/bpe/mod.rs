@@ -106,8 +106,12 @@ pub struct WordCuts {
 impl WordCuts {
     const SPACE: char = '\u{2581}';
 
-    /// `pairs`: every pair of adjacent chars in a token; `known`: the chars with a token.
-    pub fn new(pairs: FxHashSet<u64>, known: &FxHashMap<char, u32>) -> Self {
+    /// `tokens`: the vocabulary's strings; `known`: the chars with a token.
+    pub fn new<'a>(tokens: impl IntoIterator<Item = &'a str>, known: &FxHashMap<char, u32>) -> Self {
+        let mut pairs = FxHashSet::default();
+        for token in tokens {
+            pairs.extend(token.chars().zip(token.chars().skip(1)).map(|(a, b)| Self::key(a, b)));
+        }
         let mut small = Box::new([[0u64; 3]; 129]);
         let chars = (0..128u8).map(char::from).chain([Self::SPACE]);
         for (i, a) in chars.clone().enumerate() {
@@ -120,8 +124,12 @@ impl WordCuts {
         WordCuts { pairs, small }
     }
 
+    fn key(a: char, b: char) -> u64 {
+        (u64::from(u32::from(a)) << 32) | u64::from(u32::from(b))
+    }
+
     fn decide(pairs: &FxHashSet<u64>, known: &FxHashMap<char, u32>, a: char, b: char) -> bool {
-        !pairs.contains(&((u64::from(u32::from(a)) << 32) | u64::from(u32::from(b))))
+        !pairs.contains(&Self::key(a, b))
             && (known.contains_key(&a) || known.contains_key(&b))
     }
 
@@ -900,19 +908,13 @@ mod tests {
     #[test]
     fn word_cuts_of_the_small_table_are_the_rule_itself() {
         let tokens = ["\u{2581}a", "ab", "b\u{2581}", "é日", "\u{2581}\u{2581}", "x"];
-        let mut pairs = FxHashSet::default();
-        for t in tokens {
-            let chars: Vec<char> = t.chars().collect();
-            for w in chars.windows(2) {
-                pairs.insert((u64::from(u32::from(w[0])) << 32) | u64::from(u32::from(w[1])));
-            }
-        }
         let known: FxHashMap<char, u32> = ['a', 'b', 'x', '\u{2581}', 'é', '日'].into_iter().zip(0..).collect();
-        let cuts = WordCuts::new(pairs.clone(), &known);
+        let cuts = WordCuts::new(tokens, &known);
+        let pairs = &cuts.pairs;
         let chars = ['a', 'b', 'x', 'q', '\u{2581}', 'é', '日', 'Z', '\u{2582}', ' '];
         for a in chars {
             for b in chars {
-                assert_eq!(cuts.cut(a, b, &known), WordCuts::decide(&pairs, &known, a, b), "{a:?} {b:?}");
+                assert_eq!(cuts.cut(a, b, &known), WordCuts::decide(pairs, &known, a, b), "{a:?} {b:?}");
             }
         }
         assert!(!cuts.cut('a', 'b', &known) && cuts.cut('b', 'a', &known) && !cuts.cut('q', 'Z', &known));

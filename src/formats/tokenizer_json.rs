@@ -756,17 +756,7 @@ fn build_char_bpe(model: &Model, scores: Option<&[Option<f32>]>) -> Result<Bpe> 
     let merges_chars = !model.merges.iter().any(|&(l, r)| symbol_only[l as usize] || symbol_only[r as usize]);
     let nothing_dropped = chars.unk.is_some() || (model.byte_fallback && !fallback.contains(&NO_ID));
     if merges_chars && nothing_dropped && !chars.has_prefix && !chars.has_suffix && !model.ignore_merges {
-        let mut pairs = FxHashSet::default();
-        for token in vocab.ids.keys() {
-            let mut it = token.chars();
-            if let Some(mut prev) = it.next() {
-                for c in it {
-                    pairs.insert((u64::from(u32::from(prev)) << 32) | u64::from(u32::from(c)));
-                    prev = c;
-                }
-            }
-        }
-        chars.word_cuts = Some(WordCuts::new(pairs, &chars.forms[0]));
+        chars.word_cuts = Some(WordCuts::new(vocab.ids.keys().map(String::as_str), &chars.forms[0]));
     }
     if model.byte_fallback {
         if chars.has_prefix || chars.has_suffix {

@@ -11,7 +11,6 @@
 
 use super::lexer::{self, ascii_run, class, letters, Lexer, Scan, LETTER, MARK, NUMBER, PUNCT, SPACE, SYMBOL};
 use super::{Behavior, CharClass, Dialect, Splitter, Step};
-use std::sync::OnceLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chain {
@@ -21,10 +20,6 @@ pub enum Chain {
     /// DeepSeek Coder and DeepSeek LLM: `[\r\n]`, `\s?\p{L}+`, `\s?\p{P}+`, runs of
     /// U+0800-U+9FA5 and Hangul, then every digit on its own.
     DeepSeekCoder,
-    /// Command R and R7B: every digit on its own (`Digits`), then GPT-2's pattern on the
-    /// text between (the split of a `ByteLevel` with `use_regex`, fused here; the byte
-    /// mapping stays a step of its own).
-    DigitsThenGpt2,
 }
 
 /// A step of a chain as a tokenizer.json spells it: an `Isolated` split by this pattern, or
@@ -43,20 +38,6 @@ const DEEPSEEK_CODER: &[Spelled] =
 /// The steps with the first known chain in them replaced by one split that runs it, and
 /// every `Isolated` split followed by a split with a lexer made one.
 pub fn fuse(mut steps: Vec<Step>) -> Vec<Step> {
-    let digits_then_gpt2 = steps.windows(2).position(|w| {
-        matches!(
-            w,
-            [
-                Step::Split { splitter: Splitter::Chars(CharClass::Numeric), behavior: Behavior::Isolated, .. },
-                Step::ByteLevel { add_prefix_space: false, use_regex: true }
-            ]
-        )
-    });
-    if let Some(i) = digits_then_gpt2 {
-        let fused = Step::Split { splitter: Splitter::Chain(Chain::DigitsThenGpt2), behavior: Behavior::Isolated, invert: false };
-        steps.splice(i..i + 2, [fused, Step::ByteLevel { add_prefix_space: false, use_regex: false }]);
-        return steps;
-    }
     for (chain, spelled) in [(Chain::DeepSeekV3, DEEPSEEK_V3), (Chain::DeepSeekCoder, DEEPSEEK_CODER)] {
         let found = steps.windows(spelled.len()).position(|w| w.iter().zip(spelled).all(|(s, p)| spells(s, *p)));
         if let Some(i) = found {
@@ -64,6 +45,15 @@ pub fn fuse(mut steps: Vec<Step>) -> Vec<Step> {
             steps.splice(i..i + spelled.len(), [fused]);
             return steps;
         }
+    }
+    // A `ByteLevel` with `use_regex` after a split (Command R: `Digits`, then it) is GPT-2's
+    // split and then the byte mapping: written so, the split fuses below.
+    while let Some(i) = steps.windows(2).position(|w| {
+        matches!(w, [Step::Split { behavior: Behavior::Isolated, .. }, Step::ByteLevel { add_prefix_space: false, use_regex: true }])
+    }) {
+        let gpt2 = Lexer::for_pattern(super::GPT2_PATTERN, Dialect::Oniguruma).expect("GPT-2's pattern has a lexer");
+        let split = Step::Split { splitter: Splitter::Lexer(gpt2), behavior: Behavior::Isolated, invert: false };
+        steps.splice(i + 1..i + 2, [split, Step::ByteLevel { add_prefix_space: false, use_regex: false }]);
     }
     // Any `Isolated` split followed by one with a lexer (Command A: digit groups, then an
     // o200k-like pattern): each piece of the first goes straight to the lexer, not through
@@ -74,15 +64,12 @@ pub fn fuse(mut steps: Vec<Step>) -> Vec<Step> {
             [Step::Split { behavior: Behavior::Isolated, .. }, Step::Split { splitter: Splitter::Lexer(_), behavior: Behavior::Isolated, .. }]
         )
     }) {
-        let mut pair = steps.drain(i..i + 2);
-        let (Some(Step::Split { splitter: first, .. }), Some(Step::Split { splitter: Splitter::Lexer(lexer), .. })) =
-            (pair.next(), pair.next())
-        else {
-            unreachable!("matched above")
-        };
-        drop(pair);
-        let fused = Splitter::Then(Box::new(first), lexer);
-        steps.insert(i, Step::Split { splitter: fused, behavior: Behavior::Isolated, invert: false });
+        let second = steps.remove(i + 1);
+        let first = steps.remove(i);
+        if let (Step::Split { splitter: first, .. }, Step::Split { splitter: Splitter::Lexer(lexer), .. }) = (first, second) {
+            let fused = Splitter::Then(Box::new(first), lexer);
+            steps.insert(i, Step::Split { splitter: fused, behavior: Behavior::Isolated, invert: false });
+        }
     }
     steps
 }
@@ -107,7 +94,6 @@ impl Chain {
         match self {
             Chain::DeepSeekV3 => deepseek_v3(&s, &mut f),
             Chain::DeepSeekCoder => deepseek_coder(&s, &mut f),
-            Chain::DigitsThenGpt2 => digits_then_gpt2(text, &mut f),
         }
     }
 }
@@ -226,26 +212,6 @@ fn with_gaps(s: &Scan, matcher: impl Fn(&Scan, usize) -> Option<usize>, f: &mut 
     if gap < at {
         f(gap, at);
     }
-}
-
-/// Every numeric char alone (`char::is_numeric`, as `Digits`), GPT-2's pattern between.
-fn digits_then_gpt2(text: &str, f: &mut impl FnMut(usize, usize)) {
-    static GPT2: OnceLock<Lexer> = OnceLock::new();
-    let gpt2 = GPT2.get_or_init(|| Lexer::for_pattern(super::GPT2_PATTERN, Dialect::Oniguruma).expect("GPT-2 has a lexer"));
-    let between = |from: usize, to: usize, f: &mut dyn FnMut(usize, usize)| {
-        if from < to {
-            gpt2.for_each_match(&text[from..to], |a, b| f(from + a, from + b));
-        }
-    };
-    let mut from = 0;
-    for (at, c) in text.char_indices() {
-        if c.is_numeric() {
-            between(from, at, f);
-            f(at, at + c.len_utf8());
-            from = at + c.len_utf8();
-        }
-    }
-    between(from, text.len(), f);
 }
 
 // DeepSeek Coder.
@@ -403,18 +369,18 @@ mod tests {
     }
 
     #[test]
-    fn digits_then_gpt2_gives_the_pieces_of_its_steps() {
+    fn digits_then_byte_level_with_its_split_gives_the_pieces_of_its_steps() {
         let steps = vec![
             Step::Split { splitter: Splitter::Chars(CharClass::Numeric), behavior: Behavior::Isolated, invert: false },
             Step::ByteLevel { add_prefix_space: false, use_regex: true },
         ];
         let fused = PreTokenizer::new(steps.clone()).unwrap();
-        assert!(matches!(fused.steps(), [Step::Split { splitter: Splitter::Chain(Chain::DigitsThenGpt2), .. }, _]));
+        assert!(matches!(fused.steps(), [Step::Split { splitter: Splitter::Then(..), .. }, Step::ByteLevel { use_regex: false, .. }]));
         let stepped = PreTokenizer::unfused(steps);
         for text in texts() {
             assert_eq!(pieces(&fused, &text), pieces(&stepped, &text), "{text:?}");
         }
-        // With a prefix space, each piece gets one: not this chain.
+        // With a prefix space, each piece gets one: left as it is.
         let prefixed = vec![
             Step::Split { splitter: Splitter::Chars(CharClass::Numeric), behavior: Behavior::Isolated, invert: false },
             Step::ByteLevel { add_prefix_space: true, use_regex: true },

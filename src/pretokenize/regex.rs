@@ -162,29 +162,24 @@ impl Pattern {
 /// the run is cut into groups of three from the right (the leftmost match takes the 1-3
 /// digits left over); otherwise no part of it matches.
 fn digit_groups(text: &str, mut f: impl FnMut(usize, usize)) {
-    let mut chars = text.char_indices().peekable();
-    while let Some((start, c)) = chars.next() {
-        if !is_decimal_digit(c) {
+    let mut at = 0;
+    while let Some(i) = text[at..].find(is_decimal_digit) {
+        let start = at + i;
+        let end = text[start..].find(|c| !is_decimal_digit(c)).map_or(text.len(), |j| start + j);
+        at = end;
+        if text[end..].chars().next().is_some_and(is_word_char) {
             continue;
         }
-        let mut digits = vec![start];
-        while let Some(&(i, c)) = chars.peek() {
-            if !is_decimal_digit(c) {
-                break;
-            }
-            digits.push(i);
-            chars.next();
-        }
-        let end = chars.peek().map_or(text.len(), |&(i, _)| i);
-        if chars.peek().is_some_and(|&(_, c)| is_word_char(c)) {
-            continue;
-        }
-        let first = (digits.len() - 1) % 3 + 1;
-        let cuts = (first..digits.len()).step_by(3).map(|k| digits[k]).chain([end]);
+        let run = &text[start..end];
+        let mut left = (run.chars().count() - 1) % 3 + 1;
         let mut from = start;
-        for to in cuts {
-            f(from, to);
-            from = to;
+        for (i, c) in run.char_indices() {
+            left -= 1;
+            if left == 0 {
+                let to = start + i + c.len_utf8();
+                f(from, to);
+                (from, left) = (to, 3);
+            }
         }
     }
 }
