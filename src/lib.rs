@@ -15,6 +15,7 @@ pub mod postprocess;
 pub mod pretokenize;
 pub mod special;
 pub mod tokenizer;
+pub mod train;
 
 #[cfg(feature = "python")]
 mod py;

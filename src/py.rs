@@ -6,6 +6,7 @@ use crate::error::Error;
 use crate::formats::{sentencepiece, tiktoken, tokenizer_json};
 use crate::special::{AddedToken, Protected, SpecialPolicy};
 use crate::tokenizer::{CharIndex, Tokenizer};
+use crate::train::{Skip, Trainer, WordCounts, WordOutcome};
 use pyo3::exceptions::{PyFileNotFoundError, PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
@@ -737,9 +738,118 @@ fn memory_writable(address: usize, len: usize) -> bool {
     crate::pages::writable(address, len)
 }
 
+/// A corpus's pieces and how often each occurs (`train::WordCounts`).
+#[pyclass(module = "tokensmith._core", name = "WordCounts", frozen)]
+struct PyWordCounts {
+    inner: std::sync::Mutex<WordCounts>,
+}
+
+impl PyWordCounts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WordCounts> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[pymethods]
+impl PyWordCounts {
+    #[new]
+    fn new() -> Self {
+        PyWordCounts { inner: std::sync::Mutex::new(WordCounts::default()) }
+    }
+
+    /// Counts the pieces `tokenizer` splits `texts` into, on every core.
+    fn add(&self, py: Python<'_>, tokenizer: &PyTokenizer, texts: &Bound<'_, PyAny>) -> PyResult<()> {
+        let owned = self::texts(texts)?;
+        let strs = owned.iter().map(text).collect::<PyResult<Vec<&str>>>()?;
+        let tokenizer = tokenizer.get();
+        without_gil(py, || self.lock().add(&tokenizer, &strs)).or_raise(py)
+    }
+
+    /// Distinct pieces.
+    fn __len__(&self) -> usize {
+        self.lock().counts.len()
+    }
+
+    /// Pieces counted, repeats included.
+    #[getter]
+    fn total(&self) -> u64 {
+        self.lock().total
+    }
+}
+
+/// New merges for a tokenizer (`train::Trainer`).
+#[pyclass(module = "tokensmith._core", name = "VocabTrainer", frozen)]
+struct PyVocabTrainer {
+    inner: std::sync::Mutex<Trainer>,
+}
+
+impl PyVocabTrainer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Trainer> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[pymethods]
+impl PyVocabTrainer {
+    #[new]
+    fn new(py: Python<'_>, tokenizer: &PyTokenizer, protect: &PyWordCounts, partial_chars: bool) -> PyResult<Self> {
+        let tokenizer = tokenizer.get();
+        let protect = protect.lock().clone();
+        let mut trainer = without_gil(py, || Trainer::new(tokenizer, &protect)).or_raise(py)?;
+        trainer.partial_chars = partial_chars;
+        Ok(PyVocabTrainer { inner: std::sync::Mutex::new(trainer) })
+    }
+
+    /// ("added" | "exists", id, None) or ("refused", None, why).
+    fn add_word(&self, py: Python<'_>, word: &str) -> PyResult<(&'static str, Option<u32>, Option<String>)> {
+        Ok(match without_gil(py, || self.lock().add_word(word)).or_raise(py)? {
+            WordOutcome::Added(id) => ("added", Some(id), None),
+            WordOutcome::Exists(id) => ("exists", Some(id), None),
+            WordOutcome::Refused(why) => ("refused", None, Some(why)),
+        })
+    }
+
+    fn set_corpus(&self, py: Python<'_>, counts: &PyWordCounts) -> PyResult<()> {
+        let counts = counts.lock().clone();
+        without_gil(py, || self.lock().set_corpus(&counts)).or_raise(py)
+    }
+
+    /// Learns up to `limit` merges of pairs seen `min_count` times or more; how many it learnt.
+    fn train(&self, py: Python<'_>, limit: usize, min_count: u64) -> PyResult<usize> {
+        without_gil(py, || self.lock().train(limit, min_count)).or_raise(py)
+    }
+
+    #[getter]
+    fn first_id(&self) -> u32 {
+        self.lock().first_id()
+    }
+
+    /// The new merges in rank order as (left, right) ids.
+    fn merges(&self) -> Vec<(u32, u32)> {
+        self.lock().merges().to_vec()
+    }
+
+    fn token_bytes<'py>(&self, py: Python<'py>, id: u32) -> Option<Bound<'py, PyBytes>> {
+        self.lock().token_bytes(id).map(|b| PyBytes::new(py, b))
+    }
+
+    /// Candidate pairs skipped, by reason.
+    fn skipped(&self) -> Vec<(&'static str, usize)> {
+        let counts = self.lock().skipped();
+        Skip::ALL.iter().map(|s| (s.name(), counts.get(s).copied().unwrap_or(0))).collect()
+    }
+
+    /// The extended tokenizer.
+    fn tokenizer(&self, py: Python<'_>) -> PyResult<PyTokenizer> {
+        without_gil(py, || self.lock().tokenizer()).or_raise(py).map(PyTokenizer::new)
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenizer>()?;
+    m.add_class::<PyWordCounts>()?;
+    m.add_class::<PyVocabTrainer>()?;
     m.add_function(wrap_pyfunction!(memory_writable, m)?)?;
     m.add_function(wrap_pyfunction!(embed_mean, m)?)?;
     m.add_function(wrap_pyfunction!(embed_mean_cov_samples, m)?)?;

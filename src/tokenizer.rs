@@ -412,6 +412,21 @@ impl Tokenizer {
         })
     }
 
+    /// Calls `f` with every pre-tokenized piece of `text` (the bytes the model encodes), as
+    /// `encode` splits it: added tokens matched by `policy` are left out.
+    pub fn for_each_piece(&self, text: &str, policy: &SpecialPolicy, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        self.added.split_raw(text, policy, Protect::exact(Protected::NONE, 0), &mut |segment| {
+            let AddedSegment::Text(raw) = segment else { return Ok(()) };
+            let start = offset_in(text, raw).expect("segments are slices of the text");
+            let segment = self.normalize_segment(raw, start, false);
+            let cx = Context { track: false, at_input_start: self.starts_input(&segment, raw) };
+            self.added.split_normalized(&segment.text, policy, Protect::exact(Protected::NONE, start), &mut |inner| {
+                let AddedSegment::Text(part) = inner else { return Ok(()) };
+                self.pre_tokenizer.for_each_piece(part, cx, &mut |piece, _| f(piece))
+            })
+        })
+    }
+
     /// The string the reference gives an id: an added token's (normalized) content, or the
     /// model vocabulary's spelling.
     pub fn id_to_token(&self, id: u32) -> Option<&str> {

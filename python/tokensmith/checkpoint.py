@@ -158,12 +158,7 @@ def add_tokens(
     src, out = Path(model_dir), Path(out_dir)
     if init not in INIT_METHODS:
         raise ValueError(f"init must be one of {', '.join(INIT_METHODS)}; got {init!r}")
-    if not src.is_dir():
-        raise CheckpointError(f"{src}: no such model folder")
-    if out.resolve() == src.resolve() or out.resolve() in src.resolve().parents or src.resolve() in out.resolve().parents:
-        raise CheckpointError("out_dir must not be model_dir, inside it, or a folder that contains it: the input is never modified")
-    if out.exists() and not overwrite:
-        raise CheckpointError(exists_message(out))  # early; atomic_folder claims it for good
+    _check_folders(src, out, overwrite)
     tokens = [str(t) for t in tokens]
     if init == "description" and (descriptions is None or len(descriptions) != len(tokens)):
         raise ValueError("init='description' needs descriptions=[one per token]")
@@ -185,21 +180,74 @@ def add_tokens(
     free = _reserved_slots(vocab, patterns, _in_use(src, config, tokenizer_config, tokenizer_json))
     slots = free[: len(tokens)] if reuse_reserved else []
 
+    new_count = len(tokens) - len(slots)
+    placed = _placements(tokens, slots, old_size)
+    texts = list(descriptions) if init == "description" else tokens
+
+    def write_tokenizer(tmp: Path) -> None:
+        entries = [_token_entry(t, special) for t in placed]
+        replaced = {t.replaced for t in placed if t.replaced is not None}
+        special_map = src / "special_tokens_map.json"
+        write_tokenizer_files(
+            tmp,
+            json.dumps(_new_tokenizer_json(tokenizer_json, placed, special), ensure_ascii=False),
+            None if tokenizer_config is None else _new_tokenizer_config(tokenizer_config, entries, replaced),
+            _new_special_map(_read_json_object(special_map), entries, replaced) if special_map.exists() else None,
+        )
+        _verify(tmp / "tokenizer.json", placed)
+
+    grown = _write_model(
+        src,
+        out,
+        config=config,
+        shards=shards,
+        old_size=old_size,
+        ids=[t.id for t in placed],
+        rows_needed=old_size + new_count,
+        untrained=[id for id, _ in reserved],
+        init=init,
+        options=E._Options(tokenizer=old_tokenizer, texts=texts, seed=seed, sources=sources),
+        pad_to_multiple_of=pad_to_multiple_of,
+        write_tokenizer=write_tokenizer,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    return AddTokensResult(tokens=placed, init=init, seconds=time.monotonic() - started, **grown)
+
+
+def _write_model(
+    src: Path,
+    out: Path,
+    *,
+    config: dict,
+    shards: list[SafetensorsFile],
+    old_size: int,
+    ids: list[int],
+    rows_needed: int,
+    untrained: list[int],
+    init: str,
+    options: E._Options,
+    pad_to_multiple_of: int | None,
+    write_tokenizer: Callable[[Path], None],
+    overwrite: bool,
+    progress: bool | None,
+) -> dict[str, Any]:
+    """Writes the model folder ``out``: ``src`` with the input embedding and output head
+    grown to ``rows_needed`` rows (rounded up to ``pad_to_multiple_of``; never shrunk), the
+    rows ``ids`` initialized by ``init``, ``config.json`` and the safetensors index updated,
+    the tokenizer files written by ``write_tokenizer(folder)``, every other file copied byte
+    for byte; atomically. ``untrained`` rows (reserved slots) stay out of the statistics.
+    Returns the fields of an AddTokensResult that describe the writing."""
     embedding, head, files = _locate_matrices(shards, config)
     rows = embedding.shape[0]
     if rows < old_size:
         raise CheckpointError(f"the embedding has {rows} rows but the tokenizer has {old_size} tokens")
-    new_count = len(tokens) - len(slots)
-    target = max(rows, E._padded(old_size + new_count, pad_to_multiple_of))
-    placed = _placements(tokens, slots, old_size)
-    ids = [t.id for t in placed]
+    target = max(rows, E._padded(rows_needed, pad_to_multiple_of))
     padding = sorted(set(range(rows, target)) - set(ids))
 
     # Statistics come from trained rows only: not the padding past the tokenizer, not the
     # reserved slots (never trained), not the rows being replaced.
-    include = E._row_flags(rows, [*range(old_size, rows), *(id for id, _ in reserved), *(i for i in ids if i < rows)])
-    texts = list(descriptions) if init == "description" else tokens
-    method_options = E._Options(tokenizer=old_tokenizer, texts=texts, seed=seed, sources=sources)
+    include = E._row_flags(rows, [*range(old_size, rows), *untrained, *(i for i in ids if i < rows)])
     # Padding rows are never an input, but each is a logit in every softmax of an untied
     # head: a zero row gives logit 0 wherever that falls among the real logits. At the
     # mean of the trained rows its logit is the mean logit, so exp(logit) is at most the
@@ -217,13 +265,13 @@ def add_tokens(
         matrix, kernel_dtype = shard.map_rows(name)
         if matrix.shape[0] != rows:
             raise CheckpointError(f"{shard.path}: {name} has {matrix.shape[0]} rows, the embedding {rows}")
-        options = dataclasses.replace(method_options, seed=seed if tied else seed + k)
+        tensor_options = dataclasses.replace(options, seed=options.seed if tied else options.seed + k)
         targets = [i for i in ids if i < rows]
         host = E._HostMatrix(matrix, kernel_dtype)
-        values = E._values(host, len(ids), init, include, targets, options)
+        values = E._values(host, len(ids), init, include, targets, tensor_options)
         new_rows = dict(zip(ids, _round_rows(values, len(ids), matrix.shape[1], matrix.dtype, kernel_dtype)))
         if padding:
-            pad_options = dataclasses.replace(options, seed=options.seed + len(files))
+            pad_options = dataclasses.replace(tensor_options, seed=tensor_options.seed + len(files))
             values = E._values(host, len(padding), pad_init, include, padding, pad_options)
             new_rows.update(zip(padding, _round_rows(values, len(padding), matrix.shape[1], matrix.dtype, kernel_dtype)))
         replacements.setdefault(shard.path, {})[name] = Replacement(
@@ -255,40 +303,37 @@ def add_tokens(
                 bar(path.stat().st_size)
                 copied += 1
         _write_json(tmp / "config.json", _new_config(config, target))
-        entries = [_token_entry(t, special) for t in placed]
-        replaced = {t.replaced for t in placed if t.replaced is not None}
-        special_map = src / "special_tokens_map.json"
-        write_tokenizer_files(
-            tmp,
-            json.dumps(_new_tokenizer_json(tokenizer_json, placed, special), ensure_ascii=False),
-            None if tokenizer_config is None else _new_tokenizer_config(tokenizer_config, entries, replaced),
-            _new_special_map(_read_json_object(special_map), entries, replaced) if special_map.exists() else None,
-        )
         index = src / "model.safetensors.index.json"
         if index.exists():
             _write_json(tmp / index.name, _new_index(_read_json_object(index), tmp, (target - rows) * embedding.shape[1] * len(files)))
-        _verify(tmp / "tokenizer.json", placed)
+        write_tokenizer(tmp)
         bar.finish()
     shard_paths = {shard.path for shard in shards}
     stale = [str(p.relative_to(src)) for p in _files(src) if p.suffix in WEIGHT_SUFFIXES and p not in shard_paths]
-    return AddTokensResult(
+    return dict(
         out_dir=out,
-        tokens=placed,
         rows_before=rows,
         rows_after=target,
-        init=init,
         padding_rows=len(padding),
         tensors=rewritten,
         files_copied=copied,
         bytes_written=sum(p.stat().st_size for p in _files(out)),
-        seconds=time.monotonic() - started,
-        warnings=[f"{name} copied unchanged: it holds weights add-tokens does not update (delete it if unused)"
+        warnings=[f"{name} copied unchanged: it holds weights this command does not update (delete it if unused)"
                   for name in stale]
         + [f"{p} was left by an interrupted run: delete it if no other run is writing {out}" for p in stale_temp],
     )
 
 
 # ----------------------------------------------------------------------------- reading
+
+
+def _check_folders(src: Path, out: Path, overwrite: bool) -> None:
+    if not src.is_dir():
+        raise CheckpointError(f"{src}: no such model folder")
+    if out.resolve() == src.resolve() or out.resolve() in src.resolve().parents or src.resolve() in out.resolve().parents:
+        raise CheckpointError("out_dir must not be model_dir, inside it, or a folder that contains it: the input is never modified")
+    if out.exists() and not overwrite:
+        raise CheckpointError(exists_message(out))  # early; atomic_folder claims it for good
 
 
 def _stale_temp_folders(out: Path) -> list[Path]:

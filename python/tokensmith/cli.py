@@ -11,6 +11,7 @@ from pathlib import Path
 from . import Tokenizer
 from .bench import MODES, PEERS
 from .checkpoint import INIT_METHODS
+from .vocab import MODEL_INIT_METHODS
 from .data.lint import SPECIAL_LOOKING
 from .errors import InvalidInputError, TokenizerError
 
@@ -139,6 +140,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
+    p = commands.add_parser(
+        "extend", help="extend a model's vocabulary: new merges learnt from a corpus or given words, rows initialized")
+    p.add_argument("model_dir", help="Hugging Face model folder (byte-level BPE tokenizer.json, safetensors)")
+    p.add_argument("out_dir", help="new model folder (written atomically; the input is never modified)")
+    p.add_argument("--corpus", nargs="+", default=None, metavar="GLOB",
+                   help="text to learn merges from: .txt (a document per line), .jsonl (--text-field), .gz of either")
+    p.add_argument("--num-new", type=int, default=None, help="how many merges to learn from the corpus")
+    p.add_argument("--pieces-file", help="words to make single tokens, one per line (before the corpus merges)")
+    p.add_argument("--protect", nargs="+", default=None, metavar="GLOB",
+                   help="text whose ids must not change (checked; merges that would change it are skipped)")
+    p.add_argument("--evaluate", nargs="+", default=None, metavar="GLOB",
+                   help="more text to measure before and after (held-out files)")
+    p.add_argument("--init", choices=MODEL_INIT_METHODS, default="pieces",
+                   help="how the new rows start (default: pieces, the mean of the rows of the old tokens "
+                        "each new token stands for)")
+    p.add_argument("--min-frequency", type=int, default=2, help="a merge's pair must occur this often (default 2)")
+    p.add_argument("--text-field", default="text", help="the field of .jsonl records to read (default: text)")
+    p.add_argument("--pad-to-multiple-of", type=int, default=None, help="round the row count up to this")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
     p = commands.add_parser("bench", help="encoding speed of tokensmith and every installed peer, side by side")
     p.add_argument("--tokenizer", required=True, help="tokenizer.json, or a model folder holding one")
     p.add_argument("--corpus", nargs="+", required=True, metavar="FILE",
@@ -157,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             return _add_tokens(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "extend":
+            return _extend(args)
         tok = _load(args.tokenizer)
         if args.command == "inspect":
             return inspect(tok, args.text, args.special)
@@ -236,6 +260,19 @@ def _add_tokens(args: argparse.Namespace) -> int:
         if e.detail != "copy_from":
             raise
         raise InvalidInputError(f"--copy-from{str(e).removeprefix('copy_from')}") from None
+    print(result.summary())
+    return 0
+
+
+def _extend(args: argparse.Namespace) -> int:
+    from .vocab import extend_model
+
+    result = extend_model(
+        args.model_dir, args.out_dir, corpus=args.corpus, num_new=args.num_new,
+        pieces=_lines(args.pieces_file) if args.pieces_file else None, protect=args.protect, evaluate=args.evaluate,
+        init=args.init, min_frequency=args.min_frequency, text_field=args.text_field,
+        pad_to_multiple_of=args.pad_to_multiple_of, seed=args.seed, overwrite=args.overwrite,
+    )
     print(result.summary())
     return 0
 

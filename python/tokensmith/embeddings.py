@@ -289,6 +289,9 @@ class _Options:
     tokenizer: Any = None
     texts: Sequence[str] | None = None
     noise: bool = False
+    #: for ``pieces``: each row's old ids, given instead of ``tokenizer`` and ``texts``
+    #: (vocabulary extension knows them from its merges).
+    groups: Sequence[Sequence[int]] | None = None
 
 
 def _values(
@@ -315,9 +318,15 @@ def _values(
         if sources is None or len(sources) != count:
             raise ValueError("method='copy' needs sources=[one source row per id]")
         return m.group_means([[s] for s in _ids(sources, m.rows, "sources", unique=False)])
-    if tokenizer is None or texts is None or len(texts) != count:
+    if method == "pieces" and options.groups is not None:
+        if len(options.groups) != count:
+            raise ValueError("groups= needs one group of old ids per new row")
+        groups = [_ids(group, m.rows, "pieces", unique=False) for group in options.groups]
+        texts = [f"new row {k}" for k in range(count)]
+    elif tokenizer is None or texts is None or len(texts) != count:
         raise ValueError(f"method={method!r} needs tokenizer= (the old tokenizer) and texts=[one per id]")
-    groups = piece_ids(tokenizer, texts, m.rows)
+    else:
+        groups = piece_ids(tokenizer, texts, m.rows)
     for text, group in zip(texts, groups):
         own = [r for r in group if r in targets]
         if own:

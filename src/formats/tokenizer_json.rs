@@ -826,6 +826,11 @@ fn parse_added_tokens(value: &Value) -> Result<Vec<AddedToken>> {
 
 /// The tokenizer as tokenizer.json text.
 pub fn to_string(tokenizer: &Tokenizer) -> Result<String> {
+    serde_json::to_string_pretty(&to_value(tokenizer)).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// The tokenizer as a tokenizer.json document.
+pub fn to_value(tokenizer: &Tokenizer) -> Value {
     let mut root = Map::new();
     root.insert("version".into(), json!("1.0"));
     root.insert("truncation".into(), truncation_to_value(&tokenizer.truncation));
@@ -882,7 +887,7 @@ pub fn to_string(tokenizer: &Tokenizer) -> Result<String> {
         model.insert("merges".into(), Value::Array(merges.collect()));
     }
     root.insert("model".into(), Value::Object(model));
-    serde_json::to_string_pretty(&Value::Object(root)).map_err(|e| Error::Invalid(e.to_string()))
+    Value::Object(root)
 }
 
 #[cfg(test)]

