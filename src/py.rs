@@ -738,7 +738,7 @@ fn memory_writable(address: usize, len: usize) -> bool {
     crate::pages::writable(address, len)
 }
 
-/// A corpus's pieces and how often each occurs (`train::WordCounts`).
+/// A corpus's words and how often each occurs (`train::WordCounts`).
 #[pyclass(module = "tokensmith._core", name = "WordCounts", frozen)]
 struct PyWordCounts {
     inner: std::sync::Mutex<WordCounts>,
@@ -753,31 +753,31 @@ impl PyWordCounts {
 #[pymethods]
 impl PyWordCounts {
     #[new]
-    fn new() -> Self {
-        PyWordCounts { inner: std::sync::Mutex::new(WordCounts::default()) }
+    fn new(py: Python<'_>, tokenizer: &PyTokenizer) -> PyResult<Self> {
+        let counts = WordCounts::new(tokenizer.get()).or_raise(py)?;
+        Ok(PyWordCounts { inner: std::sync::Mutex::new(counts) })
     }
 
-    /// Counts the pieces `tokenizer` splits `texts` into, on every core.
-    fn add(&self, py: Python<'_>, tokenizer: &PyTokenizer, texts: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// Counts the words of `texts`, on every core.
+    fn add(&self, py: Python<'_>, texts: &Bound<'_, PyAny>) -> PyResult<()> {
         let owned = self::texts(texts)?;
         let strs = owned.iter().map(text).collect::<PyResult<Vec<&str>>>()?;
-        let tokenizer = tokenizer.get();
-        without_gil(py, || self.lock().add(&tokenizer, &strs)).or_raise(py)
+        without_gil(py, || self.lock().add(&strs)).or_raise(py)
     }
 
-    /// Distinct pieces.
+    /// Distinct words.
     fn __len__(&self) -> usize {
         self.lock().counts.len()
     }
 
-    /// Pieces counted, repeats included.
+    /// Words counted, repeats included.
     #[getter]
     fn total(&self) -> u64 {
         self.lock().total
     }
 }
 
-/// New merges for a tokenizer (`train::Trainer`).
+/// New tokens for a tokenizer (`train::Trainer`).
 #[pyclass(module = "tokensmith._core", name = "VocabTrainer", frozen)]
 struct PyVocabTrainer {
     inner: std::sync::Mutex<Trainer>,
@@ -809,12 +809,13 @@ impl PyVocabTrainer {
         })
     }
 
-    fn set_corpus(&self, py: Python<'_>, counts: &PyWordCounts) -> PyResult<()> {
+    /// Sets the corpus; the characters it added first (SentencePiece-style vocabularies).
+    fn set_corpus(&self, py: Python<'_>, counts: &PyWordCounts, limit: usize, min_count: u64) -> PyResult<usize> {
         let counts = counts.lock().clone();
-        without_gil(py, || self.lock().set_corpus(&counts)).or_raise(py)
+        without_gil(py, || self.lock().set_corpus(&counts, limit, min_count)).or_raise(py)
     }
 
-    /// Learns up to `limit` merges of pairs seen `min_count` times or more; how many it learnt.
+    /// Learns up to `limit` tokens from pairs seen `min_count` times or more; how many it learnt.
     fn train(&self, py: Python<'_>, limit: usize, min_count: u64) -> PyResult<usize> {
         without_gil(py, || self.lock().train(limit, min_count)).or_raise(py)
     }
@@ -824,16 +825,35 @@ impl PyVocabTrainer {
         self.lock().first_id()
     }
 
-    /// The new merges in rank order as (left, right) ids.
-    fn merges(&self) -> Vec<(u32, u32)> {
-        self.lock().merges().to_vec()
+    /// How many tokens were made.
+    fn __len__(&self) -> usize {
+        self.lock().len()
     }
 
+    /// The merges the new tokens bring, in rank order: (left, right, merged).
+    fn merges(&self) -> Vec<(u32, u32, u32)> {
+        self.lock().merges()
+    }
+
+    /// What a token stands for: its bytes (SentencePiece-style: its spelling).
     fn token_bytes<'py>(&self, py: Python<'py>, id: u32) -> Option<Bound<'py, PyBytes>> {
         self.lock().token_bytes(id).map(|b| PyBytes::new(py, b))
     }
 
-    /// Candidate pairs skipped, by reason.
+    /// The old tokenizer's ids for what token `id` stands for.
+    fn old_ids(&self, py: Python<'_>, id: u32) -> PyResult<Vec<u32>> {
+        let trainer = self.lock();
+        let bytes = trainer.token_bytes(id).ok_or_else(|| PyValueError::new_err(format!("no token {id}")))?.to_vec();
+        trainer.old_ids(&bytes).or_raise(py)
+    }
+
+    /// The new tokens that `tokenizer` (from `tokenizer()`) does not produce from their text.
+    fn unreachable(&self, py: Python<'_>, tokenizer: &PyTokenizer) -> PyResult<Vec<u32>> {
+        let new = tokenizer.get();
+        without_gil(py, || self.lock().unreachable(&new)).or_raise(py)
+    }
+
+    /// Candidates skipped, by reason.
     fn skipped(&self) -> Vec<(&'static str, usize)> {
         let counts = self.lock().skipped();
         Skip::ALL.iter().map(|s| (s.name(), counts.get(s).copied().unwrap_or(0))).collect()
@@ -845,12 +865,26 @@ impl PyVocabTrainer {
     }
 }
 
+/// A SentencePiece `.model` with `pieces` appended, scored below every old piece.
+#[pyfunction]
+fn sentencepiece_append_pieces<'py>(
+    py: Python<'py>,
+    model: &[u8],
+    pieces: Vec<String>,
+    first_id: u32,
+    source: &str,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let bytes = sentencepiece::append_pieces(model, &pieces, first_id, source).or_raise(py)?;
+    Ok(PyBytes::new(py, &bytes))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenizer>()?;
     m.add_class::<PyWordCounts>()?;
     m.add_class::<PyVocabTrainer>()?;
     m.add_function(wrap_pyfunction!(memory_writable, m)?)?;
+    m.add_function(wrap_pyfunction!(sentencepiece_append_pieces, m)?)?;
     m.add_function(wrap_pyfunction!(embed_mean, m)?)?;
     m.add_function(wrap_pyfunction!(embed_mean_cov_samples, m)?)?;
     m.add_function(wrap_pyfunction!(embed_group_means, m)?)?;

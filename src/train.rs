@@ -1,31 +1,38 @@
-//! Vocabulary extension: new BPE merges for a tokenizer, ranked after every old merge, that
-//! leave protected text exactly as it was encoded and make every new token reachable.
+//! Vocabulary extension: new BPE tokens for a tokenizer, ranked after every old one, that
+//! leave protected text exactly as it was encoded and are each reachable.
 //!
-//! Why old text keeps its ids: BPE applies the lowest-ranked merge present first, so on any
-//! piece every old merge is done before a new one is looked at; the old segmentation is
-//! reached exactly as before, and a new merge changes it only if its two tokens are
-//! adjacent in it. A protected piece therefore keeps its ids iff no new merge is a pair
-//! adjacent in its old ids. Candidates that would break that are skipped: exact, and with
-//! no re-encoding of the protected text per candidate. (Where `ignore_merges` looks whole
-//! pieces up in the vocabulary, a new token that spells a protected piece would change it
-//! too; but such a token's text starts from the piece's old ids, so the check below that
-//! makes it reachable would need one of their pairs merged: it is never taken.)
+//! **How new tokens merge.** A new token merges any two adjacent tokens that spell it (as
+//! sentencepiece merges by piece), ranked after every old merge, in the order the tokens
+//! were made; a pair with a new half also merges into an old token that it spells (a
+//! sentencepiece model does that by the old token's score). `tokenizer` writes all of these
+//! pairs as merges, so tokenizer.json and a `.model` file say the same.
 //!
-//! Why every new token is reachable: a merge (a, b) is taken only when the new token's own
-//! text, run through the pipeline, is one piece that the merges so far leave as exactly
-//! [a, b]; the new merge then makes it one token, which nothing ranked later can split.
-//! A token that is part of a character has no text of its own to check: it is made in the
-//! words it was counted in (training) or is a step towards a given word (`add_word`).
+//! **Why old text keeps its ids.** BPE applies the best-ranked merge present first, so on
+//! any piece every old merge is done before a new one is looked at: the old segmentation is
+//! reached exactly as before, and it changes only where two of its adjacent tokens spell a
+//! new token (or, SentencePiece-style, where it holds the byte-fallback bytes of a new
+//! character). Candidates that would do that to a piece of the protected corpora are
+//! skipped: exact, with no re-encoding of the protected text per candidate.
 //!
-//! Training is the greedy pair counting of `tokenizers`' BpeTrainer (the most frequent
-//! adjacent pair becomes the next merge; counts updated only in the words that contain it,
-//! a heap with stale entries re-checked when they surface), started from the corpus's
-//! words as the tokenizer segments them instead of from their bytes: the old merges are
-//! not learnt again.
+//! **Why every new token is reachable.** A token is made only when its own text is one
+//! piece of the pipeline (byte-level; SentencePiece-style: its spelling, one word) that the
+//! tokens so far segment into exactly two: the new token then joins them, and nothing ranked
+//! later can split it. A byte-level token that is part of a character has no text of its own
+//! to check: it is made in the words it was counted in (training) or is a step towards a
+//! given word (`add_word`).
+//!
+//! **Training** is the greedy pair counting of `tokenizers`' BpeTrainer (the most frequent
+//! adjacent pair becomes the next token; counts updated only in the words that hold it, a
+//! heap with stale entries re-checked when they surface), started from the corpus's words
+//! as the tokenizer already segments them: the old merges are not learnt again.
+//! SentencePiece-style vocabularies first get the frequent characters they lack as tokens
+//! of their own (there they fall back to bytes, which never merge).
 
+use crate::bpe::Alphabet;
 use crate::bytelevel;
+use crate::decode::byte_token;
 use crate::error::{Error, Result};
-use crate::formats::tokenizer_json;
+use crate::formats::{sentencepiece, tokenizer_json};
 use crate::special::SpecialPolicy;
 use crate::tokenizer::Tokenizer;
 use rayon::prelude::*;
@@ -37,28 +44,120 @@ use std::sync::Arc;
 
 type Pieces = FxHashMap<Box<[u8]>, u64>;
 
-/// How often each pre-tokenized piece occurs in a corpus, as the tokenizer splits it
-/// (added tokens left out). Memory grows with the distinct pieces, not the corpus.
-#[derive(Debug, Default, Clone)]
+/// SentencePiece's word-start mark.
+const SPACE: char = '\u{2581}';
+
+/// How a tokenizer's tokens are spelled and how its pieces are cut into words that no
+/// merge crosses.
+#[derive(Debug, Clone)]
+enum Spelling {
+    /// Byte-level BPE: a token is bytes (spelled in GPT-2's alphabet in the vocabulary);
+    /// the pre-tokenizer's pieces are the words.
+    Bytes,
+    /// A BPE over chars (SentencePiece-style, often with no pre-tokenizer at all): a token
+    /// is its string; a piece is cut before each `▁` that begins a word, i.e. after a char
+    /// other than `▁` that no token joins to `▁` (`joined` are those that some token does).
+    Chars { joined: FxHashSet<char> },
+}
+
+impl Spelling {
+    fn of(tok: &Tokenizer) -> Result<Self> {
+        let tiktoken =
+            tok.passthrough.get(tokenizer_json::TOKENSMITH_KEY).and_then(|m| m.get("tiktoken_pattern")).is_some();
+        let chars = match tok.bpe.alphabet() {
+            Alphabet::Chars(c) => Some(!c.has_prefix && !c.has_suffix),
+            Alphabet::Bytes(_) => None,
+        };
+        match chars {
+            _ if tiktoken || tok.ignore_merges && chars.is_some() => {}
+            None if tok.pre_tokenizer.is_byte_level() => return Ok(Spelling::Bytes),
+            Some(true) => {
+                let mut joined = FxHashSet::default();
+                for token in tok.vocab.ids.keys() {
+                    for (a, b) in token.chars().zip(token.chars().skip(1)) {
+                        if b == SPACE && a != SPACE {
+                            joined.insert(a);
+                        }
+                    }
+                }
+                return Ok(Spelling::Chars { joined });
+            }
+            _ => {}
+        }
+        Err(Error::Unsupported(
+            "vocabulary extension of this tokenizer: it needs a BPE with merges, byte-level (a tokenizer.json like \
+             GPT-2's, Llama 3's or Qwen2's) or SentencePiece-style (Llama 2's, Mistral's, Gemma's); tiktoken rank \
+             files and continuing-subword prefixes are not supported"
+                .into(),
+        ))
+    }
+
+    /// Calls `f` with each word of a pre-tokenized piece.
+    fn words(&self, piece: &[u8], f: &mut dyn FnMut(&[u8])) {
+        let (Spelling::Chars { joined }, Ok(text)) = (self, std::str::from_utf8(piece)) else { return f(piece) };
+        let (mut start, mut prev) = (0, None);
+        for (at, c) in text.char_indices() {
+            if c == SPACE && prev.is_some_and(|p| p != SPACE && !joined.contains(&p)) {
+                f(&piece[start..at]);
+                start = at;
+            }
+            prev = Some(c);
+        }
+        f(&piece[start..]);
+    }
+
+    /// What a vocabulary entry stands for in the text.
+    fn decode(&self, token: &str) -> Option<Vec<u8>> {
+        match self {
+            Spelling::Bytes => bytelevel::decode_str(token),
+            Spelling::Chars { .. } => Some(token.as_bytes().to_vec()),
+        }
+    }
+
+    fn spell(&self, bytes: &[u8]) -> String {
+        match self {
+            Spelling::Bytes => bytelevel::encode_bytes(bytes),
+            Spelling::Chars { .. } => String::from_utf8_lossy(bytes).into_owned(),
+        }
+    }
+
+    /// Where a token may be cut into two: after every byte, or every char.
+    fn cuts<'b>(&self, bytes: &'b [u8]) -> impl Iterator<Item = usize> + 'b {
+        let chars = matches!(self, Spelling::Chars { .. });
+        (1..bytes.len()).filter(move |&at| !chars || (bytes[at] & 0xC0) != 0x80)
+    }
+}
+
+/// How often each word occurs in a corpus, as the tokenizer splits it (added tokens left
+/// out). Memory grows with the distinct words, not the corpus.
+#[derive(Debug, Clone)]
 pub struct WordCounts {
+    tok: Arc<Tokenizer>,
+    spelling: Spelling,
     pub counts: Pieces,
-    /// Pieces counted, repeats included.
+    /// Words counted, repeats included.
     pub total: u64,
 }
 
 impl WordCounts {
-    /// Counts the pieces of `texts`, on every core.
-    pub fn add(&mut self, tok: &Tokenizer, texts: &[&str]) -> Result<()> {
+    pub fn new(tok: Arc<Tokenizer>) -> Result<Self> {
+        let spelling = Spelling::of(&tok)?;
+        Ok(WordCounts { tok, spelling, counts: Pieces::default(), total: 0 })
+    }
+
+    /// Counts the words of `texts`, on every core.
+    pub fn add(&mut self, texts: &[&str]) -> Result<()> {
+        let (tok, spelling) = (&self.tok, &self.spelling);
         let counted = texts
             .par_iter()
             .try_fold(Pieces::default, |mut counts, text| {
                 tok.for_each_piece(text, &SpecialPolicy::Allow, &mut |piece| {
-                    match counts.get_mut(piece) {
+                    spelling.words(piece, &mut |word| match counts.get_mut(word) {
                         Some(n) => *n += 1,
                         None => {
-                            counts.insert(piece.into(), 1);
+                            counts.insert(word.into(), 1);
                         }
-                    }
+                    });
                     Ok(())
                 })?;
                 Ok(counts)
@@ -87,23 +186,26 @@ fn pair_of(key: u64) -> (u32, u32) {
     ((key >> 32) as u32, key as u32)
 }
 
-/// Why a candidate merge was not taken.
+/// Why a candidate was not made a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Skip {
-    /// Its pair is adjacent in protected text.
+    /// It would change protected text.
     Protected,
-    /// Its text is a token already (one the old merges do not reach in this context).
+    /// Its text is a token already (one that the merges do not make in this context).
     Exists,
-    /// Its bytes are no valid UTF-8: half a character.
+    /// Its bytes are no valid UTF-8 (half a character) and `partial_chars` is off.
     PartialChar,
-    /// The pre-tokenizer (or normalizer, or an added token) splits its text.
+    /// The pipeline (pre-tokenizer, normalizer, an added token) splits its text.
     Split,
-    /// Its text alone is segmented otherwise than as the two tokens.
+    /// Its text alone is segmented otherwise than as two tokens.
     Unreachable,
+    /// One half is a byte-fallback or unknown token, which never merge.
+    Fallback,
 }
 
 impl Skip {
-    pub const ALL: [Skip; 5] = [Skip::Protected, Skip::Exists, Skip::PartialChar, Skip::Split, Skip::Unreachable];
+    pub const ALL: [Skip; 6] =
+        [Skip::Protected, Skip::Exists, Skip::PartialChar, Skip::Split, Skip::Unreachable, Skip::Fallback];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -112,10 +214,11 @@ impl Skip {
             Skip::PartialChar => "partial_char",
             Skip::Split => "split",
             Skip::Unreachable => "unreachable",
+            Skip::Fallback => "byte_fallback",
         }
     }
 
-    /// Whether more merges may change the verdict (only the segmentation can change).
+    /// Whether more tokens may change the verdict (only the segmentation can change).
     fn is_final(self) -> bool {
         self != Skip::Unreachable
     }
@@ -143,189 +246,319 @@ struct Corpus {
     heap: BinaryHeap<(i64, Reverse<u64>)>,
 }
 
-/// New merges for a byte-level BPE tokenizer (see the module docs).
+/// New tokens for a tokenizer (see the module docs).
 pub struct Trainer {
     tok: Arc<Tokenizer>,
+    spelling: Spelling,
     first_id: u32,
-    /// Every token's bytes by id, the new ones included.
+    /// What every token stands for, by id, the new ones included; `None` for tokens that
+    /// never merge (byte fallback, unknown).
     token_bytes: Vec<Option<Box<[u8]>>>,
     /// Texts that are tokens (model vocabulary, added tokens, new tokens) and their ids.
     known: FxHashMap<Box<[u8]>, u32>,
-    /// New merges in rank order; the new token of merge k has id `first_id + k`.
-    merges: Vec<(u32, u32)>,
-    ranks: FxHashMap<u64, u32>,
-    forbidden_pairs: FxHashSet<u64>,
-    /// Pairs not taken: why, and for the unreachable ones how many merges there were then.
+    /// The byte of each byte-fallback token.
+    fallback: FxHashMap<u32, u8>,
+    /// Two old tokens that spell a new one, and which (the first made).
+    old_pairs: FxHashMap<u64, u32>,
+    /// New tokens that would change protected text: what two adjacent tokens of it spell,
+    /// and (SentencePiece-style) its characters that fall back to bytes.
+    forbidden: FxHashSet<Box<[u8]>>,
+    /// Pairs not taken: why, and for the unreachable ones how many new tokens there were then.
     skipped: FxHashMap<u64, (Skip, usize)>,
+    /// Characters not made tokens because of protected text.
+    skipped_chars: usize,
     corpus: Corpus,
-    /// Whether a new token may be part of a character.
+    /// Whether a new byte-level token may be part of a character.
     pub partial_chars: bool,
 }
 
 impl Trainer {
-    /// A trainer for `tok` that keeps the ids of every piece counted in `protect`.
+    /// A trainer for `tok` that keeps the ids of every word counted in `protect`.
     pub fn new(tok: Arc<Tokenizer>, protect: &WordCounts) -> Result<Self> {
-        let tiktoken = tok.passthrough.get(tokenizer_json::TOKENSMITH_KEY).and_then(|m| m.get("tiktoken_pattern")).is_some();
-        if !tok.pre_tokenizer.is_byte_level() || tiktoken {
-            return Err(Error::Unsupported(
-                "vocabulary extension of this tokenizer: it needs a byte-level BPE with merges (a tokenizer.json \
-                 like GPT-2's, Llama 3's or Qwen2's); SentencePiece-style and tiktoken-rank tokenizers are not \
-                 supported yet"
-                    .into(),
-            ));
-        }
-        let mut token_bytes: Vec<Option<Box<[u8]>>> =
-            tok.vocab.tokens.iter().map(|t| t.as_deref().and_then(bytelevel::decode_str).map(Into::into)).collect();
+        let spelling = Spelling::of(&tok)?;
+        let (unk, has_fallback) = match tok.bpe.alphabet() {
+            Alphabet::Chars(c) => (c.unk, c.byte_fallback.is_some()),
+            Alphabet::Bytes(_) => (None, false),
+        };
+        let mut token_bytes = Vec::with_capacity(tok.vocab.tokens.len());
         let mut known: FxHashMap<Box<[u8]>, u32> = FxHashMap::default();
-        for (id, bytes) in token_bytes.iter().enumerate() {
-            if let Some(bytes) = bytes {
-                known.insert(bytes.clone(), id as u32);
+        let mut fallback = FxHashMap::default();
+        for (id, token) in tok.vocab.tokens.iter().enumerate() {
+            let id = id as u32;
+            let bytes = token.as_deref().and_then(|t| spelling.decode(t)).map(Vec::into_boxed_slice);
+            if let Some(bytes) = &bytes {
+                known.insert(bytes.clone(), id);
             }
+            let byte = token.as_deref().and_then(byte_token).filter(|_| has_fallback);
+            if let Some(b) = byte {
+                fallback.insert(id, b);
+            }
+            token_bytes.push(bytes.filter(|_| byte.is_none() && Some(id) != unk));
         }
         for (id, token) in tok.added.tokens() {
             known.entry(token.content.as_bytes().into()).or_insert(id);
         }
         let first_id = (tok.vocab.tokens.len() as u32).max(tok.added.max_id().map_or(0, |m| m + 1));
         token_bytes.resize(first_id as usize, None);
-
-        let protected: Vec<Vec<u32>> = protect
-            .counts
-            .par_iter()
-            .map(|(piece, _)| {
-                let mut ids = Vec::new();
-                tok.bpe.encode(piece, &mut ids).map(|()| ids)
-            })
-            .collect::<Result<_>>()?;
-        let forbidden_pairs = protected.iter().flat_map(|ids| ids.windows(2).map(|w| pair_key(w[0], w[1]))).collect();
-        Ok(Trainer {
+        let mut trainer = Trainer {
             tok,
+            spelling,
             first_id,
             token_bytes,
             known,
-            merges: Vec::new(),
-            ranks: FxHashMap::default(),
-            forbidden_pairs,
+            fallback,
+            old_pairs: FxHashMap::default(),
+            forbidden: FxHashSet::default(),
             skipped: FxHashMap::default(),
+            skipped_chars: 0,
             corpus: Corpus::default(),
             partial_chars: true,
-        })
+        };
+        let forbidden: Vec<Vec<Box<[u8]>>> = protect
+            .counts
+            .par_iter()
+            .map(|(word, _)| trainer.forbidden_by(word))
+            .collect::<Result<_>>()?;
+        trainer.forbidden = forbidden.into_iter().flatten().collect();
+        Ok(trainer)
+    }
+
+    /// The new tokens that would change how `word` is encoded now.
+    fn forbidden_by(&self, word: &[u8]) -> Result<Vec<Box<[u8]>>> {
+        let mut ids = Vec::new();
+        self.tok.bpe.encode(word, &mut ids)?;
+        let mut out: Vec<Box<[u8]>> =
+            ids.windows(2).filter_map(|w| Some([self.token_bytes(w[0])?, self.token_bytes(w[1])?].concat().into())).collect();
+        if !self.fallback.is_empty() {
+            let text = String::from_utf8_lossy(word);
+            out.extend(text.chars().filter(|c| !self.known.contains_key(c.to_string().as_bytes())).map(|c| c.to_string().into_bytes().into()));
+        }
+        Ok(out)
     }
 
     pub fn first_id(&self) -> u32 {
         self.first_id
     }
 
-    /// The new merges in rank order, as (left, right) ids; merge k makes id `first_id + k`.
-    pub fn merges(&self) -> &[(u32, u32)] {
-        &self.merges
+    /// How many tokens were made.
+    pub fn len(&self) -> usize {
+        self.token_bytes.len() - self.first_id as usize
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What token `id` stands for in the text (bytes; SentencePiece-style: its spelling).
     pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
         self.token_bytes.get(id as usize).and_then(|b| b.as_deref())
     }
 
-    /// How many candidate pairs were skipped, by reason.
+    /// How many candidates were skipped, by reason.
     pub fn skipped(&self) -> FxHashMap<Skip, usize> {
         let mut counts = FxHashMap::default();
         for &(skip, _) in self.skipped.values() {
             *counts.entry(skip).or_insert(0) += 1;
         }
+        if self.skipped_chars > 0 {
+            *counts.entry(Skip::Protected).or_insert(0) += self.skipped_chars;
+        }
         counts
     }
 
-    /// The ids of one piece under the old merges and the new ones so far.
-    pub fn encode_piece(&self, piece: &[u8]) -> Result<Vec<u32>> {
-        let mut ids = Vec::new();
-        self.tok.bpe.encode(piece, &mut ids)?;
-        // Every old merge is done; the new ones apply lowest rank first, leftmost first.
-        while let Some((rank, i)) = ids
-            .windows(2)
-            .enumerate()
-            .filter_map(|(i, w)| self.ranks.get(&pair_key(w[0], w[1])).map(|&rank| (rank, i)))
-            .min()
-        {
-            ids[i] = self.first_id + rank;
+    /// The token two adjacent tokens merge into once the new tokens are in, if any.
+    fn merged(&self, left: u32, right: u32, buf: &mut Vec<u8>) -> Option<u32> {
+        if left < self.first_id && right < self.first_id {
+            return self.old_pairs.get(&pair_key(left, right)).copied();
+        }
+        buf.clear();
+        buf.extend_from_slice(self.token_bytes(left)?);
+        buf.extend_from_slice(self.token_bytes(right)?);
+        self.known.get(&buf[..]).copied()
+    }
+
+    /// Applies the new tokens to a segmentation that the old merges are done with: best
+    /// ranked first (old tokens before new, new ones in the order made), leftmost first.
+    fn merge_new(&self, ids: &mut Vec<u32>) {
+        let mut buf = Vec::new();
+        loop {
+            let mut best: Option<(u32, usize)> = None;
+            for i in 0..ids.len().saturating_sub(1) {
+                if let Some(merged) = self.merged(ids[i], ids[i + 1], &mut buf) {
+                    if best.is_none_or(|(b, _)| merged < b) {
+                        best = Some((merged, i));
+                    }
+                }
+            }
+            let Some((merged, i)) = best else { return };
+            ids[i] = merged;
             ids.remove(i + 1);
         }
+    }
+
+    /// New characters in place of the byte-fallback tokens of their bytes.
+    fn with_new_chars(&self, ids: Vec<u32>) -> Vec<u32> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut i = 0;
+        while i < ids.len() {
+            let Some(&lead) = self.fallback.get(&ids[i]) else {
+                out.push(ids[i]);
+                i += 1;
+                continue;
+            };
+            let n = match lead {
+                0xF0.. => 4,
+                0xE0.. => 3,
+                0xC0.. => 2,
+                _ => 1,
+            };
+            let bytes: Option<Vec<u8>> = ids.get(i..i + n).and_then(|run| run.iter().map(|id| self.fallback.get(id).copied()).collect());
+            match bytes.and_then(|b| self.known.get(&b[..]).copied()).filter(|&id| id >= self.first_id) {
+                Some(id) => {
+                    out.push(id);
+                    i += n;
+                }
+                None => {
+                    out.push(ids[i]);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// The ids of one word with the old tokens and the new ones so far.
+    pub fn encode_word(&self, word: &[u8]) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        self.tok.bpe.encode(word, &mut ids)?;
+        if !self.fallback.is_empty() && !self.is_empty() {
+            ids = self.with_new_chars(ids);
+        }
+        self.merge_new(&mut ids);
         Ok(ids)
     }
 
-    /// The pieces the pipeline splits `text` into.
-    fn pieces(&self, text: &str) -> Result<Vec<Vec<u8>>> {
-        let mut pieces = Vec::new();
-        self.tok.for_each_piece(text, &SpecialPolicy::Allow, &mut |p| {
-            pieces.push(p.to_vec());
-            Ok(())
-        })?;
-        Ok(pieces)
+    /// The old tokenizer's ids for a word.
+    pub fn old_ids(&self, word: &[u8]) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        self.tok.bpe.encode(word, &mut ids)?;
+        Ok(ids)
     }
 
-    /// The bytes of the token merging `left` and `right`, or why it may not be made.
-    fn check(&self, left: u32, right: u32) -> Result<std::result::Result<Vec<u8>, Skip>> {
-        if self.forbidden_pairs.contains(&pair_key(left, right)) {
-            return Ok(Err(Skip::Protected));
+    /// The new tokens that `new` (this trainer's `tokenizer`) does not produce from their
+    /// own text: byte-level, the text through the whole pipeline (parts of characters have
+    /// none and are left out); SentencePiece-style, the spelling as one word.
+    pub fn unreachable(&self, new: &Tokenizer) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        for id in self.first_id..self.first_id + self.len() as u32 {
+            let bytes = self.token_bytes(id).unwrap_or_default();
+            let ids = match (&self.spelling, std::str::from_utf8(bytes)) {
+                (Spelling::Bytes, Ok(text)) => new.encode(text, &SpecialPolicy::Text, false)?,
+                (Spelling::Bytes, Err(_)) => continue,
+                (Spelling::Chars { .. }, _) => {
+                    let mut ids = Vec::new();
+                    new.bpe.encode(bytes, &mut ids)?;
+                    ids
+                }
+            };
+            if ids != [id] {
+                out.push(id);
+            }
         }
+        Ok(out)
+    }
+
+    /// The words the pipeline splits `text` into.
+    fn words(&self, text: &str) -> Result<Vec<Vec<u8>>> {
+        let mut words = Vec::new();
+        self.tok.for_each_piece(text, &SpecialPolicy::Allow, &mut |piece| {
+            self.spelling.words(piece, &mut |w| words.push(w.to_vec()));
+            Ok(())
+        })?;
+        Ok(words)
+    }
+
+    /// What the token merging `left` and `right` stands for, or why it may not be made.
+    fn check(&self, left: u32, right: u32) -> Result<std::result::Result<Vec<u8>, Skip>> {
         let (Some(l), Some(r)) = (self.token_bytes(left), self.token_bytes(right)) else {
-            return Ok(Err(Skip::Split));
+            return Ok(Err(Skip::Fallback));
         };
         let bytes = [l, r].concat();
         if self.known.contains_key(&bytes[..]) {
             return Ok(Err(Skip::Exists));
         }
-        let Ok(text) = std::str::from_utf8(&bytes) else {
-            // Part of a character (a step towards whole ones where the old merges cross
-            // character boundaries, as GPT-2's do on CJK): no text is this token alone, so
-            // only the words it was counted in show that it is made.
-            return Ok(if self.partial_chars { Ok(bytes) } else { Err(Skip::PartialChar) });
-        };
-        if self.pieces(text)? != [bytes.as_slice()] {
-            return Ok(Err(Skip::Split));
+        if self.forbidden.contains(&bytes[..]) {
+            return Ok(Err(Skip::Protected));
         }
-        if self.encode_piece(&bytes)? != [left, right] {
+        if let Spelling::Bytes = self.spelling {
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                return Ok(if self.partial_chars { Ok(bytes) } else { Err(Skip::PartialChar) });
+            };
+            if self.words(text)? != [bytes.as_slice()] {
+                return Ok(Err(Skip::Split));
+            }
+        }
+        if self.encode_word(&bytes)?.len() != 2 {
             return Ok(Err(Skip::Unreachable));
         }
         Ok(Ok(bytes))
     }
 
-    fn push_merge(&mut self, left: u32, right: u32, bytes: Vec<u8>) -> u32 {
-        let id = self.first_id + self.merges.len() as u32;
-        self.ranks.insert(pair_key(left, right), self.merges.len() as u32);
-        self.merges.push((left, right));
+    /// Makes `bytes` the next token; its id.
+    fn push_token(&mut self, bytes: Vec<u8>) -> u32 {
+        let id = self.first_id + self.len() as u32;
+        for at in self.spelling.cuts(&bytes) {
+            let halves = (self.known.get(&bytes[..at]), self.known.get(&bytes[at..]));
+            if let (Some(&l), Some(&r)) = halves {
+                if l < self.first_id && r < self.first_id && self.token_bytes(l).is_some() && self.token_bytes(r).is_some() {
+                    self.old_pairs.entry(pair_key(l, r)).or_insert(id);
+                }
+            }
+        }
         self.known.insert(bytes.clone().into(), id);
         self.token_bytes.push(Some(bytes.into()));
         id
     }
 
-    fn pop_merges(&mut self, keep: usize) {
-        while self.merges.len() > keep {
-            let (left, right) = self.merges.pop().expect("longer than keep");
-            self.ranks.remove(&pair_key(left, right));
+    fn pop_tokens(&mut self, keep: usize) {
+        while self.len() > keep {
             if let Some(Some(bytes)) = self.token_bytes.pop() {
                 self.known.remove(&bytes);
             }
         }
+        let end = self.first_id + keep as u32;
+        self.old_pairs.retain(|_, id| *id < end);
     }
 
-    /// Makes `word` one token with the fewest new merges of its pieces (each one reachable
-    /// and protected text unchanged), or says why it cannot be.
+    /// Makes `word` one token with the fewest new tokens (each reachable, protected text
+    /// unchanged), or says why it cannot be.
     pub fn add_word(&mut self, word: &str) -> Result<WordOutcome> {
-        let bytes = word.as_bytes();
-        if bytes.is_empty() {
-            return Ok(WordOutcome::Refused("an empty word".into()));
-        }
-        if let Some(&id) = self.known.get(bytes) {
-            return Ok(WordOutcome::Exists(id));
-        }
-        let pieces = self.pieces(word)?;
-        if pieces != [bytes] {
-            let shown: Vec<String> = pieces.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+        let words = self.words(word)?;
+        let [target] = &words[..] else {
+            let shown: Vec<String> = words.iter().map(|w| String::from_utf8_lossy(w).into_owned()).collect();
             return Ok(WordOutcome::Refused(format!(
                 "the tokenizer's pre-tokenizer or normalizer makes it {shown:?}, not one piece"
             )));
+        };
+        if let Some(&id) = self.known.get(&target[..]) {
+            return Ok(WordOutcome::Exists(id));
         }
-        let keep = self.merges.len();
+        let keep = self.len();
+        if !self.fallback.is_empty() {
+            for c in String::from_utf8_lossy(target).chars() {
+                let bytes = c.to_string().into_bytes();
+                if self.known.contains_key(&bytes[..]) {
+                    continue;
+                }
+                if self.forbidden.contains(&bytes[..]) {
+                    self.pop_tokens(keep);
+                    return Ok(WordOutcome::Refused(format!("its character {c:?} is in the protected text as bytes")));
+                }
+                self.push_token(bytes);
+            }
+        }
         loop {
-            let ids = self.encode_piece(bytes)?;
+            let ids = self.encode_word(target)?;
             if let [id] = ids[..] {
                 return Ok(WordOutcome::Added(id));
             }
@@ -334,14 +567,14 @@ impl Trainer {
             for w in ids.windows(2) {
                 match self.check(w[0], w[1])? {
                     Ok(merged) => {
-                        taken = Some((w[0], w[1], merged));
+                        taken = Some(merged);
                         break;
                     }
                     Err(skip) => reasons.push(skip.name()),
                 }
             }
-            let Some((left, right, merged)) = taken else {
-                self.pop_merges(keep);
+            let Some(merged) = taken else {
+                self.pop_tokens(keep);
                 reasons.sort_unstable();
                 reasons.dedup();
                 return Ok(WordOutcome::Refused(format!(
@@ -349,16 +582,44 @@ impl Trainer {
                     reasons.join(", ")
                 )));
             };
-            self.push_merge(left, right, merged);
+            self.push_token(merged);
         }
     }
 
-    /// Sets the corpus to learn merges from (segmented with the merges so far).
-    pub fn set_corpus(&mut self, counts: &WordCounts) -> Result<()> {
+    /// Sets the corpus to learn from. SentencePiece-style vocabularies first get the
+    /// characters of the corpus they lack (up to `limit`, each seen `min_count` times, not
+    /// in protected text), most frequent first; how many is returned. The words are then
+    /// segmented with the tokens so far.
+    pub fn set_corpus(&mut self, counts: &WordCounts, limit: usize, min_count: u64) -> Result<usize> {
+        let mut chars_added = 0;
+        if !self.fallback.is_empty() {
+            let mut missing: FxHashMap<char, u64> = FxHashMap::default();
+            for (word, &n) in &counts.counts {
+                for c in String::from_utf8_lossy(word).chars() {
+                    if !self.known.contains_key(c.to_string().as_bytes()) {
+                        *missing.entry(c).or_insert(0) += n;
+                    }
+                }
+            }
+            let mut missing: Vec<(char, u64)> = missing.into_iter().filter(|&(_, n)| n >= min_count).collect();
+            missing.sort_unstable_by_key(|&(c, n)| (Reverse(n), c));
+            for (c, _) in missing {
+                if chars_added == limit {
+                    break;
+                }
+                let bytes = c.to_string().into_bytes();
+                if self.forbidden.contains(&bytes[..]) {
+                    self.skipped_chars += 1;
+                    continue;
+                }
+                self.push_token(bytes);
+                chars_added += 1;
+            }
+        }
         let words: Vec<(Vec<u32>, u64)> = counts
             .counts
             .par_iter()
-            .map(|(piece, &n)| self.encode_piece(piece).map(|ids| (ids, n)))
+            .map(|(word, &n)| self.encode_word(word).map(|ids| (ids, n)))
             .filter(|w| w.as_ref().map_or(true, |(ids, _)| ids.len() > 1))
             .collect::<Result<_>>()?;
         let mut corpus = Corpus::default();
@@ -373,10 +634,10 @@ impl Trainer {
         }
         corpus.heap = corpus.pair_counts.iter().map(|(&key, &n)| (n, Reverse(key))).collect();
         self.corpus = corpus;
-        Ok(())
+        Ok(chars_added)
     }
 
-    /// Learns up to `limit` more merges, each of a pair seen at least `min_count` times;
+    /// Learns up to `limit` more tokens, each from a pair seen at least `min_count` times;
     /// returns how many it learnt (fewer: no pair is left that qualifies).
     pub fn train(&mut self, limit: usize, min_count: u64) -> Result<usize> {
         let mut learnt = 0;
@@ -394,19 +655,19 @@ impl Trainer {
                 break;
             }
             if let Some(&(skip, at)) = self.skipped.get(&key) {
-                if skip.is_final() || at == self.merges.len() {
+                if skip.is_final() || at == self.len() {
                     continue;
                 }
             }
             let (left, right) = pair_of(key);
             match self.check(left, right)? {
                 Err(skip) => {
-                    self.skipped.insert(key, (skip, self.merges.len()));
+                    self.skipped.insert(key, (skip, self.len()));
                 }
                 Ok(bytes) => {
                     self.skipped.remove(&key);
-                    let id = self.push_merge(left, right, bytes);
-                    self.apply(key, id);
+                    let id = self.push_token(bytes);
+                    self.apply(id);
                     learnt += 1;
                 }
             }
@@ -414,75 +675,96 @@ impl Trainer {
         Ok(learnt)
     }
 
-    /// Merges the pair `key` into `id` in every word that holds it, updating the counts.
-    fn apply(&mut self, key: u64, id: u32) {
-        let (left, right) = pair_of(key);
-        let corpus = &mut self.corpus;
-        let mut indices = corpus.pair_words.remove(&key).unwrap_or_default();
+    /// Re-segments, with the new token `id`, every word that holds two tokens spelling it,
+    /// and updates the pair counts.
+    fn apply(&mut self, id: u32) {
+        let bytes = self.token_bytes(id).expect("a new token").to_vec();
+        let mut indices = Vec::new();
+        for at in self.spelling.cuts(&bytes) {
+            if let (Some(&l), Some(&r)) = (self.known.get(&bytes[..at]), self.known.get(&bytes[at..])) {
+                indices.extend(self.corpus.pair_words.remove(&pair_key(l, r)).unwrap_or_default());
+            }
+        }
         indices.sort_unstable();
         indices.dedup();
         let mut changes: FxHashMap<u64, i64> = FxHashMap::default();
         for index in indices {
-            let word = &mut corpus.words[index as usize];
-            if !word.windows(2).any(|w| w[0] == left && w[1] == right) {
-                continue; // a stale entry
-            }
-            let n = corpus.counts[index as usize] as i64;
-            let mut merged = Vec::with_capacity(word.len());
-            let mut i = 0;
-            while i < word.len() {
-                if i + 1 < word.len() && word[i] == left && word[i + 1] == right {
-                    merged.push(id);
-                    i += 2;
-                } else {
-                    merged.push(word[i]);
-                    i += 1;
+            let mut word = std::mem::take(&mut self.corpus.words[index as usize]);
+            let before = word.clone();
+            self.merge_new(&mut word);
+            let corpus = &mut self.corpus;
+            if word != before {
+                let n = corpus.counts[index as usize] as i64;
+                changes.clear();
+                for w in before.windows(2) {
+                    *changes.entry(pair_key(w[0], w[1])).or_insert(0) -= n;
+                }
+                for w in word.windows(2) {
+                    *changes.entry(pair_key(w[0], w[1])).or_insert(0) += n;
+                }
+                for (&pair, &delta) in &changes {
+                    if delta == 0 {
+                        continue;
+                    }
+                    let count = corpus.pair_counts.entry(pair).or_insert(0);
+                    *count += delta;
+                    if delta > 0 {
+                        corpus.heap.push((*count, Reverse(pair)));
+                        corpus.pair_words.entry(pair).or_default().push(index);
+                    }
                 }
             }
-            changes.clear();
-            for w in word.windows(2) {
-                *changes.entry(pair_key(w[0], w[1])).or_insert(0) -= n;
-            }
-            for w in merged.windows(2) {
-                *changes.entry(pair_key(w[0], w[1])).or_insert(0) += n;
-            }
-            for (&pair, &delta) in &changes {
-                if delta == 0 {
-                    continue;
-                }
-                let count = corpus.pair_counts.entry(pair).or_insert(0);
-                *count += delta;
-                if delta > 0 {
-                    corpus.heap.push((*count, Reverse(pair)));
-                    corpus.pair_words.entry(pair).or_default().push(index);
-                }
-            }
-            *word = merged;
+            corpus.words[index as usize] = word;
         }
-        corpus.pair_counts.remove(&key);
     }
 
-    /// The tokenizer with the new tokens in its vocabulary and the new merges after the old.
+    /// Every merge the new tokens bring, in rank order: (left, right, merged). Pairs with a
+    /// new half that spell an old token first (by its id), then the pairs spelling each new
+    /// token in the order made; each token's pairs by where they cut it.
+    pub fn merges(&self) -> Vec<(u32, u32, u32)> {
+        let mut merges = Vec::new();
+        for id in 0..self.token_bytes.len() as u32 {
+            let Some(bytes) = self.token_bytes(id) else { continue };
+            for at in self.spelling.cuts(bytes) {
+                let halves = (self.known.get(&bytes[..at]), self.known.get(&bytes[at..]));
+                let (Some(&l), Some(&r)) = halves else { continue };
+                let mergeable = self.token_bytes(l).is_some() && self.token_bytes(r).is_some();
+                if mergeable && (id >= self.first_id || l >= self.first_id || r >= self.first_id) {
+                    merges.push((l, r, id));
+                }
+            }
+        }
+        merges
+    }
+
+    /// The tokenizer with the new tokens in its vocabulary and their merges after the old;
+    /// SentencePiece scores (a tokenizer read from a `.model`) below every old score.
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         let mut root = tokenizer_json::to_value(&self.tok);
         let spell = |id: u32| -> String {
             match self.tok.vocab.get(id) {
                 Some(s) => s.to_string(),
-                None => bytelevel::encode_bytes(self.token_bytes(id).unwrap_or_default()),
+                None => self.spelling.spell(self.token_bytes(id).unwrap_or_default()),
             }
         };
         let model = root.get_mut("model").and_then(Value::as_object_mut).ok_or_else(|| Error::Invalid("no model".into()))?;
         let as_strings = matches!(model.get("merges").and_then(|m| m.get(0)), Some(Value::String(_)));
+        let new_ids = self.first_id..self.first_id + self.len() as u32;
         if let Some(Value::Object(vocab)) = model.get_mut("vocab") {
-            for k in 0..self.merges.len() as u32 {
-                vocab.insert(spell(self.first_id + k), json!(self.first_id + k));
+            for id in new_ids.clone() {
+                vocab.insert(spell(id), json!(id));
             }
         }
         if let Some(Value::Array(merges)) = model.get_mut("merges") {
-            for &(left, right) in &self.merges {
+            for (left, right, _) in self.merges() {
                 let (l, r) = (spell(left), spell(right));
                 merges.push(if as_strings { json!(format!("{l} {r}")) } else { json!([l, r]) });
             }
+        }
+        if let Some(Value::Array(scores)) = model.get_mut(sentencepiece::SCORES_KEY) {
+            let lowest = scores.iter().filter_map(Value::as_f64).fold(0.0f32, |m, s| m.min(s as f32));
+            scores.resize(self.first_id as usize, Value::Null);
+            scores.extend(sentencepiece::scores_below(lowest, self.len()).into_iter().map(|s| json!(s)));
         }
         tokenizer_json::from_value(root)
     }
@@ -497,9 +779,9 @@ mod tests {
         Arc::new(tokenizer_json::from_str(&std::fs::read_to_string(path).unwrap(), path).unwrap())
     }
 
-    fn counts(tok: &Tokenizer, texts: &[&str]) -> WordCounts {
-        let mut counts = WordCounts::default();
-        counts.add(tok, texts).unwrap();
+    fn counts(tok: &Arc<Tokenizer>, texts: &[&str]) -> WordCounts {
+        let mut counts = WordCounts::new(tok.clone()).unwrap();
+        counts.add(texts).unwrap();
         counts
     }
 
@@ -511,7 +793,7 @@ mod tests {
         let corpus = ["数据集和人工智能的数据集", "人工智能数据集 1234 1234", "数据集"];
         let protected = ["in 1234 and 12 go", "Hello world"];
         let mut trainer = Trainer::new(tok.clone(), &counts(&tok, &protected)).unwrap();
-        trainer.set_corpus(&counts(&tok, &corpus)).unwrap();
+        assert_eq!(trainer.set_corpus(&counts(&tok, &corpus), 1000, 2).unwrap(), 0);
         let learnt = trainer.train(1000, 2).unwrap();
         assert!(learnt > 3, "{learnt}");
         assert!(trainer.skipped().get(&Skip::Protected).is_some_and(|&n| n > 0));
@@ -536,12 +818,12 @@ mod tests {
     }
 
     /// A pair is taken exactly when the real pipeline keeps the new token's text one piece
-    /// and encodes it to the two tokens (so that the new merge makes it one): checked on
-    /// random pairs of tokens.
+    /// and encodes it to two tokens (which the new token then joins): checked on random
+    /// pairs of tokens.
     #[test]
     fn a_pair_is_taken_exactly_when_its_text_encodes_to_it() {
         let tok = gpt2();
-        let trainer = Trainer::new(tok.clone(), &WordCounts::default()).unwrap();
+        let trainer = Trainer::new(tok.clone(), &counts(&tok, &[])).unwrap();
         assert_eq!(trainer.check(tok.token_to_id("Ġ").unwrap(), tok.token_to_id("'s").unwrap()).unwrap(), Err(Skip::Split));
         let mut next = crate::testing::random(7);
         let (mut taken, mut refused) = (0, 0);
@@ -553,7 +835,7 @@ mod tests {
             tok.for_each_piece(text, &SpecialPolicy::Allow, &mut |_| Ok(pieces += 1)).unwrap();
             let expected = !trainer.known.contains_key(&bytes[..])
                 && pieces == 1
-                && tok.encode(text, &SpecialPolicy::Allow, false).unwrap() == [a, b];
+                && tok.encode(text, &SpecialPolicy::Allow, false).unwrap().len() == 2;
             assert_eq!(trainer.check(a, b).unwrap().is_ok(), expected, "{text:?}");
             if expected { taken += 1 } else { refused += 1 }
         }
@@ -569,10 +851,10 @@ mod tests {
         assert_eq!(trainer.add_word("人工智能").unwrap(), WordOutcome::Exists(id));
         assert_eq!(trainer.add_word(" the").unwrap(), WordOutcome::Exists(262));
         assert!(matches!(trainer.add_word("two words").unwrap(), WordOutcome::Refused(_)));
-        let before = trainer.merges().len();
+        let before = trainer.len();
         // "tokenizers" is a protected piece: making it a token would change its ids.
         assert!(matches!(trainer.add_word("tokenizers").unwrap(), WordOutcome::Refused(_)));
-        assert_eq!(trainer.merges().len(), before, "a refused word leaves no merges behind");
+        assert_eq!(trainer.len(), before, "a refused word leaves no tokens behind");
         let new = trainer.tokenizer().unwrap();
         assert_eq!(new.encode("人工智能", &SpecialPolicy::Allow, false).unwrap(), [id]);
         let old = "tokenizers are nice";

@@ -30,9 +30,10 @@ from tokensmith import CheckpointError, InvalidInputError  # noqa: E402
 from tokensmith.checkpoint import add_tokens  # noqa: E402
 from tokensmith.cli import main as cli  # noqa: E402
 
-EOS = {"llama3": "<|end_of_text|>", "qwen2": "<|endoftext|>", "gemma4": "<eos>", "mistral-v3": "</s>", "tekken": "</s>"}
+EOS = {"llama3": "<|end_of_text|>", "qwen2": "<|endoftext|>", "gemma4": "<eos>", "mistral-v3": "</s>", "tekken": "</s>",
+       "llama2": "</s>"}
 # Qwen pads its matrices past the tokenizer (151646 tokens)
-ROWS = {"llama3": 128256, "qwen2": 151936, "gemma4": 262144, "mistral-v3": 32768, "tekken": 131072}
+ROWS = {"llama3": 128256, "qwen2": 151936, "gemma4": 262144, "mistral-v3": 32768, "tekken": 131072, "llama2": 32000}
 NEW = ["<|box_start|>", "<|box_end|>", "<tool_call>"]
 
 

@@ -4,6 +4,7 @@ the small random Llama models of test_checkpoint (real Llama 3 and Qwen2 tokeniz
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -34,9 +35,16 @@ def zh_corpus(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("name,tied,sharded,rows", [("llama3", False, True, 128256), ("qwen2", True, False, 151936)])
+FIRST = {"llama3": 128256, "qwen2": 151646, "llama2": 32000}
+
+
+@pytest.mark.parametrize(
+    "name,tied,sharded,rows", [("llama3", False, True, 128256), ("qwen2", True, False, 151936), ("llama2", False, False, 32000)]
+)
 def test_extended_model_keeps_old_logits_and_starts_new_rows_from_their_pieces(tmp_path, zh_corpus, name, tied, sharded, rows):
     src = make_model(tmp_path / "base", name, tied, sharded)
+    if name == "llama2":  # its SentencePiece file too, which gets the new pieces
+        shutil.copy(DATA / "sentencepiece" / "llama2.model", src / "tokenizer.model")
     before = digest(src)
     out = tmp_path / "extended"
     result = extend_model(src, out, corpus=[zh_corpus / "train.txt"], num_new=400, pieces=["蒸馏数据集"],
@@ -45,10 +53,10 @@ def test_extended_model_keeps_old_logits_and_starts_new_rows_from_their_pieces(t
     report = result.report
     assert report.words["蒸馏数据集"]["status"] == "added"
     word = report.words["蒸馏数据集"]["id"]
-    # The word's merges (one fewer than its old pieces) come first, then the 400 learnt.
-    assert report.new_tokens == 400 + len(report.id_map[word]) - 1
+    # The word's tokens come first (fewer than its old pieces), then the 400 learnt.
+    assert 400 < report.new_tokens < 400 + len(report.id_map[word])
     assert report.changed_old_docs == 0 and report.unreachable == []
-    first = 128256 if name == "llama3" else 151646
+    first = FIRST[name]
     ids = list(range(first, first + report.new_tokens))
     assert report.first_id == first
     assert result.rows_after == max(rows, first + report.new_tokens)
@@ -62,6 +70,11 @@ def test_extended_model_keeps_old_logits_and_starts_new_rows_from_their_pieces(t
     held = (zh_corpus / "held.txt").read_text(encoding="utf-8").splitlines()
     assert hf(held, add_special_tokens=False)["input_ids"] == ours.encode_batch(held, add_special_tokens=False)
     assert hf.encode("蒸馏数据集", add_special_tokens=False) == [word]
+    if name == "llama2":
+        spm = pytest.importorskip("sentencepiece")
+        sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+        assert sp.get_piece_size() == first + report.new_tokens
+        assert sp.encode(held) == ours.encode_batch(held, add_special_tokens=False)
 
     # Old rows and every other tensor bit for bit; new rows the mean of their pieces' rows.
     old, new = tensors(src), tensors(out)

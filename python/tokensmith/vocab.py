@@ -62,6 +62,8 @@ class ExtendReport:
     partial_unused: list[int] = field(default_factory=list)
     #: new id -> the old ids it stands for (its pieces under the old tokenizer).
     id_map: dict[int, list[int]] = field(default_factory=dict)
+    #: SentencePiece-style vocabularies: characters they lacked (byte fallback), now tokens.
+    new_chars: int = 0
     #: given words: the id each became ("added" or "exists"), or why it could not.
     words: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: candidate merges skipped, by reason.
@@ -84,6 +86,8 @@ class ExtendReport:
                     f"  {Path(f).name:<{width}}  {c['before']:.3f} -> {c['after']:.3f}  "
                     f"({1 - c['tokens_after'] / max(c['tokens_before'], 1):.1%} fewer tokens){changed}"
                 )
+        if self.new_chars:
+            lines.append(f"characters the vocabulary lacked, now tokens: {self.new_chars}")
         lines.append(f"protected documents changed: {self.changed_old_docs}")
         lines.append(f"unreachable new tokens: {len(self.unreachable)}")
         if self.partial:
@@ -175,13 +179,13 @@ class _Progress:
 
 
 def _count(tok: Tokenizer, files: Sequence[str], text_field: str, bar: _Progress, what: str) -> Any:
-    counts = _core.WordCounts()
+    counts = _core.WordCounts(tok._core)
     total = sum(os.path.getsize(f) for f in files)
     done = 0
     for _, docs, size in _batches(files, text_field):
-        counts.add(tok._core, docs)
+        counts.add(docs)
         done += size
-        bar.show(f"counting {what}: {done / 1e6:,.0f} / {total / 1e6:,.0f} MB, {len(counts):,} distinct pieces")
+        bar.show(f"counting {what}: {done / 1e6:,.0f} / {total / 1e6:,.0f} MB, {len(counts):,} distinct words")
     return counts
 
 
@@ -249,9 +253,9 @@ def extend(
     seconds["count"] = time.monotonic() - started
 
     started = time.monotonic()
+    chars = 0
     if counts is not None:
-        trainer.set_corpus(counts)
-        learnt = 0
+        learnt = chars = trainer.set_corpus(counts, num_new, min_frequency)
         while learnt < num_new:
             step = trainer.train(min(1000, num_new - learnt), min_frequency)
             learnt += step
@@ -263,19 +267,16 @@ def extend(
     seconds["train"] = time.monotonic() - started
 
     started = time.monotonic()
-    first, merges = trainer.first_id, trainer.merges()
-    report = ExtendReport(first_id=first, new_tokens=len(merges), words=outcomes, skipped=dict(trainer.skipped()))
-    for k, (left, right) in enumerate(merges):
-        report.id_map[first + k] = [*report.id_map.get(left, [left]), *report.id_map.get(right, [right])]
-    for k in range(len(merges)):
-        id = first + k
+    first = trainer.first_id
+    report = ExtendReport(first_id=first, new_tokens=len(trainer), words=outcomes, skipped=dict(trainer.skipped()))
+    report.new_chars = chars
+    for id in range(first, first + len(trainer)):
+        report.id_map[id] = _pieces(trainer.old_ids(id), tok)
         try:
-            text = trainer.token_bytes(id).decode("utf-8")
+            trainer.token_bytes(id).decode("utf-8")
         except UnicodeDecodeError:
             report.partial.append(id)
-            continue
-        if new_tok.encode(text, add_special_tokens=False, special="text") != [id]:
-            report.unreachable.append(id)
+    report.unreachable = trainer.unreachable(new_tok._core)
     used: set[int] = set()
     for f in dict.fromkeys([*corpus_files, *protect_files, *evaluate_files]):
         report.compression[f] = _measure(tok, new_tok, f, text_field, used, bar)
@@ -286,6 +287,13 @@ def extend(
     report.seconds = seconds
     bar.show("checked", force=True)
     return new_tok, report
+
+
+def _pieces(ids: list[int], tok: Tokenizer) -> list[int]:
+    """A new token's old ids, without a lone SentencePiece word-start piece (it says that a
+    word begins, nothing of the token) unless that is all there is."""
+    kept = [i for i in ids if tok.id_to_token(i) != E.WORD_START]
+    return kept or ids
 
 
 def _measure(old: Tokenizer, new: Tokenizer, path: str, text_field: str, used: set[int], bar: _Progress) -> dict[str, float]:
@@ -389,21 +397,21 @@ def extend_model(
     vocab = _vocabulary(tokenizer_json)
 
     def write_tokenizer(tmp: Path) -> None:
-        text = new_tok.to_str()
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
             if (src / name).is_file():  # no added token changed: kept as they are
                 (tmp / name).write_bytes((src / name).read_bytes())
-        write_tokenizer_files(tmp, text, None, None)
+        write_tokenizer_files(tmp, new_tok.to_str(), None, None)
+        model = src / "tokenizer.model"
+        if model.is_file():  # SentencePiece's own file, for slow tokenizers and sentencepiece
+            pieces = [new_tok.id_to_token(id) for id in ids]
+            (tmp / model.name).write_bytes(_core.sentencepiece_append_pieces(model.read_bytes(), pieces, ids[0], str(model)))
         C._write_json(tmp / "id_map.json", {str(k): v for k, v in report.id_map.items()}, pretty=False)
         C._write_json(tmp / "extend_report.json", report.to_json())
+        # The written file must be the tokenizer the report measured.
         reloaded = Tokenizer.from_file(tmp / "tokenizer.json")
-        for id in ids:
-            if id in report.partial:
-                continue
-            word = reloaded.id_to_token(id)
-            got = reloaded.encode(new_tok.decode([id]), add_special_tokens=False, special="text")
-            if got != [id]:
-                raise CheckpointError(f"new token {word!r} ({id}) encodes to {got} after saving; nothing was written")
+        sample = " ".join(new_tok.decode([id]) for id in ids)
+        if reloaded.get_vocab() != new_tok.get_vocab() or reloaded.encode(sample) != new_tok.encode(sample):
+            raise CheckpointError("the written tokenizer.json does not encode as the extended tokenizer; nothing was written")
 
     grown = C._write_model(
         src,

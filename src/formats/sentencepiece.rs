@@ -316,6 +316,38 @@ pub fn score_pairs(vocab: &Vocab, scores: &[Option<f32>]) -> Vec<(u32, u32, u32,
         .collect()
 }
 
+/// `count` scores below `lowest`, each below the one before: for pieces that must lose to
+/// every old piece (vocabulary extension). The steps stay whole f32 steps apart at any
+/// magnitude (Llama 2 scores its runs of `▁` -1e9).
+pub fn scores_below(lowest: f32, count: usize) -> Vec<f32> {
+    let step = (lowest.abs() * 2f32.powi(-20)).max(1.0);
+    (1..=count).map(|k| lowest - step * k as f32).collect()
+}
+
+/// A `.model` file with `pieces` appended as NORMAL pieces scored below every piece it has
+/// (protobuf concatenates repeated fields, so the original bytes stay as they are, fields
+/// this reader does not know included). The new pieces must get the ids `first_id..`.
+pub fn append_pieces(bytes: &[u8], pieces: &[String], first_id: u32, source: &str) -> Result<Vec<u8>> {
+    let model = ModelProto::decode(bytes).map_err(|e| Error::format(source, format!("not a SentencePiece model ({e})")))?;
+    if model.pieces.len() != first_id as usize {
+        return Err(Error::Invalid(format!(
+            "{source} has {} pieces, but the new tokens start at id {first_id}: its ids would not match tokenizer.json",
+            model.pieces.len()
+        )));
+    }
+    let lowest = model.pieces.iter().filter_map(|p| p.score).fold(0.0f32, f32::min);
+    let new = ModelProto {
+        pieces: pieces
+            .iter()
+            .zip(scores_below(lowest, pieces.len()))
+            .map(|(piece, score)| SentencePiece { piece: Some(piece.clone()), score: Some(score), r#type: None })
+            .collect(),
+        trainer_spec: None,
+        normalizer_spec: None,
+    };
+    Ok([bytes, &new.encode_to_vec()].concat())
+}
+
 /// The `SCORES_KEY` list of a saved tokenizer.json: one score per id, null for
 /// pieces that are never made by merging.
 pub fn scores_from_value(value: &Value) -> Result<Vec<Option<f32>>> {
