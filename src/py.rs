@@ -809,10 +809,15 @@ impl PyVocabTrainer {
         })
     }
 
-    /// Sets the corpus; the characters it added first (SentencePiece-style vocabularies).
-    fn set_corpus(&self, py: Python<'_>, counts: &PyWordCounts, limit: usize, min_count: u64) -> PyResult<usize> {
+    fn set_corpus(&self, py: Python<'_>, counts: &PyWordCounts) -> PyResult<()> {
         let counts = counts.lock().clone();
-        without_gil(py, || self.lock().set_corpus(&counts, limit, min_count)).or_raise(py)
+        without_gil(py, || self.lock().set_corpus(&counts)).or_raise(py)
+    }
+
+    /// How many new tokens are characters the vocabulary lacked (SentencePiece-style).
+    #[getter]
+    fn new_chars(&self) -> usize {
+        self.lock().new_chars()
     }
 
     /// Learns up to `limit` tokens from pairs seen `min_count` times or more; how many it learnt.

@@ -25,8 +25,9 @@
 //! adjacent pair becomes the next token; counts updated only in the words that hold it, a
 //! heap with stale entries re-checked when they surface), started from the corpus's words
 //! as the tokenizer already segments them: the old merges are not learnt again.
-//! SentencePiece-style vocabularies first get the frequent characters they lack as tokens
-//! of their own (there they fall back to bytes, which never merge).
+//! SentencePiece-style vocabularies also get the frequent characters they lack as tokens of
+//! their own (there they fall back to bytes, which never merge), competing with the pairs
+//! by the tokens each saves.
 
 use crate::bpe::Alphabet;
 use crate::bytelevel;
@@ -244,6 +245,10 @@ struct Corpus {
     /// The words each pair may occur in (with repeats and stale entries).
     pair_words: FxHashMap<u64, Vec<u32>>,
     heap: BinaryHeap<(i64, Reverse<u64>)>,
+    /// Characters the vocabulary lacks (byte fallback), best last: (tokens saved, count, char).
+    chars: Vec<(u64, u64, char)>,
+    /// The words each of them occurs in (with repeats).
+    char_words: FxHashMap<char, Vec<u32>>,
 }
 
 /// New tokens for a tokenizer (see the module docs).
@@ -267,6 +272,8 @@ pub struct Trainer {
     skipped: FxHashMap<u64, (Skip, usize)>,
     /// Characters not made tokens because of protected text.
     skipped_chars: usize,
+    /// Characters the vocabulary lacked, made tokens by training.
+    new_chars: usize,
     corpus: Corpus,
     /// Whether a new byte-level token may be part of a character.
     pub partial_chars: bool,
@@ -311,6 +318,7 @@ impl Trainer {
             forbidden: FxHashSet::default(),
             skipped: FxHashMap::default(),
             skipped_chars: 0,
+            new_chars: 0,
             corpus: Corpus::default(),
             partial_chars: true,
         };
@@ -347,6 +355,11 @@ impl Trainer {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// How many of the new tokens are characters the vocabulary lacked (training only).
+    pub fn new_chars(&self) -> usize {
+        self.new_chars
     }
 
     /// What token `id` stands for in the text (bytes; SentencePiece-style: its spelling).
@@ -586,36 +599,8 @@ impl Trainer {
         }
     }
 
-    /// Sets the corpus to learn from. SentencePiece-style vocabularies first get the
-    /// characters of the corpus they lack (up to `limit`, each seen `min_count` times, not
-    /// in protected text), most frequent first; how many is returned. The words are then
-    /// segmented with the tokens so far.
-    pub fn set_corpus(&mut self, counts: &WordCounts, limit: usize, min_count: u64) -> Result<usize> {
-        let mut chars_added = 0;
-        if !self.fallback.is_empty() {
-            let mut missing: FxHashMap<char, u64> = FxHashMap::default();
-            for (word, &n) in &counts.counts {
-                for c in String::from_utf8_lossy(word).chars() {
-                    if !self.known.contains_key(c.to_string().as_bytes()) {
-                        *missing.entry(c).or_insert(0) += n;
-                    }
-                }
-            }
-            let mut missing: Vec<(char, u64)> = missing.into_iter().filter(|&(_, n)| n >= min_count).collect();
-            missing.sort_unstable_by_key(|&(c, n)| (Reverse(n), c));
-            for (c, _) in missing {
-                if chars_added == limit {
-                    break;
-                }
-                let bytes = c.to_string().into_bytes();
-                if self.forbidden.contains(&bytes[..]) {
-                    self.skipped_chars += 1;
-                    continue;
-                }
-                self.push_token(bytes);
-                chars_added += 1;
-            }
-        }
+    /// Sets the corpus to learn from, segmented with the tokens so far.
+    pub fn set_corpus(&mut self, counts: &WordCounts) -> Result<()> {
         let words: Vec<(Vec<u32>, u64)> = counts
             .counts
             .par_iter()
@@ -623,53 +608,111 @@ impl Trainer {
             .filter(|w| w.as_ref().map_or(true, |(ids, _)| ids.len() > 1))
             .collect::<Result<_>>()?;
         let mut corpus = Corpus::default();
+        let mut missing: FxHashMap<char, u64> = FxHashMap::default();
         for (index, (ids, n)) in words.into_iter().enumerate() {
             for w in ids.windows(2) {
                 let key = pair_key(w[0], w[1]);
                 *corpus.pair_counts.entry(key).or_insert(0) += n as i64;
                 corpus.pair_words.entry(key).or_default().push(index as u32);
             }
+            for c in self.fallback_chars(&ids) {
+                *missing.entry(c).or_insert(0) += n;
+                corpus.char_words.entry(c).or_default().push(index as u32);
+            }
             corpus.words.push(ids);
             corpus.counts.push(n);
         }
         corpus.heap = corpus.pair_counts.iter().map(|(&key, &n)| (n, Reverse(key))).collect();
+        // A character saves a token for each byte past its first, where a pair saves one.
+        corpus.chars = missing.into_iter().map(|(c, n)| (n * (c.len_utf8() as u64 - 1), n, c)).collect();
+        corpus.chars.sort_unstable_by_key(|&(gain, _, c)| (gain, Reverse(c)));
         self.corpus = corpus;
-        Ok(chars_added)
+        Ok(())
     }
 
-    /// Learns up to `limit` more tokens, each from a pair seen at least `min_count` times;
-    /// returns how many it learnt (fewer: no pair is left that qualifies).
+    /// The characters of at least two bytes that a segmentation spells in byte-fallback tokens.
+    fn fallback_chars<'i>(&'i self, ids: &'i [u32]) -> impl Iterator<Item = char> + 'i {
+        let mut i = 0;
+        std::iter::from_fn(move || {
+            while i < ids.len() {
+                let run = ids[i..].iter().map_while(|id| self.fallback.get(id).copied()).take(4);
+                let bytes: Vec<u8> = run.collect();
+                let Some(c) = bytes.utf8_chunks().next().and_then(|chunk| chunk.valid().chars().next()) else {
+                    i += bytes.len().max(1);
+                    continue;
+                };
+                i += c.len_utf8();
+                if c.len_utf8() > 1 {
+                    return Some(c);
+                }
+            }
+            None
+        })
+    }
+
+    /// The best pair left (its count and key), stale heap entries brought up to date.
+    fn best_pair(&mut self) -> Option<(i64, u64)> {
+        while let Some(&(count, Reverse(key))) = self.corpus.heap.peek() {
+            let current = self.corpus.pair_counts.get(&key).copied().unwrap_or(0);
+            if current == count {
+                return Some((count, key));
+            }
+            // A stale entry: the pair's count fell since it was pushed.
+            self.corpus.heap.pop();
+            if current > 0 {
+                self.corpus.heap.push((current, Reverse(key)));
+            }
+        }
+        None
+    }
+
+    /// Learns up to `limit` more tokens, each from a pair (or a missing character) seen at
+    /// least `min_count` times, the one that saves the most tokens first; returns how many
+    /// it learnt (fewer: nothing is left that qualifies).
     pub fn train(&mut self, limit: usize, min_count: u64) -> Result<usize> {
+        let min_count = min_count.max(1) as i64;
         let mut learnt = 0;
         while learnt < limit {
-            let Some((count, Reverse(key))) = self.corpus.heap.pop() else { break };
-            let current = self.corpus.pair_counts.get(&key).copied().unwrap_or(0);
-            if current != count {
-                // A stale entry: the pair's count fell since it was pushed.
-                if current >= min_count as i64 && current > 0 {
-                    self.corpus.heap.push((current, Reverse(key)));
-                }
-                continue;
-            }
-            if count < min_count as i64 || count <= 0 {
-                break;
-            }
-            if let Some(&(skip, at)) = self.skipped.get(&key) {
-                if skip.is_final() || at == self.len() {
-                    continue;
-                }
-            }
-            let (left, right) = pair_of(key);
-            match self.check(left, right)? {
-                Err(skip) => {
-                    self.skipped.insert(key, (skip, self.len()));
-                }
-                Ok(bytes) => {
-                    self.skipped.remove(&key);
+            let pair = self.best_pair().filter(|&(count, _)| count >= min_count);
+            let char = self.corpus.chars.last().copied().filter(|&(_, n, _)| n as i64 >= min_count);
+            match (pair, char) {
+                (None, None) => break,
+                (pair, Some((gain, _, c))) if pair.is_none_or(|(count, _)| gain as i64 >= count) => {
+                    self.corpus.chars.pop();
+                    let bytes = c.to_string().into_bytes();
+                    if self.known.contains_key(&bytes[..]) {
+                        continue;
+                    }
+                    if self.forbidden.contains(&bytes[..]) {
+                        self.skipped_chars += 1;
+                        continue;
+                    }
                     let id = self.push_token(bytes);
+                    self.new_chars += 1;
                     self.apply(id);
                     learnt += 1;
                 }
+                (Some((_, key)), _) => {
+                    self.corpus.heap.pop();
+                    if let Some(&(skip, at)) = self.skipped.get(&key) {
+                        if skip.is_final() || at == self.len() {
+                            continue;
+                        }
+                    }
+                    let (left, right) = pair_of(key);
+                    match self.check(left, right)? {
+                        Err(skip) => {
+                            self.skipped.insert(key, (skip, self.len()));
+                        }
+                        Ok(bytes) => {
+                            self.skipped.remove(&key);
+                            let id = self.push_token(bytes);
+                            self.apply(id);
+                            learnt += 1;
+                        }
+                    }
+                }
+                (None, Some(_)) => unreachable!("a character is taken when there is no pair"),
             }
         }
         Ok(learnt)
@@ -680,7 +723,15 @@ impl Trainer {
     fn apply(&mut self, id: u32) {
         let bytes = self.token_bytes(id).expect("a new token").to_vec();
         let mut indices = Vec::new();
-        for at in self.spelling.cuts(&bytes) {
+        let new_char = match std::str::from_utf8(&bytes).map(|t| t.chars()) {
+            Ok(mut chars) if matches!(self.spelling, Spelling::Chars { .. }) => chars.next().filter(|_| chars.next().is_none()),
+            _ => None,
+        };
+        let is_char = new_char.is_some();
+        if let Some(c) = new_char {
+            indices.extend(self.corpus.char_words.remove(&c).unwrap_or_default());
+        }
+        for at in self.spelling.cuts(&bytes).filter(|_| !is_char) {
             if let (Some(&l), Some(&r)) = (self.known.get(&bytes[..at]), self.known.get(&bytes[at..])) {
                 indices.extend(self.corpus.pair_words.remove(&pair_key(l, r)).unwrap_or_default());
             }
@@ -688,33 +739,76 @@ impl Trainer {
         indices.sort_unstable();
         indices.dedup();
         let mut changes: FxHashMap<u64, i64> = FxHashMap::default();
+        let mut grown: FxHashSet<u64> = FxHashSet::default();
+        let mut buf = Vec::new();
         for index in indices {
-            let mut word = std::mem::take(&mut self.corpus.words[index as usize]);
-            let before = word.clone();
-            self.merge_new(&mut word);
-            let corpus = &mut self.corpus;
-            if word != before {
-                let n = corpus.counts[index as usize] as i64;
-                changes.clear();
-                for w in before.windows(2) {
-                    *changes.entry(pair_key(w[0], w[1])).or_insert(0) -= n;
+            let before = std::mem::take(&mut self.corpus.words[index as usize]);
+            if is_char {
+                let mut word = self.with_new_chars(before.clone());
+                if word != before {
+                    self.merge_new(&mut word);
                 }
-                for w in word.windows(2) {
-                    *changes.entry(pair_key(w[0], w[1])).or_insert(0) += n;
-                }
-                for (&pair, &delta) in &changes {
-                    if delta == 0 {
-                        continue;
-                    }
-                    let count = corpus.pair_counts.entry(pair).or_insert(0);
-                    *count += delta;
-                    if delta > 0 {
-                        corpus.heap.push((*count, Reverse(pair)));
-                        corpus.pair_words.entry(pair).or_default().push(index);
-                    }
+                self.update_counts(index, &before, &word, &mut changes, &mut grown);
+                self.corpus.words[index as usize] = word;
+                continue;
+            }
+            let mut word = Vec::with_capacity(before.len());
+            let mut i = 0;
+            while i < before.len() {
+                if i + 1 < before.len() && self.merged(before[i], before[i + 1], &mut buf) == Some(id) {
+                    word.push(id);
+                    i += 2;
+                } else {
+                    word.push(before[i]);
+                    i += 1;
                 }
             }
-            corpus.words[index as usize] = word;
+            // The new token's neighbours may now spell a token too (one made earlier wins
+            // over it; see merge_new): rare, then the word is merged again from here.
+            let more = word.windows(2).any(|w| (w[0] == id || w[1] == id) && self.merged(w[0], w[1], &mut buf).is_some());
+            if more {
+                self.merge_new(&mut word);
+            }
+            self.update_counts(index, &before, &word, &mut changes, &mut grown);
+            self.corpus.words[index as usize] = word;
+        }
+        // Each grown pair enters the heap once, with its final count: a push per word made
+        // the heap millions of stale entries long, and popping them was half the time.
+        for pair in grown {
+            let count = self.corpus.pair_counts[&pair];
+            self.corpus.heap.push((count, Reverse(pair)));
+        }
+    }
+
+    /// The pair counts after word `index` changed from `before` to `word`; the pairs that
+    /// grew are collected in `grown` (and the word listed under them).
+    fn update_counts(&mut self, index: u32, before: &[u32], word: &[u32], changes: &mut FxHashMap<u64, i64>, grown: &mut FxHashSet<u64>) {
+        if word == before {
+            return;
+        }
+        let corpus = &mut self.corpus;
+        let n = corpus.counts[index as usize] as i64;
+        // Only the pairs around what changed: SentencePiece-style words can be whole
+        // clauses of hundreds of tokens (Chinese has no spaces to cut at).
+        let head = before.iter().zip(word).take_while(|(a, b)| a == b).count().saturating_sub(1);
+        let tail = before.iter().rev().zip(word.iter().rev()).take_while(|(a, b)| a == b).count();
+        let tail = tail.min(before.len() - head).min(word.len() - head).saturating_sub(1);
+        changes.clear();
+        for w in before[head..before.len() - tail].windows(2) {
+            *changes.entry(pair_key(w[0], w[1])).or_insert(0) -= n;
+        }
+        for w in word[head..word.len() - tail].windows(2) {
+            *changes.entry(pair_key(w[0], w[1])).or_insert(0) += n;
+        }
+        for (&pair, &delta) in changes.iter() {
+            if delta == 0 {
+                continue;
+            }
+            *corpus.pair_counts.entry(pair).or_insert(0) += delta;
+            if delta > 0 {
+                grown.insert(pair);
+                corpus.pair_words.entry(pair).or_default().push(index);
+            }
         }
     }
 
@@ -793,7 +887,7 @@ mod tests {
         let corpus = ["数据集和人工智能的数据集", "人工智能数据集 1234 1234", "数据集"];
         let protected = ["in 1234 and 12 go", "Hello world"];
         let mut trainer = Trainer::new(tok.clone(), &counts(&tok, &protected)).unwrap();
-        assert_eq!(trainer.set_corpus(&counts(&tok, &corpus), 1000, 2).unwrap(), 0);
+        trainer.set_corpus(&counts(&tok, &corpus)).unwrap();
         let learnt = trainer.train(1000, 2).unwrap();
         assert!(learnt > 3, "{learnt}");
         assert!(trainer.skipped().get(&Skip::Protected).is_some_and(|&n| n > 0));
@@ -815,6 +909,65 @@ mod tests {
             }
         }
         assert!(whole > 0, "{whole} of {learnt} new tokens are whole characters");
+    }
+
+    /// A SentencePiece-style tokenizer (Llama 2's layout) that knows few characters: most of
+    /// the text falls back to bytes. Two of its tokens are made of characters it lacks
+    /// (no merge makes them; once the characters are new tokens, a pair of them spells one).
+    fn tiny_sentencepiece() -> Arc<Tokenizer> {
+        let mut vocab: Vec<String> = ["<unk>", "<s>", "</s>"].map(String::from).to_vec();
+        vocab.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
+        vocab.extend(["▁", "a", "b", "▁a", "ab", "中", "国", "中国", "▁中", "人民", "数据集"].map(String::from));
+        let vocab: serde_json::Map<String, Value> = vocab.into_iter().enumerate().map(|(i, t)| (t, json!(i))).collect();
+        let json = json!({
+            "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+                           {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
+            "pre_tokenizer": null, "post_processor": null, "decoder": null, "added_tokens": [],
+            "model": {"type": "BPE", "unk_token": "<unk>", "fuse_unk": true, "byte_fallback": true, "vocab": vocab,
+                      "merges": [["▁", "a"], ["a", "b"], ["中", "国"], ["▁", "中"]]}
+        });
+        Arc::new(tokenizer_json::from_value(json).unwrap())
+    }
+
+    /// Random lines over a few characters, most of which `tiny_sentencepiece` lacks.
+    fn random_lines(seed: u64, n: usize) -> Vec<String> {
+        let alphabet: Vec<char> = "中国人民数据集模型训练ab  ".chars().collect();
+        let mut next = crate::testing::random(seed);
+        (0..n).map(|_| (0..5 + next() % 40).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect()).collect()
+    }
+
+    /// What training keeps up to date, merge by merge, is what counting afresh gives: the
+    /// words' segmentations (so the pair counts) equal encoding them again with the tokens
+    /// so far, and that equals what the written tokenizer's own BPE gives.
+    #[test]
+    fn training_state_equals_encoding_afresh() {
+        for tok in [gpt2(), tiny_sentencepiece()] {
+            let lines = random_lines(3, 3000);
+            let corpus = counts(&tok, &lines.iter().map(String::as_str).collect::<Vec<_>>());
+            let mut trainer = Trainer::new(tok.clone(), &counts(&tok, &[])).unwrap();
+            trainer.set_corpus(&corpus).unwrap();
+            for _ in 0..6 {
+                assert!(trainer.train(40, 1).unwrap() > 0);
+                let mut afresh: FxHashMap<u64, i64> = FxHashMap::default();
+                for (word, &n) in &corpus.counts {
+                    for w in trainer.encode_word(word).unwrap().windows(2) {
+                        *afresh.entry(pair_key(w[0], w[1])).or_insert(0) += n as i64;
+                    }
+                }
+                let kept: FxHashMap<u64, i64> =
+                    trainer.corpus.pair_counts.iter().filter(|(_, &n)| n != 0).map(|(&k, &n)| (k, n)).collect();
+                assert_eq!(kept, afresh);
+                let new = trainer.tokenizer().unwrap();
+                for word in corpus.counts.keys() {
+                    let mut ids = Vec::new();
+                    new.bpe.encode(word, &mut ids).unwrap();
+                    assert_eq!(ids, trainer.encode_word(word).unwrap(), "{:?}", String::from_utf8_lossy(word));
+                }
+            }
+            if matches!(trainer.spelling, Spelling::Chars { .. }) {
+                assert!(trainer.new_chars() > 3, "the characters it lacked are tokens now");
+            }
+        }
     }
 
     /// A pair is taken exactly when the real pipeline keeps the new token's text one piece

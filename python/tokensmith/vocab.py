@@ -253,9 +253,9 @@ def extend(
     seconds["count"] = time.monotonic() - started
 
     started = time.monotonic()
-    chars = 0
     if counts is not None:
-        learnt = chars = trainer.set_corpus(counts, num_new, min_frequency)
+        trainer.set_corpus(counts)
+        learnt = 0
         while learnt < num_new:
             step = trainer.train(min(1000, num_new - learnt), min_frequency)
             learnt += step
@@ -269,7 +269,7 @@ def extend(
     started = time.monotonic()
     first = trainer.first_id
     report = ExtendReport(first_id=first, new_tokens=len(trainer), words=outcomes, skipped=dict(trainer.skipped()))
-    report.new_chars = chars
+    report.new_chars = trainer.new_chars
     for id in range(first, first + len(trainer)):
         report.id_map[id] = _pieces(trainer.old_ids(id), tok)
         try:
