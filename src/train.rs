@@ -722,18 +722,25 @@ impl Trainer {
     /// and updates the pair counts.
     fn apply(&mut self, id: u32) {
         let bytes = self.token_bytes(id).expect("a new token").to_vec();
-        let mut indices = Vec::new();
         let new_char = match std::str::from_utf8(&bytes).map(|t| t.chars()) {
             Ok(mut chars) if matches!(self.spelling, Spelling::Chars { .. }) => chars.next().filter(|_| chars.next().is_none()),
             _ => None,
         };
-        let is_char = new_char.is_some();
+        // What becomes the new token in a word: two tokens that spell it, or (a character
+        // the vocabulary lacked) the byte-fallback tokens of its bytes.
+        let mut patterns: Vec<Vec<u32>> = Vec::new();
+        let mut indices = Vec::new();
         if let Some(c) = new_char {
+            let fallback: FxHashMap<u8, u32> = self.fallback.iter().map(|(&id, &b)| (b, id)).collect();
+            patterns.push(bytes.iter().filter_map(|b| fallback.get(b).copied()).collect());
             indices.extend(self.corpus.char_words.remove(&c).unwrap_or_default());
         }
-        for at in self.spelling.cuts(&bytes).filter(|_| !is_char) {
+        for at in self.spelling.cuts(&bytes).filter(|_| new_char.is_none()) {
             if let (Some(&l), Some(&r)) = (self.known.get(&bytes[..at]), self.known.get(&bytes[at..])) {
-                indices.extend(self.corpus.pair_words.remove(&pair_key(l, r)).unwrap_or_default());
+                if self.token_bytes(l).is_some() && self.token_bytes(r).is_some() {
+                    patterns.push(vec![l, r]);
+                    indices.extend(self.corpus.pair_words.remove(&pair_key(l, r)).unwrap_or_default());
+                }
             }
         }
         indices.sort_unstable();
@@ -743,30 +750,28 @@ impl Trainer {
         let mut buf = Vec::new();
         for index in indices {
             let before = std::mem::take(&mut self.corpus.words[index as usize]);
-            if is_char {
-                let mut word = self.with_new_chars(before.clone());
-                if word != before {
-                    self.merge_new(&mut word);
-                }
-                self.update_counts(index, &before, &word, &mut changes, &mut grown);
-                self.corpus.words[index as usize] = word;
-                continue;
-            }
             let mut word = Vec::with_capacity(before.len());
+            let mut made = Vec::new();
             let mut i = 0;
             while i < before.len() {
-                if i + 1 < before.len() && self.merged(before[i], before[i + 1], &mut buf) == Some(id) {
-                    word.push(id);
-                    i += 2;
-                } else {
-                    word.push(before[i]);
-                    i += 1;
+                // The first id alone rules out almost every position (a slice comparison
+                // per position was a memcmp call, 15% of training Llama 2).
+                match patterns.iter().find(|p| before[i] == p[0] && before[i..].starts_with(p)) {
+                    Some(p) => {
+                        made.push(word.len());
+                        word.push(id);
+                        i += p.len();
+                    }
+                    None => {
+                        word.push(before[i]);
+                        i += 1;
+                    }
                 }
             }
             // The new token's neighbours may now spell a token too (one made earlier wins
             // over it; see merge_new): rare, then the word is merged again from here.
-            let more = word.windows(2).any(|w| (w[0] == id || w[1] == id) && self.merged(w[0], w[1], &mut buf).is_some());
-            if more {
+            let mut spells = |a: usize, b: usize| self.merged(word[a], word[b], &mut buf).is_some();
+            if made.iter().any(|&p| (p > 0 && spells(p - 1, p)) || (p + 1 < word.len() && spells(p, p + 1))) {
                 self.merge_new(&mut word);
             }
             self.update_counts(index, &before, &word, &mut changes, &mut grown);

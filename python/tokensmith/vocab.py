@@ -200,6 +200,7 @@ def extend(
     min_frequency: int = 2,
     partial_chars: bool = True,
     text_field: str = "text",
+    measure_corpus: bool = True,
     progress: bool | None = None,
 ) -> tuple[Tokenizer, ExtendReport]:
     """A tokenizer with new tokens learnt from ``corpus`` and/or given as ``pieces``, and a
@@ -218,6 +219,8 @@ def extend(
       after, changed documents.
     - ``partial_chars``: allow new tokens that are parts of a character (needed where the
       old merges cut characters, as GPT-2's do on CJK).
+    - ``measure_corpus``: also measure the training corpus (encodes it twice more; the
+      protected and evaluated corpora are always measured).
 
     Byte-level BPE tokenizers with merges (GPT-2, Llama 3, Qwen2, ...) are supported.
 
@@ -278,7 +281,8 @@ def extend(
             report.partial.append(id)
     report.unreachable = trainer.unreachable(new_tok._core)
     used: set[int] = set()
-    for f in dict.fromkeys([*corpus_files, *protect_files, *evaluate_files]):
+    measured = [*(corpus_files if measure_corpus else []), *protect_files, *evaluate_files]
+    for f in dict.fromkeys(measured):
         report.compression[f] = _measure(tok, new_tok, f, text_field, used, bar)
         if f in protect_files:
             report.changed_old_docs += int(report.compression[f]["changed_docs"])
