@@ -752,9 +752,10 @@ impl PyWordCounts {
 
 #[pymethods]
 impl PyWordCounts {
+    /// `chunked`: count long words in chunks (a corpus to learn from, not a protected one).
     #[new]
-    fn new(py: Python<'_>, tokenizer: &PyTokenizer) -> PyResult<Self> {
-        let counts = WordCounts::new(tokenizer.get()).or_raise(py)?;
+    fn new(py: Python<'_>, tokenizer: &PyTokenizer, chunked: bool) -> PyResult<Self> {
+        let counts = WordCounts::new(tokenizer.get(), chunked).or_raise(py)?;
         Ok(PyWordCounts { inner: std::sync::Mutex::new(counts) })
     }
 

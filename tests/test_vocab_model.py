@@ -120,7 +120,7 @@ def test_cli_extend(tmp_path, zh_corpus, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n", encoding="utf-8")
     assert cli(["extend", str(src), str(tmp_path / "out2"), "--corpus", str(empty), "--num-new", "5"]) == 2
-    assert "nothing was written" in capsys.readouterr().err
+    assert "no text to learn from" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists()
     with pytest.raises(InvalidInputError):
         extend_model(src, tmp_path / "out3", pieces=["the"])  # already a token: nothing new

@@ -69,6 +69,7 @@ class ExtendReport:
     #: candidate merges skipped, by reason.
     skipped: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -103,6 +104,7 @@ class ExtendReport:
         if skipped:
             lines.append(f"candidate merges skipped: {skipped}")
         lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()))
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -178,8 +180,8 @@ class _Progress:
             print(f"\r{message}  [{now - self.start:.0f} s]\033[K", end="\n" if force else "", file=sys.stderr, flush=True)
 
 
-def _count(tok: Tokenizer, files: Sequence[str], text_field: str, bar: _Progress, what: str) -> Any:
-    counts = _core.WordCounts(tok._core)
+def _count(tok: Tokenizer, files: Sequence[str], text_field: str, bar: _Progress, what: str, chunked: bool) -> Any:
+    counts = _core.WordCounts(tok._core, chunked)
     total = sum(os.path.getsize(f) for f in files)
     done = 0
     for _, docs, size in _batches(files, text_field):
@@ -222,7 +224,9 @@ def extend(
     - ``measure_corpus``: also measure the training corpus (encodes it twice more; the
       protected and evaluated corpora are always measured).
 
-    Byte-level BPE tokenizers with merges (GPT-2, Llama 3, Qwen2, ...) are supported.
+    Byte-level BPE tokenizers with merges (GPT-2, Llama 3, Qwen2, ...) and
+    SentencePiece-style BPE (Llama 2, Mistral, Gemma) are supported; others raise
+    :class:`UnsupportedTokenizerError`.
 
     >>> new_tok, report = extend(tok, pieces=["人工智能", "数据集"])          # doctest: +SKIP
     >>> report.words["人工智能"]                                             # doctest: +SKIP
@@ -244,15 +248,18 @@ def extend(
         raise ValueError(f"min_frequency must be at least 1; got {min_frequency}")
     bar = _Progress(sys.stderr.isatty() if progress is None else bool(progress))
     seconds: dict[str, float] = {}
+    warnings: list[str] = []
 
     started = time.monotonic()
-    protected = _count(tok, protect_files, text_field, bar, "protected text")
+    protected = _count(tok, protect_files, text_field, bar, "protected text", chunked=False)
     trainer = _core.VocabTrainer(tok._core, protected, partial_chars)
     outcomes: dict[str, dict[str, Any]] = {}
     for word in words:
         status, id, why = trainer.add_word(word)
         outcomes[word] = {"status": status, "id": id, "why": why}
-    counts = _count(tok, corpus_files, text_field, bar, "corpus") if corpus_files else None
+    counts = _count(tok, corpus_files, text_field, bar, "corpus", chunked=True) if corpus_files else None
+    if counts is not None and counts.total == 0:
+        raise InvalidInputError(f"the corpus ({', '.join(corpus_files)}) has no text to learn from")
     seconds["count"] = time.monotonic() - started
 
     started = time.monotonic()
@@ -262,16 +269,23 @@ def extend(
         while learnt < num_new:
             step = trainer.train(min(1000, num_new - learnt), min_frequency)
             learnt += step
-            bar.show(f"learning merges: {learnt:,} / {num_new:,}")
+            bar.show(f"learning tokens: {learnt:,} / {num_new:,}")
             if step == 0:
                 break
-        bar.show(f"learnt {learnt:,} merges", force=True)
+        bar.show(f"learnt {learnt:,} tokens", force=True)
+        if learnt < num_new:
+            warnings.append(
+                f"learnt {learnt:,} of the {num_new:,} tokens asked: no other pair (or missing character) occurs "
+                f"{min_frequency} times or more without changing protected text"
+            )
     new_tok = Tokenizer(trainer.tokenizer(), json.loads(json.dumps(tok.config)))
     seconds["train"] = time.monotonic() - started
 
     started = time.monotonic()
     first = trainer.first_id
-    report = ExtendReport(first_id=first, new_tokens=len(trainer), words=outcomes, skipped=dict(trainer.skipped()))
+    report = ExtendReport(
+        first_id=first, new_tokens=len(trainer), words=outcomes, skipped=dict(trainer.skipped()), warnings=warnings
+    )
     report.new_chars = trainer.new_chars
     for id in range(first, first + len(trainer)):
         report.id_map[id] = _pieces(trainer.old_ids(id), tok)
