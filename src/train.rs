@@ -262,6 +262,14 @@ pub enum WordOutcome {
     Refused(String),
 }
 
+/// A run of tokens a word had (`from..from + len`) that is now one new token (at `at`).
+#[derive(Debug, Clone, Copy)]
+struct Replaced {
+    at: usize,
+    from: usize,
+    len: usize,
+}
+
 /// The corpus being trained on: its distinct words as segmented so far.
 #[derive(Debug, Default)]
 struct Corpus {
@@ -435,8 +443,9 @@ impl Trainer {
         }
     }
 
-    /// New characters in place of the byte-fallback tokens of their bytes.
-    fn with_new_chars(&self, ids: Vec<u32>) -> Vec<u32> {
+    /// New characters in place of the byte-fallback tokens of their bytes; what was
+    /// replaced goes to `made`.
+    fn with_new_chars(&self, ids: &[u32], made: &mut Vec<Replaced>) -> Vec<u32> {
         let mut out = Vec::with_capacity(ids.len());
         let mut i = 0;
         while i < ids.len() {
@@ -454,6 +463,7 @@ impl Trainer {
             let bytes: Option<Vec<u8>> = ids.get(i..i + n).and_then(|run| run.iter().map(|id| self.fallback.get(id).copied()).collect());
             match bytes.and_then(|b| self.known.get(&b[..]).copied()).filter(|&id| id >= self.first_id) {
                 Some(id) => {
+                    made.push(Replaced { at: out.len(), from: i, len: n });
                     out.push(id);
                     i += n;
                 }
@@ -471,7 +481,7 @@ impl Trainer {
         let mut ids = Vec::new();
         self.tok.bpe.encode(word, &mut ids)?;
         if !self.fallback.is_empty() && !self.is_empty() {
-            ids = self.with_new_chars(ids);
+            ids = self.with_new_chars(&ids, &mut Vec::new());
         }
         self.merge_new(&mut ids);
         Ok(ids)
@@ -706,20 +716,33 @@ impl Trainer {
             let char = self.corpus.chars.last().copied().filter(|&(_, n, _)| n as i64 >= min_count);
             match (pair, char) {
                 (None, None) => break,
-                (pair, Some((gain, _, c))) if pair.is_none_or(|(count, _)| gain as i64 >= count) => {
-                    self.corpus.chars.pop();
-                    let bytes = c.to_string().into_bytes();
-                    if self.known.contains_key(&bytes[..]) {
-                        continue;
+                (pair, Some((gain, _, _))) if pair.is_none_or(|(count, _)| gain as i64 >= count) => {
+                    // Every character that saves at least as much as the best pair does now,
+                    // in one pass over the words they occur in: those are long (Chinese
+                    // without a pre-tokenizer is one word per clause), and rewriting each
+                    // once per character was most of training Llama 2.
+                    let bar = pair.map_or(min_count, |(count, _)| count);
+                    let mut made = Vec::new();
+                    while learnt < limit {
+                        let Some(&(gain, n, c)) = self.corpus.chars.last() else { break };
+                        if (gain as i64) < bar || (n as i64) < min_count {
+                            break;
+                        }
+                        self.corpus.chars.pop();
+                        let bytes = c.to_string().into_bytes();
+                        if self.known.contains_key(&bytes[..]) {
+                            continue;
+                        }
+                        if self.forbidden.contains(&bytes[..]) {
+                            self.skipped_chars += 1;
+                            continue;
+                        }
+                        self.push_token(bytes);
+                        made.push(c);
+                        learnt += 1;
                     }
-                    if self.forbidden.contains(&bytes[..]) {
-                        self.skipped_chars += 1;
-                        continue;
-                    }
-                    let id = self.push_token(bytes);
-                    self.new_chars += 1;
-                    self.apply(id);
-                    learnt += 1;
+                    self.new_chars += made.len();
+                    self.apply_chars(&made);
                 }
                 (Some((_, key)), _) => {
                     self.corpus.heap.pop();
@@ -751,23 +774,13 @@ impl Trainer {
     /// and updates the pair counts.
     fn apply(&mut self, id: u32) {
         let bytes = self.token_bytes(id).expect("a new token").to_vec();
-        let new_char = match std::str::from_utf8(&bytes).map(|t| t.chars()) {
-            Ok(mut chars) if matches!(self.spelling, Spelling::Chars { .. }) => chars.next().filter(|_| chars.next().is_none()),
-            _ => None,
-        };
-        // What becomes the new token in a word: two tokens that spell it, or (a character
-        // the vocabulary lacked) the byte-fallback tokens of its bytes.
-        let mut patterns: Vec<Vec<u32>> = Vec::new();
+        // What becomes the new token in a word: two tokens that spell it.
+        let mut patterns: Vec<[u32; 2]> = Vec::new();
         let mut indices = Vec::new();
-        if let Some(c) = new_char {
-            let fallback: FxHashMap<u8, u32> = self.fallback.iter().map(|(&id, &b)| (b, id)).collect();
-            patterns.push(bytes.iter().filter_map(|b| fallback.get(b).copied()).collect());
-            indices.extend(self.corpus.char_words.remove(&c).unwrap_or_default());
-        }
-        for at in self.spelling.cuts(&bytes).filter(|_| new_char.is_none()) {
+        for at in self.spelling.cuts(&bytes) {
             if let (Some(&l), Some(&r)) = (self.known.get(&bytes[..at]), self.known.get(&bytes[at..])) {
                 if self.token_bytes(l).is_some() && self.token_bytes(r).is_some() {
-                    patterns.push(vec![l, r]);
+                    patterns.push([l, r]);
                     indices.extend(self.corpus.pair_words.remove(&pair_key(l, r)).unwrap_or_default());
                 }
             }
@@ -776,38 +789,63 @@ impl Trainer {
         indices.dedup();
         let mut changes: FxHashMap<u64, i64> = FxHashMap::default();
         let mut grown: FxHashSet<u64> = FxHashSet::default();
-        let mut buf = Vec::new();
+        let (mut buf, mut made) = (Vec::new(), Vec::new());
         for index in indices {
             let before = std::mem::take(&mut self.corpus.words[index as usize]);
             let mut word = Vec::with_capacity(before.len());
-            let mut made = Vec::new();
+            made.clear();
             let mut i = 0;
             while i < before.len() {
-                // The first id alone rules out almost every position (a slice comparison
-                // per position was a memcmp call, 15% of training Llama 2).
-                match patterns.iter().find(|p| before[i] == p[0] && before[i..].starts_with(p)) {
-                    Some(p) => {
-                        made.push(word.len());
-                        word.push(id);
-                        i += p.len();
-                    }
-                    None => {
-                        word.push(before[i]);
-                        i += 1;
-                    }
+                if patterns.iter().any(|p| before[i] == p[0] && before.get(i + 1) == Some(&p[1])) {
+                    made.push(Replaced { at: word.len(), from: i, len: 2 });
+                    word.push(id);
+                    i += 2;
+                } else {
+                    word.push(before[i]);
+                    i += 1;
                 }
             }
-            // The new token's neighbours may now spell a token too (one made earlier wins
-            // over it; see merge_new): rare, then the word is merged again from here.
-            let mut spells = |a: usize, b: usize| self.merged(word[a], word[b], &mut buf).is_some();
-            if made.iter().any(|&p| (p > 0 && spells(p - 1, p)) || (p + 1 < word.len() && spells(p, p + 1))) {
-                self.merge_new(&mut word);
-            }
-            self.update_counts(index, &before, &word, &mut changes, &mut grown);
+            let local = !self.settle(&mut word, &made, &mut buf);
+            self.update_counts(index, &before, &word, local.then_some(&made[..]), &mut changes, &mut grown);
             self.corpus.words[index as usize] = word;
         }
-        // Each grown pair enters the heap once, with its final count: a push per word made
-        // the heap millions of stale entries long, and popping them was half the time.
+        self.push_grown(grown);
+    }
+
+    /// Puts the new characters `chars` in every word they occur in, updating the counts.
+    fn apply_chars(&mut self, chars: &[char]) {
+        let mut indices: Vec<u32> = chars.iter().flat_map(|c| self.corpus.char_words.remove(c).unwrap_or_default()).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        let mut changes: FxHashMap<u64, i64> = FxHashMap::default();
+        let mut grown: FxHashSet<u64> = FxHashSet::default();
+        let (mut buf, mut made) = (Vec::new(), Vec::new());
+        for index in indices {
+            let before = std::mem::take(&mut self.corpus.words[index as usize]);
+            made.clear();
+            let mut word = self.with_new_chars(&before, &mut made);
+            let local = !self.settle(&mut word, &made, &mut buf);
+            self.update_counts(index, &before, &word, local.then_some(&made[..]), &mut changes, &mut grown);
+            self.corpus.words[index as usize] = word;
+        }
+        self.push_grown(grown);
+    }
+
+    /// After new tokens were put where `made` says: their neighbours may now spell a token
+    /// too (one made earlier wins over them; see merge_new). Rare; then the word is merged
+    /// again, and true returned.
+    fn settle(&self, word: &mut Vec<u32>, made: &[Replaced], buf: &mut Vec<u8>) -> bool {
+        let mut spells = |a: usize, b: usize| self.merged(word[a], word[b], buf).is_some();
+        let more = made.iter().any(|r| (r.at > 0 && spells(r.at - 1, r.at)) || (r.at + 1 < word.len() && spells(r.at, r.at + 1)));
+        if more {
+            self.merge_new(word);
+        }
+        more
+    }
+
+    /// Each grown pair enters the heap once, with its final count: a push per word made the
+    /// heap millions of stale entries long, and popping them was half the time.
+    fn push_grown(&mut self, grown: FxHashSet<u64>) {
         for pair in grown {
             let count = self.corpus.pair_counts[&pair];
             self.corpus.heap.push((count, Reverse(pair)));
@@ -816,23 +854,47 @@ impl Trainer {
 
     /// The pair counts after word `index` changed from `before` to `word`; the pairs that
     /// grew are collected in `grown` (and the word listed under them).
-    fn update_counts(&mut self, index: u32, before: &[u32], word: &[u32], changes: &mut FxHashMap<u64, i64>, grown: &mut FxHashSet<u64>) {
+    /// `made`: the replacements that turned `before` into `word`, when they are all.
+    fn update_counts(
+        &mut self,
+        index: u32,
+        before: &[u32],
+        word: &[u32],
+        made: Option<&[Replaced]>,
+        changes: &mut FxHashMap<u64, i64>,
+        grown: &mut FxHashSet<u64>,
+    ) {
         if word == before {
             return;
         }
         let corpus = &mut self.corpus;
         let n = corpus.counts[index as usize] as i64;
         // Only the pairs around what changed: SentencePiece-style words can be whole
-        // clauses of hundreds of tokens (Chinese has no spaces to cut at).
-        let head = before.iter().zip(word).take_while(|(a, b)| a == b).count().saturating_sub(1);
-        let tail = before.iter().rev().zip(word.iter().rev()).take_while(|(a, b)| a == b).count();
-        let tail = tail.min(before.len() - head).min(word.len() - head).saturating_sub(1);
+        // clauses of hundreds of tokens (Chinese has no spaces to cut at). Pair `j` of a
+        // word is its tokens `j` and `j + 1`.
+        let pairs = |w: &[u32], js: &mut dyn Iterator<Item = usize>, delta: i64, changes: &mut FxHashMap<u64, i64>| {
+            let mut last = None;
+            for j in js {
+                if last.is_none_or(|l| j > l) && j + 1 < w.len() {
+                    *changes.entry(pair_key(w[j], w[j + 1])).or_insert(0) += delta;
+                    last = Some(j);
+                }
+            }
+        };
         changes.clear();
-        for w in before[head..before.len() - tail].windows(2) {
-            *changes.entry(pair_key(w[0], w[1])).or_insert(0) -= n;
-        }
-        for w in word[head..word.len() - tail].windows(2) {
-            *changes.entry(pair_key(w[0], w[1])).or_insert(0) += n;
+        match made {
+            Some(made) => {
+                // The pairs touching each replaced run, and each new token's two.
+                pairs(before, &mut made.iter().flat_map(|r| r.from.saturating_sub(1)..r.from + r.len), -n, changes);
+                pairs(word, &mut made.iter().flat_map(|r| r.at.saturating_sub(1)..r.at + 1), n, changes);
+            }
+            None => {
+                let head = before.iter().zip(word).take_while(|(a, b)| a == b).count().saturating_sub(1);
+                let tail = before.iter().rev().zip(word.iter().rev()).take_while(|(a, b)| a == b).count();
+                let tail = tail.min(before.len() - head).min(word.len() - head).saturating_sub(1);
+                pairs(before, &mut (head..before.len() - tail), -n, changes);
+                pairs(word, &mut (head..word.len() - tail), n, changes);
+            }
         }
         for (&pair, &delta) in changes.iter() {
             if delta == 0 {

@@ -247,3 +247,22 @@ def test_huge_words_are_bounded(name, tmp_path):
     assert report.words[text[:5000]]["status"] == "refused" and "longer than" in report.words[text[:5000]]["why"]
     line = protected.read_text(encoding="utf-8").rstrip("\n")
     assert new.encode(line, add_special_tokens=False) == old.encode(line, add_special_tokens=False)
+
+
+@pytest.mark.parametrize("name", ["deepseek-coder", "cl100k_base", "o200k_base", "tekken", "gemma4"])
+def test_the_other_shared_tokenizers_keep_english_and_match_the_reference(name, corpus, tmp_path):
+    old = Tokenizer.from_file(tokenizer_path(name))
+    new, report = extend(old, corpus=corpus["train"], num_new=1000, protect=[str(p) for p in corpus["en"]],
+                         evaluate=corpus["held_out"], measure_corpus=False, progress=False)
+    assert report.new_tokens == 1000 and report.changed_old_docs == 0 and report.unreachable == []
+    new.save(tmp_path / "tokenizer.json")
+    before = tokenizers.Tokenizer.from_file(str(tokenizer_path(name)))
+    after = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    for file in [*corpus["held_out"], *corpus["en"]]:
+        docs = lines(file, 2000)
+        theirs = [e.ids for e in after.encode_batch(docs, add_special_tokens=False)]
+        assert new.encode_batch(docs, add_special_tokens=False) == theirs, file.name
+        if file in corpus["en"]:
+            assert theirs == [e.ids for e in before.encode_batch(docs, add_special_tokens=False)], file.name
+    held = report.compression[str(corpus["held_out"][1])]
+    assert held["tokens_after"] < held["tokens_before"]
