@@ -715,7 +715,6 @@ impl Trainer {
             let pair = self.best_pair().filter(|&(count, _)| count >= min_count);
             let char = self.corpus.chars.last().copied().filter(|&(_, n, _)| n as i64 >= min_count);
             match (pair, char) {
-                (None, None) => break,
                 (pair, Some((gain, _, _))) if pair.is_none_or(|(count, _)| gain as i64 >= count) => {
                     // Every character that saves at least as much as the best pair does now,
                     // in one pass over the words they occur in: those are long (Chinese
@@ -764,7 +763,7 @@ impl Trainer {
                         }
                     }
                 }
-                (None, Some(_)) => unreachable!("a character is taken when there is no pair"),
+                (None, _) => break,
             }
         }
         Ok(learnt)
@@ -785,15 +784,8 @@ impl Trainer {
                 }
             }
         }
-        indices.sort_unstable();
-        indices.dedup();
-        let mut changes: FxHashMap<u64, i64> = FxHashMap::default();
-        let mut grown: FxHashSet<u64> = FxHashSet::default();
-        let (mut buf, mut made) = (Vec::new(), Vec::new());
-        for index in indices {
-            let before = std::mem::take(&mut self.corpus.words[index as usize]);
+        self.rewrite(indices, |_, before, made| {
             let mut word = Vec::with_capacity(before.len());
-            made.clear();
             let mut i = 0;
             while i < before.len() {
                 if patterns.iter().any(|p| before[i] == p[0] && before.get(i + 1) == Some(&p[1])) {
@@ -805,16 +797,19 @@ impl Trainer {
                     i += 1;
                 }
             }
-            let local = !self.settle(&mut word, &made, &mut buf);
-            self.update_counts(index, &before, &word, local.then_some(&made[..]), &mut changes, &mut grown);
-            self.corpus.words[index as usize] = word;
-        }
-        self.push_grown(grown);
+            word
+        });
     }
 
     /// Puts the new characters `chars` in every word they occur in, updating the counts.
     fn apply_chars(&mut self, chars: &[char]) {
-        let mut indices: Vec<u32> = chars.iter().flat_map(|c| self.corpus.char_words.remove(c).unwrap_or_default()).collect();
+        let indices = chars.iter().flat_map(|c| self.corpus.char_words.remove(c).unwrap_or_default()).collect();
+        self.rewrite(indices, |trainer, before, made| trainer.with_new_chars(before, made));
+    }
+
+    /// Rewrites the words `indices` (repeats allowed) with `replace`, which puts new tokens
+    /// in a word and says where; then settles them and updates the counts.
+    fn rewrite(&mut self, mut indices: Vec<u32>, replace: impl Fn(&Self, &[u32], &mut Vec<Replaced>) -> Vec<u32>) {
         indices.sort_unstable();
         indices.dedup();
         let mut changes: FxHashMap<u64, i64> = FxHashMap::default();
@@ -823,7 +818,7 @@ impl Trainer {
         for index in indices {
             let before = std::mem::take(&mut self.corpus.words[index as usize]);
             made.clear();
-            let mut word = self.with_new_chars(&before, &mut made);
+            let mut word = replace(self, &before, &mut made);
             let local = !self.settle(&mut word, &made, &mut buf);
             self.update_counts(index, &before, &word, local.then_some(&made[..]), &mut changes, &mut grown);
             self.corpus.words[index as usize] = word;
