@@ -831,6 +831,12 @@ impl PyVocabTrainer {
         self.lock().first_id()
     }
 
+    /// Whether tokens are bytes (byte-level BPE) rather than chars (SentencePiece-style).
+    #[getter]
+    fn byte_level(&self) -> bool {
+        self.lock().byte_level()
+    }
+
     /// How many tokens were made.
     fn __len__(&self) -> usize {
         self.lock().len()

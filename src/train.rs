@@ -4,8 +4,11 @@
 //! **How new tokens merge.** A new token merges any two adjacent tokens that spell it (as
 //! sentencepiece merges by piece), ranked after every old merge, in the order the tokens
 //! were made; a pair with a new half also merges into an old token that it spells (a
-//! sentencepiece model does that by the old token's score). `tokenizer` writes all of these
-//! pairs as merges, so tokenizer.json and a `.model` file say the same.
+//! sentencepiece model does that by the old token's score), and old merges that this makes
+//! possible follow as before. `tokenizer` writes all of these pairs as merges, so
+//! tokenizer.json and a `.model` file say the same, but for one corner: tokenizer.json
+//! ranks the pairs that spell one token by where they cut it, sentencepiece (and this
+//! simulation) leftmost first; they differ only where two such pairs overlap in a word.
 //!
 //! **Why old text keeps its ids.** BPE applies the best-ranked merge present first, so on
 //! any piece every old merge is done before a new one is looked at: the old segmentation is
@@ -134,6 +137,9 @@ impl Spelling {
 /// rewrites it, so one huge word would make training quadratic. Chunks only shift a few pair
 /// counts at their edges; what is checked (protected text, reachability) never uses them.
 pub const MAX_WORD_BYTES: usize = 1024;
+
+/// The longest word `add_word` takes: each new token re-encodes it.
+pub const MAX_GIVEN_WORD_BYTES: usize = 256;
 
 /// Calls `f` with `word` in chunks of at most `MAX_WORD_BYTES`, cut between characters.
 fn chunks(mut word: &[u8], f: &mut dyn FnMut(&[u8])) {
@@ -273,6 +279,8 @@ struct Replaced {
 /// The corpus being trained on: its distinct words as segmented so far.
 #[derive(Debug, Default)]
 struct Corpus {
+    /// Each word's text, and its tokens so far.
+    texts: Vec<Box<[u8]>>,
     words: Vec<Vec<u32>>,
     counts: Vec<u64>,
     pair_counts: FxHashMap<u64, i64>,
@@ -297,8 +305,10 @@ pub struct Trainer {
     known: FxHashMap<Box<[u8]>, u32>,
     /// The byte of each byte-fallback token.
     fallback: FxHashMap<u32, u8>,
-    /// Two old tokens that spell a new one, and which (the first made).
+    /// Two old tokens that spell a new one, and which (the first made); and the keys in the
+    /// order they came (to take back the tokens of a refused word).
     old_pairs: FxHashMap<u64, u32>,
+    old_pair_log: Vec<u64>,
     /// New tokens that would change protected text: what two adjacent tokens of it spell,
     /// and (SentencePiece-style) its characters that fall back to bytes.
     forbidden: FxHashSet<Box<[u8]>>,
@@ -316,6 +326,9 @@ pub struct Trainer {
 impl Trainer {
     /// A trainer for `tok` that keeps the ids of every word counted in `protect`.
     pub fn new(tok: Arc<Tokenizer>, protect: &WordCounts) -> Result<Self> {
+        if protect.chunked {
+            return Err(Error::Invalid("protected text must be counted in whole words (chunked=False)".into()));
+        }
         let spelling = Spelling::of(&tok)?;
         let (unk, has_fallback) = match tok.bpe.alphabet() {
             Alphabet::Chars(c) => (c.unk, c.byte_fallback.is_some()),
@@ -349,6 +362,7 @@ impl Trainer {
             known,
             fallback,
             old_pairs: FxHashMap::default(),
+            old_pair_log: Vec::new(),
             forbidden: FxHashSet::default(),
             skipped: FxHashMap::default(),
             skipped_chars: 0,
@@ -382,6 +396,11 @@ impl Trainer {
         self.first_id
     }
 
+    /// Whether tokens are bytes (byte-level BPE) rather than chars (SentencePiece-style).
+    pub fn byte_level(&self) -> bool {
+        matches!(self.spelling, Spelling::Bytes)
+    }
+
     /// How many tokens were made.
     pub fn len(&self) -> usize {
         self.token_bytes.len() - self.first_id as usize
@@ -413,31 +432,39 @@ impl Trainer {
         counts
     }
 
-    /// The token two adjacent tokens merge into once the new tokens are in, if any.
-    fn merged(&self, left: u32, right: u32, buf: &mut Vec<u8>) -> Option<u32> {
+    /// The token two adjacent tokens merge into once the new tokens are in, if any, with
+    /// its rank: an old merge first (by its rank: one becomes possible where a new half
+    /// made an old token), then a pair with a new half that spells an old token (by its
+    /// id), then the new tokens (in the order made). `tokenizer` writes them in that order.
+    fn merged(&self, left: u32, right: u32, buf: &mut Vec<u8>) -> Option<(u64, u32)> {
         if left < self.first_id && right < self.first_id {
-            return self.old_pairs.get(&pair_key(left, right)).copied();
+            if let Some(&id) = self.old_pairs.get(&pair_key(left, right)) {
+                return Some((2 << 32 | u64::from(id), id));
+            }
+            return self.tok.bpe.merge_of(left, right).map(|(rank, id)| (u64::from(rank), id));
         }
         buf.clear();
         buf.extend_from_slice(self.token_bytes(left)?);
         buf.extend_from_slice(self.token_bytes(right)?);
-        self.known.get(&buf[..]).copied()
+        // Only tokens that merges make: not byte-fallback, unknown or added ones.
+        let id = self.known.get(&buf[..]).copied().filter(|&id| self.token_bytes(id).is_some())?;
+        Some(((if id < self.first_id { 1 } else { 2 }) << 32 | u64::from(id), id))
     }
 
-    /// Applies the new tokens to a segmentation that the old merges are done with: best
-    /// ranked first (old tokens before new, new ones in the order made), leftmost first.
+    /// Applies the new tokens to a segmentation that the old merges are done with, best
+    /// ranked first (see `merged`), leftmost first.
     fn merge_new(&self, ids: &mut Vec<u32>) {
         let mut buf = Vec::new();
         loop {
-            let mut best: Option<(u32, usize)> = None;
+            let mut best: Option<(u64, u32, usize)> = None;
             for i in 0..ids.len().saturating_sub(1) {
-                if let Some(merged) = self.merged(ids[i], ids[i + 1], &mut buf) {
-                    if best.is_none_or(|(b, _)| merged < b) {
-                        best = Some((merged, i));
+                if let Some((rank, merged)) = self.merged(ids[i], ids[i + 1], &mut buf) {
+                    if best.is_none_or(|(b, _, _)| rank < b) {
+                        best = Some((rank, merged, i));
                     }
                 }
             }
-            let Some((merged, i)) = best else { return };
+            let Some((_, merged, i)) = best else { return };
             ids[i] = merged;
             ids.remove(i + 1);
         }
@@ -559,8 +586,11 @@ impl Trainer {
         for at in self.spelling.cuts(&bytes) {
             let halves = (self.known.get(&bytes[..at]), self.known.get(&bytes[at..]));
             if let (Some(&l), Some(&r)) = halves {
-                if l < self.first_id && r < self.first_id && self.token_bytes(l).is_some() && self.token_bytes(r).is_some() {
-                    self.old_pairs.entry(pair_key(l, r)).or_insert(id);
+                let key = pair_key(l, r);
+                let old = l < self.first_id && r < self.first_id;
+                if old && self.token_bytes(l).is_some() && self.token_bytes(r).is_some() && !self.old_pairs.contains_key(&key) {
+                    self.old_pairs.insert(key, id);
+                    self.old_pair_log.push(key);
                 }
             }
         }
@@ -576,14 +606,30 @@ impl Trainer {
             }
         }
         let end = self.first_id + keep as u32;
-        self.old_pairs.retain(|_, id| *id < end);
+        while let Some(&key) = self.old_pair_log.last() {
+            if self.old_pairs.get(&key).is_some_and(|&id| id < end) {
+                break;
+            }
+            self.old_pairs.remove(&key);
+            self.old_pair_log.pop();
+        }
     }
 
     /// Makes `word` one token with the fewest new tokens (each reachable, protected text
-    /// unchanged), or says why it cannot be.
+    /// unchanged), or says why it cannot be. A refused word leaves no tokens behind.
     pub fn add_word(&mut self, word: &str) -> Result<WordOutcome> {
-        if word.len() > MAX_WORD_BYTES {
-            return Ok(WordOutcome::Refused(format!("longer than {MAX_WORD_BYTES} bytes")));
+        let keep = self.len();
+        let outcome = self.try_add_word(word);
+        if !matches!(outcome, Ok(WordOutcome::Added(_))) {
+            self.pop_tokens(keep);
+        }
+        outcome
+    }
+
+    fn try_add_word(&mut self, word: &str) -> Result<WordOutcome> {
+        // Each new token re-encodes the word: cubic in its length, so a word is a word.
+        if word.len() > MAX_GIVEN_WORD_BYTES {
+            return Ok(WordOutcome::Refused(format!("longer than {MAX_GIVEN_WORD_BYTES} bytes")));
         }
         let words = self.words(word)?;
         let [target] = &words[..] else {
@@ -593,9 +639,14 @@ impl Trainer {
             )));
         };
         if let Some(&id) = self.known.get(&target[..]) {
-            return Ok(WordOutcome::Exists(id));
+            if self.encode_word(target)? == [id] {
+                return Ok(WordOutcome::Exists(id));
+            }
+            return Ok(WordOutcome::Refused(format!(
+                "it is token {id} already, but no merge makes that token from its text; a second token for the \
+                 same text would be ambiguous"
+            )));
         }
-        let keep = self.len();
         if !self.fallback.is_empty() {
             for c in String::from_utf8_lossy(target).chars() {
                 let bytes = c.to_string().into_bytes();
@@ -603,7 +654,6 @@ impl Trainer {
                     continue;
                 }
                 if self.forbidden.contains(&bytes[..]) {
-                    self.pop_tokens(keep);
                     return Ok(WordOutcome::Refused(format!("its character {c:?} is in the protected text as bytes")));
                 }
                 self.push_token(bytes);
@@ -626,7 +676,6 @@ impl Trainer {
                 }
             }
             let Some(merged) = taken else {
-                self.pop_tokens(keep);
                 reasons.sort_unstable();
                 reasons.dedup();
                 return Ok(WordOutcome::Refused(format!(
@@ -640,15 +689,16 @@ impl Trainer {
 
     /// Sets the corpus to learn from, segmented with the tokens so far.
     pub fn set_corpus(&mut self, counts: &WordCounts) -> Result<()> {
-        let words: Vec<(Vec<u32>, u64)> = counts
+        let words: Vec<(&[u8], Vec<u32>, u64)> = counts
             .counts
             .par_iter()
-            .map(|(word, &n)| self.encode_word(word).map(|ids| (ids, n)))
-            .filter(|w| w.as_ref().map_or(true, |(ids, _)| ids.len() > 1))
+            .map(|(word, &n)| self.encode_word(word).map(|ids| (&word[..], ids, n)))
+            .filter(|w| w.as_ref().map_or(true, |(_, ids, _)| ids.len() > 1))
             .collect::<Result<_>>()?;
         let mut corpus = Corpus::default();
         let mut missing: FxHashMap<char, u64> = FxHashMap::default();
-        for (index, (ids, n)) in words.into_iter().enumerate() {
+        for (index, (text, ids, n)) in words.into_iter().enumerate() {
+            corpus.texts.push(text.into());
             for w in ids.windows(2) {
                 let key = pair_key(w[0], w[1]);
                 *corpus.pair_counts.entry(key).or_insert(0) += n as i64;
@@ -709,10 +759,15 @@ impl Trainer {
     /// least `min_count` times, the one that saves the most tokens first; returns how many
     /// it learnt (fewer: nothing is left that qualifies).
     pub fn train(&mut self, limit: usize, min_count: u64) -> Result<usize> {
-        let min_count = min_count.max(1) as i64;
+        let min_count = min_count.clamp(1, i64::MAX as u64) as i64;
         let mut learnt = 0;
         while learnt < limit {
             let pair = self.best_pair().filter(|&(count, _)| count >= min_count);
+            // By tokens saved, a rare long character can stand before frequent ones.
+            let chars = &mut self.corpus.chars;
+            while chars.last().is_some_and(|&(_, n, _)| (n as i64) < min_count) {
+                chars.pop();
+            }
             let char = self.corpus.chars.last().copied().filter(|&(_, n, _)| n as i64 >= min_count);
             match (pair, char) {
                 (pair, Some((gain, _, _))) if pair.is_none_or(|(count, _)| gain as i64 >= count) => {
@@ -784,7 +839,7 @@ impl Trainer {
                 }
             }
         }
-        self.rewrite(indices, |_, before, made| {
+        self.rewrite(indices, |trainer, _, before, made| {
             let mut word = Vec::with_capacity(before.len());
             let mut i = 0;
             while i < before.len() {
@@ -797,6 +852,20 @@ impl Trainer {
                     i += 1;
                 }
             }
+            // Every occurrence was replaced at once; merge_new would make one and then first
+            // merge it with a neighbour that spells a better-ranked token with it, before
+            // the next occurrence could take that neighbour. Then it is run from the word as
+            // it was (all older tokens done, the new one ranked last: exactly as afresh).
+            let mut buf = Vec::new();
+            let mut spells = |l: u32, r: u32| trainer.merged(l, r, &mut buf).is_some();
+            let contested = made.iter().any(|r| {
+                (r.from > 0 && spells(before[r.from - 1], id)) || before.get(r.from + 2).is_some_and(|&next| spells(id, next))
+            });
+            if contested {
+                made.clear();
+                word = before.to_vec();
+                trainer.merge_new(&mut word);
+            }
             word
         });
     }
@@ -804,12 +873,43 @@ impl Trainer {
     /// Puts the new characters `chars` in every word they occur in, updating the counts.
     fn apply_chars(&mut self, chars: &[char]) {
         let indices = chars.iter().flat_map(|c| self.corpus.char_words.remove(c).unwrap_or_default()).collect();
-        self.rewrite(indices, |trainer, before, made| trainer.with_new_chars(before, made));
+        self.rewrite(indices, |trainer, index, before, made| {
+            let word = trainer.with_new_chars(before, made);
+            // Encoded afresh, a new character is there before any merge. A token made
+            // since (a neighbour now) may have taken what the character would first have
+            // merged with: if the character and the start (end) of that neighbour spell a
+            // token, the word is encoded afresh.
+            let mut buf = Vec::new();
+            let contested = made.iter().any(|r| {
+                let c = trainer.token_bytes(word[r.at]).unwrap_or_default();
+                let left = r.at.checked_sub(1).map(|i| word[i]);
+                let right = word.get(r.at + 1).copied();
+                [(left, true), (right, false)].into_iter().any(|(n, is_left)| {
+                    let Some(n) = n.filter(|&n| n >= trainer.first_id) else { return false };
+                    let n = trainer.token_bytes(n).unwrap_or_default();
+                    trainer.spelling.cuts(n).any(|at| {
+                        buf.clear();
+                        match is_left {
+                            true => buf.extend_from_slice(&n[at..]),
+                            false => buf.extend_from_slice(c),
+                        }
+                        buf.extend_from_slice(if is_left { c } else { &n[..at] });
+                        trainer.known.contains_key(&buf[..])
+                    })
+                })
+            });
+            if contested {
+                made.clear();
+                return trainer.encode_word(&trainer.corpus.texts[index as usize]).unwrap_or(word);
+            }
+            word
+        });
     }
 
-    /// Rewrites the words `indices` (repeats allowed) with `replace`, which puts new tokens
-    /// in a word and says where; then settles them and updates the counts.
-    fn rewrite(&mut self, mut indices: Vec<u32>, replace: impl Fn(&Self, &[u32], &mut Vec<Replaced>) -> Vec<u32>) {
+    /// Rewrites the words `indices` (repeats allowed) with `replace(self, index, word,
+    /// made)`, which puts new tokens in a word and says where (nothing when it re-encoded
+    /// the word); then settles them and updates the counts.
+    fn rewrite(&mut self, mut indices: Vec<u32>, replace: impl Fn(&Self, u32, &[u32], &mut Vec<Replaced>) -> Vec<u32>) {
         indices.sort_unstable();
         indices.dedup();
         let mut changes: FxHashMap<u64, i64> = FxHashMap::default();
@@ -818,8 +918,8 @@ impl Trainer {
         for index in indices {
             let before = std::mem::take(&mut self.corpus.words[index as usize]);
             made.clear();
-            let mut word = replace(self, &before, &mut made);
-            let local = !self.settle(&mut word, &made, &mut buf);
+            let mut word = replace(self, index, &before, &mut made);
+            let local = !made.is_empty() && !self.settle(&mut word, &made, &mut buf);
             self.update_counts(index, &before, &word, local.then_some(&made[..]), &mut changes, &mut grown);
             self.corpus.words[index as usize] = word;
         }
@@ -909,7 +1009,9 @@ impl Trainer {
     pub fn merges(&self) -> Vec<(u32, u32, u32)> {
         let mut merges = Vec::new();
         for id in 0..self.token_bytes.len() as u32 {
-            let Some(bytes) = self.token_bytes(id) else { continue };
+            // A new token is at most a word; an old one much longer cannot be spelled by
+            // one and a word (and every cut is a lookup).
+            let Some(bytes) = self.token_bytes(id).filter(|b| b.len() <= 2 * MAX_WORD_BYTES) else { continue };
             for at in self.spelling.cuts(bytes) {
                 let halves = (self.known.get(&bytes[..at]), self.known.get(&bytes[at..]));
                 let (Some(&l), Some(&r)) = halves else { continue };
@@ -938,6 +1040,15 @@ impl Trainer {
         if let Some(Value::Object(vocab)) = model.get_mut("vocab") {
             for id in new_ids.clone() {
                 vocab.insert(spell(id), json!(id));
+            }
+            // Readers number the added tokens that are not in the model's vocabulary after
+            // its entries, whatever ids the file gives them (the reference does, and so does
+            // this crate): with new entries there, they would move onto the new tokens. In
+            // the vocabulary at their own ids they keep them.
+            for (id, token) in self.tok.added.tokens().filter(|(id, _)| *id < self.first_id) {
+                if !self.tok.vocab.ids.contains_key(&token.content) {
+                    vocab.entry(token.content.clone()).or_insert(json!(id));
+                }
             }
         }
         if let Some(Value::Array(merges)) = model.get_mut("merges") {
@@ -1045,26 +1156,76 @@ mod tests {
             trainer.set_corpus(&corpus).unwrap();
             for _ in 0..6 {
                 assert!(trainer.train(40, 1).unwrap() > 0);
-                let mut afresh: FxHashMap<u64, i64> = FxHashMap::default();
-                for (word, &n) in &corpus.counts {
-                    for w in trainer.encode_word(word).unwrap().windows(2) {
-                        *afresh.entry(pair_key(w[0], w[1])).or_insert(0) += n as i64;
-                    }
-                }
-                let kept: FxHashMap<u64, i64> =
-                    trainer.corpus.pair_counts.iter().filter(|(_, &n)| n != 0).map(|(&k, &n)| (k, n)).collect();
-                assert_eq!(kept, afresh);
-                let new = trainer.tokenizer().unwrap();
-                for word in corpus.counts.keys() {
-                    let mut ids = Vec::new();
-                    new.bpe.encode(word, &mut ids).unwrap();
-                    assert_eq!(ids, trainer.encode_word(word).unwrap(), "{:?}", String::from_utf8_lossy(word));
-                }
+                assert_state_is_fresh(&trainer, &corpus);
             }
             if matches!(trainer.spelling, Spelling::Chars { .. }) {
                 assert!(trainer.new_chars() > 3, "the characters it lacked are tokens now");
             }
         }
+    }
+
+    /// The kept pair counts are those of the words encoded afresh, that encoding is the
+    /// written tokenizer's own, and every new token is reachable.
+    fn assert_state_is_fresh(trainer: &Trainer, corpus: &WordCounts) {
+        let mut afresh: FxHashMap<u64, i64> = FxHashMap::default();
+        for (word, &n) in &corpus.counts {
+            for w in trainer.encode_word(word).unwrap().windows(2) {
+                *afresh.entry(pair_key(w[0], w[1])).or_insert(0) += n as i64;
+            }
+        }
+        let kept: FxHashMap<u64, i64> =
+            trainer.corpus.pair_counts.iter().filter(|(_, &n)| n != 0).map(|(&k, &n)| (k, n)).collect();
+        assert_eq!(kept, afresh);
+        let new = trainer.tokenizer().unwrap();
+        for word in corpus.counts.keys() {
+            let mut ids = Vec::new();
+            new.bpe.encode(word, &mut ids).unwrap();
+            assert_eq!(ids, trainer.encode_word(word).unwrap(), "{:?}", String::from_utf8_lossy(word));
+        }
+        assert_eq!(trainer.unreachable(&new).unwrap(), Vec::<u32>::new());
+    }
+
+    /// Old merges that become possible again once a pair with a new half made an old token
+    /// (`ab` + `cd` -> `abcd`, then the old `abcd` + `e`), and a new token whose occurrence
+    /// would take the neighbour an earlier-ranked merge wants (`xyz` + `x` -> `xyzx`, an old
+    /// token no old merge makes).
+    #[test]
+    fn old_merges_after_new_ones_and_contested_neighbours() {
+        let tokens = ["a", "b", "c", "d", "e", "x", "y", "z", "Y", "Z", "bc", "cd", "abc", "abcd", "abcde", "yz", "xyzx"];
+        let merges = [["c", "d"], ["b", "c"], ["a", "bc"], ["abc", "d"], ["abcd", "e"], ["y", "z"]];
+        let vocab: serde_json::Map<String, Value> = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), json!(i))).collect();
+        let json = json!({"normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
+                          "added_tokens": [], "model": {"type": "BPE", "vocab": vocab, "merges": merges}});
+        let tok = Arc::new(tokenizer_json::from_value(json).unwrap());
+        let mut texts = vec!["abcdeYZ"; 10];
+        texts.extend(["eY"; 300]);
+        texts.extend(["eYZ"; 100]);
+        texts.extend(["xyzxyz"; 50]);
+        let corpus = counts(&tok, &texts);
+        let mut trainer = Trainer::new(tok.clone(), &protected(&tok, &[])).unwrap();
+        assert!(matches!(trainer.add_word("ab").unwrap(), WordOutcome::Added(_)));
+        trainer.set_corpus(&corpus).unwrap();
+        while trainer.train(1, 1).unwrap() > 0 {
+            assert_state_is_fresh(&trainer, &corpus);
+        }
+
+        // A character the vocabulary lacks, made a token after `yz` was: encoded afresh it
+        // is there first, and `数` + `y` (an old token) wins over `y` + `z`.
+        let mut tokens: Vec<String> = (0..=255u8).map(|b| format!("<0x{b:02X}>")).collect();
+        tokens.extend(["y", "z", "数y"].map(String::from));
+        let vocab: serde_json::Map<String, Value> = tokens.into_iter().enumerate().map(|(i, t)| (t, json!(i))).collect();
+        let json = json!({"normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
+                          "added_tokens": [], "model": {"type": "BPE", "byte_fallback": true, "vocab": vocab, "merges": []}});
+        let tok = Arc::new(tokenizer_json::from_value(json).unwrap());
+        let mut texts = vec!["yz"; 500];
+        texts.extend(["数yz"; 5]);
+        let corpus = counts(&tok, &texts);
+        let mut trainer = Trainer::new(tok.clone(), &protected(&tok, &[])).unwrap();
+        trainer.set_corpus(&corpus).unwrap();
+        while trainer.train(1, 1).unwrap() > 0 {
+            assert_state_is_fresh(&trainer, &corpus);
+        }
+        assert_eq!(trainer.new_chars(), 1);
     }
 
     /// A pair is taken exactly when the real pipeline keeps the new token's text one piece

@@ -69,6 +69,37 @@ def test_the_reference_loads_it_and_encodes_as_tokensmith(extended, corpus):
         assert ours == theirs, f"{name} {file.name}"
 
 
+def test_added_tokens_keep_their_ids(extended):
+    """Special tokens past the model vocabulary (Llama 3's, Qwen2's) keep their ids in the
+    written file, read by the reference and by tokensmith; text with them encodes as before."""
+    name, old, new, _, path = extended
+    reference = tokenizers.Tokenizer.from_file(str(path))
+    reloaded = Tokenizer.from_file(path)
+    for token in old.added_tokens:
+        assert new.token_to_id(token.content) == token.id, token.content
+        assert reference.token_to_id(token.content) == token.id, token.content
+        assert reloaded.token_to_id(token.content) == token.id, token.content
+    text = "".join(f"{t.content} hello world " for t in old.added_tokens[:20])
+    assert reloaded.encode(text) == old.encode(text)
+    assert reference.encode(text).ids == old.encode(text)
+
+
+def test_tokens_added_past_the_vocabulary_keep_their_ids(tmp_path):
+    """A chat token added after the model vocabulary (ids 50257, 50258 on GPT-2): readers
+    number such tokens after the vocabulary's entries, which the new tokens extend, so the
+    written file must hold them at their ids."""
+    old = Tokenizer.from_file(tokenizer_path("gpt2"))
+    start, end = old.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    new, report = extend(old, pieces=["人工智能", "数据集合"], progress=False)
+    assert report.first_id == end + 1 and report.new_tokens > 2
+    new.save(tmp_path / "tokenizer.json")
+    text = "<|im_start|>user 人工智能<|im_end|>"
+    for reader in (Tokenizer.from_file(tmp_path / "tokenizer.json"), tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))):
+        assert (reader.token_to_id("<|im_start|>"), reader.token_to_id("<|im_end|>")) == (start, end)
+        ids = reader.encode(text) if isinstance(reader, Tokenizer) else reader.encode(text).ids
+        assert ids == new.encode(text) and ids[0] == start and ids[-1] == end
+
+
 def test_old_text_is_encoded_exactly_as_before(extended, corpus):
     """By the reference library: the original file and the written one, every English line."""
     name, _, _, report, path = extended

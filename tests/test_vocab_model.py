@@ -115,3 +115,16 @@ def test_cli_extend(tmp_path, zh_corpus, capsys):
     assert not (tmp_path / "out2").exists()
     with pytest.raises(InvalidInputError):
         extend_model(src, tmp_path / "out3", pieces=["the"])  # already a token: nothing new
+
+
+def test_files_that_would_not_know_the_new_tokens_are_left_out(tmp_path, zh_corpus):
+    """A slow tokenizer's vocab.json / merges.txt, and a stray tokenizer.model next to a
+    byte-level tokenizer, would encode without the new tokens: left out, and said."""
+    src = make_model(tmp_path / "base", "llama3", True, False)
+    for name in ("vocab.json", "merges.txt", "tokenizer.model"):
+        (src / name).write_text("stale\n", encoding="utf-8")
+    result = extend_model(src, tmp_path / "out", pieces=["蒸馏数据集"], progress=False)
+    for name in ("vocab.json", "merges.txt", "tokenizer.model"):
+        assert not (tmp_path / "out" / name).exists()
+        assert any(w.startswith(f"{name} left out") for w in result.warnings)
+    assert "warning: vocab.json left out" in result.summary()

@@ -231,13 +231,15 @@ def _write_model(
     write_tokenizer: Callable[[Path], None],
     overwrite: bool,
     progress: bool | None,
+    omit: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Writes the model folder ``out``: ``src`` with the input embedding and output head
     grown to ``rows_needed`` rows (rounded up to ``pad_to_multiple_of``; never shrunk), the
     rows ``ids`` initialized by ``init``, ``config.json`` and the safetensors index updated,
-    the tokenizer files written by ``write_tokenizer(folder)``, every other file copied byte
-    for byte; atomically. ``untrained`` rows (reserved slots) stay out of the statistics.
-    Returns the fields of an AddTokensResult that describe the writing."""
+    the tokenizer files written by ``write_tokenizer(folder)``, every other file but the
+    top-level ``omit`` ones copied byte for byte; atomically. ``untrained`` rows (reserved
+    slots) stay out of the statistics. Returns the fields of an AddTokensResult that
+    describe the writing."""
     embedding, head, files = _locate_matrices(shards, config)
     rows = embedding.shape[0]
     if rows < old_size:
@@ -293,8 +295,8 @@ def _write_model(
             shard = next((s for s in shards if s.path == path), None)
             if shard is not None and path in replacements:
                 write_file(shard, target_path, replacements[path], bar)
-            elif path.parent == src and path.name in REWRITTEN:
-                bar(path.stat().st_size)  # rewritten below
+            elif path.parent == src and (path.name in REWRITTEN or path.name in omit):
+                bar(path.stat().st_size)  # rewritten below, or left out
             elif shard is not None or path.stat().st_size > COPY_CHUNK:
                 copy_file(path, target_path, bar)
                 copied += 1

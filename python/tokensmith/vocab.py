@@ -35,7 +35,7 @@ from . import checkpoint as C
 from . import embeddings as E
 from ._tokenizer import Tokenizer
 from ._tokenizer_files import RESERVED_PATTERNS, _reserved_slots, _vocabulary, write_tokenizer_files
-from .errors import CheckpointError, InvalidInputError
+from .errors import CheckpointError, InvalidInputError, TokenizerError
 
 __all__ = ["MODEL_INIT_METHODS", "ExtendModelResult", "ExtendReport", "extend", "extend_model", "read_documents"]
 
@@ -49,6 +49,8 @@ class ExtendReport:
 
     first_id: int
     new_tokens: int
+    #: whether tokens are bytes (byte-level BPE) rather than chars (SentencePiece-style).
+    byte_level: bool = True
     #: per file: documents, chars, tokens before and after, tokens per char before and after,
     #: and documents whose ids changed.
     compression: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -237,7 +239,7 @@ def extend(
     corpus_files = _files(corpus, "corpus")
     protect_files = _files(protect, "protect")
     evaluate_files = _files(evaluate, "evaluate")
-    words = list(pieces or [])
+    words = list(dict.fromkeys(pieces or []))
     if corpus_files and (num_new is None or num_new <= 0):
         raise ValueError("a corpus needs num_new > 0 (how many new tokens to learn)")
     if num_new and not corpus_files:
@@ -284,7 +286,8 @@ def extend(
     started = time.monotonic()
     first = trainer.first_id
     report = ExtendReport(
-        first_id=first, new_tokens=len(trainer), words=outcomes, skipped=dict(trainer.skipped()), warnings=warnings
+        first_id=first, new_tokens=len(trainer), byte_level=trainer.byte_level, words=outcomes,
+        skipped=dict(trainer.skipped()), warnings=warnings,
     )
     report.new_chars = trainer.new_chars
     for id in range(first, first + len(trainer)):
@@ -411,6 +414,21 @@ def extend_model(
     if report.new_tokens == 0:
         raise InvalidInputError("no new token was learnt or added (see the report): nothing was written")
     ids = list(range(report.first_id, report.first_id + report.new_tokens))
+    # Files that would not know the new tokens: SentencePiece's own gets them (a
+    # SentencePiece-style tokenizer's; made before any tensor is written, so that a
+    # mismatch stops it early); a slow tokenizer's vocab.json and merges.txt are left out.
+    model = src / "tokenizer.model"
+    model_bytes = None
+    omit = [name for name in ("vocab.json", "merges.txt") if (src / name).is_file()]
+    if model.is_file() and report.byte_level:
+        omit.append(model.name)
+    elif model.is_file():
+        try:
+            pieces = [new_tok.id_to_token(id) for id in ids]
+            model_bytes = _core.sentencepiece_append_pieces(model.read_bytes(), pieces, ids[0], str(model))
+        except (ValueError, TokenizerError) as e:
+            raise CheckpointError(f"{e}; nothing was written") from None
+    warnings = [f"{name} left out: it does not hold the new tokens (tokenizer.json does)" for name in omit]
     patterns = [re.compile(p) for p in RESERVED_PATTERNS.values()]
     vocab = _vocabulary(tokenizer_json)
 
@@ -419,10 +437,8 @@ def extend_model(
             if (src / name).is_file():  # no added token changed: kept as they are
                 (tmp / name).write_bytes((src / name).read_bytes())
         write_tokenizer_files(tmp, new_tok.to_str(), None, None)
-        model = src / "tokenizer.model"
-        if model.is_file():  # SentencePiece's own file, for slow tokenizers and sentencepiece
-            pieces = [new_tok.id_to_token(id) for id in ids]
-            (tmp / model.name).write_bytes(_core.sentencepiece_append_pieces(model.read_bytes(), pieces, ids[0], str(model)))
+        if model_bytes is not None:
+            (tmp / model.name).write_bytes(model_bytes)
         C._write_json(tmp / "id_map.json", {str(k): v for k, v in report.id_map.items()}, pretty=False)
         C._write_json(tmp / "extend_report.json", report.to_json())
         # The written file must be the tokenizer the report measured.
@@ -446,5 +462,7 @@ def extend_model(
         write_tokenizer=write_tokenizer,
         overwrite=overwrite,
         progress=progress,
+        omit=omit,
     )
+    grown["warnings"] = warnings + grown["warnings"]
     return ExtendModelResult(report=report, init=init, seconds=time.monotonic() - started, **grown)

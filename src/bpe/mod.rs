@@ -384,6 +384,12 @@ impl Bpe {
         }
     }
 
+    /// The merge of two adjacent tokens, if any: (rank, merged id).
+    pub fn merge_of(&self, left: u32, right: u32) -> Option<(u32, u32)> {
+        let (rank, merged) = self.lookup(left, right);
+        (merged != NO_ID).then_some((rank, merged))
+    }
+
     /// Runs `f` with an encoder holding this thread's piece cache.
     pub fn with_cache<R>(&self, f: impl FnOnce(&mut PieceEncoder) -> R) -> R {
         CACHE.with(|cell| match cell.try_borrow_mut() {
