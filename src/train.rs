@@ -276,6 +276,31 @@ struct Replaced {
     len: usize,
 }
 
+/// The byte of each byte-fallback token, by id: a table, not a hash map (looked up for
+/// every token of the long SentencePiece-style words, it showed in the profile).
+#[derive(Debug, Default)]
+struct Fallback {
+    bytes: Vec<Option<u8>>,
+}
+
+impl Fallback {
+    fn insert(&mut self, id: u32, byte: u8) {
+        if self.bytes.len() <= id as usize {
+            self.bytes.resize(id as usize + 1, None);
+        }
+        self.bytes[id as usize] = Some(byte);
+    }
+
+    #[inline]
+    fn get(&self, id: u32) -> Option<u8> {
+        self.bytes.get(id as usize).copied().flatten()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
 /// The corpus being trained on: its distinct words as segmented so far.
 #[derive(Debug, Default)]
 struct Corpus {
@@ -304,7 +329,7 @@ pub struct Trainer {
     /// Texts that are tokens (model vocabulary, added tokens, new tokens) and their ids.
     known: FxHashMap<Box<[u8]>, u32>,
     /// The byte of each byte-fallback token.
-    fallback: FxHashMap<u32, u8>,
+    fallback: Fallback,
     /// Two old tokens that spell a new one, and which (the first made); and the keys in the
     /// order they came (to take back the tokens of a refused word).
     old_pairs: FxHashMap<u64, u32>,
@@ -336,7 +361,7 @@ impl Trainer {
         };
         let mut token_bytes = Vec::with_capacity(tok.vocab.tokens.len());
         let mut known: FxHashMap<Box<[u8]>, u32> = FxHashMap::default();
-        let mut fallback = FxHashMap::default();
+        let mut fallback = Fallback::default();
         for (id, token) in tok.vocab.tokens.iter().enumerate() {
             let id = id as u32;
             let bytes = token.as_deref().and_then(|t| spelling.decode(t)).map(Vec::into_boxed_slice);
@@ -476,7 +501,7 @@ impl Trainer {
         let mut out = Vec::with_capacity(ids.len());
         let mut i = 0;
         while i < ids.len() {
-            let Some(&lead) = self.fallback.get(&ids[i]) else {
+            let Some(lead) = self.fallback.get(ids[i]) else {
                 out.push(ids[i]);
                 i += 1;
                 continue;
@@ -487,7 +512,7 @@ impl Trainer {
                 0xC0.. => 2,
                 _ => 1,
             };
-            let bytes: Option<Vec<u8>> = ids.get(i..i + n).and_then(|run| run.iter().map(|id| self.fallback.get(id).copied()).collect());
+            let bytes: Option<Vec<u8>> = ids.get(i..i + n).and_then(|run| run.iter().map(|&id| self.fallback.get(id)).collect());
             match bytes.and_then(|b| self.known.get(&b[..]).copied()).filter(|&id| id >= self.first_id) {
                 Some(id) => {
                     made.push(Replaced { at: out.len(), from: i, len: n });
@@ -724,7 +749,7 @@ impl Trainer {
         let mut i = 0;
         std::iter::from_fn(move || {
             while i < ids.len() {
-                let run = ids[i..].iter().map_while(|id| self.fallback.get(id).copied()).take(4);
+                let run = ids[i..].iter().map_while(|&id| self.fallback.get(id)).take(4);
                 let bytes: Vec<u8> = run.collect();
                 let Some(c) = bytes.utf8_chunks().next().and_then(|chunk| chunk.valid().chars().next()) else {
                     i += bytes.len().max(1);
