@@ -795,7 +795,8 @@ impl PyVocabTrainer {
     #[new]
     fn new(py: Python<'_>, tokenizer: &PyTokenizer, protect: &PyWordCounts, partial_chars: bool) -> PyResult<Self> {
         let tokenizer = tokenizer.get();
-        let protect = protect.lock().clone();
+        // Borrowed, not copied: a corpus's counts can be large.
+        let protect = protect.lock();
         let mut trainer = without_gil(py, || Trainer::new(tokenizer, &protect)).or_raise(py)?;
         trainer.partial_chars = partial_chars;
         Ok(PyVocabTrainer { inner: std::sync::Mutex::new(trainer) })
@@ -811,7 +812,7 @@ impl PyVocabTrainer {
     }
 
     fn set_corpus(&self, py: Python<'_>, counts: &PyWordCounts) -> PyResult<()> {
-        let counts = counts.lock().clone();
+        let counts = counts.lock();
         without_gil(py, || self.lock().set_corpus(&counts)).or_raise(py)
     }
 

@@ -156,7 +156,7 @@ fn chunks(mut word: &[u8], f: &mut dyn FnMut(&[u8])) {
 
 /// How often each word occurs in a corpus, as the tokenizer splits it (added tokens left
 /// out). Memory grows with the distinct words, not the corpus.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct WordCounts {
     tok: Arc<Tokenizer>,
     spelling: Spelling,

@@ -18,6 +18,7 @@ the new token's own text would not encode to it. See ``src/train.rs`` for why th
 
 from __future__ import annotations
 
+import copy
 import glob
 import gzip
 import json
@@ -153,8 +154,8 @@ def _files(patterns: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] |
     return files
 
 
-def _batches(files: Sequence[str], text_field: str) -> Iterator[tuple[str, list[str], int]]:
-    """(file, documents, their UTF-8 bytes) in batches of about BATCH_BYTES."""
+def _batches(files: Sequence[str], text_field: str) -> Iterator[tuple[list[str], int]]:
+    """(documents, their UTF-8 bytes) in batches of about BATCH_BYTES."""
     for f in files:
         batch: list[str] = []
         size = 0
@@ -162,10 +163,10 @@ def _batches(files: Sequence[str], text_field: str) -> Iterator[tuple[str, list[
             batch.append(doc)
             size += len(doc.encode("utf-8", "surrogatepass"))
             if size >= BATCH_BYTES:
-                yield f, batch, size
+                yield batch, size
                 batch, size = [], 0
         if batch:
-            yield f, batch, size
+            yield batch, size
 
 
 class _Progress:
@@ -186,7 +187,7 @@ def _count(tok: Tokenizer, files: Sequence[str], text_field: str, bar: _Progress
     counts = _core.WordCounts(tok._core, chunked)
     total = sum(os.path.getsize(f) for f in files)
     done = 0
-    for _, docs, size in _batches(files, text_field):
+    for docs, size in _batches(files, text_field):
         counts.add(docs)
         done += size
         bar.show(f"counting {what}: {done / 1e6:,.0f} / {total / 1e6:,.0f} MB, {len(counts):,} distinct words")
@@ -280,7 +281,7 @@ def extend(
                 f"learnt {learnt:,} of the {num_new:,} tokens asked: no other pair (or missing character) occurs "
                 f"{min_frequency} times or more without changing protected text"
             )
-    new_tok = Tokenizer(trainer.tokenizer(), json.loads(json.dumps(tok.config)))
+    new_tok = Tokenizer(trainer.tokenizer(), copy.deepcopy(tok.config))
     seconds["train"] = time.monotonic() - started
 
     started = time.monotonic()
@@ -319,7 +320,7 @@ def _pieces(ids: list[int], tok: Tokenizer) -> list[int]:
 
 def _measure(old: Tokenizer, new: Tokenizer, path: str, text_field: str, used: set[int], bar: _Progress) -> dict[str, float]:
     docs = chars = before = after = changed = 0
-    for _, batch, _ in _batches([path], text_field):
+    for batch, _ in _batches([path], text_field):
         a = old.encode_batch(batch, add_special_tokens=False)
         b = new.encode_batch(batch, add_special_tokens=False)
         docs += len(batch)
