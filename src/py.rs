@@ -7,7 +7,7 @@ use crate::formats::{sentencepiece, tiktoken, tokenizer_json};
 use crate::special::{AddedToken, Protected, SpecialPolicy};
 use crate::tokenizer::{CharIndex, Tokenizer};
 use crate::train::{Skip, Trainer, WordCounts, WordOutcome};
-use pyo3::exceptions::{PyFileNotFoundError, PyMemoryError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyFileNotFoundError, PyKeyError, PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyType};
@@ -226,6 +226,15 @@ impl PyTokenizer {
         .or_raise(py)
     }
 
+    /// The tokenizer, when its tokens are raw bytes (what the byte methods need).
+    fn byte_level(&self, py: Python<'_>) -> PyResult<Arc<Tokenizer>> {
+        let tokenizer = self.get();
+        if !tokenizer.is_byte_level() {
+            return Err(to_py(py, Error::Invalid("this needs a byte-level BPE tokenizer (tokens that stand for raw bytes)".into())));
+        }
+        Ok(tokenizer)
+    }
+
     fn policy(&self, py: Python<'_>, policy: &str, allowed: Option<Vec<String>>) -> PyResult<SpecialPolicy> {
         Ok(match (policy, allowed) {
             ("allow", None) => SpecialPolicy::Allow,
@@ -293,6 +302,35 @@ impl PyTokenizer {
                 tiktoken::build(ranks, pattern, &special_tokens)
             })
             .or_raise(py)?;
+        Ok(Self::new(tokenizer))
+    }
+
+    /// A rank file's contents, already read (and checked) by the caller; `source` names it.
+    #[staticmethod]
+    fn from_tiktoken_data(
+        py: Python<'_>,
+        data: &[u8],
+        source: &str,
+        pattern: &str,
+        special_tokens: Vec<(String, u32)>,
+    ) -> PyResult<Self> {
+        let tokenizer = without_gil(py, || {
+            let text = std::str::from_utf8(data).map_err(|_| Error::format(source, "the file is not valid UTF-8 text"))?;
+            tiktoken::build(tiktoken::parse_ranks(text, source)?, pattern, &special_tokens)
+        })
+        .or_raise(py)?;
+        Ok(Self::new(tokenizer))
+    }
+
+    /// tiktoken's `Encoding(mergeable_ranks=...)`: the ranks given as (bytes, rank) pairs.
+    #[staticmethod]
+    fn from_tiktoken_ranks(
+        py: Python<'_>,
+        ranks: Vec<(Vec<u8>, u32)>,
+        pattern: &str,
+        special_tokens: Vec<(String, u32)>,
+    ) -> PyResult<Self> {
+        let tokenizer = without_gil(py, || tiktoken::build(ranks, pattern, &special_tokens)).or_raise(py)?;
         Ok(Self::new(tokenizer))
     }
 
@@ -448,6 +486,55 @@ impl PyTokenizer {
             Ok(text)
         })
         .or_raise(py)
+    }
+
+    /// Each id's bytes (tiktoken's `decode_tokens_bytes`); an unknown id is a `KeyError`.
+    fn token_bytes<'py>(&self, py: Python<'py>, ids: &Bound<'_, PyAny>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let ids = ids_arg(ids)?;
+        let tokenizer = self.byte_level(py)?;
+        ids.iter()
+            .map(|&id| match tokenizer.token_bytes(id) {
+                Some(bytes) => Ok(PyBytes::new(py, &bytes)),
+                None => Err(PyKeyError::new_err(id)),
+            })
+            .collect()
+    }
+
+    /// The bytes of `ids` (tiktoken's `decode_bytes`); an unknown id is a `KeyError`.
+    fn decode_bytes<'py>(&self, py: Python<'py>, ids: &Bound<'_, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+        let ids = ids_arg(ids)?;
+        let tokenizer = self.byte_level(py)?;
+        let bytes = without_gil(py, || -> Result<Vec<u8>, u32> {
+            let mut out = Vec::new();
+            for &id in &ids {
+                out.extend_from_slice(&tokenizer.token_bytes(id).ok_or(id)?);
+            }
+            Ok(out)
+        });
+        bytes.map(|b| PyBytes::new(py, &b)).map_err(PyKeyError::new_err)
+    }
+
+    /// The model's ids for one piece of raw bytes (tiktoken's `byte_pair_encode`).
+    fn encode_piece<'py>(&self, py: Python<'py>, piece: &[u8]) -> PyResult<Bound<'py, PyList>> {
+        let tokenizer = self.byte_level(py)?;
+        let ids = without_gil(py, || tokenizer.encode_piece(piece)).or_raise(py)?;
+        self.id_list(py, &ids)
+    }
+
+    /// The last pre-tokenized piece of `text`, or `None`.
+    #[pyo3(signature = (text, policy, allowed = None))]
+    fn last_piece<'py>(
+        &self,
+        py: Python<'py>,
+        text: &Bound<'_, PyString>,
+        policy: &str,
+        allowed: Option<Vec<String>>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let s = self::text(text)?;
+        let policy = self.policy(py, policy, allowed)?;
+        let tokenizer = self.get();
+        let piece = without_gil(py, || tokenizer.last_piece(s, &policy)).or_raise(py)?;
+        Ok(piece.map(|p| PyBytes::new(py, &p)))
     }
 
     fn decode_batch(&self, py: Python<'_>, batch: &Bound<'_, PyAny>, skip_special_tokens: bool) -> PyResult<Vec<String>> {

@@ -427,6 +427,46 @@ impl Tokenizer {
         })
     }
 
+    /// The last pre-tokenized piece of `text` as `encode` splits it (added tokens matched by
+    /// `policy` left out), or `None` when there is none: tiktoken's "unstable" tail.
+    pub fn last_piece(&self, text: &str, policy: &SpecialPolicy) -> Result<Option<Vec<u8>>> {
+        // Pieces can be slices of a normalized copy that is gone after the call: copied.
+        let (mut last, mut any) = (Vec::new(), false);
+        self.for_each_piece(text, policy, &mut |piece| {
+            last.clear();
+            last.extend_from_slice(piece);
+            any = true;
+            Ok(())
+        })?;
+        Ok(any.then_some(last))
+    }
+
+    /// Whether the model's tokens stand for raw bytes through the GPT-2 byte-to-char table,
+    /// so that [`Tokenizer::token_bytes`] and [`Tokenizer::encode_piece`] apply.
+    pub fn is_byte_level(&self) -> bool {
+        matches!(self.decoder, Some(Decoder::ByteLevel)) && matches!(self.bpe.alphabet(), crate::bpe::Alphabet::Bytes(_))
+    }
+
+    /// The bytes an id stands for (an added token: its content), as tiktoken's
+    /// `decode_single_token_bytes`; `None` for an unknown id. Byte-level vocabularies only.
+    pub fn token_bytes(&self, id: u32) -> Option<Cow<'_, [u8]>> {
+        if let Some(form) = self.added.decode_form(id) {
+            return Some(Cow::Borrowed(form.as_bytes()));
+        }
+        self.vocab.get(id).and_then(crate::bytelevel::decode_str).map(Cow::Owned)
+    }
+
+    /// The model's ids for one piece of raw bytes, with no pre-tokenization and no added
+    /// tokens (tiktoken's `byte_pair_encode`, after its whole-token lookup). The bytes need not
+    /// be UTF-8. Byte-level vocabularies only.
+    pub fn encode_piece(&self, piece: &[u8]) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if !piece.is_empty() {
+            self.bpe.encode(piece, &mut ids)?;
+        }
+        Ok(ids)
+    }
+
     /// The string the reference gives an id: an added token's (normalized) content, or the
     /// model vocabulary's spelling.
     pub fn id_to_token(&self, id: u32) -> Option<&str> {
