@@ -785,6 +785,34 @@ fn embed_write_rows(py: Python<'_>, address: usize, len: usize, dtype: &str, col
 /// whether pages moved; `anonymous_ok`: whether `src` is an allocation the caller owns
 /// alone, so that it may read as zeros afterwards. MemoryError: `dst` is unusable (free it),
 /// `src` unchanged.
+/// Rows of ints (a list of lists, as a `BatchEncoding` holds ids) as one flat little-endian
+/// i64 buffer and i32 row offsets (n + 1), for Arrow, read as they are now. `None` when any row
+/// is not a list of ints in i64 range (the caller converts those its own way): pyarrow reads a
+/// Python int in about 100 ns, this in a few.
+#[pyfunction]
+fn flatten_int_rows<'py>(py: Python<'py>, rows: &Bound<'py, PyList>) -> PyResult<Option<(Bound<'py, PyByteArray>, Bound<'py, PyByteArray>)>> {
+    let mut offsets: Vec<u8> = Vec::with_capacity((rows.len() + 1) * 4);
+    offsets.extend_from_slice(&0i32.to_le_bytes());
+    let mut values: Vec<u8> = Vec::new();
+    let mut count: usize = 0;
+    for row in rows.iter() {
+        let Ok(row) = row.downcast::<PyList>() else { return Ok(None) };
+        values.reserve(row.len() * 8);
+        for item in row.iter() {
+            // Exactly int (bool is an int, but pyarrow reads a row of bools as booleans).
+            if !item.is_exact_instance_of::<pyo3::types::PyInt>() {
+                return Ok(None);
+            }
+            let Ok(value) = item.extract::<i64>() else { return Ok(None) };
+            values.extend_from_slice(&value.to_le_bytes());
+        }
+        count += row.len();
+        let Ok(end) = i32::try_from(count) else { return Ok(None) };
+        offsets.extend_from_slice(&end.to_le_bytes());
+    }
+    Ok(Some((PyByteArray::new(py, &values), PyByteArray::new(py, &offsets))))
+}
+
 /// `done[0]` is set to 1 once every byte is in `dst`, before returning: an interrupt that
 /// Python raises right after the call can tell that the copy completed.
 #[pyfunction]
@@ -993,6 +1021,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(embed_counter_normals, m)?)?;
     m.add_function(wrap_pyfunction!(embed_write_rows, m)?)?;
     m.add_function(wrap_pyfunction!(move_or_copy_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(flatten_int_rows, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

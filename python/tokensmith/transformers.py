@@ -1,0 +1,403 @@
+"""A drop-in for ``transformers.AutoTokenizer``: change one import, keep the code.
+
+>>> from tokensmith.transformers import AutoTokenizer     # instead of: from transformers import AutoTokenizer
+>>> tok = AutoTokenizer.from_pretrained("models/Qwen2.5-0.5B")   # doctest: +SKIP
+>>> tok(["a text", "another"], truncation=True, max_length=512)  # doctest: +SKIP
+
+The object returned **is** the tokenizer transformers builds for the folder (its class,
+settings, chat template, ``save_pretrained``, every method), with tokensmith's core
+underneath for the calls that decide preprocessing speed. How the work is divided:
+
+* ``tok(text or texts, ...)``, ``encode``, ``decode``, ``batch_decode``: tokensmith, when the
+  call asks for ids, attention masks and lengths, with any truncation (but ``only_second``),
+  padding strategy and side, ``pad_to_multiple_of`` and ``return_tensors``. That is what
+  ``datasets.map`` preprocessing, TRL and LLaMA-Factory ask for.
+* The same calls with text pairs, pre-split words, offsets, special-token masks, token type ids,
+  overflowing windows or ``sanitize_control_tokens``: transformers' own engine, unchanged.
+* ``BatchEncoding.tokens()`` comes from tokensmith's ids; ``word_ids()`` and the other
+  per-token maps of a fast-path result are computed by transformers' engine when first asked
+  for (with the settings of the call), and their ids are checked against tokensmith's.
+* Everything else (vocabulary, added tokens, chat templates, saving) is transformers' code on
+  transformers' state; tokensmith's core follows that state (it is rebuilt when tokens are
+  added or a pipeline component changes).
+
+``tok(texts, special="text")`` encodes special-token strings in untrusted text as plain text,
+an option transformers lacks (its ``split_special_tokens=True`` does the same).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from typing import Any
+
+import transformers
+from tokenizers import Tokenizer as _HFTokenizer
+from transformers.tokenization_utils_base import BatchEncoding, TruncationStrategy
+from transformers.utils import PaddingStrategy
+
+from . import _core
+from ._tokenizer import Tokenizer
+from .errors import TokenizerError, UnsupportedTokenizerError
+
+__all__ = ["AutoTokenizer", "accelerate"]
+
+
+class AutoTokenizer:
+    """``transformers.AutoTokenizer`` for local folders, with tokensmith's engine."""
+
+    def __init__(self) -> None:
+        raise OSError("use AutoTokenizer.from_pretrained(folder)")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], *inputs: Any, fallback: bool = False, **kwargs: Any) -> Any:
+        """The tokenizer transformers loads from a local folder, running on tokensmith.
+
+        Nothing is downloaded: a name that is not a folder is an error. When tokensmith cannot
+        run the folder's tokenizer, the error says why; with ``fallback=True`` transformers'
+        own tokenizer is returned instead, with a warning.
+        """
+        folder = os.fspath(pretrained_model_name_or_path)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(
+                f"{folder!r} is not a folder: tokensmith.transformers loads local folders only and never downloads"
+            )
+        kwargs["local_files_only"] = True
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, *inputs, **kwargs)
+        return accelerate(tokenizer, fallback=fallback)
+
+
+def accelerate(tokenizer: Any, *, fallback: bool = False) -> Any:
+    """Puts tokensmith's engine under an existing transformers fast tokenizer, in place, and
+    returns it (see the module's documentation)."""
+    if isinstance(tokenizer, _Accelerated):
+        return tokenizer
+    try:
+        core = _core_for(tokenizer)
+    except UnsupportedTokenizerError as e:
+        if not fallback:
+            raise
+        warnings.warn(f"{e}; using transformers' own tokenizer", stacklevel=2)
+        return tokenizer
+    tokenizer.__class__ = _accelerated_class(type(tokenizer))
+    tokenizer._ts = _Engine(core, _fingerprint(tokenizer._tokenizer))
+    return tokenizer
+
+
+def _core_for(tokenizer: Any) -> Tokenizer:
+    backend = getattr(tokenizer, "_tokenizer", None)
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    if not getattr(tokenizer, "is_fast", False) or not isinstance(backend, _HFTokenizer):
+        raise UnsupportedTokenizerError(
+            f"tokensmith cannot run {name}: {type(tokenizer).__name__} is not a Hugging Face `tokenizers` "
+            "tokenizer (no tokenizer.json backend)"
+        )
+    try:
+        core = Tokenizer.from_str(backend.to_str())
+    except TokenizerError as e:
+        raise UnsupportedTokenizerError(f"tokensmith cannot run {name}: {e}") from e
+    # Padding happens per call, in Python; truncation is set per call.
+    core.padding = None
+    core.truncation = None
+    return core
+
+
+def _fingerprint(backend: _HFTokenizer) -> tuple:
+    """What the backend's pipeline is (about 2 us): a change means the core must be rebuilt.
+    Added tokens change through ``_add_tokens``, which rebuilds it itself."""
+    parts = (backend.normalizer, backend.pre_tokenizer, backend.post_processor, backend.decoder)
+    return tuple(None if p is None else p.__getstate__() for p in parts)
+
+
+class _Engine:
+    """tokensmith's core for one transformers tokenizer, and what it was built from."""
+
+    __slots__ = ("core", "fingerprint", "truncation", "lock")
+
+    def __init__(self, core: Tokenizer, fingerprint: tuple) -> None:
+        self.core = core
+        self.fingerprint = fingerprint
+        self.truncation: dict[str, Any] | None = None
+        self.lock = threading.Lock()
+
+    def __reduce__(self) -> tuple:
+        # Only hashing sees an engine pickled (datasets fingerprints the tokenizer's __dict__,
+        # whose `_tokenizer` already says everything); a real pickle leaves it out and the
+        # unpickled tokenizer builds its own.
+        return _no_engine, ()
+
+    def set_truncation(self, truncation: dict[str, Any] | None) -> None:
+        if truncation != self.truncation:
+            self.core.truncation = truncation
+            self.truncation = truncation
+
+
+def _no_engine() -> None:
+    return None
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _accelerated_class(base: type) -> type:
+    """``base`` with tokensmith's engine: a subclass with the same name, so that
+    ``isinstance`` checks and ``save_pretrained``'s ``tokenizer_class`` are unchanged."""
+    if base not in _CLASSES:
+        _CLASSES[base] = type(base.__name__, (_Accelerated, base), {"__module__": base.__module__, "__qualname__": base.__qualname__})
+    return _CLASSES[base]
+
+
+def _restore(base: type, state: dict[str, Any]) -> Any:
+    tokenizer = base.__new__(base)
+    tokenizer.__dict__.update(state)
+    return accelerate(tokenizer)
+
+
+_SIMPLE_TRUNCATION = (TruncationStrategy.DO_NOT_TRUNCATE, TruncationStrategy.LONGEST_FIRST, TruncationStrategy.ONLY_FIRST)
+
+
+class _Accelerated:
+    """The methods tokensmith takes over; everything else is the transformers class's."""
+
+    _ts: _Engine
+
+    def __reduce__(self) -> tuple:
+        state = {k: v for k, v in self.__dict__.items() if k != "_ts"}
+        return _restore, (type(self).__mro__[2], state)
+
+    def _engine(self) -> _Engine:
+        """The core, rebuilt first if transformers' pipeline changed since it was made."""
+        engine = self.__dict__.get("_ts")
+        fingerprint = _fingerprint(self._tokenizer)
+        if engine is None or fingerprint != engine.fingerprint:
+            self._ts = engine = _Engine(_core_for(self), fingerprint)
+        return engine
+
+    def _add_tokens(self, new_tokens: Any, special_tokens: bool = False) -> int:
+        added = super()._add_tokens(new_tokens, special_tokens)  # type: ignore[misc]
+        if "_ts" in self.__dict__:  # not while transformers' __init__ adds its own tokens
+            self._ts = _Engine(_core_for(self), _fingerprint(self._tokenizer))
+        return added
+
+    def _encode_plus(
+        self,
+        text: Any,
+        text_pair: Any = None,
+        add_special_tokens: bool = True,
+        padding_strategy: PaddingStrategy = PaddingStrategy.DO_NOT_PAD,
+        truncation_strategy: TruncationStrategy = TruncationStrategy.DO_NOT_TRUNCATE,
+        max_length: int | None = None,
+        stride: int = 0,
+        is_split_into_words: bool = False,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_tensors: Any = None,
+        return_token_type_ids: bool | None = None,
+        return_attention_mask: bool | None = None,
+        return_overflowing_tokens: bool = False,
+        return_special_tokens_mask: bool = False,
+        return_offsets_mapping: bool = False,
+        return_length: bool = False,
+        verbose: bool = True,
+        split_special_tokens: bool | None = None,
+        **kwargs: Any,
+    ) -> BatchEncoding:
+        special = kwargs.pop("special", None)
+        if special not in (None, "allow", "text"):
+            raise ValueError(f'special must be "allow" or "text", got {special!r}')
+        if special is not None:
+            split_special_tokens = special == "text"
+        batched = isinstance(text, (list, tuple))
+        texts = text if batched else [text]
+        if return_token_type_ids is None:
+            return_token_type_ids = "token_type_ids" in self.model_input_names  # type: ignore[attr-defined]
+        if return_attention_mask is None:
+            return_attention_mask = "attention_mask" in self.model_input_names  # type: ignore[attr-defined]
+        fast = (
+            text_pair is None
+            and not is_split_into_words
+            and all(isinstance(t, str) for t in texts)
+            and not (return_token_type_ids or return_overflowing_tokens or return_special_tokens_mask or return_offsets_mapping)
+            and truncation_strategy in _SIMPLE_TRUNCATION
+            and not kwargs.get("sanitize_control_tokens")
+        )
+        if not fast:
+            return super()._encode_plus(  # type: ignore[misc]
+                text, text_pair, add_special_tokens, padding_strategy, truncation_strategy, max_length, stride,
+                is_split_into_words, pad_to_multiple_of, padding_side, return_tensors, return_token_type_ids,
+                return_attention_mask, return_overflowing_tokens, return_special_tokens_mask, return_offsets_mapping,
+                return_length, verbose, split_special_tokens, **kwargs,
+            )  # fmt: skip
+        if split_special_tokens is None:
+            split_special_tokens = self.split_special_tokens  # type: ignore[attr-defined]
+        engine = self._engine()
+        truncation = None
+        if truncation_strategy != TruncationStrategy.DO_NOT_TRUNCATE:
+            truncation = {"max_length": max_length, "stride": stride, "strategy": truncation_strategy.value,
+                          "direction": self.truncation_side}  # type: ignore[attr-defined]  # fmt: skip
+        policy = "text" if split_special_tokens else "allow"
+        try:
+            with engine.lock:  # the truncation setting and the calls that use it
+                engine.set_truncation(truncation)
+                if batched:
+                    rows = engine.core.encode_batch(texts, add_special_tokens=add_special_tokens, special=policy)
+                else:
+                    rows = [engine.core.encode(text, add_special_tokens=add_special_tokens, special=policy)]
+        except TokenizerError:
+            # A setting the core refuses (max_length below the template's tokens, ...):
+            # transformers' engine says what it says about it.
+            return super()._encode_plus(  # type: ignore[misc]
+                text, text_pair, add_special_tokens, padding_strategy, truncation_strategy, max_length, stride,
+                is_split_into_words, pad_to_multiple_of, padding_side, return_tensors, return_token_type_ids,
+                return_attention_mask, return_overflowing_tokens, return_special_tokens_mask, return_offsets_mapping,
+                return_length, verbose, split_special_tokens, **kwargs,
+            )  # fmt: skip
+        lengths = [len(r) for r in rows]
+        side = padding_side if padding_side is not None else self.padding_side  # type: ignore[attr-defined]
+        target = None
+        if padding_strategy != PaddingStrategy.DO_NOT_PAD:
+            # As tokenizers pads a batch: to the longest (or to max_length), rounded up to a
+            # multiple; rows already as long are left as they are.
+            target = max_length if padding_strategy == PaddingStrategy.MAX_LENGTH else max(lengths, default=0)
+            if pad_to_multiple_of and target % pad_to_multiple_of:
+                target += pad_to_multiple_of - target % pad_to_multiple_of
+            pad = [self.pad_token_id]  # type: ignore[attr-defined]
+            if side == "right":
+                rows = [r + pad * (target - len(r)) if len(r) < target else r for r in rows]
+            else:
+                rows = [pad * (target - len(r)) + r if len(r) < target else r for r in rows]
+        data: dict[str, Any] = {"input_ids": _IdRows(rows)}
+        if return_attention_mask:
+            one, zero = [1], [0]
+            if target is None:
+                masks = [one * n for n in lengths]
+            elif side == "right":
+                masks = [one * n + zero * (len(r) - n) for r, n in zip(rows, lengths)]
+            else:
+                masks = [zero * (len(r) - n) + one * n for r, n in zip(rows, lengths)]
+            data["attention_mask"] = _IdRows(masks)
+        if return_length:
+            data["length"] = [len(r) for r in rows]
+        for ids in rows:
+            self._eventual_warn_about_too_long_sequence(ids, max_length, verbose)  # type: ignore[attr-defined]
+        settings = (add_special_tokens, split_special_tokens, truncation, side)
+        encodings = [_LazyEncoding(self, t, r, n, settings) for t, r, n in zip(texts, rows, lengths)]
+        if not batched and return_tensors is None:
+            data = {k: v[0] for k, v in data.items()}
+        return BatchEncoding(data, encodings, tensor_type=return_tensors, n_sequences=1)
+
+    def _reference_encoding(self, text: str, ids: list[int], length: int, settings: tuple) -> Any:
+        """transformers' own encoding of ``text`` with the settings of the call that made
+        ``ids``, for the per-token maps tokensmith does not compute; its ids must be ``ids``."""
+        add_special_tokens, split_special_tokens, truncation, side = settings
+        backend = self._tokenizer
+        with self._engine().lock:
+            saved = (backend.truncation, backend.padding, backend.encode_special_tokens)
+            try:
+                if truncation is None:
+                    backend.no_truncation()
+                else:
+                    backend.enable_truncation(**truncation)
+                if len(ids) > length:
+                    backend.enable_padding(length=len(ids), direction=side, pad_id=self.pad_token_id,
+                                           pad_token=self.pad_token, pad_type_id=self.pad_token_type_id)  # fmt: skip
+                else:
+                    backend.no_padding()
+                backend.encode_special_tokens = split_special_tokens
+                encoding = backend.encode(text, add_special_tokens=add_special_tokens)
+            finally:
+                truncation_was, padding_was, backend.encode_special_tokens = saved
+                backend.enable_truncation(**truncation_was) if truncation_was else backend.no_truncation()
+                if padding_was:
+                    padding_was = dict(padding_was)
+                    padding_was.pop("strategy", None)
+                    backend.enable_padding(**padding_was)
+                else:
+                    backend.no_padding()
+        if encoding.ids != ids:
+            raise RuntimeError(
+                f"tokensmith and transformers encode {text[:80]!r} differently ({ids[:20]} vs {encoding.ids[:20]}); "
+                "please report this"
+            )
+        return encoding
+
+    def _decode(self, token_ids: Any, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None, **kwargs: Any) -> str:
+        cleanup = clean_up_tokenization_spaces if clean_up_tokenization_spaces is not None else self.clean_up_tokenization_spaces  # type: ignore[attr-defined]
+        if cleanup:  # transformers decides whether and how to clean up: its own path
+            return super()._decode(token_ids, skip_special_tokens, clean_up_tokenization_spaces, **kwargs)  # type: ignore[misc]
+        if isinstance(token_ids, int):
+            token_ids = [token_ids]
+        elif isinstance(token_ids, dict):
+            token_ids = token_ids["input_ids"]
+        try:
+            return self._engine().core.decode(token_ids, skip_special_tokens=skip_special_tokens)
+        except (TokenizerError, TypeError, OverflowError):
+            # Ids outside the vocabulary (tokenizers skips them) and other odd input: its own path.
+            return super()._decode(token_ids, skip_special_tokens, clean_up_tokenization_spaces, **kwargs)  # type: ignore[misc]
+
+
+class _IdRows(list):
+    """A batch's rows of ids (or mask values): a ``list`` of lists, as transformers returns
+    it, that also hands its current contents to Arrow in one pass. ``datasets.map`` writes
+    these columns, and pyarrow's own conversion takes about 100 ns per Python int: more than
+    the whole encode. Rows changed after the call are read as they are then."""
+
+    __slots__ = ()
+
+    def __arrow_array__(self, type: Any = None) -> Any:
+        import numpy as np
+        import pyarrow as pa
+
+        flat = _core.flatten_int_rows(self) if self else None
+        if flat is None:  # not rows of ints (changed by the caller), or empty: pyarrow's way
+            return pa.array(list(self), type=type)
+        values, offsets = flat
+        array = pa.ListArray.from_arrays(pa.array(np.frombuffer(offsets, "<i4")), pa.array(np.frombuffer(values, "<i8")))
+        return array if type is None else array.cast(type)
+
+
+class _LazyEncoding:
+    """One text's entry in ``BatchEncoding.encodings``: ids and attention mask from
+    tokensmith; tokens from the ids; any other attribute (``word_ids``, ``offsets``,
+    ``char_to_token``, ...) from transformers' engine on first use."""
+
+    __slots__ = ("_owner", "_text", "ids", "_length", "_settings", "_reference")
+
+    def __init__(self, owner: _Accelerated, text: str, ids: list[int], length: int, settings: tuple) -> None:
+        self._owner, self._text, self.ids, self._length, self._settings = owner, text, ids, length, settings
+        self._reference: Any = None
+
+    @property
+    def attention_mask(self) -> list[int]:
+        pad = len(self.ids) - self._length
+        return [1] * self._length + [0] * pad if self._settings[3] == "right" else [0] * pad + [1] * self._length
+
+    @property
+    def tokens(self) -> list[str]:
+        return self._owner.convert_ids_to_tokens(self.ids)  # type: ignore[attr-defined]
+
+    @property
+    def n_sequences(self) -> int:
+        return 1
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if self._reference is None:
+            self._reference = self._owner._reference_encoding(self._text, self.ids, self._length, self._settings)
+        return getattr(self._reference, name)
+
+    def __reduce__(self) -> tuple:
+        self.word_ids  # noqa: B018 (makes the reference encoding, which pickles)
+        return _identity, (self._reference,)
+
+    def __repr__(self) -> str:
+        return f"Encoding(num_tokens={len(self.ids)}, from tokensmith)"
+
+
+def _identity(value: Any) -> Any:
+    return value
