@@ -38,7 +38,7 @@ from transformers.tokenization_utils_base import BatchEncoding, TruncationStrate
 from transformers.utils import PaddingStrategy
 
 from . import _core
-from ._tokenizer import Tokenizer
+from ._tokenizer import AddedToken, Tokenizer
 from .errors import TokenizerError, UnsupportedTokenizerError
 
 __all__ = ["AutoTokenizer", "accelerate"]
@@ -100,7 +100,26 @@ def _core_for(tokenizer: Any) -> Tokenizer:
     # Padding happens per call, in Python; truncation is set per call.
     core.padding = None
     core.truncation = None
+    _check_added(core, backend, name)
     return core
+
+
+def _check_added(core: Tokenizer, backend: _HFTokenizer, name: str) -> None:
+    """Every added token has transformers' id in the core. A tokenizer.json loads its added
+    tokens at the next free ids, whatever ids it lists, so the saved form of a tokenizer that
+    had tokens added can load with other ids than the live one holds (o200k_base: 200019
+    becomes 200000)."""
+    for id, token in backend.get_added_tokens_decoder().items():
+        if core.token_to_id(token.content) != id:
+            raise UnsupportedTokenizerError(
+                f"tokensmith cannot run {name}: its added token {token.content!r} has id {id}, and the "
+                f"tokenizer rebuilt from its saved form gives {core.token_to_id(token.content)}"
+            )
+
+
+def _added_token(token: Any) -> AddedToken:
+    return AddedToken(token.content, single_word=token.single_word, lstrip=token.lstrip, rstrip=token.rstrip,
+                      normalized=token.normalized, special=token.special)  # fmt: skip
 
 
 def _fingerprint(backend: _HFTokenizer) -> tuple:
@@ -111,11 +130,12 @@ def _fingerprint(backend: _HFTokenizer) -> tuple:
 
 
 class _Engine:
-    """tokensmith's core for one transformers tokenizer, and what it was built from."""
+    """tokensmith's core for one transformers tokenizer, and what it was built from. ``core``
+    is ``None`` when that state cannot be rebuilt exactly: transformers' engine runs it."""
 
     __slots__ = ("core", "fingerprint", "truncation", "lock")
 
-    def __init__(self, core: Tokenizer, fingerprint: tuple) -> None:
+    def __init__(self, core: Tokenizer | None, fingerprint: tuple) -> None:
         self.core = core
         self.fingerprint = fingerprint
         self.truncation: dict[str, Any] | None = None
@@ -138,6 +158,7 @@ def _no_engine() -> None:
 
 
 _CLASSES: dict[type, type] = {}
+_BACKEND_LOCK = threading.Lock()
 
 
 def _accelerated_class(base: type) -> type:
@@ -166,18 +187,41 @@ class _Accelerated:
         state = {k: v for k, v in self.__dict__.items() if k != "_ts"}
         return _restore, (type(self).__mro__[2], state)
 
-    def _engine(self) -> _Engine:
-        """The core, rebuilt first if transformers' pipeline changed since it was made."""
+    def _engine(self) -> _Engine | None:
+        """The core, rebuilt first if transformers' pipeline changed since it was made;
+        ``None`` when it cannot be (then transformers' engine does the work)."""
         engine = self.__dict__.get("_ts")
         fingerprint = _fingerprint(self._tokenizer)
         if engine is None or fingerprint != engine.fingerprint:
-            self._ts = engine = _Engine(_core_for(self), fingerprint)
-        return engine
+            try:
+                core = _core_for(self)
+            except UnsupportedTokenizerError as e:
+                warnings.warn(f"{e}; transformers' own engine runs it from now on", stacklevel=3)
+                core = None
+            self._ts = engine = _Engine(core, fingerprint)
+        return engine if engine.core is not None else None
 
     def _add_tokens(self, new_tokens: Any, special_tokens: bool = False) -> int:
         added = super()._add_tokens(new_tokens, special_tokens)  # type: ignore[misc]
-        if "_ts" in self.__dict__:  # not while transformers' __init__ adds its own tokens
-            self._ts = _Engine(_core_for(self), _fingerprint(self._tokenizer))
+        engine = self.__dict__.get("_ts")
+        if engine is None:  # transformers' __init__ adding its own tokens, or unpickling
+            return added
+        # Added to the core as transformers added them, for the same ids (rebuilding from the
+        # saved form may not give them: see _check_added).
+        core = None
+        if engine.core is not None:
+            core = engine.core.copy()
+            tokens = [t if isinstance(t, str) else _added_token(t) for t in new_tokens]
+            try:
+                core.add_special_tokens(tokens) if special_tokens else core.add_tokens(tokens)
+                _check_added(core, self._tokenizer, self.name_or_path)  # type: ignore[attr-defined]
+            except TokenizerError:
+                core = None
+        if core is None:
+            self.__dict__.pop("_ts")
+            self._engine()
+        else:
+            self._ts = _Engine(core, _fingerprint(self._tokenizer))
         return added
 
     def _encode_plus(
@@ -222,7 +266,8 @@ class _Accelerated:
             and truncation_strategy in _SIMPLE_TRUNCATION
             and not kwargs.get("sanitize_control_tokens")
         )
-        if not fast:
+        engine = self._engine() if fast else None
+        if engine is None:
             return super()._encode_plus(  # type: ignore[misc]
                 text, text_pair, add_special_tokens, padding_strategy, truncation_strategy, max_length, stride,
                 is_split_into_words, pad_to_multiple_of, padding_side, return_tensors, return_token_type_ids,
@@ -231,7 +276,6 @@ class _Accelerated:
             )  # fmt: skip
         if split_special_tokens is None:
             split_special_tokens = self.split_special_tokens  # type: ignore[attr-defined]
-        engine = self._engine()
         truncation = None
         if truncation_strategy != TruncationStrategy.DO_NOT_TRUNCATE:
             truncation = {"max_length": max_length, "stride": stride, "strategy": truncation_strategy.value,
@@ -284,7 +328,7 @@ class _Accelerated:
         settings = (add_special_tokens, split_special_tokens, truncation, side)
         encodings = [_LazyEncoding(self, t, r, n, settings) for t, r, n in zip(texts, rows, lengths)]
         if not batched and return_tensors is None:
-            data = {k: v[0] for k, v in data.items()}
+            data = {k: (v[0] if v and isinstance(v[0], list) else v) for k, v in data.items()}
         return BatchEncoding(data, encodings, tensor_type=return_tensors, n_sequences=1)
 
     def _reference_encoding(self, text: str, ids: list[int], length: int, settings: tuple) -> Any:
@@ -292,7 +336,7 @@ class _Accelerated:
         ``ids``, for the per-token maps tokensmith does not compute; its ids must be ``ids``."""
         add_special_tokens, split_special_tokens, truncation, side = settings
         backend = self._tokenizer
-        with self._engine().lock:
+        with _BACKEND_LOCK:  # the backend's settings, changed for this call and put back
             saved = (backend.truncation, backend.padding, backend.encode_special_tokens)
             try:
                 if truncation is None:
@@ -330,8 +374,11 @@ class _Accelerated:
             token_ids = [token_ids]
         elif isinstance(token_ids, dict):
             token_ids = token_ids["input_ids"]
+        engine = self._engine()
         try:
-            return self._engine().core.decode(token_ids, skip_special_tokens=skip_special_tokens)
+            if engine is None:
+                raise TypeError("no engine")
+            return engine.core.decode(token_ids, skip_special_tokens=skip_special_tokens)
         except (TokenizerError, TypeError, OverflowError):
             # Ids outside the vocabulary (tokenizers skips them) and other odd input: its own path.
             return super()._decode(token_ids, skip_special_tokens, clean_up_tokenization_spaces, **kwargs)  # type: ignore[misc]
