@@ -129,8 +129,25 @@ CALLS = [
 ]
 
 
+FAST_CALLS = 12  # the first CALLS run on tokensmith's engine, the others on transformers'
+
+
+@pytest.fixture
+def engine_calls(monkeypatch):
+    """How many calls reached transformers' own engine."""
+    calls = []
+    base = transformers.tokenization_utils_tokenizers.TokenizersBackend._encode_plus
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs)
+        return base(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.tokenization_utils_tokenizers.TokenizersBackend, "_encode_plus", spy)
+    return calls
+
+
 @pytest.mark.parametrize("call", range(len(CALLS)))
-def test_call_on_batches_and_single_texts(pair, call):
+def test_call_on_batches_and_single_texts(pair, call, engine_calls):
     _, ours, ref = pair
     kwargs = dict(CALLS[call])
     side = kwargs.pop("truncation_side", None)
@@ -141,6 +158,9 @@ def test_call_on_batches_and_single_texts(pair, call):
         same_output(ours, ref, (lines,), kwargs)
         for text in lines[:6]:
             same_output(ours, ref, (text,), kwargs)
+        # Every call went through transformers' engine once (the reference); the drop-in's too
+        # only for the options tokensmith's engine leaves to it.
+        assert len(engine_calls) == 7 * (1 if call < FAST_CALLS else 2)
     finally:
         ours.truncation_side = ref.truncation_side = "right"
 

@@ -176,6 +176,7 @@ def _restore(base: type, state: dict[str, Any]) -> Any:
 
 
 _SIMPLE_TRUNCATION = (TruncationStrategy.DO_NOT_TRUNCATE, TruncationStrategy.LONGEST_FIRST, TruncationStrategy.ONLY_FIRST)
+_STRATEGIES = {TruncationStrategy.LONGEST_FIRST: "LongestFirst", TruncationStrategy.ONLY_FIRST: "OnlyFirst"}
 
 
 class _Accelerated:
@@ -276,14 +277,16 @@ class _Accelerated:
             )  # fmt: skip
         if split_special_tokens is None:
             split_special_tokens = self.split_special_tokens  # type: ignore[attr-defined]
-        truncation = None
+        truncation = core_truncation = None
         if truncation_strategy != TruncationStrategy.DO_NOT_TRUNCATE:
-            truncation = {"max_length": max_length, "stride": stride, "strategy": truncation_strategy.value,
-                          "direction": self.truncation_side}  # type: ignore[attr-defined]  # fmt: skip
+            cut = self.truncation_side  # type: ignore[attr-defined]
+            truncation = {"max_length": max_length, "stride": stride, "strategy": truncation_strategy.value, "direction": cut}
+            # The core reads them as tokenizer.json spells them.
+            core_truncation = dict(truncation, strategy=_STRATEGIES[truncation_strategy], direction=cut.capitalize())
         policy = "text" if split_special_tokens else "allow"
         try:
             with engine.lock:  # the truncation setting and the calls that use it
-                engine.set_truncation(truncation)
+                engine.set_truncation(core_truncation)
                 if batched:
                     rows = engine.core.encode_batch(texts, add_special_tokens=add_special_tokens, special=policy)
                 else:
