@@ -312,6 +312,23 @@ def test_datasets_map_and_a_preprocessing_function(pair):
     got = data.map(lambda b: ours(b["text"]), batched=True, load_from_cache_file=False)
     want = data.map(lambda b: ref(b["text"]), batched=True, load_from_cache_file=False)
     assert got.features == want.features and got.to_dict() == want.to_dict()
+    # In worker processes (the tokenizer is pickled to them) and one example at a time.
+    got = data.map(lambda x: ours(x["text"], truncation=True, max_length=16), num_proc=2, load_from_cache_file=False)
+    want = data.map(lambda x: ref(x["text"], truncation=True, max_length=16), load_from_cache_file=False)
+    assert got.to_dict() == want.to_dict()
+
+
+def test_threads(pair):
+    """Calls with different settings from several threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, ours, ref = pair
+    lines = texts()
+    settings = [{"truncation": True, "max_length": n} for n in (3, 7, 20)] + [{}]
+    jobs = [(lines[i % len(lines) :] + lines[: i % len(lines)], settings[i % 4]) for i in range(40)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda job: ours(job[0], **job[1])["input_ids"], jobs))
+    assert got == [ref(batch, **kwargs)["input_ids"] for batch, kwargs in jobs]
 
 
 def test_id_rows_to_arrow():

@@ -27,6 +27,7 @@ an option transformers lacks (its ``split_special_tokens=True`` does the same).
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import warnings
@@ -133,13 +134,14 @@ class _Engine:
     """tokensmith's core for one transformers tokenizer, and what it was built from. ``core``
     is ``None`` when that state cannot be rebuilt exactly: transformers' engine runs it."""
 
-    __slots__ = ("core", "fingerprint", "truncation", "lock")
+    __slots__ = ("core", "fingerprint", "truncated")
 
     def __init__(self, core: Tokenizer | None, fingerprint: tuple) -> None:
         self.core = core
         self.fingerprint = fingerprint
-        self.truncation: dict[str, Any] | None = None
-        self.lock = threading.Lock()
+        #: A copy of the core per truncation setting in use (copies share the model), so that
+        #: calls with different settings can run at once, from any thread, without a lock.
+        self.truncated: dict[str, Tokenizer] = {}
 
     def __reduce__(self) -> tuple:
         # Only hashing sees an engine pickled (datasets fingerprints the tokenizer's __dict__,
@@ -147,10 +149,19 @@ class _Engine:
         # unpickled tokenizer builds its own.
         return _no_engine, ()
 
-    def set_truncation(self, truncation: dict[str, Any] | None) -> None:
-        if truncation != self.truncation:
-            self.core.truncation = truncation
-            self.truncation = truncation
+    def with_truncation(self, truncation: dict[str, Any] | None) -> Tokenizer:
+        assert self.core is not None
+        if truncation is None:
+            return self.core
+        key = json.dumps(truncation, sort_keys=True)
+        core = self.truncated.get(key)
+        if core is None:
+            core = self.core.copy()
+            core.truncation = truncation
+            if len(self.truncated) >= 16:  # settings are few in practice; never many copies
+                self.truncated.clear()
+            self.truncated[key] = core
+        return core
 
 
 def _no_engine() -> None:
@@ -285,12 +296,11 @@ class _Accelerated:
             core_truncation = dict(truncation, strategy=_STRATEGIES[truncation_strategy], direction=cut.capitalize())
         policy = "text" if split_special_tokens else "allow"
         try:
-            with engine.lock:  # the truncation setting and the calls that use it
-                engine.set_truncation(core_truncation)
-                if batched:
-                    rows = engine.core.encode_batch(texts, add_special_tokens=add_special_tokens, special=policy)
-                else:
-                    rows = [engine.core.encode(text, add_special_tokens=add_special_tokens, special=policy)]
+            core = engine.with_truncation(core_truncation)
+            if batched:
+                rows = core.encode_batch(texts, add_special_tokens=add_special_tokens, special=policy)
+            else:
+                rows = [core.encode(text, add_special_tokens=add_special_tokens, special=policy)]
         except TokenizerError:
             # A setting the core refuses (max_length below the template's tokens, ...):
             # transformers' engine says what it says about it.
