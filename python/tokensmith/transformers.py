@@ -134,7 +134,7 @@ class _Engine:
     """tokensmith's core for one transformers tokenizer, and what it was built from. ``core``
     is ``None`` when that state cannot be rebuilt exactly: transformers' engine runs it."""
 
-    __slots__ = ("core", "fingerprint", "truncated")
+    __slots__ = ("core", "fingerprint", "truncated", "templates")
 
     def __init__(self, core: Tokenizer | None, fingerprint: tuple) -> None:
         self.core = core
@@ -142,6 +142,8 @@ class _Engine:
         #: A copy of the core per truncation setting in use (copies share the model), so that
         #: calls with different settings can run at once, from any thread, without a lock.
         self.truncated: dict[str, Tokenizer] = {}
+        #: add_special_tokens -> what the post-processor adds around a text (`_template`).
+        self.templates: dict[bool, tuple | None] = {}
 
     def __reduce__(self) -> tuple:
         # Only hashing sees an engine pickled (datasets fingerprints the tokenizer's __dict__,
@@ -162,6 +164,21 @@ class _Engine:
                 self.truncated.clear()
             self.truncated[key] = core
         return core
+
+
+def _restore_settings(backend: _HFTokenizer, saved: tuple) -> None:
+    """Puts back the (truncation, padding, encode_special_tokens) read before a call."""
+    truncation, padding, backend.encode_special_tokens = saved
+    if truncation:
+        backend.enable_truncation(**truncation)
+    else:
+        backend.no_truncation()
+    if padding:
+        padding = dict(padding)
+        padding.pop("strategy", None)
+        backend.enable_padding(**padding)
+    else:
+        backend.no_padding()
 
 
 def _no_engine() -> None:
@@ -274,11 +291,16 @@ class _Accelerated:
             text_pair is None
             and not is_split_into_words
             and all(isinstance(t, str) for t in texts)
-            and not (return_token_type_ids or return_overflowing_tokens or return_special_tokens_mask or return_offsets_mapping)
+            and not return_overflowing_tokens
             and truncation_strategy in _SIMPLE_TRUNCATION
             and not kwargs.get("sanitize_control_tokens")
         )
         engine = self._engine() if fast else None
+        template = None
+        if engine is not None and (return_token_type_ids or return_special_tokens_mask):
+            template = self._template(engine, add_special_tokens)
+            if template is None:
+                engine = None
         if engine is None:
             return super()._encode_plus(  # type: ignore[misc]
                 text, text_pair, add_special_tokens, padding_strategy, truncation_strategy, max_length, stride,
@@ -295,9 +317,13 @@ class _Accelerated:
             # The core reads them as tokenizer.json spells them.
             core_truncation = dict(truncation, strategy=_STRATEGIES[truncation_strategy], direction=cut.capitalize())
         policy = "text" if split_special_tokens else "allow"
+        spans = None
         try:
             core = engine.with_truncation(core_truncation)
-            if batched:
+            if return_offsets_mapping:
+                encoded = [core.encode_with_offsets(t, add_special_tokens=add_special_tokens, special=policy) for t in texts]
+                rows, spans = [e[0] for e in encoded], [e[1] for e in encoded]
+            elif batched:
                 rows = core.encode_batch(texts, add_special_tokens=add_special_tokens, special=policy)
             else:
                 rows = [core.encode(text, add_special_tokens=add_special_tokens, special=policy)]
@@ -319,21 +345,31 @@ class _Accelerated:
             target = max_length if padding_strategy == PaddingStrategy.MAX_LENGTH else max(lengths, default=0)
             if pad_to_multiple_of and target % pad_to_multiple_of:
                 target += pad_to_multiple_of - target % pad_to_multiple_of
-            pad = [self.pad_token_id]  # type: ignore[attr-defined]
-            if side == "right":
-                rows = [r + pad * (target - len(r)) if len(r) < target else r for r in rows]
-            else:
-                rows = [pad * (target - len(r)) + r if len(r) < target else r for r in rows]
-        data: dict[str, Any] = {"input_ids": _IdRows(rows)}
-        if return_attention_mask:
-            one, zero = [1], [0]
+
+        def padded(seqs: list[list[Any]], value: Any) -> list[list[Any]]:
             if target is None:
-                masks = [one * n for n in lengths]
-            elif side == "right":
-                masks = [one * n + zero * (len(r) - n) for r, n in zip(rows, lengths)]
-            else:
-                masks = [zero * (len(r) - n) + one * n for r, n in zip(rows, lengths)]
-            data["attention_mask"] = _IdRows(masks)
+                return seqs
+            fill = [value]
+            if side == "right":
+                return [s + fill * (target - len(s)) if len(s) < target else s for s in seqs]
+            return [fill * (target - len(s)) + s if len(s) < target else s for s in seqs]
+
+        # Keys in transformers' order.
+        data: dict[str, Any] = {"input_ids": _IdRows(padded(rows, self.pad_token_id))}  # type: ignore[attr-defined]
+        if template is not None:
+            prefix_mask, prefix_types, body_type, suffix_mask, suffix_types = template
+            bodies = [n - len(prefix_mask) - len(suffix_mask) for n in lengths]
+        if return_token_type_ids:
+            types = [prefix_types + [body_type] * b + suffix_types for b in bodies]
+            data["token_type_ids"] = _IdRows(padded(types, self.pad_token_type_id))  # type: ignore[attr-defined]
+        if return_attention_mask:
+            data["attention_mask"] = _IdRows(padded([[1] * n for n in lengths], 0))
+        if return_special_tokens_mask:
+            masks = [prefix_mask + [0] * b + suffix_mask for b in bodies]
+            data["special_tokens_mask"] = _IdRows(padded(masks, 1))
+        if spans is not None:
+            data["offset_mapping"] = padded(spans, (0, 0))
+        rows = data["input_ids"]
         if return_length:
             data["length"] = [len(r) for r in rows]
         for ids in rows:
@@ -343,6 +379,36 @@ class _Accelerated:
         if not batched and return_tensors is None:
             data = {k: (v[0] if v and isinstance(v[0], list) else v) for k, v in data.items()}
         return BatchEncoding(data, encodings, tensor_type=return_tensors, n_sequences=1)
+
+    def _template(self, engine: _Engine, add_special_tokens: bool) -> tuple | None:
+        """What the post-processor puts around one text: the special-token mask and type ids
+        before and after it, and the text's type id; read once from transformers' engine on a
+        probe text. ``None`` when the text's ids do not appear whole inside the result (a
+        post-processor that is not a template)."""
+        if add_special_tokens not in engine.templates:
+            backend = self._tokenizer
+            with _BACKEND_LOCK:
+                saved = (backend.truncation, backend.padding, backend.encode_special_tokens)
+                try:
+                    backend.no_truncation()
+                    backend.no_padding()
+                    backend.encode_special_tokens = False
+                    body = backend.encode("a", add_special_tokens=False).ids
+                    full = backend.encode("a", add_special_tokens=add_special_tokens)
+                finally:
+                    _restore_settings(backend, saved)
+            n, found = len(body), None
+            for start in range(len(full.ids) - n + 1):
+                if n and full.ids[start : start + n] == body and not any(full.special_tokens_mask[start : start + n]):
+                    found = start
+                    break
+            if found is None:
+                engine.templates[add_special_tokens] = None
+            else:
+                end = found + n
+                mask, types = full.special_tokens_mask, full.type_ids
+                engine.templates[add_special_tokens] = (mask[:found], types[:found], types[found], mask[end:], types[end:])
+        return engine.templates[add_special_tokens]
 
     def _reference_encoding(self, text: str, ids: list[int], length: int, settings: tuple) -> Any:
         """transformers' own encoding of ``text`` with the settings of the call that made
@@ -364,14 +430,7 @@ class _Accelerated:
                 backend.encode_special_tokens = split_special_tokens
                 encoding = backend.encode(text, add_special_tokens=add_special_tokens)
             finally:
-                truncation_was, padding_was, backend.encode_special_tokens = saved
-                backend.enable_truncation(**truncation_was) if truncation_was else backend.no_truncation()
-                if padding_was:
-                    padding_was = dict(padding_was)
-                    padding_was.pop("strategy", None)
-                    backend.enable_padding(**padding_was)
-                else:
-                    backend.no_padding()
+                _restore_settings(backend, saved)
         if encoding.ids != ids:
             raise RuntimeError(
                 f"tokensmith and transformers encode {text[:80]!r} differently ({ids[:20]} vs {encoding.ids[:20]}); "
