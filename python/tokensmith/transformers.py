@@ -281,6 +281,15 @@ class _Accelerated:
             raise ValueError(f'special must be "allow" or "text", got {special!r}')
         if special is not None:
             split_special_tokens = special == "text"
+
+        def transformers_engine() -> BatchEncoding:
+            return super(_Accelerated, self)._encode_plus(  # type: ignore[misc]
+                text, text_pair, add_special_tokens, padding_strategy, truncation_strategy, max_length, stride,
+                is_split_into_words, pad_to_multiple_of, padding_side, return_tensors, return_token_type_ids,
+                return_attention_mask, return_overflowing_tokens, return_special_tokens_mask, return_offsets_mapping,
+                return_length, verbose, split_special_tokens, **kwargs,
+            )  # fmt: skip
+
         batched = isinstance(text, (list, tuple))
         texts = text if batched else [text]
         if return_token_type_ids is None:
@@ -302,12 +311,7 @@ class _Accelerated:
             if template is None:
                 engine = None
         if engine is None:
-            return super()._encode_plus(  # type: ignore[misc]
-                text, text_pair, add_special_tokens, padding_strategy, truncation_strategy, max_length, stride,
-                is_split_into_words, pad_to_multiple_of, padding_side, return_tensors, return_token_type_ids,
-                return_attention_mask, return_overflowing_tokens, return_special_tokens_mask, return_offsets_mapping,
-                return_length, verbose, split_special_tokens, **kwargs,
-            )  # fmt: skip
+            return transformers_engine()
         if split_special_tokens is None:
             split_special_tokens = self.split_special_tokens  # type: ignore[attr-defined]
         truncation = core_truncation = None
@@ -330,12 +334,7 @@ class _Accelerated:
         except TokenizerError:
             # A setting the core refuses (max_length below the template's tokens, ...):
             # transformers' engine says what it says about it.
-            return super()._encode_plus(  # type: ignore[misc]
-                text, text_pair, add_special_tokens, padding_strategy, truncation_strategy, max_length, stride,
-                is_split_into_words, pad_to_multiple_of, padding_side, return_tensors, return_token_type_ids,
-                return_attention_mask, return_overflowing_tokens, return_special_tokens_mask, return_offsets_mapping,
-                return_length, verbose, split_special_tokens, **kwargs,
-            )  # fmt: skip
+            return transformers_engine()
         lengths = [len(r) for r in rows]
         side = padding_side if padding_side is not None else self.padding_side  # type: ignore[attr-defined]
         target = None
