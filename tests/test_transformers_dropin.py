@@ -42,6 +42,7 @@ MODELS = {
         None,
     ),
     "o200k_base": ({"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}, None),
+    "cl100k_base": ({"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}, None),
 }
 NAMES = list(MODELS)
 
