@@ -140,6 +140,21 @@ CALLS = [
     {"truncation": "only_second", "max_length": 8},
 ]
 
+PAIR_CALLS = [
+    {},
+    {"padding": True, "return_token_type_ids": True, "return_special_tokens_mask": True},
+    {"truncation": True, "max_length": 12, "padding": "max_length", "return_token_type_ids": True},
+    {"truncation": "longest_first", "max_length": 7, "truncation_side": "left"},
+    {"truncation": "only_first", "max_length": 14, "return_special_tokens_mask": True},
+    {"truncation": "only_second", "max_length": 14, "padding": True, "padding_side": "left", "return_tensors": "np"},
+    {"truncation": "only_second", "max_length": 2},
+    {"truncation": True, "max_length": 1},
+    {"add_special_tokens": False, "truncation": True, "max_length": 5, "return_token_type_ids": True},
+    {"split_special_tokens": True, "return_length": True},
+    # transformers' engine:
+    {"return_offsets_mapping": True},
+]
+
 
 FAST_CALLS = 16  # the first CALLS run on tokensmith's engine, the others on transformers'
 
@@ -173,6 +188,29 @@ def test_call_on_batches_and_single_texts(pair, call, engine_calls):
         # Every call went through transformers' engine once (the reference); the drop-in's too
         # only for the options tokensmith's engine leaves to it.
         assert len(engine_calls) == 7 * (1 if call < FAST_CALLS else 2)
+    finally:
+        ours.truncation_side = ref.truncation_side = "right"
+
+
+@pytest.mark.parametrize("call", range(len(PAIR_CALLS)))
+def test_pairs(pair, call, engine_calls):
+    _, ours, ref = pair
+    kwargs = dict(PAIR_CALLS[call])
+    side = kwargs.pop("truncation_side", None)
+    if side:
+        ours.truncation_side = ref.truncation_side = side
+    try:
+        lines = texts()
+        firsts, seconds = lines[: len(lines) // 2], lines[len(lines) // 2 : 2 * (len(lines) // 2)]
+        results = [same_output(ours, ref, (firsts, seconds), kwargs)]
+        results += [same_output(ours, ref, (a, b), kwargs) for a, b in zip(firsts[:5], seconds[:5])]
+        results.append(same_output(ours, ref, ("only one", ""), kwargs))
+        # The reference's 7 calls, and the drop-in's own on transformers' engine: where the
+        # reference raised (the drop-in lets it raise its own error), or for offsets of pairs.
+        # ("only one", "") is one text: with only_second, transformers' engine decides.
+        raised = sum(r is None for r in results[:-1]) + (results[-1] is None or kwargs.get("truncation") == "only_second")
+        fast = call < len(PAIR_CALLS) - 1
+        assert len(engine_calls) == 7 + (raised if fast else 6)
     finally:
         ours.truncation_side = ref.truncation_side = "right"
 

@@ -142,8 +142,8 @@ class _Engine:
         #: A copy of the core per truncation setting in use (copies share the model), so that
         #: calls with different settings can run at once, from any thread, without a lock.
         self.truncated: dict[str, Tokenizer] = {}
-        #: add_special_tokens -> what the post-processor adds around a text (`_template`).
-        self.templates: dict[bool, tuple | None] = {}
+        #: (add_special_tokens, pair) -> what the post-processor adds (`_template`).
+        self.templates: dict[tuple[bool, bool], _Template | None] = {}
 
     def __reduce__(self) -> tuple:
         # Only hashing sees an engine pickled (datasets fingerprints the tokenizer's __dict__,
@@ -203,8 +203,78 @@ def _restore(base: type, state: dict[str, Any]) -> Any:
     return accelerate(tokenizer)
 
 
-_SIMPLE_TRUNCATION = (TruncationStrategy.DO_NOT_TRUNCATE, TruncationStrategy.LONGEST_FIRST, TruncationStrategy.ONLY_FIRST)
+_FAST_TRUNCATION = (
+    TruncationStrategy.DO_NOT_TRUNCATE,
+    TruncationStrategy.LONGEST_FIRST,
+    TruncationStrategy.ONLY_FIRST,
+    TruncationStrategy.ONLY_SECOND,
+)
 _STRATEGIES = {TruncationStrategy.LONGEST_FIRST: "LongestFirst", TruncationStrategy.ONLY_FIRST: "OnlyFirst"}
+
+
+class _Template:
+    """A post-processor's output around one text or a pair: ``parts`` are the fixed tokens
+    (ids, special-token mask, type ids) before each text and after the last, ``body_types`` each
+    text's type id."""
+
+    __slots__ = ("parts", "body_types", "specials", "bodies")
+
+    def __init__(self, parts: list[tuple[list[int], list[int], list[int]]], body_types: list[int], specials: bool) -> None:
+        self.parts, self.body_types, self.specials = parts, body_types, specials
+        self.bodies: list[list[int]] = []
+
+    @classmethod
+    def find(cls, full: Any, bodies: list[list[int]], specials: bool) -> _Template | None:
+        parts, body_types, at = [], [], 0
+        for body in bodies:
+            start = next(
+                (i for i in range(at, len(full.ids) - len(body) + 1)
+                 if body and full.ids[i : i + len(body)] == body and not any(full.special_tokens_mask[i : i + len(body)])),
+                None,
+            )  # fmt: skip
+            if start is None:
+                return None
+            parts.append((full.ids[at:start], full.special_tokens_mask[at:start], full.type_ids[at:start]))
+            body_types.append(full.type_ids[start])
+            at = start + len(body)
+        parts.append((full.ids[at:], full.special_tokens_mask[at:], full.type_ids[at:]))
+        return cls(parts, body_types, specials)
+
+    def assemble(self, lengths: list[int], field: int) -> list[int]:
+        """One row's special-token mask (``field`` 1) or type ids (2), given its texts' lengths."""
+        out: list[int] = []
+        for part, n, body_type in zip(self.parts, lengths, self.body_types):
+            out += part[field]
+            out += [0 if field == 1 else body_type] * n
+        return out + self.parts[-1][field]
+
+
+def _truncate_pair(a: list[int], b: list[int], max_length: int, strategy: str, direction: str) -> tuple[list[int], list[int]] | None:
+    """tokenizers' truncation of a pair (``truncate_encodings``), or ``None`` where it raises."""
+
+    def keep(ids: list[int], n: int) -> list[int]:
+        return ids[:n] if direction == "right" else ids[max(0, len(ids) - n) :]
+
+    if max_length == 0:
+        return [], []
+    to_remove = len(a) + len(b) - max_length
+    if to_remove <= 0:
+        return a, b
+    if strategy == "longest_first":
+        n1, n2 = len(a), len(b)
+        swap = n1 > n2
+        if swap:
+            n1, n2 = n2, n1
+        n2 = n1 if n1 > max_length else max(n1, max_length - n1)
+        if n1 + n2 > max_length:
+            n1 = max_length // 2
+            n2 = n1 + max_length % 2
+        if swap:
+            n1, n2 = n2, n1
+        return keep(a, n1), keep(b, n2)
+    if strategy == "only_first":
+        return (keep(a, len(a) - to_remove), b) if len(a) > to_remove else None
+    return (a, keep(b, len(b) - to_remove)) if len(b) > to_remove else None
 
 
 class _Accelerated:
@@ -292,22 +362,27 @@ class _Accelerated:
 
         batched = isinstance(text, (list, tuple))
         texts = text if batched else [text]
+        if batched:
+            pairs = text_pair  # None, or one second text per text
+        else:
+            pairs = [text_pair] if text_pair else None  # transformers reads an empty pair as none
         if return_token_type_ids is None:
             return_token_type_ids = "token_type_ids" in self.model_input_names  # type: ignore[attr-defined]
         if return_attention_mask is None:
             return_attention_mask = "attention_mask" in self.model_input_names  # type: ignore[attr-defined]
         fast = (
-            text_pair is None
-            and not is_split_into_words
+            not is_split_into_words
             and all(isinstance(t, str) for t in texts)
+            and (pairs is None or (isinstance(pairs, (list, tuple)) and len(pairs) == len(texts)
+                                   and all(isinstance(t, str) for t in pairs) and not return_offsets_mapping))
             and not return_overflowing_tokens
-            and truncation_strategy in _SIMPLE_TRUNCATION
+            and truncation_strategy in _FAST_TRUNCATION
             and not kwargs.get("sanitize_control_tokens")
-        )
+        )  # fmt: skip
         engine = self._engine() if fast else None
         template = None
-        if engine is not None and (return_token_type_ids or return_special_tokens_mask):
-            template = self._template(engine, add_special_tokens)
+        if engine is not None and (pairs is not None or return_token_type_ids or return_special_tokens_mask):
+            template = self._template(engine, add_special_tokens, pairs is not None)
             if template is None:
                 engine = None
         if engine is None:
@@ -318,19 +393,27 @@ class _Accelerated:
         if truncation_strategy != TruncationStrategy.DO_NOT_TRUNCATE:
             cut = self.truncation_side  # type: ignore[attr-defined]
             truncation = {"max_length": max_length, "stride": stride, "strategy": truncation_strategy.value, "direction": cut}
-            # The core reads them as tokenizer.json spells them.
-            core_truncation = dict(truncation, strategy=_STRATEGIES[truncation_strategy], direction=cut.capitalize())
+            if truncation_strategy != TruncationStrategy.ONLY_SECOND:
+                # The core reads them as tokenizer.json spells them.
+                core_truncation = dict(truncation, strategy=_STRATEGIES[truncation_strategy], direction=cut.capitalize())
         policy = "text" if split_special_tokens else "allow"
         spans = None
         try:
-            core = engine.with_truncation(core_truncation)
-            if return_offsets_mapping:
-                encoded = [core.encode_with_offsets(t, add_special_tokens=add_special_tokens, special=policy) for t in texts]
-                rows, spans = [e[0] for e in encoded], [e[1] for e in encoded]
-            elif batched:
-                rows = core.encode_batch(texts, add_special_tokens=add_special_tokens, special=policy)
+            if pairs is not None:
+                rows = self._pair_rows(engine, template, texts, pairs, policy, truncation)
+                if rows is None:  # a truncation transformers refuses: its engine says so
+                    return transformers_engine()
+            elif core_truncation is None and truncation is not None:
+                return transformers_engine()  # only_second on one text: transformers' error
             else:
-                rows = [core.encode(text, add_special_tokens=add_special_tokens, special=policy)]
+                core = engine.with_truncation(core_truncation)
+                if return_offsets_mapping:
+                    encoded = [core.encode_with_offsets(t, add_special_tokens=add_special_tokens, special=policy) for t in texts]
+                    rows, spans = [e[0] for e in encoded], [e[1] for e in encoded]
+                elif batched:
+                    rows = core.encode_batch(texts, add_special_tokens=add_special_tokens, special=policy)
+                else:
+                    rows = [core.encode(text, add_special_tokens=add_special_tokens, special=policy)]
         except TokenizerError:
             # A setting the core refuses (max_length below the template's tokens, ...):
             # transformers' engine says what it says about it.
@@ -356,16 +439,15 @@ class _Accelerated:
         # Keys in transformers' order.
         data: dict[str, Any] = {"input_ids": _IdRows(padded(rows, self.pad_token_id))}  # type: ignore[attr-defined]
         if template is not None:
-            prefix_mask, prefix_types, body_type, suffix_mask, suffix_types = template
-            bodies = [n - len(prefix_mask) - len(suffix_mask) for n in lengths]
+            fixed = sum(len(ids) for ids, _, _ in template.parts)
+            bodies = template.bodies if pairs is not None else [[n - fixed] for n in lengths]
         if return_token_type_ids:
-            types = [prefix_types + [body_type] * b + suffix_types for b in bodies]
+            types = [template.assemble(b, 2) for b in bodies]
             data["token_type_ids"] = _IdRows(padded(types, self.pad_token_type_id))  # type: ignore[attr-defined]
         if return_attention_mask:
             data["attention_mask"] = _IdRows(padded([[1] * n for n in lengths], 0))
         if return_special_tokens_mask:
-            masks = [prefix_mask + [0] * b + suffix_mask for b in bodies]
-            data["special_tokens_mask"] = _IdRows(padded(masks, 1))
+            data["special_tokens_mask"] = _IdRows(padded([template.assemble(b, 1) for b in bodies], 1))
         if spans is not None:
             data["offset_mapping"] = padded(spans, (0, 0))
         rows = data["input_ids"]
@@ -374,42 +456,62 @@ class _Accelerated:
         for ids in rows:
             self._eventual_warn_about_too_long_sequence(ids, max_length, verbose)  # type: ignore[attr-defined]
         settings = (add_special_tokens, split_special_tokens, truncation, side)
-        encodings = [_LazyEncoding(self, t, r, n, settings) for t, r, n in zip(texts, rows, lengths)]
+        inputs = texts if pairs is None else list(zip(texts, pairs))
+        encodings = [_LazyEncoding(self, t, r, n, settings) for t, r, n in zip(inputs, rows, lengths)]
         if not batched and return_tensors is None:
             data = {k: (v[0] if v and isinstance(v[0], list) else v) for k, v in data.items()}
-        return BatchEncoding(data, encodings, tensor_type=return_tensors, n_sequences=1)
+        return BatchEncoding(data, encodings, tensor_type=return_tensors, n_sequences=1 if pairs is None else 2)
 
-    def _template(self, engine: _Engine, add_special_tokens: bool) -> tuple | None:
-        """What the post-processor puts around one text: the special-token mask and type ids
-        before and after it, and the text's type id; read once from transformers' engine on a
-        probe text. ``None`` when the text's ids do not appear whole inside the result (a
-        post-processor that is not a template)."""
-        if add_special_tokens not in engine.templates:
+    def _pair_rows(
+        self, engine: _Engine, template: _Template, firsts: Any, seconds: Any, policy: str, truncation: dict[str, Any] | None
+    ) -> list[list[int]] | None:
+        """Each pair's ids: both texts encoded alone, truncated as tokenizers truncates a pair,
+        in the post-processor's pair template. ``None`` where tokenizers raises instead.
+        ``template.bodies`` is left holding each row's two text lengths."""
+        core = engine.core
+        assert core is not None
+        a_rows = core.encode_batch(list(firsts), add_special_tokens=False, special=policy)
+        b_rows = core.encode_batch(list(seconds), add_special_tokens=False, special=policy)
+        limit = None
+        if truncation is not None:
+            added = sum(len(ids) for ids, _, _ in template.parts) if template.specials else 0
+            limit = truncation["max_length"] - added
+        # A max_length below the template's tokens cuts nothing: tokenizers' unsigned
+        # subtraction wraps around.
+        if limit is not None and limit >= 0:
+            cut = [_truncate_pair(a, b, limit, truncation["strategy"], truncation["direction"])  # type: ignore[index]
+                   for a, b in zip(a_rows, b_rows)]  # fmt: skip
+            if any(c is None for c in cut):
+                return None
+            a_rows, b_rows = [c[0] for c in cut], [c[1] for c in cut]  # type: ignore[index]
+        template.bodies = [[len(a), len(b)] for a, b in zip(a_rows, b_rows)]
+        (pre, _, _), (mid, _, _), (post, _, _) = template.parts
+        return [pre + a + mid + b + post for a, b in zip(a_rows, b_rows)]
+
+    def _template(self, engine: _Engine, add_special_tokens: bool, pair: bool) -> _Template | None:
+        """What the post-processor puts around one text or a pair, read once from transformers'
+        engine on probe texts. ``None`` when the texts' ids do not appear whole and in order in
+        the result (a post-processor that is not a template)."""
+        key = (add_special_tokens, pair)
+        if key not in engine.templates:
             backend = self._tokenizer
+            probes = ["a", "b"] if pair else ["a"]
             with _BACKEND_LOCK:
                 saved = (backend.truncation, backend.padding, backend.encode_special_tokens)
                 try:
                     backend.no_truncation()
                     backend.no_padding()
                     backend.encode_special_tokens = False
-                    body = backend.encode("a", add_special_tokens=False).ids
-                    full = backend.encode("a", add_special_tokens=add_special_tokens)
+                    bodies = [backend.encode(p, add_special_tokens=False).ids for p in probes]
+                    full = backend.encode(*probes, add_special_tokens=add_special_tokens)
                 finally:
                     _restore_settings(backend, saved)
-            n, found = len(body), None
-            for start in range(len(full.ids) - n + 1):
-                if n and full.ids[start : start + n] == body and not any(full.special_tokens_mask[start : start + n]):
-                    found = start
-                    break
-            if found is None:
-                engine.templates[add_special_tokens] = None
-            else:
-                end = found + n
-                mask, types = full.special_tokens_mask, full.type_ids
-                engine.templates[add_special_tokens] = (mask[:found], types[:found], types[found], mask[end:], types[end:])
-        return engine.templates[add_special_tokens]
+            engine.templates[key] = _Template.find(full, bodies, add_special_tokens)
+        template = engine.templates[key]
+        # A fresh copy per call: `bodies` is per call.
+        return None if template is None else _Template(template.parts, template.body_types, template.specials)
 
-    def _reference_encoding(self, text: str, ids: list[int], length: int, settings: tuple) -> Any:
+    def _reference_encoding(self, text: str | tuple[str, str], ids: list[int], length: int, settings: tuple) -> Any:
         """transformers' own encoding of ``text`` with the settings of the call that made
         ``ids``, for the per-token maps tokensmith does not compute; its ids must be ``ids``."""
         add_special_tokens, split_special_tokens, truncation, side = settings
@@ -427,7 +529,8 @@ class _Accelerated:
                 else:
                     backend.no_padding()
                 backend.encode_special_tokens = split_special_tokens
-                encoding = backend.encode(text, add_special_tokens=add_special_tokens)
+                texts = text if isinstance(text, tuple) else (text,)
+                encoding = backend.encode(*texts, add_special_tokens=add_special_tokens)
             finally:
                 _restore_settings(backend, saved)
         if encoding.ids != ids:
@@ -482,7 +585,7 @@ class _LazyEncoding:
 
     __slots__ = ("_owner", "_text", "ids", "_length", "_settings", "_reference")
 
-    def __init__(self, owner: _Accelerated, text: str, ids: list[int], length: int, settings: tuple) -> None:
+    def __init__(self, owner: _Accelerated, text: str | tuple[str, str], ids: list[int], length: int, settings: tuple) -> None:
         self._owner, self._text, self.ids, self._length, self._settings = owner, text, ids, length, settings
         self._reference: Any = None
 
@@ -497,7 +600,7 @@ class _LazyEncoding:
 
     @property
     def n_sequences(self) -> int:
-        return 1
+        return len(self._text) if isinstance(self._text, tuple) else 1
 
     def __len__(self) -> int:
         return len(self.ids)
