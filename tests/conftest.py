@@ -17,6 +17,10 @@ import os
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+# Nothing is downloaded at run time: transformers would otherwise look a large vocabulary's
+# folder up on the Hub (for its Mistral regex check) and wait for the network to fail.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import pytest
 import tokenizers
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import pickle
 import random
 import warnings
@@ -70,7 +71,7 @@ def pair(request, tmp_path_factory):
     require_data()
     name = request.param
     if name not in _LOADED:
-        folder = make_folder(name, tmp_path_factory.mktemp(name))
+        folder = make_folder(name, tmp_path_factory.mktemp("models") / name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _LOADED[name] = (folder, ts_transformers.AutoTokenizer.from_pretrained(folder),
@@ -287,16 +288,15 @@ def test_added_tokens_and_templates_follow(pair, tmp_path):
     for tok in (ours, ref):
         tok.add_eos_token = True  # rebuilds the post-processor
     assert ours([text, "x"])["input_ids"] == ref([text, "x"])["input_ids"]
-    ours.save_pretrained(tmp_path)
+    # save_pretrained writes what transformers writes, and transformers loads it back.
+    written = ours.save_pretrained(tmp_path / "ours")
     ref.save_pretrained(tmp_path / "ref")
-    reloaded = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    for path in written:
+        name = os.path.basename(path)
+        assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+    reloaded = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "ours"))
     assert type(reloaded).__name__ == type(ref).__name__
-    # transformers reloads both saved folders alike (the ids of added tokens may differ from
-    # the live tokenizer's where the vocabulary has holes, o200k_base: its own behaviour).
-    ref_reloaded = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "ref"))
-    assert reloaded([text, "x"])["input_ids"] == ref_reloaded([text, "x"])["input_ids"]
-    ours_reloaded = ts_transformers.AutoTokenizer.from_pretrained(tmp_path)
-    assert ours_reloaded([text, "x"])["input_ids"] == reloaded([text, "x"])["input_ids"]
+    assert reloaded("x y")["input_ids"] == ref("x y")["input_ids"]
 
 
 @pytest.mark.parametrize("pair", [n for n in NAMES if MODELS[n][1]], indirect=True)
@@ -339,7 +339,8 @@ def test_datasets_map_and_a_preprocessing_function(pair):
     written for transformers and run unchanged through datasets.map."""
     import datasets
 
-    _, ours, ref = pair
+    folder, ours, ref = pair
+    name = os.path.basename(folder)
 
     def pretrain(examples, tokenizer, block_size=64):
         eos = tokenizer.eos_token
@@ -362,6 +363,8 @@ def test_datasets_map_and_a_preprocessing_function(pair):
     got = data.map(lambda b: ours(b["text"]), batched=True, load_from_cache_file=False)
     want = data.map(lambda b: ref(b["text"]), batched=True, load_from_cache_file=False)
     assert got.features == want.features and got.to_dict() == want.to_dict()
+    if name not in ("gpt2", "llama2", "qwen2"):
+        return  # the rest: pickling a large vocabulary to workers only takes time
     # In worker processes (the tokenizer is pickled to them) and one example at a time.
     got = data.map(lambda x: ours(x["text"], truncation=True, max_length=16), num_proc=2, load_from_cache_file=False)
     want = data.map(lambda x: ref(x["text"], truncation=True, max_length=16), load_from_cache_file=False)
