@@ -164,6 +164,23 @@ def test_special_token_rules(pair, name):
             )
 
 
+def test_batches_of_any_iterable(pair):
+    ours, ref = pair["cl100k_base"]
+    texts_ = ["hello", "a <|endoftext|> b"]
+    for kwargs in ({"allowed_special": {"<|endoftext|>"}}, {"disallowed_special": ["<|fim_prefix|>"]}):
+        assert ours.encode_batch((t for t in texts_), **kwargs) == ref.encode_batch((t for t in texts_), **kwargs)
+    assert _outcome(ours.encode_batch, (t for t in texts_)) == _outcome(ref.encode_batch, iter(texts_))
+    assert ours.encode_batch("abc") == ref.encode_batch("abc")
+    assert ours.encode_ordinary_batch(iter(texts_)) == ref.encode_ordinary_batch(iter(texts_))
+    # What it hands out is the caller's to change.
+    ours.token_byte_values().clear()
+    ours.special_tokens_set.clear()
+    assert ours.encode_with_unstable("hello fan")[1] == sorted(ref.encode_with_unstable("hello fan")[1])
+    assert ours.special_tokens_set == ref.special_tokens_set
+    with pytest.raises(AssertionError):
+        ours.is_special_token("x")
+
+
 def test_two_names_one_id(pair):
     """o200k_harmony: <|endofprompt|> and <|reserved_200018|> share id 200018; allowing one
     name leaves the other's text plain text, as tiktoken matches names, not ids."""

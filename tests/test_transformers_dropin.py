@@ -404,6 +404,34 @@ def test_disagreement_is_loud(pair):
         encoding.word_ids  # noqa: B018
 
 
+def test_changes_behind_its_back(pair):
+    """Tokens added to the backend directly, or through a shallow copy that shares it, and a
+    changed pad token or post-processor after a call."""
+    folder, _, _ = pair
+    ours = ts_transformers.AutoTokenizer.from_pretrained(folder)
+    ref = transformers.AutoTokenizer.from_pretrained(folder)
+    text = "a zzqq b newtok c"
+    copy.copy(ours).add_tokens(["zzqq"])
+    ref.add_tokens(["zzqq"])
+    assert ours(text)["input_ids"] == ref(text)["input_ids"]
+    for tok in (ours, ref):
+        tok.backend_tokenizer.add_tokens(["newtok"])
+    assert ours(text)["input_ids"] == ref(text)["input_ids"]
+    assert ours.decode(ref(text)["input_ids"], skip_special_tokens=True) == ref.decode(ref(text)["input_ids"], skip_special_tokens=True)
+    result = ours([text, "x"], padding=True)
+    want = ref([text, "x"], padding=True)
+    ours.pad_token = ref.pad_token = ours.eos_token
+    assert result.word_ids(1) == want.word_ids(1)  # the pad token of the call
+    ours.add_tokens(["<later_zz>"])
+    if isinstance(result.encodings[0], ts_transformers._LazyEncoding):
+        with pytest.raises(RuntimeError, match="changed since the call"):
+            result.word_ids(0)
+    else:
+        # o200k_base, cl100k_base: the added tokens cannot be rebuilt from the saved form (see
+        # _check_added), so transformers' engine took over, with its own encodings.
+        assert result.word_ids(0) == want.word_ids(0)
+
+
 def test_what_it_cannot_run(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
 

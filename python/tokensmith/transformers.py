@@ -124,10 +124,13 @@ def _added_token(token: Any) -> AddedToken:
 
 
 def _fingerprint(backend: _HFTokenizer) -> tuple:
-    """What the backend's pipeline is (about 2 us): a change means the core must be rebuilt.
-    Added tokens change through ``_add_tokens``, which rebuilds it itself."""
+    """What the backend's pipeline is (about 7 us a call): a change means the core must be
+    rebuilt. The count of added tokens catches tokens added to the backend directly (or
+    through a shallow copy of the tokenizer, which shares it); ``_add_tokens`` updates the core
+    itself. A BPE model's dropout is the one model setting that changes ids."""
     parts = (backend.normalizer, backend.pre_tokenizer, backend.post_processor, backend.decoder)
-    return tuple(None if p is None else p.__getstate__() for p in parts)
+    states = tuple(None if p is None else p.__getstate__() for p in parts)
+    return (*states, backend.get_vocab_size(with_added_tokens=True), getattr(backend.model, "dropout", None))
 
 
 class _Engine:
@@ -455,7 +458,8 @@ class _Accelerated:
             data["length"] = [len(r) for r in rows]
         for ids in rows:
             self._eventual_warn_about_too_long_sequence(ids, max_length, verbose)  # type: ignore[attr-defined]
-        settings = (add_special_tokens, split_special_tokens, truncation, side)
+        pad = (self.pad_token_id, self.pad_token, self.pad_token_type_id)  # type: ignore[attr-defined]
+        settings = (add_special_tokens, split_special_tokens, truncation, side, pad, engine.fingerprint)
         inputs = texts if pairs is None else list(zip(texts, pairs))
         encodings = [_LazyEncoding(self, t, r, n, settings) for t, r, n in zip(inputs, rows, lengths)]
         if not batched and return_tensors is None:
@@ -514,8 +518,14 @@ class _Accelerated:
     def _reference_encoding(self, text: str | tuple[str, str], ids: list[int], length: int, settings: tuple) -> Any:
         """transformers' own encoding of ``text`` with the settings of the call that made
         ``ids``, for the per-token maps tokensmith does not compute; its ids must be ``ids``."""
-        add_special_tokens, split_special_tokens, truncation, side = settings
+        add_special_tokens, split_special_tokens, truncation, side, (pad_id, pad_token, pad_type_id), made_with = settings
         backend = self._tokenizer
+        if _fingerprint(backend) != made_with:
+            raise RuntimeError(
+                "this result's word_ids() and other per-token maps are computed when first asked for, and "
+                "the tokenizer has changed since the call that made it (tokens added, a new post-processor, "
+                "...): ask for them before changing the tokenizer, or call it again"
+            )
         with _BACKEND_LOCK:  # the backend's settings, changed for this call and put back
             saved = (backend.truncation, backend.padding, backend.encode_special_tokens)
             try:
@@ -524,8 +534,8 @@ class _Accelerated:
                 else:
                     backend.enable_truncation(**truncation)
                 if len(ids) > length:
-                    backend.enable_padding(length=len(ids), direction=side, pad_id=self.pad_token_id,
-                                           pad_token=self.pad_token, pad_type_id=self.pad_token_type_id)  # fmt: skip
+                    backend.enable_padding(length=len(ids), direction=side, pad_id=pad_id, pad_token=pad_token,
+                                           pad_type_id=pad_type_id)  # fmt: skip
                 else:
                     backend.no_padding()
                 backend.encode_special_tokens = split_special_tokens

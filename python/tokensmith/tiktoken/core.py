@@ -127,7 +127,7 @@ class Encoding:
         """The core's special-token policy for the names in ``allowed`` (others ignored, as
         tiktoken ignores them), or ``None`` when it cannot say it: an allowed name shares its
         id with a name that is not allowed, and the core matches by id."""
-        names = allowed & self.special_tokens_set
+        names = allowed & self._special_names
         if names in self._policy_cache:
             return self._policy_cache[names]
         if not names:
@@ -147,7 +147,7 @@ class Encoding:
         return {}
 
     def _check_disallowed(self, texts: Sequence[str], allowed: frozenset[str], disallowed_special: _Disallowed) -> None:
-        disallowed = self.special_tokens_set - allowed if disallowed_special == "all" else frozenset(disallowed_special)
+        disallowed = self._special_names - allowed if disallowed_special == "all" else frozenset(disallowed_special)
         if disallowed:
             regex = _special_token_regex(disallowed)
             for text in texts:
@@ -155,7 +155,7 @@ class Encoding:
                     raise _disallowed_error(match.group())
 
     def _allowed(self, allowed_special: _Allowed) -> frozenset[str]:
-        return self.special_tokens_set if allowed_special == "all" else frozenset(allowed_special)
+        return self._special_names if allowed_special == "all" else frozenset(allowed_special)
 
     def _checked_policy(
         self, texts: Sequence[str], allowed_special: _Allowed, disallowed_special: _Disallowed
@@ -190,7 +190,7 @@ class Encoding:
     def _split_encode(self, text: str, allowed: frozenset[str]) -> list[int]:
         """tiktoken's loop, for the allowed sets the core's id-based policy cannot express:
         find the next special token's text, skip it unless allowed, encode what is between."""
-        regex = _special_token_regex(self.special_tokens_set)
+        regex = _special_token_regex(self._special_names)
         ids: list[int] = []
         start = 0
         while True:
@@ -207,7 +207,7 @@ class Encoding:
     def _encode(self, text: str, allowed_special: _Allowed, disallowed_special: _Disallowed) -> list[int]:
         policy = self._checked_policy((text,), allowed_special, disallowed_special)
         if policy is None:
-            return self._split_encode(text, self._allowed(allowed_special) & self.special_tokens_set)
+            return self._split_encode(text, self._allowed(allowed_special) & self._special_names)
         return self._run(self._core.encode, text, policy)
 
     def encode_ordinary(self, text: str) -> list[int]:
@@ -246,7 +246,7 @@ class Encoding:
 
     def encode_ordinary_batch(self, text: Sequence[str], *, num_threads: int = 8) -> list[list[int]]:
         """``encode_ordinary`` of each text, in parallel."""
-        return self._run(self._core.encode_batch, text, ("text", None))
+        return self._run(self._core.encode_batch, list(text), ("text", None))
 
     def encode_batch(
         self,
@@ -257,6 +257,7 @@ class Encoding:
         disallowed_special: _Disallowed = "all",
     ) -> list[list[int]]:
         """``encode`` of each text, in parallel."""
+        text = list(text)  # any iterable, read once (a str is its chars, as in tiktoken)
         policy = self._checked_policy(text, allowed_special, disallowed_special)
         if policy is None:
             return [self._encode(t, allowed_special, disallowed_special) for t in text]
@@ -284,7 +285,7 @@ class Encoding:
         if not unstable:
             return tokens, []
         completions: set[tuple[int, ...]] = set()
-        sorted_bytes = self.token_byte_values()
+        sorted_bytes = self._sorted_token_bytes
         # Single tokens that start with the unstable bytes.
         at = bisect.bisect_left(sorted_bytes, unstable)
         while at < len(sorted_bytes) and sorted_bytes[at].startswith(unstable):
@@ -365,7 +366,7 @@ class Encoding:
         (0 when the text ends in a special token or has no piece)."""
         if not tokens or tokens[-1] in self._special_token_values:
             return 0
-        policy = self._policy(allowed & self.special_tokens_set) or ("only", sorted(allowed & self.special_tokens_set))
+        policy = self._policy(allowed & self._special_names) or ("only", sorted(allowed & self._special_names))
         fixed = _without_surrogates(text)
         piece = self._core.last_piece(fixed if fixed is not None else text, *policy)
         return len(self._core.encode_piece(piece)) if piece else 0
@@ -424,8 +425,8 @@ class Encoding:
     # ------------------------------------------------------------------ the vocabulary
 
     def token_byte_values(self) -> list[bytes]:
-        """Every mergeable token's bytes, sorted."""
-        return self._sorted_token_bytes
+        """Every mergeable token's bytes, sorted (a new list each time)."""
+        return list(self._sorted_token_bytes)
 
     @functools.cached_property
     def _sorted_token_bytes(self) -> list[bytes]:
@@ -440,10 +441,16 @@ class Encoding:
         return self._special_tokens["<|endoftext|>"]
 
     @functools.cached_property
-    def special_tokens_set(self) -> frozenset[str]:
+    def _special_names(self) -> frozenset[str]:
         return frozenset(self._special_tokens)
 
+    @property
+    def special_tokens_set(self) -> set[str]:
+        """The special tokens' names (a new set each time, as in tiktoken)."""
+        return set(self._special_tokens)
+
     def is_special_token(self, token: int) -> bool:
+        assert isinstance(token, int)
         return token in self._special_token_values
 
     @property
