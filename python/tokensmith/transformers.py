@@ -8,11 +8,12 @@ The object returned **is** the tokenizer transformers builds for the folder (its
 settings, chat template, ``save_pretrained``, every method), with tokensmith's core
 underneath for the calls that decide preprocessing speed. How the work is divided:
 
-* ``tok(text or texts, ...)``, ``encode``, ``decode``, ``batch_decode``: tokensmith, for ids,
-  attention masks, lengths, offsets, special-token masks and token type ids, with any truncation
-  (but ``only_second``), padding strategy and side, ``pad_to_multiple_of`` and
-  ``return_tensors``. That is what ``datasets.map`` preprocessing, TRL and LLaMA-Factory ask for.
-* The same calls with text pairs, pre-split words, overflowing windows or
+* ``tok(text or texts, ...)``, ``tok(texts, second_texts)``, ``encode``, ``decode``,
+  ``batch_decode``: tokensmith, for ids, attention masks, lengths, special-token masks, token
+  type ids and (for single texts) offsets, with every truncation strategy, padding strategy and
+  side, ``pad_to_multiple_of`` and ``return_tensors``. That is what ``datasets.map``
+  preprocessing, TRL and LLaMA-Factory ask for.
+* The same calls with offsets of pairs, pre-split words, overflowing windows or
   ``sanitize_control_tokens``: transformers' own engine, unchanged.
 * ``BatchEncoding.tokens()`` comes from tokensmith's ids; ``word_ids()`` and the other
   per-token maps of a fast-path result are computed by transformers' engine when first asked
