@@ -202,9 +202,11 @@ def _accelerated_class(base: type) -> type:
 
 
 def _restore(base: type, state: dict[str, Any]) -> Any:
-    tokenizer = base.__new__(base)
+    """An unpickled (or deep-copied) tokenizer: its engine is built on first use, and if its
+    state cannot be rebuilt exactly, transformers' engine runs it (``_engine``)."""
+    tokenizer = base.__new__(_accelerated_class(base))
     tokenizer.__dict__.update(state)
-    return accelerate(tokenizer)
+    return tokenizer
 
 
 _FAST_TRUNCATION = (
