@@ -9,6 +9,7 @@ compared, value for value, with ``word_ids()`` and ``tokens()`` of every row.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -174,14 +175,21 @@ def engine_calls(monkeypatch):
     return calls
 
 
+@contextlib.contextmanager
+def truncation_side(ours, ref, side):
+    """Both tokenizers cut on ``side`` for the block (they are shared between tests)."""
+    ours.truncation_side = ref.truncation_side = side
+    try:
+        yield
+    finally:
+        ours.truncation_side = ref.truncation_side = "right"
+
+
 @pytest.mark.parametrize("call", range(len(CALLS)))
 def test_call_on_batches_and_single_texts(pair, call, engine_calls):
     _, ours, ref = pair
     kwargs = dict(CALLS[call])
-    side = kwargs.pop("truncation_side", None)
-    if side:
-        ours.truncation_side = ref.truncation_side = side
-    try:
+    with truncation_side(ours, ref, kwargs.pop("truncation_side", "right")):
         lines = texts()
         same_output(ours, ref, (lines,), kwargs)
         for text in lines[:6]:
@@ -189,18 +197,13 @@ def test_call_on_batches_and_single_texts(pair, call, engine_calls):
         # Every call went through transformers' engine once (the reference); the drop-in's too
         # only for the options tokensmith's engine leaves to it.
         assert len(engine_calls) == 7 * (1 if call < FAST_CALLS else 2)
-    finally:
-        ours.truncation_side = ref.truncation_side = "right"
 
 
 @pytest.mark.parametrize("call", range(len(PAIR_CALLS)))
 def test_pairs(pair, call, engine_calls):
     _, ours, ref = pair
     kwargs = dict(PAIR_CALLS[call])
-    side = kwargs.pop("truncation_side", None)
-    if side:
-        ours.truncation_side = ref.truncation_side = side
-    try:
+    with truncation_side(ours, ref, kwargs.pop("truncation_side", "right")):
         lines = texts()
         firsts, seconds = lines[: len(lines) // 2], lines[len(lines) // 2 : 2 * (len(lines) // 2)]
         results = [same_output(ours, ref, (firsts, seconds), kwargs)]
@@ -212,8 +215,6 @@ def test_pairs(pair, call, engine_calls):
         raised = sum(r is None for r in results[:-1]) + (results[-1] is None or kwargs.get("truncation") == "only_second")
         fast = call < len(PAIR_CALLS) - 1
         assert len(engine_calls) == 7 + (raised if fast else 6)
-    finally:
-        ours.truncation_side = ref.truncation_side = "right"
 
 
 def test_random_settings(pair):

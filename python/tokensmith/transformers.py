@@ -28,10 +28,12 @@ an option transformers lacks (its ``split_special_tokens=True`` does the same).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import transformers
@@ -170,19 +172,28 @@ class _Engine:
         return core
 
 
-def _restore_settings(backend: _HFTokenizer, saved: tuple) -> None:
-    """Puts back the (truncation, padding, encode_special_tokens) read before a call."""
-    truncation, padding, backend.encode_special_tokens = saved
-    if truncation:
-        backend.enable_truncation(**truncation)
-    else:
-        backend.no_truncation()
-    if padding:
-        padding = dict(padding)
-        padding.pop("strategy", None)
-        backend.enable_padding(**padding)
-    else:
-        backend.no_padding()
+@contextlib.contextmanager
+def _backend_settings(
+    backend: _HFTokenizer, truncation: dict[str, Any] | None, padding: dict[str, Any] | None, split_special: bool
+) -> Iterator[_HFTokenizer]:
+    """The backend with these settings for one encode (one thread at a time), then with the
+    settings it had before."""
+
+    def apply(truncation: dict[str, Any] | None, padding: dict[str, Any] | None, split_special: bool) -> None:
+        backend.enable_truncation(**truncation) if truncation else backend.no_truncation()
+        if padding:
+            backend.enable_padding(**{k: v for k, v in padding.items() if k != "strategy"})
+        else:
+            backend.no_padding()
+        backend.encode_special_tokens = split_special
+
+    with _BACKEND_LOCK:
+        saved = (backend.truncation, backend.padding, backend.encode_special_tokens)
+        apply(truncation, padding, split_special)
+        try:
+            yield backend
+        finally:
+            apply(*saved)
 
 
 def _no_engine() -> None:
@@ -503,16 +514,9 @@ class _Accelerated:
         if key not in engine.templates:
             backend = self._tokenizer
             probes = ["a", "b"] if pair else ["a"]
-            with _BACKEND_LOCK:
-                saved = (backend.truncation, backend.padding, backend.encode_special_tokens)
-                try:
-                    backend.no_truncation()
-                    backend.no_padding()
-                    backend.encode_special_tokens = False
-                    bodies = [backend.encode(p, add_special_tokens=False).ids for p in probes]
-                    full = backend.encode(*probes, add_special_tokens=add_special_tokens)
-                finally:
-                    _restore_settings(backend, saved)
+            with _backend_settings(backend, None, None, False):
+                bodies = [backend.encode(p, add_special_tokens=False).ids for p in probes]
+                full = backend.encode(*probes, add_special_tokens=add_special_tokens)
             engine.templates[key] = _Template.find(full, bodies, add_special_tokens)
         template = engine.templates[key]
         # A fresh copy per call: `bodies` is per call.
@@ -529,23 +533,12 @@ class _Accelerated:
                 "the tokenizer has changed since the call that made it (tokens added, a new post-processor, "
                 "...): ask for them before changing the tokenizer, or call it again"
             )
-        with _BACKEND_LOCK:  # the backend's settings, changed for this call and put back
-            saved = (backend.truncation, backend.padding, backend.encode_special_tokens)
-            try:
-                if truncation is None:
-                    backend.no_truncation()
-                else:
-                    backend.enable_truncation(**truncation)
-                if len(ids) > length:
-                    backend.enable_padding(length=len(ids), direction=side, pad_id=pad_id, pad_token=pad_token,
-                                           pad_type_id=pad_type_id)  # fmt: skip
-                else:
-                    backend.no_padding()
-                backend.encode_special_tokens = split_special_tokens
-                texts = text if isinstance(text, tuple) else (text,)
-                encoding = backend.encode(*texts, add_special_tokens=add_special_tokens)
-            finally:
-                _restore_settings(backend, saved)
+        padding = None
+        if len(ids) > length:  # padded: to this row's length, as the call padded it
+            padding = {"length": len(ids), "direction": side, "pad_id": pad_id, "pad_token": pad_token, "pad_type_id": pad_type_id}
+        with _backend_settings(backend, truncation, padding, split_special_tokens):
+            texts = text if isinstance(text, tuple) else (text,)
+            encoding = backend.encode(*texts, add_special_tokens=add_special_tokens)
         if encoding.ids != ids:
             raise RuntimeError(
                 f"tokensmith and transformers encode {text[:80]!r} differently ({ids[:20]} vs {encoding.ids[:20]}); "
