@@ -93,13 +93,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--special", choices=["allow", "text"], default="allow",
                    help="whether special tokens in the text become control ids (default: allow)")
 
-    p = commands.add_parser("prepare", help="encode chat / text data into training-ready Parquet shards")
-    p.add_argument("inputs", nargs="+", help="JSONL or Parquet files")
+    p = commands.add_parser("prepare", help="encode chat / text data into training-ready files")
+    p.add_argument("inputs", nargs="+",
+                   help="JSONL, Parquet or .txt files (JSONL and .txt may be .gz / .zst compressed)")
     p.add_argument("--tokenizer", "-t", required=True, help="model folder (tokenizer.json + tokenizer_config.json)")
     p.add_argument("--out", "-o", required=True, help="output folder (written atomically)")
     p.add_argument("--max-length", type=int, default=4096)
     p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
                    help="pack examples into max-length blocks (default) or truncate each")
+    p.add_argument("--format", choices=["parquet", "megatron", "tokens"], default="parquet",
+                   help="parquet: shards with labels (default); megatron: Megatron-LM's indexed dataset "
+                        "(data.bin + data.idx); tokens: tokens.bin + offsets.npy. The last two hold text "
+                        "documents for pre-training, each with the model's BOS and the EOS id, never truncated")
+    p.add_argument("--doc-per-line", action="store_true",
+                   help=".txt inputs: a document per line (default: per blank-line-separated block)")
+    p.add_argument("--text-field", metavar="NAME", help="the JSONL / Parquet field that holds the text (default: text)")
     _data_options(p)
     p.add_argument("--loss", choices=["assistant", "all"], default="assistant",
                    help="labels on the assistant replies and their end-of-turn token (default), or on everything")
@@ -230,8 +238,10 @@ def _prepare(tok: Tokenizer, args: argparse.Namespace) -> int:
     result = prepare(
         args.inputs, tok, args.out, max_length=args.max_length, pack=args.pack, loss=args.loss,
         chat_template=args.template, template_name=args.template_name,
-        content_special=_content_special(args.content_special), eos=args.eos, mapping=_mapping(args.map),
+        content_special=_content_special(args.content_special), eos=args.eos,
+        mapping=_mapping(args.map + ([f"{args.text_field}=text"] if args.text_field else [])),
         on_error=args.on_error, num_workers=args.workers, overwrite=args.overwrite,
+        format=args.format, doc_per_line=args.doc_per_line,
     )
     for message in result.errors[:20]:
         print(f"skipped {_cli_terms(message)}", file=sys.stderr)

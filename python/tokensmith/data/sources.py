@@ -42,10 +42,16 @@ class BadRecord:
         return f"{self.source}:{self.line}: {self.error}"
 
 
-def read_records(inputs: Iterable[str | os.PathLike[str]] | Iterable[Mapping[str, Any]]) -> Iterator[Record | BadRecord]:
-    """Records from JSONL / JSON-lines files, Parquet files, or an iterable of dicts.
+def read_records(
+    inputs: Iterable[str | os.PathLike[str]] | Iterable[Mapping[str, Any]], *, doc_per_line: bool = False
+) -> Iterator[Record | BadRecord]:
+    """Records from JSONL / JSON-lines files, Parquet files, plain text files, or an
+    iterable of dicts.
 
-    Files stream: memory stays bounded whatever their size.
+    A ``.txt`` file is documents separated by blank lines (one per line with
+    ``doc_per_line``), each a ``{"text": ...}`` record. JSONL and text files may be
+    compressed: ``.jsonl.gz``, ``.txt.zst`` (``pip install zstandard``), ... Files stream:
+    memory stays bounded whatever their size.
     """
     for n, item in enumerate(inputs):
         if isinstance(item, Mapping):
@@ -54,16 +60,75 @@ def read_records(inputs: Iterable[str | os.PathLike[str]] | Iterable[Mapping[str
         path = Path(item)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
-        if path.suffix == ".parquet":
+        kind = Path(path.stem).suffix if path.suffix in _COMPRESSED else path.suffix
+        if kind == ".parquet":
+            if path.suffix in _COMPRESSED:
+                raise ValueError(f"{path}: Parquet compresses its own columns; give the .parquet file itself")
             yield from _parquet(path)
+        elif kind == ".txt":
+            yield from _plain_text(path, doc_per_line)
         else:
             yield from _jsonl(path)
+
+
+#: Compressed files by suffix: the suffix before it says what they hold.
+_COMPRESSED = (".gz", ".zst")
+
+
+def _open(path: Path):
+    """A binary stream of the file's contents, decompressed."""
+    if path.suffix == ".gz":
+        import gzip
+
+        return gzip.open(path, "rb")
+    if path.suffix == ".zst":
+        try:
+            import zstandard
+        except ImportError:
+            raise ImportError(f"{path}: reading .zst files needs the zstandard package (pip install zstandard)") from None
+        import io
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+    return open(path, "rb")
+
+
+def _plain_text(path: Path, doc_per_line: bool) -> Iterator[Record | BadRecord]:
+    """Plain text: a document per blank-line-separated block (its first line numbers it), or
+    per non-empty line. A block with a byte that is not UTF-8 is reported and skipped."""
+    block: list[bytes] = []
+    first = 0
+
+    def done() -> Iterator[Record | BadRecord]:
+        raw = b"".join(block)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield BadRecord(str(path), first, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the document)")
+            return
+        # The line breaks inside a document are kept; the one that ends it is not.
+        yield Record(str(path), first, {"text": text[:-1] if text.endswith("\n") else text})
+
+    with _open(path) as f:
+        for line_no, raw in enumerate(f, 1):
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark
+            raw = raw.replace(b"\r\n", b"\n")
+            blank = not raw.strip()
+            if block and (blank or doc_per_line):
+                yield from done()
+                block = []
+            if not blank:
+                if not block:
+                    first = line_no
+                block.append(raw)
+        if block:
+            yield from done()
 
 
 def _jsonl(path: Path) -> Iterator[Record | BadRecord]:
     """Each line on its own: a bad byte or bad JSON costs that record only, never the rest
     of the file (a text-mode reader fails for the whole buffer around a bad byte)."""
-    with open(path, "rb") as f:
+    with _open(path) as f:
         for line_no, raw in enumerate(f, 1):
             if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # a UTF-8 byte-order mark

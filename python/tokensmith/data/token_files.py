@@ -1,0 +1,139 @@
+"""Token streams for pre-training frameworks: Megatron-LM's indexed dataset and flat token
+files (``prepare(format="megatron" | "tokens")``).
+
+Both hold documents as runs of ids, nothing else: the ids go to disk as they come (one
+write per batch of documents), and only their lengths (8 bytes a document) stay in memory
+until the index is written at the end.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["MegatronWriter", "FlatTokensWriter", "megatron_dtype", "flat_dtype"]
+
+#: Megatron's index: magic, version 1, then a dtype code (its ``DType`` enum).
+_MEGATRON_MAGIC = b"MMIDIDX\x00\x00"
+_MEGATRON_CODES = {np.dtype(np.uint16): 8, np.dtype(np.int32): 4}
+
+
+def megatron_dtype(vocab_size: int) -> np.dtype:
+    """The dtype megatron-core picks for a vocabulary (``DType.optimal_dtype``): uint16 below
+    65,500 entries, else int32."""
+    return np.dtype(np.uint16) if vocab_size < 65500 else np.dtype(np.int32)
+
+
+def flat_dtype(vocab_size: int) -> np.dtype:
+    """uint16 where every id fits (nanoGPT's ``train.bin``), else uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+class _IdStream:
+    """Documents' ids appended to one file in ``dtype``; their lengths kept."""
+
+    def __init__(self, path: Path, dtype: np.dtype, vocab_size: int) -> None:
+        self.path = path
+        self.dtype = dtype
+        self.limit = min(vocab_size, np.iinfo(dtype).max + 1)
+        self.lengths = array("q")
+        self.tokens = 0
+        self._file = open(path, "wb")
+
+    def add_array(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+        """Documents whose ids are ``ids`` one after another, ``lengths`` long."""
+        if ids.size and (ids.min() < 0 or ids.max() >= self.limit):
+            bad = int(ids.max() if ids.max() >= self.limit else ids.min())
+            # Never wrap an id into the dtype: that is a different token.
+            raise ValueError(f"id {bad} does not fit the {self.dtype} ids of {self.path.name} (vocabulary of {self.limit})")
+        self._file.write(ids.astype(self.dtype.newbyteorder("<"), copy=False).tobytes())
+        self.lengths.frombytes(np.asarray(lengths, dtype=np.int64).tobytes())
+        self.tokens += int(ids.size)
+
+    def close(self) -> None:
+        self._file.close()
+
+    abandon = close
+
+
+class _TokenFile:
+    """What both writers share: documents in, through one ``_IdStream``."""
+
+    files: list[str]
+
+    def __init__(self, ids_path: Path, dtype: np.dtype, vocab_size: int) -> None:
+        self.dtype = dtype
+        self._ids = _IdStream(ids_path, dtype, vocab_size)
+
+    def add(self, ids: list[int]) -> None:
+        """One document."""
+        self._ids.add_array(np.asarray(ids, dtype=np.int64), [len(ids)])
+
+    def add_array(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+        """Documents whose ids are ``ids`` one after another, ``lengths`` long."""
+        self._ids.add_array(ids, lengths)
+
+    @property
+    def documents(self) -> int:
+        return len(self._ids.lengths)
+
+    @property
+    def tokens(self) -> int:
+        return self._ids.tokens
+
+    def abandon(self) -> None:
+        """Closes the ids' file and writes no index (the run failed)."""
+        self._ids.abandon()
+
+    def _lengths(self) -> np.ndarray:
+        self._ids.close()
+        return np.frombuffer(self._ids.lengths, dtype=np.int64)
+
+
+class MegatronWriter(_TokenFile):
+    """``PREFIX.bin`` + ``PREFIX.idx``: what ``megatron.core.datasets.indexed_dataset.
+    IndexedDataset(PREFIX)`` reads, one sequence per document, as Megatron-LM's
+    ``preprocess_data.py`` writes them without ``--split-sentences``."""
+
+    def __init__(self, folder: Path, prefix: str, vocab_size: int) -> None:
+        self.files = [f"{prefix}.bin", f"{prefix}.idx"]
+        self._idx = folder / self.files[1]
+        super().__init__(folder / self.files[0], megatron_dtype(vocab_size), vocab_size)
+
+    def close(self) -> None:
+        lengths = self._lengths()
+        if lengths.size and lengths.max() > np.iinfo(np.int32).max:
+            raise ValueError("a document of over 2^31 tokens does not fit Megatron's index")
+        n = lengths.size
+        with open(self._idx, "wb") as f:
+            f.write(_MEGATRON_MAGIC)
+            f.write(struct.pack("<Q", 1))
+            f.write(struct.pack("<B", _MEGATRON_CODES[self.dtype]))
+            f.write(struct.pack("<Q", n))  # sequences
+            f.write(struct.pack("<Q", n + 1))  # document indices: 0, then each document's end
+            f.write(lengths.astype("<i4").tobytes())
+            pointers = np.zeros(n, dtype="<i8")
+            np.cumsum(lengths[:-1] * self.dtype.itemsize, out=pointers[1:])
+            f.write(pointers.tobytes())
+            f.write(np.arange(n + 1, dtype="<i8").tobytes())
+
+
+class FlatTokensWriter(_TokenFile):
+    """``tokens.bin`` (every document's ids, one after another, little-endian, no header:
+    ``numpy.memmap(path, dtype)`` as nanoGPT reads ``train.bin``) and ``offsets.npy``
+    (int64, documents + 1: document i is ``tokens[offsets[i]:offsets[i + 1]]``)."""
+
+    files = ["tokens.bin", "offsets.npy"]
+
+    def __init__(self, folder: Path, vocab_size: int) -> None:
+        self._folder = folder
+        super().__init__(folder / self.files[0], flat_dtype(vocab_size), vocab_size)
+
+    def close(self) -> None:
+        lengths = self._lengths()
+        offsets = np.zeros(lengths.size + 1, dtype="<i8")
+        np.cumsum(lengths, out=offsets[1:])
+        np.save(self._folder / self.files[1], offsets)
