@@ -180,3 +180,67 @@ def test_cli_prepare_writes_megatron_files(corpus, tmp_path_factory, tmp_path):
     assert "wrote 50 rows" in run.stdout
     ds = indexed_dataset.IndexedDataset(str(tmp_path / "out" / "data"))
     assert [ds[i].tolist() for i in range(len(ds))] == reference(folder, docs[:50])
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+def test_a_compressed_file_cut_short_is_an_error_naming_it_never_part_of_a_corpus(suffix, corpus, tmp_path_factory, tmp_path):
+    docs, path = corpus
+    tok = ts.Tokenizer.from_pretrained(model_dir(tmp_path_factory, "qwen2.5"))
+    body = path.read_bytes()
+    packed = gzip.compress(body) if suffix == ".gz" else zstandard.ZstdCompressor().compress(body)
+    (tmp_path / f"c.txt{suffix}").write_bytes(packed[: len(packed) // 2])
+    for format in ("megatron", "parquet"):
+        with pytest.raises(ValueError, match=f"c.txt{suffix}: "):
+            data.prepare([tmp_path / f"c.txt{suffix}"], tok, tmp_path / "out", format=format, progress=False)
+        assert not (tmp_path / "out").exists()
+    (tmp_path / f"bad.txt{suffix}").write_bytes(body[:1000])  # not compressed at all
+    with pytest.raises(ValueError, match=f"bad.txt{suffix}: "):
+        data.prepare([tmp_path / f"bad.txt{suffix}"], tok, tmp_path / "out", format="tokens", progress=False)
+    # Several frames (or members) one after another are one file, read whole.
+    block = body + b"\n"  # a blank line between the copies' documents
+    whole = gzip.compress(block) * 2 if suffix == ".gz" else zstandard.ZstdCompressor().compress(block) * 2
+    (tmp_path / f"two.txt{suffix}").write_bytes(whole)
+    result = data.prepare([tmp_path / f"two.txt{suffix}"], tok, tmp_path / "out", format="tokens", progress=False)
+    assert result.examples == 2 * len(docs)
+
+
+def test_a_record_the_tokenizer_refuses_is_reported_with_its_line_and_the_rest_kept(tmp_path_factory, tmp_path):
+    tok = ts.Tokenizer.from_pretrained(model_dir(tmp_path_factory, "qwen2.5"))
+    lines = ['{"text": "first"}', '{"text": "bad \\ud800 surrogate"}', '{"text": "third"}']
+    (tmp_path / "s.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = data.prepare([tmp_path / "s.jsonl"], tok, tmp_path / "out", format="megatron", progress=False)
+    assert result.examples == 2 and result.skipped == 1
+    assert result.errors[0].startswith(f"{tmp_path / 's.jsonl'}:2: ") and "surrogate" in result.errors[0]
+    ds = indexed_dataset.IndexedDataset(str(tmp_path / "out" / "data"))
+    eos = tok.token_to_id("<|im_end|>")
+    assert [ds[i].tolist() for i in range(2)] == [tok.encode("first") + [eos], tok.encode("third") + [eos]]
+    with pytest.raises(data.DataError, match="s.jsonl:2: "):
+        data.prepare([tmp_path / "s.jsonl"], tok, tmp_path / "out2", format="tokens", on_error="raise", progress=False)
+
+
+def test_the_text_field_is_taken_from_that_field_only(tmp_path_factory, tmp_path):
+    tok = ts.Tokenizer.from_pretrained(model_dir(tmp_path_factory, "qwen2.5"))
+    records = [{"body": "B1", "text": "T1"}, {"text": "T2", "body": "B2"}, {"text": "T3"}]
+    path = write_jsonl(tmp_path / "f.jsonl", records)
+    for format in ("tokens", "parquet"):
+        result = data.prepare([path], tok, tmp_path / format, format=format, mapping={"body": "text"}, progress=False)
+        assert result.examples == 2 and result.skipped == 1, format
+        assert result.errors[0].startswith(f"{path}:3: ")
+    offsets = np.load(tmp_path / "tokens" / "offsets.npy")
+    tokens = np.fromfile(tmp_path / "tokens" / "tokens.bin", dtype="<u4")
+    eos = tok.token_to_id("<|im_end|>")
+    assert [tokens[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])] == [tok.encode("B1") + [eos], tok.encode("B2") + [eos]]
+
+
+def test_ids_past_the_entry_count_fit_and_parquet_options_are_refused(tmp_path):
+    require_data()
+    # cl100k's specials have holes: 100,261 entries, ids up to 100276.
+    tok = ts.Tokenizer.from_file(DATA / "tokenizers" / "cl100k_base" / "tokenizer.json")
+    assert tok.vocab_size < 100277 and tok.token_to_id("<|endofprompt|>") == 100276
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "hello"}])
+    data.prepare([path], tok, tmp_path / "out", format="megatron", eos="<|endofprompt|>", progress=False)
+    ds = indexed_dataset.IndexedDataset(str(tmp_path / "out" / "data"))  # kept: its items view its mmap
+    assert ds[0].tolist() == tok.encode("hello") + [100276]
+    for option in ({"max_length": 2048}, {"pack": False}):
+        with pytest.raises(ValueError, match="shape Parquet rows"):
+            data.prepare([path], tok, tmp_path / "out2", format="tokens", eos="<|endofprompt|>", **option)

@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="JSONL, Parquet or .txt files (JSONL and .txt may be .gz / .zst compressed)")
     p.add_argument("--tokenizer", "-t", required=True, help="model folder (tokenizer.json + tokenizer_config.json)")
     p.add_argument("--out", "-o", required=True, help="output folder (written atomically)")
-    p.add_argument("--max-length", type=int, default=4096)
-    p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
-                   help="pack examples into max-length blocks (default) or truncate each")
+    p.add_argument("--max-length", type=int, default=None, help="Parquet rows: at most this many tokens (default 4096)")
+    p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None,
+                   help="Parquet rows: pack examples into max-length blocks (default) or truncate each")
     p.add_argument("--format", choices=["parquet", "megatron", "tokens"], default="parquet",
                    help="parquet: shards with labels (default); megatron: Megatron-LM's indexed dataset "
                         "(data.bin + data.idx); tokens: tokens.bin + offsets.npy. The last two hold text "

@@ -336,8 +336,8 @@ def prepare(
     tok: Tokenizer,
     out_dir: str | os.PathLike[str],
     *,
-    max_length: int = 4096,
-    pack: bool = True,
+    max_length: int | None = None,
+    pack: bool | None = None,
     loss: str = "assistant",
     chat_template: str | os.PathLike[str] | None = None,
     template_name: str | None = None,
@@ -373,10 +373,12 @@ def prepare(
     - ``"tokens"``: ``tokens.bin`` (all ids, uint16 where the vocabulary fits, else uint32,
       for ``numpy.memmap``) and ``offsets.npy`` (where each document starts).
 
-    In the last two, each text record's ids are the tokenizer's with its template (BOS where
-    the model adds one) and then the EOS id, never truncated (``max_length`` and ``pack``
-    do not apply: the trainer cuts its own sequences); chat records are an error there. They
-    are encoded in this process, in batches, on every core (``num_workers`` does not apply).
+    ``max_length`` (default 4096) and ``pack`` (default on) shape the Parquet rows. In the
+    other two formats each text record's ids are the tokenizer's with its template (BOS
+    where the model adds one) and then the EOS id, never truncated (the trainer cuts its own
+    sequences: passing ``max_length`` or ``pack`` is an error there); chat records are an
+    error too. They are encoded in this process, in batches, on every core (``num_workers``
+    does not apply).
     Inputs are JSONL, Parquet or plain text (``.txt``: a document per blank-line-separated
     block, or per line with ``doc_per_line``), JSONL and text also ``.gz`` / ``.zst``.
 
@@ -385,11 +387,18 @@ def prepare(
     """
     if on_error not in ("skip", "raise"):
         raise ValueError(f'on_error must be "skip" or "raise", got {on_error!r}')
-    if max_length < 1:
-        raise ValueError("max_length must be positive")
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     streams = format != "parquet"
+    if streams and (max_length is not None or pack is not None):
+        raise ValueError(
+            f"max_length / --max-length and pack / --pack shape Parquet rows; format={format!r} keeps every "
+            "document whole (the trainer cuts its own sequences)"
+        )
+    max_length = 4096 if max_length is None else max_length
+    pack = True if pack is None else pack
+    if max_length < 1:
+        raise ValueError("max_length must be positive")
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(exists_message(out))  # early; atomic_folder claims it for good
@@ -401,7 +410,7 @@ def prepare(
     bar = _Progress(sys.stderr.isatty() if progress is None else progress)
     started = time.monotonic()
     with atomic_folder(out, overwrite=overwrite) as tmp:
-        with _writer(format, tmp, pack, rows_per_shard, tok.vocab_size) as writer:
+        with _writer(format, tmp, pack, rows_per_shard, tok) as writer:
             if streams:
                 _write_documents(inputs, encoder, doc_per_line, on_error, result, writer, bar)
             else:
@@ -469,12 +478,37 @@ def _write_documents(inputs, encoder: ExampleEncoder, doc_per_line: bool, on_err
     import numpy as np
 
     texts: list[str] = []
+    where: list[tuple[str, int]] = []
     size = 0
+
+    def skip(source: str, line: int, error: RecordError) -> None:
+        if on_error == "raise":
+            raise DataError(f"{source}:{line}: {error}")
+        result.skip(source, line, error)
+
+    def encode() -> tuple[np.ndarray, np.ndarray]:
+        special = encoder.text_allowed
+        try:
+            return encoder.tok.encode_batch_numpy(texts, add_special_tokens=True, special=special)
+        except (ValueError, TokenizerError):
+            pass
+        # A record the tokenizer refuses (a lone surrogate from JSON "\ud800") fails the
+        # whole batch: find it, report it as the Parquet path does, and keep the others.
+        good = []
+        for text, (source, line) in zip(texts, where):
+            try:
+                encoder.tok.encode(text, add_special_tokens=True, special=special)
+            except (ValueError, TokenizerError) as e:
+                skip(source, line, RecordError(f"{type(e).__name__}: {e}", "malformed record"))
+            else:
+                good.append(text)
+        texts[:] = good
+        return encoder.tok.encode_batch_numpy(texts, add_special_tokens=True, special=special)
 
     def flush() -> None:
         if not texts:
             return
-        ids, offsets = encoder.tok.encode_batch_numpy(texts, add_special_tokens=True, special=encoder.text_allowed)
+        ids, offsets = encode()
         # The EOS id after each document that does not already end with it (a template may add it).
         ends = offsets[1:]
         last = ids[np.maximum(ends - 1, 0)] if ids.size else np.zeros(len(texts), dtype=ids.dtype)
@@ -485,30 +519,28 @@ def _write_documents(inputs, encoder: ExampleEncoder, doc_per_line: bool, on_err
         result.tokens += int(ids.size)
         result.loss_tokens += int(ids.size)
         texts.clear()
+        where.clear()
         bar.update(result)
 
     for record in read_records(inputs, doc_per_line=doc_per_line):
         if isinstance(record, BadRecord):
-            error = RecordError(record.error, "unreadable line")
-        else:
-            try:
-                kind, value = to_example_input(record.data, encoder.mapping)
-            except (ValueError, TypeError, KeyError) as e:
-                error = RecordError(f"{type(e).__name__}: {e}", "malformed record")
-            else:
-                if kind != "text":
-                    raise DataError(f"{record.source}:{record.line}: {CHAT_IN_STREAM}")
-                if encoder.eos_id is None:
-                    raise DataError(f"{record.source}:{record.line}: {encoder.eos_problem}")
-                texts.append(value)
-                size += len(value)
-                if size >= 4 << 20:
-                    flush()
-                    size = 0
-                continue
-        if on_error == "raise":
-            raise DataError(f"{record.source}:{record.line}: {error}")
-        result.skip(record.source, record.line, error)
+            skip(record.source, record.line, RecordError(record.error, "unreadable line"))
+            continue
+        try:
+            kind, value = to_example_input(record.data, encoder.mapping)
+        except (ValueError, TypeError, KeyError) as e:
+            skip(record.source, record.line, RecordError(f"{type(e).__name__}: {e}", "malformed record"))
+            continue
+        if kind != "text":
+            raise DataError(f"{record.source}:{record.line}: {CHAT_IN_STREAM}")
+        if encoder.eos_id is None:
+            raise DataError(f"{record.source}:{record.line}: {encoder.eos_problem}")
+        texts.append(value)
+        where.append((record.source, record.line))
+        size += len(value)
+        if size >= 4 << 20:
+            flush()
+            size = 0
     flush()
 
 
@@ -576,11 +608,14 @@ def _in_pool(chunks: Iterator[list[Any]], pool) -> Iterator[list[tuple[str, int,
 FORMATS = ("parquet", "megatron", "tokens")
 
 
-def _writer(format: str, folder: Path, packed: bool, rows_per_shard: int, vocab_size: int):
+def _writer(format: str, folder: Path, packed: bool, rows_per_shard: int, tok: Tokenizer):
     if format == "parquet":
         return _ShardWriter(folder, packed, rows_per_shard)
     from .token_files import FlatTokensWriter, MegatronWriter  # numpy: only for these formats
 
+    # Ids can have holes (cl100k's specials go up to 100276 over 100,261 entries): the
+    # dtype must hold the highest id, not the count.
+    vocab_size = max(tok.vocab_size, max(tok.get_vocab().values(), default=-1) + 1)
     stream = MegatronWriter(folder, "data", vocab_size) if format == "megatron" else FlatTokensWriter(folder, vocab_size)
     return _StreamWriter(stream)
 

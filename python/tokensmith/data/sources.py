@@ -3,8 +3,11 @@ know where they came from (file and line) so that every problem can be reported.
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import os
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,15 +63,19 @@ def read_records(
         path = Path(item)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
-        kind = Path(path.stem).suffix if path.suffix in _COMPRESSED else path.suffix
+        compressed = path.suffix.lower() in _COMPRESSED
+        kind = (Path(path.stem).suffix if compressed else path.suffix).lower()
         if kind == ".parquet":
-            if path.suffix in _COMPRESSED:
+            if compressed:
                 raise ValueError(f"{path}: Parquet compresses its own columns; give the .parquet file itself")
             yield from _parquet(path)
-        elif kind == ".txt":
-            yield from _plain_text(path, doc_per_line)
-        else:
-            yield from _jsonl(path)
+            continue
+        records = _plain_text(path, doc_per_line) if kind == ".txt" else _jsonl(path)
+        try:
+            yield from records
+        except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+            # A cut or corrupt .gz: say which file, never keep what came before as if complete.
+            raise ValueError(f"{path}: cannot read it as gzip ({e})") from None
 
 
 #: Compressed files by suffix: the suffix before it says what they hold.
@@ -77,19 +84,63 @@ _COMPRESSED = (".gz", ".zst")
 
 def _open(path: Path):
     """A binary stream of the file's contents, decompressed."""
-    if path.suffix == ".gz":
-        import gzip
-
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
         return gzip.open(path, "rb")
-    if path.suffix == ".zst":
+    if suffix == ".zst":
+        return io.BufferedReader(_ZstdReader(path), 1 << 20)
+    return open(path, "rb")
+
+
+class _ZstdReader(io.RawIOBase):
+    """A .zst file's contents, every frame of it. A file that ends inside a frame is an
+    error: zstandard's ``stream_reader`` returns what it has and says nothing, which would
+    train on part of a corpus as if it were all of it."""
+
+    def __init__(self, path: Path) -> None:
         try:
             import zstandard
         except ImportError:
             raise ImportError(f"{path}: reading .zst files needs the zstandard package (pip install zstandard)") from None
-        import io
+        self._zstd = zstandard
+        self._path = path
+        self._file = open(path, "rb")
+        self._frame = zstandard.ZstdDecompressor().decompressobj()
+        self._fed = False  # bytes given to the current frame
+        self._out = b""
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
-    return open(path, "rb")
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._out:
+            chunk = self._file.read(1 << 20)
+            if not chunk:
+                if self._fed and not self._frame.eof:
+                    raise ValueError(f"{self._path}: the file ends inside a zstd frame (cut short?)")
+                return 0
+            try:
+                self._out = self._decompress(chunk)
+            except self._zstd.ZstdError as e:
+                raise ValueError(f"{self._path}: not a valid zstd file ({e})") from None
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _decompress(self, chunk: bytes) -> bytes:
+        out = []
+        while chunk:
+            if self._frame.eof:  # the next frame of a file of several (`cat a.zst b.zst`)
+                self._frame = self._zstd.ZstdDecompressor().decompressobj()
+            out.append(self._frame.decompress(chunk))
+            self._fed = True
+            chunk = self._frame.unused_data if self._frame.eof else b""
+        return b"".join(out)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def _plain_text(path: Path, doc_per_line: bool) -> Iterator[Record | BadRecord]:
@@ -103,7 +154,10 @@ def _plain_text(path: Path, doc_per_line: bool) -> Iterator[Record | BadRecord]:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            yield BadRecord(str(path), first, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the document)")
+            line = first + raw.count(b"\n", 0, e.start)
+            column = e.start - (raw.rfind(b"\n", 0, e.start) + 1)
+            where = f"byte {column + 1} of line {line}" + (f", in the document from line {first}" if line != first else "")
+            yield BadRecord(str(path), line, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at {where})")
             return
         # The line breaks inside a document are kept; the one that ends it is not.
         yield Record(str(path), first, {"text": text[:-1] if text.endswith("\n") else text})
@@ -172,7 +226,7 @@ def to_example_input(data: Mapping[str, Any], mapping: Mapping[str, str] | None 
     instruction, whose ``input`` follows it on a new line, as LLaMA-Factory joins them.
     """
     if mapping:
-        data = {mapping.get(k, k): v for k, v in data.items()}
+        data = _renamed(data, mapping)
     if "messages" in data or "conversations" in data:
         key = "messages" if "messages" in data else "conversations"
         turns = data[key]
@@ -207,7 +261,7 @@ def to_tools(data: Mapping[str, Any], mapping: Mapping[str, str] | None = None) 
     """A chat record's ``tools`` (a list, or LLaMA-Factory's JSON string of one), for the
     template's ``tools`` variable."""
     if mapping:
-        data = {mapping.get(k, k): v for k, v in data.items()}
+        data = _renamed(data, mapping)
     tools = data.get("tools")
     if tools is None or tools == "" or tools == []:
         return None
@@ -223,6 +277,14 @@ def to_tools(data: Mapping[str, Any], mapping: Mapping[str, str] | None = None) 
     if not isinstance(tools, list):
         raise ValueError(f"'tools' must be a list of tool definitions, got {type(tools).__name__}")
     return tools
+
+
+def _renamed(data: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, Any]:
+    """``data`` with its fields renamed. A field some rename targets is taken from its source
+    only: with ``{"body": "text"}`` a record's own ``text`` is not its text (whichever came
+    last would have won), and a record without ``body`` has none."""
+    targets = set(mapping.values())
+    return {mapping.get(k, k): v for k, v in data.items() if k in mapping or k not in targets}
 
 
 def _system(data: Mapping[str, Any]) -> list[dict[str, Any]]:

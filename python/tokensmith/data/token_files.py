@@ -32,6 +32,15 @@ def flat_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
+#: The index is written this many documents at a time: its temporaries stay a few MB
+#: whatever the corpus (only the lengths, 8 bytes a document, are kept whole).
+_PART = 1 << 20
+
+
+def _parts(lengths: np.ndarray):
+    return (lengths[at : at + _PART] for at in range(0, lengths.size, _PART))
+
+
 class _IdStream:
     """Documents' ids appended to one file in ``dtype``; their lengths kept."""
 
@@ -114,11 +123,15 @@ class MegatronWriter(_TokenFile):
             f.write(struct.pack("<B", _MEGATRON_CODES[self.dtype]))
             f.write(struct.pack("<Q", n))  # sequences
             f.write(struct.pack("<Q", n + 1))  # document indices: 0, then each document's end
-            f.write(lengths.astype("<i4").tobytes())
-            pointers = np.zeros(n, dtype="<i8")
-            np.cumsum(lengths[:-1] * self.dtype.itemsize, out=pointers[1:])
-            f.write(pointers.tobytes())
-            f.write(np.arange(n + 1, dtype="<i8").tobytes())
+            for part in _parts(lengths):
+                f.write(part.astype("<i4").tobytes())
+            start = 0  # byte offset of each sequence in the .bin
+            for part in _parts(lengths):
+                ends = start + np.cumsum(part * self.dtype.itemsize)
+                f.write(np.concatenate(([start], ends[:-1])).astype("<i8").tobytes())
+                start = int(ends[-1])
+            for at in range(0, n + 1, _PART):
+                f.write(np.arange(at, min(at + _PART, n + 1), dtype="<i8").tobytes())
 
 
 class FlatTokensWriter(_TokenFile):
@@ -134,6 +147,11 @@ class FlatTokensWriter(_TokenFile):
 
     def close(self) -> None:
         lengths = self._lengths()
-        offsets = np.zeros(lengths.size + 1, dtype="<i8")
-        np.cumsum(lengths, out=offsets[1:])
-        np.save(self._folder / self.files[1], offsets)
+        with open(self._folder / self.files[1], "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<i8", "fortran_order": False, "shape": (lengths.size + 1,)})
+            start = 0
+            f.write(np.array([0], dtype="<i8").tobytes())
+            for part in _parts(lengths):
+                ends = start + np.cumsum(part)
+                f.write(ends.astype("<i8").tobytes())
+                start = int(ends[-1])
