@@ -161,6 +161,8 @@ def test_an_id_that_does_not_fit_the_dtype_is_an_error_never_wrapped(tmp_path):
     writer.close()
     assert np.fromfile(tmp_path / "tokens.bin", dtype="<u2").tolist() == [0, 65535]
     assert np.load(tmp_path / "offsets.npy").tolist() == [0, 2]
+    with pytest.raises(ValueError, match=r"id 1000 is not in the vocabulary \(ids 0-999\)"):
+        FlatTokensWriter(tmp_path, 1000).add([5, 1000])
     assert MegatronWriter(tmp_path, "m", 65499).dtype == np.uint16
     assert MegatronWriter(tmp_path, "m", 65500).dtype == np.int32  # megatron-core's own threshold
     assert indexed_dataset.DType.optimal_dtype(65499) == np.uint16

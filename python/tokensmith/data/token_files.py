@@ -47,17 +47,19 @@ class _IdStream:
     def __init__(self, path: Path, dtype: np.dtype, vocab_size: int) -> None:
         self.path = path
         self.dtype = dtype
-        self.limit = min(vocab_size, np.iinfo(dtype).max + 1)
+        self.vocab_size = vocab_size
         self.lengths = array("q")
         self.tokens = 0
         self._file = open(path, "wb")
 
     def add_array(self, ids: np.ndarray, lengths: np.ndarray) -> None:
         """Documents whose ids are ``ids`` one after another, ``lengths`` long."""
-        if ids.size and (ids.min() < 0 or ids.max() >= self.limit):
-            bad = int(ids.max() if ids.max() >= self.limit else ids.min())
+        low, high = (int(ids.min()), int(ids.max())) if ids.size else (0, 0)
+        if high > np.iinfo(self.dtype).max or low < 0:
             # Never wrap an id into the dtype: that is a different token.
-            raise ValueError(f"id {bad} does not fit the {self.dtype} ids of {self.path.name} (vocabulary of {self.limit})")
+            raise ValueError(f"id {high if low >= 0 else low} does not fit the {self.dtype} ids of {self.path.name}")
+        if high >= self.vocab_size:
+            raise ValueError(f"id {high} is not in the vocabulary (ids 0-{self.vocab_size - 1})")
         self._file.write(ids.astype(self.dtype.newbyteorder("<"), copy=False).tobytes())
         self.lengths.frombytes(np.asarray(lengths, dtype=np.int64).tobytes())
         self.tokens += int(ids.size)
