@@ -514,7 +514,7 @@ def _write_documents(inputs, encoder: ExampleEncoder, doc_per_line: bool, on_err
         last = ids[np.maximum(ends - 1, 0)] if ids.size else np.zeros(len(texts), dtype=ids.dtype)
         missing = (np.diff(offsets) == 0) | (last != encoder.eos_id)
         ids = np.insert(ids, ends[missing], encoder.eos_id)
-        writer.stream.add_array(ids, np.diff(offsets) + missing)
+        writer.add_array(ids, np.diff(offsets) + missing)
         result.examples += len(texts)
         result.tokens += int(ids.size)
         result.loss_tokens += int(ids.size)
@@ -616,32 +616,7 @@ def _writer(format: str, folder: Path, packed: bool, rows_per_shard: int, tok: T
     # Ids can have holes (cl100k's specials go up to 100276 over 100,261 entries): the
     # dtype must hold the highest id, not the count.
     vocab_size = max(tok.vocab_size, max(tok.get_vocab().values(), default=-1) + 1)
-    stream = MegatronWriter(folder, "data", vocab_size) if format == "megatron" else FlatTokensWriter(folder, vocab_size)
-    return _StreamWriter(stream)
-
-
-class _StreamWriter:
-    """A token stream (``token_files``) as ``prepare``'s writer: its index is written on a
-    clean exit only (the temporary folder is dropped else)."""
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
-        self.files = stream.files
-        self.dtype = stream.dtype
-        self.columns = ["input_ids"]
-
-    @property
-    def rows(self) -> int:
-        return self.stream.documents
-
-    def __enter__(self) -> _StreamWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.stream.close()
-        else:
-            self.stream.abandon()
+    return MegatronWriter(folder, "data", vocab_size) if format == "megatron" else FlatTokensWriter(folder, vocab_size)
 
 
 class _ShardWriter:

@@ -41,67 +41,58 @@ def _parts(lengths: np.ndarray):
     return (lengths[at : at + _PART] for at in range(0, lengths.size, _PART))
 
 
-class _IdStream:
-    """Documents' ids appended to one file in ``dtype``; their lengths kept."""
+class _TokenFile:
+    """What both writers share: documents' ids appended to one file in ``dtype``, their
+    lengths kept for the index. As a context manager, the index is written on a clean exit
+    only (``prepare`` drops the temporary folder else)."""
 
-    def __init__(self, path: Path, dtype: np.dtype, vocab_size: int) -> None:
-        self.path = path
+    files: list[str]
+    #: ``prepare``'s ``meta.json`` names the one column these files hold.
+    columns = ["input_ids"]
+
+    def __init__(self, ids_path: Path, dtype: np.dtype, vocab_size: int) -> None:
         self.dtype = dtype
         self.vocab_size = vocab_size
         self.lengths = array("q")
-        self.tokens = 0
-        self._file = open(path, "wb")
+        self._path = ids_path
+        self._file = open(ids_path, "wb")
 
-    def add_array(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+    def add(self, ids: list[int]) -> None:
+        """One document."""
+        self.add_array(np.asarray(ids, dtype=np.int64), [len(ids)])
+
+    def add_array(self, ids: np.ndarray, lengths) -> None:
         """Documents whose ids are ``ids`` one after another, ``lengths`` long."""
         low, high = (int(ids.min()), int(ids.max())) if ids.size else (0, 0)
         if high > np.iinfo(self.dtype).max or low < 0:
             # Never wrap an id into the dtype: that is a different token.
-            raise ValueError(f"id {high if low >= 0 else low} does not fit the {self.dtype} ids of {self.path.name}")
+            raise ValueError(f"id {high if low >= 0 else low} does not fit the {self.dtype} ids of {self._path.name}")
         if high >= self.vocab_size:
             raise ValueError(f"id {high} is not in the vocabulary (ids 0-{self.vocab_size - 1})")
         self._file.write(ids.astype(self.dtype.newbyteorder("<"), copy=False).tobytes())
         self.lengths.frombytes(np.asarray(lengths, dtype=np.int64).tobytes())
-        self.tokens += int(ids.size)
+
+    @property
+    def rows(self) -> int:
+        """Documents written."""
+        return len(self.lengths)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._file.close()
 
     def close(self) -> None:
-        self._file.close()
-
-    abandon = close
-
-
-class _TokenFile:
-    """What both writers share: documents in, through one ``_IdStream``."""
-
-    files: list[str]
-
-    def __init__(self, ids_path: Path, dtype: np.dtype, vocab_size: int) -> None:
-        self.dtype = dtype
-        self._ids = _IdStream(ids_path, dtype, vocab_size)
-
-    def add(self, ids: list[int]) -> None:
-        """One document."""
-        self._ids.add_array(np.asarray(ids, dtype=np.int64), [len(ids)])
-
-    def add_array(self, ids: np.ndarray, lengths: np.ndarray) -> None:
-        """Documents whose ids are ``ids`` one after another, ``lengths`` long."""
-        self._ids.add_array(ids, lengths)
-
-    @property
-    def documents(self) -> int:
-        return len(self._ids.lengths)
-
-    @property
-    def tokens(self) -> int:
-        return self._ids.tokens
-
-    def abandon(self) -> None:
-        """Closes the ids' file and writes no index (the run failed)."""
-        self._ids.abandon()
+        """Closes the ids' file and writes the index."""
+        raise NotImplementedError
 
     def _lengths(self) -> np.ndarray:
-        self._ids.close()
-        return np.frombuffer(self._ids.lengths, dtype=np.int64)
+        self._file.close()
+        return np.frombuffer(self.lengths, dtype=np.int64)
 
 
 class MegatronWriter(_TokenFile):
