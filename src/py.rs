@@ -625,6 +625,11 @@ impl PyTokenizer {
         self.get().vocab_size()
     }
 
+    #[getter]
+    fn id_limit(&self) -> usize {
+        self.get().id_limit()
+    }
+
     fn get_vocab<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let tokenizer = self.get();
         let vocab = PyDict::new(py);

@@ -482,6 +482,14 @@ impl Tokenizer {
         self.vocab.len() + self.added.tokens().filter(|(_, t)| !self.vocab.ids.contains_key(&t.content)).count()
     }
 
+    /// One past the highest id, added tokens included: what an id's dtype must hold (ids
+    /// can have holes, so this can exceed `vocab_size`).
+    pub fn id_limit(&self) -> usize {
+        let vocab = self.vocab.tokens.iter().rposition(Option::is_some).map_or(0, |id| id + 1);
+        let added = self.added.tokens().map(|(id, _)| id as usize + 1).max().unwrap_or(0);
+        vocab.max(added)
+    }
+
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         // A token's string, its decoded copies and the text: 48 bytes per id is above what
         // the decoders take (checked as encoding's working memory is).

@@ -9,6 +9,7 @@ and transformers' tokenizer with the EOS id appended, which is what Megatron-LM'
 from __future__ import annotations
 
 import gzip
+import importlib
 import json
 import subprocess
 import sys
@@ -183,6 +184,18 @@ def test_cli_prepare_writes_megatron_files(corpus, tmp_path_factory, tmp_path):
     ds = indexed_dataset.IndexedDataset(str(tmp_path / "out" / "data"))
     assert [ds[i].tolist() for i in range(len(ds))] == reference(folder, docs[:50])
 
+    # --resume with nothing to resume from is a whole run; --block-size with --keep-remainder.
+    for out, options in (("resumed", ["--format", "megatron", "--resume"]), ("blocks", ["--block-size", "64", "--keep-remainder"])):
+        run = subprocess.run(
+            [sys.executable, "-m", "tokensmith.cli", "prepare", str(lines), "-t", str(folder), "-o", str(tmp_path / out),
+             "--text-field", "body", *options],
+            capture_output=True, text=True,
+        )
+        assert run.returncode == 0, run.stderr
+    assert (tmp_path / "resumed" / "data.bin").read_bytes() == (tmp_path / "out" / "data.bin").read_bytes()
+    blocks = parquet_rows(tmp_path / "blocks")["input_ids"]
+    assert sum(blocks, []) == sum(reference(folder, docs[:50]), []) and {len(b) for b in blocks[:-1]} == {64}
+
 
 @pytest.mark.parametrize("suffix", [".gz", ".zst"])
 def test_a_compressed_file_cut_short_is_an_error_naming_it_never_part_of_a_corpus(suffix, corpus, tmp_path_factory, tmp_path):
@@ -246,3 +259,277 @@ def test_ids_past_the_entry_count_fit_and_parquet_options_are_refused(tmp_path):
     for option in ({"max_length": 2048}, {"pack": False}):
         with pytest.raises(ValueError, match="shape Parquet rows"):
             data.prepare([path], tok, tmp_path / "out2", format="tokens", eos="<|endofprompt|>", **option)
+
+
+def _documents_line_by_line(raw: bytes, doc_per_line: bool) -> list[tuple[int, str | None]]:
+    """The text format's definition, one line at a time: (first line, text), or (the line of
+    the first bad byte, None) where the document is not UTF-8. ``_plain_text`` reads in chunks with a regex; this is its model."""
+    out, block, first = [], [], 0
+    lines = raw.split(b"\n")
+    ends = [True] * (len(lines) - 1) + [False]
+    if lines[-1] == b"":
+        lines, ends = lines[:-1], ends[:-1]
+
+    def done():
+        text = b"".join(block)
+        text = text[:-1] if text.endswith(b"\n") else text
+        try:
+            out.append((first, text.decode("utf-8")))
+        except UnicodeDecodeError as e:
+            out.append((first + text.count(b"\n", 0, e.start), None))
+
+    for n, (line, ended) in enumerate(zip(lines, ends), 1):
+        if n == 1 and line.startswith(b"\xef\xbb\xbf"):
+            line = line[3:]
+        line = (line + b"\n" if ended else line).replace(b"\r\n", b"\n")
+        blank = not line.strip()
+        if block and (blank or doc_per_line):
+            done()
+            block = []
+        if not blank:
+            if not block:
+                first = n
+            block.append(line)
+    if block:
+        done()
+    return out
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_PIECES = [b"a", b"b c", b" ", b"\t", b"\r", b"\n", b"\n\n", b"\r\n", b"\x0b", b"\xff", "\u00e9".encode(), b"\xef\xbb\xbf"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(pieces=st.lists(st.sampled_from(_PIECES), max_size=40), chunk=st.integers(1, 9), doc_per_line=st.booleans())
+def test_text_files_are_cut_into_documents_as_line_by_line_reading_would(tmp_path_factory, pieces, chunk, doc_per_line):
+    from tokensmith.data.sources import BadRecord, _plain_text
+
+    raw = b"".join(pieces)
+    path = tmp_path_factory.mktemp("txt") / "t.txt"
+    path.write_bytes(raw)
+    with open(path, "rb") as f:
+        got = [(r.line, None if isinstance(r, BadRecord) else r.data["text"]) for r in _plain_text(path, f, doc_per_line, chunk)]
+    assert got == _documents_line_by_line(raw, doc_per_line)
+
+
+def group_texts(examples, block_size):
+    """transformers' ``examples/pytorch/language-modeling/run_clm.py`` ``group_texts``, as it
+    is there (Apache-2.0), with its ``block_size`` as an argument."""
+    from itertools import chain
+
+    concatenated_examples = {k: list(chain(*examples[k])) for k in examples.keys()}
+    total_length = len(concatenated_examples[list(examples.keys())[0]])
+    if total_length >= block_size:
+        total_length = (total_length // block_size) * block_size
+    result = {
+        k: [t[i : i + block_size] for i in range(0, total_length, block_size)]
+        for k, t in concatenated_examples.items()
+    }
+    result["labels"] = result["input_ids"].copy()
+    return result
+
+
+def parquet_rows(folder: Path) -> dict[str, list[list[int]]]:
+    import pyarrow.parquet as pq
+
+    meta = json.loads((folder / "meta.json").read_text())
+    tables = [pq.read_table(folder / f) for f in meta["files"]]
+    return {c: [row for t in tables for row in t.column(c).to_pylist()] for c in ("input_ids", "labels")}
+
+
+@pytest.mark.parametrize("key", ["llama3.1", "qwen2.5"])
+def test_blocks_are_what_run_clm_group_texts_makes(key, corpus, tmp_path_factory, tmp_path):
+    docs, path = corpus
+    folder = model_dir(tmp_path_factory, key)
+    tok = ts.Tokenizer.from_pretrained(folder)
+    hf = transformers.AutoTokenizer.from_pretrained(str(folder))
+    # run_clm's tokenize_function (the tokenizer's ids and mask), each document then ending in the EOS id.
+    encoded = hf(docs)
+    examples = {
+        "input_ids": [ids + [hf.eos_token_id] for ids in encoded["input_ids"]],
+        "attention_mask": [mask + [1] for mask in encoded["attention_mask"]],
+    }
+    total = sum(map(len, examples["input_ids"]))
+    for block_size in (1024, 77):
+        expected = group_texts(examples, block_size)
+        out = tmp_path / f"b{block_size}"
+        result = data.prepare([path], tok, out, block_size=block_size, rows_per_shard=50, progress=False)
+        rows = parquet_rows(out)
+        assert rows["input_ids"] == expected["input_ids"] and rows["labels"] == expected["labels"]
+        assert result.rows == len(expected["input_ids"]) and result.tokens == total
+        assert total % block_size and f"the last {total % block_size} tokens" in result.warnings[-1]
+        meta = json.loads((out / "meta.json").read_text())
+        assert (meta["block_size"], meta["documents"], meta["rows"]) == (block_size, len(docs), result.rows)
+        assert len(meta["files"]) == -(-result.rows // 50)
+    kept = data.prepare([path], tok, tmp_path / "kept", block_size=77, keep_remainder=True, progress=False)
+    rows = parquet_rows(tmp_path / "kept")["input_ids"]
+    assert sum(map(len, rows)) == total and rows[:-1] == group_texts(examples, 77)["input_ids"]
+    assert 0 < len(rows[-1]) < 77 and kept.rows == len(rows) and not kept.warnings
+    # A corpus shorter than one block is one short block, as group_texts keeps it.
+    short = data.prepare([path], tok, tmp_path / "short", block_size=total + 1, progress=False)
+    expected = group_texts(examples, total + 1)
+    assert short.rows == 1 and parquet_rows(tmp_path / "short") == {c: expected[c] for c in ("input_ids", "labels")}
+
+
+def test_block_options_are_checked(tmp_path_factory, tmp_path, corpus):
+    _, path = corpus
+    tok = ts.Tokenizer.from_pretrained(model_dir(tmp_path_factory, "qwen2.5"))
+    with pytest.raises(ValueError, match="block_size"):
+        data.prepare([path], tok, tmp_path / "a", format="megatron", block_size=128, progress=False)
+    with pytest.raises(ValueError, match="must be positive"):
+        data.prepare([path], tok, tmp_path / "a", block_size=0, progress=False)
+    with pytest.raises(ValueError, match="keep_remainder"):
+        data.prepare([path], tok, tmp_path / "a", keep_remainder=True, progress=False)
+    with pytest.raises(ValueError, match="block_size / --block-size cuts the blocks"):
+        data.prepare([path], tok, tmp_path / "a", block_size=128, max_length=64, progress=False)
+    chats = write_jsonl(tmp_path / "chat.jsonl", [{"prompt": "hi", "response": "yo"}])
+    with pytest.raises(data.DataError, match="no labels"):
+        data.prepare([chats], tok, tmp_path / "a", block_size=128, progress=False)
+    assert not (tmp_path / "a").exists()
+
+
+def test_progress_counts_bytes_read_on_disk_and_shows_rate_and_eta(corpus, tmp_path_factory, tmp_path, capsys):
+    from tokensmith.data.prepare import PrepareResult, _Progress
+    from tokensmith.data.sources import ReadProgress, read_records
+
+    docs, path = corpus
+    packed = tmp_path / "c.txt.zst"
+    packed.write_bytes(zstandard.ZstdCompressor().compress((path.read_bytes() + b"\n") * 3))
+    files = [path, packed]
+    reading = ReadProgress(sum(f.stat().st_size for f in files))
+    seen = []
+    for n, _ in enumerate(read_records(files, progress=reading)):
+        seen.append(reading.bytes)
+    assert seen == sorted(seen) and 0 < seen[0] and seen[-1] <= reading.total == reading.bytes
+    assert n + 1 == 4 * len(docs)
+
+    half = ReadProgress(100_000_000)
+    half._done = 50_000_000
+    line = _Progress(True, half).line(PrepareResult(out_dir="x", examples=1234, tokens=5_678_901), 80.0)
+    assert "1,234 documents  5,678,901 tokens  0.6 MB/s  50% of 100.0 MB, ETA 1:20" in line
+
+    tok = ts.Tokenizer.from_pretrained(model_dir(tmp_path_factory, "qwen2.5"))
+    data.prepare(files, tok, tmp_path / "out", format="tokens", progress=True)
+    last = capsys.readouterr().err.rstrip().split("\r")[-1]
+    assert f"{4 * len(docs):,} documents" in last and f"100% of {reading.total / 1e6:,.1f} MB, ETA 0:00" in last
+
+
+_KILLED_RUN = """
+import os, sys
+import tokensmith as ts
+from tokensmith import data
+import importlib
+
+prepare_module = importlib.import_module("tokensmith.data.prepare")
+prepare_module._BATCH_CHARS = 5_000
+save = prepare_module._ResumeState.save
+calls = 0
+
+def save_then_die(self, records):
+    global calls
+    calls += 1
+    if calls == 4:
+        self.writer.state()  # this batch's ids are on disk, the state still says 3 batches
+        os._exit(9)
+    save(self, records)
+
+prepare_module._ResumeState.save = save_then_die
+folder, out, format, *inputs = sys.argv[1:]
+data.prepare(inputs, ts.Tokenizer.from_pretrained(folder), out, format=format, progress=False)
+"""
+
+
+def _same_output(a: Path, b: Path) -> None:
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+    for f in a.iterdir():
+        if f.name == "meta.json":
+            meta_a, meta_b = (json.loads((d / "meta.json").read_text()) for d in (a, b))
+            for m, d in ((meta_a, a), (meta_b, b)):
+                del m["seconds"]
+                m["out_dir"] = m["out_dir"].replace(str(d), "OUT")
+            assert meta_a == meta_b
+        else:
+            assert f.read_bytes() == (b / f.name).read_bytes(), f.name
+
+
+@pytest.mark.parametrize("format", ["megatron", "tokens"])
+def test_a_killed_run_resumes_to_the_same_bytes(format, corpus, tmp_path_factory, tmp_path, monkeypatch):
+    prepare_module = importlib.import_module("tokensmith.data.prepare")
+    docs, path = corpus
+    folder = model_dir(tmp_path_factory, "mistral-v3")
+    tok = ts.Tokenizer.from_pretrained(folder)
+    # A bad line and a record the tokenizer refuses, to be counted once, not once per run.
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text('{"text": "a"}\nnot json\n{"text": "\\ud800"}\n' + "".join(json.dumps({"text": d}) + "\n" for d in docs[:50]))
+    inputs = [path, extra]
+    monkeypatch.setattr(prepare_module, "_BATCH_CHARS", 5_000)
+    whole = data.prepare(inputs, tok, tmp_path / "whole", format=format, progress=False)
+    assert whole.skipped == 2
+
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(folder), str(out), format, *map(str, inputs)], capture_output=True, text=True)
+    partial = tmp_path / ".out.partial"
+    assert done.returncode == 9, done.stderr
+    assert not out.exists() and (partial / "resume.json").exists()
+    state = json.loads((partial / "resume.json").read_text())
+    assert 0 < state["records"] < len(docs) and state["result"]["examples"] == state["writer"]["documents"]
+
+    resumed = data.prepare(inputs, tok, out, format=format, progress=False, resume=True)
+    assert not partial.exists() and (resumed.examples, resumed.skipped, resumed.tokens) == (whole.examples, 2, whole.tokens)
+    _same_output(tmp_path / "whole", out)
+
+    # Interrupted in this process (Ctrl-C): the finished part is kept, and resumed again.
+    calls = []
+    save = prepare_module._ResumeState.save
+
+    def interrupt(self, records):
+        calls.append(records)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        save(self, records)
+
+    monkeypatch.setattr(prepare_module._ResumeState, "save", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        data.prepare(inputs, tok, tmp_path / "again", format=format, progress=False)
+    assert (tmp_path / ".again.partial" / "resume.json").exists()
+    data.prepare(inputs, tok, tmp_path / "again", format=format, progress=False, resume=True)
+    _same_output(tmp_path / "whole", tmp_path / "again")
+
+
+def test_resume_refuses_a_changed_job_and_starts_afresh_without_state(corpus, tmp_path_factory, tmp_path, monkeypatch):
+    prepare_module = importlib.import_module("tokensmith.data.prepare")
+    docs, path = corpus
+    tok = ts.Tokenizer.from_pretrained(model_dir(tmp_path_factory, "qwen2.5"))
+    monkeypatch.setattr(prepare_module, "_BATCH_CHARS", 5_000)
+    calls = []
+    save = prepare_module._ResumeState.save
+
+    def interrupt(self, records):
+        calls.append(records)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        save(self, records)
+
+    with monkeypatch.context() as m:
+        m.setattr(prepare_module._ResumeState, "save", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            data.prepare([path], tok, tmp_path / "out", format="tokens", progress=False)
+    copy = tmp_path / "corpus.txt"
+    copy.write_bytes(path.read_bytes() + b"\n\none more document\n")
+    with pytest.raises(data.DataError, match="cannot resume .*: the inputs differ"):
+        data.prepare([copy], tok, tmp_path / "out", format="tokens", progress=False, resume=True)
+    with pytest.raises(data.DataError, match="the eos_id, inputs differ"):
+        data.prepare([copy], tok, tmp_path / "out", format="tokens", progress=False, resume=True, eos="<|endoftext|>")
+    with pytest.raises(ValueError, match="format megatron and tokens so far"):
+        data.prepare([path], tok, tmp_path / "p", progress=False, resume=True)
+    # Without resume the partial work is dropped; with resume and nothing saved, it starts afresh.
+    fresh = data.prepare([path], tok, tmp_path / "out", format="tokens", progress=False)
+    assert fresh.examples == len(docs) and not (tmp_path / ".out.partial").exists()
+    data.prepare([path], tok, tmp_path / "other", format="tokens", progress=False, resume=True)
+    _same_output(tmp_path / "out", tmp_path / "other")
+    # A run that fails on its data leaves nothing to resume from.
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "x" * 30_000}, {"prompt": "a", "response": "b"}])
+    with pytest.raises(data.DataError, match="no labels"):
+        data.prepare([bad], tok, tmp_path / "bad", format="tokens", progress=False)
+    assert not (tmp_path / ".bad.partial").exists() and not (tmp_path / "bad").exists()

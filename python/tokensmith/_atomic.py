@@ -23,11 +23,27 @@ def exists_message(out: Path) -> str:
     return f"{out}: already exists (pass overwrite=True / --overwrite to replace it)"
 
 
+def partial_folder_for(out: Path) -> Path:
+    """The hidden folder next to ``out`` where a resumable run keeps its work."""
+    return out.parent / f".{out.name}.partial"
+
+
+#: What a resumable run writes into its folder once there is something to resume from.
+RESUME_STATE = "resume.json"
+
+
 @contextmanager
-def atomic_folder(out: Path, *, overwrite: bool = False, error: type[Exception] = FileExistsError) -> Iterator[Path]:
+def atomic_folder(
+    out: Path, *, overwrite: bool = False, error: type[Exception] = FileExistsError, resume: bool | None = None
+) -> Iterator[Path]:
     """Yield an empty hidden folder next to ``out``; when the block ends it becomes ``out``
     (one rename), and when the block raises (KeyboardInterrupt too) it is removed, so an
     interrupted run leaves no half-written output.
+
+    A resumable run (``resume`` not None) works in ``.NAME.partial`` instead, and a run that
+    ends early keeps it there once it holds a ``RESUME_STATE`` file (the caller's record of
+    what is done): ``resume=True`` yields it as it is, to go on from there; ``resume=False``
+    starts afresh.
 
     The run holds a lock on ``out`` from start to end: a second run into the same folder
     fails at once (``error``) instead of both succeeding and one result silently replacing
@@ -39,10 +55,12 @@ def atomic_folder(out: Path, *, overwrite: bool = False, error: type[Exception] 
     with _lock(out, error):
         if not overwrite and out.exists():
             raise error(exists_message(out))
-        tmp = temp_folder_for(out)
-        shutil.rmtree(tmp, ignore_errors=True)  # a dead run's, whose pid this process now has
+        tmp = temp_folder_for(out) if resume is None else partial_folder_for(out)
+        resuming = bool(resume) and (tmp / RESUME_STATE).exists()
+        if not resuming:
+            shutil.rmtree(tmp, ignore_errors=True)  # a dead run's (whose pid this process now has)
         try:
-            tmp.mkdir()
+            tmp.mkdir(exist_ok=resuming)
             yield tmp
             if out.exists():
                 if not overwrite:
@@ -55,7 +73,8 @@ def atomic_folder(out: Path, *, overwrite: bool = False, error: type[Exception] 
             else:
                 os.replace(tmp, out)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if resume is None or not (tmp / RESUME_STATE).exists():
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
 
 

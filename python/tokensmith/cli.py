@@ -105,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="parquet: shards with labels (default); megatron: Megatron-LM's indexed dataset "
                         "(data.bin + data.idx); tokens: tokens.bin + offsets.npy. The last two hold text "
                         "documents for pre-training, each with the model's BOS and the EOS id, never truncated")
+    p.add_argument("--block-size", type=int, metavar="N",
+                   help="parquet: rows of N tokens of pre-training text, as transformers' run_clm.py "
+                        "group_texts makes them (documents with BOS and EOS ids, one after another)")
+    p.add_argument("--keep-remainder", action="store_true",
+                   help="--block-size: keep the last, shorter block (default: dropped, as group_texts does)")
     p.add_argument("--doc-per-line", action="store_true",
                    help=".txt inputs: a document per line (default: per blank-line-separated block)")
     p.add_argument("--text-field", metavar="NAME", help="the JSONL / Parquet field that holds the text (default: text)")
@@ -118,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: the CPUs this process may use)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--resume", action="store_true",
+                   help="megatron / tokens: go on from where a killed or interrupted run into the same --out "
+                        "stopped (same inputs, options and tokenizer); the result is what one run writes")
 
     p = commands.add_parser("lint", help="report data and template problems; exits 1 on errors")
     p.add_argument("inputs", nargs="+", help="JSONL or Parquet files")
@@ -241,7 +249,8 @@ def _prepare(tok: Tokenizer, args: argparse.Namespace) -> int:
         content_special=_content_special(args.content_special), eos=args.eos,
         mapping=_mapping(args.map + ([f"{args.text_field}=text"] if args.text_field else [])),
         on_error=args.on_error, num_workers=args.workers, overwrite=args.overwrite,
-        format=args.format, doc_per_line=args.doc_per_line,
+        format=args.format, doc_per_line=args.doc_per_line, block_size=args.block_size,
+        keep_remainder=args.keep_remainder, resume=args.resume,
     )
     for message in result.errors[:20]:
         print(f"skipped {_cli_terms(message)}", file=sys.stderr)

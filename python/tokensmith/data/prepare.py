@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._atomic import atomic_folder, exists_message
+from .._atomic import RESUME_STATE, atomic_folder, exists_message
 from .._tokenizer import Tokenizer
 from ..errors import DataError, TokenizerError
 from .chat import (
@@ -28,7 +30,7 @@ from .chat import (
     resolve_template,
 )
 from .eos import NoEOSError, eos_token
-from .sources import BadRecord, Record, read_records, to_example_input, to_tools
+from .sources import BadRecord, ReadProgress, Record, read_records, to_example_input, to_tools
 
 __all__ = ["DataError", "ExampleEncoder", "Packer", "PrepareResult", "RecordError", "SkippedRecord", "prepare"]
 
@@ -309,8 +311,12 @@ def _chunks(records: Iterator[Record | BadRecord], size: int) -> Iterator[list[A
 
 
 class _Progress:
-    def __init__(self, enabled: bool) -> None:
+    """One line on stderr, redrawn at most twice a second: documents, tokens, MB/s of input
+    read and, where the input's size is known (files), how far and how long to go."""
+
+    def __init__(self, enabled: bool, reading: ReadProgress) -> None:
         self.enabled = enabled
+        self.reading = reading
         self.start = self.last = time.monotonic()
 
     def update(self, result: PrepareResult, force: bool = False) -> None:
@@ -318,14 +324,73 @@ class _Progress:
         if not self.enabled or (now - self.last < 0.5 and not force):
             return
         self.last = now
-        dt = max(now - self.start, 1e-9)
-        print(
-            f"\r{result.examples:,} examples  {result.examples / dt:,.0f} ex/s  "
-            f"{result.tokens / dt:,.0f} tokens/s  {result.tokens:,} tokens",
-            end="" if not force else "\n",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"\r{self.line(result, now - self.start)}", end="\n" if force else "", file=sys.stderr, flush=True)
+
+    def note(self, message: str) -> None:
+        if self.enabled:
+            print(message, file=sys.stderr, flush=True)
+
+    def line(self, result: PrepareResult, seconds: float) -> str:
+        seconds = max(seconds, 1e-9)
+        read, total = self.reading.bytes, self.reading.total
+        parts = [f"{result.examples:,} documents", f"{result.tokens:,} tokens", f"{read / 1e6 / seconds:,.1f} MB/s"]
+        if total and read:
+            left = seconds * max(total - read, 0) / read
+            parts.append(f"{min(read / total, 1):.0%} of {total / 1e6:,.1f} MB, ETA {_clock(left)}")
+        return "  ".join(parts) + " " * 4  # spaces: clear what a longer line left
+
+
+class _ResumeState:
+    """What a resumable run has done, in ``resume.json`` in its folder: the job it is (inputs,
+    options, tokenizer), how many input records are in the files, the counts so far and the
+    writer's state. Saved after every batch, after the batch's data is flushed: a run killed
+    at any moment leaves files at least as long as the state says, and ``load`` cuts them
+    back to it."""
+
+    def __init__(self, path: Path, job: dict[str, Any], tokenizer_sha256: Future[str], result: PrepareResult, writer) -> None:
+        self.path, self.result, self.writer = path, result, writer
+        self._job, self._tokenizer_sha256 = job, tokenizer_sha256
+        self.records = 0
+
+    @property
+    def job(self) -> dict[str, Any]:
+        """The options, the inputs and the tokenizer's hash (asked for when first needed: it
+        is made beside the work)."""
+        return {**self._job, "tokenizer_sha256": self._tokenizer_sha256.result()}
+
+    def save(self, records: int) -> None:
+        self.records = records
+        counts = {k: v for k, v in asdict(self.result).items() if k not in ("out_dir", "seconds", "bytes_read")}
+        state = {"job": self.job, "records": records, "result": counts, "writer": self.writer.state()}
+        new = self.path.with_name(self.path.name + ".new")
+        new.write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
+        os.replace(new, self.path)
+
+    def load(self) -> bool:
+        """Take up the saved state; False where there is none (the run starts afresh)."""
+        if not self.path.exists():
+            return False
+        state, job = json.loads(self.path.read_text(encoding="utf-8")), self.job
+        if state["job"] != job:
+            changed = sorted(k for k in {**state["job"], **job} if state["job"].get(k) != job.get(k))
+            raise DataError(
+                f"cannot resume {self.path.parent}: the {', '.join(changed)} differ from the run that wrote it "
+                "(run without resume / --resume to start afresh)"
+            )
+        try:
+            self.writer.restore(state["writer"])
+        except ValueError as e:
+            raise DataError(f"cannot resume {self.path.parent}: {e}") from None
+        for key, value in state["result"].items():
+            setattr(self.result, key, value)
+        self.records = state["records"]
+        return True
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds + 0.5), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -351,6 +416,9 @@ def prepare(
     progress: bool | None = None,
     format: str = "parquet",
     doc_per_line: bool = False,
+    block_size: int | None = None,
+    keep_remainder: bool = False,
+    resume: bool = False,
 ) -> PrepareResult:
     """Encode a dataset into Parquet shards (``input_ids``, ``labels``, and with packing
     ``position_ids`` and ``seq_lens``) plus ``meta.json`` in ``out_dir``.
@@ -373,12 +441,27 @@ def prepare(
     - ``"tokens"``: ``tokens.bin`` (all ids, uint16 where the vocabulary fits, else uint32,
       for ``numpy.memmap``) and ``offsets.npy`` (where each document starts).
 
+    With ``block_size``, the Parquet rows are instead blocks of pre-training text, as
+    transformers' ``run_clm.py`` makes them with ``group_texts``: every document's ids (as in
+    the two formats below) one after another, cut every ``block_size`` tokens, ``labels`` a
+    copy of ``input_ids``. The last, shorter block is dropped unless ``keep_remainder`` (or
+    unless it is the only one, as ``group_texts`` keeps it). ``group_texts`` is applied to
+    the whole corpus at once: ``run_clm.py`` applies it to every 1,000 documents and drops a
+    remainder from each.
+
     ``max_length`` (default 4096) and ``pack`` (default on) shape the Parquet rows. In the
     other two formats each text record's ids are the tokenizer's with its template (BOS
     where the model adds one) and then the EOS id, never truncated (the trainer cuts its own
     sequences: passing ``max_length`` or ``pack`` is an error there); chat records are an
     error too. They are encoded in this process, in batches, on every core (``num_workers``
     does not apply).
+    ``resume`` (``megatron`` and ``tokens`` so far) takes up a run that ended early (killed,
+    interrupted, out of disk) where it stopped. Those formats work in ``.NAME.partial`` next
+    to ``out_dir`` and record there, after every batch of about 4 MB of text, how many input
+    records are in the files. A resumed run checks that the inputs (names, sizes, times), the
+    options and the tokenizer are the same, skips the records already done, and writes the
+    same bytes an uninterrupted run writes. Without ``resume`` a new run starts afresh.
+
     Inputs are JSONL, Parquet or plain text (``.txt``: a document per blank-line-separated
     block, or per line with ``doc_per_line``), JSONL and text also ``.gz`` / ``.zst``.
 
@@ -389,16 +472,26 @@ def prepare(
         raise ValueError(f'on_error must be "skip" or "raise", got {on_error!r}')
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-    streams = format != "parquet"
+    if block_size is not None and (format != "parquet" or block_size < 1):
+        raise ValueError(f"block_size / --block-size cuts Parquet rows and must be positive; got {block_size} with format={format!r}")
+    if keep_remainder and block_size is None:
+        raise ValueError("keep_remainder / --keep-remainder is for block_size / --block-size")
+    streams = format != "parquet" or block_size is not None
     if streams and (max_length is not None or pack is not None):
         raise ValueError(
-            f"max_length / --max-length and pack / --pack shape Parquet rows; format={format!r} keeps every "
-            "document whole (the trainer cuts its own sequences)"
+            f"max_length / --max-length and pack / --pack shape Parquet rows of whole records; "
+            + ("block_size / --block-size cuts the blocks" if block_size else f"format={format!r} keeps every document whole (the trainer cuts its own sequences)")
         )
     max_length = 4096 if max_length is None else max_length
     pack = True if pack is None else pack
     if max_length < 1:
         raise ValueError("max_length must be positive")
+    resumable = format in ("megatron", "tokens")
+    if resume and not resumable:
+        raise ValueError(f"resume / --resume works for format megatron and tokens so far, not {format!r}")
+    paths = _paths(inputs)
+    if resume and (not isinstance(inputs, (list, tuple)) or len(paths) != len(inputs)):
+        raise ValueError("resume / --resume needs the inputs as a list of files (to know that they did not change)")
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(exists_message(out))  # early; atomic_folder claims it for good
@@ -407,29 +500,63 @@ def prepare(
         template_name=template_name,
     )
     result = PrepareResult(out_dir=str(out))
-    bar = _Progress(sys.stderr.isatty() if progress is None else progress)
+    reading = ReadProgress(sum(os.path.getsize(p) for p in paths))
+    bar = _Progress(sys.stderr.isatty() if progress is None else progress, reading)
     started = time.monotonic()
-    with atomic_folder(out, overwrite=overwrite) as tmp:
-        with _writer(format, tmp, pack, rows_per_shard, tok) as writer:
-            if streams:
-                _write_documents(inputs, encoder, doc_per_line, on_error, result, writer, bar)
+    # The tokenizer's hash for meta.json (0.2 s for a large vocabulary): made beside the work.
+    side = ThreadPoolExecutor(1)
+    tokenizer_sha256 = side.submit(lambda: hashlib.sha256(tok.to_str().encode()).hexdigest())
+    side.shutdown(wait=False)
+    job = {
+        "inputs": [[str(Path(p).resolve()), os.path.getsize(p), os.stat(p).st_mtime_ns] for p in paths],
+        "format": format, "doc_per_line": doc_per_line, "mapping": encoder.mapping, "eos_id": encoder.eos_id,
+        "text_allowed": sorted(encoder.text_allowed), "on_error": on_error, "tokensmith_version": _version(),
+    }
+    with atomic_folder(out, overwrite=overwrite, resume=resume if resumable else None) as tmp:
+        with _writer(format, tmp, pack, rows_per_shard, tok, block_size, keep_remainder) as writer:
+            records = read_records(inputs, doc_per_line=doc_per_line, progress=reading)
+            if resumable:
+                state = _ResumeState(tmp / RESUME_STATE, job, tokenizer_sha256, result, writer)
+                if resume and state.load():
+                    bar.note(f"resuming after {state.records:,} records ({result.examples:,} documents)")
+                    records = itertools.islice(records, state.records, None)
+                try:
+                    _write_documents(records, encoder, on_error, result, writer, bar, state)
+                except (DataError, ValueError):
+                    # The data's fault: the same run would fail again, so there is nothing to resume.
+                    state.path.unlink(missing_ok=True)
+                    raise
+            elif streams:
+                _write_documents(records, encoder, on_error, result, writer, bar)
             else:
-                _write_examples(_encoded(inputs, encoder, num_workers, doc_per_line), max_length, pack, on_error, result, writer, bar)
-            result.rows = writer.rows
+                _write_examples(_encoded(records, encoder, num_workers), max_length, pack, on_error, result, writer, bar)
             if not result.examples:
                 why = f"all {result.skipped} records were skipped ({result.reasons()})" if result.skipped else "the input has no records"
                 first = f"; first: {result.errors[0]}" if result.errors else ""
                 raise DataError(f"no training example to write: {why}{first}")
+        (tmp / RESUME_STATE).unlink(missing_ok=True)
+        result.rows = writer.rows  # after the writer's end: blocks write their last one there
+        if block_size and writer.dropped:
+            result.warnings.append(
+                f"the last {writer.dropped} tokens, short of a block of {block_size}, were dropped "
+                "(keep_remainder / --keep-remainder keeps them)"
+            )
         result.seconds = time.monotonic() - started
-        result.bytes_read = sum(os.path.getsize(p) for p in _paths(inputs))
+        result.bytes_read = reading.total
         bar.update(result, force=True)
         meta = {
             **asdict(result),
             "out_dir": str(out),
-            "tokenizer_sha256": hashlib.sha256(tok.to_str().encode()).hexdigest(),
+            "tokenizer_sha256": tokenizer_sha256.result(),
             "chat_template": encoder.template,
             "format": format,
-            **({"dtype": str(writer.dtype), "documents": writer.rows} if streams else {"max_length": max_length, "pack": pack}),
+            **(
+                {"block_size": block_size, "keep_remainder": keep_remainder, "documents": result.examples}
+                if block_size
+                else {"dtype": str(writer.dtype), "documents": writer.rows}
+                if streams
+                else {"max_length": max_length, "pack": pack}
+            ),
             "files": writer.files,
             "loss": loss,
             "content_special": encoder.content_special,
@@ -469,29 +596,94 @@ def _write_examples(encoded, max_length: int, pack: bool, on_error: str, result:
         writer.write(packer.flush())
 
 
-def _write_documents(inputs, encoder: ExampleEncoder, doc_per_line: bool, on_error: str, result: PrepareResult, writer, bar: _Progress) -> None:
-    """Text records to a token stream (``format="megatron"`` / ``"tokens"``). The texts go
-    to the core in batches of about 4 MB, which it encodes on every core into one id array,
-    and the ids go to the file from there: no Python object per token. Through the
-    per-record path of the Parquet output (an ``Example`` and lists per record, pickled to
-    worker processes) the same corpus ran at 3-4 MB/s, and slower on 2 workers than on 1."""
-    import numpy as np
+#: Text records go to the core in batches of about this many characters (4 MB of English):
+#: enough for every core to have work, few enough to keep memory small.
+_BATCH_CHARS = 4 << 20
 
-    texts: list[str] = []
-    where: list[tuple[str, int]] = []
-    size = 0
+
+def _write_documents(
+    records: Iterator[Record | BadRecord], encoder: ExampleEncoder, on_error: str, result: PrepareResult, writer,
+    bar: _Progress, state: _ResumeState | None = None,
+) -> None:
+    """Text records to a token stream (``format="megatron"`` / ``"tokens"``).
+
+    The texts go to the core in batches of about 4 MB, which it encodes on every core into
+    one id array, and the ids go to the file from there: no Python object per token.
+    Through the per-record path of the Parquet output (an ``Example`` and lists per record,
+    pickled to worker processes) the same corpus ran at 3-4 MB/s, and slower on 2 workers
+    than on 1. Reading the next batch (Python, under the GIL) overlaps encoding this one
+    (the core releases the GIL): one thread encodes while this one reads."""
 
     def skip(source: str, line: int, error: RecordError) -> None:
         if on_error == "raise":
             raise DataError(f"{source}:{line}: {error}")
         result.skip(source, line, error)
 
-    def encode() -> tuple[np.ndarray, np.ndarray]:
-        special = encoder.text_allowed
-        try:
-            return encoder.tok.encode_batch_numpy(texts, add_special_tokens=True, special=special)
-        except (ValueError, TokenizerError):
-            pass
+    def write(bad: list[tuple[str, int, RecordError]], records_done: int, encoded) -> None:
+        ids, lengths, refused = encoded
+        for source, line, error in bad + refused:
+            skip(source, line, error)
+        writer.add_array(ids, lengths)
+        result.examples += len(lengths)
+        result.tokens += int(ids.size)
+        result.loss_tokens += int(ids.size)
+        if state is not None:
+            state.save(records_done)
+        bar.update(result)
+
+    def batches() -> Iterator[tuple[list[str], list[tuple[str, int]], list[tuple[str, int, RecordError]], int]]:
+        """Batches of texts, with where each came from, the records of the batch that were
+        not texts (reported when the batch is written: after it, the resume state counts
+        them as done) and how many records are done after it."""
+        texts: list[str] = []
+        where: list[tuple[str, int]] = []
+        bad: list[tuple[str, int, RecordError]] = []
+        size = 0
+        done = state.records if state is not None else 0
+        for record in records:
+            done += 1
+            if isinstance(record, BadRecord):
+                bad.append((record.source, record.line, RecordError(record.error, "unreadable line")))
+                continue
+            try:
+                kind, value = to_example_input(record.data, encoder.mapping)
+            except (ValueError, TypeError, KeyError) as e:
+                bad.append((record.source, record.line, RecordError(f"{type(e).__name__}: {e}", "malformed record")))
+                continue
+            if kind != "text":
+                raise DataError(f"{record.source}:{record.line}: {CHAT_IN_STREAM}")
+            if encoder.eos_id is None:
+                raise DataError(f"{record.source}:{record.line}: {encoder.eos_problem}")
+            texts.append(value)
+            where.append((record.source, record.line))
+            size += len(value)
+            if size >= _BATCH_CHARS:
+                yield texts, where, bad, done
+                texts, where, bad, size = [], [], [], 0
+        if texts or bad:
+            yield texts, where, bad, done
+
+    with ThreadPoolExecutor(1) as encoding:
+        pending = None
+        for texts, where, bad, done in batches():
+            future = encoding.submit(_encode_documents, encoder, texts, where)
+            if pending is not None:
+                write(pending[0], pending[1], pending[2].result())
+            pending = (bad, done, future)
+        if pending is not None:
+            write(pending[0], pending[1], pending[2].result())
+
+
+def _encode_documents(encoder: ExampleEncoder, texts: list[str], where: list[tuple[str, int]]):
+    """(ids, lengths, refused records) of a batch of documents: each the tokenizer's ids with
+    its template, then the EOS id unless the template already ends it with one."""
+    import numpy as np
+
+    special = encoder.text_allowed
+    refused: list[tuple[str, int, RecordError]] = []
+    try:
+        ids, offsets = encoder.tok.encode_batch_numpy(texts, add_special_tokens=True, special=special)
+    except (ValueError, TokenizerError):
         # A record the tokenizer refuses (a lone surrogate from JSON "\ud800") fails the
         # whole batch: find it, report it as the Parquet path does, and keep the others.
         good = []
@@ -499,49 +691,15 @@ def _write_documents(inputs, encoder: ExampleEncoder, doc_per_line: bool, on_err
             try:
                 encoder.tok.encode(text, add_special_tokens=True, special=special)
             except (ValueError, TokenizerError) as e:
-                skip(source, line, RecordError(f"{type(e).__name__}: {e}", "malformed record"))
+                refused.append((source, line, RecordError(f"{type(e).__name__}: {e}", "malformed record")))
             else:
                 good.append(text)
-        texts[:] = good
-        return encoder.tok.encode_batch_numpy(texts, add_special_tokens=True, special=special)
-
-    def flush() -> None:
-        if not texts:
-            return
-        ids, offsets = encode()
-        # The EOS id after each document that does not already end with it (a template may add it).
-        ends = offsets[1:]
-        last = ids[np.maximum(ends - 1, 0)] if ids.size else np.zeros(len(texts), dtype=ids.dtype)
-        missing = (np.diff(offsets) == 0) | (last != encoder.eos_id)
-        ids = np.insert(ids, ends[missing], encoder.eos_id)
-        writer.add_array(ids, np.diff(offsets) + missing)
-        result.examples += len(texts)
-        result.tokens += int(ids.size)
-        result.loss_tokens += int(ids.size)
-        texts.clear()
-        where.clear()
-        bar.update(result)
-
-    for record in read_records(inputs, doc_per_line=doc_per_line):
-        if isinstance(record, BadRecord):
-            skip(record.source, record.line, RecordError(record.error, "unreadable line"))
-            continue
-        try:
-            kind, value = to_example_input(record.data, encoder.mapping)
-        except (ValueError, TypeError, KeyError) as e:
-            skip(record.source, record.line, RecordError(f"{type(e).__name__}: {e}", "malformed record"))
-            continue
-        if kind != "text":
-            raise DataError(f"{record.source}:{record.line}: {CHAT_IN_STREAM}")
-        if encoder.eos_id is None:
-            raise DataError(f"{record.source}:{record.line}: {encoder.eos_problem}")
-        texts.append(value)
-        where.append((record.source, record.line))
-        size += len(value)
-        if size >= 4 << 20:
-            flush()
-            size = 0
-    flush()
+        texts = good
+        ids, offsets = encoder.tok.encode_batch_numpy(texts, add_special_tokens=True, special=special)
+    ends = offsets[1:]
+    last = ids[np.maximum(ends - 1, 0)] if ids.size else np.zeros(len(texts), dtype=ids.dtype)
+    missing = (np.diff(offsets) == 0) | (last != encoder.eos_id)
+    return np.insert(ids, ends[missing], encoder.eos_id), np.diff(offsets) + missing, refused
 
 
 def _paths(inputs) -> list[str]:
@@ -556,14 +714,14 @@ def _version() -> str:
     return __version__
 
 
-def _encoded(inputs, encoder: ExampleEncoder, num_workers: int | None, doc_per_line: bool) -> Iterator[tuple[str, int, Any]]:
+def _encoded(records: Iterator[Record | BadRecord], encoder: ExampleEncoder, num_workers: int | None) -> Iterator[tuple[str, int, Any]]:
     """(source, line, Example or error message) in input order, on the CPUs this process may
     use. Workers are subprocesses (see ``_workers``), so this works from a script without a
     ``__main__`` guard, a notebook, or a daemonic process such as a DataLoader worker."""
     from . import _workers
 
     workers = num_workers if num_workers is not None else _workers.available_cpus()
-    chunks = _chunks(read_records(inputs, doc_per_line=doc_per_line), 256)
+    chunks = _chunks(records, 256)
     if workers <= 1:
         for chunk in chunks:
             for s, n, d, bad in chunk:
@@ -608,14 +766,16 @@ def _in_pool(chunks: Iterator[list[Any]], pool) -> Iterator[list[tuple[str, int,
 FORMATS = ("parquet", "megatron", "tokens")
 
 
-def _writer(format: str, folder: Path, packed: bool, rows_per_shard: int, tok: Tokenizer):
+def _writer(format: str, folder: Path, packed: bool, rows_per_shard: int, tok: Tokenizer, block_size: int | None, keep_remainder: bool):
+    if block_size is not None:
+        return _BlockWriter(_ShardWriter(folder, False, rows_per_shard), block_size, keep_remainder)
     if format == "parquet":
         return _ShardWriter(folder, packed, rows_per_shard)
     from .token_files import FlatTokensWriter, MegatronWriter  # numpy: only for these formats
 
     # Ids can have holes (cl100k's specials go up to 100276 over 100,261 entries): the
     # dtype must hold the highest id, not the count.
-    vocab_size = max(tok.vocab_size, max(tok.get_vocab().values(), default=-1) + 1)
+    vocab_size = max(tok.vocab_size, tok._core.id_limit)
     return MegatronWriter(folder, "data", vocab_size) if format == "megatron" else FlatTokensWriter(folder, vocab_size)
 
 
@@ -650,18 +810,34 @@ class _ShardWriter:
             self._flush()
             self._close_shard()
 
+    def write_table(self, table) -> None:
+        """Rows already in Arrow form, in this writer's schema."""
+        self._flush()
+        while table.num_rows:
+            part = table.slice(0, self.rows_per_shard - self._shard_rows)
+            self._write(part)
+            table = table.slice(part.num_rows)
+            self.rows += part.num_rows
+            self._shard_rows += part.num_rows
+            if self._shard_rows >= self.rows_per_shard:
+                self._close_shard()
+
     def _flush(self) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if not self._buffer["input_ids"]:
             return
+        self._write(pa.table(self._buffer, schema=self.schema))
+        self._buffer = {c: [] for c in self.columns}
+
+    def _write(self, table) -> None:
+        import pyarrow.parquet as pq
+
         if self._writer is None:
             path = self.folder / f"part-{self._shards:05d}.parquet"
             self.files.append(path.name)
             self._writer = pq.ParquetWriter(path, self.schema)
-        self._writer.write_table(pa.table(self._buffer, schema=self.schema))
-        self._buffer = {c: [] for c in self.columns}
+        self._writer.write_table(table)
 
     def _close_shard(self) -> None:
         if self._writer is not None:
@@ -674,3 +850,61 @@ class _ShardWriter:
         if exc_type is None:
             self._flush()
         self._close_shard()
+
+
+class _BlockWriter:
+    """Documents' ids to Parquet rows of ``block_size`` ids (``format="parquet"`` with
+    ``block_size``): ``run_clm.py``'s ``group_texts`` over the whole stream. Only the ids
+    short of a block wait here between batches; the rows go to Arrow from numpy."""
+
+    columns = ["input_ids", "labels"]
+    dtype = "int32"
+
+    def __init__(self, shards: _ShardWriter, block_size: int, keep_remainder: bool) -> None:
+        import numpy as np
+
+        self.shards = shards
+        self.block_size = block_size
+        self.keep_remainder = keep_remainder
+        #: Ids after the last whole block, left out (set at the end).
+        self.dropped = 0
+        self._pending = np.zeros(0, dtype=np.int32)
+
+    @property
+    def rows(self) -> int:
+        return self.shards.rows
+
+    @property
+    def files(self) -> list[str]:
+        return self.shards.files
+
+    def __enter__(self) -> _BlockWriter:
+        return self
+
+    def add_array(self, ids, lengths) -> None:
+        import numpy as np
+
+        stream = np.concatenate([self._pending, ids.astype(np.int32)])
+        whole = stream.size // self.block_size * self.block_size
+        self._write(stream[:whole])
+        self._pending = stream[whole:]
+
+    def _write(self, ids) -> None:
+        import numpy as np
+        import pyarrow as pa
+
+        if not ids.size:
+            return
+        starts = np.arange(0, ids.size + 1, self.block_size, dtype=np.int32)
+        if starts[-1] != ids.size:
+            starts = np.append(starts, np.int32(ids.size))
+        rows = pa.ListArray.from_arrays(pa.array(starts), pa.array(ids))
+        self.shards.write_table(pa.table([rows, rows], schema=self.shards.schema))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and self._pending.size:
+            if self.keep_remainder or not self.rows:  # ``group_texts`` keeps a stream shorter than a block
+                self._write(self._pending)
+            else:
+                self.dropped = int(self._pending.size)
+        self.shards.__exit__(exc_type, exc, tb)

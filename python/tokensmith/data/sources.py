@@ -7,13 +7,14 @@ import gzip
 import io
 import json
 import os
+import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Record", "BadRecord", "read_records", "to_example_input", "to_tools", "FORMATS"]
+__all__ = ["Record", "BadRecord", "ReadProgress", "read_records", "to_example_input", "to_tools", "FORMATS"]
 
 #: ShareGPT role names (LLaMA-Factory's) and the roles chat templates know. ``gpt`` and
 #: ``function_call`` (the model's tool call, whose text is the call's JSON) are the model's
@@ -45,8 +46,32 @@ class BadRecord:
         return f"{self.source}:{self.line}: {self.error}"
 
 
+class ReadProgress:
+    """How far :func:`read_records` has read: bytes of the input files as they are on disk
+    (compressed bytes for ``.gz`` / ``.zst``), for a progress bar's MB/s and ETA."""
+
+    def __init__(self, total: int = 0) -> None:
+        self.total = total
+        self._done = 0  # bytes of the files read to the end
+        self._file: Any = None  # the file being read
+
+    @property
+    def bytes(self) -> int:
+        try:
+            return self._done + (self._file.tell() if self._file is not None else 0)
+        except (OSError, ValueError):  # closed meanwhile
+            return self._done
+
+    def _finished(self, path: Path) -> None:
+        self._file = None
+        self._done += path.stat().st_size
+
+
 def read_records(
-    inputs: Iterable[str | os.PathLike[str]] | Iterable[Mapping[str, Any]], *, doc_per_line: bool = False
+    inputs: Iterable[str | os.PathLike[str]] | Iterable[Mapping[str, Any]],
+    *,
+    doc_per_line: bool = False,
+    progress: ReadProgress | None = None,
 ) -> Iterator[Record | BadRecord]:
     """Records from JSONL / JSON-lines files, Parquet files, plain text files, or an
     iterable of dicts.
@@ -54,8 +79,10 @@ def read_records(
     A ``.txt`` file is documents separated by blank lines (one per line with
     ``doc_per_line``), each a ``{"text": ...}`` record. JSONL and text files may be
     compressed: ``.jsonl.gz``, ``.txt.zst`` (``pip install zstandard``), ... Files stream:
-    memory stays bounded whatever their size.
+    memory stays bounded whatever their size. ``progress`` is kept up to date with the
+    bytes read.
     """
+    progress = progress or ReadProgress()
     for n, item in enumerate(inputs):
         if isinstance(item, Mapping):
             yield Record("<iterable>", n + 1, item)
@@ -69,27 +96,31 @@ def read_records(
             if compressed:
                 raise ValueError(f"{path}: Parquet compresses its own columns; give the .parquet file itself")
             yield from _parquet(path)
+            progress._finished(path)
             continue
-        records = _plain_text(path, doc_per_line) if kind == ".txt" else _jsonl(path)
-        try:
-            yield from records
-        except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-            # A cut or corrupt .gz: say which file, never keep what came before as if complete.
-            raise ValueError(f"{path}: cannot read it as gzip ({e})") from None
+        with open(path, "rb") as raw:
+            progress._file = raw
+            records = _plain_text(path, raw, doc_per_line) if kind == ".txt" else _jsonl(path, raw)
+            try:
+                yield from records
+            except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+                # A cut or corrupt .gz: say which file, never keep what came before as if complete.
+                raise ValueError(f"{path}: cannot read it as gzip ({e})") from None
+        progress._finished(path)
 
 
 #: Compressed files by suffix: the suffix before it says what they hold.
 _COMPRESSED = (".gz", ".zst")
 
 
-def _open(path: Path):
-    """A binary stream of the file's contents, decompressed."""
+def _open(path: Path, raw: io.BufferedReader):
+    """A binary stream of the contents of ``raw`` (the file at ``path``), decompressed."""
     suffix = path.suffix.lower()
     if suffix == ".gz":
-        return gzip.open(path, "rb")
+        return gzip.GzipFile(fileobj=raw, mode="rb")
     if suffix == ".zst":
-        return io.BufferedReader(_ZstdReader(path), 1 << 20)
-    return open(path, "rb")
+        return io.BufferedReader(_ZstdReader(path, raw), 1 << 20)
+    return raw
 
 
 class _ZstdReader(io.RawIOBase):
@@ -97,14 +128,14 @@ class _ZstdReader(io.RawIOBase):
     error: zstandard's ``stream_reader`` returns what it has and says nothing, which would
     train on part of a corpus as if it were all of it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, raw: io.BufferedReader) -> None:
         try:
             import zstandard
         except ImportError:
             raise ImportError(f"{path}: reading .zst files needs the zstandard package (pip install zstandard)") from None
         self._zstd = zstandard
         self._path = path
-        self._file = open(path, "rb")
+        self._file = raw
         self._frame = zstandard.ZstdDecompressor().decompressobj()
         self._fed = False  # bytes given to the current frame
         self._out = b""
@@ -138,51 +169,72 @@ class _ZstdReader(io.RawIOBase):
             chunk = self._frame.unused_data if self._frame.eof else b""
         return b"".join(out)
 
-    def close(self) -> None:
-        self._file.close()
-        super().close()
 
 
-def _plain_text(path: Path, doc_per_line: bool) -> Iterator[Record | BadRecord]:
+#: A document of blank-line-separated text: lines with a character that is not ASCII
+#: whitespace (``bytes.strip``'s set), one after another.
+_BLOCK = re.compile(rb"[^\S\n]*\S[^\n]*(?:\n[^\S\n]*\S[^\n]*)*")
+_LINE = re.compile(rb"[^\S\n]*\S[^\n]*")
+#: What must follow a block before it is known to be whole: its line end and a blank line.
+_BLANK_LINE = re.compile(rb"\n[^\S\n]*\n")
+
+
+def _plain_text(path: Path, raw: io.BufferedReader, doc_per_line: bool, chunk: int = 4 << 20) -> Iterator[Record | BadRecord]:
     """Plain text: a document per blank-line-separated block (its first line numbers it), or
-    per non-empty line. A block with a byte that is not UTF-8 is reported and skipped."""
-    block: list[bytes] = []
-    first = 0
+    per non-empty line. A block with a byte that is not UTF-8 is reported and skipped.
 
-    def done() -> Iterator[Record | BadRecord]:
-        raw = b"".join(block)
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line = first + raw.count(b"\n", 0, e.start)
-            column = e.start - (raw.rfind(b"\n", 0, e.start) + 1)
-            where = f"byte {column + 1} of line {line}" + (f", in the document from line {first}" if line != first else "")
-            yield BadRecord(str(path), line, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at {where})")
-            return
-        # The line breaks inside a document are kept; the one that ends it is not.
-        yield Record(str(path), first, {"text": text[:-1] if text.endswith("\n") else text})
+    The file is read ``chunk`` bytes at a time and cut into documents by one regex search
+    over each chunk: line by line in Python, reading was a third of ``prepare``'s time on
+    one core. A document not yet whole at a chunk's end is kept for the next; the next read
+    is at least as large as what is kept, so a document of any size costs linear time."""
+    document = _LINE if doc_per_line else _BLOCK
+    buffer = b""
+    line = 1  # the line number at the start of ``buffer``
+    with _open(path, raw) as f:
+        head = f.read(3)
+        buffer = head[3:] if head == b"\xef\xbb\xbf" else head  # a UTF-8 byte-order mark
+        at_end = False
+        while not at_end:
+            more = f.read(max(chunk, len(buffer)))
+            at_end = not more
+            buffer += more
+            counted = 0  # ``line`` counts the lines of ``buffer[:counted]``
+            # Where the unfinished tail starts: a line not yet ended may be part of a document.
+            keep = len(buffer) if at_end else buffer.rfind(b"\n") + 1
+            for m in document.finditer(buffer):
+                start, end = m.span()
+                whole = at_end or (
+                    buffer.startswith(b"\n", end) if doc_per_line else _BLANK_LINE.match(buffer, end) is not None
+                )
+                if not whole:
+                    keep = start
+                    break
+                line += buffer.count(b"\n", counted, start)
+                counted = start
+                yield _document(path, line, buffer[start:end], buffer.startswith(b"\n", end))
+            line += buffer.count(b"\n", counted, keep)
+            buffer = buffer[keep:]
 
-    with _open(path) as f:
-        for line_no, raw in enumerate(f, 1):
-            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]  # a UTF-8 byte-order mark
-            raw = raw.replace(b"\r\n", b"\n")
-            blank = not raw.strip()
-            if block and (blank or doc_per_line):
-                yield from done()
-                block = []
-            if not blank:
-                if not block:
-                    first = line_no
-                block.append(raw)
-        if block:
-            yield from done()
+
+def _document(path: Path, line: int, raw: bytes, line_ended: bool) -> Record | BadRecord:
+    """One document of a text file, its line breaks kept (a CRLF as LF), the one after it not."""
+    raw = raw.replace(b"\r\n", b"\n")
+    if line_ended and raw.endswith(b"\r"):
+        raw = raw[:-1]  # the CR of the CRLF that ends the document
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = line + raw.count(b"\n", 0, e.start)
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1)
+        where = f"byte {column + 1} of line {bad}" + (f", in the document from line {line}" if bad != line else "")
+        return BadRecord(str(path), bad, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at {where})")
+    return Record(str(path), line, {"text": text})
 
 
-def _jsonl(path: Path) -> Iterator[Record | BadRecord]:
+def _jsonl(path: Path, raw: io.BufferedReader) -> Iterator[Record | BadRecord]:
     """Each line on its own: a bad byte or bad JSON costs that record only, never the rest
     of the file (a text-mode reader fails for the whole buffer around a bad byte)."""
-    with _open(path) as f:
+    with _open(path, raw) as f:
         for line_no, raw in enumerate(f, 1):
             if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # a UTF-8 byte-order mark

@@ -2,14 +2,15 @@
 files (``prepare(format="megatron" | "tokens")``).
 
 Both hold documents as runs of ids, nothing else: the ids go to disk as they come (one
-write per batch of documents), and only their lengths (8 bytes a document) stay in memory
-until the index is written at the end.
+write per batch of documents), and so do their lengths, into a side file that becomes the
+index at the end. What is on disk is all there is: a run can be taken up again from any
+``state()`` (``prepare(resume=True)``).
 """
 
 from __future__ import annotations
 
+import os
 import struct
-from array import array
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +54,12 @@ class _TokenFile:
     def __init__(self, ids_path: Path, dtype: np.dtype, vocab_size: int) -> None:
         self.dtype = dtype
         self.vocab_size = vocab_size
-        self.lengths = array("q")
+        self.rows = 0  # documents written
         self._path = ids_path
-        self._file = open(ids_path, "wb")
+        self._lengths_path = ids_path.with_name(ids_path.name + ".lengths")
+        # Appending: a resumed run finds its files here (``restore``); a new run, no file.
+        self._file = open(ids_path, "ab")
+        self._lengths = open(self._lengths_path, "ab")
 
     def add(self, ids: list[int]) -> None:
         """One document."""
@@ -70,12 +74,26 @@ class _TokenFile:
         if high >= self.vocab_size:
             raise ValueError(f"id {high} is not in the vocabulary (ids 0-{self.vocab_size - 1})")
         self._file.write(ids.astype(self.dtype.newbyteorder("<"), copy=False).tobytes())
-        self.lengths.frombytes(np.asarray(lengths, dtype=np.int64).tobytes())
+        lengths = np.asarray(lengths, dtype="<i8")
+        self._lengths.write(lengths.tobytes())
+        self.rows += lengths.size
 
-    @property
-    def rows(self) -> int:
-        """Documents written."""
-        return len(self.lengths)
+    def state(self) -> dict[str, int]:
+        """Where the files stand, everything so far on disk: what ``restore`` takes back to."""
+        self._file.flush()
+        self._lengths.flush()
+        return {"bytes": self._file.tell(), "documents": self.rows}
+
+    def restore(self, state: dict[str, int]) -> None:
+        """Go on from ``state`` (this writer's files as a killed run left them: maybe longer)."""
+        for f, path, size in ((self._file, self._path, state["bytes"]), (self._lengths, self._lengths_path, 8 * state["documents"])):
+            f.close()
+            if os.path.getsize(path) < size:
+                raise ValueError(f"{path.name} is shorter than when the run saved its state: it cannot go on from there")
+            os.truncate(path, size)
+        self._file = open(self._path, "ab")
+        self._lengths = open(self._lengths_path, "ab")
+        self.rows = state["documents"]
 
     def __enter__(self):
         return self
@@ -85,14 +103,18 @@ class _TokenFile:
             self.close()
         else:
             self._file.close()
+            self._lengths.close()
 
     def close(self) -> None:
         """Closes the ids' file and writes the index."""
         raise NotImplementedError
 
-    def _lengths(self) -> np.ndarray:
+    def _read_lengths(self) -> np.ndarray:
         self._file.close()
-        return np.frombuffer(self.lengths, dtype=np.int64)
+        self._lengths.close()
+        lengths = np.fromfile(self._lengths_path, dtype="<i8")
+        os.unlink(self._lengths_path)
+        return lengths
 
 
 class MegatronWriter(_TokenFile):
@@ -106,7 +128,7 @@ class MegatronWriter(_TokenFile):
         super().__init__(folder / self.files[0], megatron_dtype(vocab_size), vocab_size)
 
     def close(self) -> None:
-        lengths = self._lengths()
+        lengths = self._read_lengths()
         if lengths.size and lengths.max() > np.iinfo(np.int32).max:
             raise ValueError("a document of over 2^31 tokens does not fit Megatron's index")
         n = lengths.size
@@ -139,7 +161,7 @@ class FlatTokensWriter(_TokenFile):
         super().__init__(folder / self.files[0], flat_dtype(vocab_size), vocab_size)
 
     def close(self) -> None:
-        lengths = self._lengths()
+        lengths = self._read_lengths()
         with open(self._folder / self.files[1], "wb") as f:
             np.lib.format.write_array_header_1_0(f, {"descr": "<i8", "fortran_order": False, "shape": (lengths.size + 1,)})
             start = 0
