@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import importlib
+import itertools
 import json
 import subprocess
 import sys
@@ -143,7 +144,11 @@ def test_chat_records_and_empty_inputs_are_errors_and_write_nothing(format, tmp_
     (tmp_path / "empty.txt").write_text("\n\n\n", encoding="utf-8")
     with pytest.raises(data.DataError, match="no training example"):
         data.prepare([tmp_path / "empty.txt"], tok, tmp_path / "out", format=format, progress=False)
-    assert not (tmp_path / "out").exists()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n{}\n")
+    with pytest.raises(data.DataError, match="all 2 records were skipped"):
+        data.prepare([bad], tok, tmp_path / "out", format=format, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "chat.jsonl", "empty.txt"]  # no .out.partial
     with pytest.raises(ValueError, match="format must be one of"):
         data.prepare([chats], tok, tmp_path / "out", format="arrow")
     with pytest.raises(ValueError, match="Parquet compresses its own columns"):
@@ -320,8 +325,7 @@ def group_texts(examples, block_size):
 
     concatenated_examples = {k: list(chain(*examples[k])) for k in examples.keys()}
     total_length = len(concatenated_examples[list(examples.keys())[0]])
-    if total_length >= block_size:
-        total_length = (total_length // block_size) * block_size
+    total_length = (total_length // block_size) * block_size
     result = {
         k: [t[i : i + block_size] for i in range(0, total_length, block_size)]
         for k, t in concatenated_examples.items()
@@ -366,10 +370,13 @@ def test_blocks_are_what_run_clm_group_texts_makes(key, corpus, tmp_path_factory
     rows = parquet_rows(tmp_path / "kept")["input_ids"]
     assert sum(map(len, rows)) == total and rows[:-1] == group_texts(examples, 77)["input_ids"]
     assert 0 < len(rows[-1]) < 77 and kept.rows == len(rows) and not kept.warnings
-    # A corpus shorter than one block is one short block, as group_texts keeps it.
-    short = data.prepare([path], tok, tmp_path / "short", block_size=total + 1, progress=False)
-    expected = group_texts(examples, total + 1)
-    assert short.rows == 1 and parquet_rows(tmp_path / "short") == {c: expected[c] for c in ("input_ids", "labels")}
+    # A corpus shorter than one block: group_texts gives no row, which is an error here.
+    assert group_texts(examples, total + 1)["input_ids"] == []
+    with pytest.raises(data.DataError, match=f"the corpus is {total} tokens, fewer than one block of {total + 1}"):
+        data.prepare([path], tok, tmp_path / "short", block_size=total + 1, progress=False)
+    assert not (tmp_path / "short").exists()
+    short = data.prepare([path], tok, tmp_path / "short", block_size=total + 1, keep_remainder=True, progress=False)
+    assert short.rows == 1 and parquet_rows(tmp_path / "short")["input_ids"] == [sum(examples["input_ids"], [])]
 
 
 def test_block_options_are_checked(tmp_path_factory, tmp_path, corpus):
@@ -517,9 +524,9 @@ def test_resume_refuses_a_changed_job_and_starts_afresh_without_state(corpus, tm
             data.prepare([path], tok, tmp_path / "out", format="tokens", progress=False)
     copy = tmp_path / "corpus.txt"
     copy.write_bytes(path.read_bytes() + b"\n\none more document\n")
-    with pytest.raises(data.DataError, match="cannot resume .*: the inputs differ"):
+    with pytest.raises(data.DataError, match="cannot resume .*: changed since the run that wrote it: inputs "):
         data.prepare([copy], tok, tmp_path / "out", format="tokens", progress=False, resume=True)
-    with pytest.raises(data.DataError, match="the eos_id, inputs differ"):
+    with pytest.raises(data.DataError, match="changed since the run that wrote it: eos_id, inputs "):
         data.prepare([copy], tok, tmp_path / "out", format="tokens", progress=False, resume=True, eos="<|endoftext|>")
     with pytest.raises(ValueError, match="format megatron and tokens so far"):
         data.prepare([path], tok, tmp_path / "p", progress=False, resume=True)
@@ -533,3 +540,68 @@ def test_resume_refuses_a_changed_job_and_starts_afresh_without_state(corpus, tm
     with pytest.raises(data.DataError, match="no labels"):
         data.prepare([bad], tok, tmp_path / "bad", format="tokens", progress=False)
     assert not (tmp_path / ".bad.partial").exists() and not (tmp_path / "bad").exists()
+
+
+def test_text_reading_is_linear_on_long_whitespace(tmp_path):
+    from tokensmith.data.sources import read_records
+
+    # A blank line of 300,000 spaces: the document regex once tried it again from every byte
+    # (minutes); the line-by-line reader, and this one, take milliseconds.
+    (tmp_path / "t.txt").write_bytes(b"one\n" + b" " * 300_000 + b"\ntwo\n\n" + b"\t" * 300_000 + b"three")
+    for per_line, expected in ((False, [(1, "one"), (3, "two"), (5, "\t" * 300_000 + "three")]),
+                               (True, [(1, "one"), (3, "two"), (5, "\t" * 300_000 + "three")])):
+        assert [(r.line, r.data["text"]) for r in read_records([tmp_path / "t.txt"], doc_per_line=per_line)] == expected
+
+
+def test_bad_records_are_reported_as_they_come(tmp_path_factory, tmp_path, monkeypatch):
+    prepare_module = importlib.import_module("tokensmith.data.prepare")
+    tok = ts.Tokenizer.from_pretrained(model_dir(tmp_path_factory, "qwen2.5"))
+    lines = tmp_path / "c.jsonl"
+    lines.write_text("not json\n" * 5000 + '{"text": "the only document"}\n')
+    saves = []
+    save = prepare_module._ResumeState.save
+    monkeypatch.setattr(prepare_module._ResumeState, "save", lambda self, n: (saves.append(n), save(self, n)))
+    result = data.prepare([lines], tok, tmp_path / "out", format="tokens", progress=False)
+    assert result.skipped == 5000 and result.examples == 1
+    assert saves == [1024, 2048, 3072, 4096, 5001]  # batches of bad records, never all of them held
+    # With on_error="raise" the first one stops the run, whatever follows it.
+    endless = itertools.chain([{"body": "no text field"}], ({"text": "x"} for _ in itertools.count()))
+    with pytest.raises(data.DataError, match="<iterable>:1: ValueError: unknown record shape"):
+        data.prepare(endless, tok, tmp_path / "raised", format="tokens", progress=False, on_error="raise")
+
+
+def test_a_run_stopped_while_writing_the_index_or_resumed_with_other_options_still_resumes(corpus, tmp_path_factory, tmp_path, monkeypatch):
+    from tokensmith.data import token_files
+
+    prepare_module = importlib.import_module("tokensmith.data.prepare")
+    _, path = corpus
+    tok = ts.Tokenizer.from_pretrained(model_dir(tmp_path_factory, "mistral-v3"))
+    monkeypatch.setattr(prepare_module, "_BATCH_CHARS", 5_000)
+    data.prepare([path], tok, tmp_path / "whole", format="megatron", progress=False)
+
+    write_index = token_files.MegatronWriter._write_index
+
+    def interrupted(self, lengths):
+        write_index(self, lengths[:3])  # part of the index is on disk
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(token_files.MegatronWriter, "_write_index", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            data.prepare([path], tok, tmp_path / "out", format="megatron", progress=False)
+    # Resuming with another format is refused, and leaves nothing of that format behind.
+    with pytest.raises(data.DataError, match="changed since the run that wrote it: format"):
+        data.prepare([path], tok, tmp_path / "out", format="tokens", progress=False, resume=True)
+    data.prepare([path], tok, tmp_path / "out", format="megatron", progress=False, resume=True)
+    _same_output(tmp_path / "whole", tmp_path / "out")
+
+
+def test_token_file_writers_start_new_files(tmp_path):
+    from tokensmith.data.token_files import FlatTokensWriter
+
+    for ids in ([1, 2, 3, 4, 5], [7, 8]):
+        with FlatTokensWriter(tmp_path, 100) as w:
+            w.add(ids)
+    assert np.fromfile(tmp_path / "tokens.bin", dtype=np.uint16).tolist() == [7, 8]
+    assert np.load(tmp_path / "offsets.npy").tolist() == [0, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["offsets.npy", "tokens.bin"]

@@ -347,10 +347,11 @@ class _ResumeState:
     at any moment leaves files at least as long as the state says, and ``load`` cuts them
     back to it."""
 
-    def __init__(self, path: Path, job: dict[str, Any], tokenizer_sha256: Future[str], result: PrepareResult, writer) -> None:
-        self.path, self.result, self.writer = path, result, writer
+    def __init__(self, path: Path, job: dict[str, Any], tokenizer_sha256: Future[str], result: PrepareResult) -> None:
+        self.path, self.result = path, result
         self._job, self._tokenizer_sha256 = job, tokenizer_sha256
         self.records = 0
+        self.writer: Any = None  # set once made (with ``load``'s state)
 
     @property
     def job(self) -> dict[str, Any]:
@@ -366,25 +367,22 @@ class _ResumeState:
         new.write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
         os.replace(new, self.path)
 
-    def load(self) -> bool:
-        """Take up the saved state; False where there is none (the run starts afresh)."""
+    def load(self) -> dict[str, int] | None:
+        """Take up the saved counts; the writer's saved state, for the writer to go on from
+        (``None`` where nothing was saved: the run starts afresh)."""
         if not self.path.exists():
-            return False
+            return None
         state, job = json.loads(self.path.read_text(encoding="utf-8")), self.job
         if state["job"] != job:
             changed = sorted(k for k in {**state["job"], **job} if state["job"].get(k) != job.get(k))
             raise DataError(
-                f"cannot resume {self.path.parent}: the {', '.join(changed)} differ from the run that wrote it "
+                f"cannot resume {self.path.parent}: changed since the run that wrote it: {', '.join(changed)} "
                 "(run without resume / --resume to start afresh)"
             )
-        try:
-            self.writer.restore(state["writer"])
-        except ValueError as e:
-            raise DataError(f"cannot resume {self.path.parent}: {e}") from None
         for key, value in state["result"].items():
             setattr(self.result, key, value)
         self.records = state["records"]
-        return True
+        return state["writer"]
 
 
 def _clock(seconds: float) -> str:
@@ -444,10 +442,10 @@ def prepare(
     With ``block_size``, the Parquet rows are instead blocks of pre-training text, as
     transformers' ``run_clm.py`` makes them with ``group_texts``: every document's ids (as in
     the two formats below) one after another, cut every ``block_size`` tokens, ``labels`` a
-    copy of ``input_ids``. The last, shorter block is dropped unless ``keep_remainder`` (or
-    unless it is the only one, as ``group_texts`` keeps it). ``group_texts`` is applied to
-    the whole corpus at once: ``run_clm.py`` applies it to every 1,000 documents and drops a
-    remainder from each.
+    copy of ``input_ids``. The last, shorter block is dropped unless ``keep_remainder``; a
+    corpus shorter than one block is an error (``group_texts`` would give no row).
+    ``group_texts`` is applied to the whole corpus at once: ``run_clm.py`` applies it to
+    every 1,000 documents and drops a remainder from each.
 
     ``max_length`` (default 4096) and ``pack`` (default on) shape the Parquet rows. In the
     other two formats each text record's ids are the tokenizer's with its template (BOS
@@ -490,6 +488,9 @@ def prepare(
     if resume and not resumable:
         raise ValueError(f"resume / --resume works for format megatron and tokens so far, not {format!r}")
     paths = _paths(inputs)
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such file")
     if resume and (not isinstance(inputs, (list, tuple)) or len(paths) != len(inputs)):
         raise ValueError("resume / --resume needs the inputs as a list of files (to know that they did not change)")
     out = Path(out_dir)
@@ -513,27 +514,38 @@ def prepare(
         "text_allowed": sorted(encoder.text_allowed), "on_error": on_error, "tokensmith_version": _version(),
     }
     with atomic_folder(out, overwrite=overwrite, resume=resume if resumable else None) as tmp:
-        with _writer(format, tmp, pack, rows_per_shard, tok, block_size, keep_remainder) as writer:
-            records = read_records(inputs, doc_per_line=doc_per_line, progress=reading)
-            if resumable:
-                state = _ResumeState(tmp / RESUME_STATE, job, tokenizer_sha256, result, writer)
-                if resume and state.load():
-                    bar.note(f"resuming after {state.records:,} records ({result.examples:,} documents)")
-                    records = itertools.islice(records, state.records, None)
-                try:
+        state = _ResumeState(tmp / RESUME_STATE, job, tokenizer_sha256, result) if resumable else None
+        saved = state.load() if state is not None and resume else None  # a changed job stops here, state kept
+        if saved is not None:
+            bar.note(f"resuming after {state.records:,} records ({result.examples:,} documents)")
+        try:
+            with _writer(format, tmp, pack, rows_per_shard, tok, block_size, keep_remainder, saved) as writer:
+                records = read_records(inputs, doc_per_line=doc_per_line, progress=reading)
+                if streams:
+                    if state is not None:
+                        state.writer = writer
+                        records = itertools.islice(records, state.records, None)
                     _write_documents(records, encoder, on_error, result, writer, bar, state)
-                except (DataError, ValueError):
-                    # The data's fault: the same run would fail again, so there is nothing to resume.
-                    state.path.unlink(missing_ok=True)
-                    raise
-            elif streams:
-                _write_documents(records, encoder, on_error, result, writer, bar)
-            else:
-                _write_examples(_encoded(records, encoder, num_workers), max_length, pack, on_error, result, writer, bar)
-            if not result.examples:
-                why = f"all {result.skipped} records were skipped ({result.reasons()})" if result.skipped else "the input has no records"
-                first = f"; first: {result.errors[0]}" if result.errors else ""
-                raise DataError(f"no training example to write: {why}{first}")
+                else:
+                    _write_examples(_encoded(records, encoder, num_workers), max_length, pack, on_error, result, writer, bar)
+                if not result.examples:
+                    why = f"all {result.skipped} records were skipped ({result.reasons()})" if result.skipped else "the input has no records"
+                    first = f"; first: {result.errors[0]}" if result.errors else ""
+                    raise DataError(f"no training example to write: {why}{first}")
+            if block_size and not writer.rows:
+                raise DataError(
+                    f"the corpus is {writer.dropped} tokens, fewer than one block of {block_size}: no row to write "
+                    "(keep_remainder / --keep-remainder keeps it as one shorter block)"
+                )
+        except (DataError, ValueError):
+            if state is not None:  # the data's fault: the same run would fail again, nothing to resume
+                state.path.unlink(missing_ok=True)
+            raise
+        except BaseException:
+            if state is not None and state.path.exists():
+                print(f"prepare stopped; the work so far is kept in {tmp}: the same call with resume=True "
+                      "(--resume) goes on from there", file=sys.stderr)
+            raise
         (tmp / RESUME_STATE).unlink(missing_ok=True)
         result.rows = writer.rows  # after the writer's end: blocks write their last one there
         if block_size and writer.dropped:
@@ -642,13 +654,21 @@ def _write_documents(
         done = state.records if state is not None else 0
         for record in records:
             done += 1
+            error = None
             if isinstance(record, BadRecord):
-                bad.append((record.source, record.line, RecordError(record.error, "unreadable line")))
-                continue
-            try:
-                kind, value = to_example_input(record.data, encoder.mapping)
-            except (ValueError, TypeError, KeyError) as e:
-                bad.append((record.source, record.line, RecordError(f"{type(e).__name__}: {e}", "malformed record")))
+                error = RecordError(record.error, "unreadable line")
+            else:
+                try:
+                    kind, value = to_example_input(record.data, encoder.mapping)
+                except (ValueError, TypeError, KeyError) as e:
+                    error = RecordError(f"{type(e).__name__}: {e}", "malformed record")
+            if error is not None:
+                if on_error == "raise":
+                    raise DataError(f"{record.source}:{record.line}: {error}")
+                bad.append((record.source, record.line, error))
+                if len(bad) >= 1024:  # a file of bad records: reported as they come, memory bounded
+                    yield texts, where, bad, done
+                    texts, where, bad, size = [], [], [], 0
                 continue
             if kind != "text":
                 raise DataError(f"{record.source}:{record.line}: {CHAT_IN_STREAM}")
@@ -766,7 +786,10 @@ def _in_pool(chunks: Iterator[list[Any]], pool) -> Iterator[list[tuple[str, int,
 FORMATS = ("parquet", "megatron", "tokens")
 
 
-def _writer(format: str, folder: Path, packed: bool, rows_per_shard: int, tok: Tokenizer, block_size: int | None, keep_remainder: bool):
+def _writer(
+    format: str, folder: Path, packed: bool, rows_per_shard: int, tok: Tokenizer, block_size: int | None,
+    keep_remainder: bool, state: dict[str, int] | None = None,
+):
     if block_size is not None:
         return _BlockWriter(_ShardWriter(folder, False, rows_per_shard), block_size, keep_remainder)
     if format == "parquet":
@@ -776,7 +799,10 @@ def _writer(format: str, folder: Path, packed: bool, rows_per_shard: int, tok: T
     # Ids can have holes (cl100k's specials go up to 100276 over 100,261 entries): the
     # dtype must hold the highest id, not the count.
     vocab_size = max(tok.vocab_size, tok._core.id_limit)
-    return MegatronWriter(folder, "data", vocab_size) if format == "megatron" else FlatTokensWriter(folder, vocab_size)
+    try:
+        return MegatronWriter(folder, "data", vocab_size, state) if format == "megatron" else FlatTokensWriter(folder, vocab_size, state)
+    except ValueError as e:
+        raise DataError(f"cannot resume {folder}: {e}") from None
 
 
 class _ShardWriter:
@@ -903,7 +929,7 @@ class _BlockWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None and self._pending.size:
-            if self.keep_remainder or not self.rows:  # ``group_texts`` keeps a stream shorter than a block
+            if self.keep_remainder:
                 self._write(self._pending)
             else:
                 self.dropped = int(self._pending.size)

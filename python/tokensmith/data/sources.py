@@ -173,8 +173,10 @@ class _ZstdReader(io.RawIOBase):
 
 #: A document of blank-line-separated text: lines with a character that is not ASCII
 #: whitespace (``bytes.strip``'s set), one after another.
-_BLOCK = re.compile(rb"[^\S\n]*\S[^\n]*(?:\n[^\S\n]*\S[^\n]*)*")
-_LINE = re.compile(rb"[^\S\n]*\S[^\n]*")
+#: Anchored at line starts (where every document starts): unanchored, a long run of
+#: whitespace was scanned again from each of its bytes (quadratic).
+_BLOCK = re.compile(rb"(?m)^[^\S\n]*\S[^\n]*(?:\n[^\S\n]*\S[^\n]*)*")
+_LINE = re.compile(rb"(?m)^[^\S\n]*\S[^\n]*")
 #: What must follow a block before it is known to be whole: its line end and a blank line.
 _BLANK_LINE = re.compile(rb"\n[^\S\n]*\n")
 

@@ -51,15 +51,23 @@ class _TokenFile:
     #: ``prepare``'s ``meta.json`` names the one column these files hold.
     columns = ["input_ids"]
 
-    def __init__(self, ids_path: Path, dtype: np.dtype, vocab_size: int) -> None:
+    def __init__(self, ids_path: Path, dtype: np.dtype, vocab_size: int, state: dict[str, int] | None = None) -> None:
+        """New files, or with ``state`` (from ``state()``) the files of a run that stopped,
+        cut back to that state (a killed run may have written more) and appended to."""
         self.dtype = dtype
         self.vocab_size = vocab_size
         self.rows = 0  # documents written
         self._path = ids_path
         self._lengths_path = ids_path.with_name(ids_path.name + ".lengths")
-        # Appending: a resumed run finds its files here (``restore``); a new run, no file.
-        self._file = open(ids_path, "ab")
-        self._lengths = open(self._lengths_path, "ab")
+        if state is not None:
+            for path, size in ((ids_path, state["bytes"]), (self._lengths_path, 8 * state["documents"])):
+                if not path.exists() or path.stat().st_size < size:
+                    raise ValueError(f"{path.name} is shorter than when the run saved its state: it cannot go on from there")
+                os.truncate(path, size)
+            self.rows = state["documents"]
+        mode = "wb" if state is None else "ab"
+        self._file = open(ids_path, mode)
+        self._lengths = open(self._lengths_path, mode)
 
     def add(self, ids: list[int]) -> None:
         """One document."""
@@ -79,21 +87,11 @@ class _TokenFile:
         self.rows += lengths.size
 
     def state(self) -> dict[str, int]:
-        """Where the files stand, everything so far on disk: what ``restore`` takes back to."""
+        """Where the files stand, everything so far on disk: a writer made with this
+        ``state`` goes on from here."""
         self._file.flush()
         self._lengths.flush()
         return {"bytes": self._file.tell(), "documents": self.rows}
-
-    def restore(self, state: dict[str, int]) -> None:
-        """Go on from ``state`` (this writer's files as a killed run left them: maybe longer)."""
-        for f, path, size in ((self._file, self._path, state["bytes"]), (self._lengths, self._lengths_path, 8 * state["documents"])):
-            f.close()
-            if os.path.getsize(path) < size:
-                raise ValueError(f"{path.name} is shorter than when the run saved its state: it cannot go on from there")
-            os.truncate(path, size)
-        self._file = open(self._path, "ab")
-        self._lengths = open(self._lengths_path, "ab")
-        self.rows = state["documents"]
 
     def __enter__(self):
         return self
@@ -106,15 +104,15 @@ class _TokenFile:
             self._lengths.close()
 
     def close(self) -> None:
-        """Closes the ids' file and writes the index."""
-        raise NotImplementedError
-
-    def _read_lengths(self) -> np.ndarray:
+        """Closes the ids' file and writes the index. The lengths' file goes only once the
+        index is whole: a run stopped while writing it can still be resumed."""
         self._file.close()
         self._lengths.close()
-        lengths = np.fromfile(self._lengths_path, dtype="<i8")
+        self._write_index(np.fromfile(self._lengths_path, dtype="<i8"))
         os.unlink(self._lengths_path)
-        return lengths
+
+    def _write_index(self, lengths: np.ndarray) -> None:
+        raise NotImplementedError
 
 
 class MegatronWriter(_TokenFile):
@@ -122,13 +120,12 @@ class MegatronWriter(_TokenFile):
     IndexedDataset(PREFIX)`` reads, one sequence per document, as Megatron-LM's
     ``preprocess_data.py`` writes them without ``--split-sentences``."""
 
-    def __init__(self, folder: Path, prefix: str, vocab_size: int) -> None:
+    def __init__(self, folder: Path, prefix: str, vocab_size: int, state: dict[str, int] | None = None) -> None:
         self.files = [f"{prefix}.bin", f"{prefix}.idx"]
         self._idx = folder / self.files[1]
-        super().__init__(folder / self.files[0], megatron_dtype(vocab_size), vocab_size)
+        super().__init__(folder / self.files[0], megatron_dtype(vocab_size), vocab_size, state)
 
-    def close(self) -> None:
-        lengths = self._read_lengths()
+    def _write_index(self, lengths: np.ndarray) -> None:
         if lengths.size and lengths.max() > np.iinfo(np.int32).max:
             raise ValueError("a document of over 2^31 tokens does not fit Megatron's index")
         n = lengths.size
@@ -156,12 +153,11 @@ class FlatTokensWriter(_TokenFile):
 
     files = ["tokens.bin", "offsets.npy"]
 
-    def __init__(self, folder: Path, vocab_size: int) -> None:
+    def __init__(self, folder: Path, vocab_size: int, state: dict[str, int] | None = None) -> None:
         self._folder = folder
-        super().__init__(folder / self.files[0], flat_dtype(vocab_size), vocab_size)
+        super().__init__(folder / self.files[0], flat_dtype(vocab_size), vocab_size, state)
 
-    def close(self) -> None:
-        lengths = self._read_lengths()
+    def _write_index(self, lengths: np.ndarray) -> None:
         with open(self._folder / self.files[1], "wb") as f:
             np.lib.format.write_array_header_1_0(f, {"descr": "<i8", "fortran_order": False, "shape": (lengths.size + 1,)})
             start = 0
