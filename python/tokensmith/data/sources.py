@@ -172,13 +172,11 @@ class _ZstdReader(io.RawIOBase):
 
 
 #: A document of blank-line-separated text: lines with a character that is not ASCII
-#: whitespace (``bytes.strip``'s set), one after another.
-#: Anchored at line starts (where every document starts): unanchored, a long run of
-#: whitespace was scanned again from each of its bytes (quadratic).
+#: whitespace (``bytes.strip``'s set), one after another; or one such line. Anchored at line
+#: starts, where every document starts: unanchored, a long run of whitespace was scanned
+#: again from each of its bytes (quadratic).
 _BLOCK = re.compile(rb"(?m)^[^\S\n]*\S[^\n]*(?:\n[^\S\n]*\S[^\n]*)*")
 _LINE = re.compile(rb"(?m)^[^\S\n]*\S[^\n]*")
-#: What must follow a block before it is known to be whole: its line end and a blank line.
-_BLANK_LINE = re.compile(rb"\n[^\S\n]*\n")
 
 
 def _plain_text(path: Path, raw: io.BufferedReader, doc_per_line: bool, chunk: int = 4 << 20) -> Iterator[Record | BadRecord]:
@@ -187,10 +185,12 @@ def _plain_text(path: Path, raw: io.BufferedReader, doc_per_line: bool, chunk: i
 
     The file is read ``chunk`` bytes at a time and cut into documents by one regex search
     over each chunk: line by line in Python, reading was a third of ``prepare``'s time on
-    one core. A document not yet whole at a chunk's end is kept for the next; the next read
-    is at least as large as what is kept, so a document of any size costs linear time."""
+    one core. Every document found but the last is whole (a blank line, or in
+    ``doc_per_line`` a line end, follows it); the last may go on in the next chunk, so it is
+    kept and searched again with it. The next read is at least as large as what is kept,
+    so a document of any size costs linear time."""
     document = _LINE if doc_per_line else _BLOCK
-    buffer = b""
+    source = str(path)
     line = 1  # the line number at the start of ``buffer``
     with _open(path, raw) as f:
         head = f.read(3)
@@ -200,37 +200,32 @@ def _plain_text(path: Path, raw: io.BufferedReader, doc_per_line: bool, chunk: i
             more = f.read(max(chunk, len(buffer)))
             at_end = not more
             buffer += more
+            spans = [m.span() for m in document.finditer(buffer)]
+            # Where the unfinished tail starts: the last document, or a line not yet ended.
+            keep = len(buffer) if at_end else spans.pop()[0] if spans else buffer.rfind(b"\n") + 1
             counted = 0  # ``line`` counts the lines of ``buffer[:counted]``
-            # Where the unfinished tail starts: a line not yet ended may be part of a document.
-            keep = len(buffer) if at_end else buffer.rfind(b"\n") + 1
-            for m in document.finditer(buffer):
-                start, end = m.span()
-                whole = at_end or (
-                    buffer.startswith(b"\n", end) if doc_per_line else _BLANK_LINE.match(buffer, end) is not None
-                )
-                if not whole:
-                    keep = start
-                    break
+            for start, end in spans:
                 line += buffer.count(b"\n", counted, start)
                 counted = start
-                yield _document(path, line, buffer[start:end], buffer.startswith(b"\n", end))
+                # A document ends at a line end or at the end of the file.
+                yield _document(source, line, buffer[start:end], end < len(buffer))
             line += buffer.count(b"\n", counted, keep)
             buffer = buffer[keep:]
 
 
-def _document(path: Path, line: int, raw: bytes, line_ended: bool) -> Record | BadRecord:
+def _document(source: str, line: int, raw: bytes, line_ended: bool) -> Record | BadRecord:
     """One document of a text file, its line breaks kept (a CRLF as LF), the one after it not."""
-    raw = raw.replace(b"\r\n", b"\n")
-    if line_ended and raw.endswith(b"\r"):
-        raw = raw[:-1]  # the CR of the CRLF that ends the document
+    if b"\r" in raw:
+        raw = raw.replace(b"\r\n", b"\n")
+        if line_ended and raw.endswith(b"\r"):
+            raw = raw[:-1]  # the CR of the CRLF that ends the document
     try:
-        text = raw.decode("utf-8")
+        return Record(source, line, {"text": raw.decode("utf-8")})
     except UnicodeDecodeError as e:
         bad = line + raw.count(b"\n", 0, e.start)
         column = e.start - (raw.rfind(b"\n", 0, e.start) + 1)
         where = f"byte {column + 1} of line {bad}" + (f", in the document from line {line}" if bad != line else "")
-        return BadRecord(str(path), bad, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at {where})")
-    return Record(str(path), line, {"text": text})
+        return BadRecord(source, bad, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at {where})")
 
 
 def _jsonl(path: Path, raw: io.BufferedReader) -> Iterator[Record | BadRecord]:
