@@ -145,6 +145,35 @@ def run_megatron(args, work: Path) -> tuple[float, str]:
     return seconds, ids_digest(ds[i] for i in range(len(ds)))
 
 
+def _spin(_=None) -> float:
+    """Pure-Python arithmetic: what one core does when nothing else limits it."""
+    start, total = time.perf_counter(), 0
+    for i in range(10_000_000):
+        total += i
+    return time.perf_counter() - start
+
+
+def machine_scaling(cores: int) -> float:
+    """How much work `cores` processes get done at once against one alone, each pinned to its
+    own core: the ceiling of any program's scaling here. On a VM whose cores share hardware
+    with other guests it is below `cores`."""
+    import multiprocessing
+
+    cpus = sorted(os.sched_getaffinity(0))[:cores]
+    with multiprocessing.Pool(cores) as pool:
+        pids = pool.map(_pid, range(cores))
+        for pid, cpu in zip(sorted(set(pids)), cpus):
+            os.sched_setaffinity(pid, {cpu})
+        alone = min(pool.apply(_spin) for _ in range(3))
+        together = min(max(pool.map(_spin, range(cores), chunksize=1)) for _ in range(3))
+    return cores * alone / together
+
+
+def _pid(_) -> int:
+    time.sleep(0.2)  # every worker takes one
+    return os.getpid()
+
+
 def child(args) -> None:
     cpus = sorted(os.sched_getaffinity(0))[: args.cores]
     os.sched_setaffinity(0, cpus)
@@ -197,6 +226,9 @@ def main() -> None:
                 r = json.loads(done.stdout.strip().splitlines()[-1])
                 best[system, cores] = min(best.get((system, cores), float("inf")), r["seconds"])
                 digests[system, cores] = r["digest"]
+    if all_cores > 1:
+        print(f"this machine's own scaling: {all_cores} processes of pure arithmetic, each on its core, do "
+              f"{machine_scaling(all_cores):.2f}x the work of one (the ceiling for every row below)")
     reference = digests.get(("tokensmith", 1))
     print("| system | cores | MB/s | vs one core | tokensmith's MB/s over it |\n|---|---:|---:|---:|---:|")
     for system, cores in configs:
