@@ -460,6 +460,23 @@ def _same_output(a: Path, b: Path) -> None:
             assert f.read_bytes() == (b / f.name).read_bytes(), f.name
 
 
+def _interrupted_after_a_batch(monkeypatch, run) -> None:
+    """``run()``, stopped by Ctrl-C when it is about to save its second batch's state."""
+    prepare_module = importlib.import_module("tokensmith.data.prepare")
+    save, calls = prepare_module._ResumeState.save, []
+
+    def interrupt(self, records):
+        calls.append(records)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        save(self, records)
+
+    with monkeypatch.context() as m:
+        m.setattr(prepare_module._ResumeState, "save", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            run()
+
+
 @pytest.mark.parametrize("format", ["megatron", "tokens"])
 def test_a_killed_run_resumes_to_the_same_bytes(format, corpus, tmp_path_factory, tmp_path, monkeypatch):
     prepare_module = importlib.import_module("tokensmith.data.prepare")
@@ -487,18 +504,7 @@ def test_a_killed_run_resumes_to_the_same_bytes(format, corpus, tmp_path_factory
     _same_output(tmp_path / "whole", out)
 
     # Interrupted in this process (Ctrl-C): the finished part is kept, and resumed again.
-    calls = []
-    save = prepare_module._ResumeState.save
-
-    def interrupt(self, records):
-        calls.append(records)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        save(self, records)
-
-    monkeypatch.setattr(prepare_module._ResumeState, "save", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        data.prepare(inputs, tok, tmp_path / "again", format=format, progress=False)
+    _interrupted_after_a_batch(monkeypatch, lambda: data.prepare(inputs, tok, tmp_path / "again", format=format, progress=False))
     assert (tmp_path / ".again.partial" / "resume.json").exists()
     data.prepare(inputs, tok, tmp_path / "again", format=format, progress=False, resume=True)
     _same_output(tmp_path / "whole", tmp_path / "again")
@@ -509,19 +515,7 @@ def test_resume_refuses_a_changed_job_and_starts_afresh_without_state(corpus, tm
     docs, path = corpus
     tok = ts.Tokenizer.from_pretrained(model_dir(tmp_path_factory, "qwen2.5"))
     monkeypatch.setattr(prepare_module, "_BATCH_CHARS", 5_000)
-    calls = []
-    save = prepare_module._ResumeState.save
-
-    def interrupt(self, records):
-        calls.append(records)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        save(self, records)
-
-    with monkeypatch.context() as m:
-        m.setattr(prepare_module._ResumeState, "save", interrupt)
-        with pytest.raises(KeyboardInterrupt):
-            data.prepare([path], tok, tmp_path / "out", format="tokens", progress=False)
+    _interrupted_after_a_batch(monkeypatch, lambda: data.prepare([path], tok, tmp_path / "out", format="tokens", progress=False))
     copy = tmp_path / "corpus.txt"
     copy.write_bytes(path.read_bytes() + b"\n\none more document\n")
     with pytest.raises(data.DataError, match="cannot resume .*: changed since the run that wrote it: inputs "):
