@@ -413,7 +413,7 @@ def test_progress_counts_bytes_read_on_disk_and_shows_rate_and_eta(corpus, tmp_p
 
     half = ReadProgress(100_000_000)
     half._done = 50_000_000
-    line = _Progress(True, half).line(PrepareResult(out_dir="x", examples=1234, tokens=5_678_901), 80.0)
+    line = _Progress(True, half, "documents").line(PrepareResult(out_dir="x", examples=1234, tokens=5_678_901), 80.0)
     assert "1,234 documents  5,678,901 tokens  0.6 MB/s  50% of 100.0 MB, ETA 1:20" in line
 
     tok = ts.Tokenizer.from_pretrained(model_dir(tmp_path_factory, "qwen2.5"))

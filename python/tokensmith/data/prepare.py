@@ -314,9 +314,10 @@ class _Progress:
     """One line on stderr, redrawn at most twice a second: documents, tokens, MB/s of input
     read and, where the input's size is known (files), how far and how long to go."""
 
-    def __init__(self, enabled: bool, reading: ReadProgress) -> None:
+    def __init__(self, enabled: bool, reading: ReadProgress, unit: str = "examples") -> None:
         self.enabled = enabled
         self.reading = reading
+        self.unit = unit
         self.start = self.last = time.monotonic()
 
     def update(self, result: PrepareResult, force: bool = False) -> None:
@@ -333,7 +334,7 @@ class _Progress:
     def line(self, result: PrepareResult, seconds: float) -> str:
         seconds = max(seconds, 1e-9)
         read, total = self.reading.bytes, self.reading.total
-        parts = [f"{result.examples:,} documents", f"{result.tokens:,} tokens", f"{read / 1e6 / seconds:,.1f} MB/s"]
+        parts = [f"{result.examples:,} {self.unit}", f"{result.tokens:,} tokens", f"{read / 1e6 / seconds:,.1f} MB/s"]
         if total and read:
             left = seconds * max(total - read, 0) / read
             parts.append(f"{min(read / total, 1):.0%} of {total / 1e6:,.1f} MB, ETA {_clock(left)}")
@@ -344,8 +345,8 @@ class _ResumeState:
     """What a resumable run has done, in ``resume.json`` in its folder: the job it is (inputs,
     options, tokenizer), how many input records are in the files, the counts so far and the
     writer's state. Saved after every batch, after the batch's data is flushed: a run killed
-    at any moment leaves files at least as long as the state says, and ``load`` cuts them
-    back to it."""
+    at any moment leaves files at least as long as the state says, and a writer made with
+    the state ``load`` returns cuts them back to it."""
 
     def __init__(self, path: Path, job: dict[str, Any], tokenizer_sha256: Future[str], result: PrepareResult) -> None:
         self.path, self.result = path, result
@@ -502,7 +503,7 @@ def prepare(
     )
     result = PrepareResult(out_dir=str(out))
     reading = ReadProgress(sum(os.path.getsize(p) for p in paths))
-    bar = _Progress(sys.stderr.isatty() if progress is None else progress, reading)
+    bar = _Progress(sys.stderr.isatty() if progress is None else progress, reading, "documents" if streams else "examples")
     started = time.monotonic()
     # The tokenizer's hash for meta.json (0.2 s for a large vocabulary): made beside the work.
     side = ThreadPoolExecutor(1)
