@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true",
                    help="megatron / tokens: go on from where a killed or interrupted run into the same --out "
                         "stopped (same inputs, options and tokenizer); the result is what one run writes")
+    p.add_argument("--ray", nargs="?", const=True, default=False, metavar="ADDRESS",
+                   help="read and encode on a Ray cluster (default: the one this machine belongs to); "
+                        "the files are written here, the same as a local run's. Every node needs the inputs "
+                        "at the same paths and the same tokensmith")
 
     p = commands.add_parser("lint", help="report data and template problems; exits 1 on errors")
     p.add_argument("inputs", nargs="+", help="JSONL or Parquet files")
@@ -250,7 +254,7 @@ def _prepare(tok: Tokenizer, args: argparse.Namespace) -> int:
         mapping=_mapping(args.map + ([f"{args.text_field}=text"] if args.text_field else [])),
         on_error=args.on_error, num_workers=args.workers, overwrite=args.overwrite,
         format=args.format, doc_per_line=args.doc_per_line, block_size=args.block_size,
-        keep_remainder=args.keep_remainder, resume=args.resume,
+        keep_remainder=args.keep_remainder, resume=args.resume, ray=args.ray,
     )
     for message in result.errors[:20]:
         print(f"skipped {_cli_terms(message)}", file=sys.stderr)

@@ -29,6 +29,7 @@ from .chat import (
     named_template,
     resolve_template,
 )
+from . import _ray
 from .eos import NoEOSError, eos_token
 from .sources import BadRecord, ReadProgress, Record, read_records, to_example_input, to_tools
 
@@ -418,6 +419,7 @@ def prepare(
     block_size: int | None = None,
     keep_remainder: bool = False,
     resume: bool = False,
+    ray: bool | str = False,
 ) -> PrepareResult:
     """Encode a dataset into Parquet shards (``input_ids``, ``labels``, and with packing
     ``position_ids`` and ``seq_lens``) plus ``meta.json`` in ``out_dir``.
@@ -461,6 +463,10 @@ def prepare(
     options and the tokenizer are the same, skips the records already done, and writes the
     same bytes an uninterrupted run writes. Without ``resume`` a new run starts afresh.
 
+    ``ray`` runs the job on a Ray cluster (``True``: the one this machine belongs to, or its
+    address): the cluster reads the files (which every node must see at the same paths) and
+    encodes the records, this process writes the same files a local run writes.
+
     Inputs are JSONL, Parquet or plain text (``.txt``: a document per blank-line-separated
     block, or per line with ``doc_per_line``), JSONL and text also ``.gz`` / ``.zst``.
 
@@ -494,6 +500,8 @@ def prepare(
             raise FileNotFoundError(f"{path}: no such file")
     if resume and (not isinstance(inputs, (list, tuple)) or len(paths) != len(inputs)):
         raise ValueError("resume / --resume needs the inputs as a list of files (to know that they did not change)")
+    if ray and (not isinstance(inputs, (list, tuple)) or len(paths) != len(inputs) or resume):
+        raise ValueError("ray= / --ray reads a list of files (not records) on the cluster, and cannot resume yet")
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(exists_message(out))  # early; atomic_folder claims it for good
@@ -521,13 +529,23 @@ def prepare(
             bar.note(f"resuming after {state.records:,} records ({result.examples:,} documents)")
         try:
             with _writer(format, tmp, pack, rows_per_shard, tok, block_size, keep_remainder, saved) as writer:
-                records = read_records(inputs, doc_per_line=doc_per_line, progress=reading)
-                if streams:
+                if ray:
+                    with _ray.connected(None if ray is True else ray) as cpus:
+                        files = [(p, str(Path(p))) for p in paths]  # named as read_records names them
+                        tables = _ray.encoded(files, encoder, streams, doc_per_line, cpus, reading)
+                        if streams:
+                            _write_documents(_ray.documents(tables), on_error, result, writer, bar)
+                        else:
+                            _write_examples(_ray.examples(tables), max_length, pack, on_error, result, writer, bar)
+                elif streams:
+                    records = read_records(inputs, doc_per_line=doc_per_line, progress=reading)
                     if state is not None:
                         state.writer = writer
                         records = itertools.islice(records, state.records, None)
-                    _write_documents(records, encoder, on_error, result, writer, bar, state)
+                    documents = _documents(records, encoder, state.records if state is not None else 0)
+                    _write_documents(documents, on_error, result, writer, bar, state)
                 else:
+                    records = read_records(inputs, doc_per_line=doc_per_line, progress=reading)
                     _write_examples(_encoded(records, encoder, num_workers), max_length, pack, on_error, result, writer, bar)
                 if not result.examples:
                     why = f"all {result.skipped} records were skipped ({result.reasons()})" if result.skipped else "the input has no records"
@@ -614,28 +632,16 @@ def _write_examples(encoded, max_length: int, pack: bool, on_error: str, result:
 _BATCH_CHARS = 4 << 20
 
 
-def _write_documents(
-    records: Iterator[Record | BadRecord], encoder: ExampleEncoder, on_error: str, result: PrepareResult, writer,
-    bar: _Progress, state: _ResumeState | None = None,
-) -> None:
-    """Text records to a token stream (``format="megatron"`` / ``"tokens"``).
-
-    The texts go to the core in batches of about 4 MB, which it encodes on every core into
-    one id array, and the ids go to the file from there: no Python object per token.
-    Through the per-record path of the Parquet output (an ``Example`` and lists per record,
-    pickled to worker processes) the same corpus ran at 3-4 MB/s, and slower on 2 workers
-    than on 1. Reading the next batch (Python, under the GIL) overlaps encoding this one
-    (the core releases the GIL): one thread encodes while this one reads."""
-
-    def skip(source: str, line: int, error: RecordError) -> None:
-        if on_error == "raise":
-            raise DataError(f"{source}:{line}: {error}")
-        result.skip(source, line, error)
-
-    def write(bad: list[tuple[str, int, RecordError]], records_done: int, encoded) -> None:
-        ids, lengths, refused = encoded
-        for source, line, error in bad + refused:
-            skip(source, line, error)
+def _write_documents(batches: Iterable[tuple[list[Any], int | None, Any, Any]], on_error: str, result: PrepareResult, writer,
+                     bar: _Progress, state: _ResumeState | None = None) -> None:
+    """Batches of documents to a token stream (``format="megatron"`` / ``"tokens"``, blocks):
+    each ``(errors, records done after it, ids, lengths)``, ``errors`` the records that gave
+    no document, in input order."""
+    for errors, records_done, ids, lengths in batches:
+        for source, line, error in errors:
+            if error.fatal or on_error == "raise":
+                raise DataError(f"{source}:{line}: {error}")
+            result.skip(source, line, error)
         writer.add_array(ids, lengths)
         result.examples += len(lengths)
         result.tokens += int(ids.size)
@@ -644,75 +650,93 @@ def _write_documents(
             state.save(records_done)
         bar.update(result)
 
-    def batches() -> Iterator[tuple[list[str], list[tuple[str, int]], list[tuple[str, int, RecordError]], int]]:
-        """Batches of texts, with where each came from, the records of the batch that were
-        not texts (reported when the batch is written: after it, the resume state counts
-        them as done) and how many records are done after it."""
+
+def _documents(records: Iterator[Record | BadRecord], encoder: ExampleEncoder, records_done: int = 0):
+    """Text records as batches of documents for :func:`_write_documents`.
+
+    The texts go to the core in batches of about 4 MB, which it encodes on every core into
+    one id array, and the ids go to the file from there: no Python object per token.
+    Through the per-record path of the Parquet output (an ``Example`` and lists per record,
+    pickled to worker processes) the same corpus ran at 3-4 MB/s, and slower on 2 workers
+    than on 1. Reading the next batch (Python, under the GIL) overlaps encoding this one
+    (the core releases the GIL): one thread encodes while this one reads."""
+
+    def batches():
+        """Texts, tagged with (record number, source, line), and the records that gave none
+        (reported when the batch is written: after it, the resume state counts them as done)."""
         texts: list[str] = []
-        where: list[tuple[str, int]] = []
-        bad: list[tuple[str, int, RecordError]] = []
-        size = 0
-        done = state.records if state is not None else 0
+        where: list[tuple[int, str, int]] = []
+        bad: list[tuple[tuple[int, str, int], RecordError]] = []
+        size, done = 0, records_done
         for record in records:
             done += 1
-            error = None
-            if isinstance(record, BadRecord):
-                error = RecordError(record.error, "unreadable line")
+            value = _text_of(record, encoder)
+            if isinstance(value, RecordError):
+                bad.append(((done, record.source, record.line), value))
+                if not value.fatal and len(bad) < 1024:  # a file of bad records: reported as they come
+                    continue
             else:
-                try:
-                    kind, value = to_example_input(record.data, encoder.mapping)
-                except (ValueError, TypeError, KeyError) as e:
-                    error = RecordError(f"{type(e).__name__}: {e}", "malformed record")
-            if error is not None:
-                if on_error == "raise":
-                    raise DataError(f"{record.source}:{record.line}: {error}")
-                bad.append((record.source, record.line, error))
-                if len(bad) >= 1024:  # a file of bad records: reported as they come, memory bounded
-                    yield texts, where, bad, done
-                    texts, where, bad, size = [], [], [], 0
-                continue
-            if kind != "text":
-                raise DataError(f"{record.source}:{record.line}: {CHAT_IN_STREAM}")
-            if encoder.eos_id is None:
-                raise DataError(f"{record.source}:{record.line}: {encoder.eos_problem}")
-            texts.append(value)
-            where.append((record.source, record.line))
-            size += len(value)
-            if size >= _BATCH_CHARS:
-                yield texts, where, bad, done
-                texts, where, bad, size = [], [], [], 0
+                texts.append(value)
+                where.append((done, record.source, record.line))
+                size += len(value)
+                if size < _BATCH_CHARS:
+                    continue
+            yield texts, where, bad, done
+            texts, where, bad, size = [], [], [], 0
         if texts or bad:
             yield texts, where, bad, done
 
+    def encode(texts, where, bad, done):
+        ids, lengths, refused = _encode_documents(encoder, texts, where)
+        errors = [(source, line, error) for (_, source, line), error in sorted(bad + refused, key=lambda e: e[0][0])]
+        return errors, done, ids, lengths
+
     with ThreadPoolExecutor(1) as encoding:
         pending = None
-        for texts, where, bad, done in batches():
-            future = encoding.submit(_encode_documents, encoder, texts, where)
+        for batch in batches():
+            future = encoding.submit(encode, *batch)
             if pending is not None:
-                write(pending[0], pending[1], pending[2].result())
-            pending = (bad, done, future)
+                yield pending.result()
+            pending = future
         if pending is not None:
-            write(pending[0], pending[1], pending[2].result())
+            yield pending.result()
 
 
-def _encode_documents(encoder: ExampleEncoder, texts: list[str], where: list[tuple[str, int]]):
+def _text_of(record: Record | BadRecord | Mapping[str, Any], encoder: ExampleEncoder) -> str | RecordError:
+    """The text of a record (or a record's data) for a token stream, or why it gives none: a
+    chat record, or no EOS token, is ``fatal`` (every record would fail alike)."""
+    if isinstance(record, BadRecord):
+        return RecordError(record.error, "unreadable line")
+    try:
+        kind, value = to_example_input(record.data if isinstance(record, Record) else record, encoder.mapping)
+    except (ValueError, TypeError, KeyError) as e:
+        return RecordError(f"{type(e).__name__}: {e}", "malformed record")
+    if kind != "text":
+        return RecordError(CHAT_IN_STREAM, "chat record", fatal=True)
+    if encoder.eos_id is None:
+        return RecordError(str(encoder.eos_problem), "no EOS token", fatal=True)
+    return value
+
+
+def _encode_documents(encoder: ExampleEncoder, texts: list[str], where: list[Any]):
     """(ids, lengths, refused records) of a batch of documents: each the tokenizer's ids with
-    its template, then the EOS id unless the template already ends it with one."""
+    its template, then the EOS id unless the template already ends it with one. A refused
+    record is ``(its tag in where, RecordError)``."""
     import numpy as np
 
     special = encoder.text_allowed
-    refused: list[tuple[str, int, RecordError]] = []
+    refused: list[tuple[Any, RecordError]] = []
     try:
         ids, offsets = encoder.tok.encode_batch_numpy(texts, add_special_tokens=True, special=special)
     except (ValueError, TokenizerError):
         # A record the tokenizer refuses (a lone surrogate from JSON "\ud800") fails the
         # whole batch: find it, report it as the Parquet path does, and keep the others.
         good = []
-        for text, (source, line) in zip(texts, where):
+        for text, tag in zip(texts, where):
             try:
                 encoder.tok.encode(text, add_special_tokens=True, special=special)
             except (ValueError, TokenizerError) as e:
-                refused.append((source, line, RecordError(f"{type(e).__name__}: {e}", "malformed record")))
+                refused.append((tag, RecordError(f"{type(e).__name__}: {e}", "malformed record")))
             else:
                 good.append(text)
         texts = good
@@ -882,7 +906,7 @@ class _ShardWriter:
 class _BlockWriter:
     """Documents' ids to Parquet rows of ``block_size`` ids (``format="parquet"`` with
     ``block_size``): ``run_clm.py``'s ``group_texts`` over the whole stream. Only the ids
-    short of a block wait here between batches; the rows go to Arrow from numpy."""
+    short of a group of rows wait here between batches; the rows go to Arrow from numpy."""
 
     columns = ["input_ids", "labels"]
     dtype = "int32"
@@ -911,9 +935,13 @@ class _BlockWriter:
     def add_array(self, ids, lengths) -> None:
         import numpy as np
 
+        # Rows go to Parquet in groups of about 1M ids whatever the batches that came in,
+        # so that the files do not depend on them (a local run's batches, a Ray run's blocks).
+        group = self.block_size * max(1, (1 << 20) // self.block_size)
         stream = np.concatenate([self._pending, ids.astype(np.int32)])
-        whole = stream.size // self.block_size * self.block_size
-        self._write(stream[:whole])
+        whole = stream.size // group * group
+        for start in range(0, whole, group):
+            self._write(stream[start : start + group])
         self._pending = stream[whole:]
 
     def _write(self, ids) -> None:
@@ -929,9 +957,8 @@ class _BlockWriter:
         self.shards.write_table(pa.table([rows, rows], schema=self.shards.schema))
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None and self._pending.size:
-            if self.keep_remainder:
-                self._write(self._pending)
-            else:
-                self.dropped = int(self._pending.size)
+        if exc_type is None:
+            whole = self._pending.size // self.block_size * self.block_size
+            self._write(self._pending if self.keep_remainder else self._pending[:whole])
+            self.dropped = 0 if self.keep_remainder else int(self._pending.size - whole)
         self.shards.__exit__(exc_type, exc, tb)

@@ -62,6 +62,10 @@ class ReadProgress:
         except (OSError, ValueError):  # closed meanwhile
             return self._done
 
+    def reached(self, bytes_read: int) -> None:
+        """Where a reader elsewhere (a Ray task) is."""
+        self._file, self._done = None, bytes_read
+
     def _finished(self, path: Path) -> None:
         self._file = None
         self._done += path.stat().st_size
