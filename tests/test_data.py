@@ -291,7 +291,7 @@ def test_killed_prepare_leaves_no_output(qwen, tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
-    while not list(tmp_path.glob(".out.tmp-*")) and time.monotonic() < deadline:
+    while not list(tmp_path.glob(".out.*")) and time.monotonic() < deadline:  # .tmp-PID or .partial
         time.sleep(0.05)
     time.sleep(0.5)
     assert proc.poll() is None, "the run finished before it could be killed: make the input bigger"

@@ -433,13 +433,13 @@ prepare_module._BATCH_CHARS = 5_000
 save = prepare_module._ResumeState.save
 calls = 0
 
-def save_then_die(self, records):
+def save_then_die(self):
     global calls
     calls += 1
     if calls == 4:
         self.writer.state()  # this batch's ids are on disk, the state still says 3 batches
         os._exit(9)
-    save(self, records)
+    save(self)
 
 prepare_module._ResumeState.save = save_then_die
 folder, out, format, *inputs = sys.argv[1:]
@@ -461,15 +461,15 @@ def _same_output(a: Path, b: Path) -> None:
 
 
 def _interrupted_after_a_batch(monkeypatch, run) -> None:
-    """``run()``, stopped by Ctrl-C when it is about to save its second batch's state."""
+    """``run()``, stopped by Ctrl-C when it is about to save its second state (batch or shard)."""
     prepare_module = importlib.import_module("tokensmith.data.prepare")
     save, calls = prepare_module._ResumeState.save, []
 
-    def interrupt(self, records):
-        calls.append(records)
+    def interrupt(self):
+        calls.append(self.records)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        save(self, records)
+        save(self)
 
     with monkeypatch.context() as m:
         m.setattr(prepare_module._ResumeState, "save", interrupt)
@@ -510,6 +510,81 @@ def test_a_killed_run_resumes_to_the_same_bytes(format, corpus, tmp_path_factory
     _same_output(tmp_path / "whole", tmp_path / "again")
 
 
+_KILLED_PARQUET_RUN = """
+import json, os, sys
+import tokensmith as ts
+from tokensmith import data
+import importlib
+
+prepare_module = importlib.import_module("tokensmith.data.prepare")
+prepare_module._BATCH_CHARS = 5_000
+save, write = prepare_module._ResumeState.save, prepare_module._ShardWriter._write
+saves = 0
+
+def counted_save(self):
+    global saves
+    saves += 1
+    save(self)
+
+def write_then_die(self, table):
+    write(self, table)
+    if saves == 3:
+        os._exit(9)  # the fourth shard half-written; the state says three
+
+prepare_module._ResumeState.save = counted_save
+prepare_module._ShardWriter._write = write_then_die
+folder, out, options, *inputs = sys.argv[1:]
+data.prepare(inputs, ts.Tokenizer.from_pretrained(folder), out, progress=False, **json.loads(options))
+"""
+
+
+@pytest.mark.parametrize("kind", ["packed", "unpacked", "blocks"])
+def test_a_killed_parquet_run_resumes_to_the_same_bytes(kind, corpus, tmp_path_factory, tmp_path, monkeypatch):
+    """Parquet runs save their state when a shard is closed, with what is not in a shard yet
+    (the packer's examples, the ids short of a block): killed with a shard half-written, or
+    stopped by Ctrl-C, they resume to what one run writes."""
+    prepare_module = importlib.import_module("tokensmith.data.prepare")
+    docs, path = corpus
+    folder = model_dir(tmp_path_factory, "qwen2.5")
+    tok = ts.Tokenizer.from_pretrained(folder)
+    if kind == "blocks":
+        extra = tmp_path / "extra.jsonl"
+        extra.write_text('{"text": "a"}\nnot json\n{"text": "\\ud800"}\n' + "".join(json.dumps({"text": d}) + "\n" for d in docs[:50]))
+        inputs, options, skipped = [path, extra], {"block_size": 64, "rows_per_shard": 40}, 2
+    else:
+        chats = [{"messages": [{"role": "user", "content": q[:200]}, {"role": "assistant", "content": a[:600]}]}
+                 for q, a in zip(docs[::2], docs[1::2])]
+        chats[10:10] = [{"messages": [{"role": "user", "content": "no reply"}]}, {"bogus": 1}]
+        lines = [json.dumps(c, ensure_ascii=False) for c in chats]
+        lines.insert(20, "not json")
+        inputs = [tmp_path / "chats.jsonl"]
+        inputs[0].write_text("\n".join(lines) + "\n", encoding="utf-8")
+        options = {"max_length": 256, "rows_per_shard": 7} if kind == "packed" else {"pack": False, "max_length": 256, "rows_per_shard": 9}
+        skipped = 3
+    monkeypatch.setattr(prepare_module, "_BATCH_CHARS", 5_000)
+    whole = data.prepare(inputs, tok, tmp_path / "whole", progress=False, **options)
+    assert whole.skipped == skipped and len(whole.errors) == skipped and len(list((tmp_path / "whole").glob("*.parquet"))) > 5
+
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-c", _KILLED_PARQUET_RUN, str(folder), str(out), json.dumps(options), *map(str, inputs)],
+                          capture_output=True, text=True)
+    partial = tmp_path / ".out.partial"
+    assert done.returncode == 9, done.stderr
+    assert not out.exists() and (partial / "resume.json").exists() and (partial / "part-00003.parquet").exists()
+    state = json.loads((partial / "resume.json").read_text())
+    assert state["writer"]["files"] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert 0 < state["records"] < len(docs) // (1 if kind == "blocks" else 2)
+
+    resumed = data.prepare(inputs, tok, out, progress=False, resume=True, **options)
+    assert not partial.exists() and (resumed.examples, resumed.skipped, resumed.tokens) == (whole.examples, skipped, whole.tokens)
+    _same_output(tmp_path / "whole", out)
+
+    _interrupted_after_a_batch(monkeypatch, lambda: data.prepare(inputs, tok, tmp_path / "again", progress=False, **options))
+    assert (tmp_path / ".again.partial" / "resume.json").exists()
+    data.prepare(inputs, tok, tmp_path / "again", progress=False, resume=True, **options)
+    _same_output(tmp_path / "whole", tmp_path / "again")
+
+
 def test_resume_refuses_a_changed_job_and_starts_afresh_without_state(corpus, tmp_path_factory, tmp_path, monkeypatch):
     prepare_module = importlib.import_module("tokensmith.data.prepare")
     docs, path = corpus
@@ -522,8 +597,6 @@ def test_resume_refuses_a_changed_job_and_starts_afresh_without_state(corpus, tm
         data.prepare([copy], tok, tmp_path / "out", format="tokens", progress=False, resume=True)
     with pytest.raises(data.DataError, match="changed since the run that wrote it: eos_id, inputs "):
         data.prepare([copy], tok, tmp_path / "out", format="tokens", progress=False, resume=True, eos="<|endoftext|>")
-    with pytest.raises(ValueError, match="format megatron and tokens so far"):
-        data.prepare([path], tok, tmp_path / "p", progress=False, resume=True)
     # Without resume the partial work is dropped; with resume and nothing saved, it starts afresh.
     fresh = data.prepare([path], tok, tmp_path / "out", format="tokens", progress=False)
     assert fresh.examples == len(docs) and not (tmp_path / ".out.partial").exists()
@@ -554,7 +627,7 @@ def test_bad_records_are_reported_as_they_come(tmp_path_factory, tmp_path, monke
     lines.write_text("not json\n" * 5000 + '{"text": "the only document"}\n')
     saves = []
     save = prepare_module._ResumeState.save
-    monkeypatch.setattr(prepare_module._ResumeState, "save", lambda self, n: (saves.append(n), save(self, n)))
+    monkeypatch.setattr(prepare_module._ResumeState, "save", lambda self: (saves.append(self.records), save(self)))
     result = data.prepare([lines], tok, tmp_path / "out", format="tokens", progress=False)
     assert result.skipped == 5000 and result.examples == 1
     assert saves == [1024, 2048, 3072, 4096, 5001]  # batches of bad records, never all of them held

@@ -209,12 +209,15 @@ class Packer:
     example; ``position_ids`` restart at each example and ``seq_lens`` give their lengths, so
     attention can be kept within examples (``cu_seqlens`` is their running sum)."""
 
-    def __init__(self, max_length: int) -> None:
+    def __init__(self, max_length: int, state: dict[str, list[int]] | None = None) -> None:
+        """An empty packer, or with ``state`` (from :meth:`state`) one that goes on from there."""
         self.max_length = max_length
         self._ids: list[int] = []
         self._labels: list[int] = []
         self._positions: list[int] = []
         self._lens: list[int] = []
+        if state is not None:
+            self._ids, self._labels, self._positions, self._lens = (list(state[c]) for c in _PACKED_COLUMNS)
 
     def add(self, ex: Example) -> list[dict[str, list[int]]]:
         done = []
@@ -233,6 +236,13 @@ class Packer:
 
     def pending(self) -> bool:
         return bool(self._ids)
+
+    def state(self) -> dict[str, list[int]]:
+        """The examples of the block being filled, as a resumed run takes them up."""
+        return dict(zip(_PACKED_COLUMNS, (self._ids, self._labels, self._positions, self._lens)))
+
+
+_PACKED_COLUMNS = ("input_ids", "labels", "position_ids", "seq_lens")
 
 
 @dataclass
@@ -344,16 +354,30 @@ class _Progress:
 
 class _ResumeState:
     """What a resumable run has done, in ``resume.json`` in its folder: the job it is (inputs,
-    options, tokenizer), how many input records are in the files, the counts so far and the
-    writer's state. Saved after every batch, after the batch's data is flushed: a run killed
-    at any moment leaves files at least as long as the state says, and a writer made with
-    the state ``load`` returns cuts them back to it."""
+    options, tokenizer), how many input records are in the output, the counts so far and the
+    writer's state. A token stream's is saved after every batch, once the batch is on disk;
+    Parquet's each time a shard is closed (with the rows not in a shard yet: the packer's
+    examples, the ids short of a block). A run killed at any moment leaves files at least as
+    far as the state says, and a writer made with the state ``load`` returns cuts them back
+    to it."""
 
     def __init__(self, path: Path, job: dict[str, Any], tokenizer_sha256: Future[str], result: PrepareResult) -> None:
         self.path, self.result = path, result
         self._job, self._tokenizer_sha256 = job, tokenizer_sha256
+        #: Input records in the output so far (the write loops keep it up to date).
         self.records = 0
-        self.writer: Any = None  # set once made (with ``load``'s state)
+        self.writer: Any = None
+        #: Whether to save after every batch (token files), else when a shard is closed.
+        self.per_batch = False
+
+    def follow(self, writer) -> None:
+        """Save what ``writer`` has done: after every batch, or when it closes a shard."""
+        self.writer = writer
+        shards = getattr(writer, "shards", writer)
+        if isinstance(shards, _ShardWriter):
+            shards.on_shard_closed = self.save
+        else:
+            self.per_batch = True
 
     @property
     def job(self) -> dict[str, Any]:
@@ -361,15 +385,14 @@ class _ResumeState:
         is made beside the work)."""
         return {**self._job, "tokenizer_sha256": self._tokenizer_sha256.result()}
 
-    def save(self, records: int) -> None:
-        self.records = records
+    def save(self) -> None:
         counts = {k: v for k, v in asdict(self.result).items() if k not in ("out_dir", "seconds", "bytes_read")}
-        state = {"job": self.job, "records": records, "result": counts, "writer": self.writer.state()}
+        state = {"job": self.job, "records": self.records, "result": counts, "writer": self.writer.state()}
         new = self.path.with_name(self.path.name + ".new")
         new.write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
         os.replace(new, self.path)
 
-    def load(self) -> dict[str, int] | None:
+    def load(self) -> dict[str, Any] | None:
         """Take up the saved counts; the writer's saved state, for the writer to go on from
         (``None`` where nothing was saved: the run starts afresh)."""
         if not self.path.exists():
@@ -456,12 +479,14 @@ def prepare(
     sequences: passing ``max_length`` or ``pack`` is an error there); chat records are an
     error too. They are encoded in this process, in batches, on every core (``num_workers``
     does not apply).
-    ``resume`` (``megatron`` and ``tokens`` so far) takes up a run that ended early (killed,
-    interrupted, out of disk) where it stopped. Those formats work in ``.NAME.partial`` next
-    to ``out_dir`` and record there, after every batch of about 4 MB of text, how many input
-    records are in the files. A resumed run checks that the inputs (names, sizes, times), the
-    options and the tokenizer are the same, skips the records already done, and writes the
-    same bytes an uninterrupted run writes. Without ``resume`` a new run starts afresh.
+    ``resume`` takes up a run that ended early (killed, interrupted, out of disk) where it
+    stopped. A run from files works in ``.NAME.partial`` next to ``out_dir`` and records
+    there how many input records are in the output: the token streams after every batch of
+    about 4 MB of text, Parquet each time a shard is complete (with the packer's examples or
+    the ids short of a block, which are not in a shard yet). A resumed run checks that the
+    inputs (names, sizes, times), the options and the tokenizer are the same, skips the
+    records already done, and writes the same bytes an uninterrupted run writes. Without
+    ``resume`` a new run starts afresh.
 
     ``ray`` runs the job on a Ray cluster (``True``: the one this machine belongs to, or its
     address): the cluster reads the files (which every node must see at the same paths) and
@@ -491,17 +516,16 @@ def prepare(
     pack = True if pack is None else pack
     if max_length < 1:
         raise ValueError("max_length must be positive")
-    resumable = format in ("megatron", "tokens")
-    if resume and not resumable:
-        raise ValueError(f"resume / --resume works for format megatron and tokens so far, not {format!r}")
     paths = _paths(inputs)
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such file")
-    if resume and (not isinstance(inputs, (list, tuple)) or len(paths) != len(inputs)):
+    files = isinstance(inputs, (list, tuple)) and len(paths) == len(inputs)
+    if resume and not files:
         raise ValueError("resume / --resume needs the inputs as a list of files (to know that they did not change)")
-    if ray and (not isinstance(inputs, (list, tuple)) or len(paths) != len(inputs) or resume):
+    if ray and (not files or resume):
         raise ValueError("ray= / --ray reads a list of files (not records) on the cluster, and cannot resume yet")
+    resumable = files and not ray
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(exists_message(out))  # early; atomic_folder claims it for good
@@ -521,14 +545,19 @@ def prepare(
         "inputs": [[str(Path(p).resolve()), os.path.getsize(p), os.stat(p).st_mtime_ns] for p in paths],
         "format": format, "doc_per_line": doc_per_line, "mapping": encoder.mapping, "eos_id": encoder.eos_id,
         "text_allowed": sorted(encoder.text_allowed), "on_error": on_error, "tokensmith_version": _version(),
+        "max_length": max_length, "pack": pack, "rows_per_shard": rows_per_shard, "block_size": block_size,
+        "keep_remainder": keep_remainder, "loss": loss, "content_special": encoder.content_special,
+        "chat_templates": [encoder.template, encoder.tool_template],
     }
     with atomic_folder(out, overwrite=overwrite, resume=resume if resumable else None) as tmp:
         state = _ResumeState(tmp / RESUME_STATE, job, tokenizer_sha256, result) if resumable else None
         saved = state.load() if state is not None and resume else None  # a changed job stops here, state kept
         if saved is not None:
-            bar.note(f"resuming after {state.records:,} records ({result.examples:,} documents)")
+            bar.note(f"resuming after {state.records:,} records ({result.examples:,} {bar.unit})")
         try:
-            with _writer(format, tmp, pack, rows_per_shard, tok, block_size, keep_remainder, saved) as writer:
+            with _writer(format, tmp, max_length if pack else None, rows_per_shard, tok, block_size, keep_remainder, saved) as writer:
+                if state is not None:
+                    state.follow(writer)
                 if ray:
                     with _ray.connected(None if ray is True else ray) as cpus:
                         files = [(p, str(Path(p))) for p in paths]  # named as read_records names them
@@ -536,17 +565,14 @@ def prepare(
                         if streams:
                             _write_documents(_ray.documents(tables), on_error, result, writer, bar)
                         else:
-                            _write_examples(_ray.examples(tables), max_length, pack, on_error, result, writer, bar)
-                elif streams:
-                    records = read_records(inputs, doc_per_line=doc_per_line, progress=reading)
-                    if state is not None:
-                        state.writer = writer
-                        records = itertools.islice(records, state.records, None)
-                    documents = _documents(records, encoder, state.records if state is not None else 0)
-                    _write_documents(documents, on_error, result, writer, bar, state)
+                            _write_examples(_ray.examples(tables), max_length, on_error, result, writer, bar)
                 else:
-                    records = read_records(inputs, doc_per_line=doc_per_line, progress=reading)
-                    _write_examples(_encoded(records, encoder, num_workers), max_length, pack, on_error, result, writer, bar)
+                    done = state.records if state is not None else 0  # records in the files already
+                    records = itertools.islice(read_records(inputs, doc_per_line=doc_per_line, progress=reading), done, None)
+                    if streams:
+                        _write_documents(_documents(records, encoder, done), on_error, result, writer, bar, state)
+                    else:
+                        _write_examples(_encoded(records, encoder, num_workers), max_length, on_error, result, writer, bar, state)
                 if not result.examples:
                     why = f"all {result.skipped} records were skipped ({result.reasons()})" if result.skipped else "the input has no records"
                     first = f"; first: {result.errors[0]}" if result.errors else ""
@@ -600,10 +626,14 @@ def prepare(
     return result
 
 
-def _write_examples(encoded, max_length: int, pack: bool, on_error: str, result: PrepareResult, writer, bar: _Progress) -> None:
+def _write_examples(
+    encoded, max_length: int, on_error: str, result: PrepareResult, writer: _ShardWriter, bar: _Progress,
+    state: _ResumeState | None = None,
+) -> None:
     """Encoded records to Parquet rows: truncated or packed; bad records counted or raised."""
-    packer = Packer(max_length) if pack else None
     for source, line, value in encoded:
+        if state is not None:
+            state.records += 1
         if isinstance(value, str):  # a line that could not be read
             value = RecordError(value, "unreadable line")
         if isinstance(value, RecordError):
@@ -619,12 +649,8 @@ def _write_examples(encoded, max_length: int, pack: bool, on_error: str, result:
         result.examples += 1
         result.tokens += len(ex.input_ids)
         result.loss_tokens += sum(1 for l in ex.labels if l != IGNORE_INDEX)
-        rows = packer.add(ex) if packer else [{"input_ids": ex.input_ids, "labels": ex.labels}]
-        for row in rows:
-            writer.write(row)
+        writer.add_example(ex)  # after the counts: a shard it closes saves the resume state
         bar.update(result)
-    if packer and packer.pending():
-        writer.write(packer.flush())
 
 
 #: Text records go to the core in batches of about this many characters (4 MB of English):
@@ -642,12 +668,14 @@ def _write_documents(batches: Iterable[tuple[list[Any], int | None, Any, Any]], 
             if error.fatal or on_error == "raise":
                 raise DataError(f"{source}:{line}: {error}")
             result.skip(source, line, error)
-        writer.add_array(ids, lengths)
         result.examples += len(lengths)
         result.tokens += int(ids.size)
         result.loss_tokens += int(ids.size)
         if state is not None:
-            state.save(records_done)
+            state.records = records_done  # before the ids go in: a shard they close saves the state
+        writer.add_array(ids, lengths)
+        if state is not None and state.per_batch:
+            state.save()
         bar.update(result)
 
 
@@ -812,13 +840,15 @@ FORMATS = ("parquet", "megatron", "tokens")
 
 
 def _writer(
-    format: str, folder: Path, packed: bool, rows_per_shard: int, tok: Tokenizer, block_size: int | None,
-    keep_remainder: bool, state: dict[str, int] | None = None,
+    format: str, folder: Path, pack_length: int | None, rows_per_shard: int, tok: Tokenizer, block_size: int | None,
+    keep_remainder: bool, state: dict[str, Any] | None = None,
 ):
+    """The writer of ``format`` in ``folder``, new or (with a saved ``state``) going on.
+    Parquet rows are packed into ``pack_length`` tokens where it is given."""
     if block_size is not None:
-        return _BlockWriter(_ShardWriter(folder, False, rows_per_shard), block_size, keep_remainder)
+        return _BlockWriter(_ShardWriter(folder, None, rows_per_shard, state), block_size, keep_remainder, state)
     if format == "parquet":
-        return _ShardWriter(folder, packed, rows_per_shard)
+        return _ShardWriter(folder, pack_length, rows_per_shard, state)
     from .token_files import FlatTokensWriter, MegatronWriter  # numpy: only for these formats
 
     # Ids can have holes (cl100k's specials go up to 100276 over 100,261 entries): the
@@ -831,13 +861,18 @@ def _writer(
 
 
 class _ShardWriter:
-    """Rows to ``part-00000.parquet``, ``part-00001.parquet``, ... ``rows_per_shard`` each."""
+    """Rows to ``part-00000.parquet``, ``part-00001.parquet``, ... ``rows_per_shard`` each;
+    examples packed into rows of ``pack_length`` tokens where it is given.
 
-    def __init__(self, folder: Path, packed: bool, rows_per_shard: int) -> None:
+    With ``state`` (from :meth:`state`) it goes on from there: the shards closed then are
+    kept, any later one (a killed run's shard half-written) removed. ``on_shard_closed`` is
+    called each time a shard is complete."""
+
+    def __init__(self, folder: Path, pack_length: int | None, rows_per_shard: int, state: dict[str, Any] | None = None) -> None:
         import pyarrow as pa
 
         self.folder = folder
-        self.columns = ["input_ids", "labels"] + (["position_ids", "seq_lens"] if packed else [])
+        self.columns = ["input_ids", "labels"] + (["position_ids", "seq_lens"] if pack_length else [])
         self.schema = pa.schema([(c, pa.list_(pa.int32())) for c in self.columns])
         self.rows_per_shard = rows_per_shard
         self.rows = 0
@@ -846,9 +881,32 @@ class _ShardWriter:
         self.files: list[str] = []
         self._shard_rows = 0
         self._shards = 0
+        self.on_shard_closed: Any = None
+        self.packer = Packer(pack_length, state and state["packer"]) if pack_length else None
+        if state is not None:
+            self._shards, self.rows, self.files = state["shards"], state["rows"], list(state["files"])
+            for path in folder.glob("part-*.parquet"):
+                if path.name not in self.files:
+                    path.unlink()
+            if any(not (folder / name).exists() for name in self.files):
+                raise DataError(f"cannot resume {folder}: a shard it had written is gone")
 
     def __enter__(self) -> _ShardWriter:
         return self
+
+    def state(self) -> dict[str, Any]:
+        """The shards closed, their rows, and the packer's examples not in a row yet."""
+        return {"shards": self._shards, "rows": self.rows, "files": list(self.files),
+                "packer": self.packer.state() if self.packer else None}
+
+    def room(self) -> int:
+        """Rows until the shard being written is full."""
+        return self.rows_per_shard - self._shard_rows
+
+    def add_example(self, ex: Example) -> None:
+        rows = self.packer.add(ex) if self.packer else [{"input_ids": ex.input_ids, "labels": ex.labels}]
+        for row in rows:
+            self.write(row)
 
     def write(self, row: dict[str, list[int]]) -> None:
         for c in self.columns:
@@ -895,23 +953,35 @@ class _ShardWriter:
             self._writer.close()
             self._writer = None
             self._shards += 1
+            self._shard_rows = 0
+            if self.on_shard_closed is not None:
+                self.on_shard_closed()
         self._shard_rows = 0
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            if self.packer is not None and self.packer.pending():
+                self.write(self.packer.flush())
             self._flush()
-        self._close_shard()
+            self._close_shard()
+        elif self._writer is not None:
+            self._writer.close()  # the file is left for the folder to be removed, or a resume to remove
+            self._writer = None
 
 
 class _BlockWriter:
     """Documents' ids to Parquet rows of ``block_size`` ids (``format="parquet"`` with
     ``block_size``): ``run_clm.py``'s ``group_texts`` over the whole stream. Only the ids
-    short of a group of rows wait here between batches; the rows go to Arrow from numpy."""
+    short of a group of rows wait here between batches; the rows go to Arrow from numpy.
+
+    The rows go to Parquet in groups of about 1M ids, cut where a shard ends, whatever the
+    batches that came in: the files are the same for a local run's batches, a Ray run's
+    blocks, and a resumed run (whose ``state`` holds the ids not in a shard yet)."""
 
     columns = ["input_ids", "labels"]
     dtype = "int32"
 
-    def __init__(self, shards: _ShardWriter, block_size: int, keep_remainder: bool) -> None:
+    def __init__(self, shards: _ShardWriter, block_size: int, keep_remainder: bool, state: dict[str, Any] | None = None) -> None:
         import numpy as np
 
         self.shards = shards
@@ -919,7 +989,11 @@ class _BlockWriter:
         self.keep_remainder = keep_remainder
         #: Ids after the last whole block, left out (set at the end).
         self.dropped = 0
-        self._pending = np.zeros(0, dtype=np.int32)
+        self._group = max(1, (1 << 20) // block_size)  # rows
+        self._pending = np.array(state["pending"] if state else [], dtype=np.int32)
+
+    def state(self) -> dict[str, Any]:
+        return {**self.shards.state(), "pending": self._pending.tolist()}
 
     @property
     def rows(self) -> int:
@@ -935,14 +1009,10 @@ class _BlockWriter:
     def add_array(self, ids, lengths) -> None:
         import numpy as np
 
-        # Rows go to Parquet in groups of about 1M ids whatever the batches that came in,
-        # so that the files do not depend on them (a local run's batches, a Ray run's blocks).
-        group = self.block_size * max(1, (1 << 20) // self.block_size)
-        stream = np.concatenate([self._pending, ids.astype(np.int32)])
-        whole = stream.size // group * group
-        for start in range(0, whole, group):
-            self._write(stream[start : start + group])
-        self._pending = stream[whole:]
+        self._pending = np.concatenate([self._pending, ids.astype(np.int32)])
+        while self._pending.size >= (size := min(self._group, self.shards.room()) * self.block_size):
+            rows, self._pending = self._pending[:size], self._pending[size:]
+            self._write(rows)  # may close a shard: its state has the ids after these
 
     def _write(self, ids) -> None:
         import numpy as np
