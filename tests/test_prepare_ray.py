@@ -113,8 +113,8 @@ args = json.loads(sys.argv[1])
 tok = ts.Tokenizer.from_pretrained(args.pop("tokenizer"))
 try:
     result = data.prepare(args.pop("inputs"), tok, args.pop("out"), **args)
-except data.DataError as e:
-    print(json.dumps({"DataError": str(e)}))
+except (data.DataError, ValueError) as e:
+    print(json.dumps({type(e).__name__: str(e)}))
 else:
     print(json.dumps(dataclasses.asdict(result)))
 """
@@ -126,8 +126,9 @@ def prepare_on_cluster(cluster: str, inputs: list[Path], tokenizer: Path, out: P
                          env={**os.environ, **RAY_ENV}, timeout=300)
     assert run.returncode == 0, run.stderr[-5000:]
     result = json.loads(run.stdout.splitlines()[-1])
-    if "DataError" in result:
-        raise data.DataError(result["DataError"])
+    for error in (data.DataError, ValueError):
+        if error.__name__ in result:
+            raise error(result[error.__name__])
     return data.PrepareResult(**result)
 
 
@@ -230,11 +231,31 @@ def test_a_chat_record_in_a_token_stream_fails_as_locally(cluster, tmp_path_fact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed.jsonl"]  # nothing half-written
 
 
+def test_a_file_cut_short_fails_as_locally(cluster, corpus, tmp_path_factory, tmp_path):
+    folder = model_dir(tmp_path_factory, "qwen2.5")
+    tok = ts.Tokenizer.from_pretrained(str(folder))
+    packed = corpus[1].read_bytes()
+    cut = tmp_path / "cut.jsonl.zst"
+    cut.write_bytes(packed[: len(packed) // 2])
+    inputs = [corpus[0], cut]
+    with pytest.raises(ValueError) as local:
+        data.prepare(inputs, tok, tmp_path / "local", format="megatron", progress=False)
+    with pytest.raises(ValueError) as remote:
+        prepare_on_cluster(cluster, inputs, folder, tmp_path / "ray", format="megatron", progress=False)
+    assert str(remote.value) == str(local.value) and str(local.value).startswith(f"{cut}: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.jsonl.zst"]
+
+
 def test_ray_takes_files_and_does_not_resume_yet(tmp_path_factory, tmp_path):
-    tok = ts.Tokenizer.from_pretrained(str(model_dir(tmp_path_factory, "qwen2.5")))
+    folder = model_dir(tmp_path_factory, "qwen2.5")
+    tok = ts.Tokenizer.from_pretrained(str(folder))
     src = tmp_path / "a.jsonl"
     src.write_text('{"text": "hi"}\n')
     with pytest.raises(ValueError, match="list of files"):
         data.prepare(iter([{"text": "hi"}]), tok, tmp_path / "out", format="megatron", ray=True)
     with pytest.raises(ValueError, match="cannot resume yet"):
         data.prepare([src], tok, tmp_path / "out", format="megatron", ray=True, resume=True)
+    # `--ray` takes an optional address: an input file right after it is not one.
+    run = subprocess.run([sys.executable, "-m", "tokensmith.cli", "prepare", "-t", str(folder),
+                          "-o", str(tmp_path / "out"), "--ray", str(src), str(src)], capture_output=True, text=True)
+    assert run.returncode == 2 and f"--ray took the input {src} for a cluster address" in run.stderr

@@ -12,6 +12,7 @@ import gzip
 import importlib
 import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -222,6 +223,22 @@ def test_a_compressed_file_cut_short_is_an_error_naming_it_never_part_of_a_corpu
     (tmp_path / f"two.txt{suffix}").write_bytes(whole)
     result = data.prepare([tmp_path / f"two.txt{suffix}"], tok, tmp_path / "out", format="tokens", progress=False)
     assert result.examples == 2 * len(docs)
+
+
+def test_a_record_that_stops_the_run_is_reported_before_a_cut_file_after_it(corpus, tmp_path_factory, tmp_path):
+    """A chat record in a token stream, or a bad line under on_error="raise", stops the
+    run where it is: reading does not go on, so a file cut short further on cannot hide it."""
+    docs, _ = corpus
+    tok = ts.Tokenizer.from_pretrained(model_dir(tmp_path_factory, "qwen2.5"))
+    for bad, on_error, message in (({"messages": [{"role": "user", "content": "hi"}]}, "skip", ":11: a chat record in a token stream"),
+                                   ("not json", "raise", ":11: invalid JSON")):
+        lines = [json.dumps({"text": d}) for d in docs[:10]] + [bad if isinstance(bad, str) else json.dumps(bad)]
+        lines += [json.dumps({"text": d}) for d in docs[10:]] * 20
+        packed = gzip.compress(("\n".join(lines) + "\n").encode())
+        (tmp_path / "cut.jsonl.gz").write_bytes(packed[: len(packed) * 3 // 4])
+        with pytest.raises(data.DataError, match=re.escape(f"cut.jsonl.gz{message}")):
+            data.prepare([tmp_path / "cut.jsonl.gz"], tok, tmp_path / "out", format="tokens", progress=False, on_error=on_error)
+        assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
 
 
 def test_a_record_the_tokenizer_refuses_is_reported_with_its_line_and_the_rest_kept(tmp_path_factory, tmp_path):

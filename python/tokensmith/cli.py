@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from importlib import resources
@@ -246,6 +247,10 @@ def _mapping(pairs: list[str]) -> dict[str, str]:
 
 def _prepare(tok: Tokenizer, args: argparse.Namespace) -> int:
     from .data import prepare
+
+    if isinstance(args.ray, str) and os.path.exists(args.ray):
+        raise ValueError(f"--ray took the input {args.ray} for a cluster address: put --ray after the inputs, "
+                         "or write --ray=ADDRESS")
 
     result = prepare(
         args.inputs, tok, args.out, max_length=args.max_length, pack=args.pack, loss=args.loss,

@@ -114,18 +114,26 @@ def _plan(items: list[dict[str, Any]], encoder: Any, streams: bool, doc_per_line
     from .. import __version__
 
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    # Readers ask for half a CPU: reading is light, and unlike resources keep Ray from fusing
-    # them into the encoders (which would encode each file in one actor).
-    ds = ds.map_batches(_read_files, batch_size=1, batch_format="pyarrow", fn_kwargs={"doc_per_line": doc_per_line, "block_bytes": _BLOCK_BYTES}, num_cpus=0.5)
+    # Readers ask for a quarter of a CPU: reading is light, and unlike resources keep Ray
+    # from fusing them into the encoders (which would encode each file in one actor).
+    ds = ds.map_batches(_read_files, batch_size=1, batch_format="pyarrow", num_cpus=0.25,
+                        fn_kwargs={"doc_per_line": doc_per_line, "block_bytes": _BLOCK_BYTES})
     # Actors, not tasks: the tokenizer is loaded once per actor. One per block of input up to
-    # every CPU but one, left to the readers. A fixed pool: an autoscaling one (Ray 2.60)
-    # failed a run under load with an actor it had let go while a block was on its way to it.
+    # every CPU but one, left to the readers (on a one-CPU cluster, one actor of 3/4 of it).
+    # A fixed pool: an autoscaling one (Ray 2.60) failed a run under load with an actor it
+    # had let go while a block was on its way to it.
     blocks = -(-sum(Path(item["path"]).stat().st_size for item in items) // _BLOCK_BYTES)
     ds = ds.map_batches(
-        _Encode, batch_size=None, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=max(1, min(cpus - 1, blocks))),
+        _Encode, batch_size=None, batch_format="pyarrow", num_cpus=1 if cpus >= 2 else 0.75,
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(cpus - 1, blocks))),
         fn_constructor_args=(encoder, streams, __version__),
     )
     return ds
+
+
+#: The ``line`` of a row that says the file could not be read on (its ``error``): the run
+#: stops there with the ``ValueError`` a local run raises.
+_READ_FAILED = -1
 
 
 def _read_files(batch, doc_per_line: bool, block_bytes: int):
@@ -138,18 +146,25 @@ def _read_files(batch, doc_per_line: bool, block_bytes: int):
         progress = ReadProgress()
         rows: dict[str, list[Any]] = {"source": [], "line": [], "record": [], "error": [], "read": []}
         size = 0
-        for r in read_records([path], doc_per_line=doc_per_line, progress=progress):
-            bad = isinstance(r, BadRecord)
-            record = None if bad else pickle.dumps(r.data, protocol=pickle.HIGHEST_PROTOCOL)
+
+        def add(line: int, record: bytes | None, error: str | None) -> None:
             rows["source"].append(name)
-            rows["line"].append(r.line)
+            rows["line"].append(line)
             rows["record"].append(record)
-            rows["error"].append(r.error if bad else None)
+            rows["error"].append(error)
             rows["read"].append(start + progress.bytes)
-            size += 64 + (len(record) if record else 0)
-            if size >= block_bytes:
-                yield pa.table(rows, schema=_READ_SCHEMA)
-                rows, size = {c: [] for c in rows}, 0
+
+        try:
+            for r in read_records([path], doc_per_line=doc_per_line, progress=progress):
+                bad = isinstance(r, BadRecord)
+                record = None if bad else pickle.dumps(r.data, protocol=pickle.HIGHEST_PROTOCOL)
+                add(r.line, record, r.error if bad else None)
+                size += 64 + (len(record) if record else 0)
+                if size >= block_bytes:
+                    yield pa.table(rows, schema=_READ_SCHEMA)
+                    rows, size = {c: [] for c in rows}, 0
+        except (ValueError, OSError, ImportError) as e:  # a file cut short, no zstandard, ...
+            add(_READ_FAILED, None, str(e).replace(path, name))  # named as the user named it
         if rows["line"]:
             yield pa.table(rows, schema=_READ_SCHEMA)
 
@@ -191,8 +206,9 @@ class _Encode:
         sources, lines = batch["source"].to_pylist(), batch["line"].to_pylist()
         records, read_errors = batch["record"].to_pylist(), batch["error"].to_pylist()
         values: list[Any] = [
-            RecordError(error, "unreadable line") if record is None else pickle.loads(record)
-            for record, error in zip(records, read_errors)
+            pickle.loads(record) if record is not None
+            else RecordError(error, "read failed" if line == _READ_FAILED else "unreadable line")
+            for record, error, line in zip(records, read_errors, lines)
         ]
         if self.streams:
             lengths, ids = self._documents(values)
@@ -249,6 +265,8 @@ def examples(tables: Iterator[Any]) -> Iterator[tuple[str, int, Any]]:
 
     for table in tables:
         for row in table.to_pylist():
+            if row["line"] == _READ_FAILED:
+                raise ValueError(row["error"])
             if row["error"] is None:
                 yield row["source"], row["line"], Example(row["input_ids"], row["labels"], row["warnings"])
             else:
@@ -264,6 +282,10 @@ def documents(tables: Iterator[Any]) -> Iterator[tuple[list[tuple[str, int, Any]
     from .prepare import RecordError
 
     for table in tables:
+        cut = pc.index(table["line"], _READ_FAILED).as_py()  # -1: none
+        if cut >= 0:  # what was read before it, then the reader's error
+            yield from documents(iter([table.slice(0, cut)]))
+            raise ValueError(table["error"][cut].as_py())
         failed = table.filter(pc.is_valid(table["error"]))
         errors = [(r["source"], r["line"], RecordError(r["error"], r["reason"], r["fatal"])) for r in failed.select(
             ["source", "line", "error", "reason", "fatal"]).to_pylist()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -559,9 +560,10 @@ def prepare(
                 if state is not None:
                     state.follow(writer)
                 if ray:
-                    with _ray.connected(None if ray is True else ray) as cpus:
-                        files = [(p, str(Path(p))) for p in paths]  # named as read_records names them
-                        tables = _ray.encoded(files, encoder, streams, doc_per_line, cpus, reading)
+                    files = [(p, str(Path(p))) for p in paths]  # named as read_records names them
+                    with _ray.connected(None if ray is True else ray) as cpus, contextlib.closing(
+                        _ray.encoded(files, encoder, streams, doc_per_line, cpus, reading)
+                    ) as tables:  # closed (its execution ended) before disconnecting, on an error too
                         if streams:
                             _write_documents(_ray.documents(tables), on_error, result, writer, bar)
                         else:
@@ -570,7 +572,7 @@ def prepare(
                     done = state.records if state is not None else 0  # records in the files already
                     records = itertools.islice(read_records(inputs, doc_per_line=doc_per_line, progress=reading), done, None)
                     if streams:
-                        _write_documents(_documents(records, encoder, done), on_error, result, writer, bar, state)
+                        _write_documents(_documents(records, encoder, on_error, done), on_error, result, writer, bar, state)
                     else:
                         _write_examples(_encoded(records, encoder, num_workers), max_length, on_error, result, writer, bar, state)
                 if not result.examples:
@@ -679,7 +681,7 @@ def _write_documents(batches: Iterable[tuple[list[Any], int | None, Any, Any]], 
         bar.update(result)
 
 
-def _documents(records: Iterator[Record | BadRecord], encoder: ExampleEncoder, records_done: int = 0):
+def _documents(records: Iterator[Record | BadRecord], encoder: ExampleEncoder, on_error: str, records_done: int = 0):
     """Text records as batches of documents for :func:`_write_documents`.
 
     The texts go to the core in batches of about 4 MB, which it encodes on every core into
@@ -687,11 +689,14 @@ def _documents(records: Iterator[Record | BadRecord], encoder: ExampleEncoder, r
     Through the per-record path of the Parquet output (an ``Example`` and lists per record,
     pickled to worker processes) the same corpus ran at 3-4 MB/s, and slower on 2 workers
     than on 1. Reading the next batch (Python, under the GIL) overlaps encoding this one
-    (the core releases the GIL): one thread encodes while this one reads."""
+    (the core releases the GIL): one thread encodes while this one reads. A record that
+    stops the run (a chat record, any bad one under ``on_error="raise"``) ends the reading
+    there: nothing read after it (a file cut short) can hide it."""
 
     def batches():
         """Texts, tagged with (record number, source, line), and the records that gave none
-        (reported when the batch is written: after it, the resume state counts them as done)."""
+        (reported when the batch is written: after it, the resume state counts them as done);
+        last, whether a record of the batch stops the run."""
         texts: list[str] = []
         where: list[tuple[int, str, int]] = []
         bad: list[tuple[tuple[int, str, int], RecordError]] = []
@@ -701,7 +706,10 @@ def _documents(records: Iterator[Record | BadRecord], encoder: ExampleEncoder, r
             value = _text_of(record, encoder)
             if isinstance(value, RecordError):
                 bad.append(((done, record.source, record.line), value))
-                if not value.fatal and len(bad) < 1024:  # a file of bad records: reported as they come
+                if value.fatal or on_error == "raise":
+                    yield texts, where, bad, done, True
+                    return
+                if len(bad) < 1024:  # a file of bad records: reported as they come
                     continue
             else:
                 texts.append(value)
@@ -709,10 +717,10 @@ def _documents(records: Iterator[Record | BadRecord], encoder: ExampleEncoder, r
                 size += len(value)
                 if size < _BATCH_CHARS:
                     continue
-            yield texts, where, bad, done
+            yield texts, where, bad, done, False
             texts, where, bad, size = [], [], [], 0
         if texts or bad:
-            yield texts, where, bad, done
+            yield texts, where, bad, done, False
 
     def encode(texts, where, bad, done):
         ids, lengths, refused = _encode_documents(encoder, texts, where)
@@ -721,11 +729,13 @@ def _documents(records: Iterator[Record | BadRecord], encoder: ExampleEncoder, r
 
     with ThreadPoolExecutor(1) as encoding:
         pending = None
-        for batch in batches():
+        for *batch, stops in batches():
             future = encoding.submit(encode, *batch)
             if pending is not None:
                 yield pending.result()
             pending = future
+            if stops:
+                break
         if pending is not None:
             yield pending.result()
 
