@@ -362,3 +362,15 @@ def test_ray_data_map_batches_on_a_local_cluster(qwen, tmp_path):
     got = sorted(tuple(int(i) for i in r["input_ids"]) for r in rows)
     want = sorted(tuple(data.encode_chat(tok, c).input_ids) for c in chats)
     assert got == want
+
+
+def test_a_special_token_added_after_encoding_is_an_id_in_the_next_chat(qwen):
+    """The special tokens are kept between chats (for speed) until tokens are added."""
+    _, base = qwen
+    tok = base.copy()
+    chat = [{"role": "user", "content": "find <|task_box|> here"}, {"role": "assistant", "content": "ok"}]
+    before = data.encode_chat(tok, chat).input_ids
+    (new,) = tok.add_special_tokens(["<|task_box|>"])
+    after = data.encode_chat(tok, chat).input_ids
+    assert new not in before and after.count(new) == 1 and len(after) < len(before)
+    assert new not in data.encode_chat(base, chat).input_ids  # the copy's token is not the base's

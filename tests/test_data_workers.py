@@ -131,6 +131,15 @@ def test_prepare_uses_available_cpus_by_default(tok, tmp_path, monkeypatch):
     monkeypatch.setattr(_workers, "available_cpus", lambda: 1)
     assert data.prepare(small_records(10), tok, tmp_path / "b", progress=False).examples == 10
     assert started == [3]  # one CPU: encoded in this process, no pool
+    # Small files: encoded in this process too (workers would cost more than they give).
+    monkeypatch.setattr(_workers, "available_cpus", lambda: 3)
+    src = tmp_path / "small.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in small_records(10)))
+    assert data.prepare([src], tok, tmp_path / "c", progress=False).examples == 10
+    assert started == [3]
+    with pytest.raises(Started):  # unless asked for
+        data.prepare([src], tok, tmp_path / "d", progress=False, num_workers=2)
+    assert started == [3, 2]
 
 
 @linux_only
@@ -163,6 +172,43 @@ def test_dead_worker_raises_and_leaves_nothing(tmp_path):
     assert "<iterable>:1281 to <iterable>:1536" in done.stdout  # the chunk holding record 1501
     assert "CHILDREN []" in done.stdout
     assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+@linux_only
+def test_a_dead_worker_keeps_the_work_for_a_resume(tmp_path):
+    """A worker the system kills (out of memory) is not the data's fault: the shards done
+    are kept, and a resume (here with one worker) writes what one run writes."""
+    tok = ts.Tokenizer.from_file(GPT2)
+    src = tmp_path / "records.jsonl"
+    # The worker dies on record 5000, which is sent to it only once 3,000 or more are written
+    # (at most 8 chunks of 256 records are in flight): there is work to keep.
+    src.write_text("".join(json.dumps({"text": "die" if i == 5000 else f"record {i}"}) + "\n" for i in range(6000)))
+    options = dict(pack=False, rows_per_shard=100, progress=False)
+    whole = data.prepare([src], tok, tmp_path / "whole", num_workers=1, **options)
+    out = tmp_path / "out"
+    script = tmp_path / "dying.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(TESTS)!r})
+        import _worker_helpers
+        from tokensmith import Tokenizer, data
+
+        sys.modules["tokensmith.data.prepare"].ExampleEncoder = _worker_helpers.DyingEncoder
+        tok = Tokenizer.from_file({str(GPT2)!r})
+        data.prepare([{str(src)!r}], tok, {str(out)!r}, num_workers=2, pack=False, rows_per_shard=100, progress=False)
+    """))
+    done = subprocess.run([sys.executable, str(script)], env=env_with_package(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "worker process" in done.stderr and "--resume" in done.stderr, done.stderr
+    state = json.loads((tmp_path / ".out.partial" / "resume.json").read_text())
+    assert 3000 <= state["records"] <= 5000
+    resumed = data.prepare([src], tok, out, num_workers=1, resume=True, **options)
+    assert resumed.rows == whole.rows == 6000
+    for name in whole_files(tmp_path / "whole"):
+        assert (tmp_path / "whole" / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def whole_files(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name != "meta.json")
 
 
 @linux_only

@@ -601,6 +601,25 @@ def test_a_killed_parquet_run_resumes_to_the_same_bytes(kind, corpus, tmp_path_f
     data.prepare(inputs, tok, tmp_path / "again", progress=False, resume=True, **options)
     _same_output(tmp_path / "whole", tmp_path / "again")
 
+    # Stopped just after the last save (the last shard closed, the folder not renamed yet).
+    save, saves = prepare_module._ResumeState.save, []
+    with monkeypatch.context() as m:
+        m.setattr(prepare_module._ResumeState, "save", lambda self: (saves.append(1), save(self)))
+        data.prepare(inputs, tok, tmp_path / "count", progress=False, **options)
+
+    def stop_after_the_last(self):
+        save(self)
+        saves.append(1)
+        if len(saves) == 2 * last:
+            raise KeyboardInterrupt
+
+    last = len(saves)
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(prepare_module._ResumeState, "save", stop_after_the_last)
+        data.prepare(inputs, tok, tmp_path / "late", progress=False, **options)
+    data.prepare(inputs, tok, tmp_path / "late", progress=False, resume=True, **options)
+    _same_output(tmp_path / "whole", tmp_path / "late")
+
 
 def test_resume_refuses_a_changed_job_and_starts_afresh_without_state(corpus, tmp_path_factory, tmp_path, monkeypatch):
     prepare_module = importlib.import_module("tokensmith.data.prepare")

@@ -190,13 +190,20 @@ def template_markers(tok: Tokenizer, template: str) -> set[str]:
     text: a user who writes ``<|im_end|>`` never ends a turn."""
     from .eos import CONTROL_SPELLINGS, OTHER_CONTROL_TOKENS, declared_eos
 
-    specials = {t.content for t in tok.added_tokens if t.special}
-    markers = {s for s in specials if s in template}
-    markers |= specials & (set(_special_token_strings(tok).values()) | set(CONTROL_SPELLINGS) | set(OTHER_CONTROL_TOKENS))
+    specials = tok._special_contents()
+    markers = set(_written_in(specials, template))
+    markers |= set(specials) & (set(_special_token_strings(tok).values()) | set(CONTROL_SPELLINGS) | set(OTHER_CONTROL_TOKENS))
     declared = declared_eos(tok)
     if declared is not None:
         markers.add(declared)
     return markers
+
+
+@functools.lru_cache(maxsize=64)
+def _written_in(specials: tuple[str, ...], template: str) -> frozenset[str]:
+    """The ``specials`` the template's text contains (a search of the template per special
+    token: once per tokenizer and template, not per chat)."""
+    return frozenset(s for s in specials if s in template)
 
 
 def content_special_tokens(tok: Tokenizer, template: str, content_special: ContentSpecial = "auto") -> list[str]:
@@ -211,12 +218,12 @@ def content_special_tokens(tok: Tokenizer, template: str, content_special: Conte
                 f'content_special must be "auto", "text" or a collection of special tokens, got {content_special!r}'
             )
         markers = template_markers(tok, template)
-        return sorted(t.content for t in tok.added_tokens if t.special and t.content not in markers)
+        return sorted(s for s in tok._special_contents() if s not in markers)
     try:
         chosen = list(content_special)
     except TypeError:
         raise TypeError(f"content_special must be a str or a collection of str, got {type(content_special).__name__}") from None
-    specials = {t.content for t in tok.added_tokens if t.special}
+    specials = set(tok._special_contents())
     unknown = [t for t in chosen if not isinstance(t, str) or t not in specials]
     if unknown:
         raise ValueError(f"content_special names {unknown[0]!r}, which is not a special token of this tokenizer")
@@ -389,7 +396,7 @@ def _spans_by_search(tok, slots, rendered):
     """Each text (or its trimmed form) at its first place after the previous one that does
     not cut through a special token's spelling: a reply "a" is not the "a" of a template's
     ``<|start_header_id|>``."""
-    specials = [t.content for t in tok.added_tokens if t.special and t.content]
+    specials = [s for s in tok._special_contents() if s]
     marks = sorted((m.start(), m.end()) for s in specials for m in re.finditer(re.escape(s), rendered))
     spans, cursor = [], 0
     for i, _, _, text in slots:
@@ -528,7 +535,7 @@ def _assistant_regions(tok, messages, rendered, spans, warnings):
     reasoning, the template's ``</think>``, its reply), extended over the template text that
     closes the turn up to and including the first special token there (``<|im_end|>``,
     ``<|eot_id|>``, ``</s>``...)."""
-    specials = [t.content for t in tok.added_tokens if t.special]
+    specials = tok._special_contents()
     extent: dict[int, list[int]] = {}
     for start, end, i in spans:
         first_last = extent.setdefault(i, [start, end])

@@ -53,7 +53,7 @@ class NoEOSError(DataError):
 def declared_eos(tok: Tokenizer) -> str | None:
     """The end-of-text token of the tokenizer itself (not of its folder's config): the first
     of :data:`EOS_SPELLINGS` that is a special token of it."""
-    specials = {t.content for t in tok.added_tokens if t.special}
+    specials = set(tok._special_contents())
     return next((s for s in EOS_SPELLINGS if s in specials), None)
 
 

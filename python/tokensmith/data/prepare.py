@@ -50,6 +50,11 @@ CHAT_IN_STREAM = (
 )
 
 
+class _WorkerLost(DataError):
+    """A worker process died (killed by the system, out of memory): the run stops, but what
+    it wrote is kept for a resume."""
+
+
 class _Fatal(DataError):
     """The setup's fault, not the record's (see :class:`RecordError`)."""
 
@@ -517,6 +522,8 @@ def prepare(
     pack = True if pack is None else pack
     if max_length < 1:
         raise ValueError("max_length must be positive")
+    if rows_per_shard < 1:
+        raise ValueError(f"rows_per_shard must be positive, got {rows_per_shard}")
     paths = _paths(inputs)
     for path in paths:
         if not os.path.isfile(path):
@@ -574,7 +581,7 @@ def prepare(
                     if streams:
                         _write_documents(_documents(records, encoder, on_error, done), on_error, result, writer, bar, state)
                     else:
-                        _write_examples(_encoded(records, encoder, num_workers), max_length, on_error, result, writer, bar, state)
+                        _write_examples(_encoded(records, encoder, num_workers, reading.total), max_length, on_error, result, writer, bar, state)
                 if not result.examples:
                     why = f"all {result.skipped} records were skipped ({result.reasons()})" if result.skipped else "the input has no records"
                     first = f"; first: {result.errors[0]}" if result.errors else ""
@@ -584,12 +591,12 @@ def prepare(
                     f"the corpus is {writer.dropped} tokens, fewer than one block of {block_size}: no row to write "
                     "(keep_remainder / --keep-remainder keeps it as one shorter block)"
                 )
-        except (DataError, ValueError):
-            if state is not None:  # the data's fault: the same run would fail again, nothing to resume
+        except BaseException as e:
+            # The data's fault: the same run would fail again, nothing to resume. A worker the
+            # system killed (out of memory) is not: a run with fewer workers can go on.
+            if state is not None and isinstance(e, (DataError, ValueError)) and not isinstance(e, _WorkerLost):
                 state.path.unlink(missing_ok=True)
-            raise
-        except BaseException:
-            if state is not None and state.path.exists():
+            elif state is not None and state.path.exists():
                 print(f"prepare stopped; the work so far is kept in {tmp}: the same call with resume=True "
                       "(--resume) goes on from there", file=sys.stderr)
             raise
@@ -797,13 +804,25 @@ def _version() -> str:
     return __version__
 
 
-def _encoded(records: Iterator[Record | BadRecord], encoder: ExampleEncoder, num_workers: int | None) -> Iterator[tuple[str, int, Any]]:
+#: Input files smaller than this are encoded in this process unless ``num_workers`` says
+#: otherwise: starting workers (a process each, the tokenizer loaded in each) costs more
+#: than they give. Measured on 2 cores, Qwen2.5 chats: 2.2 MB took 1.18 s in this process
+#: and 1.51 s with 2 workers; 8.7 MB 3.72 s and 3.36 s.
+_IN_PROCESS_BYTES = 4 << 20
+
+
+def _encoded(
+    records: Iterator[Record | BadRecord], encoder: ExampleEncoder, num_workers: int | None, input_bytes: int = 0
+) -> Iterator[tuple[str, int, Any]]:
     """(source, line, Example or error message) in input order, on the CPUs this process may
-    use. Workers are subprocesses (see ``_workers``), so this works from a script without a
-    ``__main__`` guard, a notebook, or a daemonic process such as a DataLoader worker."""
+    use (in this process for input files of less than ``_IN_PROCESS_BYTES``). Workers are
+    subprocesses (see ``_workers``), so this works from a script without a ``__main__``
+    guard, a notebook, or a daemonic process such as a DataLoader worker."""
     from . import _workers
 
     workers = num_workers if num_workers is not None else _workers.available_cpus()
+    if num_workers is None and 0 < input_bytes < _IN_PROCESS_BYTES:
+        workers = 1
     chunks = _chunks(records, 256)
     if workers <= 1:
         for chunk in chunks:
@@ -842,7 +861,7 @@ def _in_pool(chunks: Iterator[list[Any]], pool) -> Iterator[list[tuple[str, int,
         if e.index is not None and 0 <= e.index - yielded < len(in_flight):
             chunk = in_flight[e.index - yielded]
             where = f" while encoding one of the records {chunk[0][0]}:{chunk[0][1]} to {chunk[-1][0]}:{chunk[-1][1]}"
-        raise DataError(f"{e}{where}") from e
+        raise _WorkerLost(f"{e}{where}") from e
 
 
 #: What ``prepare`` writes (``format=``).
@@ -998,12 +1017,12 @@ class _BlockWriter:
         self.block_size = block_size
         self.keep_remainder = keep_remainder
         #: Ids after the last whole block, left out (set at the end).
-        self.dropped = 0
+        self.dropped = state["dropped"] if state else 0
         self._group = max(1, (1 << 20) // block_size)  # rows
         self._pending = np.array(state["pending"] if state else [], dtype=np.int32)
 
     def state(self) -> dict[str, Any]:
-        return {**self.shards.state(), "pending": self._pending.tolist()}
+        return {**self.shards.state(), "pending": self._pending.tolist(), "dropped": self.dropped}
 
     @property
     def rows(self) -> int:
@@ -1038,7 +1057,11 @@ class _BlockWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            whole = self._pending.size // self.block_size * self.block_size
-            self._write(self._pending if self.keep_remainder else self._pending[:whole])
-            self.dropped = 0 if self.keep_remainder else int(self._pending.size - whole)
+            # Taken out before they are written: the state the last shard saves must not
+            # hold them still (a run stopped right then would write them twice).
+            rest, self._pending = self._pending, self._pending[:0]
+            whole = rest.size // self.block_size * self.block_size
+            if not self.keep_remainder:
+                self.dropped += int(rest.size - whole)  # += : a resumed run may have counted them
+            self._write(rest if self.keep_remainder else rest[:whole])
         self.shards.__exit__(exc_type, exc, tb)
