@@ -374,3 +374,11 @@ def test_a_special_token_added_after_encoding_is_an_id_in_the_next_chat(qwen):
     after = data.encode_chat(tok, chat).input_ids
     assert new not in before and after.count(new) == 1 and len(after) < len(before)
     assert new not in data.encode_chat(base, chat).input_ids  # the copy's token is not the base's
+
+
+def test_importing_the_data_module_loads_no_arrow():
+    """pyarrow and numpy load when a run needs them, not on import (tokensmith.data.prepare
+    imports the Ray module, whose Arrow schemas are made on first use)."""
+    code = "import sys, tokensmith.data; print(sorted(m for m in ('pyarrow', 'numpy', 'ray') if m in sys.modules))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr

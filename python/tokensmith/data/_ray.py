@@ -17,6 +17,7 @@ tokensmith version.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import pickle
 from collections.abc import Iterator
@@ -68,7 +69,7 @@ def encoded(
         items.append({"path": str(Path(path).resolve()), "name": name, "start": start})
         start += Path(path).stat().st_size
     with _settings(preserve_order=True, enable_progress_bars=False, target_max_block_size=_BLOCK_BYTES):
-        ds = _plan(items, encoder, streams, doc_per_line, cpus)
+        ds = _plan(items, -(-start // _BLOCK_BYTES), encoder, streams, doc_per_line, cpus)
     # Ray Data's plan and progress messages: our own progress line says enough.
     logger = logging.getLogger("ray.data")
     level = logger.level
@@ -108,7 +109,8 @@ def _settings(preserve_order: bool, **settings: Any) -> Iterator[None]:
             setattr(context, name, value)
 
 
-def _plan(items: list[dict[str, Any]], encoder: Any, streams: bool, doc_per_line: bool, cpus: int):
+def _plan(items: list[dict[str, Any]], blocks: int, encoder: Any, streams: bool, doc_per_line: bool, cpus: int):
+    """Read ``items`` (files) in tasks, encode in ``blocks`` blocks or so on an actor pool."""
     import ray.data
 
     from .. import __version__
@@ -122,7 +124,6 @@ def _plan(items: list[dict[str, Any]], encoder: Any, streams: bool, doc_per_line
     # every CPU but one, left to the readers (on a one-CPU cluster, one actor of 3/4 of it).
     # A fixed pool: an autoscaling one (Ray 2.60) failed a run under load with an actor it
     # had let go while a block was on its way to it.
-    blocks = -(-sum(Path(item["path"]).stat().st_size for item in items) // _BLOCK_BYTES)
     ds = ds.map_batches(
         _Encode, batch_size=None, batch_format="pyarrow", num_cpus=1 if cpus >= 2 else 0.75,
         compute=ray.data.ActorPoolStrategy(size=max(1, min(cpus - 1, blocks))),
@@ -161,15 +162,18 @@ def _read_files(batch, doc_per_line: bool, block_bytes: int):
                 add(r.line, record, r.error if bad else None)
                 size += 64 + (len(record) if record else 0)
                 if size >= block_bytes:
-                    yield pa.table(rows, schema=_READ_SCHEMA)
+                    yield pa.table(rows, schema=_schemas()[0])
                     rows, size = {c: [] for c in rows}, 0
         except (ValueError, OSError, ImportError) as e:  # a file cut short, no zstandard, ...
             add(_READ_FAILED, None, str(e).replace(path, name))  # named as the user named it
         if rows["line"]:
-            yield pa.table(rows, schema=_READ_SCHEMA)
+            yield pa.table(rows, schema=_schemas()[0])
 
 
+@functools.lru_cache(maxsize=None)
 def _schemas():
+    """The reader's and the encoder's Arrow schemas (made when first used: importing
+    tokensmith.data does not import pyarrow)."""
     import pyarrow as pa
 
     read = pa.schema([("source", pa.string()), ("line", pa.int64()), ("record", pa.binary()), ("error", pa.string()), ("read", pa.int64())])
@@ -180,8 +184,6 @@ def _schemas():
     ])
     return read, encoded
 
-
-_READ_SCHEMA, _ENCODED_SCHEMA = _schemas()
 
 
 class _Encode:
@@ -232,7 +234,7 @@ class _Encode:
             "fatal": [e is not None and e.fatal for e in failed],
             "read": batch["read"],
         }
-        return pa.table(columns, schema=_ENCODED_SCHEMA)
+        return pa.table(columns, schema=_schemas()[1])
 
     def _documents(self, values: list[Any]):
         """Records' data to documents: the ids of each row (0 for a record that gives none,
