@@ -45,7 +45,8 @@ const WAYS: usize = 4;
 /// Models remembered per thread before every tag is dropped and numbering starts again.
 const MAX_TAGS: usize = 1 << 10;
 
-struct Key {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Key {
     words: [u64; WORDS],
     len: u8,
 }
@@ -55,7 +56,7 @@ impl Key {
     /// itself: copying it into a zeroed buffer and reading that back stalled every lookup
     /// (a store-forwarding miss: a quarter of the encode time in a profile).
     #[inline]
-    fn new(piece: &[u8]) -> Key {
+    pub(super) fn new(piece: &[u8]) -> Key {
         debug_assert!(piece.len() <= SHORT_MAX);
         let mut words = [0u64; WORDS];
         let (full, tail) = piece.split_at(piece.len() & !7);

@@ -564,6 +564,16 @@ def _labels(ids: list[int], offsets: list[tuple[int, int]], regions: list[tuple[
     if not regions:
         return labels
     regions = sorted(regions)
+    starts = [start for start, _ in offsets]
+    ends = [max(end, start + 1) for start, end in offsets]
+    if starts == sorted(starts) and ends == sorted(ends):
+        # The usual case, token spans in text order: each region's tokens are one run,
+        # found by bisection and copied as a slice (the loop below was a fifth of a chat's
+        # encoding time).
+        for start, end in regions:
+            first, stop = bisect.bisect_right(ends, start), bisect.bisect_left(starts, end)
+            labels[first:stop] = ids[first:stop]
+        return labels
     r = 0
     for k, (start, end) in enumerate(offsets):
         end = max(end, start + 1)
