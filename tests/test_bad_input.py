@@ -293,6 +293,15 @@ def test_malformed_merge_entry(tmp_path):
         ts.Tokenizer.from_file(str(path))
 
 
+@pytest.mark.parametrize("merge", ["h e l", "he", "h  e", " h e", "h e "])
+def test_merge_string_without_exactly_one_space(tmp_path, merge):
+    obj = tiny_tokenizer()
+    obj["model"]["merges"].append(merge)
+    path = write_json(tmp_path, obj)
+    with pytest.raises(ts.TokenizerError, match="separated by one space"):
+        ts.Tokenizer.from_file(str(path))
+
+
 # --------------------------------------------------------------------------------------------------
 # paths
 
