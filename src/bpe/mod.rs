@@ -798,8 +798,9 @@ impl Flat {
 }
 
 impl PieceEncoder<'_> {
-    /// Appends the ids of one pre-tokenized piece.
-    #[inline]
+    /// Appends the ids of one pre-tokenized piece. Inlined, with the cache hit it leads to,
+    /// into the pre-tokenizer's loop (see `ModelCache::get_or_encode`).
+    #[inline(always)]
     pub fn encode(&mut self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
         let bpe = self.bpe;
         match (piece.len(), &bpe.alphabet) {
@@ -827,6 +828,7 @@ impl PieceEncoder<'_> {
     /// the text is cut there and each part is encoded on its own (cached, flat merges),
     /// with the same result. Cuts between two chars outside the vocabulary are not made,
     /// so that runs of unknown chars still fuse into one unknown token.
+    #[inline(never)]
     fn encode_words(
         &mut self,
         piece: &[u8],
@@ -851,7 +853,7 @@ impl PieceEncoder<'_> {
     }
 
     /// One piece that needs no further cutting: cached when short.
-    #[inline]
+    #[inline(always)]
     fn encode_word(&mut self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
         let bpe = self.bpe;
         match self.cache.as_mut() {

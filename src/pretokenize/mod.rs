@@ -296,21 +296,46 @@ impl PreTokenizer {
             (Some(Direct::Gpt2), _) => gpt2_splitter(),
             _ => return None,
         };
-        // Matches and the gaps between them, as `split_isolated`.
+        // Matches and the gaps between them, as `split_isolated`. They tile the text, so
+        // each piece is known by its end. The matcher only writes the ends down, and `f`
+        // runs over a batch of them in a loop of its own: called from inside the matcher's
+        // loop, where the compiler would not inline it, the calls' register saves and
+        // restores were a fifth of a warm encode's instructions (callgrind, Llama 3).
         let bytes = text.as_bytes();
-        let mut piece = |s: usize, e: usize| if s < e { f(&bytes[s..e], s) } else { Ok(()) };
-        let (mut prev, mut result) = (0, Ok(()));
+        let mut batch = Batch { ends: [0; BATCH], n: 0, start: 0, result: Ok(()) };
+        let mut flush = |batch: &mut Batch| {
+            let mut start = batch.start;
+            for &end in &batch.ends[..batch.n] {
+                if batch.result.is_ok() {
+                    // Only an error is moved into `result`: copying every piece's `Ok` (the
+                    // size of an `Error`) showed in the profile.
+                    if let Err(e) = f(&bytes[start..end], start) {
+                        batch.result = Err(e);
+                    }
+                }
+                start = end;
+            }
+            (batch.start, batch.n) = (start, 0);
+        };
+        let mut last = 0;
         let matched = splitter.for_each_match(text, |start, end| {
-            if result.is_ok() {
-                // Only an error is moved into `result`: copying every piece's `Ok` (the size
-                // of an `Error`) showed in the profile.
-                if let Err(e) = piece(prev, start).and_then(|()| piece(start, end)) {
-                    result = Err(e);
+            for cut in [start, end] {
+                if cut > last {
+                    batch.ends[batch.n] = cut;
+                    batch.n += 1;
+                    last = cut;
                 }
             }
-            prev = end;
+            if batch.n >= BATCH - 1 {
+                flush(&mut batch);
+            }
         });
-        Some(matched.and(result).and_then(|()| piece(prev, text.len())))
+        if last < text.len() {
+            batch.ends[batch.n] = text.len();
+            batch.n += 1;
+        }
+        flush(&mut batch);
+        Some(matched.and(batch.result))
     }
 
     /// `mapped`: `text` is byte-level mapped chars, one per raw byte.
@@ -467,6 +492,17 @@ impl PreTokenizer {
     }
 }
 
+/// Pieces of a direct pre-tokenizer encoded at a time (see `direct_pieces`).
+const BATCH: usize = 64;
+
+/// The ends of the pieces cut and not yet encoded, from `start` on.
+struct Batch {
+    ends: [usize; BATCH],
+    n: usize,
+    start: usize,
+    result: Result<()>,
+}
+
 /// Applies a split behavior to spans, as HF's `NormalizedString::split`.
 fn combine(spans: Vec<(usize, usize, bool)>, behavior: Behavior) -> Vec<(usize, usize)> {
     let mut out: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
@@ -540,8 +576,16 @@ mod tests {
         };
         let byte_level = Step::ByteLevel { add_prefix_space: false, use_regex: false };
         let gpt2 = Step::ByteLevel { add_prefix_space: false, use_regex: true };
-        let texts = ["", "Hello   world's 123!!", "  \n\n  x\r\n", "日本語のテキスト, 12345", "a\u{a0}b  \t"];
-        for steps in [vec![split, byte_level], vec![gpt2]] {
+        // A pattern that leaves text between its matches.
+        let digits = Step::Split {
+            splitter: Splitter::for_pattern(r"\d+", Dialect::Oniguruma).unwrap(),
+            behavior: Behavior::Isolated,
+            invert: false,
+        };
+        // The last: more pieces than one batch of `direct_pieces`.
+        let long = "Hello   world's 123!!\n".repeat(100);
+        let texts = ["", "Hello   world's 123!!", "  \n\n  x\r\n", "日本語のテキスト, 12345", "a\u{a0}b  \t", &long];
+        for steps in [vec![split, byte_level.clone()], vec![gpt2], vec![digits, byte_level]] {
             let p = PreTokenizer::new(steps.clone()).unwrap();
             for text in texts {
                 let mut direct = Vec::new();
