@@ -609,6 +609,26 @@ mod tests {
     }
 
     #[test]
+    fn direct_pieces_stop_at_the_first_error() {
+        let p = PreTokenizer::new(vec![Step::ByteLevel { add_prefix_space: false, use_regex: true }]).unwrap();
+        let text = "word ".repeat(BATCH * 3);
+        for fail_at in [0, 1, BATCH - 2, BATCH, BATCH * 2 + 5] {
+            let mut calls = 0;
+            let result = p
+                .direct_pieces(&text, |_, _| {
+                    calls += 1;
+                    match calls > fail_at {
+                        true => Err(crate::error::Error::Invalid(format!("piece {calls}"))),
+                        false => Ok(()),
+                    }
+                })
+                .expect("a direct pre-tokenizer");
+            assert!(matches!(result, Err(crate::error::Error::Invalid(m)) if m == format!("piece {}", fail_at + 1)));
+            assert_eq!(calls, fail_at + 1, "no piece is encoded after an error");
+        }
+    }
+
+    #[test]
     fn behaviors_combine_like_the_reference() {
         // "a-b--c" split on "-": spans a | - | b | -- would be two matches "-" "-".
         let spans = vec![(0, 1, false), (1, 2, true), (2, 3, false), (3, 4, true), (4, 5, true), (5, 6, false)];
