@@ -13,6 +13,7 @@ use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyType};
 use rayon::prelude::*;
 use rustc_hash::FxHashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 /// The exception classes live in `tokensmith.errors`; look them up once.
@@ -176,7 +177,7 @@ struct PyTokenizer {
     /// A Python int for every id, made once: a list of ids is then references to these,
     /// not a new int per token (which took about 35 ns per id, a fifth of a per-document
     /// encode). Ids past it (tokens added later) get new ints.
-    id_objects: GILOnceCell<Vec<PyObject>>,
+    id_objects: GILOnceCell<IdInts>,
 }
 
 impl PyTokenizer {
@@ -194,34 +195,60 @@ impl PyTokenizer {
             // Every real vocabulary fits under 2^20 (30 MB of ints at most); ids past the
             // table get new ints.
             let n = self.get().vocab_size().min(1 << 20) as u32;
-            (0..n).map(|id| id.into_pyobject(py).expect("infallible").into_any().unbind()).collect()
+            let int = |id: u32| IdInt { int: id.into_pyobject(py).expect("infallible").into_any().unbind(), uses: AtomicU32::new(0) };
+            IdInts { ints: (0..n).map(int).collect(), tally: std::sync::Mutex::new(Vec::new()) }
         });
+        let int_of = |id: u32| match table.ints.get(id as usize) {
+            Some(entry) => entry.int.bind(py).clone(),
+            None => id.into_pyobject(py).expect("infallible").into_any(),
+        };
         let Some(items_at) = list_items_offset(py) else {
-            return PyList::new(
-                py,
-                ids.iter().map(|&id| match table.get(id as usize) {
-                    Some(int) => int.bind(py).clone(),
-                    None => id.into_pyobject(py).expect("infallible").into_any(),
-                }),
-            );
+            return PyList::new(py, ids.iter().map(|&id| int_of(id)));
         };
         let len = isize::try_from(ids.len()).map_err(|_| PyMemoryError::new_err("too many ids for a list"))?;
         // SAFETY: `PyList_New` returns a new list of `len` empty (NULL) slots or NULL with
         // an error set. Its slots are at `items_at` (checked on a real list), each written
         // once here with a reference the list then owns: a table int whose count is raised
-        // (`incref`), or a new int. A slot left NULL by an error is one `list_dealloc` skips.
+        // for it (`incref`) or for all its slots at once (`IdInts::settle`, before the list
+        // can be seen or dropped), or a new int (`into_ptr` hands over its reference).
         unsafe {
+            // Made before the tally is taken: a list is an object the garbage collector
+            // tracks, so making one may run a finalizer, which may let another thread in.
             let list = Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyList_New(len))?.downcast_into_unchecked::<PyList>();
             let items = *list.as_ptr().cast::<u8>().add(items_at).cast::<*mut *mut pyo3::ffi::PyObject>();
-            for (i, &id) in ids.iter().enumerate() {
-                let int = match table.get(id as usize) {
-                    Some(int) => {
-                        incref(int.as_ptr());
-                        int.as_ptr()
+            let tally = if ids.len() >= COUNTED_LIST_MIN && ids.len() <= u32::MAX as usize { table.tally.try_lock().ok() } else { None };
+            match tally {
+                None => {
+                    for (i, &id) in ids.iter().enumerate() {
+                        let int = match table.ints.get(id as usize) {
+                            Some(entry) => {
+                                incref(entry.int.as_ptr());
+                                entry.int.as_ptr()
+                            }
+                            None => int_of(id).into_ptr(),
+                        };
+                        *items.add(i) = int;
                     }
-                    None => id.into_pyobject(py)?.into_any().into_ptr(),
-                };
-                *items.add(i) = int;
+                }
+                Some(mut used) => {
+                    for (i, &id) in ids.iter().enumerate() {
+                        let int = match table.ints.get(id as usize) {
+                            Some(entry) => {
+                                // Plain loads and stores: the holder of the tally alone
+                                // touches the counts of uses.
+                                let uses = entry.uses.load(Ordering::Relaxed);
+                                if uses == 0 {
+                                    used.push(id);
+                                }
+                                entry.uses.store(uses + 1, Ordering::Relaxed);
+                                entry.int.as_ptr()
+                            }
+                            None => int_of(id).into_ptr(),
+                        };
+                        *items.add(i) = int;
+                    }
+                    table.settle(&mut used);
+                }
             }
             Ok(list)
         }
@@ -308,8 +335,8 @@ fn read(py: Python<'_>, path: &str) -> PyResult<String> {
 /// from Python (Llama 3, Debian handbook: 206-221 MB/s in Rust, 126 from Python). fastokens
 /// (also abi3) writes the slots and counts inline, as here. Measured with `perf` (one core,
 /// 2026-12-02): the list's share of a per-document encode loop fell from 10.7% of the
-/// samples to 8.6% (the encode's own: 20-24%), of a whole-text loop from 22% to 19%. What
-/// is left is the wait for each int's count itself: the ints are spread over 4 MB.
+/// samples to 8.6% (the encode's own: 20-24%), of a whole-text loop from 22% to 19%. Long
+/// lists then raise each int's count once (`COUNTED_LIST_MIN`).
 fn list_items_offset(py: Python<'_>) -> Option<usize> {
     static OFFSET: GILOnceCell<Option<usize>> = GILOnceCell::new();
     *OFFSET.get_or_init(py, || {
@@ -339,6 +366,64 @@ unsafe fn incref(object: *mut pyo3::ffi::PyObject) {
         pyo3::ffi::Py_IncRef(object);
     } else {
         *count += 1;
+    }
+}
+
+/// Lists of at least this many ids tally their uses of each table int and raise each int's
+/// count once (`IdInts::settle`), instead of once per slot, as fastokens does in its
+/// parallel list fill.
+///
+/// Why: the ints are spread over 4 MB (Llama 3), and raising a count per slot waits on a
+/// cache miss per token; the tally sits beside the int's address, which is loaded anyway,
+/// and the counts are then raised once per distinct id (Llama 3, the first 2 MB of the
+/// Debian handbook in one list: 264,658 ids, 15,025 distinct). Measured in one process,
+/// tallied and inline lists in turn, 40 rounds, one core (2026-12-02): whole-text `encode`
+/// median 144 -> 152 MB/s (English), 68 -> 78 (Chinese), 124 -> 131 (CPython source);
+/// the same call without a list (`encode_batch_numpy`) ran 149-179. Per-document lists
+/// (40 ids on average) gained nothing from a tally: most of their ids are distinct.
+const COUNTED_LIST_MIN: usize = 4096;
+
+/// A table int, and how many slots of the list being filled hold it uncounted.
+struct IdInt {
+    int: PyObject,
+    uses: AtomicU32,
+}
+
+struct IdInts {
+    ints: Vec<IdInt>,
+    /// The ids whose `uses` are not 0, in the order they were first used. Whoever holds
+    /// it owns every `uses`; a list filled while another holds it raises counts inline.
+    tally: std::sync::Mutex<Vec<u32>>,
+}
+
+impl IdInts {
+    /// Raises each used int's count by its uses, and clears the tally.
+    ///
+    /// # Safety
+    /// The GIL is held, `used` is this table's tally, and every use is a list slot
+    /// holding that int uncounted.
+    unsafe fn settle(&self, used: &mut Vec<u32>) {
+        for id in used.drain(..) {
+            let entry = &self.ints[id as usize];
+            add_references(entry.int.as_ptr(), entry.uses.load(Ordering::Relaxed));
+            entry.uses.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `incref` `n` times in one step, where the count can take it without reaching the
+/// immortal range (the low 32 bits negative as an `i32`); `Py_IncRef` `n` times otherwise.
+///
+/// # Safety
+/// `object` is a live Python object, and the GIL is held.
+unsafe fn add_references(object: *mut pyo3::ffi::PyObject, n: u32) {
+    let count = object.cast::<isize>();
+    if i64::from(*count as i32) + i64::from(n) <= i64::from(i32::MAX) && (*count as i32) >= 0 {
+        *count += n as isize;
+    } else {
+        for _ in 0..n {
+            pyo3::ffi::Py_IncRef(object);
+        }
     }
 }
 
