@@ -191,67 +191,56 @@ impl PyTokenizer {
 
     /// `ids` as a Python list of ints.
     fn id_list<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
-        let table = self.id_objects.get_or_init(py, || {
-            // Every real vocabulary fits under 2^20 (30 MB of ints at most); ids past the
-            // table get new ints.
-            let n = self.get().vocab_size().min(1 << 20) as u32;
-            let int = |id: u32| IdInt { int: id.into_pyobject(py).expect("infallible").into_any().unbind(), uses: AtomicU32::new(0) };
-            IdInts { ints: (0..n).map(int).collect(), tally: std::sync::Mutex::new(Vec::new()) }
-        });
-        let int_of = |id: u32| match table.ints.get(id as usize) {
-            Some(entry) => entry.int.bind(py).clone(),
-            None => id.into_pyobject(py).expect("infallible").into_any(),
-        };
+        let table = self.id_table(py);
         let Some(items_at) = list_items_offset(py) else {
-            return PyList::new(py, ids.iter().map(|&id| int_of(id)));
+            return PyList::new(py, ids.iter().map(|&id| table.int(py, id)));
         };
-        let len = isize::try_from(ids.len()).map_err(|_| PyMemoryError::new_err("too many ids for a list"))?;
-        // SAFETY: `PyList_New` returns a new list of `len` empty (NULL) slots or NULL with
-        // an error set. Its slots are at `items_at` (checked on a real list), each written
-        // once here with a reference the list then owns: a table int whose count is raised
-        // for it (`incref`) or for all its slots at once (`IdInts::settle`, before the list
-        // can be seen or dropped), or a new int (`into_ptr` hands over its reference).
+        // SAFETY: as in `id_lists`.
         unsafe {
-            // Made before the tally is taken: a list is an object the garbage collector
-            // tracks, so making one may run a finalizer, which may let another thread in.
-            let list = Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyList_New(len))?.downcast_into_unchecked::<PyList>();
-            let items = *list.as_ptr().cast::<u8>().add(items_at).cast::<*mut *mut pyo3::ffi::PyObject>();
-            let tally = if ids.len() >= COUNTED_LIST_MIN && ids.len() <= u32::MAX as usize { table.tally.try_lock().ok() } else { None };
-            match tally {
-                None => {
-                    for (i, &id) in ids.iter().enumerate() {
-                        let int = match table.ints.get(id as usize) {
-                            Some(entry) => {
-                                incref(entry.int.as_ptr());
-                                entry.int.as_ptr()
-                            }
-                            None => int_of(id).into_ptr(),
-                        };
-                        *items.add(i) = int;
-                    }
-                }
+            let list = empty_list(py, ids.len())?;
+            match table.tally(ids.len()) {
+                None => table.fill(py, list_items(&list, items_at), ids, None),
                 Some(mut used) => {
-                    for (i, &id) in ids.iter().enumerate() {
-                        let int = match table.ints.get(id as usize) {
-                            Some(entry) => {
-                                // Plain loads and stores: the holder of the tally alone
-                                // touches the counts of uses.
-                                let uses = entry.uses.load(Ordering::Relaxed);
-                                if uses == 0 {
-                                    used.push(id);
-                                }
-                                entry.uses.store(uses + 1, Ordering::Relaxed);
-                                entry.int.as_ptr()
-                            }
-                            None => int_of(id).into_ptr(),
-                        };
-                        *items.add(i) = int;
-                    }
+                    table.fill(py, list_items(&list, items_at), ids, Some(&mut used));
                     table.settle(&mut used);
                 }
             }
             Ok(list)
         }
+    }
+
+    /// Each row of ids as a Python list of ints: `id_list` for many rows, with one tally.
+    fn id_lists<'py>(&self, py: Python<'py>, rows: &[&[u32]]) -> PyResult<Vec<Bound<'py, PyList>>> {
+        let table = self.id_table(py);
+        let Some(items_at) = list_items_offset(py) else {
+            return rows.iter().map(|ids| PyList::new(py, ids.iter().map(|&id| table.int(py, id)))).collect();
+        };
+        // SAFETY: the lists are new, each of its row's length, and each slot is written
+        // once (`IdInts::fill`) before any list can be seen. They are all made before the
+        // tally is taken: a list is an object the garbage collector tracks, so making one
+        // may run a finalizer, which may let another thread in. A list dropped by an error
+        // before it is filled has NULL slots, which `list_dealloc` skips.
+        unsafe {
+            let lists = rows.iter().map(|ids| empty_list(py, ids.len())).collect::<PyResult<Vec<_>>>()?;
+            let mut tally = table.tally(rows.iter().map(|ids| ids.len()).sum());
+            for (list, ids) in lists.iter().zip(rows) {
+                table.fill(py, list_items(list, items_at), ids, tally.as_deref_mut());
+            }
+            if let Some(mut used) = tally {
+                table.settle(&mut used);
+            }
+            Ok(lists)
+        }
+    }
+
+    fn id_table(&self, py: Python<'_>) -> &IdInts {
+        self.id_objects.get_or_init(py, || {
+            // Every real vocabulary fits under 2^20 (30 MB of ints at most); ids past the
+            // table get new ints.
+            let n = self.get().vocab_size().min(1 << 20) as u32;
+            let int = |id: u32| IdInt { int: id.into_pyobject(py).expect("infallible").into_any().unbind(), uses: AtomicU32::new(0) };
+            IdInts { ints: (0..n).map(int).collect(), tally: std::sync::Mutex::new(Vec::new()) }
+        })
     }
 
     fn get(&self) -> Arc<Tokenizer> {
@@ -369,9 +358,9 @@ unsafe fn incref(object: *mut pyo3::ffi::PyObject) {
     }
 }
 
-/// Lists of at least this many ids tally their uses of each table int and raise each int's
-/// count once (`IdInts::settle`), instead of once per slot, as fastokens does in its
-/// parallel list fill.
+/// Lists of at least this many ids (in all, for a batch) tally their uses of each table
+/// int and raise each int's count once (`IdInts::settle`), instead of once per slot, as
+/// fastokens does in its parallel list fill.
 ///
 /// Why: the ints are spread over 4 MB (Llama 3), and raising a count per slot waits on a
 /// cache miss per token; the tally sits beside the int's address, which is loaded anyway,
@@ -397,6 +386,61 @@ struct IdInts {
 }
 
 impl IdInts {
+    /// The int of `id`: the table's, or a new one past it.
+    fn int<'py>(&self, py: Python<'py>, id: u32) -> Bound<'py, PyAny> {
+        match self.ints.get(id as usize) {
+            Some(entry) => entry.int.bind(py).clone(),
+            None => id.into_pyobject(py).expect("infallible").into_any(),
+        }
+    }
+
+    /// The tally, for lists of `ids` ids in all: none below `COUNTED_LIST_MIN`, or while
+    /// another list holds it.
+    fn tally(&self, ids: usize) -> Option<std::sync::MutexGuard<'_, Vec<u32>>> {
+        (COUNTED_LIST_MIN..=u32::MAX as usize).contains(&ids).then(|| self.tally.try_lock().ok()).flatten()
+    }
+
+    /// Writes the int of each id into `items`, one slot each, each holding a reference:
+    /// counted at once (`incref`) without a tally, else counted in the tally's uses for
+    /// `settle` to raise.
+    ///
+    /// # Safety
+    /// The GIL is held, `items` has room for `ids.len()` slots no one else can see, and
+    /// `used` is this table's tally, which the sum of its lists' lengths cannot overflow.
+    #[inline(always)]
+    unsafe fn fill(&self, py: Python<'_>, items: *mut *mut pyo3::ffi::PyObject, ids: &[u32], used: Option<&mut Vec<u32>>) {
+        match used {
+            None => {
+                for (i, &id) in ids.iter().enumerate() {
+                    *items.add(i) = match self.ints.get(id as usize) {
+                        Some(entry) => {
+                            incref(entry.int.as_ptr());
+                            entry.int.as_ptr()
+                        }
+                        None => self.int(py, id).into_ptr(),
+                    };
+                }
+            }
+            Some(used) => {
+                for (i, &id) in ids.iter().enumerate() {
+                    *items.add(i) = match self.ints.get(id as usize) {
+                        Some(entry) => {
+                            // Plain loads and stores: the holder of the tally alone
+                            // touches the counts of uses.
+                            let uses = entry.uses.load(Ordering::Relaxed);
+                            if uses == 0 {
+                                used.push(id);
+                            }
+                            entry.uses.store(uses + 1, Ordering::Relaxed);
+                            entry.int.as_ptr()
+                        }
+                        None => self.int(py, id).into_ptr(),
+                    };
+                }
+            }
+        }
+    }
+
     /// Raises each used int's count by its uses, and clears the tally.
     ///
     /// # Safety
@@ -409,6 +453,21 @@ impl IdInts {
             entry.uses.store(0, Ordering::Relaxed);
         }
     }
+}
+
+/// A new list of `len` empty (NULL) slots, each to be written once before anyone sees it.
+fn empty_list(py: Python<'_>, len: usize) -> PyResult<Bound<'_, PyList>> {
+    let len = isize::try_from(len).map_err(|_| PyMemoryError::new_err("too many ids for a list"))?;
+    // SAFETY: `PyList_New` returns a new list or NULL with an error set.
+    unsafe { Ok(Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyList_New(len))?.downcast_into_unchecked::<PyList>()) }
+}
+
+/// The array of a list's slots, at `items_at` (`list_items_offset`).
+///
+/// # Safety
+/// `items_at` is `list_items_offset`'s answer.
+unsafe fn list_items(list: &Bound<'_, PyList>, items_at: usize) -> *mut *mut pyo3::ffi::PyObject {
+    *list.as_ptr().cast::<u8>().add(items_at).cast::<*mut *mut pyo3::ffi::PyObject>()
 }
 
 /// `incref` `n` times in one step, where the count can take it without reaching the
@@ -582,8 +641,8 @@ impl PyTokenizer {
             Ok(batch)
         })
         .or_raise(py)?;
-        let rows = batch.iter().map(|ids| self.id_list(py, ids)).collect::<PyResult<Vec<_>>>()?;
-        PyList::new(py, rows)
+        let rows = batch.iter().map(Vec::as_slice).collect::<Vec<_>>();
+        PyList::new(py, self.id_lists(py, &rows)?)
     }
 
     /// The ids of all texts concatenated, and n + 1 offsets, as little-endian bytearrays
