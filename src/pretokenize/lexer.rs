@@ -284,7 +284,28 @@ impl Lexer {
     }
 
     /// Calls `f(start, end)` for each match, left to right; the matches cover the text.
-    pub fn for_each_match(&self, text: &str, mut f: impl FnMut(usize, usize)) {
+    pub fn for_each_match(&self, text: &str, f: impl FnMut(usize, usize)) {
+        // The common families compiled each on its own, their settings constants: the
+        // branches on them folded away, a warm encode took 7% fewer instructions (Llama 3
+        // and o200k on English, callgrind; 3-5% on Chinese, where `match_at` does most).
+        // A loop over the families instead of this chain did not fold them.
+        if *self == LLAMA3 {
+            LLAMA3.matches(text, f)
+        } else if *self == QWEN2 {
+            QWEN2.matches(text, f)
+        } else if *self == CL100K {
+            CL100K.matches(text, f)
+        } else if *self == O200K {
+            O200K.matches(text, f)
+        } else if *self == GPT2 {
+            GPT2.matches(text, f)
+        } else {
+            self.matches(text, f)
+        }
+    }
+
+    #[inline(always)]
+    fn matches(&self, text: &str, mut f: impl FnMut(usize, usize)) {
         let scan = Scan { text, table: class_table() };
         let bytes = text.as_bytes();
         let mut at = 0;
@@ -401,6 +422,7 @@ impl Lexer {
 
     /// The end of the match starting at `at` (whose char is `c`), trying the pattern's
     /// alternatives in order.
+    #[inline(always)] // into each family's `matches`
     fn match_at(&self, s: &Scan, at: usize, c: char) -> Option<usize> {
         let t = s.table;
         let cls = class(t, c);
