@@ -641,7 +641,18 @@ impl Bpe {
     /// A short piece of a byte alphabet: symbols and first lookups straight from bytes,
     /// no allocation (this is the work of every cache miss).
     fn merge_short_bytes(&self, byte_ids: &[u32; 256], piece: &[u8], out: &mut Vec<u32>) {
-        let mut flat = Flat::new();
+        // Most pieces are words: arrays sized for them, not for `FLAT_MAX`, whose 1.5 kB
+        // were cleared for every cache miss (a first pass: -1.4% instructions on English,
+        // -0.8% on Chinese, whose pieces are longer; Llama 3, callgrind).
+        if piece.len() <= 16 {
+            self.merge_short_bytes_in(&mut Flat::<16>::new(), byte_ids, piece, out)
+        } else {
+            self.merge_short_bytes_in(&mut Flat::<FLAT_MAX>::new(), byte_ids, piece, out)
+        }
+    }
+
+    #[inline(always)]
+    fn merge_short_bytes_in<const N: usize>(&self, flat: &mut Flat<N>, byte_ids: &[u32; 256], piece: &[u8], out: &mut Vec<u32>) {
         let mut prev: Option<u8> = None;
         for &b in piece {
             let id = byte_ids[b as usize];
@@ -656,11 +667,11 @@ impl Bpe {
             flat.n += 1;
             prev = Some(b);
         }
-        self.merge_flat_in(&mut flat, out);
+        self.merge_flat_in(flat, out);
     }
 
     fn merge_flat(&self, symbols: &[u32], out: &mut Vec<u32>) {
-        let mut flat = Flat::new();
+        let mut flat = Flat::<FLAT_MAX>::new();
         flat.n = symbols.len();
         flat.ids[..flat.n].copy_from_slice(symbols);
         for i in 1..flat.n {
@@ -671,7 +682,7 @@ impl Bpe {
 
     /// Merges the lowest-ranked pair (leftmost on ties) until none is left: O(n) per merge
     /// over arrays on the stack, which beats a heap for the short pieces of real text.
-    fn merge_flat_in(&self, flat: &mut Flat, out: &mut Vec<u32>) {
+    fn merge_flat_in<const N: usize>(&self, flat: &mut Flat<N>, out: &mut Vec<u32>) {
         let Flat { ids, pairs, n } = flat;
         while *n >= 2 {
             let (mut best, mut at) = (NO_RANK, 0);
@@ -785,15 +796,15 @@ fn decode_char(bytes: &[u8]) -> Option<(char, usize)> {
 
 /// The symbols of a short piece being merged: `pairs[i]` is what merging `ids[i]` and
 /// `ids[i + 1]` gives (rank, merged id).
-struct Flat {
-    ids: [u32; FLAT_MAX],
-    pairs: [(u32, u32); FLAT_MAX],
+struct Flat<const N: usize> {
+    ids: [u32; N],
+    pairs: [(u32, u32); N],
     n: usize,
 }
 
-impl Flat {
+impl<const N: usize> Flat<N> {
     fn new() -> Self {
-        Flat { ids: [0; FLAT_MAX], pairs: [(NO_RANK, NO_ID); FLAT_MAX], n: 0 }
+        Flat { ids: [0; N], pairs: [(NO_RANK, NO_ID); N], n: 0 }
     }
 }
 
