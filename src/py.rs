@@ -195,18 +195,10 @@ impl PyTokenizer {
         let Some(items_at) = list_items_offset(py) else {
             return PyList::new(py, ids.iter().map(|&id| table.int(py, id)));
         };
-        // SAFETY: as in `id_lists`.
-        unsafe {
-            let list = empty_list(py, ids.len())?;
-            match table.tally(ids.len()) {
-                None => table.fill(py, list_items(&list, items_at), ids, None),
-                Some(mut used) => {
-                    table.fill(py, list_items(&list, items_at), ids, Some(&mut used));
-                    table.settle(&mut used);
-                }
-            }
-            Ok(list)
-        }
+        let [list] = [empty_list(py, ids.len())?];
+        // SAFETY: the list is new, untracked and of the row's length.
+        unsafe { table.fill_lists(py, items_at, std::slice::from_ref(&list), &[ids])? };
+        Ok(list)
     }
 
     /// Each row of ids as a Python list of ints: `id_list` for many rows, with one tally.
@@ -215,22 +207,10 @@ impl PyTokenizer {
         let Some(items_at) = list_items_offset(py) else {
             return rows.iter().map(|ids| PyList::new(py, ids.iter().map(|&id| table.int(py, id)))).collect();
         };
-        // SAFETY: the lists are new, each of its row's length, and each slot is written
-        // once (`IdInts::fill`) before any list can be seen. They are all made before the
-        // tally is taken: a list is an object the garbage collector tracks, so making one
-        // may run a finalizer, which may let another thread in. A list dropped by an error
-        // before it is filled has NULL slots, which `list_dealloc` skips.
-        unsafe {
-            let lists = rows.iter().map(|ids| empty_list(py, ids.len())).collect::<PyResult<Vec<_>>>()?;
-            let mut tally = table.tally(rows.iter().map(|ids| ids.len()).sum());
-            for (list, ids) in lists.iter().zip(rows) {
-                table.fill(py, list_items(list, items_at), ids, tally.as_deref_mut());
-            }
-            if let Some(mut used) = tally {
-                table.settle(&mut used);
-            }
-            Ok(lists)
-        }
+        let lists = rows.iter().map(|ids| empty_list(py, ids.len())).collect::<PyResult<Vec<_>>>()?;
+        // SAFETY: the lists are new, untracked and each of its row's length.
+        unsafe { table.fill_lists(py, items_at, &lists, rows)? };
+        Ok(lists)
     }
 
     fn id_table(&self, py: Python<'_>) -> &IdInts {
@@ -394,21 +374,52 @@ impl IdInts {
         }
     }
 
+    /// Writes the ints of each row into its list, then gives the lists to the garbage
+    /// collector. On an error (no memory for an int past the table) the slots not yet
+    /// written stay NULL, which `list_dealloc` skips, and every written one is counted.
+    ///
+    /// # Safety
+    /// Each list is new, untracked by the garbage collector (`empty_list`), seen by no one
+    /// else, and of its row's length; `items_at` is `list_items_offset`'s answer.
+    unsafe fn fill_lists(&self, py: Python<'_>, items_at: usize, lists: &[Bound<'_, PyList>], rows: &[&[u32]]) -> PyResult<()> {
+        // Taken only now that every list is made: making one may run the garbage collector
+        // and finalizers, which may let another thread in. Nothing run from here on runs
+        // Python code, and the tally settles when dropped, on an error as well.
+        let mut tally = self.tally(rows.iter().map(|ids| ids.len()).sum());
+        for (list, ids) in lists.iter().zip(rows) {
+            self.fill(py, list_items(list, items_at), ids, tally.as_mut().map(|t| &mut *t.used))?;
+        }
+        drop(tally);
+        for list in lists {
+            pyo3::ffi::PyObject_GC_Track(list.as_ptr().cast());
+        }
+        Ok(())
+    }
+
     /// The tally, for lists of `ids` ids in all: none below `COUNTED_LIST_MIN`, or while
     /// another list holds it.
-    fn tally(&self, ids: usize) -> Option<std::sync::MutexGuard<'_, Vec<u32>>> {
-        (COUNTED_LIST_MIN..=u32::MAX as usize).contains(&ids).then(|| self.tally.try_lock().ok()).flatten()
+    fn tally(&self, ids: usize) -> Option<Tally<'_>> {
+        if !(COUNTED_LIST_MIN..=u32::MAX as usize).contains(&ids) {
+            return None;
+        }
+        Some(Tally { table: self, used: self.tally.try_lock().ok()? })
     }
 
     /// Writes the int of each id into `items`, one slot each, each holding a reference:
     /// counted at once (`incref`) without a tally, else counted in the tally's uses for
-    /// `settle` to raise.
+    /// `settle` to raise. Stops at the first error, with the slots from there on unwritten.
     ///
     /// # Safety
     /// The GIL is held, `items` has room for `ids.len()` slots no one else can see, and
     /// `used` is this table's tally, which the sum of its lists' lengths cannot overflow.
     #[inline(always)]
-    unsafe fn fill(&self, py: Python<'_>, items: *mut *mut pyo3::ffi::PyObject, ids: &[u32], used: Option<&mut Vec<u32>>) {
+    unsafe fn fill(&self, py: Python<'_>, items: *mut *mut pyo3::ffi::PyObject, ids: &[u32], used: Option<&mut Vec<u32>>) -> PyResult<()> {
+        // A new int past the table, without `into_pyobject`, which panics where memory is
+        // short: unwinding past uncounted slots would free table ints still in use.
+        let new_int = |id: u32| {
+            let int = pyo3::ffi::PyLong_FromUnsignedLongLong(id.into());
+            if int.is_null() { Err(PyErr::fetch(py)) } else { Ok(int) }
+        };
         match used {
             None => {
                 for (i, &id) in ids.iter().enumerate() {
@@ -417,7 +428,7 @@ impl IdInts {
                             incref(entry.int.as_ptr());
                             entry.int.as_ptr()
                         }
-                        None => self.int(py, id).into_ptr(),
+                        None => new_int(id)?,
                     };
                 }
             }
@@ -434,11 +445,12 @@ impl IdInts {
                             entry.uses.store(uses + 1, Ordering::Relaxed);
                             entry.int.as_ptr()
                         }
-                        None => self.int(py, id).into_ptr(),
+                        None => new_int(id)?,
                     };
                 }
             }
         }
+        Ok(())
     }
 
     /// Raises each used int's count by its uses, and clears the tally.
@@ -455,11 +467,31 @@ impl IdInts {
     }
 }
 
-/// A new list of `len` empty (NULL) slots, each to be written once before anyone sees it.
+/// The tally of a table, held while lists are filled; dropping it raises the counts.
+struct Tally<'a> {
+    table: &'a IdInts,
+    used: std::sync::MutexGuard<'a, Vec<u32>>,
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        // SAFETY: a tally is only taken with the GIL held, for lists it counts the uses of.
+        unsafe { self.table.settle(&mut self.used) }
+    }
+}
+
+/// A new list of `len` empty (NULL) slots, untracked by the garbage collector until
+/// `IdInts::fill_lists` has written them: the collector, which may run while the next
+/// list of a batch is made, must not hand a half-made list to Python code.
 fn empty_list(py: Python<'_>, len: usize) -> PyResult<Bound<'_, PyList>> {
     let len = isize::try_from(len).map_err(|_| PyMemoryError::new_err("too many ids for a list"))?;
-    // SAFETY: `PyList_New` returns a new list or NULL with an error set.
-    unsafe { Ok(Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyList_New(len))?.downcast_into_unchecked::<PyList>()) }
+    // SAFETY: `PyList_New` returns a new list or NULL with an error set. Untracking an
+    // object twice is allowed, and so `list_dealloc` may drop it untracked.
+    unsafe {
+        let list = Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyList_New(len))?.downcast_into_unchecked::<PyList>();
+        pyo3::ffi::PyObject_GC_UnTrack(list.as_ptr().cast());
+        Ok(list)
+    }
 }
 
 /// The array of a list's slots, at `items_at` (`list_items_offset`).
@@ -471,17 +503,22 @@ unsafe fn list_items(list: &Bound<'_, PyList>, items_at: usize) -> *mut *mut pyo
 }
 
 /// `incref` `n` times in one step, where the count can take it without reaching the
-/// immortal range (the low 32 bits negative as an `i32`); `Py_IncRef` `n` times otherwise.
+/// immortal range (the low 32 bits negative as an `i32`); else `Py_IncRef` until the count
+/// stops moving (an immortal object, from Python 3.12 on: one call) or `n` times.
 ///
 /// # Safety
 /// `object` is a live Python object, and the GIL is held.
 unsafe fn add_references(object: *mut pyo3::ffi::PyObject, n: u32) {
     let count = object.cast::<isize>();
-    if i64::from(*count as i32) + i64::from(n) <= i64::from(i32::MAX) && (*count as i32) >= 0 {
+    if (*count as i32) >= 0 && i64::from(*count as i32) + i64::from(n) <= i64::from(i32::MAX) {
         *count += n as isize;
     } else {
         for _ in 0..n {
+            let before = *count;
             pyo3::ffi::Py_IncRef(object);
+            if *count == before {
+                break;
+            }
         }
     }
 }

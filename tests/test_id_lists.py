@@ -15,7 +15,9 @@ from conftest import tokenizer_path
 TEXT = "The Debian project's 42 packages, installed in 2024: ünïcödé, 中文, and code() {}\n" * 20
 
 
-@pytest.mark.parametrize("repeat", [1, 20, 400])  # about 25, 500 and 10,000 ids: both ways
+# 560, 11,200 and 224,000 ids a list (Llama 3); the batches of 5 rows 2,800 ids and more:
+# under 4,096 counted inline, above tallied.
+@pytest.mark.parametrize("repeat", [1, 20, 400])
 def test_lists_hold_one_counted_reference_per_id(repeat):
     tok = ts.Tokenizer.from_file(tokenizer_path("llama3"))
     text = TEXT * repeat
@@ -25,10 +27,12 @@ def test_lists_hold_one_counted_reference_per_id(repeat):
     assert len(shared) > 10
     counts = {key: sys.getrefcount(obj) for key, obj in shared.items()}
     lists = [tok.encode(text, add_special_tokens=False) for _ in range(30)]
-    rows = tok.encode_batch([text] * 10, add_special_tokens=False)
+    rows = tok.encode_batch([text] * 5, add_special_tokens=False)
     assert all(ids == expected for ids in [*lists, *rows])
     held = {key: sys.getrefcount(obj) - counts[key] for key, obj in shared.items()}
-    assert held == {key: 40 * expected.count(obj) for key, obj in shared.items()}
+    assert held == {key: 35 * expected.count(obj) for key, obj in shared.items()}
+    # Filled untracked, the lists are the garbage collector's again once returned.
+    assert all(gc.is_tracked(ids) for ids in [*lists, *rows])
     del lists, rows
     gc.collect()
     assert {key: sys.getrefcount(obj) for key, obj in shared.items()} == counts
@@ -37,6 +41,7 @@ def test_lists_hold_one_counted_reference_per_id(repeat):
 @pytest.mark.parametrize("repeat", [1, 2000])
 def test_ids_past_the_shared_ints_are_ints_of_their_own(repeat):
     tok = ts.Tokenizer.from_file(tokenizer_path("llama3"))
+    tok.encode("x")  # the shared ints are made now, for the vocabulary before the new tokens
     tok.add_tokens(["<task_a>", "<task_b>"])
     first = tok.token_to_id("<task_a>")
     text = "x <task_a> y <task_b> z" * repeat
@@ -45,3 +50,7 @@ def test_ids_past_the_shared_ints_are_ints_of_their_own(repeat):
     assert ids == [int(str(i)) for i in ids]
     assert all(type(i) is int for i in ids)
     assert ids == tok.encode_batch([text], add_special_tokens=False)[0]
+    # Each new int is held by its slot alone, as in a list built in Python.
+    plain = [int(str(i)) for i in ids]
+    new = [k for k, i in enumerate(ids) if i >= first]
+    assert [sys.getrefcount(ids[k]) for k in new] == [sys.getrefcount(plain[k]) for k in new]
