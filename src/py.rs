@@ -383,8 +383,10 @@ impl IdInts {
     /// else, and of its row's length; `items_at` is `list_items_offset`'s answer.
     unsafe fn fill_lists(&self, py: Python<'_>, items_at: usize, lists: &[Bound<'_, PyList>], rows: &[&[u32]]) -> PyResult<()> {
         // Taken only now that every list is made: making one may run the garbage collector
-        // and finalizers, which may let another thread in. Nothing run from here on runs
-        // Python code, and the tally settles when dropped, on an error as well.
+        // and finalizers, which may let another thread in. From here on only an error
+        // (`PyErr::fetch`) may run Python code, and that is safe: the lists are untracked,
+        // the table's own reference keeps every int alive, and another fill finds the tally
+        // taken. The tally settles when dropped, on an error as well.
         let mut tally = self.tally(rows.iter().map(|ids| ids.len()).sum());
         for (list, ids) in lists.iter().zip(rows) {
             self.fill(py, list_items(list, items_at), ids, tally.as_mut().map(|t| &mut *t.used))?;
@@ -402,7 +404,13 @@ impl IdInts {
         if !(COUNTED_LIST_MIN..=u32::MAX as usize).contains(&ids) {
             return None;
         }
-        Some(Tally { table: self, used: self.tally.try_lock().ok()? })
+        let used = match self.tally.try_lock() {
+            Ok(used) => used,
+            // A panic while it was held: `Tally::drop` has settled and cleared it anyway.
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(Tally { table: self, used })
     }
 
     /// Writes the int of each id into `items`, one slot each, each holding a reference:
