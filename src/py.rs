@@ -195,7 +195,7 @@ impl PyTokenizer {
         let Some(items_at) = list_items_offset(py) else {
             return PyList::new(py, ids.iter().map(|&id| table.int(py, id)));
         };
-        let [list] = [empty_list(py, ids.len())?];
+        let list = empty_list(py, ids.len())?;
         // SAFETY: the list is new, untracked and of the row's length.
         unsafe { table.fill_lists(py, items_at, std::slice::from_ref(&list), &[ids])? };
         Ok(list)
@@ -421,42 +421,32 @@ impl IdInts {
     /// The GIL is held, `items` has room for `ids.len()` slots no one else can see, and
     /// `used` is this table's tally, which the sum of its lists' lengths cannot overflow.
     #[inline(always)]
-    unsafe fn fill(&self, py: Python<'_>, items: *mut *mut pyo3::ffi::PyObject, ids: &[u32], used: Option<&mut Vec<u32>>) -> PyResult<()> {
+    unsafe fn fill(&self, py: Python<'_>, items: *mut *mut pyo3::ffi::PyObject, ids: &[u32], mut used: Option<&mut Vec<u32>>) -> PyResult<()> {
         // A new int past the table, without `into_pyobject`, which panics where memory is
         // short: unwinding past uncounted slots would free table ints still in use.
         let new_int = |id: u32| {
             let int = pyo3::ffi::PyLong_FromUnsignedLongLong(id.into());
             if int.is_null() { Err(PyErr::fetch(py)) } else { Ok(int) }
         };
-        match used {
-            None => {
-                for (i, &id) in ids.iter().enumerate() {
-                    *items.add(i) = match self.ints.get(id as usize) {
-                        Some(entry) => {
-                            incref(entry.int.as_ptr());
-                            entry.int.as_ptr()
-                        }
-                        None => new_int(id)?,
-                    };
-                }
-            }
-            Some(used) => {
-                for (i, &id) in ids.iter().enumerate() {
-                    *items.add(i) = match self.ints.get(id as usize) {
-                        Some(entry) => {
-                            // Plain loads and stores: the holder of the tally alone
-                            // touches the counts of uses.
+        for (i, &id) in ids.iter().enumerate() {
+            *items.add(i) = match self.ints.get(id as usize) {
+                Some(entry) => {
+                    match &mut used {
+                        None => incref(entry.int.as_ptr()),
+                        Some(used) => {
+                            // Plain loads and stores: the holder of the tally alone touches
+                            // the counts of uses.
                             let uses = entry.uses.load(Ordering::Relaxed);
                             if uses == 0 {
                                 used.push(id);
                             }
                             entry.uses.store(uses + 1, Ordering::Relaxed);
-                            entry.int.as_ptr()
                         }
-                        None => new_int(id)?,
-                    };
+                    }
+                    entry.int.as_ptr()
                 }
-            }
+                None => new_int(id)?,
+            };
         }
         Ok(())
     }
