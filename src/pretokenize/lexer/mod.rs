@@ -6,13 +6,17 @@
 //! reproduces one family exactly — the leftmost-first alternation, greedy runs and the
 //! backtracking the regex would do — as straight-line code over a per-char class table.
 //! `Lexer::for_pattern` only returns a lexer for a pattern string it knows to be
-//! equivalent; anything else goes to the general regex matcher. The tests below check
-//! each lexer against the regex it replaces.
+//! equivalent; anything else goes to the general regex matcher. Over ASCII, the matches
+//! are worked out 64 bytes at a time from bitmaps (`blocks.rs`); this file's per-match code
+//! does the rest. The tests below check each lexer against the regex it replaces, and the
+//! blocks against the per-match code.
 //!
 //! Char classes come from `regex-syntax`, the same Unicode tables the regex fallback uses.
 
 use super::regex::Dialect;
 use std::sync::OnceLock;
+
+mod blocks;
 
 pub(super) const LETTER: u8 = 1; // \p{L}
 pub(super) const NUMBER: u8 = 2; // \p{N}
@@ -305,11 +309,44 @@ impl Lexer {
     }
 
     #[inline(always)]
-    fn matches(&self, text: &str, mut f: impl FnMut(usize, usize)) {
+    fn matches(&self, text: &str, f: impl FnMut(usize, usize)) {
+        self.matches_in(text, self.has_blocks(), f)
+    }
+
+    /// `blocks`: the ASCII stretches 64 bytes at a time (`blocks.rs`), else a match at a time.
+    #[inline(always)]
+    fn matches_in(&self, text: &str, blocks: bool, mut f: impl FnMut(usize, usize)) {
         let scan = Scan { text, table: class_table() };
         let bytes = text.as_bytes();
         let mut at = 0;
+        // Matches are read one at a time up to here (past a byte the blocks cannot read).
+        let mut singly_to = 0;
         while at < bytes.len() {
+            if blocks && at >= singly_to {
+                // A char outside ASCII among the next 8 bytes: a block would end there having
+                // decided next to nothing, so it is not classified. In Russian text, where an
+                // ASCII space starts most matches, a warm encode took 22% more instructions
+                // with blocks than without before this check, and 7% fewer after (callgrind).
+                if let Some(next) = bytes.get(at..at + 8) {
+                    let high = u64::from_le_bytes(next.try_into().expect("8 bytes")) & 0x8080_8080_8080_8080;
+                    if high != 0 {
+                        singly_to = at + (high.trailing_zeros() / 8) as usize + 1;
+                    }
+                }
+            }
+            if blocks && at >= singly_to {
+                let block = self.block(bytes, at, &mut f);
+                if let Some(end) = block.end {
+                    at = end;
+                }
+                match (block.end, block.unknown) {
+                    (Some(_), None) => continue,
+                    (_, unknown) => singly_to = unknown.unwrap_or(at) + 1,
+                }
+                if at >= bytes.len() {
+                    break;
+                }
+            }
             let end = match self.ascii_match(&scan, at) {
                 Some(end) => end,
                 None => {
@@ -762,6 +799,36 @@ mod tests {
             let engines = engines(pattern, *dialect);
             for text in &texts {
                 assert_eq!(lexed(lexer, text), regexed(&engines, text), "pattern {pattern}\ntext {text:?}");
+            }
+        }
+    }
+
+    /// The blocks (`blocks.rs`) against the lexer's match-at-a-time path, on texts of up to
+    /// six blocks: mostly ASCII of every class the blocks tell apart, in runs that cross the
+    /// blocks' edges, with the chars they leave to the other path (apostrophes, chars
+    /// outside ASCII that are letters, digits or whitespace) now and then.
+    #[test]
+    fn blocks_match_like_one_match_at_a_time() {
+        const COMMON: &[&str] = &["a", "Zq", "xyz", "AB", "Cd", " ", " ", "\n", "1", "2024", ".", ",", "\t", "\r\n", "  ", "    ", "!?", "_", "/"];
+        const RARE: &[&str] = &["'", "'s", "'LL", "é", "\u{85}", "\u{a0}", "日本", "٣", "\x0b", "\x0c", "\n\n", "\n \n", "/", "\u{1F600}"];
+        let mut next = crate::testing::random(0x3c6e_f372_fe94_f82b);
+        let blocked: Vec<Lexer> = KNOWN.iter().map(|(_, _, lexer)| lexer.clone()).collect();
+        assert!(blocked.iter().all(Lexer::has_blocks));
+        for round in 0..60_000 {
+            let rare_share = [0, 4, 20, 60][round % 4];
+            let mut text = String::new();
+            let len = (next() % 384) as usize;
+            while text.len() < len {
+                let r = next();
+                let from = if (r % 100) < rare_share { RARE } else { COMMON };
+                text.push_str(from[((r >> 8) % from.len() as u64) as usize]);
+            }
+            for lexer in &blocked {
+                let mut by_blocks = Vec::new();
+                lexer.matches_in(&text, true, |s, e| by_blocks.push((s, e)));
+                let mut singly = Vec::new();
+                lexer.matches_in(&text, false, |s, e| singly.push((s, e)));
+                assert_eq!(by_blocks, singly, "{lexer:?}\ntext {text:?}");
             }
         }
     }
