@@ -20,8 +20,8 @@
 //! key and hash per piece). Instructions are what limit a warm encode (about 215 a piece
 //! at about two a cycle): see `PreTokenizer::direct_pieces` and `get_or_encode`.
 //!
-//! Longer pieces (up to `LONG_MAX` bytes: CJK runs, identifiers), and short ones with more
-//! ids than a slot holds, go to a map as before.
+//! Longer pieces (up to `CACHED_MAX` bytes: CJK runs, identifiers), and short ones with more
+//! ids than a slot holds, go to a map as before, emptied when it holds `LONG_MAX_BYTES`.
 //!
 //! Each slot is tagged with the tokenizer (BPE model) that filled it, as a small per-thread
 //! number that is also part of the slot's hash: a thread switching between tokenizers never
@@ -35,9 +35,15 @@ pub const SHORT_MAX: usize = 16;
 const WORDS: usize = SHORT_MAX / 8;
 /// At most this many ids are kept in a slot (a short piece with more goes to the map).
 const SHORT_IDS: usize = 3;
-/// Pieces up to this many bytes are cached.
+/// SentencePiece-style text past this many bytes is cut into words before BPE (see
+/// `PieceEncoder::encode`).
 pub const LONG_MAX: usize = 64;
-const LONG_MAX_ENTRIES: usize = 1 << 16;
+/// Pieces up to this many bytes are cached. CJK runs without punctuation are pieces of up
+/// to a few hundred bytes: with 64 here, the 5% of a Chinese text's bytes in pieces longer
+/// than that went through BPE again at every pass.
+const CACHED_MAX: usize = 256;
+/// The map of long pieces is emptied when it holds this many bytes (keys and ids).
+const LONG_MAX_BYTES: usize = 8 << 20;
 /// 2^15 sets of four 32-byte slots: 4 MB per thread, zeroed memory mapped as it is used.
 /// Measured (direct-mapped then) on 2 MB of English and of Chinese (per-document calls, one
 /// core, best of 30 rounds, each variant in turn): 64-byte slots for pieces up to 32 bytes
@@ -157,6 +163,8 @@ pub struct PieceCache {
     tags: FxHashMap<u64, u16>,
     /// The long pieces of one model, `long_owner`'s.
     long: FxHashMap<Box<[u8]>, Box<[u32]>>,
+    /// The bytes of `long`'s keys and ids.
+    long_bytes: usize,
     long_owner: u64,
 }
 
@@ -187,6 +195,7 @@ impl PieceCache {
         if self.long_owner != owner {
             self.long_owner = owner;
             self.long.clear();
+            self.long_bytes = 0;
         }
         ModelCache { cache: self, tag }
     }
@@ -235,7 +244,7 @@ impl ModelCache<'_> {
         out: &mut Vec<u32>,
         encode: impl FnOnce(&[u8], &mut Vec<u32>) -> Result<(), E>,
     ) -> Result<(), E> {
-        if piece.len() > LONG_MAX {
+        if piece.len() > CACHED_MAX {
             return encode(piece, out);
         }
         if let Some((at, key)) = slot {
@@ -264,9 +273,12 @@ impl ModelCache<'_> {
                 s.ids[..ids.len()].copy_from_slice(ids);
             }
             _ => {
-                if self.cache.long.len() >= LONG_MAX_ENTRIES {
+                let size = piece.len() + 4 * ids.len();
+                if self.cache.long_bytes + size > LONG_MAX_BYTES {
                     self.cache.long.clear();
+                    self.cache.long_bytes = 0;
                 }
+                self.cache.long_bytes += size;
                 self.cache.long.insert(piece.into(), ids.into());
             }
         }
@@ -315,8 +327,8 @@ mod tests {
             (b"a".to_vec(), vec![2]), // a prefix with zero padding is another key
             (vec![b'x'; SHORT_MAX], vec![3; SHORT_IDS]),
             (vec![b'y'; SHORT_MAX], vec![4; SHORT_IDS + 1]), // too many ids for a slot
-            (vec![b'z'; LONG_MAX], vec![5; 20]),
-            (vec![b'w'; LONG_MAX + 1], vec![6; 2]), // never kept
+            (vec![b'z'; CACHED_MAX], vec![5; 20]),
+            (vec![b'w'; CACHED_MAX + 1], vec![6; 2]), // never kept
         ];
         let mut model = cache.for_model(1);
         for (piece, ids) in &cases {
@@ -325,9 +337,26 @@ mod tests {
         assert_eq!(calls, cases.len());
         for (piece, ids) in &cases {
             let again = get(&mut model, piece, &[99], &mut calls);
-            assert_eq!(again, if piece.len() > LONG_MAX { &[99][..] } else { ids });
+            assert_eq!(again, if piece.len() > CACHED_MAX { &[99][..] } else { ids });
         }
-        assert_eq!(calls, cases.len() + 1, "only the piece over LONG_MAX is encoded again");
+        assert_eq!(calls, cases.len() + 1, "only the piece over CACHED_MAX is encoded again");
+    }
+
+    #[test]
+    fn the_map_of_long_pieces_stays_within_its_bytes() {
+        let mut cache = PieceCache::default();
+        let mut calls = 0;
+        let mut model = cache.for_model(1);
+        let ids = vec![7; 16];
+        let size = CACHED_MAX + 4 * ids.len();
+        let fit = LONG_MAX_BYTES / size;
+        for i in 0..fit + 10 {
+            let piece: Vec<u8> = (i as u32).to_le_bytes().into_iter().cycle().take(CACHED_MAX).collect();
+            get(&mut model, &piece, &ids, &mut calls);
+            assert!(model.cache.long_bytes <= LONG_MAX_BYTES);
+            assert_eq!(model.cache.long_bytes, model.cache.long.len() * size);
+        }
+        assert_eq!(model.cache.long.len(), 10, "emptied once full, then refilled");
     }
 
     #[test]
