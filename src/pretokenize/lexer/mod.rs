@@ -809,8 +809,11 @@ mod tests {
     /// outside ASCII that are letters, digits or whitespace) now and then.
     #[test]
     fn blocks_match_like_one_match_at_a_time() {
-        const COMMON: &[&str] = &["a", "Zq", "xyz", "AB", "Cd", " ", " ", "\n", "1", "2024", ".", ",", "\t", "\r\n", "  ", "    ", "!?", "_", "/"];
-        const RARE: &[&str] = &["'", "'s", "'LL", "é", "\u{85}", "\u{a0}", "日本", "٣", "\x0b", "\x0c", "\n\n", "\n \n", "/", "\u{1F600}"];
+        const COMMON: &[&str] = &["a", "Zq", "xyz", "AB", "Cd", " ", " ", "\n", "1", "2024", ".", ",", "\t", "\r\n", "\r", "  ", "    ", "!?", "_", "/"];
+        const RARE: &[&str] = &[
+            "'", "'s", "'LL", "é", "\u{85}", "\u{a0}", "日本", "٣", "\x0b", "\x0c", "\n\n", "\n \n", "/", "\u{1F600}",
+            "\0", "\x01", "\x1f", "\x7f", "#", "@", "[", "`", "{", "~", "\u{301}", "ʰ",
+        ];
         let mut next = crate::testing::random(0x3c6e_f372_fe94_f82b);
         let blocked: Vec<Lexer> = KNOWN.iter().map(|(_, _, lexer)| lexer.clone()).collect();
         assert!(blocked.iter().all(Lexer::has_blocks));
@@ -829,6 +832,40 @@ mod tests {
                 let mut singly = Vec::new();
                 lexer.matches_in(&text, false, |s, e| singly.push((s, e)));
                 assert_eq!(by_blocks, singly, "{lexer:?}\ntext {text:?}");
+            }
+        }
+    }
+
+    /// Every text of up to three chars where a block ends: after 60 to 64 bytes of one
+    /// kind, so that the last run of the block goes on past it, or the text ends there.
+    #[test]
+    fn blocks_match_like_one_match_at_a_time_at_their_edge() {
+        const CHARS: &[&str] = &["a", "B", "1", " ", "\t", "\n", "\r", ".", "'", "é"];
+        let mut tails = vec![String::new()];
+        for len in 1..=3 {
+            let mut more = vec![String::new()];
+            for _ in 0..len {
+                more = more.iter().flat_map(|t| CHARS.iter().map(move |c| format!("{t}{c}"))).collect();
+            }
+            tails.extend(more);
+        }
+        let mut lexers: Vec<&Lexer> = KNOWN.iter().map(|(_, _, lexer)| lexer).collect();
+        lexers.dedup();
+        for lexer in lexers {
+            for filler in ["a", " ", "1", "Ab. 12\n"] {
+                for len in 60..=64 {
+                    let head: String = filler.chars().cycle().take(len).collect();
+                    for tail in &tails {
+                        for end in ["", " a"] {
+                            let text = format!("{head}{tail}{end}");
+                            let mut by_blocks = Vec::new();
+                            lexer.matches_in(&text, true, |s, e| by_blocks.push((s, e)));
+                            let mut singly = Vec::new();
+                            lexer.matches_in(&text, false, |s, e| singly.push((s, e)));
+                            assert_eq!(by_blocks, singly, "{lexer:?}\ntext {text:?}");
+                        }
+                    }
+                }
             }
         }
     }
