@@ -136,9 +136,9 @@ impl Lexer {
             let mut numbers = first(digit);
             match self.numbers {
                 Numbers::UpTo(1) => numbers = digit,
-                Numbers::UpTo(n) => {
-                    // The digit `n` after a start in the same run starts the next match.
-                    debug_assert_eq!(n, 3);
+                Numbers::UpTo(most) => {
+                    // The third digit after a start in the same run starts the next match.
+                    debug_assert_eq!(most, 3);
                     let mut starts = numbers;
                     loop {
                         starts = (starts << 3) & digit & (digit << 1) & (digit << 2);

@@ -339,12 +339,10 @@ impl Lexer {
                 if let Some(end) = block.end {
                     at = end;
                 }
+                // A block that stopped short leaves `at` before the text's end.
                 match (block.end, block.unknown) {
                     (Some(_), None) => continue,
                     (_, unknown) => singly_to = unknown.unwrap_or(at) + 1,
-                }
-                if at >= bytes.len() {
-                    break;
                 }
             }
             let end = match self.ascii_match(&scan, at) {
@@ -803,6 +801,14 @@ mod tests {
         }
     }
 
+    fn assert_blocks_match(lexer: &Lexer, text: &str) {
+        let mut by_blocks = Vec::new();
+        lexer.matches_in(text, true, |s, e| by_blocks.push((s, e)));
+        let mut singly = Vec::new();
+        lexer.matches_in(text, false, |s, e| singly.push((s, e)));
+        assert_eq!(by_blocks, singly, "{lexer:?}\ntext {text:?}");
+    }
+
     /// The blocks (`blocks.rs`) against the lexer's match-at-a-time path, on texts of up to
     /// six blocks: mostly ASCII of every class the blocks tell apart, in runs that cross the
     /// blocks' edges, with the chars they leave to the other path (apostrophes, chars
@@ -827,11 +833,7 @@ mod tests {
                 text.push_str(from[((r >> 8) % from.len() as u64) as usize]);
             }
             for lexer in &blocked {
-                let mut by_blocks = Vec::new();
-                lexer.matches_in(&text, true, |s, e| by_blocks.push((s, e)));
-                let mut singly = Vec::new();
-                lexer.matches_in(&text, false, |s, e| singly.push((s, e)));
-                assert_eq!(by_blocks, singly, "{lexer:?}\ntext {text:?}");
+                assert_blocks_match(lexer, &text);
             }
         }
     }
@@ -857,12 +859,7 @@ mod tests {
                     let head: String = filler.chars().cycle().take(len).collect();
                     for tail in &tails {
                         for end in ["", " a"] {
-                            let text = format!("{head}{tail}{end}");
-                            let mut by_blocks = Vec::new();
-                            lexer.matches_in(&text, true, |s, e| by_blocks.push((s, e)));
-                            let mut singly = Vec::new();
-                            lexer.matches_in(&text, false, |s, e| singly.push((s, e)));
-                            assert_eq!(by_blocks, singly, "{lexer:?}\ntext {text:?}");
+                            assert_blocks_match(lexer, &format!("{head}{tail}{end}"));
                         }
                     }
                 }
