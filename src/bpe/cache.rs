@@ -29,6 +29,9 @@
 //! holds one tokenizer's pieces at a time).
 
 use rustc_hash::FxHashMap;
+#[cfg(target_os = "linux")]
+use std::alloc::{self, Layout};
+use std::ptr::NonNull;
 
 /// Pieces up to this many bytes are short: inline keys.
 pub const SHORT_MAX: usize = 16;
@@ -44,7 +47,7 @@ pub const LONG_MAX: usize = 64;
 const CACHED_MAX: usize = 256;
 /// The map of long pieces is emptied when it holds this many bytes (keys and ids).
 const LONG_MAX_BYTES: usize = 8 << 20;
-/// 2^15 sets of four 32-byte slots: 4 MB per thread, zeroed memory mapped as it is used.
+/// 2^15 sets of four 32-byte slots: 4 MB per thread (see `Table`).
 /// Measured (direct-mapped then) on 2 MB of English and of Chinese (per-document calls, one
 /// core, best of 30 rounds, each variant in turn): 64-byte slots for pieces up to 32 bytes
 /// (2^16 of them) ran 10-25% slower than 32-byte ones, 2^14 of them 20-25% slower still;
@@ -156,9 +159,88 @@ struct Set([Slot; WAYS]);
 
 const EMPTY_SET: Set = Set([EMPTY; WAYS]);
 
+/// The sets, in zeroed memory that costs nothing until it is used: on Linux pages mapped
+/// for it (the kernel zeroes each on its first touch), elsewhere the allocator's zeroed
+/// memory. Neither `Box::new_zeroed_slice` nor `calloc` is lazy here: for sets aligned to
+/// 64 bytes the first is `aligned_alloc` plus a `memset` of all 4 MB, and glibc's `calloc`
+/// cleared the block too once earlier frees had raised its threshold for mapping blocks
+/// (4.2-5.3 M instructions in each thread's first encode, callgrind: 8-15% of a first pass
+/// over 500 kB of English).
+struct Table {
+    sets: NonNull<Set>,
+    len: usize,
+}
+
+impl Table {
+    fn zeroed(len: usize) -> Table {
+        #[cfg(target_os = "linux")]
+        {
+            let bytes = len * std::mem::size_of::<Set>();
+            let (prot, flags) = (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS);
+            // SAFETY: a new private anonymous mapping, aligned to a page, touches no memory of
+            // ours; it is unmapped in `drop` with the same length.
+            let mapped = unsafe { libc::mmap(std::ptr::null_mut(), bytes, prot, flags, -1, 0) };
+            if mapped != libc::MAP_FAILED {
+                if let Some(sets) = NonNull::new(mapped.cast::<Set>()) {
+                    return Table { sets, len };
+                }
+            }
+            let layout = Layout::array::<Set>(len).expect("a table of a few MB");
+            alloc::handle_alloc_error(layout)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let sets = NonNull::from(Box::leak(Box::<[Set]>::new_zeroed_slice(len)));
+            Table { sets: sets.cast(), len }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Default for Table {
+    fn default() -> Table {
+        Table { sets: NonNull::dangling(), len: 0 }
+    }
+}
+
+impl std::ops::Deref for Table {
+    type Target = [Set];
+    fn deref(&self) -> &[Set] {
+        // SAFETY: `sets` is aligned and holds `len` sets, each all zeros (`EMPTY_SET`: every
+        // field is an integer) or written as a set since; dangling but aligned when `len` is 0.
+        unsafe { std::slice::from_raw_parts(self.sets.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Table {
+    fn deref_mut(&mut self) -> &mut [Set] {
+        // SAFETY: as `deref`, and `&mut self` is the only way to the sets.
+        unsafe { std::slice::from_raw_parts_mut(self.sets.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        // SAFETY: mapped in `zeroed` with this length, and no reference to it outlives `self`.
+        unsafe {
+            libc::munmap(self.sets.as_ptr().cast(), self.len * std::mem::size_of::<Set>());
+        }
+        #[cfg(not(target_os = "linux"))]
+        // SAFETY: leaked from a box of `len` sets in `zeroed`.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.sets.as_ptr(), self.len)) });
+    }
+}
+
 #[derive(Default)]
 pub struct PieceCache {
-    sets: Box<[Set]>,
+    sets: Table,
     /// Model (its `Bpe::cache_owner`) -> its tag in this thread's slots.
     tags: FxHashMap<u64, u16>,
     /// The long pieces of one model, `long_owner`'s.
@@ -172,12 +254,7 @@ impl PieceCache {
     /// This thread's cache, ready for the model `owner`.
     pub fn for_model(&mut self, owner: u64) -> ModelCache<'_> {
         if self.sets.is_empty() {
-            // Not lazily mapped, though it looks it: for sets aligned to 64 bytes the system
-            // allocator's `alloc_zeroed` is `aligned_alloc` plus a `memset` of all 4 MB
-            // (4.2 M instructions in a thread's first encode, callgrind). To do: `calloc`.
-            let zeroed = Box::<[Set]>::new_zeroed_slice(1 << SET_BITS);
-            // SAFETY: every field of a slot is an integer, and all zeros is `EMPTY`.
-            self.sets = unsafe { zeroed.assume_init() };
+            self.sets = Table::zeroed(1 << SET_BITS);
         }
         let next = self.tags.len() + 1;
         let tag = match self.tags.get(&owner) {
