@@ -335,8 +335,7 @@ impl ModelCache<'_> {
                 }
             }
         }
-        if let Some(ids) = self.cache.long.get(piece) {
-            out.extend_from_slice(ids);
+        if self.get_long(piece, out) {
             return Ok(());
         }
         let start = out.len();
@@ -350,17 +349,37 @@ impl ModelCache<'_> {
                 (s.words, s.len, s.tag, s.n) = (key.words, key.len, self.tag, ids.len() as u8);
                 s.ids[..ids.len()].copy_from_slice(ids);
             }
-            _ => {
-                let size = piece.len() + 4 * ids.len();
-                if self.cache.long_bytes + size > LONG_MAX_BYTES {
-                    self.cache.long.clear();
-                    self.cache.long_bytes = 0;
-                }
-                self.cache.long_bytes += size;
-                self.cache.long.insert(piece.into(), ids.into());
-            }
+            _ => self.keep_long(piece, ids),
         }
         Ok(())
+    }
+
+    /// Appends the ids of `piece` if the map of long pieces has them (`true`).
+    pub fn get_long(&self, piece: &[u8], out: &mut Vec<u32>) -> bool {
+        if piece.len() > CACHED_MAX {
+            return false; // never kept: not hashed for nothing
+        }
+        match self.cache.long.get(piece) {
+            Some(ids) => {
+                out.extend_from_slice(ids);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Keeps the ids of a piece of up to `CACHED_MAX` bytes in the map of long pieces.
+    pub fn keep_long(&mut self, piece: &[u8], ids: &[u32]) {
+        if piece.len() > CACHED_MAX {
+            return;
+        }
+        let size = piece.len() + 4 * ids.len();
+        if self.cache.long_bytes + size > LONG_MAX_BYTES {
+            self.cache.long.clear();
+            self.cache.long_bytes = 0;
+        }
+        self.cache.long_bytes += size;
+        self.cache.long.insert(piece.into(), ids.into());
     }
 }
 

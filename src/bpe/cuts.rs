@@ -1,0 +1,275 @@
+//! Where a piece of a byte-level vocabulary may be cut before it is merged.
+//!
+//! Why: a first pass over Chinese text was mostly merges (`first-pass zh` at 0.5-0.7x of the
+//! fastest peer). A run of CJK chars without punctuation is one piece of 6-40 chars (17-120
+//! bytes), merged from its bytes in O(n^2), and such runs seldom repeat, so the cache does
+//! not help. Their parts between chars that no token joins do repeat: the 12,228 CJK runs of
+//! 500 kB of the Chinese handbook (9,048 distinct) are 66,494 parts (2,366 distinct), nearly
+//! all of one or two chars, and those are in the cache after a few pages.
+//!
+//! Why it is exact: every merge makes a token, so no merge ever joins two symbols across a
+//! point of the text that no token spans. The symbols on either side of such a point merge
+//! as if they stood alone, and the ids of the parts, joined, are the piece's.
+//!
+//! Where: only points between two chars of 3-4 bytes (CJK, kana, hangul, Thai, Indic
+//! scripts, emoji), where the savings are. Between two Cyrillic letters, say, a cut is rare
+//! and looking for one is not: the 2 MB of the Russian handbook have 18,457 pieces over 16
+//! bytes, 183,260 points between two letters in them, and 2,628 of those may be cut.
+//!
+//! What spans a point: a token spans the point between chars `a` and `b` when it holds a
+//! suffix of `a`'s bytes followed by a prefix of `b`'s. Every point inside a token that
+//! merges make is the junction of one merge of its build tree, so the merges' junctions
+//! say it all: where the two chars at a junction are whole, that pair of chars is never
+//! cut; where one is not (a token of partial chars, such as Llama 3's "选" followed by the
+//! first two bytes of "择"), no point with those two bytes around it is cut.
+//!
+//! `ignore_merges` vocabularies look a whole piece up among the tokens before merging it;
+//! a part is not a piece, so it gets what merges give it. That is the whole-token answer
+//! for nearly every part that is a token, but not for all (`merges_make`).
+
+use super::{decode_char, Alphabet, Bpe, NO_ID};
+use rustc_hash::FxHashSet;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+#[derive(Debug)]
+pub(super) struct ByteCuts {
+    /// Pairs of chars (`a << 32 | b`) that some token joins.
+    pairs: FxHashSet<u64>,
+    /// One bit per two bytes (the last of one char, the first of the next) that a token of
+    /// partial chars joins.
+    partial: Box<[u64; 1024]>,
+    /// By token id (`ignore_merges` vocabularies): whether merges alone make the token from
+    /// its bytes (0: not asked yet, 1: yes, 2: no).
+    merges_make: Box<[AtomicU8]>,
+}
+
+impl ByteCuts {
+    /// `None` for a chars alphabet, or where the merges do not spell their tokens.
+    pub(super) fn new(bpe: &Bpe) -> Option<ByteCuts> {
+        let Alphabet::Bytes(byte_ids) = &bpe.alphabet else { return None };
+        let ends = Ends::new(bpe, byte_ids)?;
+        let mut pairs = FxHashSet::default();
+        let mut partial = Box::new([0u64; 1024]);
+        for &key in bpe.pairs.keys() {
+            let (left, right) = ((key >> 32) as usize, key as u32 as usize);
+            if ends.lens[left] == 0 || ends.lens[right] == 0 {
+                continue; // never met
+            }
+            let (last, first) = (ends.tails[left][3], ends.heads[right][0]);
+            if last < 0x80 || first < 0xE0 {
+                continue; // not a point between two chars of 3-4 bytes
+            }
+            let tail = &ends.tails[left][4 - (ends.lens[left] as usize).min(4)..];
+            let head = &ends.heads[right][..(ends.lens[right] as usize).min(4)];
+            match (last_char(tail), decode_char(head)) {
+                (Some(a), Some((b, _))) => {
+                    pairs.insert(pair_key(a, b));
+                }
+                _ => partial[bit(last, first) / 64] |= 1 << (bit(last, first) % 64),
+            }
+        }
+        let merges_make = (0..bpe.lens.len()).map(|_| AtomicU8::new(0)).collect();
+        Some(ByteCuts { pairs, partial, merges_make })
+    }
+
+    /// Whether a piece may be cut between the chars `a` and `b` (both of 3-4 bytes), whose
+    /// bytes around the point are `last` and `first`.
+    #[inline]
+    pub(super) fn cut(&self, a: char, b: char, last: u8, first: u8) -> bool {
+        let at = bit(last, first);
+        self.partial[at / 64] & (1 << (at % 64)) == 0 && !self.pairs.contains(&pair_key(a, b))
+    }
+
+    /// Whether merges alone make the token `id` from its bytes, `part`: asked once per token.
+    pub(super) fn merges_make(&self, bpe: &Bpe, id: u32, part: &[u8]) -> bool {
+        let Some(known) = self.merges_make.get(id as usize) else { return false };
+        match known.load(Ordering::Relaxed) {
+            1 => true,
+            2 => false,
+            _ => {
+                let yes = bpe.merges_only(part) == [id];
+                known.store(if yes { 1 } else { 2 }, Ordering::Relaxed);
+                yes
+            }
+        }
+    }
+}
+
+/// The first and last four bytes of every token merges make: all that the junctions of
+/// the merges need. (Spelling out every token, as the backtracking encoder does, took about 40 M
+/// instructions for Llama 3.)
+struct Ends {
+    /// By token id: its first bytes, from the left (as many as it has, up to four).
+    heads: Vec<[u8; 4]>,
+    /// By token id: its last bytes, ending at the right.
+    tails: Vec<[u8; 4]>,
+    /// By token id: its length in bytes (0: never made).
+    lens: Vec<u32>,
+}
+
+impl Ends {
+    fn new(bpe: &Bpe, byte_ids: &[u32; 256]) -> Option<Ends> {
+        let n = bpe.lens.len();
+        let len_of = |id: u32| bpe.lens.get(id as usize).copied().unwrap_or(0);
+        let mut made_from = vec![(NO_ID, NO_ID); n];
+        for (&key, &value) in &bpe.pairs {
+            let (left, right, merged) = ((key >> 32) as u32, key as u32, value as u32);
+            let (l, r) = (len_of(left), len_of(right));
+            if l == 0 || r == 0 || l + r != len_of(merged) {
+                return None; // parts that do not spell the token
+            }
+            made_from[merged as usize] = (left, right);
+        }
+        // Parts before wholes: the tokens merges make by length, in a counting sort (a sort
+        // of Llama 3's pairs took 40 M instructions).
+        let made = || (0..n).filter(|&id| made_from[id].0 != NO_ID);
+        let longest = made().map(|id| bpe.lens[id] as usize).max().unwrap_or(0);
+        let mut next = vec![0usize; longest + 2];
+        for id in made() {
+            next[bpe.lens[id] as usize + 1] += 1;
+        }
+        for len in 1..next.len() {
+            next[len] += next[len - 1];
+        }
+        let mut order = vec![0; next[longest + 1]];
+        for id in made() {
+            let at = &mut next[bpe.lens[id] as usize];
+            (order[*at], *at) = (id, *at + 1);
+        }
+        let mut ends = Ends { heads: vec![[0; 4]; n], tails: vec![[0; 4]; n], lens: vec![0; n] };
+        for (b, &id) in byte_ids.iter().enumerate() {
+            if let Some(len) = ends.lens.get_mut(id as usize) {
+                let id = id as usize;
+                (ends.heads[id], ends.tails[id], *len) = ([b as u8, 0, 0, 0], [0, 0, 0, b as u8], 1);
+            }
+        }
+        for id in order {
+            let (left, right) = (made_from[id].0 as usize, made_from[id].1 as usize);
+            let (l, r) = (ends.lens[left] as usize, ends.lens[right] as usize);
+            if l == 0 || r == 0 {
+                continue; // a part never made: this token is never made
+            }
+            let mut head = ends.heads[left];
+            head[l.min(4)..].copy_from_slice(&ends.heads[right][..4 - l.min(4)]);
+            let mut tail = ends.tails[right];
+            tail[..4 - r.min(4)].copy_from_slice(&ends.tails[left][r.min(4)..]);
+            (ends.heads[id], ends.tails[id], ends.lens[id]) = (head, tail, (l + r) as u32);
+        }
+        Some(ends)
+    }
+}
+
+fn pair_key(a: char, b: char) -> u64 {
+    (u64::from(u32::from(a)) << 32) | u64::from(u32::from(b))
+}
+
+fn bit(last: u8, first: u8) -> usize {
+    usize::from(last) << 8 | usize::from(first)
+}
+
+/// The last char of `bytes`, if it is whole there.
+fn last_char(bytes: &[u8]) -> Option<char> {
+    let start = bytes.iter().rposition(|&b| b & 0xC0 != 0x80)?;
+    match decode_char(&bytes[start..]) {
+        Some((c, len)) if start + len == bytes.len() => Some(c),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A byte-level vocabulary over 中 文 的 人 and `a`: each char merged from its bytes,
+    /// "的" joined to the first byte of the next char (a token of partial chars, merged
+    /// before the other chars are made), "文的" and "中文" by merges (in that order), and
+    /// "中文的" a token no merge makes.
+    fn vocab(ignore_merges: bool) -> (Bpe, u32) {
+        let mut tokens: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        let mut merges = Vec::new();
+        let mut id_of = |bytes: &[u8], tokens: &mut Vec<Vec<u8>>| match tokens.iter().position(|t| t == bytes) {
+            Some(id) => id as u32,
+            None => {
+                tokens.push(bytes.to_vec());
+                tokens.len() as u32 - 1
+            }
+        };
+        let mut merge = |left: &[u8], right: &[u8], tokens: &mut Vec<Vec<u8>>| {
+            let (l, r) = (id_of(left, tokens), id_of(right, tokens));
+            let m = id_of(&[left, right].concat(), tokens);
+            merges.push((l, r, m));
+        };
+        for c in ["的", "中", "文", "人"] {
+            let b = c.as_bytes();
+            merge(&b[..1], &b[1..2], &mut tokens);
+            merge(&b[..2], &b[2..], &mut tokens);
+            if c == "的" {
+                // Before the other chars are made: "的人" merges as "的" + 0xE4, then the rest.
+                merge("的".as_bytes(), &"人".as_bytes()[..1], &mut tokens);
+            }
+        }
+        merge("文".as_bytes(), "的".as_bytes(), &mut tokens);
+        merge("中".as_bytes(), "文".as_bytes(), &mut tokens);
+        tokens.push("中文的".as_bytes().to_vec());
+        let whole = tokens.len() as u32 - 1;
+        let bpe = Bpe::new(tokens.iter().enumerate().map(|(id, t)| (t.as_slice(), id as u32)), merges, ignore_merges);
+        (bpe, whole)
+    }
+
+    #[test]
+    fn cuts_only_where_no_token_spans() {
+        let (bpe, _) = vocab(false);
+        let cuts = ByteCuts::new(&bpe).unwrap();
+        let at = |a: &str, b: &str| {
+            let (a, b) = (a.chars().next().unwrap(), b.chars().next().unwrap());
+            let (last, first) = (*a.to_string().as_bytes().last().unwrap(), b.to_string().as_bytes()[0]);
+            cuts.cut(a, b, last, first)
+        };
+        assert!(!at("文", "的") && !at("中", "文"), "joined by merges");
+        assert!(at("文", "中") && at("人", "人") && at("的", "文"));
+        // "的" + the first byte of "人" is a token: no point between "的" and a char that
+        // starts with that byte (人 and 中 both start with 0xE4) is cut.
+        assert!(!at("的", "人") && !at("的", "中"));
+        assert!(at("中", "的"), "no token holds 中 then 的, though 中文的 is one: merges never make it");
+    }
+
+    #[test]
+    fn cut_pieces_encode_as_merges_do() {
+        for ignore_merges in [false, true] {
+            let (bpe, whole) = vocab(ignore_merges);
+            let chars = ["中", "文", "的", "人", "a"];
+            let mut state = 7u32;
+            let mut texts: Vec<String> = vec!["人中文的".into(), "中文的中文的人".into(), "中文的".repeat(40)];
+            for _ in 0..3000 {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                let len = 1 + (state >> 16) as usize % 120;
+                texts.push(
+                    (0..len)
+                        .map(|_| {
+                            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                            chars[(state >> 16) as usize % chars.len()]
+                        })
+                        .collect(),
+                );
+            }
+            for text in &texts {
+                let piece = text.as_bytes();
+                let expected = match bpe.whole_id(piece) {
+                    Some(id) => vec![id],
+                    None => bpe.merges_only(piece),
+                };
+                // Twice: the second from the cache, with the parts cached.
+                for _ in 0..2 {
+                    let mut out = Vec::new();
+                    bpe.encode(piece, &mut out).unwrap();
+                    assert_eq!(out, expected, "{text} (ignore_merges: {ignore_merges})");
+                }
+            }
+            if ignore_merges {
+                let mut out = Vec::new();
+                bpe.encode("人中文的".as_bytes(), &mut out).unwrap();
+                assert!(!out.contains(&whole), "a part is not a piece: 中文的 is merged, not looked up");
+            }
+        }
+    }
+}
