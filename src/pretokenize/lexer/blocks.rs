@@ -12,7 +12,8 @@
 //! ASCII may be a letter, a digit or whitespace) and apostrophes (contractions) end the part of
 //! the block that is read, and the run of one kind (letters, digits, whitespace, other) that
 //! reaches its end may go on past it. So a block hands back only the matches that end at or
-//! before the start of its last run, and the next block starts where the last of them ends.
+//! before the start of its last run (or, for a run of digits split every `n`, before its last
+//! start), and the next block starts where the last of them ends.
 //!
 //! The cl100k family (cl100k, Llama 3, Qwen2, Qwen3.5; o200k and Tekken differ only in
 //! words), for ASCII without apostrophes, in order (Llama 3's spelling):
@@ -179,7 +180,11 @@ impl Lexer {
         } else {
             let changes = ((letter ^ (letter << 1)) | (digit ^ (digit << 1)) | (space ^ (space << 1))) & valid & !1;
             let tail = if changes == 0 { 0 } else { 63 - changes.leading_zeros() };
-            let decided = starts & (2u64 << tail).wrapping_sub(1);
+            // Except a run of digits split every `n` (not GPT-2's): where its matches start
+            // depends only on where it starts. Without this, 10 MB of digits (one match per
+            // 1-3 digits) classified a block per match: 3.6-7.9x the time of English.
+            let digits_go_on = self.numbers != Numbers::SpacePrefixed && digit >> tail & 1 == 1;
+            let decided = if digits_go_on { starts & valid } else { starts & (2u64 << tail).wrapping_sub(1) };
             let end = 63 - decided.leading_zeros() as usize;
             (decided & !1 & !(1 << end), end)
         };

@@ -867,6 +867,26 @@ mod tests {
         }
     }
 
+    /// Runs of digits of every length up to three blocks, from every offset of a block,
+    /// between the chars that may end them.
+    #[test]
+    fn blocks_match_like_one_match_at_a_time_over_long_digit_runs() {
+        let mut lexers: Vec<&Lexer> = KNOWN.iter().map(|(_, _, lexer)| lexer).collect();
+        lexers.dedup();
+        for lexer in lexers {
+            for offset in 0..=64 {
+                let head: String = "ab. 1\n".chars().cycle().take(offset).collect();
+                for len in 1..=192 {
+                    let digits: String = "1234567890".chars().cycle().take(len).collect();
+                    for end in ["", "a", " ", "\n", ".", "٣", "'s"] {
+                        assert_blocks_match(lexer, &format!("{head}{digits}{end} x"));
+                        assert_blocks_match(lexer, &format!("{head}{digits}{end}"));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn unknown_patterns_get_no_lexer() {
         assert!(Lexer::for_pattern(r"\w+", Dialect::Oniguruma).is_none());
