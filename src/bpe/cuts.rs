@@ -27,7 +27,7 @@
 //! a part is not a piece, so it gets what merges give it. That is the whole-token answer
 //! for nearly every part that is a token, but not for all (`merges_make`).
 
-use super::{decode_char, Alphabet, Bpe, NO_ID};
+use super::{decode_char, Alphabet, Bpe};
 use rustc_hash::FxHashSet;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -39,12 +39,13 @@ pub(super) struct ByteCuts {
     /// partial chars joins.
     partial: Box<[u64; 1024]>,
     /// By token id (`ignore_merges` vocabularies): whether merges alone make the token from
-    /// its bytes (0: not asked yet, 1: yes, 2: no).
+    /// its bytes (0: not asked yet, 1: yes, 2: no, or not one answer: an id of several
+    /// strings).
     merges_make: Box<[AtomicU8]>,
 }
 
 impl ByteCuts {
-    /// `None` for a chars alphabet, or where the merges do not spell their tokens.
+    /// `None` for a chars alphabet, or where the merges do not spell their tokens (`Ends::new`).
     pub(super) fn new(bpe: &Bpe) -> Option<ByteCuts> {
         let Alphabet::Bytes(byte_ids) = &bpe.alphabet else { return None };
         let ends = Ends::new(bpe, byte_ids)?;
@@ -68,7 +69,21 @@ impl ByteCuts {
                 _ => partial[bit(last, first) / 64] |= 1 << (bit(last, first) % 64),
             }
         }
-        let merges_make = (0..bpe.lens.len()).map(|_| AtomicU8::new(0)).collect();
+        let merges_make: Box<[AtomicU8]> = (0..bpe.lens.len()).map(|_| AtomicU8::new(0)).collect();
+        if let Some(whole) = &bpe.whole {
+            // An id that several strings share (a vocabulary may give two strings one id,
+            // as o200k_harmony does): what merges make of one is not the other's answer, so
+            // merges decide each time.
+            let mut seen = vec![false; merges_make.len()];
+            for &id in whole.short.values().chain(whole.long.values()) {
+                if let (Some(seen), Some(known)) = (seen.get_mut(id as usize), merges_make.get(id as usize)) {
+                    if *seen {
+                        known.store(2, Ordering::Relaxed);
+                    }
+                    *seen = true;
+                }
+            }
+        }
         Some(ByteCuts { pairs, partial, merges_make })
     }
 
@@ -108,51 +123,53 @@ struct Ends {
 }
 
 impl Ends {
+    /// `None` where a byte has no token (it is dropped, and its neighbours may merge across
+    /// it), where a merge's parts do not add up to its token's length, or where two merges
+    /// make a token with other ends.
     fn new(bpe: &Bpe, byte_ids: &[u32; 256]) -> Option<Ends> {
         let n = bpe.lens.len();
         let len_of = |id: u32| bpe.lens.get(id as usize).copied().unwrap_or(0);
-        let mut made_from = vec![(NO_ID, NO_ID); n];
+        let mut ends = Ends { heads: vec![[0; 4]; n], tails: vec![[0; 4]; n], lens: vec![0; n] };
+        for (b, &id) in byte_ids.iter().enumerate() {
+            let len = ends.lens.get_mut(id as usize)?;
+            let id = id as usize;
+            (ends.heads[id], ends.tails[id], *len) = ([b as u8, 0, 0, 0], [0, 0, 0, b as u8], 1);
+        }
+        // Parts before wholes: every merge (a token may be made by several, and one of
+        // them may have a part that nothing makes) by the length of what it makes, in a
+        // counting sort (a sort of Llama 3's pairs took 40 M instructions).
+        let mut longest = 0;
         for (&key, &value) in &bpe.pairs {
-            let (left, right, merged) = ((key >> 32) as u32, key as u32, value as u32);
-            let (l, r) = (len_of(left), len_of(right));
-            if l == 0 || r == 0 || l + r != len_of(merged) {
+            let (l, r) = (len_of((key >> 32) as u32), len_of(key as u32));
+            if l == 0 || r == 0 || l + r != len_of(value as u32) {
                 return None; // parts that do not spell the token
             }
-            made_from[merged as usize] = (left, right);
+            longest = longest.max((l + r) as usize);
         }
-        // Parts before wholes: the tokens merges make by length, in a counting sort (a sort
-        // of Llama 3's pairs took 40 M instructions).
-        let made = || (0..n).filter(|&id| made_from[id].0 != NO_ID);
-        let longest = made().map(|id| bpe.lens[id] as usize).max().unwrap_or(0);
         let mut next = vec![0usize; longest + 2];
-        for id in made() {
-            next[bpe.lens[id] as usize + 1] += 1;
+        for &value in bpe.pairs.values() {
+            next[len_of(value as u32) as usize + 1] += 1;
         }
         for len in 1..next.len() {
             next[len] += next[len - 1];
         }
-        let mut order = vec![0; next[longest + 1]];
-        for id in made() {
-            let at = &mut next[bpe.lens[id] as usize];
-            (order[*at], *at) = (id, *at + 1);
+        let mut order = vec![(0, 0, 0); bpe.pairs.len()];
+        for (&key, &value) in &bpe.pairs {
+            let at = &mut next[len_of(value as u32) as usize];
+            (order[*at], *at) = (((key >> 32) as usize, key as u32 as usize, value as u32 as usize), *at + 1);
         }
-        let mut ends = Ends { heads: vec![[0; 4]; n], tails: vec![[0; 4]; n], lens: vec![0; n] };
-        for (b, &id) in byte_ids.iter().enumerate() {
-            if let Some(len) = ends.lens.get_mut(id as usize) {
-                let id = id as usize;
-                (ends.heads[id], ends.tails[id], *len) = ([b as u8, 0, 0, 0], [0, 0, 0, b as u8], 1);
-            }
-        }
-        for id in order {
-            let (left, right) = (made_from[id].0 as usize, made_from[id].1 as usize);
+        for (left, right, id) in order {
             let (l, r) = (ends.lens[left] as usize, ends.lens[right] as usize);
             if l == 0 || r == 0 {
-                continue; // a part never made: this token is never made
+                continue; // a part never made: not this way
             }
             let mut head = ends.heads[left];
             head[l.min(4)..].copy_from_slice(&ends.heads[right][..4 - l.min(4)]);
             let mut tail = ends.tails[right];
             tail[..4 - r.min(4)].copy_from_slice(&ends.tails[left][r.min(4)..]);
+            if ends.lens[id] != 0 && (ends.heads[id], ends.tails[id]) != (head, tail) {
+                return None; // two merges spell it differently
+            }
             (ends.heads[id], ends.tails[id], ends.lens[id]) = (head, tail, (l + r) as u32);
         }
         Some(ends)
@@ -187,7 +204,7 @@ mod tests {
     fn vocab(ignore_merges: bool) -> (Bpe, u32) {
         let mut tokens: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
         let mut merges = Vec::new();
-        let mut id_of = |bytes: &[u8], tokens: &mut Vec<Vec<u8>>| match tokens.iter().position(|t| t == bytes) {
+        let id_of = |bytes: &[u8], tokens: &mut Vec<Vec<u8>>| match tokens.iter().position(|t| t == bytes) {
             Some(id) => id as u32,
             None => {
                 tokens.push(bytes.to_vec());
@@ -214,6 +231,107 @@ mod tests {
         let whole = tokens.len() as u32 - 1;
         let bpe = Bpe::new(tokens.iter().enumerate().map(|(id, t)| (t.as_slice(), id as u32)), merges, ignore_merges);
         (bpe, whole)
+    }
+
+    /// A byte-level vocabulary of every byte, merges by the strings they join, and extra
+    /// strings, each with an id of its own or that of another string.
+    fn built(extra: &[(&[u8], Option<&[u8]>)], merges: &[(&[u8], &[u8])], ignore_merges: bool) -> Bpe {
+        let mut tokens: Vec<(Vec<u8>, u32)> = (0..=255u8).map(|b| (vec![b], u32::from(b))).collect();
+        let id = |tokens: &mut Vec<(Vec<u8>, u32)>, bytes: &[u8]| match tokens.iter().find(|t| t.0 == bytes) {
+            Some(t) => t.1,
+            None => {
+                let next = tokens.iter().map(|t| t.1).max().unwrap() + 1;
+                tokens.push((bytes.to_vec(), next));
+                next
+            }
+        };
+        let mut ids = Vec::new();
+        for (left, right) in merges {
+            let (l, r) = (id(&mut tokens, left), id(&mut tokens, right));
+            ids.push((l, r, id(&mut tokens, &[*left, *right].concat())));
+        }
+        for (bytes, shared) in extra {
+            match shared {
+                Some(other) => {
+                    let shared = id(&mut tokens, other);
+                    tokens.push((bytes.to_vec(), shared));
+                }
+                None => drop(id(&mut tokens, bytes)),
+            }
+        }
+        Bpe::new(tokens.iter().map(|(b, id)| (b.as_slice(), *id)), ids, ignore_merges)
+    }
+
+    /// Encodes each text twice (from the cache the second time) and compares with merges
+    /// alone (after the whole-piece lookup of `ignore_merges`).
+    fn assert_encodes_as_merges(bpe: &Bpe, texts: &[&str]) {
+        for text in texts {
+            let expected = match bpe.whole_id(text.as_bytes()) {
+                Some(id) => vec![id],
+                None => bpe.merges_only(text.as_bytes()),
+            };
+            for _ in 0..2 {
+                let mut out = Vec::new();
+                bpe.encode(text.as_bytes(), &mut out).unwrap();
+                assert_eq!(out, expected, "{text}");
+            }
+        }
+    }
+
+    fn char_merges(chars: &str) -> Vec<(&'static [u8], &'static [u8])> {
+        let bytes: &'static [u8] = chars.to_string().leak().as_bytes();
+        let mut merges = Vec::new();
+        for c in bytes.chunks(3) {
+            merges.push((&c[..1], &c[1..2]));
+            merges.push((&c[..2], &c[2..]));
+        }
+        merges
+    }
+
+    #[test]
+    fn a_token_several_merges_make_is_made_by_any_of_them() {
+        // 中文 by (中, 文) and by (中 + 0xE6, 0x96 0x87), whose parts no merge makes: with
+        // only the second kept as how 中文 is made, (中文, 人) was never looked at.
+        let (zh, wen, ren) = ("中".as_bytes(), "文".as_bytes(), "人".as_bytes());
+        let head: &'static [u8] = [zh, &wen[..1]].concat().leak();
+        for second_first in [false, true] {
+            let mut merges = char_merges("中文人");
+            let mut both = [(zh, wen), (head, &wen[1..])];
+            if second_first {
+                both.reverse();
+            }
+            merges.extend(both);
+            merges.push(("中文".as_bytes(), ren));
+            let extra: [(&[u8], Option<&[u8]>); 2] = [(head, None), (&wen[1..], None)];
+            for ignore_merges in [false, true] {
+                let bpe = built(&extra, &merges, ignore_merges);
+                assert!(!ByteCuts::new(&bpe).unwrap().cut('文', '人', wen[2], ren[0]));
+                assert_encodes_as_merges(&bpe, &["中文人中文人", "人中文人人中文人"]);
+            }
+        }
+    }
+
+    #[test]
+    fn no_cuts_where_a_byte_has_no_token() {
+        // Without a token for 0xE6 (the first byte of 文), the bytes around it merge across
+        // it: 0xAD (the last of 中) with 0x96.
+        let mut tokens: Vec<(Vec<u8>, u32)> = (0..=255u8).filter(|&b| b != 0xE6).map(|b| (vec![b], u32::from(b))).collect();
+        tokens.push((vec![0xAD, 0x96], 256));
+        let bpe = Bpe::new(tokens.iter().map(|(b, id)| (b.as_slice(), *id)), [(0xAD, 0x96, 256)], false);
+        assert!(ByteCuts::new(&bpe).is_none());
+        assert_encodes_as_merges(&bpe, &["中文中文中文", "中文中文中文中文中文中文中文"]);
+    }
+
+    #[test]
+    fn an_id_of_two_strings_is_merged_each_time() {
+        // 中人 shares the id of 中文; (中, 0xE4) keeps 中 and 人 together.
+        let (zh, ren) = ("中".as_bytes(), "人".as_bytes());
+        let mut merges = char_merges("中文人");
+        merges.push((zh, &ren[..1]));
+        merges.push((zh, "文".as_bytes()));
+        let bpe = built(&[("中人".as_bytes(), Some("中文".as_bytes()))], &merges, true);
+        assert_eq!(bpe.whole_id("中文".as_bytes()), bpe.whole_id("中人".as_bytes()));
+        assert_encodes_as_merges(&bpe, &["人中文人中人", "人中人人中文", "人中文人中人"]);
     }
 
     #[test]
