@@ -40,14 +40,7 @@ const MAX_TOKEN_LEN: usize = 1024;
 pub(super) struct LongPieces {
     /// Every token that encodes to itself.
     tokens: Trie,
-    /// By token id: the two tokens its last merge joined (a byte's token: itself twice).
-    split: Vec<(u32, u32)>,
-    /// By token id: 1 + the rank of that last merge; 0 for a byte's token.
-    built_at: Vec<u32>,
-    /// The pairs that are some token's last merge (`left << 32 | right`) -> that token's
-    /// `built_at`. No other pair of the table ever merges (see `new`), and this map is a
-    /// fraction of the table's size: `walk` looks pairs up here, mostly in cache.
-    last_merges: FxHashMap<u64, u32>,
+    trees: BuildTrees,
     /// By token id: the longest token that is a proper prefix of it (`NO_ID`: none).
     shorter: Vec<u32>,
     /// By token id: (start, len) of its bytes in `arena` (len 0: no merge makes it).
@@ -118,27 +111,41 @@ impl LongPieces {
             }
             is_byte[id as usize] = true;
         }
-        // The bytes of every token a merge can make, shortest first (parts before wholes).
-        let mut made_from = vec![(NO_ID, NO_ID); n];
+        // Every merge, grouped by the token it makes (vocabularies converted from tiktoken
+        // ranks list a merge for each way to split a token into two).
+        let len = |id: u32| bpe.lens.get(id as usize).map_or(0, |&l| l as usize);
+        let mut first = vec![0u32; n + 1]; // the makers of `id`: makers[first[id]..first[id + 1]]
         for (&key, &value) in &bpe.pairs {
             let (left, right, merged) = ((key >> 32) as u32, key as u32, value as u32);
-            let len = |id: u32| bpe.lens.get(id as usize).map_or(0, |&l| l as usize);
             let (l, r, m) = (len(left), len(right), len(merged));
             if l == 0 || r == 0 || m != l + r || m > MAX_TOKEN_LEN {
                 return None;
             }
-            made_from[merged as usize] = (left, right);
+            first[merged as usize + 1] += 1;
         }
+        for id in 0..n {
+            first[id + 1] += first[id];
+        }
+        let mut makers = vec![(0u32, 0u32, 0u32); bpe.pairs.len()]; // (left, right, rank)
+        let mut next = first.clone();
+        for (&key, &value) in &bpe.pairs {
+            let merged = value as u32 as usize;
+            makers[next[merged] as usize] = ((key >> 32) as u32, key as u32, (value >> 32) as u32);
+            next[merged] += 1;
+        }
+        let makers_of = |id: u32| &makers[first[id as usize] as usize..first[id as usize + 1] as usize];
+
         let mut spans = vec![(0u32, 0u32); n]; // (start, len) in `arena`; len 0: unknown
         let mut arena = Vec::new();
         for (bytes, id) in &base {
             spans[*id as usize] = (arena.len() as u32, bytes.len() as u32);
             arena.extend_from_slice(bytes);
         }
-        let mut merged: Vec<u32> = (0..n as u32).filter(|&id| made_from[id as usize].0 != NO_ID).collect();
+        // The bytes of every token a merge makes, shortest first (parts before wholes).
+        let mut merged: Vec<u32> = (0..n as u32).filter(|&id| !makers_of(id).is_empty()).collect();
         merged.sort_by_key(|&id| bpe.lens[id as usize]);
         for &id in &merged {
-            let (left, right) = made_from[id as usize];
+            let (left, right, _) = makers_of(id)[0];
             let (l, r) = (spans[left as usize], spans[right as usize]);
             if l.1 == 0 || r.1 == 0 {
                 continue; // a part no merge or byte makes: this token is never made
@@ -153,61 +160,67 @@ impl LongPieces {
             &arena[start as usize..(start + len) as usize]
         };
 
-        // How BPE builds each token from its bytes: the tokens that encode to themselves,
-        // and the last merge of each.
-        let mut split: Vec<(u32, u32)> = (0..n as u32).map(|id| (id, id)).collect();
-        let mut built_at = vec![0u32; n];
+        // How BPE builds each token from its bytes: the tokens that encode to themselves
+        // (`reachable`), and the last merge of each. Shortest first, so a token's parts are
+        // decided before it.
+        // - Merges in rank order: each token's last merge ranks after those of its parts.
+        //   Only these merges ever happen: a merge that makes `m` happens after everything
+        //   inside `m`'s bytes has merged as if they stood alone, so it is `m`'s last merge.
+        //   Other pairs in the table, such as Llama 3's ("ĠGlob", "al") ranked long before
+        //   "ĠGlob" itself, never meet.
+        // - A token encodes to itself exactly when BPE on its bytes reaches the two parts of
+        //   one of the merges that make it (then they merge). It reaches at most one such
+        //   pair, and only a pair of parts that encode to themselves (the merges inside a
+        //   part's bytes are those of the part alone). Where these parts are built in order,
+        //   `walk` decides from the build trees whether BPE reaches them before anything
+        //   merges across them (the pairs it looks up are all shorter than the token, so
+        //   already in `last_merges`). Otherwise the token is encoded again, merge by merge
+        //   (`last_merge_if_whole`): encoding all 200k tokens of o200k that way was 150 ms,
+        //   half of building these tables.
+        let mut trees = BuildTrees {
+            split: (0..n as u32).map(|id| (id, id)).collect(),
+            built_at: vec![0u32; n],
+            last_merges: FxHashMap::default(),
+        };
         let mut reachable = is_byte.clone();
+        let mut in_order = is_byte;
         let (mut ids, mut pairs) = (Vec::new(), Vec::new());
         for &id in &merged {
             if spans[id as usize].1 == 0 {
                 continue;
             }
-            if let Some((left, right, rank)) = bpe.last_merge_if_whole(bytes(id), id, &mut ids, &mut pairs) {
-                split[id as usize] = (left, right);
-                built_at[id as usize] = rank.checked_add(1)?;
-                reachable[id as usize] = true;
+            let mut last_merge = None;
+            for &(left, right, rank) in makers_of(id) {
+                let (l, r) = (left as usize, right as usize);
+                if !(reachable[l] && reachable[r]) {
+                    continue;
+                }
+                if !(in_order[l] && in_order[r]) {
+                    last_merge = bpe.last_merge_if_whole(bytes(id), id, &mut ids, &mut pairs);
+                    break;
+                }
+                if trees.walk(left, right, 0) {
+                    last_merge = Some((left, right, rank));
+                    break;
+                }
             }
-        }
-        // Merges in rank order: each token's last merge ranks after those of its parts.
-        // Only these merges ever happen: a merge that makes `m` happens after everything
-        // inside `m`'s bytes has merged as if they stood alone, so it is `m`'s last merge.
-        // Other pairs in the table, such as Llama 3's ("ĠGlob", "al") ranked long before
-        // "ĠGlob" itself, never meet.
-        let mut in_order = reachable.clone();
-        for &id in &merged {
-            let (left, right) = split[id as usize];
-            let at = built_at[id as usize];
-            in_order[id as usize] = reachable[id as usize]
-                && in_order[left as usize]
-                && in_order[right as usize]
-                && built_at[left as usize] < at
-                && built_at[right as usize] < at;
+            if let Some((left, right, rank)) = last_merge {
+                let at = rank.checked_add(1)?;
+                trees.split[id as usize] = (left, right);
+                trees.built_at[id as usize] = at;
+                trees.last_merges.insert(super::pair_key(left, right), at);
+                reachable[id as usize] = true;
+                in_order[id as usize] = in_order[left as usize]
+                    && in_order[right as usize]
+                    && trees.built_at[left as usize] < at
+                    && trees.built_at[right as usize] < at;
+            }
         }
 
         let ids: Vec<u32> = (0..n as u32).filter(|&id| reachable[id as usize]).collect();
-        let last_merges = ids
-            .iter()
-            .filter(|&&id| built_at[id as usize] > 0)
-            .map(|&id| (super::pair_key(split[id as usize].0, split[id as usize].1), built_at[id as usize]))
-            .collect();
         let tokens = Trie::new(ids.iter().map(|&id| (bytes(id), id)));
-        let mut pieces = LongPieces {
-            tokens,
-            split,
-            built_at,
-            last_merges,
-            shorter: vec![NO_ID; n],
-            spans,
-            arena,
-            in_order,
-            memo_owner: super::next_cache_owner(),
-        };
-        for id in ids {
-            let token = pieces.bytes(id);
-            pieces.shorter[id as usize] = pieces.tokens.longest(&token[..token.len() - 1]).unwrap_or(NO_ID);
-        }
-        Some(pieces)
+        let shorter = tokens.longest_proper_prefixes(n);
+        Some(LongPieces { tokens, trees, shorter, spans, arena, in_order, memo_owner: super::next_cache_owner() })
     }
 
     fn bytes(&self, id: u32) -> &[u8] {
@@ -220,40 +233,12 @@ impl LongPieces {
     fn compatible(&self, bpe: &Bpe, left: u32, right: u32, memo: &mut PairMemo) -> bool {
         memo.get_or_insert_with(super::pair_key(left, right), || {
             if self.in_order[left as usize] && self.in_order[right as usize] {
-                return self.walk(left, right);
+                return self.trees.walk(left, right, u64::MAX);
             }
             let mut pair = self.bytes(left).to_vec();
             pair.extend_from_slice(self.bytes(right));
             bpe.merges_only(&pair) == [left, right]
         })
-    }
-
-    fn walk(&self, mut left: u32, mut right: u32) -> bool {
-        // A merge across the boundary ranked below `limit` would have happened before the
-        // merge last undone; at the end no merge is left to come first.
-        let mut limit = u64::MAX;
-        loop {
-            if let Some(&at) = self.last_merges.get(&super::pair_key(left, right)) {
-                if u64::from(at - 1) < limit {
-                    return false;
-                }
-            }
-            let (left_at, right_at) = (self.built_at[left as usize], self.built_at[right as usize]);
-            if left_at > right_at {
-                // `left` was made last. Before, its right part faced `right`; that pair
-                // merges first only below the rank of `left`'s merge, which lies further
-                // left and wins ties.
-                limit = u64::from(left_at - 1);
-                left = self.split[left as usize].1;
-            } else if right_at > 0 {
-                // `right` was made last (on equal ranks too: the leftmost merge goes first).
-                // The pair across the boundary lies left of it, so it wins a tie.
-                limit = u64::from(right_at);
-                right = self.split[right as usize].0;
-            } else {
-                return true; // two bytes' tokens, checked above
-            }
-        }
     }
 
     /// Appends the encoding of `text`. `false` (and nothing appended) if the search found
@@ -347,6 +332,52 @@ impl LongPieces {
     }
 }
 
+/// How BPE builds each token that encodes to itself, from the last merge down.
+#[derive(Debug)]
+struct BuildTrees {
+    /// By token id: the two tokens its last merge joined (a byte's token: itself twice).
+    split: Vec<(u32, u32)>,
+    /// By token id: 1 + the rank of that last merge; 0 for a byte's token.
+    built_at: Vec<u32>,
+    /// The pairs that are some token's last merge (`left << 32 | right`) -> that token's
+    /// `built_at`. No other pair of the table ever merges (see `LongPieces::new`), and this
+    /// map is a fraction of the table's size: `walk` looks pairs up here, mostly in cache.
+    last_merges: FxHashMap<u64, u32>,
+}
+
+impl BuildTrees {
+    /// Whether BPE on the bytes of `left` followed by those of `right` reaches these two
+    /// tokens, and then leaves them apart if `limit` is `u64::MAX` (with 0: whatever
+    /// comes after). Both must be built in order (`LongPieces::in_order`).
+    fn walk(&self, mut left: u32, mut right: u32, mut limit: u64) -> bool {
+        // A merge across the boundary ranked below `limit` would have happened before the
+        // merge last undone; at the end no merge is left to come first.
+        loop {
+            if let Some(&at) = self.last_merges.get(&super::pair_key(left, right)) {
+                if u64::from(at - 1) < limit {
+                    return false;
+                }
+            }
+            let (left_at, right_at) = (self.built_at[left as usize], self.built_at[right as usize]);
+            if left_at > right_at {
+                // `left` was made last. Before, its right part faced `right`; that pair
+                // merges first only below the rank of `left`'s merge, which lies further
+                // left and wins ties.
+                limit = u64::from(left_at - 1);
+                left = self.split[left as usize].1;
+            } else if right_at > 0 {
+                // `right` was made last (on equal ranks too: the leftmost merge goes first).
+                // The pair across the boundary lies left of it, so it wins a tie.
+                limit = u64::from(right_at);
+                right = self.split[right as usize].0;
+            } else {
+                return true; // two bytes' tokens, checked above
+            }
+        }
+    }
+
+}
+
 /// Answers of the trie that depend on at most the first 8 bytes of the text, by those
 /// bytes: a direct-mapped table of 64.
 struct WindowMemo {
@@ -427,6 +458,81 @@ mod tests {
                 let mut linear = Vec::new();
                 assert!(long.encode(bpe, &text, &mut linear).unwrap());
                 assert_eq!(linear, heap, "{:?}", String::from_utf8_lossy(&text));
+            }
+        }
+    }
+
+    /// The tables equal what encoding each token's bytes again says: whether it encodes to
+    /// itself, and if so its last merge.
+    fn assert_tables_as_if_each_token_were_encoded(bpe: &Bpe) {
+        let long = LongPieces::new(bpe).expect("a vocabulary the linear encoder takes");
+        let (mut ids, mut pairs) = (Vec::new(), Vec::new());
+        let mut checked = 0;
+        for id in 0..bpe.lens.len() as u32 {
+            if long.spans[id as usize].1 == 0 {
+                continue; // no merge makes it
+            }
+            // A first symbol (a byte's token) encodes to itself with no merge: `None` both.
+            let expected = bpe.last_merge_if_whole(long.bytes(id), id, &mut ids, &mut pairs);
+            let at = long.trees.built_at[id as usize];
+            let found = (at > 0 && long.tokens.longest(long.bytes(id)) == Some(id)).then(|| {
+                let (left, right) = long.trees.split[id as usize];
+                (left, right, at - 1)
+            });
+            assert_eq!(found, expected, "token {id} {:?}", String::from_utf8_lossy(long.bytes(id)));
+            checked += 1;
+        }
+        assert!(checked > 0);
+    }
+
+    /// A vocabulary grown as training grows one, then converted as from tiktoken ranks:
+    /// `count` tokens after the bytes of `alphabet`, each two earlier tokens joined, then a
+    /// merge for every split of a token into two tokens, ranked by the token it makes, then
+    /// by the parts' ids (as transformers converts a rank file). So some tokens are built
+    /// out of rank order (a split whose part comes later), and most by several merges.
+    fn trained_vocab(state: &mut u32, alphabet: &[u8], count: usize) -> Bpe {
+        let mut all: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        let mut id_of: FxHashMap<Vec<u8>, u32> = all.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let mut grown: Vec<u32> = alphabet.iter().map(|&b| u32::from(b)).collect();
+        while all.len() < 256 + count {
+            let pick = random_text(state, 2, &(0..grown.len().min(255) as u8).collect::<Vec<u8>>());
+            let token = [all[grown[pick[0] as usize] as usize].clone(), all[grown[pick[1] as usize] as usize].clone()].concat();
+            if token.len() <= 12 && !id_of.contains_key(&token) {
+                id_of.insert(token.clone(), all.len() as u32);
+                grown.push(all.len() as u32);
+                all.push(token);
+            }
+        }
+        let mut merges = Vec::new();
+        for (id, token) in all.iter().enumerate().skip(256) {
+            let mut splits: Vec<(u32, u32)> = (1..token.len())
+                .filter_map(|cut| Some((*id_of.get(&token[..cut])?, *id_of.get(&token[cut..])?)))
+                .collect();
+            splits.sort_unstable();
+            merges.extend(splits.into_iter().map(|(l, r)| (l, r, id as u32)));
+        }
+        Bpe::new(all.iter().enumerate().map(|(i, t)| (t.as_slice(), i as u32)), merges, false)
+    }
+
+    #[test]
+    fn tables_are_what_encoding_each_token_again_gives() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/python/tokensmith/assets/gpt2/tokenizer.json");
+        let gpt2 = crate::formats::tokenizer_json::from_str(&std::fs::read_to_string(path).unwrap(), path).unwrap();
+        assert_tables_as_if_each_token_were_encoded(&gpt2.bpe);
+        let mut state = 11;
+        for round in 0..40 {
+            let alphabet: &[u8] = if round % 2 == 0 { b"ab" } else { b"abc" };
+            let bpe = trained_vocab(&mut state, alphabet, 60);
+            assert_tables_as_if_each_token_were_encoded(&bpe);
+            let long = LongPieces::new(&bpe).unwrap();
+            for len in [50, 300, 999] {
+                let text = random_text(&mut state, len, alphabet);
+                let mut heap = bpe.symbols(&text, None).unwrap();
+                bpe.merge_heap(&mut heap).unwrap();
+                heap.retain(|&id| id != NO_ID);
+                let mut linear = Vec::new();
+                assert!(long.encode(&bpe, &text, &mut linear).unwrap());
+                assert_eq!(linear, heap, "round {round}: {:?}", String::from_utf8_lossy(&text));
             }
         }
     }

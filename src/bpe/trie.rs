@@ -68,8 +68,17 @@ impl ByteSet {
 impl Trie {
     /// The trie of `tokens`: (bytes, id) pairs, no two with the same bytes, none empty.
     pub(super) fn new<'a>(tokens: impl IntoIterator<Item = (&'a [u8], u32)>) -> Self {
-        let mut sorted: Vec<(&[u8], u32)> = tokens.into_iter().collect();
-        sorted.sort_unstable();
+        // Sorted by their first 8 bytes as a number first: comparing slices (a `memcmp`
+        // call each) was 25 ms of o200k's build.
+        let prefix = |bytes: &[u8]| {
+            let mut word = [0u8; 8];
+            let n = bytes.len().min(8);
+            word[..n].copy_from_slice(&bytes[..n]);
+            u64::from_be_bytes(word)
+        };
+        let mut keyed: Vec<(u64, &[u8], u32)> = tokens.into_iter().map(|(bytes, id)| (prefix(bytes), bytes, id)).collect();
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        let sorted: Vec<(&[u8], u32)> = keyed.into_iter().map(|(_, bytes, id)| (bytes, id)).collect();
         let root_node = Node { token: NO_ID, first: 1, count: 0, wide: u32::MAX };
         let mut trie =
             Trie { nodes: vec![root_node], labels: vec![0], root: Box::new([u32::MAX; 256]), wide: Vec::new() };
@@ -105,8 +114,24 @@ impl Trie {
         trie
     }
 
+    /// By token id (below `n`): the longest token that is a proper prefix of it (`NO_ID`:
+    /// none). One pass over the nodes, parents before children: asking `longest` for
+    /// every token of o200k took 65 ms.
+    pub(super) fn longest_proper_prefixes(&self, n: usize) -> Vec<u32> {
+        let mut above = vec![NO_ID; self.nodes.len()]; // by node: the nearest token above it
+        let mut shorter = vec![NO_ID; n];
+        for (node, &Node { token, first, count, .. }) in self.nodes.iter().enumerate() {
+            if token != NO_ID {
+                shorter[token as usize] = above[node];
+            }
+            let inherited = if token != NO_ID { token } else { above[node] };
+            above[first as usize..(first + count) as usize].fill(inherited);
+        }
+        shorter
+    }
+
     /// The longest token `text` starts with, if any.
-    #[inline]
+    #[cfg(test)]
     pub(super) fn longest(&self, text: &[u8]) -> Option<u32> {
         self.longest_seen(text).0
     }
