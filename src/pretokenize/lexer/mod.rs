@@ -766,6 +766,16 @@ mod tests {
         }
     }
 
+    /// `Splitter::Then` gives a piece of one byte as it is, without its lexer.
+    #[test]
+    fn every_lexer_matches_each_ascii_byte_alone() {
+        for (pattern, _, lexer) in KNOWN {
+            for byte in 0..128u8 {
+                assert_eq!(lexed(lexer, &char::from(byte).to_string()), [(0, 1)], "pattern {pattern}, byte {byte}");
+            }
+        }
+    }
+
     /// Random strings over the chars where the patterns' classes meet.
     #[test]
     fn every_lexer_matches_its_regex_on_random_text() {
