@@ -145,11 +145,11 @@ impl LongPieces {
         let mut merged: Vec<u32> = (0..n as u32).filter(|&id| !makers_of(id).is_empty()).collect();
         merged.sort_by_key(|&id| bpe.lens[id as usize]);
         for &id in &merged {
-            let (left, right, _) = makers_of(id)[0];
+            // The first maker whose parts both have bytes (a part that no merge or byte
+            // makes never meets); none: this token is never made.
+            let has_bytes = |&&(l, r, _): &&(u32, u32, u32)| spans[l as usize].1 > 0 && spans[r as usize].1 > 0;
+            let Some(&(left, right, _)) = makers_of(id).iter().find(has_bytes) else { continue };
             let (l, r) = (spans[left as usize], spans[right as usize]);
-            if l.1 == 0 || r.1 == 0 {
-                continue; // a part no merge or byte makes: this token is never made
-            }
             let start = arena.len() as u32;
             arena.extend_from_within(l.0 as usize..(l.0 + l.1) as usize);
             arena.extend_from_within(r.0 as usize..(r.0 + r.1) as usize);
@@ -300,12 +300,12 @@ impl LongPieces {
             (answer, seen)
         };
         // A third memo, of dead ends: after a token, where the next 8 bytes are a window,
-        // no token fits. Kept only where that was found without a mark (every token tried
-        // there, from the longest, was not compatible or led to a dead end: neither
-        // depends on the text) and the longest token there depends on at most these bytes.
+        // no token fits. Kept only where that was found without a mark or a dead end
+        // (every token tried there, from the longest, was not compatible, which does not
+        // depend on the text) and the longest token there depends on at most these bytes.
         // A token is then not taken where a dead end would follow it, rather than taken,
         // followed by nothing and taken back. Runs where that happened at every other
-        // token, 10 MB in one piece, one core: GPT-2's digits 0.20-0.21 s -> 0.13-0.14 s,
+        // token, 10 MB in one piece, one core: GPT-2's digits 0.20-0.21 s -> 0.16-0.18 s,
         // Tekken's one letter ("aaa" after "aa", taken back for "aa") 0.15 s -> 0.08 s.
         // (A first version that tested every token tried for a mark twice, once for
         // `marks_seen`, made Tekken's run of spaces, 12 tokens tried after each 64-space
@@ -322,14 +322,19 @@ impl LongPieces {
                 let end = at + bpe.token_len(token);
                 if is_dead(&dead, end) {
                     marks_seen = true;
-                } else if last.is_none_or(|l| self.compatible(bpe, l, token, memo))
-                    && !window_at(text, end).is_some_and(|w| dead_ends.contains(token, w))
-                {
-                    tokens.push(token);
-                    at = end;
-                    (next, seen) = longest(at);
-                    fresh = true;
-                    break;
+                } else if last.is_none_or(|l| self.compatible(bpe, l, token, memo)) {
+                    // A dead end depends on bytes past this window: it counts as a mark
+                    // (found by a review: as a pure rejection, a dead end recorded through
+                    // it was false where those bytes differ, and the search failed).
+                    if window_at(text, end).is_some_and(|w| dead_ends.contains(token, w)) {
+                        marks_seen = true;
+                    } else {
+                        tokens.push(token);
+                        at = end;
+                        (next, seen) = longest(at);
+                        fresh = true;
+                        break;
+                    }
                 }
                 let shorter = self.shorter[token as usize];
                 if shorter != NO_ID {
@@ -590,6 +595,55 @@ mod tests {
                 let mut linear = Vec::new();
                 assert!(long.encode(&bpe, &text, &mut linear).unwrap());
                 assert_eq!(linear, heap, "round {round}: {:?}", String::from_utf8_lossy(&text));
+            }
+        }
+    }
+
+    fn assert_linear_as_heap(bpe: &Bpe, text: &[u8]) {
+        let long = LongPieces::new(bpe).unwrap();
+        let mut heap = bpe.symbols(text, None).unwrap();
+        bpe.merge_heap(&mut heap).unwrap();
+        heap.retain(|&id| id != NO_ID);
+        let mut linear = Vec::new();
+        assert!(long.encode(bpe, text, &mut linear).unwrap(), "{:?}", String::from_utf8_lossy(text));
+        assert_eq!(linear, heap, "{:?}", String::from_utf8_lossy(text));
+    }
+
+    #[test]
+    fn a_dead_end_found_through_a_dead_end_is_not_kept() {
+        // From a review. Bytes are their own ids; merged tokens from 256, in rank order.
+        // "dc" then "ba" is a dead end before "xyyyyyvv" but not before "xyyyyyz".
+        let names: &[&[u8]] = &[b"yy", b"yyyy", b"yyyyy", b"xyyyyy", b"xyyyyyz", b"ax", b"axyyyyy", b"ba", b"cb", b"dc"];
+        let id = |t: &[u8]| if t.len() == 1 { u32::from(t[0]) } else { 256 + names.iter().position(|n| *n == t).unwrap() as u32 };
+        let parts: [(&[u8], &[u8]); 10] = [
+            (b"y", b"y"), (b"yy", b"yy"), (b"yyyy", b"y"), (b"x", b"yyyyy"), (b"xyyyyy", b"z"),
+            (b"a", b"x"), (b"a", b"xyyyyy"), (b"b", b"a"), (b"c", b"b"), (b"d", b"c"),
+        ];
+        let merges: Vec<(u32, u32, u32)> = parts.iter().map(|(l, r)| (id(l), id(r), id(&[*l, *r].concat()))).collect();
+        let mut tokens: Vec<(Vec<u8>, u32)> = (0..=255u8).map(|b| (vec![b], u32::from(b))).collect();
+        tokens.extend(names.iter().map(|n| (n.to_vec(), id(n))));
+        let bpe = Bpe::new(tokens.iter().map(|(b, i)| (b.as_slice(), *i)), merges, false);
+        assert_linear_as_heap(&bpe, b"baxyyyyyvvwdcbaxyyyyyvvwdcbaxyyyyyzw");
+    }
+
+    #[test]
+    fn a_token_made_by_a_merge_with_a_part_never_made_is_spelled_by_another() {
+        // From a review: xy is in the vocabulary but no merge makes it; xyz is made by
+        // (xy, z) and by (x, yz). Ids shifted to vary the order of the merge table.
+        for extra in 0..4u32 {
+            for reversed in [false, true] {
+                let base = 256 + extra;
+                let mut tokens: Vec<(Vec<u8>, u32)> = (0..=255u8).map(|b| (vec![b], u32::from(b))).collect();
+                tokens.extend((0..extra).map(|i| (vec![b'q'; 2 + i as usize], 256 + i)));
+                tokens.extend([(b"xy".to_vec(), base), (b"yz".to_vec(), base + 1), (b"xyz".to_vec(), base + 2)]);
+                let (x, y, z) = (u32::from(b'x'), u32::from(b'y'), u32::from(b'z'));
+                let mut two = vec![(base, z, base + 2), (x, base + 1, base + 2)];
+                if reversed {
+                    two.reverse();
+                }
+                let merges = [vec![(y, z, base + 1)], two].concat();
+                let bpe = Bpe::new(tokens.iter().map(|(b, i)| (b.as_slice(), *i)), merges, false);
+                assert_linear_as_heap(&bpe, b"xyzxyzwxyz");
             }
         }
     }
