@@ -514,12 +514,7 @@ mod tests {
         for len in (1..300).chain([1000, 5000]) {
             for alphabet in [&b"abc"[..], b"aab", b"ab", b"abcd"] {
                 let text = random_text(&mut state, len, alphabet);
-                let mut heap = bpe.symbols(&text, None).unwrap();
-                bpe.merge_heap(&mut heap).unwrap();
-                heap.retain(|&id| id != NO_ID);
-                let mut linear = Vec::new();
-                assert!(long.encode(bpe, &text, &mut linear).unwrap());
-                assert_eq!(linear, heap, "{:?}", String::from_utf8_lossy(&text));
+                assert_linear_as_heap(&long, bpe, &text);
             }
         }
     }
@@ -589,18 +584,13 @@ mod tests {
             let long = LongPieces::new(&bpe).unwrap();
             for len in [50, 300, 777, 999, 1234, 2000] {
                 let text = random_text(&mut state, len, alphabet);
-                let mut heap = bpe.symbols(&text, None).unwrap();
-                bpe.merge_heap(&mut heap).unwrap();
-                heap.retain(|&id| id != NO_ID);
-                let mut linear = Vec::new();
-                assert!(long.encode(&bpe, &text, &mut linear).unwrap());
-                assert_eq!(linear, heap, "round {round}: {:?}", String::from_utf8_lossy(&text));
+                assert_linear_as_heap(&long, &bpe, &text);
             }
         }
     }
 
-    fn assert_linear_as_heap(bpe: &Bpe, text: &[u8]) {
-        let long = LongPieces::new(bpe).unwrap();
+    /// The linear encoder finds an encoding of `text`, and it is the heap's.
+    fn assert_linear_as_heap(long: &LongPieces, bpe: &Bpe, text: &[u8]) {
         let mut heap = bpe.symbols(text, None).unwrap();
         bpe.merge_heap(&mut heap).unwrap();
         heap.retain(|&id| id != NO_ID);
@@ -623,7 +613,7 @@ mod tests {
         let mut tokens: Vec<(Vec<u8>, u32)> = (0..=255u8).map(|b| (vec![b], u32::from(b))).collect();
         tokens.extend(names.iter().map(|n| (n.to_vec(), id(n))));
         let bpe = Bpe::new(tokens.iter().map(|(b, i)| (b.as_slice(), *i)), merges, false);
-        assert_linear_as_heap(&bpe, b"baxyyyyyvvwdcbaxyyyyyvvwdcbaxyyyyyzw");
+        assert_linear_as_heap(&LongPieces::new(&bpe).unwrap(), &bpe, b"baxyyyyyvvwdcbaxyyyyyvvwdcbaxyyyyyzw");
     }
 
     #[test]
@@ -643,7 +633,7 @@ mod tests {
                 }
                 let merges = [vec![(y, z, base + 1)], two].concat();
                 let bpe = Bpe::new(tokens.iter().map(|(b, i)| (b.as_slice(), *i)), merges, false);
-                assert_linear_as_heap(&bpe, b"xyzxyzwxyz");
+                assert_linear_as_heap(&LongPieces::new(&bpe).unwrap(), &bpe, b"xyzxyzwxyz");
             }
         }
     }
@@ -695,12 +685,7 @@ mod tests {
         let long = LongPieces::new(&bpe).unwrap();
         for n in 1..100 {
             for text in [vec![b'a'; n], [&b"b"[..], &vec![b'a'; n], b"c", &vec![b'a'; n / 2]].concat()] {
-                let mut heap = bpe.symbols(&text, None).unwrap();
-                bpe.merge_heap(&mut heap).unwrap();
-                heap.retain(|&id| id != NO_ID);
-                let mut linear = Vec::new();
-                assert!(long.encode(&bpe, &text, &mut linear).unwrap());
-                assert_eq!(linear, heap, "{:?}", String::from_utf8_lossy(&text));
+                assert_linear_as_heap(&long, &bpe, &text);
             }
         }
     }
