@@ -3,6 +3,8 @@ type as text by mistake (``"...</s>"``), which a tokenizer may not even have."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from .._tokenizer import Tokenizer
 from ..errors import DataError
 from .chat import config_token
@@ -53,7 +55,12 @@ class NoEOSError(DataError):
 def declared_eos(tok: Tokenizer) -> str | None:
     """The end-of-text token of the tokenizer itself (not of its folder's config): the first
     of :data:`EOS_SPELLINGS` that is a special token of it."""
-    specials = set(tok._special_contents())
+    return eos_among(tok._special_contents())
+
+
+def eos_among(specials: Iterable[str]) -> str | None:
+    """The first of :data:`EOS_SPELLINGS` among ``specials``."""
+    specials = set(specials)
     return next((s for s in EOS_SPELLINGS if s in specials), None)
 
 

@@ -128,7 +128,7 @@ class ExampleEncoder:
             content_special = sorted(set(content_special))  # an iterator would be used up
         self.content_special = content_special
         self._allowed = {
-            t: content_special_tokens(tok, t, content_special) for t in {self.template, self.tool_template} if t is not None
+            t: tuple(content_special_tokens(tok, t, content_special)) for t in {self.template, self.tool_template} if t is not None
         }
         #: The special tokens that become ids in text records (the same rule as in chats).
         self.text_allowed = content_special_tokens(tok, self.template or "", content_special)
