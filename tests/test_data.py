@@ -104,6 +104,25 @@ def test_injected_markers_never_become_control_ids(model):
             assert [i for i in hf_ids(hf, dirty) if i in specials] != want
 
 
+def test_chats_of_one_shape_share_a_skeleton_and_each_gets_its_own_labels(model):
+    """Skeletons (the template rendered with the texts replaced) are kept per chat shape:
+    a chat whose skeleton was rendered for another chat is encoded as it is alone."""
+    from tokensmith.data import chat as chat_module
+
+    _, tok, _ = model
+    texts = ["Where is the handbook?", "  Padded reply with spaces.  ", "第二章", "Short.", "\nA line\n"]
+    chats = [[{"role": "user", "content": a}, {"role": "assistant", "content": b}] for a in texts for b in texts]
+    chats += [[{"role": "system", "content": a}, *chat] for a, chat in zip(texts, chats)]  # a second shape
+    alone = []
+    for chat in chats:
+        chat_module._SKELETONS.clear()
+        alone.append(data.encode_chat(tok, chat))
+    chat_module._SKELETONS.clear()
+    shared = [data.encode_chat(tok, chat) for chat in chats]
+    assert len(chat_module._SKELETONS) == 2
+    assert [(e.input_ids, e.labels, e.warnings) for e in shared] == [(e.input_ids, e.labels, e.warnings) for e in alone]
+
+
 def test_labels_cover_exactly_the_assistant_replies_and_their_end_token(model):
     key, tok, _ = model
     eos = MODELS[key][3]

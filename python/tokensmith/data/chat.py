@@ -358,14 +358,43 @@ def _content_spans(template, tok, messages, rendered, add_generation_prompt, too
     slots = _text_slots(messages)
     if not slots:
         return []
-    tag = uuid.uuid4().hex[:12]
-    sentinels = [f"{_SENTINEL_START}{tag}{k}{_SENTINEL_END}" for k in range(len(slots))]
-    try:
-        skeleton = _render(template, tok, _replaced(messages, slots, sentinels), add_generation_prompt, tools, documents, kwargs)
-    except ChatTemplateError:
-        skeleton = None
+    sentinels = [f"{_SENTINEL_START}{_TAG}{k}{_SENTINEL_END}" for k in range(len(slots))]
+    skeleton = _skeleton(template, tok, _replaced(messages, slots, sentinels), add_generation_prompt, tools, documents, kwargs)
     spans = _spans_from_skeleton(skeleton, dict(zip(sentinels, slots)), rendered) if skeleton else None
     return spans if spans is not None else _spans_by_search(tok, slots, rendered)
+
+
+#: The tag of this process's sentinels: random, so that no text can spell one, and the
+#: same for every chat, so that chats of one shape have one skeleton.
+_TAG = uuid.uuid4().hex[:12]
+#: Skeletons by what they are rendered from (see `_skeleton`); emptied when full.
+_SKELETONS: dict[tuple[Any, ...], str | None] = {}
+_SKELETONS_MAX = 1024
+
+
+def _skeleton(template, tok, replaced, add_generation_prompt, tools, documents, kwargs) -> str | None:
+    """The template rendered on ``replaced`` (the messages with their texts as sentinels);
+    ``None`` where it fails. With the texts out, what is rendered is the chat's shape
+    (roles, tool calls, the number of texts), which most chats of a dataset share: a
+    skeleton is rendered once per shape (the render was half of ``encode_chat``'s time).
+    A template that prints the date renders today's: a day-old skeleton no longer matches
+    and the spans come from the search, as for any other mismatch."""
+    try:
+        shape = json.dumps([replaced, tools, documents, kwargs, _special_token_strings(tok)], sort_keys=True)
+        key: tuple[Any, ...] | None = (template, add_generation_prompt, shape)
+    except (TypeError, ValueError):
+        key = None  # values JSON cannot spell: rendered every time
+    if key is not None and key in _SKELETONS:
+        return _SKELETONS[key]
+    try:
+        skeleton = _render(template, tok, replaced, add_generation_prompt, tools, documents, kwargs)
+    except ChatTemplateError:
+        skeleton = None
+    if key is not None:
+        if len(_SKELETONS) >= _SKELETONS_MAX:
+            _SKELETONS.clear()
+        _SKELETONS[key] = skeleton
+    return skeleton
 
 
 #: A text's stand-in in the skeleton: private-use marks around a random tag and its number.
@@ -545,12 +574,20 @@ def _check_messages(messages) -> list[dict[str, Any]]:
 NO_END_TOKEN = "the template closes this assistant turn with no special token (no EOS)"
 
 
+@functools.lru_cache(maxsize=16)
+def _first_special(specials: tuple[str, ...]) -> re.Pattern[str] | None:
+    """A pattern that finds the first special token in a text, the longest where several
+    start there (one search instead of one per special token: Llama 3 has 256)."""
+    alternatives = sorted({s for s in specials if s}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, alternatives))) if alternatives else None
+
+
 def _assistant_regions(tok, messages, rendered, spans, warnings):
     """One region per assistant message, from its first written text to its last (its
     reasoning, the template's ``</think>``, its reply), extended over the template text that
     closes the turn up to and including the first special token there (``<|im_end|>``,
     ``<|eot_id|>``, ``</s>``...)."""
-    specials = tok._special_contents()
+    first_special = _first_special(tok._special_contents())
     extent: dict[int, list[int]] = {}
     for start, end, i in spans:
         first_last = extent.setdefault(i, [start, end])
@@ -560,11 +597,9 @@ def _assistant_regions(tok, messages, rendered, spans, warnings):
         if messages[i].get("role") != "assistant":
             continue
         limit = min((s for s, _ in extent.values() if s >= end), default=len(rendered))
-        tail = rendered[end:limit]
-        hits = [(tail.find(s), s) for s in specials if s and s in tail]
-        if hits:
-            at, token = min(hits, key=lambda h: (h[0], -len(h[1])))
-            regions.append((start, end + at + len(token)))
+        hit = first_special.search(rendered, end, limit) if first_special else None
+        if hit:
+            regions.append((start, hit.end()))
         else:
             regions.append((start, end))
             warnings.append(f"message {i}: {NO_END_TOKEN}")
