@@ -167,6 +167,8 @@ def _named_templates(own: Any) -> dict[str, str]:
 def config_token(tok: Tokenizer, key: str) -> str | None:
     """A token named in tokenizer_config.json (``"eos_token": "</s>"`` or ``{"content": "</s>"}``)."""
     value = tok.config.get(key)
+    if value.__class__ is str:  # the usual case, without the slower check for a Mapping
+        return value or None
     if isinstance(value, Mapping):
         value = value.get("content")
     return value if isinstance(value, str) and value else None
@@ -347,15 +349,14 @@ def _replaced(messages, slots, texts) -> list[dict[str, Any]]:
     return out
 
 
-def _content_spans(template, tok, messages, rendered, add_generation_prompt, tools, documents, kwargs):
+def _content_spans(template, tok, messages, slots, rendered, add_generation_prompt, tools, documents, kwargs):
     """(start, end, message index) of each written text in ``rendered``.
 
-    The texts are replaced by unique sentinels and the template rendered again. The
-    skeleton's literal pieces must then appear in ``rendered`` in order, and between them
+    The texts are replaced by unique sentinels and the template rendered again (once per
+    chat shape: :func:`_skeleton`). The skeleton's literal pieces must then appear in ``rendered`` in order, and between them
     each text as written or trimmed (Llama's and Gemma's templates ``| trim`` it): that
     gives exact spans. A template that changes texts otherwise falls back to a search.
     """
-    slots = _text_slots(messages)
     if not slots:
         return []
     sentinels = [f"{_SENTINEL_START}{_TAG}{k}{_SENTINEL_END}" for k in range(len(slots))]
@@ -524,7 +525,8 @@ def _encode_chat(
     messages = _check_messages(messages)
     marked = _render(template, tok, messages, add_generation_prompt, tools, documents, template_kwargs)
     rendered, generation = _generation_spans(marked)
-    spans = _content_spans(template, tok, messages, marked, add_generation_prompt, tools, documents, template_kwargs)
+    slots = _text_slots(messages)
+    spans = _content_spans(template, tok, messages, slots, marked, add_generation_prompt, tools, documents, template_kwargs)
     if generation:
         unmarked = _unmarker(marked)
         spans = [(unmarked(s), unmarked(e), i) for s, e, i in spans]
@@ -533,7 +535,7 @@ def _encode_chat(
         f"message {i} ({messages[i]['role']}): "
         + ("the template leaves its " + key + " out" if text.strip() not in rendered
            else f"its {key} could not be located in the rendered template")
-        for i, key, _, text in _text_slots(messages)
+        for i, key, _, text in slots
         if i not in located
     ]
     # Tool calls are written by the template from structured fields, not copied text: they
