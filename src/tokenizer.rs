@@ -89,25 +89,33 @@ pub struct Tokenizer {
 
 /// Converts between byte offsets in a str and char indices (what Python indexes by).
 pub struct CharIndex {
-    /// Byte offset of each char, plus the total length.
-    bytes: Vec<usize>,
+    /// Byte offset of each char, plus the total length; `None` for ASCII, where a char's
+    /// index is its byte offset (no table, no search: offsets of English chats cost a
+    /// table of 8 bytes a char and a binary search per token).
+    bytes: Option<Vec<usize>>,
+    len: usize,
 }
 
 impl CharIndex {
     pub fn new(s: &str) -> Self {
-        let mut bytes: Vec<usize> = s.char_indices().map(|(i, _)| i).collect();
-        bytes.push(s.len());
-        CharIndex { bytes }
+        let bytes = (!s.is_ascii()).then(|| s.char_indices().map(|(i, _)| i).chain([s.len()]).collect());
+        CharIndex { bytes, len: s.len() }
     }
 
     /// Byte offset of char index `i` (clamped to the end).
     pub fn byte(&self, i: usize) -> usize {
-        self.bytes[i.min(self.bytes.len() - 1)]
+        match &self.bytes {
+            None => i.min(self.len),
+            Some(bytes) => bytes[i.min(bytes.len() - 1)],
+        }
     }
 
-    /// Char index of the char containing byte `b`.
+    /// Char index of the char containing byte `b` (past the end: the number of chars).
     pub fn char(&self, b: usize) -> usize {
-        self.bytes.partition_point(|&x| x <= b).saturating_sub(1)
+        match &self.bytes {
+            None => b.min(self.len),
+            Some(bytes) => bytes.partition_point(|&x| x <= b).saturating_sub(1),
+        }
     }
 
     /// Char ranges as byte ranges: sorted, empty ones dropped, overlapping ones merged (so
@@ -128,7 +136,10 @@ impl CharIndex {
 
     /// How many chars start before byte `b` (an end offset in chars).
     pub fn chars_before(&self, b: usize) -> usize {
-        self.bytes[..self.bytes.len() - 1].partition_point(|&x| x < b)
+        match &self.bytes {
+            None => b.min(self.len),
+            Some(bytes) => bytes[..bytes.len() - 1].partition_point(|&x| x < b),
+        }
     }
 }
 
@@ -330,6 +341,8 @@ impl Tokenizer {
     fn normalize_segment<'a>(&self, raw: &'a str, start: usize, track: bool) -> Segment<'a> {
         match (&self.normalizer, track) {
             (None, false) => Segment { text: Cow::Borrowed(raw), start, align: None },
+            // ASCII: each byte its own char, which is what no alignment says too.
+            (None, true) if !raw.is_empty() && raw.is_ascii() => Segment { text: Cow::Borrowed(raw), start, align: None },
             (None, true) => Segment { text: Cow::Borrowed(raw), start, align: Some(identity_alignment(raw)) },
             (Some(n), false) => Segment { text: n.normalize(raw), start, align: None },
             (Some(n), true) => {
@@ -581,6 +594,24 @@ impl Tokenizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn char_index_converts_as_the_chars_count() {
+        // ASCII (no table) and not, every byte offset and char index, past the ends too.
+        for s in ["", "a", "hello world", "héllo wörld", "日本語 text", "x\u{1F600}y"] {
+            let index = CharIndex::new(s);
+            let starts: Vec<usize> = s.char_indices().map(|(i, _)| i).collect();
+            let n = starts.len();
+            for i in 0..n + 3 {
+                assert_eq!(index.byte(i), starts.get(i).copied().unwrap_or(s.len()), "{s:?} char {i}");
+            }
+            for b in 0..s.len() + 3 {
+                let holding = starts.iter().rposition(|&x| x <= b).unwrap_or(0);
+                assert_eq!(index.char(b), if b >= s.len() { n } else { holding }, "{s:?} byte {b}");
+                assert_eq!(index.chars_before(b), starts.iter().filter(|&&x| x < b).count(), "{s:?} byte {b}");
+            }
+        }
+    }
 
     #[test]
     fn labeled_tokens_are_those_overlapping_a_region() {
