@@ -360,8 +360,9 @@ def _content_spans(template, tok, messages, slots, rendered, add_generation_prom
     if not slots:
         return []
     sentinels = [f"{_SENTINEL_START}{_TAG}{k}{_SENTINEL_END}" for k in range(len(slots))]
-    skeleton = _skeleton(template, tok, _replaced(messages, slots, sentinels), add_generation_prompt, tools, documents, kwargs)
-    spans = _spans_from_skeleton(skeleton, dict(zip(sentinels, slots)), rendered) if skeleton else None
+    replaced = _replaced(messages, slots, sentinels)
+    skeleton = _skeleton(template, tok, replaced, sentinels, add_generation_prompt, tools, documents, kwargs)
+    spans = _spans_from_skeleton(skeleton, slots, rendered) if skeleton else None
     return spans if spans is not None else _spans_by_search(tok, slots, rendered)
 
 
@@ -369,15 +370,18 @@ def _content_spans(template, tok, messages, slots, rendered, add_generation_prom
 #: same for every chat, so that chats of one shape have one skeleton.
 _TAG = uuid.uuid4().hex[:12]
 #: Skeletons by what they are rendered from (see `_skeleton`); emptied when full.
-_SKELETONS: dict[tuple[Any, ...], str | None] = {}
+_SKELETONS: dict[tuple[Any, ...], tuple[list[str], list[int]] | None] = {}
 _SKELETONS_MAX = 1024
 
 
-def _skeleton(template, tok, replaced, add_generation_prompt, tools, documents, kwargs) -> str | None:
-    """The template rendered on ``replaced`` (the messages with their texts as sentinels);
-    ``None`` where it fails. With the texts out, what is rendered is the chat's shape
-    (roles, tool calls, the number of texts), which most chats of a dataset share: a
-    skeleton is rendered once per shape (the render was half of ``encode_chat``'s time).
+def _skeleton(
+    template, tok, replaced, sentinels, add_generation_prompt, tools, documents, kwargs
+) -> tuple[list[str], list[int]] | None:
+    """The template rendered on ``replaced`` (the messages with their texts as
+    ``sentinels``), parsed (:func:`_parse_skeleton`); ``None`` where it fails. With the
+    texts out, what is rendered is the chat's shape (roles, tool calls, the number of
+    texts), which most chats of a dataset share: a skeleton is rendered and parsed once per
+    shape (the render was half of ``encode_chat``'s time).
     A template that prints the date renders today's: a day-old skeleton no longer matches
     and the spans come from the search, as for any other mismatch."""
     try:
@@ -388,7 +392,7 @@ def _skeleton(template, tok, replaced, add_generation_prompt, tools, documents, 
     if key is not None and key in _SKELETONS:
         return _SKELETONS[key]
     try:
-        skeleton = _render(template, tok, replaced, add_generation_prompt, tools, documents, kwargs)
+        skeleton = _parse_skeleton(_render(template, tok, replaced, add_generation_prompt, tools, documents, kwargs), sentinels)
     except ChatTemplateError:
         skeleton = None
     if key is not None:
@@ -405,21 +409,27 @@ _SENTINEL_START, _SENTINEL_END = "\U000f0003", "\U000f0004"
 _SENTINEL = re.compile(f"{_SENTINEL_START}[0-9a-f]{{12}}[0-9]+{_SENTINEL_END}")
 
 
-def _spans_from_skeleton(skeleton, sentinels, rendered):
-    # literal, slot, literal, slot, ..., literal
-    pieces: list = []
-    cursor = 0
+def _parse_skeleton(skeleton: str, sentinels: list[str]) -> tuple[list[str], list[int]] | None:
+    """The skeleton's literal texts and, between each two, the number of the slot whose
+    sentinel stands there; ``None`` for a template that prints a text twice."""
+    number = {sentinel: k for k, sentinel in enumerate(sentinels)}
+    literals, order, cursor = [], [], 0
     for m in _SENTINEL.finditer(skeleton):
-        if m.group() not in sentinels:
+        k = number.get(m.group())
+        if k is None:
             continue  # a message's own text that looks like one (the tag is random: never ours)
-        pieces += [skeleton[cursor : m.start()], sentinels[m.group()]]
+        literals.append(skeleton[cursor : m.start()])
+        order.append(k)
         cursor = m.end()
-    pieces.append(skeleton[cursor:])
-    if len({id(p) for p in pieces[1::2]}) != len(pieces) // 2:
-        return None  # a template that prints a text twice: search instead
+    literals.append(skeleton[cursor:])
+    return (literals, order) if len(set(order)) == len(order) else None
+
+
+def _spans_from_skeleton(skeleton: tuple[list[str], list[int]], slots, rendered):
+    literals, order = skeleton
     spans, pos = [], 0
-    for k in range(0, len(pieces) - 1, 2):
-        literal, (i, _, _, text), after = pieces[k], pieces[k + 1], pieces[k + 2]
+    for n, k in enumerate(order):
+        literal, (i, _, _, text), after = literals[n], slots[k], literals[n + 1]
         if not rendered.startswith(literal, pos):
             return None
         pos += len(literal)
@@ -430,7 +440,7 @@ def _spans_from_skeleton(skeleton, sentinels, rendered):
             return None
         spans.append((pos, pos + len(written), i))
         pos += len(written)
-    return spans if rendered[pos:] == pieces[-1] else None
+    return spans if rendered[pos:] == literals[-1] else None
 
 
 def _spans_by_search(tok, slots, rendered):
