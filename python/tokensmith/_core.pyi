@@ -29,6 +29,16 @@ class CoreTokenizer:
         protected: list[tuple[int, int]] = ...,
         protected_allowed: list[str] | None = None,
     ) -> tuple[list[int], list[tuple[int, int]]]: ...
+    def encode_labeled(
+        self,
+        text: str,
+        policy: str,
+        allowed: list[str] | None,
+        protected: list[tuple[int, int]],
+        protected_allowed: Sequence[str] | None,
+        regions: list[tuple[int, int]],
+        ignore: int,
+    ) -> tuple[list[int], list[int]]: ...
     def encode_batch(
         self, texts: Sequence[str], add_special_tokens: bool, policy: str, allowed: list[str] | None = None
     ) -> list[list[int]]: ...
