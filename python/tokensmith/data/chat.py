@@ -167,7 +167,7 @@ def _named_templates(own: Any) -> dict[str, str]:
 def config_token(tok: Tokenizer, key: str) -> str | None:
     """A token named in tokenizer_config.json (``"eos_token": "</s>"`` or ``{"content": "</s>"}``)."""
     value = tok.config.get(key)
-    if value.__class__ is str:  # the usual case, without the slower check for a Mapping
+    if value is None or value.__class__ is str:  # the usual cases, without the slower check for a Mapping
         return value or None
     if isinstance(value, Mapping):
         value = value.get("content")
