@@ -353,9 +353,10 @@ def _content_spans(template, tok, messages, slots, rendered, add_generation_prom
     """(start, end, message index) of each written text in ``rendered``.
 
     The texts are replaced by unique sentinels and the template rendered again (once per
-    chat shape: :func:`_skeleton`). The skeleton's literal pieces must then appear in ``rendered`` in order, and between them
-    each text as written or trimmed (Llama's and Gemma's templates ``| trim`` it): that
-    gives exact spans. A template that changes texts otherwise falls back to a search.
+    chat shape: :func:`_skeleton`). The skeleton's literal pieces must then appear in
+    ``rendered`` in order, and between them each text as written or trimmed (Llama's and
+    Gemma's templates ``| trim`` it): that gives exact spans. A template that changes texts
+    otherwise falls back to a search.
     """
     if not slots:
         return []
@@ -385,7 +386,8 @@ def _skeleton(
     A template that prints the date renders today's: a day-old skeleton no longer matches
     and the spans come from the search, as for any other mismatch."""
     try:
-        shape = json.dumps([replaced, tools, documents, kwargs, _special_token_strings(tok)], sort_keys=True)
+        # Keys in their order: a template may print a message's fields as they come.
+        shape = json.dumps([replaced, tools, documents, kwargs, _special_token_strings(tok)])
         key: tuple[Any, ...] | None = (template, add_generation_prompt, shape)
     except (TypeError, ValueError):
         key = None  # values JSON cannot spell: rendered every time
@@ -557,16 +559,16 @@ def _encode_chat(
         if m.get("role") == "assistant" and m.get("tool_calls")
     ]
     protected = [(s, e) for s, e, _ in spans]
+    # Checked by content_special_tokens; a tuple, so that the core can tell it met it before.
+    inside = (allowed if isinstance(allowed, tuple) else tuple(allowed)) or None
     if loss == "all":
-        ids = tok.encode_with_offsets(rendered, add_special_tokens=False, protected=protected, protected_allowed=allowed)[0]
+        ids = tok._core.encode_labeled(rendered, "allow", None, protected, inside, [], IGNORE_INDEX)[0]
         return Example(ids, list(ids), warnings), rendered, spans
 
     regions = generation or _assistant_regions(tok, messages, rendered, spans, warnings)
     # Labels from each token's offsets, in the core: each token that overlaps a region keeps
     # its id (a token that straddles the template text and a reply, such as ":\n\nHello",
     # takes loss: the reply needs it); a token with no chars of its own counts where it stands.
-    # Checked by content_special_tokens; a tuple, so that the core can tell it met it before.
-    inside = (allowed if isinstance(allowed, tuple) else tuple(allowed)) or None
     ids, labels = tok._core.encode_labeled(rendered, "allow", None, protected, inside, list(regions), IGNORE_INDEX)
     return Example(ids, labels, warnings), rendered, spans
 
