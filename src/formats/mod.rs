@@ -3,3 +3,4 @@
 pub mod sentencepiece;
 pub mod tiktoken;
 pub mod tokenizer_json;
+mod typed_json;

@@ -7,6 +7,7 @@ use crate::bytelevel;
 use crate::decode::{byte_token, Decoder};
 use crate::error::{Error, Result};
 use crate::formats::sentencepiece;
+use crate::formats::typed_json::{Document, Merge, ModelSection, Part};
 use crate::normalize::{Normalizer, Precompiled, Replacement};
 use crate::postprocess::{Direction, Padding, PostProcessor, Strategy, TemplatePiece, Truncation};
 use crate::pretokenize::{Behavior, CharClass, Dialect, Pattern, PreTokenizer, PrependScheme, Splitter, Step};
@@ -60,9 +61,17 @@ fn array<'a>(obj: &'a Value, path: &str, key: &str) -> Result<&'a Vec<Value>> {
 
 /// Parses tokenizer.json text. `source` names the file in error messages.
 pub fn from_str(text: &str, source: &str) -> Result<Tokenizer> {
-    let root: Value = serde_json::from_str(text)
-        .map_err(|e| Error::format(source, format!("not valid JSON ({e})")))?;
-    from_value(root).map_err(|e| e.in_file(source))
+    // The vocab and merges are read typed (see `typed_json`); a text that reader refuses
+    // is read again as a `Value`, whose checks then say what is wrong with it.
+    let tokenizer = match serde_json::from_str::<Document>(text) {
+        Ok(Document { top, model }) => from_parts(top, model),
+        Err(_) => {
+            let root: Value = serde_json::from_str(text)
+                .map_err(|e| Error::format(source, format!("not valid JSON ({e})")))?;
+            from_value(root)
+        }
+    };
+    tokenizer.map_err(|e| e.in_file(source))
 }
 
 pub fn from_value(mut root: Value) -> Result<Tokenizer> {
@@ -70,15 +79,20 @@ pub fn from_value(mut root: Value) -> Result<Tokenizer> {
         return Err(bad("the top level must be a JSON object"));
     };
     let model = obj.remove("model").ok_or_else(|| bad("missing field \"model\""))?;
+    from_parts(std::mem::take(obj), ModelSection::from_value(&model))
+}
+
+/// The tokenizer from the top-level keys of its tokenizer.json but "model", and its model.
+fn from_parts(mut obj: Map<String, Value>, model: ModelSection) -> Result<Tokenizer> {
     let added_tokens = obj.remove("added_tokens").unwrap_or(Value::Array(vec![]));
-    let mut passthrough: Map<String, Value> = obj.clone();
-    if let Some(meta) = model.get(TOKENSMITH_KEY) {
+    let mut passthrough = obj;
+    if let Some(meta) = model.rest.get(TOKENSMITH_KEY) {
         passthrough.insert(TOKENSMITH_KEY.into(), meta.clone());
     }
     let null = Value::Null;
 
     // The model first: "not a BPE" says more than any component it comes with.
-    let model = parse_model(&model)?;
+    let model = parse_model(model)?;
     let truncation = parse_truncation(passthrough.get("truncation").unwrap_or(&null))?;
     let padding = parse_padding(passthrough.get("padding").unwrap_or(&null))?;
     let normalizer = parse_normalizer(passthrough.get("normalizer").unwrap_or(&null), "normalizer")?;
@@ -598,13 +612,15 @@ fn optional_str(obj: &Value, path: &str, key: &str) -> Result<Option<String>> {
     }
 }
 
-fn parse_model(model: &Value) -> Result<Model> {
+fn parse_model(section: ModelSection) -> Result<Model> {
+    // The keys but vocab and merges, for the checks below and then to write back.
+    let mut model = Value::Object(section.rest);
     let kind = model.get("type").and_then(Value::as_str);
     if let Some(kind) = kind {
         if kind != "BPE" {
             return Err(Error::Unsupported(format!("model {kind:?} (only BPE is supported)")));
         }
-    } else if model.get("merges").is_none() {
+    } else if matches!(section.merges, Part::Missing) {
         return Err(bad("model: not a BPE model (no \"type\" and no \"merges\")"));
     }
     if let Some(d) = model.get("dropout").and_then(Value::as_f64) {
@@ -615,49 +631,53 @@ fn parse_model(model: &Value) -> Result<Model> {
         }
     }
     // An empty prefix or suffix changes nothing (the reference's own trainer writes "").
-    let prefix = optional_str(model, "model", "continuing_subword_prefix")?.filter(|s| !s.is_empty());
-    let suffix = optional_str(model, "model", "end_of_word_suffix")?.filter(|s| !s.is_empty());
-    let ignore_merges = bool_field(model, "model", "ignore_merges", false)?;
-    let vocab_obj = field(model, "model", "vocab")?
-        .as_object()
-        .ok_or_else(|| bad("model.vocab: expected an object of token -> id"))?;
-    let entries = vocab_obj
-        .iter()
-        .map(|(token, id)| {
-            id.as_u64()
-                .and_then(|v| u32::try_from(v).ok())
-                .filter(|&v| v < u32::MAX)
-                .map(|id| (token.clone(), id))
-                .ok_or_else(|| bad(format!("model.vocab: the id of {token:?} is not a valid id: {id}")))
+    let prefix = optional_str(&model, "model", "continuing_subword_prefix")?.filter(|s| !s.is_empty());
+    let suffix = optional_str(&model, "model", "end_of_word_suffix")?.filter(|s| !s.is_empty());
+    let ignore_merges = bool_field(&model, "model", "ignore_merges", false)?;
+    let vocab_entries = match section.vocab {
+        Part::Missing => return Err(bad("model: missing field \"vocab\"")),
+        Part::Malformed => return Err(bad("model.vocab: expected an object of token -> id")),
+        Part::Read(entries) => entries,
+    };
+    let entries = vocab_entries
+        .into_iter()
+        .map(|(token, id)| match id.ok().and_then(|v| u32::try_from(v).ok()).filter(|&v| v < u32::MAX) {
+            Some(valid) => Ok((token.into_owned(), valid)),
+            None => {
+                let id = id.map_or_else(Value::to_string, |v| v.to_string());
+                Err(bad(format!("model.vocab: the id of {token:?} is not a valid id: {id}")))
+            }
         })
         .collect::<Result<Vec<_>>>()?;
     let vocab = Vocab::new(entries)?;
-    let unk = optional_str(model, "model", "unk_token")?;
+    let unk = optional_str(&model, "model", "unk_token")?;
     if let Some(unk) = &unk {
         if !vocab.ids.contains_key(unk) {
             return Err(bad(format!("model.unk_token: {unk:?} is not in the vocabulary")));
         }
     }
+    let merge_list = match section.merges {
+        Part::Missing => return Err(bad("model: missing field \"merges\"")),
+        Part::Malformed => return Err(bad("model.merges: expected a list")),
+        Part::Read(list) => list,
+    };
     let prefix_len = prefix.as_ref().map_or(0, String::len);
     let (mut merges, mut merged) = (Vec::new(), Vec::new());
     // Whether a merge names a string that shares its id with another one (the ids then
     // cannot spell the merges back).
     let mut respelled = false;
     // Loading Llama 3 (280,000 merges) spent 8% of its time making a new string for every
-    // merged token and 12% copying the whole model section (vocab and merges too) only to
-    // remove them from the copy: one buffer now, and only the settings are copied.
+    // merged token: one buffer now.
     let mut joined = String::new();
-    for (rank, merge) in array(model, "model", "merges")?.iter().enumerate() {
+    for (rank, merge) in merge_list.iter().enumerate() {
         let (left, right) = match merge {
-            Value::String(s) => match s.split_once(' ') {
+            Merge::Joined(s) => match s.split_once(' ') {
                 Some((l, r)) if !r.contains(' ') => (l, r),
                 _ => return Err(bad(format!("model.merges[{rank}]: expected two tokens separated by one space, got {s:?}"))),
             },
-            Value::Array(pair) => match pair.as_slice() {
-                [Value::String(l), Value::String(r)] => (l.as_str(), r.as_str()),
-                _ => return Err(bad(format!("model.merges[{rank}]: expected a pair of strings"))),
-            },
-            _ => return Err(bad(format!("model.merges[{rank}]: expected a string or a pair"))),
+            Merge::Pair(l, r) => (l.as_ref(), r.as_ref()),
+            Merge::NotAPair => return Err(bad(format!("model.merges[{rank}]: expected a pair of strings"))),
+            Merge::Neither => return Err(bad(format!("model.merges[{rank}]: expected a string or a pair"))),
         };
         let id = |t: &str| {
             vocab.ids.get(t).copied().ok_or_else(|| {
@@ -676,27 +696,19 @@ fn parse_model(model: &Value) -> Result<Model> {
         merges.push((l, r));
         respelled |= vocab.get(l) != Some(left) || vocab.get(r) != Some(right);
     }
-    // Merges are written back from the ids; kept verbatim (for `to_string`) only when they
-    // can't be.
-    let settings: Map<String, Value> = model
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(key, _)| *key != "vocab" && (respelled || *key != "merges"))
-        .map(|(key, value)| (key.clone(), value.clone()))
-        .collect();
-    Ok(Model {
-        vocab,
-        merges,
-        merged,
-        ignore_merges,
-        prefix,
-        suffix,
-        byte_fallback: bool_field(model, "model", "byte_fallback", false)?,
-        fuse_unk: bool_field(model, "model", "fuse_unk", false)?,
-        unk,
-        settings,
-    })
+    let byte_fallback = bool_field(&model, "model", "byte_fallback", false)?;
+    let fuse_unk = bool_field(&model, "model", "fuse_unk", false)?;
+    // Merges are written back from the ids; kept verbatim (for `to_string`), in their place,
+    // only when they can't be.
+    let mut settings = model.as_object_mut().map(std::mem::take).unwrap_or_default();
+    if respelled {
+        if let Some(place) = settings.get_mut("merges") {
+            *place = Value::Array(merge_list.iter().map(Merge::to_value).collect());
+        }
+    } else {
+        settings.shift_remove("merges");
+    }
+    Ok(Model { vocab, merges, merged, ignore_merges, prefix, suffix, byte_fallback, unk, fuse_unk, settings })
 }
 
 /// A BPE over the chars of the text (no ByteLevel pre-tokenizer: SentencePiece-style).
@@ -900,6 +912,123 @@ pub fn to_value(tokenizer: &Tokenizer) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::special::SpecialPolicy;
+    use std::fmt::Write;
+
+    /// The text with every non-ASCII char written as a `\uXXXX` escape (such strings cannot
+    /// be borrowed from the text).
+    fn escape_non_ascii(text: &str) -> String {
+        let mut out = String::new();
+        for c in text.chars() {
+            if c.is_ascii() {
+                out.push(c);
+            } else {
+                for unit in c.encode_utf16(&mut [0; 2]) {
+                    write!(out, "\\u{unit:04x}").unwrap();
+                }
+            }
+        }
+        out
+    }
+
+    /// Loads `text` through the typed reader and through a `Value`, checks that the typed
+    /// reader took it (a reader that refused good files would only make them slow) and that
+    /// both give the same tokenizer, down to the order of what is written back.
+    fn load_both_ways(text: &str) -> Tokenizer {
+        assert!(serde_json::from_str::<Document>(text).is_ok(), "the typed reader refused {text}");
+        let typed = from_str(text, "t.json").unwrap();
+        let general = from_value(serde_json::from_str(text).unwrap()).unwrap();
+        assert_eq!(typed.vocab.tokens, general.vocab.tokens);
+        assert_eq!(typed.vocab.ids, general.vocab.ids);
+        assert_eq!(typed.merges, general.merges);
+        let keys = |t: &Tokenizer| serde_json::to_string(&t.passthrough).unwrap();
+        assert_eq!(keys(&typed), keys(&general));
+        assert_eq!(to_string(&typed).unwrap(), to_string(&general).unwrap());
+        for sample in ["hello world", "abc abcab \u{120}a", "héllo wörld 中文 👍<|endoftext|>", "q\"c"] {
+            let encode = |t: &Tokenizer| t.encode(sample, &SpecialPolicy::Allow, true).unwrap();
+            assert_eq!(encode(&typed), encode(&general), "{sample:?}");
+        }
+        typed
+    }
+
+    #[test]
+    fn gpt2_loads_the_same_typed_and_as_a_value_escaped_or_not() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/python/tokensmith/assets/gpt2/tokenizer.json");
+        let text = std::fs::read_to_string(path).unwrap();
+        let escaped = escape_non_ascii(&text);
+        assert!(escaped.contains("\\u0120") && escaped.is_ascii());
+        let (plain, escaped) = (load_both_ways(&text), load_both_ways(&escaped));
+        assert_eq!(plain.vocab.tokens, escaped.vocab.tokens);
+        assert_eq!(plain.merges, escaped.merges);
+        assert_eq!(to_string(&plain).unwrap(), to_string(&escaped).unwrap());
+    }
+
+    /// A model section with the vocab after the merges, escaped tokens, merges in both
+    /// spellings, "c" given twice (first place, last id, as serde_json's map keeps it), and
+    /// the model between other keys (whose order the tokenizer keeps).
+    fn small_model(vocab: &str) -> String {
+        format!(
+            r#"{{"zeta": {{"k": [true]}}, "model": {{"merges": ["a b", ["ab", "c"], ["\u0120", "a"]], "type": "BPE",
+                "vocab": {vocab}, "dropout": null, "tail": [1, {{"x": 2}}]}},
+              "added_tokens": [], "extra": 1, "version": "1.0", "omega": 2}}"#
+        )
+    }
+
+    #[test]
+    fn an_odd_model_section_loads_the_same_typed_and_as_a_value() {
+        let vocab = r#"{"a": 0, "b": 1, "c": 9, "ab": 3, "abc": 4, "\u0120": 5, "\u0120a": 6, "c": 2, "q\"": 7}"#;
+        let tok = load_both_ways(&small_model(vocab));
+        let tokens: Vec<_> = tok.vocab.tokens.iter().map(|t| t.as_deref().unwrap_or("-")).collect();
+        assert_eq!(tokens, ["a", "b", "c", "ab", "abc", "\u{120}", "\u{120}a", "q\""]);
+        assert_eq!(tok.vocab.ids.get("c"), Some(&2));
+        assert_eq!(tok.merges.as_slice(), [(0, 1), (3, 2), (5, 0)]);
+        // The first place of a key given twice is the one that counts: "c" first with 2, then
+        // "ab" with 2 as well, spells id 2 as "c".
+        let vocab = r#"{"a": 0, "b": 1, "c": 9, "ab": 3, "abc": 4, "\u0120": 5, "\u0120a": 6, "x": 2, "c": 2, "q\"": 7}"#;
+        assert_eq!(load_both_ways(&small_model(vocab)).vocab.get(2), Some("c"));
+    }
+
+    #[test]
+    fn merges_naming_a_second_spelling_of_an_id_are_written_back_as_they_were_read() {
+        // "B" shares the id of "b": the ids cannot spell the merge "a B" back.
+        let text = small_model(r#"{"a": 0, "b": 1, "B": 1, "c": 2, "ab": 3, "aB": 3, "abc": 4, "\u0120": 5, "\u0120a": 6}"#)
+            .replace(r#""a b""#, r#""a B""#);
+        let written = to_string(&load_both_ways(&text)).unwrap();
+        let merges: Value = serde_json::from_str::<Value>(&written).unwrap()["model"]["merges"].clone();
+        assert_eq!(merges, json!(["a B", ["ab", "c"], ["\u{120}", "a"]]));
+    }
+
+    /// Errors found after the typed reader took the file, and errors that make it refuse the
+    /// file, read the same as through a `Value`.
+    #[test]
+    fn bad_model_sections_fail_the_same_typed_and_as_a_value() {
+        let good = r#"{"a": 0, "b": 1, "c": 2, "ab": 3, "abc": 4, "\u0120": 5, "\u0120a": 6}"#;
+        let cases = [
+            (good.replace(r#""c": 2"#, r#""c": 4294967295"#), "the id of \"c\" is not a valid id: 4294967295"),
+            (good.replace(r#""c": 2"#, r#""c": -1"#), "the id of \"c\" is not a valid id: -1"),
+            (good.replace(r#""c": 2"#, r#""c": 2, "c": "2""#), "the id of \"c\" is not a valid id: \"2\""),
+            (good.replace(r#""c": 2"#, r#""c": 99999999"#), "far beyond"),
+            (good.replace(r#""ab": 3, "#, ""), "model.merges[0]: \"ab\" is not in the vocabulary"),
+            (r#"[["a", 0]]"#.to_string(), "model.vocab: expected an object"),
+        ];
+        let mut texts: Vec<(String, &str)> = cases.iter().map(|(vocab, error)| (small_model(vocab), *error)).collect();
+        for (from, to, error) in [
+            (r#""a b""#, r#""a  b""#, "model.merges[0]: expected two tokens separated by one space"),
+            (r#"["ab", "c"]"#, r#"["ab", "c", "d"]"#, "model.merges[1]: expected a pair of strings"),
+            (r#"["ab", "c"]"#, "5", "model.merges[1]: expected a string or a pair"),
+            (r#""type": "BPE""#, r#""type": "Unigram""#, "only BPE"),
+        ] {
+            texts.push((small_model(good).replace(from, to), error));
+        }
+        for (text, error) in texts {
+            let typed = from_str(&text, "t.json").unwrap_err();
+            let general = from_value(serde_json::from_str(&text).unwrap()).map_err(|e| e.in_file("t.json"));
+            let general = general.unwrap_err();
+            assert_eq!(typed, general);
+            assert!(typed.to_string().contains(error), "{typed} should say {error:?}");
+        }
+    }
+
 
     /// DeepSeek's chains of splits, as their tokenizer.json files spell them (Coder as in
     /// the shared file, V3 with the chars `\r` and `\n` themselves), become one step.
