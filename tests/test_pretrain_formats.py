@@ -516,7 +516,12 @@ def test_a_killed_run_resumes_to_the_same_bytes(format, corpus, tmp_path_factory
     state = json.loads((partial / "resume.json").read_text())
     assert 0 < state["records"] < len(docs) and state["result"]["examples"] == state["writer"]["documents"]
 
-    resumed = data.prepare(inputs, tok, out, format=format, progress=False, resume=True)
+    # The records done are not read again (only counted off): the reader gives the others only.
+    read, read_records = [], prepare_module.read_records
+    with monkeypatch.context() as m:
+        m.setattr(prepare_module, "read_records", lambda *a, **k: (read.append(r) or r for r in read_records(*a, **k)))
+        resumed = data.prepare(inputs, tok, out, format=format, progress=False, resume=True)
+    assert len(read) == whole.examples + whole.skipped - state["records"]
     assert not partial.exists() and (resumed.examples, resumed.skipped, resumed.tokens) == (whole.examples, 2, whole.tokens)
     _same_output(tmp_path / "whole", out)
 
@@ -654,6 +659,111 @@ def test_text_reading_is_linear_on_long_whitespace(tmp_path):
     for per_line, expected in ((False, [(1, "one"), (3, "two"), (5, "\t" * 300_000 + "three")]),
                                (True, [(1, "one"), (3, "two"), (5, "\t" * 300_000 + "three")])):
         assert [(r.line, r.data["text"]) for r in read_records([tmp_path / "t.txt"], doc_per_line=per_line)] == expected
+
+
+def _reader_inputs(folder: Path) -> list[tuple[Path, bool]]:
+    """A file of every kind ``read_records`` reads, with what trips a reader that counts
+    records differently from its own: a byte-order mark, CRLF line ends, blank and
+    whitespace-only lines (a line of U+3000 is blank to ``str.strip``, not to ``bytes.strip``),
+    bytes that are not UTF-8, lines that are not JSON or not an object; and a Parquet file
+    of several row groups. ``(path, doc_per_line)``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    text = "\ufeffone\r\ntwo\r\n\r\nthree\n \n\nfour \xe9\n\n\n  five\n"
+    (folder / "t.txt").write_bytes(text.encode() + b"bad \xff byte\n\nsix")
+    lines = ['{"text": "a"}', "", "\u3000", "not json", "[1]", '{"text": "b"}', "  ", '{"text": "c\\u3000"}']
+    jsonl = ("\ufeff" + "\n".join(lines) + "\n").encode()
+    jsonl = jsonl.replace(b"not json", b"not \xfe json") + b'{"text": "d"}\n'
+    (folder / "l.jsonl").write_bytes(jsonl)
+    (folder / "l.jsonl.gz").write_bytes(gzip.compress(jsonl))
+    (folder / "t.txt.zst").write_bytes(zstandard.ZstdCompressor().compress((folder / "t.txt").read_bytes()))
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(2500)]}), folder / "r.parquet", row_group_size=1000)
+    return [(folder / "t.txt", False), (folder / "t.txt", True), (folder / "l.jsonl", False), (folder / "l.jsonl.gz", False),
+            (folder / "t.txt.zst", False), (folder / "r.parquet", False)]
+
+
+def test_a_resumed_read_skips_the_records_done_exactly_and_without_parsing_them(tmp_path, monkeypatch):
+    """``read_records(skip=N)`` is every record after the first N, as a resumed run needs
+    them, in every reader; files whose records ``progress.file_records`` counts as all done
+    are not opened; the records skipped are counted, not parsed."""
+    from tokensmith.data import sources
+    from tokensmith.data.sources import ReadProgress, read_records
+
+    inputs = _reader_inputs(tmp_path)
+    for path, per_line in inputs:
+        full = list(read_records([path], doc_per_line=per_line))
+        assert any(isinstance(r, sources.BadRecord) for r in full) or path.suffix == ".parquet"
+        skips = range(len(full) + 2) if len(full) < 100 else [0, 1, 999, 1000, 1001, 1024, 2048, 2499, 2500, 2501]
+        for skip in skips:
+            assert list(read_records([path], doc_per_line=per_line, skip=skip)) == full[skip:], (path, per_line, skip)
+
+    # Across files: those counted in file_records (the run being resumed read them to the end)
+    # are skipped whole; the others read, their records counted off.
+    files = [tmp_path / "l.jsonl", tmp_path / "r.parquet", tmp_path / "t.txt"]
+    full, counts = [], []
+    for f in files:
+        full += list(read_records([f]))
+        counts.append(len(full) - sum(counts))
+    progress = ReadProgress()
+    assert list(read_records(files, progress=progress)) == full and progress.file_records == counts
+    for known in range(4):
+        for skip in (0, 3, counts[0], counts[0] + 1, counts[0] + 2000, counts[0] + counts[1], len(full) - 1, len(full)):
+            progress = ReadProgress(file_records=counts[:known])
+            assert list(read_records(files, skip=skip, progress=progress)) == full[skip:], (known, skip)
+            assert progress.file_records == counts
+
+    # A file all done is not opened (this one cannot be read), nor parsed, when it is counted.
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(b"\x1f\x8b not gzip")
+    lines = list(read_records([tmp_path / "l.jsonl"]))
+    assert list(read_records([broken, tmp_path / "l.jsonl"], skip=9, progress=ReadProgress(file_records=[7]))) == lines[2:]
+    with pytest.raises(ValueError, match="broken.jsonl.gz"):
+        list(read_records([broken, tmp_path / "l.jsonl"], skip=9))
+    parsed = []
+    monkeypatch.setattr(sources, "json", type("json", (), {"loads": lambda s: (parsed.append(s), json.loads(s))[1],
+                                                           "JSONDecodeError": json.JSONDecodeError}))
+    plain = write_jsonl(tmp_path / "p.jsonl", [{"text": str(i)} for i in range(50)])
+    assert [r.data["text"] for r in read_records([plain], skip=45)] == ["45", "46", "47", "48", "49"] and len(parsed) == 5
+
+
+def test_a_resumed_run_counts_only_what_it_reads_in_its_rate_and_eta(tmp_path):
+    """The progress line of a resumed run: MB/s and the time left from the bytes read after
+    the records done before it (``ReadProgress.skipped``), not from the whole input."""
+    from tokensmith.data.prepare import PrepareResult, _Progress
+    from tokensmith.data.sources import ReadProgress, read_records
+
+    resumed = ReadProgress(100_000_000)
+    resumed._done, resumed.skipped = 50_000_000, 40_000_000
+    line = _Progress(True, resumed, "documents").line(PrepareResult(out_dir="x", examples=1234, tokens=5_678_901), 80.0)
+    assert "0.1 MB/s  50% of 100.0 MB, ETA 6:40" in line  # 10 MB in 80 s; 50 MB to go
+
+    files = [tmp_path / "l.jsonl", tmp_path / "r.parquet", tmp_path / "t.txt"]
+    _reader_inputs(tmp_path)
+    sizes = [f.stat().st_size for f in files]
+    counts = [len(list(read_records([f]))) for f in files]
+    fresh = ReadProgress(sum(sizes))
+    next(read_records(files, progress=fresh))
+    assert fresh.skipped == 0
+    # Past the first file (counted as done: not opened) and into the second.
+    past = ReadProgress(sum(sizes), file_records=counts[:1])
+    records = read_records(files, skip=counts[0] + 1500, progress=past)
+    assert next(records).line == 1501 and sizes[0] < past.skipped == past.bytes < sizes[0] + sizes[1]
+    list(records)
+    assert past.bytes == sum(sizes) and past.skipped < past.bytes
+    # Nothing left to read: all of it was done before.
+    done = ReadProgress(sum(sizes), file_records=counts)
+    assert list(read_records(files, skip=sum(counts), progress=done)) == [] and done.skipped == done.bytes == sum(sizes)
+
+
+def test_progress_moves_within_a_parquet_file(tmp_path):
+    from tokensmith.data.sources import ReadProgress, read_records
+
+    _reader_inputs(tmp_path)
+    path = tmp_path / "r.parquet"
+    progress = ReadProgress(path.stat().st_size)
+    seen = [progress.bytes for _ in read_records([path], progress=progress)]
+    assert seen == sorted(seen) and len(set(seen)) >= 3 and 0 < seen[0] and seen[-1] <= progress.bytes == path.stat().st_size
 
 
 def test_bad_records_are_reported_as_they_come(tmp_path_factory, tmp_path, monkeypatch):

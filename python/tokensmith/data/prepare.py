@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
 import os
 import sys
@@ -351,24 +350,28 @@ class _Progress:
     def line(self, result: PrepareResult, seconds: float) -> str:
         seconds = max(seconds, 1e-9)
         read, total = self.reading.bytes, self.reading.total
-        parts = [f"{result.examples:,} {self.unit}", f"{result.tokens:,} tokens", f"{read / 1e6 / seconds:,.1f} MB/s"]
-        if total and read:
-            left = seconds * max(total - read, 0) / read
+        new = max(read - self.reading.skipped, 0)  # a resumed run's rate is that of its own work
+        parts = [f"{result.examples:,} {self.unit}", f"{result.tokens:,} tokens", f"{new / 1e6 / seconds:,.1f} MB/s"]
+        if total and new:
+            left = seconds * max(total - read, 0) / new
             parts.append(f"{min(read / total, 1):.0%} of {total / 1e6:,.1f} MB, ETA {_clock(left)}")
         return "  ".join(parts) + " " * 4  # spaces: clear what a longer line left
 
 
 class _ResumeState:
     """What a resumable run has done, in ``resume.json`` in its folder: the job it is (inputs,
-    options, tokenizer), how many input records are in the output, the counts so far and the
-    writer's state. A token stream's is saved after every batch, once the batch is on disk;
+    options, tokenizer), how many input records are in the output, the counts so far, the
+    writer's state, and how many records each input file read to the end has (a resumed run
+    opens no file all done). A token stream's is saved after every batch, once the batch is on disk;
     Parquet's each time a shard is closed (with the rows not in a shard yet: the packer's
     examples, the ids short of a block). A run killed at any moment leaves files at least as
     far as the state says, and a writer made with the state ``load`` returns cuts them back
     to it."""
 
-    def __init__(self, path: Path, job: dict[str, Any], tokenizer_sha256: Future[str], result: PrepareResult) -> None:
-        self.path, self.result = path, result
+    def __init__(
+        self, path: Path, job: dict[str, Any], tokenizer_sha256: Future[str], result: PrepareResult, reading: ReadProgress
+    ) -> None:
+        self.path, self.result, self.reading = path, result, reading
         self._job, self._tokenizer_sha256 = job, tokenizer_sha256
         #: Input records in the output so far (the write loops keep it up to date).
         self.records = 0
@@ -393,7 +396,8 @@ class _ResumeState:
 
     def save(self) -> None:
         counts = {k: v for k, v in asdict(self.result).items() if k not in ("out_dir", "seconds", "bytes_read")}
-        state = {"job": self.job, "records": self.records, "result": counts, "writer": self.writer.state()}
+        state = {"job": self.job, "records": self.records, "result": counts, "writer": self.writer.state(),
+                 "file_records": list(self.reading.file_records)}
         new = self.path.with_name(self.path.name + ".new")
         new.write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
         os.replace(new, self.path)
@@ -413,6 +417,7 @@ class _ResumeState:
         for key, value in state["result"].items():
             setattr(self.result, key, value)
         self.records = state["records"]
+        self.reading.file_records = list(state.get("file_records", []))
         return state["writer"]
 
 
@@ -491,8 +496,8 @@ def prepare(
     about 4 MB of text, Parquet each time a shard is complete (with the packer's examples or
     the ids short of a block, which are not in a shard yet). A resumed run checks that the
     inputs (names, sizes, times), the options and the tokenizer are the same, skips the
-    records already done, and writes the same bytes an uninterrupted run writes. Without
-    ``resume`` a new run starts afresh.
+    records already done without parsing them (a file all done is not opened), and writes
+    the same bytes an uninterrupted run writes. Without ``resume`` a new run starts afresh.
 
     ``ray`` runs the job on a Ray cluster (``True``: the one this machine belongs to, or its
     address): the cluster reads the files (which every node must see at the same paths) and
@@ -558,7 +563,7 @@ def prepare(
         "chat_templates": [encoder.template, encoder.tool_template],
     }
     with atomic_folder(out, overwrite=overwrite, resume=resume if resumable else None) as tmp:
-        state = _ResumeState(tmp / RESUME_STATE, job, tokenizer_sha256, result) if resumable else None
+        state = _ResumeState(tmp / RESUME_STATE, job, tokenizer_sha256, result, reading) if resumable else None
         saved = state.load() if state is not None and resume else None  # a changed job stops here, state kept
         if saved is not None:
             bar.note(f"resuming after {state.records:,} records ({result.examples:,} {bar.unit})")
@@ -576,8 +581,8 @@ def prepare(
                         else:
                             _write_examples(_ray.examples(tables), max_length, on_error, result, writer, bar)
                 else:
-                    done = state.records if state is not None else 0  # records in the files already
-                    records = itertools.islice(read_records(inputs, doc_per_line=doc_per_line, progress=reading), done, None)
+                    done = state.records if state is not None else 0  # records in the output already: not read again
+                    records = read_records(inputs, doc_per_line=doc_per_line, progress=reading, skip=done)
                     if streams:
                         _write_documents(_documents(records, encoder, on_error, done), on_error, result, writer, bar, state)
                     else:

@@ -3,13 +3,14 @@ know where they came from (file and line) so that every problem can be reported.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
 import os
 import re
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,27 +49,38 @@ class BadRecord:
 
 class ReadProgress:
     """How far :func:`read_records` has read: bytes of the input files as they are on disk
-    (compressed bytes for ``.gz`` / ``.zst``), for a progress bar's MB/s and ETA."""
+    (compressed bytes for ``.gz`` / ``.zst``; a Parquet file's share of its rows), for a
+    progress bar's MB/s and ETA; and the records of each file read to the end, for a resumed
+    run to know where each file's records start (``file_records``, inputs that are all files)."""
 
-    def __init__(self, total: int = 0) -> None:
+    def __init__(self, total: int = 0, file_records: Iterable[int] = ()) -> None:
         self.total = total
+        #: Records of each input file read to the end, in input order (with a resumed run's
+        #: ``skip``, those that were done before).
+        self.file_records: list[int] = list(file_records)
+        #: Where the reading stood once a resumed run's ``skip`` was behind it: what comes
+        #: before was done by the run it goes on from, so its MB/s and ETA count from here.
+        self.skipped = 0
         self._done = 0  # bytes of the files read to the end
         self._file: Any = None  # the file being read
+        self._in_file = 0  # how far into a Parquet file (no file object to ask)
 
     @property
     def bytes(self) -> int:
         try:
-            return self._done + (self._file.tell() if self._file is not None else 0)
+            return self._done + (self._file.tell() if self._file is not None else self._in_file)
         except (OSError, ValueError):  # closed meanwhile
             return self._done
 
     def reached(self, bytes_read: int) -> None:
         """Where a reader elsewhere (a Ray task) is."""
-        self._file, self._done = None, bytes_read
+        self._file, self._in_file, self._done = None, 0, bytes_read
 
-    def _finished(self, path: Path) -> None:
-        self._file = None
+    def _finished(self, path: Path, index: int, records: int) -> None:
+        self._file, self._in_file = None, 0
         self._done += path.stat().st_size
+        if index == len(self.file_records):  # else counted before (a resumed run)
+            self.file_records.append(records)
 
 
 def read_records(
@@ -76,6 +88,7 @@ def read_records(
     *,
     doc_per_line: bool = False,
     progress: ReadProgress | None = None,
+    skip: int = 0,
 ) -> Iterator[Record | BadRecord]:
     """Records from JSONL / JSON-lines files, Parquet files, plain text files, or an
     iterable of dicts.
@@ -85,8 +98,13 @@ def read_records(
     compressed: ``.jsonl.gz``, ``.txt.zst`` (``pip install zstandard``), ... Files stream:
     memory stays bounded whatever their size. ``progress`` is kept up to date with the
     bytes read.
+
+    ``skip`` leaves out the first records of the files, as a resumed run does with those
+    done before it: a file that ``progress.file_records`` counts among them whole is not
+    opened, and in the others they are counted, not parsed (nor Parquet row groups read).
     """
     progress = progress or ReadProgress()
+    resuming = skip > 0  # until the records to skip are behind: this run's own reading starts there
     for n, item in enumerate(inputs):
         if isinstance(item, Mapping):
             yield Record("<iterable>", n + 1, item)
@@ -96,21 +114,56 @@ def read_records(
             raise FileNotFoundError(f"{path}: no such file")
         compressed = path.suffix.lower() in _COMPRESSED
         kind = (Path(path.stem).suffix if compressed else path.suffix).lower()
-        if kind == ".parquet":
-            if compressed:
-                raise ValueError(f"{path}: Parquet compresses its own columns; give the .parquet file itself")
-            yield from _parquet(path)
-            progress._finished(path)
-            continue
-        with open(path, "rb") as raw:
-            progress._file = raw
-            records = _plain_text(path, raw, doc_per_line) if kind == ".txt" else _jsonl(path, raw)
-            try:
-                yield from records
-            except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-                # A cut or corrupt .gz: say which file, never keep what came before as if complete.
-                raise ValueError(f"{path}: cannot read it as gzip ({e})") from None
-        progress._finished(path)
+        if kind == ".parquet" and compressed:
+            raise ValueError(f"{path}: Parquet compresses its own columns; give the .parquet file itself")
+        here, whole = _skip_in_file(skip, progress.file_records, n)
+        count = here  # the file's records (a reader returns them)
+        if not whole:
+            with contextlib.ExitStack() as opened:
+                if kind == ".parquet":
+                    records = _parquet(path, progress, here)
+                else:
+                    raw = opened.enter_context(open(path, "rb"))
+                    progress._file = raw
+                    records = _plain_text(path, raw, doc_per_line, skip=here) if kind == ".txt" else _jsonl(path, raw, here)
+                opened.enter_context(contextlib.closing(records))
+                try:
+                    count = yield from (_start_marked(records, progress) if resuming else records)
+                except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+                    # A cut or corrupt .gz: say which file, never keep what came before as if complete.
+                    raise ValueError(f"{path}: cannot read it as gzip ({e})") from None
+        skip -= min(here, count)  # fewer than ``here`` (a state saved with no count): the rest are next
+        progress._finished(path, n, count)
+        if resuming and (count > here or not skip):  # this run's own records started in this file, or right after
+            if count <= here:
+                progress.skipped = progress.bytes
+            resuming = False
+    if resuming:  # the inputs ended first
+        progress.skipped = progress.bytes
+
+
+def _start_marked(records: Generator[Record | BadRecord, None, int], progress: ReadProgress):
+    """``records`` (a reader's), ``progress.skipped`` set where the reading is when the first
+    comes: a resumed run's own reading starts there. Returns what the reader returns."""
+    try:
+        first = next(records)
+    except StopIteration as end:
+        return end.value
+    progress.skipped = progress.bytes
+    yield first
+    return (yield from records)
+
+
+def _skip_in_file(skip: int, file_records: list[int], n: int) -> tuple[int, bool]:
+    """Of ``skip`` records to leave out from input file ``n`` on, how many are in that file,
+    and whether they are all of it: as many as it has where ``file_records`` counts them,
+    else all that are left. A resumed run's saved counts cover every file before the one
+    where it stopped (a file is counted once read to the end, and the reading is never
+    behind the writing), so a file with no count holds all the records left to skip."""
+    if n < len(file_records):
+        here = min(skip, file_records[n])
+        return here, here == file_records[n]
+    return skip, False
 
 
 #: Compressed files by suffix: the suffix before it says what they hold.
@@ -183,7 +236,9 @@ _BLOCK = re.compile(rb"(?m)^[^\S\n]*\S[^\n]*(?:\n[^\S\n]*\S[^\n]*)*")
 _LINE = re.compile(rb"(?m)^[^\S\n]*\S[^\n]*")
 
 
-def _plain_text(path: Path, raw: io.BufferedReader, doc_per_line: bool, chunk: int = 4 << 20) -> Iterator[Record | BadRecord]:
+def _plain_text(
+    path: Path, raw: io.BufferedReader, doc_per_line: bool, chunk: int = 4 << 20, skip: int = 0
+) -> Generator[Record | BadRecord, None, int]:
     """Plain text: a document per blank-line-separated block (its first line numbers it), or
     per non-empty line. A block with a byte that is not UTF-8 is reported and skipped.
 
@@ -192,10 +247,12 @@ def _plain_text(path: Path, raw: io.BufferedReader, doc_per_line: bool, chunk: i
     one core. Every document found but the last is whole (a blank line, or in
     ``doc_per_line`` a line end, follows it); the last may go on in the next chunk, so it is
     kept and searched again with it. The next read is at least as large as what is kept,
-    so a document of any size costs linear time."""
+    so a document of any size costs linear time. The first ``skip`` documents are found
+    and counted only. Returns how many the file has."""
     document = _LINE if doc_per_line else _BLOCK
     source = str(path)
     line = 1  # the line number at the start of ``buffer``
+    documents = 0
     with _open(path, raw) as f:
         head = f.read(3)
         buffer = head[3:] if head == b"\xef\xbb\xbf" else head  # a UTF-8 byte-order mark
@@ -207,14 +264,19 @@ def _plain_text(path: Path, raw: io.BufferedReader, doc_per_line: bool, chunk: i
             spans = [m.span() for m in document.finditer(buffer)]
             # Where the unfinished tail starts: the last document, or a line not yet ended.
             keep = len(buffer) if at_end else spans.pop()[0] if spans else buffer.rfind(b"\n") + 1
+            documents += len(spans)
             counted = 0  # ``line`` counts the lines of ``buffer[:counted]``
             for start, end in spans:
                 line += buffer.count(b"\n", counted, start)
                 counted = start
+                if skip:
+                    skip -= 1
+                    continue
                 # A document ends at a line end or at the end of the file.
                 yield _document(source, line, buffer[start:end], end < len(buffer))
             line += buffer.count(b"\n", counted, keep)
             buffer = buffer[keep:]
+    return documents
 
 
 def _document(source: str, line: int, raw: bytes, line_ended: bool) -> Record | BadRecord:
@@ -232,9 +294,11 @@ def _document(source: str, line: int, raw: bytes, line_ended: bool) -> Record | 
         return BadRecord(source, bad, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at {where})")
 
 
-def _jsonl(path: Path, raw: io.BufferedReader) -> Iterator[Record | BadRecord]:
+def _jsonl(path: Path, raw: io.BufferedReader, skip: int = 0) -> Generator[Record | BadRecord, None, int]:
     """Each line on its own: a bad byte or bad JSON costs that record only, never the rest
-    of the file (a text-mode reader fails for the whole buffer around a bad byte)."""
+    of the file (a text-mode reader fails for the whole buffer around a bad byte). The first
+    ``skip`` records are counted, not parsed. Returns how many the file has."""
+    line_no = blank = 0
     with _open(path, raw) as f:
         for line_no, raw in enumerate(f, 1):
             if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -242,9 +306,16 @@ def _jsonl(path: Path, raw: io.BufferedReader) -> Iterator[Record | BadRecord]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
+                if skip:
+                    skip -= 1
+                    continue
                 yield BadRecord(str(path), line_no, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line)")
                 continue
             if not line.strip():
+                blank += 1
+                continue
+            if skip:
+                skip -= 1
                 continue
             try:
                 data = json.loads(line)
@@ -258,16 +329,33 @@ def _jsonl(path: Path, raw: io.BufferedReader) -> Iterator[Record | BadRecord]:
                 yield BadRecord(str(path), line_no, f"expected a JSON object, got {type(data).__name__}")
                 continue
             yield Record(str(path), line_no, data)
+    return line_no - blank
 
 
-def _parquet(path: Path) -> Iterator[Record]:
+def _parquet(path: Path, progress: ReadProgress, skip: int = 0) -> Generator[Record, None, int]:
+    """The rows of a Parquet file, a row group at a time; ``progress`` follows the share of
+    its rows read. Row groups within the first ``skip`` rows are not read. Returns how many
+    rows it has."""
     import pyarrow.parquet as pq
 
-    row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-        for data in batch.to_pylist():
-            row += 1
-            yield Record(str(path), row, data)
+    size = path.stat().st_size
+    with pq.ParquetFile(path) as file:
+        rows = file.metadata.num_rows
+        row = 0  # rows read or passed over
+        for group in range(file.num_row_groups):
+            in_group = file.metadata.row_group(group).num_rows
+            if row + in_group <= skip:
+                row += in_group
+                continue
+            for batch in file.iter_batches(batch_size=1024, row_groups=[group]):
+                first, row = row, row + batch.num_rows
+                progress._in_file = size * row // rows
+                if skip > first:
+                    batch = batch.slice(skip - first)
+                    first = skip
+                for n, data in enumerate(batch.to_pylist(), first + 1):
+                    yield Record(str(path), n, data)
+    return rows
 
 
 def to_example_input(data: Mapping[str, Any], mapping: Mapping[str, str] | None = None) -> tuple[str, Any]:
