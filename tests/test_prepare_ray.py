@@ -5,6 +5,7 @@ Ray run must write the same bytes and the same ``meta.json`` counts."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import zstandard
 from conftest import DATA, require_data
-from test_data import CHATS, model_dir
+from test_data import CHATS, model_dir, write_jsonl
 
 import tokensmith as ts
 from tokensmith import data
@@ -102,34 +103,67 @@ def _stop(node: subprocess.Popen) -> None:
 #: local ``ray.init()`` earlier in a test process turns on token authentication for good),
 #: so a test process cannot be trusted to join this cluster. Blocks of 16 kB spread the
 #: small test files over every encoder of both nodes (and out of order, unless the run
-#: keeps it).
+#: keeps it). It counts the rows the cluster sends (one per record read and encoded there),
+#: and with ``die_after_records`` it is killed (as by the system) when about to save its
+#: second state past that many records: one is on disk, and the files hold more than it says.
 DRIVER = """
-import dataclasses, json, sys
+import contextlib, dataclasses, importlib, json, os, sys
 import tokensmith as ts
 from tokensmith import data
 from tokensmith.data import _ray
 _ray._BLOCK_BYTES = 16 << 10
 args = json.loads(sys.argv[1])
 tok = ts.Tokenizer.from_pretrained(args.pop("tokenizer"))
+rows, encoded = 0, _ray.encoded
+
+def counted(*a, **k):
+    global rows
+    with contextlib.closing(encoded(*a, **k)) as tables:
+        for table in tables:
+            rows += table.num_rows
+            yield table
+
+_ray.encoded = counted
+die_after = args.pop("die_after_records", None)
+prepare_module = importlib.import_module("tokensmith.data.prepare")
+save, past = prepare_module._ResumeState.save, []
+
+def save_then_die(self):
+    if die_after is not None and self.records > die_after:
+        past.append(self.records)
+        if len(past) == 2:
+            self.writer.state()  # token files: what was written since the last state, on disk
+            os._exit(9)
+    save(self)
+
+prepare_module._ResumeState.save = save_then_die
 try:
     result = data.prepare(args.pop("inputs"), tok, args.pop("out"), **args)
 except (data.DataError, ValueError) as e:
     print(json.dumps({type(e).__name__: str(e)}))
 else:
-    print(json.dumps(dataclasses.asdict(result)))
+    print(json.dumps({**dataclasses.asdict(result), "records_encoded": rows}))
 """
 
 
-def prepare_on_cluster(cluster: str, inputs: list[Path], tokenizer: Path, out: Path, **options) -> data.PrepareResult:
+def run_driver(cluster: str, inputs: list[Path], tokenizer: Path, out: Path, **options) -> subprocess.CompletedProcess:
     args = {"inputs": [str(p) for p in inputs], "tokenizer": str(tokenizer), "out": str(out), "ray": cluster, **options}
-    run = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(args)], capture_output=True, text=True,
-                         env={**os.environ, **RAY_ENV}, timeout=300)
+    return subprocess.run([sys.executable, "-c", DRIVER, json.dumps(args)], capture_output=True, text=True,
+                          env={**os.environ, **RAY_ENV}, timeout=300)
+
+
+def prepare_on_cluster(cluster: str, inputs: list[Path], tokenizer: Path, out: Path, **options) -> data.PrepareResult:
+    """``prepare`` on the cluster; the result also has ``records_encoded``, the rows the cluster sent."""
+    run = run_driver(cluster, inputs, tokenizer, out, **options)
     assert run.returncode == 0, run.stderr[-5000:]
     result = json.loads(run.stdout.splitlines()[-1])
     for error in (data.DataError, ValueError):
         if error.__name__ in result:
             raise error(result[error.__name__])
-    return data.PrepareResult(**result)
+    records_encoded = result.pop("records_encoded")
+    result = data.PrepareResult(**result)
+    result.records_encoded = records_encoded  # type: ignore[attr-defined]
+    return result
 
 
 def same_output(local: Path, remote: Path) -> None:
@@ -154,26 +188,36 @@ def documents() -> list[str]:
     return docs
 
 
-def test_chat_data_on_the_cluster_is_the_local_run(cluster, tmp_path_factory, tmp_path):
-    """SFT records of several shapes over two files, with unreadable lines, a chat with no
-    reply and a record of no known shape: packed rows, skips and counts as a local run's."""
-    folder = model_dir(tmp_path_factory, "qwen2.5")
-    tok = ts.Tokenizer.from_pretrained(str(folder))
+@pytest.fixture(scope="module")
+def chat_files(tmp_path_factory) -> list[Path]:
+    """SFT records of several shapes over two files, with an unreadable line, a chat with no
+    reply and a record of no known shape."""
+    folder = tmp_path_factory.mktemp("ray-chats")
     docs = documents()
     chats = [[{"role": "user", "content": q[:300]}, {"role": "assistant", "content": a}] for q, a in zip(docs[::2], docs[1::2])]
     first = [{"messages": c} for c in chats[:200]] + [{"messages": CHATS[0][:1]}, {"bogus": 1}]
     lines = [json.dumps(r, ensure_ascii=False) for r in first]
     lines.insert(50, "not json")
-    (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "a.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     second = [{"prompt": c[0]["content"], "response": c[1]["content"]} for c in chats[200:]]
-    (tmp_path / "b.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in second), encoding="utf-8")
-    inputs = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
-    options = dict(max_length=1024, rows_per_shard=10, progress=False)
-    local = data.prepare(inputs, tok, tmp_path / "local", num_workers=1, **options)
-    remote = prepare_on_cluster(cluster, inputs, folder, tmp_path / "ray", **options)
+    (folder / "b.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in second), encoding="utf-8")
+    return [folder / "a.jsonl", folder / "b.jsonl"]
+
+
+#: Packed rows of the chat files, in shards of a few rows.
+CHAT_OPTIONS = {"max_length": 1024, "rows_per_shard": 10}
+
+
+def test_chat_data_on_the_cluster_is_the_local_run(cluster, chat_files, tmp_path_factory, tmp_path):
+    """Packed rows, skips and counts as a local run's."""
+    folder = model_dir(tmp_path_factory, "qwen2.5")
+    tok = ts.Tokenizer.from_pretrained(str(folder))
+    local = data.prepare(chat_files, tok, tmp_path / "local", num_workers=1, progress=False, **CHAT_OPTIONS)
+    remote = prepare_on_cluster(cluster, chat_files, folder, tmp_path / "ray", progress=False, **CHAT_OPTIONS)
     assert local.skipped_reasons == {"unreadable line": 1, "no assistant reply": 1, "malformed record": 1}
     assert local.rows > 30  # several shards
     assert (remote.examples, remote.rows, remote.tokens, remote.skipped) == (local.examples, local.rows, local.tokens, local.skipped)
+    assert remote.records_encoded == local.examples + local.skipped
     same_output(tmp_path / "local", tmp_path / "ray")
 
 
@@ -246,15 +290,95 @@ def test_a_file_cut_short_fails_as_locally(cluster, corpus, tmp_path_factory, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.jsonl.zst"]
 
 
-def test_ray_takes_files_and_does_not_resume_yet(tmp_path_factory, tmp_path):
+@pytest.mark.parametrize("format", ["megatron", "parquet"])
+def test_a_killed_run_on_the_cluster_resumes_to_the_same_bytes(format, cluster, corpus, chat_files, tmp_path_factory, tmp_path,
+                                                               monkeypatch):
+    """A Ray run killed mid-way, in its second file, goes on with resume=True (``--resume``):
+    the cluster neither reads nor encodes the records done again (the first file, all done,
+    gives nothing; the second skips its first records), and the files and ``meta.json`` are
+    one local run's. A local run and a Ray run are the same job: the same folder goes on in a
+    local run too, and a local run's on the cluster."""
+    from tokensmith.data.sources import read_records
+
+    folder = model_dir(tmp_path_factory, "qwen2.5")
+    tok = ts.Tokenizer.from_pretrained(str(folder))
+    inputs, options = (corpus, {"format": "megatron"}) if format == "megatron" else (chat_files, CHAT_OPTIONS)
+    whole = data.prepare(inputs, tok, tmp_path / "whole", num_workers=1, progress=False, **options)
+    records, first = whole.examples + whole.skipped, len(list(read_records(inputs[:1])))
+
+    killed = run_driver(cluster, inputs, folder, tmp_path / "out", die_after_records=first, progress=False, **options)
+    assert killed.returncode == 9, killed.stderr[-5000:]
+    partial = tmp_path / ".out.partial"
+    state = json.loads((partial / "resume.json").read_text())
+    assert first < state["records"] < records and state["file_records"][0] == first and not (tmp_path / "out").exists()
+    shutil.copytree(partial, tmp_path / ".local.partial")
+
+    resumed = prepare_on_cluster(cluster, inputs, folder, tmp_path / "out", resume=True, progress=False, **options)
+    assert resumed.records_encoded == records - state["records"]
+    assert (resumed.examples, resumed.skipped, resumed.tokens) == (whole.examples, whole.skipped, whole.tokens)
+    same_output(tmp_path / "whole", tmp_path / "out")
+    assert not partial.exists()
+    data.prepare(inputs, tok, tmp_path / "local", num_workers=1, progress=False, resume=True, **options)
+    same_output(tmp_path / "whole", tmp_path / "local")
+    if format == "parquet":
+        return
+    # And the other way: a local run stopped (Ctrl-C) in the second file goes on on the cluster.
+    prepare_module = importlib.import_module("tokensmith.data.prepare")
+    save, past = prepare_module._ResumeState.save, []
+
+    def interrupt(self):
+        past.extend([1] if self.records > first else [])
+        if len(past) == 2:
+            raise KeyboardInterrupt
+        save(self)
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(prepare_module, "_BATCH_CHARS", 5_000)
+        m.setattr(prepare_module._ResumeState, "save", interrupt)
+        data.prepare(inputs, tok, tmp_path / "again", progress=False, **options)
+    state = json.loads((tmp_path / ".again.partial" / "resume.json").read_text())
+    assert first < state["records"] < records
+    again = prepare_on_cluster(cluster, inputs, folder, tmp_path / "again", resume=True, progress=False, **options)
+    assert again.records_encoded == records - state["records"]
+    same_output(tmp_path / "whole", tmp_path / "again")
+
+
+def test_the_cluster_readers_leave_out_the_records_done_and_follow_parquet_files(tmp_path):
+    """A Ray task's reader (``_read_files``, called here as Ray Data calls it): a file all
+    done gives no row, a file partly done its records after those; each row says its file
+    and how far the reading is, within a Parquet file too (not only at its end)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tokensmith.data import _ray
+
+    lines = write_jsonl(tmp_path / "a.jsonl", [{"text": str(i)} for i in range(10)])
+    rows = tmp_path / "r.parquet"
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(3000)]}), rows, row_group_size=1000)
+    sizes = [lines.stat().st_size, rows.stat().st_size]
+
+    def read(skip: list[int], records: list[int | None]) -> dict[str, list]:
+        batch = pa.table({"path": [str(lines), str(rows)], "name": ["a.jsonl", "r.parquet"], "start": [0, sizes[0]],
+                          "file": [0, 1], "skip": skip, "records": pa.array(records, pa.int64())})
+        return pa.concat_tables(_ray._read_files(batch, doc_per_line=False, block_bytes=1 << 20)).to_pydict()
+
+    every = read([0, 0], [None, None])
+    assert every["file"] == [0] * 10 + [1] * 3000 and every["line"] == [*range(1, 11), *range(1, 3001)]
+    in_parquet = every["read"][10:]
+    assert in_parquet == sorted(in_parquet) and len(set(in_parquet)) >= 3 and in_parquet[-1] == sum(sizes)
+    assert sizes[0] < in_parquet[0] < sum(sizes)
+    resumed = read([10, 1500], [10, None])
+    assert resumed["file"] == [1] * 1500 and resumed["line"] == list(range(1501, 3001))
+    assert resumed["read"] == every["read"][1510:]
+
+
+def test_ray_takes_files(tmp_path_factory, tmp_path):
     folder = model_dir(tmp_path_factory, "qwen2.5")
     tok = ts.Tokenizer.from_pretrained(str(folder))
     src = tmp_path / "a.jsonl"
     src.write_text('{"text": "hi"}\n')
     with pytest.raises(ValueError, match="list of files"):
         data.prepare(iter([{"text": "hi"}]), tok, tmp_path / "out", format="megatron", ray=True)
-    with pytest.raises(ValueError, match="cannot resume yet"):
-        data.prepare([src], tok, tmp_path / "out", format="megatron", ray=True, resume=True)
     # `--ray` takes an optional address: an input file right after it is not one.
     run = subprocess.run([sys.executable, "-m", "tokensmith.cli", "prepare", "-t", str(folder),
                           "-o", str(tmp_path / "out"), "--ray", str(src), str(src)], capture_output=True, text=True)

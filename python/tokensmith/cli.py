@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--resume", action="store_true",
                    help="go on from where a killed or interrupted run into the same --out stopped (same inputs, "
-                        "options and tokenizer; Parquet from its last complete shard); the result is what one run writes")
+                        "options and tokenizer; Parquet from its last complete shard; with --ray or without, whichever the "
+                        "stopped run used); the result is what one run writes")
     p.add_argument("--ray", nargs="?", const=True, default=False, metavar="ADDRESS",
                    help="read and encode on a Ray cluster (default: the one this machine belongs to); "
                         "the files are written here, the same as a local run's. Every node needs the inputs "

@@ -12,6 +12,10 @@ conversations a second on one core; writing is hundreds of MB/s).
 
 Every node needs the input files at the same paths (a shared file system) and the same
 tokensmith version.
+
+A run resumes as a local run does (the same state, saved by the same code as it writes): the
+readers are told how many records of their file were done (counted in input order from the
+state's records per file), so the records done are neither read nor encoded again.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .chat import Example
-from .sources import BadRecord, ReadProgress, read_records
+from .sources import BadRecord, ReadProgress, _skip_in_file, read_records
 
 #: Read records go to the encoders in blocks of about this many bytes (Ray Data would make
 #: one block of a whole file, which one actor would encode): enough work per actor call
@@ -57,17 +61,35 @@ def connected(address: str | None) -> Iterator[int]:
 
 
 def encoded(
-    files: list[tuple[str, str]], encoder: Any, streams: bool, doc_per_line: bool, cpus: int, reading: ReadProgress
+    files: list[tuple[str, str]], encoder: Any, streams: bool, doc_per_line: bool, cpus: int, reading: ReadProgress,
+    skip: int = 0,
 ) -> Iterator[Any]:
     """Record results in input order, as Arrow tables (see :class:`_Encode`), from the files
-    ``(path to open, name to report)``; ``reading`` follows the bytes read."""
+    ``(path to open, name to report)``, but for the first ``skip`` records (a resumed run's
+    done before), which are neither read nor encoded. ``reading`` follows the bytes read and
+    counts each file's records once the rows of a later file come (as ``read_records``
+    counts them once it is read to the end): a state saved meanwhile has the counts of the
+    files before the one it stops in, which is what a Ray run resumed from it needs to know
+    what each file's reader leaves out."""
+    import numpy as np
     import ray.data  # first: importing it sets up its logging
 
     start = 0
     items = []
-    for path, name in files:
-        items.append({"path": str(Path(path).resolve()), "name": name, "start": start})
+    for n, (path, name) in enumerate(files):
+        # Each reader is told what its file has done: a file all done is not opened.
+        here, _ = _skip_in_file(skip, reading.file_records, n)
+        known = reading.file_records[n] if n < len(reading.file_records) else None
+        items.append({"path": str(Path(path).resolve()), "name": name, "start": start, "file": n, "skip": here, "records": known})
+        skip -= here
         start += Path(path).stat().st_size
+    counts = np.array([item["skip"] for item in items], dtype=np.int64)  # each file's records so far
+    resuming = bool(counts.any())  # until the first record read anew
+
+    def counted(files_read: int) -> None:
+        while len(reading.file_records) < files_read:
+            reading.file_records.append(int(counts[len(reading.file_records)]))
+
     with _settings(preserve_order=True, enable_progress_bars=False, target_max_block_size=_BLOCK_BYTES):
         ds = _plan(items, -(-start // _BLOCK_BYTES), encoder, streams, doc_per_line, cpus)
     # Ray Data's plan and progress messages: our own progress line says enough.
@@ -78,8 +100,20 @@ def encoded(
     try:
         for table in batches:
             if table.num_rows:
+                file = table["file"].to_numpy()
+                counts += np.bincount(file, minlength=len(counts))
+                counted(int(file[-1]))  # the files before this table's last are read to the end
+                if resuming:  # where read_records' skip ends: at this record, or at its file's start
+                    first = items[file[0]]
+                    reading.skipped = table["read"][0].as_py() if first["skip"] else first["start"]
+                    reading.reached(reading.skipped)
+                    resuming = False
                 yield table
                 reading.reached(table["read"][-1].as_py())
+        counted(len(files))
+        reading.reached(start)
+        if resuming:  # nothing was left to read
+            reading.skipped = start
     finally:
         # Stopped early (a fatal record): end the execution now, while still connected.
         close = getattr(batches, "close", None)
@@ -138,14 +172,16 @@ _READ_FAILED = -1
 
 
 def _read_files(batch, doc_per_line: bool, block_bytes: int):
-    """The records of each file of ``batch``, in blocks: ``source``, ``line``, ``record`` (the
-    pickled record, or null where the line could not be read), ``error``, ``read`` (bytes of
-    the inputs read after this record)."""
+    """The records of each file of ``batch`` but its first ``skip`` (``records``: how many it
+    has, where known), in blocks: ``source``, ``line``, ``record`` (the pickled record, or
+    null where the line could not be read), ``error``, ``read`` (bytes of the inputs read
+    after this record), ``file`` (its index in the inputs)."""
     import pyarrow as pa
 
-    for path, name, start in zip(*(batch[c].to_pylist() for c in ("path", "name", "start"))):
-        progress = ReadProgress()
-        rows: dict[str, list[Any]] = {"source": [], "line": [], "record": [], "error": [], "read": []}
+    columns = ("path", "name", "start", "file", "skip", "records")
+    for path, name, start, file, skip, known in zip(*(batch[c].to_pylist() for c in columns)):
+        progress = ReadProgress(file_records=[] if known is None else [known])
+        rows: dict[str, list[Any]] = {"source": [], "line": [], "record": [], "error": [], "read": [], "file": []}
         size = 0
 
         def add(line: int, record: bytes | None, error: str | None) -> None:
@@ -154,9 +190,10 @@ def _read_files(batch, doc_per_line: bool, block_bytes: int):
             rows["record"].append(record)
             rows["error"].append(error)
             rows["read"].append(start + progress.bytes)
+            rows["file"].append(file)
 
         try:
-            for r in read_records([path], doc_per_line=doc_per_line, progress=progress):
+            for r in read_records([path], doc_per_line=doc_per_line, progress=progress, skip=skip):
                 bad = isinstance(r, BadRecord)
                 record = None if bad else pickle.dumps(r.data, protocol=pickle.HIGHEST_PROTOCOL)
                 add(r.line, record, r.error if bad else None)
@@ -164,6 +201,9 @@ def _read_files(batch, doc_per_line: bool, block_bytes: int):
                 if size >= block_bytes:
                     yield pa.table(rows, schema=_schemas()[0])
                     rows, size = {c: [] for c in rows}, 0
+            if progress.file_records[0] < skip:  # unlike a local run's, its reader cannot go on into the next file
+                raise ValueError(f"{path}: {progress.file_records[0]} records, fewer than the {skip} that the run being "
+                                 "resumed had done in it: changed since?")
         except (ValueError, OSError, ImportError) as e:  # a file cut short, no zstandard, ...
             add(_READ_FAILED, None, str(e).replace(path, name))  # named as the user named it
         if rows["line"]:
@@ -176,11 +216,12 @@ def _schemas():
     tokensmith.data does not import pyarrow)."""
     import pyarrow as pa
 
-    read = pa.schema([("source", pa.string()), ("line", pa.int64()), ("record", pa.binary()), ("error", pa.string()), ("read", pa.int64())])
+    read = pa.schema([("source", pa.string()), ("line", pa.int64()), ("record", pa.binary()), ("error", pa.string()),
+                      ("read", pa.int64()), ("file", pa.int32())])
     ids = pa.list_(pa.int32())
     encoded = pa.schema([
         ("source", pa.string()), ("line", pa.int64()), ("input_ids", ids), ("labels", ids), ("warnings", pa.list_(pa.string())),
-        ("error", pa.string()), ("reason", pa.string()), ("fatal", pa.bool_()), ("read", pa.int64()),
+        ("error", pa.string()), ("reason", pa.string()), ("fatal", pa.bool_()), ("read", pa.int64()), ("file", pa.int32()),
     ])
     return read, encoded
 
@@ -233,6 +274,7 @@ class _Encode:
             "reason": [e and e.reason for e in failed],
             "fatal": [e is not None and e.fatal for e in failed],
             "read": batch["read"],
+            "file": batch["file"],
         }
         return pa.table(columns, schema=_schemas()[1])
 
@@ -275,9 +317,10 @@ def examples(tables: Iterator[Any]) -> Iterator[tuple[str, int, Any]]:
                 yield row["source"], row["line"], RecordError(row["error"], row["reason"], row["fatal"])
 
 
-def documents(tables: Iterator[Any]) -> Iterator[tuple[list[tuple[str, int, Any]], None, Any, Any]]:
-    """``(errors, None, ids, lengths)`` of each block of records, as ``_write_documents`` takes
-    them: the records that gave no document in order, and the documents' ids as one array."""
+def documents(tables: Iterator[Any], records_done: int = 0) -> Iterator[tuple[list[tuple[str, int, Any]], int, Any, Any]]:
+    """``(errors, records done after it, ids, lengths)`` of each block of records, as
+    ``_write_documents`` takes them: the records that gave no document in order, the count
+    of records (from ``records_done``, a resumed run's), and the documents' ids as one array."""
     import numpy as np
     import pyarrow.compute as pc
 
@@ -286,11 +329,12 @@ def documents(tables: Iterator[Any]) -> Iterator[tuple[list[tuple[str, int, Any]
     for table in tables:
         cut = pc.index(table["line"], _READ_FAILED).as_py()  # -1: none
         if cut >= 0:  # what was read before it, then the reader's error
-            yield from documents(iter([table.slice(0, cut)]))
+            yield from documents(iter([table.slice(0, cut)]), records_done)
             raise ValueError(table["error"][cut].as_py())
+        records_done += table.num_rows
         failed = table.filter(pc.is_valid(table["error"]))
         errors = [(r["source"], r["line"], RecordError(r["error"], r["reason"], r["fatal"])) for r in failed.select(
             ["source", "line", "error", "reason", "fatal"]).to_pylist()]
         ids = table["input_ids"].combine_chunks()
         lengths = pc.list_value_length(ids).filter(pc.is_null(table["error"]).combine_chunks())
-        yield errors, None, np.asarray(ids.flatten()), np.asarray(lengths, dtype=np.int64)
+        yield errors, records_done, np.asarray(ids.flatten()), np.asarray(lengths, dtype=np.int64)

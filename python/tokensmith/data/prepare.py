@@ -362,7 +362,8 @@ class _ResumeState:
     """What a resumable run has done, in ``resume.json`` in its folder: the job it is (inputs,
     options, tokenizer), how many input records are in the output, the counts so far, the
     writer's state, and how many records each input file read to the end has (a resumed run
-    opens no file all done). A token stream's is saved after every batch, once the batch is on disk;
+    opens no file all done, and a Ray run's readers, one per file, know what each leaves
+    out). A token stream's is saved after every batch, once the batch is on disk;
     Parquet's each time a shard is closed (with the rows not in a shard yet: the packer's
     examples, the ids short of a block). A run killed at any moment leaves files at least as
     far as the state says, and a writer made with the state ``load`` returns cuts them back
@@ -501,7 +502,9 @@ def prepare(
 
     ``ray`` runs the job on a Ray cluster (``True``: the one this machine belongs to, or its
     address): the cluster reads the files (which every node must see at the same paths) and
-    encodes the records, this process writes the same files a local run writes.
+    encodes the records, this process writes the same files a local run writes. It resumes
+    as a local run does, and either goes on from the other; the records done are neither
+    read nor encoded again on the cluster.
 
     Inputs are JSONL, Parquet or plain text (``.txt``: a document per blank-line-separated
     block, or per line with ``doc_per_line``), JSONL and text also ``.gz`` / ``.zst``.
@@ -536,9 +539,8 @@ def prepare(
     files = isinstance(inputs, (list, tuple)) and len(paths) == len(inputs)
     if resume and not files:
         raise ValueError("resume / --resume needs the inputs as a list of files (to know that they did not change)")
-    if ray and (not files or resume):
-        raise ValueError("ray= / --ray reads a list of files (not records) on the cluster, and cannot resume yet")
-    resumable = files and not ray
+    if ray and not files:
+        raise ValueError("ray= / --ray reads a list of files (not records) on the cluster")
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(exists_message(out))  # early; atomic_folder claims it for good
@@ -554,6 +556,8 @@ def prepare(
     side = ThreadPoolExecutor(1)
     tokenizer_sha256 = side.submit(lambda: hashlib.sha256(tok.to_str().encode()).hexdigest())
     side.shutdown(wait=False)
+    # Not in it: where the work is done (ray, num_workers). A local run and a Ray run write the
+    # same bytes and save the same state, so either goes on from the other.
     job = {
         "inputs": [[str(Path(p).resolve()), os.path.getsize(p), os.stat(p).st_mtime_ns] for p in paths],
         "format": format, "doc_per_line": doc_per_line, "mapping": encoder.mapping, "eos_id": encoder.eos_id,
@@ -562,8 +566,8 @@ def prepare(
         "keep_remainder": keep_remainder, "loss": loss, "content_special": encoder.content_special,
         "chat_templates": [encoder.template, encoder.tool_template],
     }
-    with atomic_folder(out, overwrite=overwrite, resume=resume if resumable else None) as tmp:
-        state = _ResumeState(tmp / RESUME_STATE, job, tokenizer_sha256, result, reading) if resumable else None
+    with atomic_folder(out, overwrite=overwrite, resume=resume if files else None) as tmp:
+        state = _ResumeState(tmp / RESUME_STATE, job, tokenizer_sha256, result, reading) if files else None
         saved = state.load() if state is not None and resume else None  # a changed job stops here, state kept
         if saved is not None:
             bar.note(f"resuming after {state.records:,} records ({result.examples:,} {bar.unit})")
@@ -571,17 +575,17 @@ def prepare(
             with _writer(format, tmp, max_length if pack else None, rows_per_shard, tok, block_size, keep_remainder, saved) as writer:
                 if state is not None:
                     state.follow(writer)
+                done = state.records if state is not None else 0  # records in the output already: not read again
                 if ray:
-                    files = [(p, str(Path(p))) for p in paths]  # named as read_records names them
+                    named = [(p, str(Path(p))) for p in paths]  # named as read_records names them
                     with _ray.connected(None if ray is True else ray) as cpus, contextlib.closing(
-                        _ray.encoded(files, encoder, streams, doc_per_line, cpus, reading)
+                        _ray.encoded(named, encoder, streams, doc_per_line, cpus, reading, done)
                     ) as tables:  # closed (its execution ended) before disconnecting, on an error too
                         if streams:
-                            _write_documents(_ray.documents(tables), on_error, result, writer, bar)
+                            _write_documents(_ray.documents(tables, done), on_error, result, writer, bar, state)
                         else:
-                            _write_examples(_ray.examples(tables), max_length, on_error, result, writer, bar)
+                            _write_examples(_ray.examples(tables), max_length, on_error, result, writer, bar, state)
                 else:
-                    done = state.records if state is not None else 0  # records in the output already: not read again
                     records = read_records(inputs, doc_per_line=doc_per_line, progress=reading, skip=done)
                     if streams:
                         _write_documents(_documents(records, encoder, on_error, done), on_error, result, writer, bar, state)
