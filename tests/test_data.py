@@ -123,6 +123,33 @@ def test_chats_of_one_shape_share_a_skeleton_and_each_gets_its_own_labels(model)
     assert [(e.input_ids, e.labels, e.warnings) for e in shared] == [(e.input_ids, e.labels, e.warnings) for e in alone]
 
 
+def test_the_sandbox_reads_dict_fields_as_jinja_s_own_sandbox_does():
+    """The render's shortcut for ``message.content`` on a dict gives what transformers'
+    sandbox gives for every name: items, dict methods (safe or refused), dunders, missing."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from tokensmith.data import chat as chat_module
+
+    ours, theirs = chat_module._Sandbox(), ImmutableSandboxedEnvironment()
+
+    def seen(value):
+        if isinstance(value, jinja2.Undefined):
+            return "undefined", type(value).__name__, str(value._undefined_hint)
+        return ("callable", value.__name__) if callable(value) else value  # str.format is wrapped anew each time
+
+    message = {"role": "user", "content": "hi", "items": "an item named items", "__class__": "x", 3: "three"}
+    names = ["role", "content", "missing", "items", "get", "keys", "pop", "clear", "update", "__class__",
+             "__dict__", "__init__", "_private", "mro", "format"]
+    for obj in (message, {}, "a string", ["a", "list"]):
+        for name in names:
+            assert seen(ours.getattr(obj, name)) == seen(theirs.getattr(obj, name)), (obj, name)
+    # A template cannot change the messages through the shortcut either.
+    template = chat_module._Sandbox().from_string("{{ m.pop('role') }}")
+    with pytest.raises(jinja2.exceptions.SecurityError):
+        template.render(m=dict(message))
+
+
 def test_labels_cover_exactly_the_assistant_replies_and_their_end_token(model):
     key, tok, _ = model
     eos = MODELS[key][3]

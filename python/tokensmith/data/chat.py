@@ -70,7 +70,6 @@ def compile_template(template: str):
 def _compile(template: str):
     import jinja2
     import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class Generation(jinja2.ext.Extension):
         """``{% generation %}...{% endgeneration %}`` marks assistant text (transformers' tag)."""
@@ -91,13 +90,42 @@ def _compile(template: str):
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[Generation, jinja2.ext.loopcontrols]
-    )
+    env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env.from_string(template)
+
+
+@functools.cache
+def _sandbox_class():
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    #: Every attribute a plain dict has (its methods and object's): for any other name,
+    #: ``getattr`` on a dict raises.
+    dict_attributes = frozenset(dir(dict))
+
+    class Sandbox(ImmutableSandboxedEnvironment):
+        """transformers' sandbox, with ``message.content`` on a dict taken as an item at once.
+
+        Jinja's sandbox asks a dict for an attribute ``content`` first, which raises, then
+        takes the item: the exception was a third of a chat template's render. A plain dict
+        has no attributes but ``dict_attributes``, so for any other name the item (or
+        undefined) is what the sandbox itself returns; every other case is the sandbox's."""
+
+        def getattr(self, obj, attribute):
+            if obj.__class__ is dict and attribute not in dict_attributes:
+                try:
+                    return obj[attribute]
+                except (TypeError, LookupError):
+                    return self.undefined(obj=obj, name=attribute)
+            return super().getattr(obj, attribute)
+
+    return Sandbox
+
+
+def _Sandbox(**options):
+    return _sandbox_class()(**options)
 
 
 # Markers for `{% generation %}` blocks: private-use chars that never survive into ids.
@@ -360,7 +388,7 @@ def _content_spans(template, tok, messages, slots, rendered, add_generation_prom
     """
     if not slots:
         return []
-    sentinels = [f"{_SENTINEL_START}{_TAG}{k}{_SENTINEL_END}" for k in range(len(slots))]
+    sentinels = _sentinels(len(slots))
     replaced = _replaced(messages, slots, sentinels)
     skeleton = _skeleton(template, tok, replaced, sentinels, add_generation_prompt, tools, documents, kwargs)
     spans = _spans_from_skeleton(skeleton, slots, rendered) if skeleton else None
@@ -386,9 +414,7 @@ def _skeleton(
     A template that prints the date renders today's: a day-old skeleton no longer matches
     and the spans come from the search, as for any other mismatch."""
     try:
-        # Keys in their order: a template may print a message's fields as they come.
-        shape = json.dumps([replaced, tools, documents, kwargs, _special_token_strings(tok)])
-        key: tuple[Any, ...] | None = (template, add_generation_prompt, shape)
+        key: tuple[Any, ...] | None = (template, add_generation_prompt, _shape(replaced, tools, documents, kwargs, tok))
     except (TypeError, ValueError):
         key = None  # values JSON cannot spell: rendered every time
     if key is not None and key in _SKELETONS:
@@ -404,6 +430,19 @@ def _skeleton(
     return skeleton
 
 
+def _shape(replaced, tools, documents, kwargs, tok) -> tuple[Any, ...] | str:
+    """Everything a skeleton is rendered from but the template, as a dict key. Keys stay in
+    their order: a template may print a message's fields as they come."""
+    config = tuple(_special_token_strings(tok).items())
+    if tools is None and documents is None and not kwargs and all(
+        all(value.__class__ is str for value in m.values()) for m in replaced
+    ):
+        # Messages of strings alone (most chats): their items, without the JSON (a tenth of
+        # encode_chat's time). A tuple never equals the JSON string of another shape.
+        return tuple(tuple(m.items()) for m in replaced), config
+    return json.dumps([replaced, tools, documents, kwargs, dict(config)])
+
+
 #: A text's stand-in in the skeleton: private-use marks around a random tag and its number.
 _SENTINEL_START, _SENTINEL_END = "\U000f0003", "\U000f0004"
 #: One pattern for every skeleton (one made of each skeleton's sentinels was compiled per
@@ -411,7 +450,12 @@ _SENTINEL_START, _SENTINEL_END = "\U000f0003", "\U000f0004"
 _SENTINEL = re.compile(f"{_SENTINEL_START}[0-9a-f]{{12}}[0-9]+{_SENTINEL_END}")
 
 
-def _parse_skeleton(skeleton: str, sentinels: list[str]) -> tuple[list[str], list[int]] | None:
+@functools.lru_cache(maxsize=256)
+def _sentinels(count: int) -> tuple[str, ...]:
+    return tuple(f"{_SENTINEL_START}{_TAG}{k}{_SENTINEL_END}" for k in range(count))
+
+
+def _parse_skeleton(skeleton: str, sentinels: Sequence[str]) -> tuple[list[str], list[int]] | None:
     """The skeleton's literal texts and, between each two, the number of the slot whose
     sentinel stands there; ``None`` for a template that prints a text twice."""
     number = {sentinel: k for k, sentinel in enumerate(sentinels)}
@@ -435,11 +479,13 @@ def _spans_from_skeleton(skeleton: tuple[list[str], list[int]], slots, rendered)
         if not rendered.startswith(literal, pos):
             return None
         pos += len(literal)
-        for written in dict.fromkeys((text, text.strip(), text.lstrip(), text.rstrip())):
-            if rendered.startswith(written, pos) and (not after or rendered.startswith(after, pos + len(written))):
-                break
-        else:
-            return None
+        written = text  # as written, most often; else trimmed
+        if not (rendered.startswith(text, pos) and rendered.startswith(after, pos + len(text))):
+            for written in dict.fromkeys((text.strip(), text.lstrip(), text.rstrip())):
+                if rendered.startswith(written, pos) and rendered.startswith(after, pos + len(written)):
+                    break
+            else:
+                return None
         spans.append((pos, pos + len(written), i))
         pos += len(written)
     return spans if rendered[pos:] == literals[-1] else None
