@@ -5,7 +5,7 @@ use crate::embed::{add_noise, normal_at, stream_key, Matrix};
 use crate::error::Error;
 use crate::formats::{sentencepiece, tiktoken, tokenizer_json};
 use crate::special::{AddedToken, Protected, SpecialPolicy};
-use crate::tokenizer::{CharIndex, Tokenizer};
+use crate::tokenizer::{byte_ranges, Tokenizer};
 use crate::train::{Skip, Trainer, WordCounts, WordOutcome};
 use pyo3::exceptions::{PyFileNotFoundError, PyKeyError, PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -299,10 +299,9 @@ impl PyTokenizer {
         let policy = self.policy(py, policy, allowed)?;
         let tokenizer = self.get();
         without_gil(py, || {
-            // The char index costs 8 bytes a char: only when there are ranges to map.
             let merged = match protected.is_empty() {
                 true => Vec::new(),
-                false => CharIndex::new(s).byte_ranges(&protected),
+                false => byte_ranges(s, &protected),
             };
             let protected = Protected { ranges: &merged, allowed: allowed_inside.as_ref() };
             let encoded = tokenizer.encode_with_offsets(s, &policy, protected, add_special_tokens)?;

@@ -4,7 +4,7 @@
 use crate::bpe::{Bpe, PieceEncoder};
 use crate::decode::Decoder;
 use crate::error::{Error, Result};
-use crate::normalize::{identity_alignment, Normalizer};
+use crate::normalize::Normalizer;
 use crate::postprocess::{trim_offsets, Padding, PostProcessor, TemplatePiece, Truncation};
 use crate::pretokenize::{Context, PreTokenizer};
 use crate::special::{AddedToken, AddedVocabulary, Protect, Protected, Segment as AddedSegment, SpecialPolicy};
@@ -87,60 +87,86 @@ pub struct Tokenizer {
     pub passthrough: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Converts between byte offsets in a str and char indices (what Python indexes by).
-pub struct CharIndex {
-    /// Byte offset of each char, plus the total length; `None` for ASCII, where a char's
-    /// index is its byte offset (no table, no search: offsets of English chats cost a
-    /// table of 8 bytes a char and a binary search per token).
-    bytes: Option<Vec<usize>>,
-    len: usize,
+/// Char indices (what Python indexes by) of byte offsets asked for mostly in increasing
+/// order, as token offsets come: the chars between one offset and the next are counted as
+/// the cursor moves, so a text costs one pass over its bytes. (A table of every char's
+/// byte offset and a binary search per token was a fifth of a Chinese chat's
+/// `encode_labeled`.) ASCII needs no counting: a char's index is its byte offset.
+pub struct CharCursor<'a> {
+    text: &'a [u8],
+    ascii: bool,
+    /// A byte offset and the number of chars that start before it.
+    byte: usize,
+    chars: usize,
 }
 
-impl CharIndex {
-    pub fn new(s: &str) -> Self {
-        let bytes = (!s.is_ascii()).then(|| s.char_indices().map(|(i, _)| i).chain([s.len()]).collect());
-        CharIndex { bytes, len: s.len() }
-    }
-
-    /// Byte offset of char index `i` (clamped to the end).
-    pub fn byte(&self, i: usize) -> usize {
-        match &self.bytes {
-            None => i.min(self.len),
-            Some(bytes) => bytes[i.min(bytes.len() - 1)],
-        }
-    }
-
-    /// Char index of the char containing byte `b` (past the end: the number of chars).
-    pub fn char(&self, b: usize) -> usize {
-        match &self.bytes {
-            None => b.min(self.len),
-            Some(bytes) => bytes.partition_point(|&x| x <= b).saturating_sub(1),
-        }
-    }
-
-    /// Char ranges as byte ranges: sorted, empty ones dropped, overlapping ones merged (so
-    /// that the added-token matcher can binary-search them). Indices past the end clamp.
-    pub fn byte_ranges(&self, char_ranges: &[(usize, usize)]) -> Vec<(usize, usize)> {
-        let mut ranges: Vec<(usize, usize)> =
-            char_ranges.iter().map(|&(a, b)| (self.byte(a), self.byte(b))).filter(|(a, b)| a < b).collect();
-        ranges.sort_unstable();
-        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
-        for (a, b) in ranges {
-            match merged.last_mut() {
-                Some(last) if a <= last.1 => last.1 = last.1.max(b),
-                _ => merged.push((a, b)),
-            }
-        }
-        merged
+impl<'a> CharCursor<'a> {
+    pub fn new(s: &'a str) -> Self {
+        CharCursor { text: s.as_bytes(), ascii: s.is_ascii(), byte: 0, chars: 0 }
     }
 
     /// How many chars start before byte `b` (an end offset in chars).
-    pub fn chars_before(&self, b: usize) -> usize {
-        match &self.bytes {
-            None => b.min(self.len),
-            Some(bytes) => bytes[..bytes.len() - 1].partition_point(|&x| x < b),
+    pub fn chars_before(&mut self, b: usize) -> usize {
+        let b = b.min(self.text.len());
+        if self.ascii {
+            return b;
+        }
+        // A char starts at every byte that is not a UTF-8 continuation byte (0b10xxxxxx).
+        let starts = |bytes: &[u8]| bytes.iter().filter(|&&x| (x as i8) >= -0x40).count();
+        if b >= self.byte {
+            self.chars += starts(&self.text[self.byte..b]);
+        } else {
+            self.chars -= starts(&self.text[b..self.byte]);
+        }
+        self.byte = b;
+        self.chars
+    }
+
+    /// Char index of the char containing byte `b` (past the end: the number of chars).
+    pub fn char(&mut self, b: usize) -> usize {
+        match b < self.text.len() {
+            true => self.chars_before(b + 1) - 1,
+            false => self.chars_before(b),
         }
     }
+}
+
+/// Char ranges of `s` as byte ranges: sorted, empty ones dropped, overlapping ones merged
+/// (so that the added-token matcher can binary-search them). Indices past the end clamp.
+/// One walk over the chars converts every end point.
+pub fn byte_ranges(s: &str, char_ranges: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    let mut points: Vec<usize> = char_ranges.iter().flat_map(|&(a, b)| [a, b]).collect();
+    points.sort_unstable();
+    points.dedup();
+    let bytes: Vec<usize> = if s.is_ascii() {
+        points.iter().map(|&p| p.min(s.len())).collect()
+    } else {
+        // The byte offset of char k is the k-th item (the end: the text's length).
+        let mut starts = s.char_indices().map(|(b, _)| b).chain([s.len()]);
+        let (mut k, mut current) = (0, starts.next());
+        points
+            .iter()
+            .map(|&p| {
+                if p > k {
+                    current = starts.nth(p - k - 1);
+                    k = p;
+                }
+                current.unwrap_or(s.len())
+            })
+            .collect()
+    };
+    let byte = |i: usize| bytes[points.binary_search(&i).expect("every end point was converted")];
+    let mut ranges: Vec<(usize, usize)> =
+        char_ranges.iter().map(|&(a, b)| (byte(a), byte(b))).filter(|(a, b)| a < b).collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
+    for (a, b) in ranges {
+        match merged.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    merged
 }
 
 /// Where encoded ids go, with each token's byte range in the input if asked.
@@ -188,7 +214,8 @@ struct Segment<'a> {
     text: Cow<'a, str>,
     /// Where the raw segment starts in the input.
     start: usize,
-    /// Per byte of `text`, its input range relative to `start` (offsets only).
+    /// Per byte of `text`, its input range relative to `start` (offsets only); `None`
+    /// where `text` is the raw segment unchanged, each byte standing for itself.
     align: Option<Vec<(usize, usize)>>,
 }
 
@@ -205,7 +232,7 @@ impl Segment<'_> {
 /// Whether the memory a long text needs can be had: a text too long for the memory left
 /// must be an `Error::Memory` (Python's `MemoryError`), not an abort in whichever of the
 /// text-sized allocations comes first (normalized and byte-level copies, ids, and with
-/// offsets the char index, alignments and offsets). Reserving their sum in one block and
+/// offsets the alignments and offsets). Reserving their sum in one block and
 /// freeing it at once checks that it fits: untouched, it costs no memory. The sum, per
 /// input byte, is measured on English and CJK with gpt2, llama2 and qwen2 (5-12.5 bytes
 /// without offsets, 32-87 with them, the ids in Python lists included), and it stays below
@@ -301,9 +328,10 @@ impl Tokenizer {
         if track {
             // As the reference: offsets become char indices, then (after truncation, which
             // decides the first token) lose their spaces.
-            let chars = CharIndex::new(text);
+            let mut chars = CharCursor::new(text);
             for o in body_offsets.iter_mut() {
-                *o = (chars.char(o.0), chars.chars_before(o.1));
+                let start = chars.char(o.0);
+                *o = (start, chars.chars_before(o.1));
             }
             if let Some(add_prefix_space) = self.post_processor.trim_offsets {
                 let tokens: Vec<&str> = body.iter().map(|&id| self.id_to_token(id).unwrap_or("")).collect();
@@ -339,15 +367,16 @@ impl Tokenizer {
 
     /// The normalized form of a raw segment that starts at byte `start` of the input.
     fn normalize_segment<'a>(&self, raw: &'a str, start: usize, track: bool) -> Segment<'a> {
+        // An unchanged segment needs no alignment: its byte offsets are the input's. The
+        // identity alignment would widen a span that ends or starts inside a char to the
+        // whole char, but offsets become char indices (`CharCursor`), which give the same
+        // chars either way.
         match (&self.normalizer, track) {
-            (None, false) => Segment { text: Cow::Borrowed(raw), start, align: None },
-            // ASCII: each byte its own char, which is what no alignment says too.
-            (None, true) if !raw.is_empty() && raw.is_ascii() => Segment { text: Cow::Borrowed(raw), start, align: None },
-            (None, true) => Segment { text: Cow::Borrowed(raw), start, align: Some(identity_alignment(raw)) },
+            (None, _) => Segment { text: Cow::Borrowed(raw), start, align: None },
             (Some(n), false) => Segment { text: n.normalize(raw), start, align: None },
             (Some(n), true) => {
                 let (text, align) = n.normalize_aligned(raw).into_parts();
-                Segment { text, start, align: Some(align) }
+                Segment { text, start, align }
             }
         }
     }
@@ -361,7 +390,7 @@ impl Tokenizer {
         match (&segment.align, &self.normalizer, &segment.text) {
             (Some(align), _, _) => align.first().is_some_and(|a| a.0 == 0),
             (None, Some(n), Cow::Owned(_)) => {
-                n.normalize_aligned(raw).into_parts().1.first().is_some_and(|a| a.0 == 0)
+                n.normalize_aligned(raw).into_parts().1.and_then(|align| align.first().copied()).is_some_and(|a| a.0 == 0)
             }
             _ => true,
         }
@@ -596,19 +625,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn char_index_converts_as_the_chars_count() {
-        // ASCII (no table) and not, every byte offset and char index, past the ends too.
-        for s in ["", "a", "hello world", "héllo wörld", "日本語 text", "x\u{1F600}y"] {
-            let index = CharIndex::new(s);
+    fn char_cursor_and_byte_ranges_convert_as_the_chars_count() {
+        // ASCII and not, every byte offset and char index, past the ends too; the cursor
+        // going forward, back and jumping.
+        for s in ["", "a", "hello world", "héllo wörld", "日本語 text", "x\u{1F600}y", "\u{1F600}\u{1F600}é"] {
             let starts: Vec<usize> = s.char_indices().map(|(i, _)| i).collect();
             let n = starts.len();
-            for i in 0..n + 3 {
-                assert_eq!(index.byte(i), starts.get(i).copied().unwrap_or(s.len()), "{s:?} char {i}");
+            let byte_of = |i: usize| starts.get(i).copied().unwrap_or(s.len());
+            let holding = |b: usize| if b >= s.len() { n } else { starts.iter().rposition(|&x| x <= b).unwrap_or(0) };
+            let before = |b: usize| starts.iter().filter(|&&x| x < b).count();
+            let forward: Vec<usize> = (0..s.len() + 3).collect();
+            let backward: Vec<usize> = forward.iter().rev().copied().collect();
+            let jumping: Vec<usize> = forward.iter().map(|&b| (b * 7 + 3) % (s.len() + 3)).collect();
+            for order in [&forward, &backward, &jumping] {
+                let mut cursor = CharCursor::new(s);
+                for &b in order {
+                    assert_eq!(cursor.char(b), holding(b), "{s:?} byte {b}");
+                    assert_eq!(cursor.chars_before(b), before(b), "{s:?} byte {b}");
+                }
             }
-            for b in 0..s.len() + 3 {
-                let holding = starts.iter().rposition(|&x| x <= b).unwrap_or(0);
-                assert_eq!(index.char(b), if b >= s.len() { n } else { holding }, "{s:?} byte {b}");
-                assert_eq!(index.chars_before(b), starts.iter().filter(|&&x| x < b).count(), "{s:?} byte {b}");
+            let ranges: Vec<(usize, usize)> = (0..n + 3).flat_map(|a| (0..n + 3).map(move |b| (a, b))).collect();
+            for window in ranges.chunks(5).chain([&ranges[..], &[]]) {
+                let mut want: Vec<(usize, usize)> =
+                    window.iter().map(|&(a, b)| (byte_of(a), byte_of(b))).filter(|(a, b)| a < b).collect();
+                want.sort_unstable();
+                let mut merged: Vec<(usize, usize)> = Vec::new();
+                for (a, b) in want {
+                    match merged.last_mut() {
+                        Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                        _ => merged.push((a, b)),
+                    }
+                }
+                assert_eq!(byte_ranges(s, window), merged, "{s:?} {window:?}");
             }
         }
     }

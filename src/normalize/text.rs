@@ -13,8 +13,13 @@ use std::borrow::Cow;
 #[derive(Debug, Clone)]
 pub struct NormalizedText<'a> {
     text: Cow<'a, str>,
-    /// For each byte of `text`, the input byte range it stands for (`None`: not tracked).
+    /// For each byte of `text`, the input byte range it stands for (`None`: not tracked,
+    /// or not built yet).
     align: Option<Vec<(usize, usize)>>,
+    /// Tracking is on and nothing has changed yet: the alignment is the identity, built
+    /// only when an edit needs it (most texts pass a normalizer such as NFC unchanged, and
+    /// building it was a sixth of a Chinese chat's `encode_labeled`).
+    identity: bool,
 }
 
 /// Each byte of `text` aligned to the char that holds it, as the reference starts.
@@ -29,7 +34,14 @@ pub fn identity_alignment(text: &str) -> Vec<(usize, usize)> {
 
 impl<'a> NormalizedText<'a> {
     pub fn new(text: &'a str, track: bool) -> Self {
-        NormalizedText { align: track.then(|| identity_alignment(text)), text: Cow::Borrowed(text) }
+        NormalizedText { align: None, identity: track, text: Cow::Borrowed(text) }
+    }
+
+    /// Builds the identity alignment that tracking has left unbuilt, before an edit.
+    fn build_alignment(&mut self) {
+        if std::mem::take(&mut self.identity) {
+            self.align = Some(identity_alignment(&self.text));
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -44,16 +56,18 @@ impl<'a> NormalizedText<'a> {
         self.text
     }
 
-    /// The text and its alignment (tracking must have been on).
-    pub fn into_parts(self) -> (Cow<'a, str>, Vec<(usize, usize)>) {
-        let align = self.align.unwrap_or_else(|| identity_alignment(&self.text));
-        (self.text, align)
+    /// The text and its alignment (tracking must have been on); `None` where nothing
+    /// changed, so that each byte stands for itself (and char offsets are the same as
+    /// through the identity alignment).
+    pub fn into_parts(self) -> (Cow<'a, str>, Option<Vec<(usize, usize)>>) {
+        (self.text, self.align)
     }
 
     /// Replaces the text by `dest`, where each char comes with the reference's change
     /// marker: 0 replaces the next old char, 1 is inserted, -N replaces the next old char
     /// and removes the N after it; `initial_offset` old chars are removed at the start.
     pub fn transform(&mut self, dest: impl IntoIterator<Item = (char, isize)>, initial_offset: usize) {
+        self.build_alignment();
         let Some(old_align) = self.align.as_ref() else {
             self.text = Cow::Owned(dest.into_iter().map(|(c, _)| c).collect());
             return;
@@ -105,6 +119,7 @@ impl<'a> NormalizedText<'a> {
         if edits.is_empty() {
             return;
         }
+        self.build_alignment();
         if self.align.is_some() {
             let mut dest = Vec::with_capacity(self.text.len());
             let mut kept = 0;
@@ -134,6 +149,7 @@ impl<'a> NormalizedText<'a> {
         if s.is_empty() {
             return;
         }
+        self.build_alignment();
         match self.align.as_mut() {
             None => self.text = Cow::Owned(format!("{s}{}", self.text)),
             Some(align) => {
@@ -155,6 +171,7 @@ impl<'a> NormalizedText<'a> {
     /// byte of the match they replace.
     pub fn replace(&mut self, pattern: &Replacement, content: &str) {
         // Built as the matches stream by, and only once there is one.
+        self.build_alignment();
         let mut out: Option<(String, Option<Vec<(usize, usize)>>)> = None;
         let mut last = 0;
         let (old_text, old_align) = (&self.text, &self.align);
