@@ -131,7 +131,7 @@ def test_the_sandbox_reads_dict_fields_as_jinja_s_own_sandbox_does():
 
     from tokensmith.data import chat as chat_module
 
-    ours, theirs = chat_module._Sandbox(), ImmutableSandboxedEnvironment()
+    ours, theirs = chat_module._sandbox_class()(), ImmutableSandboxedEnvironment()
 
     def seen(value):
         if isinstance(value, jinja2.Undefined):
@@ -145,7 +145,7 @@ def test_the_sandbox_reads_dict_fields_as_jinja_s_own_sandbox_does():
         for name in names:
             assert seen(ours.getattr(obj, name)) == seen(theirs.getattr(obj, name)), (obj, name)
     # A template cannot change the messages through the shortcut either.
-    template = chat_module._Sandbox().from_string("{{ m.pop('role') }}")
+    template = chat_module._sandbox_class()().from_string("{{ m.pop('role') }}")
     with pytest.raises(jinja2.exceptions.SecurityError):
         template.render(m=dict(message))
 

@@ -90,7 +90,7 @@ def _compile(template: str):
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-    env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, jinja2.ext.loopcontrols])
+    env = _sandbox_class()(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -122,10 +122,6 @@ def _sandbox_class():
             return super().getattr(obj, attribute)
 
     return Sandbox
-
-
-def _Sandbox(**options):
-    return _sandbox_class()(**options)
 
 
 # Markers for `{% generation %}` blocks: private-use chars that never survive into ids.
