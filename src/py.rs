@@ -970,6 +970,14 @@ impl PyTokenizer {
             .collect()
     }
 
+    /// Bytes that identify the tokenizer as its tokenizer.json does, made fast
+    /// (`tokenizer_json::fingerprint`).
+    fn fingerprint<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let tokenizer = self.get();
+        let bytes = without_gil(py, || tokenizer_json::fingerprint(&tokenizer));
+        PyBytes::new(py, &bytes)
+    }
+
     fn to_json(&self, py: Python<'_>) -> PyResult<String> {
         let tokenizer = self.get();
         without_gil(py, || tokenizer_json::to_string(&tokenizer)).or_raise(py)

@@ -650,6 +650,42 @@ def test_resume_refuses_a_changed_job_and_starts_afresh_without_state(corpus, tm
     assert not (tmp_path / ".bad.partial").exists() and not (tmp_path / "bad").exists()
 
 
+def test_the_tokenizer_fingerprint_is_the_same_exactly_for_the_same_tokenizer_json():
+    """meta.json's and the resume check's ``tokenizer_sha256`` is of the core's fingerprint:
+    equal for equal tokenizer.json text, different for any change, the vocab and merges too."""
+    require_data()
+    base = json.loads((DATA / "tokenizers" / "gpt2" / "tokenizer.json").read_text(encoding="utf-8"))
+
+    def edited(edit):
+        variant = json.loads(json.dumps(base))
+        edit(variant)
+        return ts.Tokenizer.from_str(json.dumps(variant))
+
+    def swap_ids(t):
+        vocab = t["model"]["vocab"]
+        vocab["hello"], vocab["world"] = vocab["world"], vocab["hello"]
+
+    variants = [
+        ts.Tokenizer.from_str(json.dumps(base)),
+        edited(lambda t: t["model"]["merges"].pop()),
+        edited(lambda t: t["model"]["merges"].insert(0, t["model"]["merges"].pop(1))),
+        edited(swap_ids),
+        edited(lambda t: t["model"]["vocab"].update({"zzqq": len(t["model"]["vocab"])})),
+        edited(lambda t: t.update(normalizer={"type": "NFC"})),
+        edited(lambda t: t["pre_tokenizer"].update(add_prefix_space=True)),
+        edited(lambda t: t["model"].update(unk_token="<|endoftext|>")),
+        edited(lambda t: t["added_tokens"][0].update(special=False)),
+    ]
+    added = ts.Tokenizer.from_str(json.dumps(base))
+    added.add_tokens(["<task>"])
+    variants.append(added)
+    texts = [v.to_str() for v in variants]
+    prints = [v._core.fingerprint() for v in variants]
+    assert len(set(texts)) == len(texts) and len(set(prints)) == len(prints)
+    for text, fingerprint in zip(texts, prints):
+        assert ts.Tokenizer.from_str(text)._core.fingerprint() == fingerprint
+
+
 def test_text_reading_is_linear_on_long_whitespace(tmp_path):
     from tokensmith.data.sources import read_records
 
