@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use tokensmith::special::Protected;
-use tokensmith::tokenizer::CharIndex;
+use tokensmith::tokenizer::byte_ranges;
 use tokensmith::{SpecialPolicy, Tokenizer};
 
 /// `TOKENSMITH_DATA`, else the project's shared data beside the checkout.
@@ -71,7 +71,7 @@ pub fn policy(which: u8, only: &[u32]) -> SpecialPolicy {
 /// special token under `Raise`, a mutated file's pipeline); a panic, an id outside the
 /// tokenizer or an offset outside the text is a bug.
 pub fn exercise(tokenizer: &Tokenizer, text: &str, policy: &SpecialPolicy, protected: &[(usize, usize)]) {
-    let ranges = CharIndex::new(text).byte_ranges(protected);
+    let ranges = byte_ranges(text, protected);
     let chars = text.chars().count();
     for add_special_tokens in [false, true] {
         let Ok(ids) = tokenizer.encode(text, policy, add_special_tokens) else { continue };
