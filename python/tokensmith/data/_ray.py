@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .chat import Example
-from .sources import BadRecord, ReadProgress, _skip_in_file, read_records
+from .sources import BadRecord, ReadProgress, read_records, skip_in_file
 
 #: Read records go to the encoders in blocks of about this many bytes (Ray Data would make
 #: one block of a whole file, which one actor would encode): enough work per actor call
@@ -78,7 +78,7 @@ def encoded(
     items = []
     for n, (path, name) in enumerate(files):
         # Each reader is told what its file has done: a file all done is not opened.
-        here, _ = _skip_in_file(skip, reading.file_records, n)
+        here, _ = skip_in_file(skip, reading.file_records, n)
         known = reading.file_records[n] if n < len(reading.file_records) else None
         items.append({"path": str(Path(path).resolve()), "name": name, "start": start, "file": n, "skip": here, "records": known})
         skip -= here

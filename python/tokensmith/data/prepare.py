@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -370,10 +370,9 @@ class _ResumeState:
     to it."""
 
     def __init__(
-        self, path: Path, job: dict[str, Any], tokenizer_sha256: Future[str], result: PrepareResult, reading: ReadProgress
+        self, path: Path, job: dict[str, Any], result: PrepareResult, reading: ReadProgress
     ) -> None:
-        self.path, self.result, self.reading = path, result, reading
-        self._job, self._tokenizer_sha256 = job, tokenizer_sha256
+        self.path, self.result, self.reading, self.job = path, result, reading, job
         #: Input records in the output so far (the write loops keep it up to date).
         self.records = 0
         self.writer: Any = None
@@ -388,12 +387,6 @@ class _ResumeState:
             shards.on_shard_closed = self.save
         else:
             self.per_batch = True
-
-    @property
-    def job(self) -> dict[str, Any]:
-        """The options, the inputs and the tokenizer's hash (asked for when first needed: it
-        is made beside the work)."""
-        return {**self._job, "tokenizer_sha256": self._tokenizer_sha256.result()}
 
     def save(self) -> None:
         counts = {k: v for k, v in asdict(self.result).items() if k not in ("out_dir", "seconds", "bytes_read")}
@@ -552,12 +545,10 @@ def prepare(
     reading = ReadProgress(sum(os.path.getsize(p) for p in paths))
     bar = _Progress(sys.stderr.isatty() if progress is None else progress, reading, "documents" if streams else "examples")
     started = time.monotonic()
-    # The tokenizer's hash for meta.json and the resume check, made beside the work: of its
-    # fingerprint (the same bytes, the same tokenizer.json; milliseconds where hashing the
-    # tokenizer.json text took 0.2-0.3 s of a one-core run for a large vocabulary).
-    side = ThreadPoolExecutor(1)
-    tokenizer_sha256 = side.submit(lambda: hashlib.sha256(tok._core.fingerprint()).hexdigest())
-    side.shutdown(wait=False)
+    # The tokenizer's hash for meta.json and the resume check, of its fingerprint (the same
+    # bytes, the same tokenizer.json): milliseconds, where hashing the tokenizer.json text
+    # took 0.2-0.3 s of a one-core run for a large vocabulary.
+    tokenizer_sha256 = hashlib.sha256(tok._core.fingerprint()).hexdigest()
     # Not in it: where the work is done (ray, num_workers). A local run and a Ray run write the
     # same bytes and save the same state, so either goes on from the other.
     job = {
@@ -566,10 +557,10 @@ def prepare(
         "text_allowed": sorted(encoder.text_allowed), "on_error": on_error, "tokensmith_version": _version(),
         "max_length": max_length, "pack": pack, "rows_per_shard": rows_per_shard, "block_size": block_size,
         "keep_remainder": keep_remainder, "loss": loss, "content_special": encoder.content_special,
-        "chat_templates": [encoder.template, encoder.tool_template],
+        "chat_templates": [encoder.template, encoder.tool_template], "tokenizer_sha256": tokenizer_sha256,
     }
     with atomic_folder(out, overwrite=overwrite, resume=resume if files else None) as tmp:
-        state = _ResumeState(tmp / RESUME_STATE, job, tokenizer_sha256, result, reading) if files else None
+        state = _ResumeState(tmp / RESUME_STATE, job, result, reading) if files else None
         saved = state.load() if state is not None and resume else None  # a changed job stops here, state kept
         if saved is not None:
             bar.note(f"resuming after {state.records:,} records ({result.examples:,} {bar.unit})")
@@ -624,7 +615,7 @@ def prepare(
         meta = {
             **asdict(result),
             "out_dir": str(out),
-            "tokenizer_sha256": tokenizer_sha256.result(),
+            "tokenizer_sha256": tokenizer_sha256,
             "chat_template": encoder.template,
             "format": format,
             **(

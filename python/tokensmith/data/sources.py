@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Record", "BadRecord", "ReadProgress", "read_records", "to_example_input", "to_tools", "FORMATS"]
+__all__ = ["Record", "BadRecord", "ReadProgress", "read_records", "skip_in_file", "to_example_input", "to_tools", "FORMATS"]
 
 #: ShareGPT role names (LLaMA-Factory's) and the roles chat templates know. ``gpt`` and
 #: ``function_call`` (the model's tool call, whose text is the call's JSON) are the model's
@@ -116,7 +116,7 @@ def read_records(
         kind = (Path(path.stem).suffix if compressed else path.suffix).lower()
         if kind == ".parquet" and compressed:
             raise ValueError(f"{path}: Parquet compresses its own columns; give the .parquet file itself")
-        here, whole = _skip_in_file(skip, progress.file_records, n)
+        here, whole = skip_in_file(skip, progress.file_records, n)
         count = here  # the file's records (a reader returns them)
         if not whole:
             with contextlib.ExitStack() as opened:
@@ -154,7 +154,7 @@ def _start_marked(records: Generator[Record | BadRecord, None, int], progress: R
     return (yield from records)
 
 
-def _skip_in_file(skip: int, file_records: list[int], n: int) -> tuple[int, bool]:
+def skip_in_file(skip: int, file_records: list[int], n: int) -> tuple[int, bool]:
     """Of ``skip`` records to leave out from input file ``n`` on, how many are in that file,
     and whether they are all of it: as many as it has where ``file_records`` counts them,
     else all that are left. A resumed run's saved counts cover every file before the one
