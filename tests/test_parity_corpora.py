@@ -11,7 +11,9 @@ the lines are encoded as one batch on both sides and compared for:
 * ``numpy``        -- ``encode_batch_numpy`` is the flattened HF default ids + offsets
 
 and, for gpt2, llama3 and llama2, each corpus file is also encoded as ONE string with ``encode``
-(for llama2, with no pre-tokenizer, a whole file is one single piece for the BPE model).
+(for llama2, with no pre-tokenizer, a whole file is one single piece for the BPE model), and
+in a batch (where a text of 256 kB or more is encoded in sections on every core). Every
+tokenizer encodes a long text of every language with its special tokens in it, in a batch.
 
 HF's ``encode_batch`` is parallel; the reference ids of the current (tokenizer, file) are cached
 so the default ids are computed once for the default/decode/numpy checks.
@@ -160,8 +162,12 @@ def test_corpus_lines_parity(name, corpus, check):
 def test_whole_file_parity(name, corpus):
     """Each corpus file encoded as one single string."""
     text = read_corpus(corpus)
-    got = ts_tokenizer(name).encode(text)
+    tok = ts_tokenizer(name)
     want = hf_tokenizer(name).encode(text).ids
+    # In a batch, beside a short text: a long one is encoded in sections on every core.
+    in_batch = tok.encode_batch([text, text[:100]])[0]
+    assert_same_ids(in_batch, want, "the whole file in a batch", f"{name} whole file {corpus.name} in a batch")
+    got = tok.encode(text)
     if got != want:
         # Point at the line that holds the first differing token, not at a 10 MB diff.
         hf = hf_tokenizer(name)
@@ -170,3 +176,25 @@ def test_whole_file_parity(name, corpus):
         line_no = prefix.count("\n")
         line = text.split("\n")[line_no] if line_no < text.count("\n") + 1 else ""
         assert_same_ids(got, want, f"(line {line_no}) {line}", f"{name} whole file {corpus.name}")
+
+
+@pytest.mark.parametrize("name", ALL_TOKENIZERS)
+@pytest.mark.parametrize("special", ["allow", "text"])
+def test_a_long_text_in_a_batch_is_encoded_as_one_call_encodes_it(name, special):
+    """A batch encodes a text of 256 kB or more in sections on every core: the ids are the
+    reference's, with the tokenizer's special tokens (allowed or as text) and every
+    language of the corpora in the text."""
+    hf = hf_tokenizer(name) if special == "allow" else hf_tokenizer_text(name)
+    tok = ts_tokenizer(name)
+    specials = [t.content for t in hf.get_added_tokens_decoder().values()][:8] or ["<|endoftext|>"]
+    parts = []
+    for path in (p.values[0] for p in corpus_params()):
+        paragraphs = read_corpus(path)[:40_000].split("\n\n")
+        parts.extend(p + (specials[len(parts) % len(specials)] if len(parts) % 3 == 0 else "") for p in paragraphs)
+    text = "\n\n".join(parts)
+    assert len(text.encode()) > 3 * 256 * 1024, len(text.encode())
+    want = hf.encode(text, add_special_tokens=True).ids
+    got = tok.encode_batch(["short", text], special=special)[1]
+    assert_same_ids(got, want, text[:200], f"{name} long text in a batch, special={special}")
+    flat, offsets = tok.encode_batch_numpy([text, "short"], special=special)
+    assert flat[: offsets[1]].tolist() == want
