@@ -11,6 +11,7 @@ use crate::special::{AddedToken, AddedVocabulary, Protect, Protected, Segment as
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// The model vocabulary: every id with its string as the file spells it.
@@ -169,7 +170,6 @@ pub fn byte_ranges(s: &str, char_ranges: &[(usize, usize)]) -> Vec<(usize, usize
     merged
 }
 
-/// Where encoded ids go, with each token's byte range in the input if asked.
 /// A text in a batch of at least this many bytes is encoded in sections on every core
 /// (`encode_sections`): fewer, and the other documents of the batch keep the cores busy.
 const SECTIONS_FROM: usize = 256 << 10;
@@ -185,6 +185,7 @@ enum Item<'a> {
     Piece(&'a [u8]),
 }
 
+/// Where encoded ids go, with each token's byte range in the input if asked.
 struct Sink<'a> {
     ids: &'a mut Vec<u32>,
     offsets: Option<&'a mut Vec<(usize, usize)>>,
@@ -587,7 +588,9 @@ impl Tokenizer {
     /// and BPE as a task of their own, on any thread, while this one goes on. The ids are
     /// exactly `encode_into`'s: a piece's ids depend on its bytes alone, and everything that
     /// looks at context (added tokens, the pre-tokenizer's matches, a prefix space) ran over
-    /// the whole text, in one pass, as it does there.
+    /// the whole text, in one pass, as it does there. This thread stays at most two
+    /// sections per thread ahead of the pool (then it encodes a section itself), so the
+    /// copied pieces wait in a few sections, not in a copy of the text.
     fn encode_sections(
         &self,
         text: &str,
@@ -626,6 +629,7 @@ impl Tokenizer {
             done.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push((n, encoded.map(|()| out)));
         };
         let encode = &encode;
+        let (pending, ahead) = (&AtomicUsize::new(0), 2 * rayon::current_num_threads());
         let walked = rayon::scope(|scope| {
             let (mut section, mut n) = (Section::default(), 0);
             let walked = self.for_each_item(text, policy, protected, &mut |item| {
@@ -637,7 +641,15 @@ impl Tokenizer {
                         section.items.push(Stored::PieceEnd(section.bytes.len()));
                         if section.bytes.len() >= section_bytes {
                             let full = std::mem::take(&mut section);
-                            scope.spawn(move |_| encode(n, full));
+                            if pending.load(Ordering::Relaxed) < ahead {
+                                pending.fetch_add(1, Ordering::Relaxed);
+                                scope.spawn(move |_| {
+                                    encode(n, full);
+                                    pending.fetch_sub(1, Ordering::Relaxed);
+                                });
+                            } else {
+                                encode(n, full);
+                            }
                             n += 1;
                         }
                     }

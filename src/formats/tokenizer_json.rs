@@ -856,9 +856,9 @@ pub fn to_value(tokenizer: &Tokenizer) -> Value {
 /// Bytes that identify a tokenizer as its tokenizer.json text does (the same bytes, the
 /// same tokenizer.json), for `prepare`'s `meta.json` and resume check: the JSON of
 /// everything but the model's vocab and merges, then the vocab (its size, then by id: id,
-/// length, token) and the merges (their count, then two ids each) as little-endian binary. Llama 3's tokenizer.json took
-/// 0.15-0.25 s to write out as text, a tenth of a one-core `prepare` of 37 MB; these bytes
-/// take milliseconds, as no JSON value is made per entry.
+/// length, token) and the merges (their count, then two ids each) as little-endian binary.
+/// Llama 3's tokenizer.json took 0.15-0.25 s to write out as text, a tenth of a one-core
+/// `prepare` of 37 MB; these bytes take milliseconds, as no JSON value is made per entry.
 pub fn fingerprint(tokenizer: &Tokenizer) -> Vec<u8> {
     let mut out = serde_json::to_vec(&to_value_with(tokenizer, false)).expect("a Value always serializes");
     // The JSON holds no zero byte, and every list and token is preceded by its length, so
