@@ -236,6 +236,28 @@ struct Segment<'a> {
 }
 
 impl Segment<'_> {
+    /// How the `protected` input ranges apply to this segment, which was `raw_len` input
+    /// bytes: exactly where its text is the input's; in a changed (normalized) text,
+    /// positions do not map back without alignments, so any overlap protects it all, with
+    /// offsets or without (so that offsets never change the ids).
+    fn protect<'p>(&self, protected: Protected<'p>, raw_len: usize) -> Protect<'p> {
+        match &self.text {
+            Cow::Borrowed(_) => Protect::exact(protected, self.start),
+            Cow::Owned(_) => Protect::whole(protected, self.start, self.start + raw_len),
+        }
+    }
+
+    /// `error` from matching in this segment, a special token's offset made the text's
+    /// (counted only on error: the segment's char offset in `text`).
+    fn error_in(&self, text: &str, error: Error) -> Error {
+        match error {
+            Error::SpecialToken { token, offset } => {
+                Error::SpecialToken { token, offset: offset + text[..self.start].chars().count() }
+            }
+            other => other,
+        }
+    }
+
     /// The input byte range of the normalized bytes `from..to` (`to > from`).
     fn span(&self, from: usize, to: usize) -> (usize, usize) {
         match &self.align {
@@ -449,13 +471,7 @@ impl Tokenizer {
             AddedSegment::Text(raw) => {
                 let start = offset_in(text, raw).expect("segments are slices of the text");
                 let segment = self.normalize_segment(raw, start, track);
-                // Positions in a changed (normalized) segment do not map back to the input
-                // without alignments: any protected overlap protects it all, in both modes
-                // (so that offsets never change the ids).
-                let protect = match &segment.text {
-                    Cow::Borrowed(_) => Protect::exact(protected, start),
-                    Cow::Owned(_) => Protect::whole(protected, start, start + raw.len()),
-                };
+                let protect = segment.protect(protected, raw.len());
                 let cx = Context { track, at_input_start: self.starts_input(&segment, raw) };
                 let normalized: &str = &segment.text;
                 self.added
@@ -521,13 +537,7 @@ impl Tokenizer {
                             })
                         }
                     })
-                    .map_err(|e| match e {
-                        Error::SpecialToken { token, offset } => {
-                            // Counted only on error: the segment's char offset in the text.
-                            Error::SpecialToken { token, offset: offset + text[..start].chars().count() }
-                        }
-                        other => other,
-                    })
+                    .map_err(|e| segment.error_in(text, e))
             }
         })
     }
@@ -557,22 +567,13 @@ impl Tokenizer {
             AddedSegment::Text(raw) => {
                 let start = offset_in(text, raw).expect("segments are slices of the text");
                 let segment = self.normalize_segment(raw, start, false);
-                let protect = match &segment.text {
-                    Cow::Borrowed(_) => Protect::exact(protected, start),
-                    Cow::Owned(_) => Protect::whole(protected, start, start + raw.len()),
-                };
                 let cx = Context { track: false, at_input_start: self.starts_input(&segment, raw) };
                 self.added
-                    .split_normalized(&segment.text, policy, protect, &mut |inner| match inner {
+                    .split_normalized(&segment.text, policy, segment.protect(protected, raw.len()), &mut |inner| match inner {
                         AddedSegment::Token(id, _, _) => f(Item::Token(id)),
                         AddedSegment::Text(part) => self.pre_tokenizer.for_each_piece(part, cx, &mut |piece, _| f(Item::Piece(piece))),
                     })
-                    .map_err(|e| match e {
-                        Error::SpecialToken { token, offset } => {
-                            Error::SpecialToken { token, offset: offset + text[..start].chars().count() }
-                        }
-                        other => other,
-                    })
+                    .map_err(|e| segment.error_in(text, e))
             }
         })
     }
