@@ -78,6 +78,13 @@ impl Lexer {
         }
     }
 
+    /// Whether a block reads a char that starts with `lead` (a byte from 0x80) as a letter
+    /// (some of them: C3 is also the lead of `×`).
+    #[inline(always)]
+    pub(super) fn block_reads(&self, lead: u8) -> bool {
+        matches!(lead, 0xC3 | 0xD0 | 0xD1) || (self.words != Words::CaseAware && MORE_LEADS.contains(&lead))
+    }
+
     /// Reports with `f(start, end)` the matches of `text` from `at` (where a match starts)
     /// that the block of 64 bytes from `at` decides.
     #[inline(always)]
@@ -91,7 +98,7 @@ impl Lexer {
                 &padded
             }
         };
-        let c = classify(bytes);
+        let c = classify(bytes, self.words == Words::CaseAware);
         let available = rest.len().min(BLOCK);
         let n = (c.unknown.trailing_zeros() as usize).min(available);
         let unknown = (n < available).then_some(at + n);
@@ -203,22 +210,35 @@ impl Lexer {
     }
 }
 
+/// The chars of two bytes that blocks read as letters, by lead byte: every char of
+/// U+00C0-U+00FF (lead C3) but `×` and `÷`, and U+0400-U+047F (leads D0, D1: the Cyrillic of
+/// Russian, Ukrainian, Bulgarian, Serbian). Both have one case per letter, upper- or lower-case,
+/// which o200k's words need. The other lexers also take U+0100-U+02BF (leads C4-CA: the
+/// Latin of Polish, Czech, Turkish, Romanian, the IPA and modifier letters), all letters but some
+/// of neither case only (`ƻ`, `ǅ`, `ʔ`, `ʰ`). Other chars from 0x80 end what a block reads. The
+/// tests check every char of two bytes against the patterns' classes.
+const MORE_LEADS: std::ops::RangeInclusive<u8> = 0xC4..=0xCA;
+
 /// The block's bitmaps, 16 bytes at a time with SSE2 (part of every x86-64 CPU).
+/// `cased`: only the letters of leads C3, D0 and D1, each with its case.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn classify(bytes: &[u8; BLOCK]) -> Classes {
+fn classify(bytes: &[u8; BLOCK], cased: bool) -> Classes {
     use std::arch::x86_64::*;
     let mut c = Classes::default();
+    let mut high = 0u64;
     // SAFETY: SSE2 is in the x86-64 baseline, and each load reads 16 of the block's 64 bytes.
     unsafe {
         let splat = |b: u8| _mm_set1_epi8(b as i8);
+        // Signed compares: bytes from 0x80 are negative, below every ASCII range, and ranges
+        // of bytes from 0x80 compare among themselves.
+        let between = |v: __m128i, lo: u8, hi: u8| {
+            _mm_and_si128(_mm_cmpgt_epi8(v, splat(lo.wrapping_sub(1))), _mm_cmplt_epi8(v, splat(hi.wrapping_add(1))))
+        };
+        let load = |k: usize| _mm_loadu_si128(bytes.as_ptr().add(16 * k).cast());
         for k in 0..BLOCK / 16 {
-            let v = _mm_loadu_si128(bytes.as_ptr().add(16 * k).cast());
+            let v = load(k);
             let bits = |m: __m128i| u64::from(_mm_movemask_epi8(m) as u16) << (16 * k);
-            // Signed compares: bytes from 0x80 are negative, below every range here.
-            let between = |v: __m128i, lo: u8, hi: u8| {
-                _mm_and_si128(_mm_cmpgt_epi8(v, splat(lo - 1)), _mm_cmplt_epi8(v, splat(hi + 1)))
-            };
             let blank = _mm_cmpeq_epi8(v, splat(b' '));
             let newline = _mm_or_si128(_mm_cmpeq_epi8(v, splat(b'\n')), _mm_cmpeq_epi8(v, splat(b'\r')));
             c.letter |= bits(between(_mm_or_si128(v, splat(0x20)), b'a', b'z'));
@@ -228,22 +248,92 @@ fn classify(bytes: &[u8; BLOCK]) -> Classes {
             c.newline |= bits(newline);
             c.blank |= bits(blank);
             c.slash |= bits(_mm_cmpeq_epi8(v, splat(b'/')));
-            c.unknown |= bits(_mm_or_si128(v, _mm_cmpeq_epi8(v, splat(b'\''))));
+            c.unknown |= bits(_mm_cmpeq_epi8(v, splat(b'\'')));
+            high |= bits(v);
         }
+        c.unknown |= high;
+        if high == 0 {
+            return c;
+        }
+        // The bytes from 0x80: lead bytes and the second bytes after them, as bitmaps.
+        let mut two = TwoBytes::default();
+        for k in 0..BLOCK / 16 {
+            let v = load(k);
+            let bits = |m: __m128i| u64::from(_mm_movemask_epi8(m) as u16) << (16 * k);
+            let is = |b: u8| bits(_mm_cmpeq_epi8(v, splat(b)));
+            // A second byte (0x80-0xBF) below `b`.
+            let below = |b: u8| bits(_mm_cmplt_epi8(v, splat(b)));
+            two.c3 |= is(0xC3);
+            two.d0 |= is(0xD0);
+            two.d1 |= is(0xD1);
+            two.more |= bits(between(v, *MORE_LEADS.start(), *MORE_LEADS.end()));
+            two.not_letter |= is(0x97) | is(0xB7);
+            two.below_9f |= below(0x9F);
+            two.below_a0 |= below(0xA0);
+            two.below_b0 |= below(0xB0);
+            two.odd |= bits(_mm_cmpeq_epi8(_mm_and_si128(v, splat(1)), splat(1)));
+        }
+        two.add_to(&mut c, cased);
     }
     c
+}
+
+/// Bitmaps of a block's bytes from 0x80, for `TwoBytes::add_to`: which lead bytes, and what
+/// the byte is when it is the second byte of a char (0x80-0xBF).
+#[derive(Default)]
+struct TwoBytes {
+    c3: u64,
+    d0: u64,
+    d1: u64,
+    /// Leads C4-CA.
+    more: u64,
+    /// 0x97, 0xB7: after C3, `×` and `÷`.
+    not_letter: u64,
+    below_9f: u64,
+    below_a0: u64,
+    below_b0: u64,
+    odd: u64,
+}
+
+impl TwoBytes {
+    /// Marks the letters of two bytes in `c`: both bytes letters (upper-case for an upper-case
+    /// letter), and no longer unknown. The text is UTF-8 and a block starts at a char, so a
+    /// lead byte's next bit is its second byte; a lead at the block's last byte has its
+    /// second byte in the next block and stays unknown.
+    #[inline(always)]
+    fn add_to(&self, c: &mut Classes, cased: bool) {
+        let second = |bits: u64| bits >> 1;
+        let c3 = self.c3 & !second(self.not_letter);
+        let mut leads = c3 | self.d0 | self.d1;
+        if !cased {
+            leads |= self.more;
+        }
+        leads &= !(1 << (BLOCK - 1));
+        let letters = leads | leads << 1;
+        c.letter |= letters;
+        c.unknown &= !letters;
+        if cased {
+            // U+00C0-U+00DE, U+0400-U+042F, and U+0460-U+047F's even chars.
+            let upper = (c3 & second(self.below_9f))
+                | (self.d0 & second(self.below_b0))
+                | (self.d1 & !second(self.below_a0) & !second(self.odd));
+            let upper = upper & leads;
+            c.upper |= upper | upper << 1;
+        }
+    }
 }
 
 /// The block's bitmaps, a byte at a time.
 #[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
-fn classify(bytes: &[u8; BLOCK]) -> Classes {
-    classify_bytes(bytes)
+fn classify(bytes: &[u8; BLOCK], cased: bool) -> Classes {
+    classify_bytes(bytes, cased)
 }
 
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
-fn classify_bytes(bytes: &[u8; BLOCK]) -> Classes {
+fn classify_bytes(bytes: &[u8; BLOCK], cased: bool) -> Classes {
     let mut c = Classes::default();
+    let mut two = TwoBytes::default();
     for (i, &b) in bytes.iter().enumerate() {
         let bit = 1u64 << i;
         let set = |mask: &mut u64, yes: bool| *mask |= if yes { bit } else { 0 };
@@ -255,7 +345,17 @@ fn classify_bytes(bytes: &[u8; BLOCK]) -> Classes {
         set(&mut c.blank, b == b' ');
         set(&mut c.slash, b == b'/');
         set(&mut c.unknown, b >= 0x80 || b == b'\'');
+        set(&mut two.c3, b == 0xC3);
+        set(&mut two.d0, b == 0xD0);
+        set(&mut two.d1, b == 0xD1);
+        set(&mut two.more, MORE_LEADS.contains(&b));
+        set(&mut two.not_letter, b == 0x97 || b == 0xB7);
+        set(&mut two.below_9f, (0x80..0x9F).contains(&b));
+        set(&mut two.below_a0, (0x80..0xA0).contains(&b));
+        set(&mut two.below_b0, (0x80..0xB0).contains(&b));
+        set(&mut two.odd, b & 1 == 1);
     }
+    two.add_to(&mut c, cased);
     c
 }
 
@@ -266,15 +366,25 @@ mod tests {
     #[test]
     fn both_classifiers_agree() {
         let mut next = crate::testing::random(0x9e37_79b9_7f4a_7c15);
-        for round in 0..4096 {
+        // The bytes the chars of two bytes are told apart by, and their neighbours.
+        const EDGES: &[u8] = &[0x80, 0x96, 0x97, 0x98, 0x9E, 0x9F, 0xA0, 0xAF, 0xB0, 0xB6, 0xB7, 0xBF, 0xC2, 0xC3, 0xC4, 0xCA, 0xCB, 0xCF, 0xD0, 0xD1, 0xD2];
+        for round in 0..8192 {
             let mut bytes = [0u8; BLOCK];
             for (i, b) in bytes.iter_mut().enumerate() {
-                // Every byte value at every position, then random blocks.
-                *b = if round < 256 { (round + i) as u8 } else { next() as u8 };
+                // Every byte value at every position, then random blocks, then blocks of the
+                // bytes above.
+                let r = next();
+                *b = match round {
+                    0..256 => (round + i) as u8,
+                    256..4096 => r as u8,
+                    _ => EDGES[(r % EDGES.len() as u64) as usize],
+                };
             }
-            let (a, b) = (classify(&bytes), classify_bytes(&bytes));
-            let fields = |c: &Classes| [c.letter, c.upper, c.digit, c.space, c.newline, c.blank, c.slash, c.unknown];
-            assert_eq!(fields(&a), fields(&b), "{bytes:?}");
+            for cased in [false, true] {
+                let (a, b) = (classify(&bytes, cased), classify_bytes(&bytes, cased));
+                let fields = |c: &Classes| [c.letter, c.upper, c.digit, c.space, c.newline, c.blank, c.slash, c.unknown];
+                assert_eq!(fields(&a), fields(&b), "{bytes:?}");
+            }
         }
     }
 
@@ -285,13 +395,66 @@ mod tests {
         let bytes: [u8; BLOCK] = std::array::from_fn(|i| i as u8);
         let high: [u8; BLOCK] = std::array::from_fn(|i| 64 + i as u8);
         for (block, first) in [(bytes, 0), (high, 64)] {
-            let c = classify_bytes(&block);
-            for i in 0..BLOCK {
-                let flags = class_table()[first + i];
-                let has = |mask: u64| mask >> i & 1 == 1;
-                assert_eq!(has(c.letter), flags & LETTER != 0, "byte {}", first + i);
-                assert_eq!(has(c.digit), flags & NUMBER != 0, "byte {}", first + i);
-                assert_eq!(has(c.space), flags & SPACE != 0, "byte {}", first + i);
+            for cased in [false, true] {
+                let c = classify_bytes(&block, cased);
+                for i in 0..BLOCK {
+                    let flags = class_table()[first + i];
+                    let has = |mask: u64| mask >> i & 1 == 1;
+                    assert_eq!(has(c.letter), flags & LETTER != 0, "byte {}", first + i);
+                    assert_eq!(has(c.digit), flags & NUMBER != 0, "byte {}", first + i);
+                    assert_eq!(has(c.space), flags & SPACE != 0, "byte {}", first + i);
+                }
+            }
+        }
+    }
+
+    /// Every char of two bytes, at every position of a block: what the blocks read as a
+    /// letter is one to the patterns, of one case where o200k's words need one, and the
+    /// letters of Latin-1, Latin Extended and Cyrillic are read.
+    #[test]
+    fn letters_of_two_bytes_are_the_patterns_letters() {
+        use super::super::{class_table, LETTER, LOWER, UPPER};
+        for cased in [false, true] {
+            let lexer = if cased { super::super::O200K } else { super::super::LLAMA3 };
+            let mut read = 0;
+            for cp in 0x80u32..0x800 {
+                let ch = char::from_u32(cp).expect("no surrogates below 0x800");
+                let mut utf8 = [0u8; 2];
+                ch.encode_utf8(&mut utf8);
+                let flags = class_table()[cp as usize];
+                for at in 0..BLOCK - 1 {
+                    let mut block = [b' '; BLOCK];
+                    block[at..at + 2].copy_from_slice(&utf8);
+                    let c = classify_bytes(&block, cased);
+                    let both = 3u64 << at;
+                    let letter = c.letter & both;
+                    assert!(letter == 0 || letter == both, "{ch:?} at {at}");
+                    assert_eq!(c.unknown & both, both & !letter, "{ch:?} at {at}");
+                    if letter == 0 {
+                        continue;
+                    }
+                    assert!(flags & LETTER != 0, "{ch:?} is no letter");
+                    assert!(lexer.block_reads(utf8[0]), "{ch:?}");
+                    if cased {
+                        let upper = c.upper & both;
+                        assert!(upper == 0 || upper == both, "{ch:?} at {at}");
+                        let case = if upper == both { UPPER } else { LOWER };
+                        assert_eq!(flags & (UPPER | LOWER), case, "{ch:?}");
+                    }
+                    read += 1;
+                }
+                // The last byte of the block is a lead with its second byte beyond it.
+                let mut block = [b' '; BLOCK];
+                block[BLOCK - 1] = utf8[0];
+                assert_eq!(classify_bytes(&block, cased).unknown >> (BLOCK - 1), 1);
+                let expected = match cp {
+                    0xD7 | 0xF7 => false,
+                    0xC0..=0xFF | 0x400..=0x47F => true,
+                    0x100..=0x2BF => !cased,
+                    _ => false,
+                };
+                assert_eq!(read > 0, expected, "{ch:?}");
+                read = 0;
             }
         }
     }
