@@ -99,11 +99,28 @@ pub struct CharSymbols {
 pub struct WordCuts {
     /// Every pair of adjacent chars inside some token (`char << 32 | char`).
     pairs: FxHashSet<u64>,
-    /// The answer for every pair of chars from ASCII and `▁` (index 128), one bit each:
-    /// SentencePiece-style text is mostly those, and two hash lookups per char were a
-    /// quarter of an encode of English (Llama 2).
-    small: Box<[[u64; 3]; 129]>,
+    /// The dense index in `table` of each char of two bytes (U+0080-U+07FF) with a token,
+    /// by code point from 0x80; `NOT_DENSE` for the others.
+    two_byte: Box<[u16]>,
+    /// One row of bits per dense char (ASCII as itself, `▁` as 128, then the chars of
+    /// `two_byte`): whether the text may be cut between it and each dense char. The text
+    /// of SentencePiece-style vocabularies is mostly those chars, and two or three hash
+    /// lookups per char were a quarter of an encode of English (Llama 2), and of Russian
+    /// before the Latin, Greek and Cyrillic chars were in the table (callgrind).
+    table: Box<[u64]>,
+    row_words: usize,
+    /// The char of each dense index.
+    chars: Box<[char]>,
 }
+
+const NOT_DENSE: u16 = u16::MAX;
+
+/// A char as `WordCuts` reads it: its dense index, or the char itself (with `NOT_IN_TABLE`)
+/// for a char outside the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CutChar(u32);
+
+const NOT_IN_TABLE: u32 = 1 << 31;
 
 impl WordCuts {
     const SPACE: char = '\u{2581}';
@@ -114,16 +131,41 @@ impl WordCuts {
         for token in tokens {
             pairs.extend(token.chars().zip(token.chars().skip(1)).map(|(a, b)| Self::key(a, b)));
         }
-        let mut small = Box::new([[0u64; 3]; 129]);
-        let chars = (0..128u8).map(char::from).chain([Self::SPACE]);
-        for (i, a) in chars.clone().enumerate() {
-            for (j, b) in chars.clone().enumerate() {
-                if Self::decide(&pairs, known, a, b) {
-                    small[i][j / 64] |= 1 << (j % 64);
-                }
+        let mut chars: Vec<char> = (0..128u8).map(char::from).chain([Self::SPACE]).collect();
+        let mut two_byte = vec![NOT_DENSE; 0x800 - 0x80].into_boxed_slice();
+        let mut two_byte_known: Vec<char> = known.keys().copied().filter(|&c| (0x80..0x800).contains(&u32::from(c))).collect();
+        two_byte_known.sort_unstable();
+        for c in two_byte_known {
+            two_byte[u32::from(c) as usize - 0x80] = chars.len() as u16;
+            chars.push(c);
+        }
+        // The rule of `decide`, row by row: a row of a char with a token cuts everywhere, the
+        // row of one without cuts before the chars with a token; then no cut inside a pair.
+        let row_words = chars.len().div_ceil(64);
+        let mut with_token = vec![0u64; row_words];
+        for (j, c) in chars.iter().enumerate() {
+            if known.contains_key(c) {
+                with_token[j / 64] |= 1 << (j % 64);
             }
         }
-        WordCuts { pairs, small }
+        let mut table = vec![0u64; chars.len() * row_words].into_boxed_slice();
+        for (i, a) in chars.iter().enumerate() {
+            let row = &mut table[i * row_words..(i + 1) * row_words];
+            if known.contains_key(a) {
+                row.fill(!0);
+            } else {
+                row.copy_from_slice(&with_token);
+            }
+        }
+        let mut cuts = WordCuts { pairs, two_byte, table, row_words, chars: chars.into_boxed_slice() };
+        for &key in &cuts.pairs {
+            let (a, b) = ((key >> 32) as u32, key as u32);
+            let dense = |cp: u32| char::from_u32(cp).and_then(|c| cuts.dense(c));
+            if let (Some(i), Some(j)) = (dense(a), dense(b)) {
+                cuts.table[i * row_words + j / 64] &= !(1 << (j % 64));
+            }
+        }
+        cuts
     }
 
     fn key(a: char, b: char) -> u64 {
@@ -136,21 +178,64 @@ impl WordCuts {
     }
 
     #[inline]
-    fn small_index(c: char) -> Option<usize> {
-        match c {
-            c if c.is_ascii() => Some(c as usize),
-            Self::SPACE => Some(128),
-            _ => None,
+    fn dense(&self, c: char) -> Option<usize> {
+        let cp = u32::from(c);
+        if cp < 0x80 {
+            Some(cp as usize)
+        } else if cp < 0x800 {
+            let i = self.two_byte[cp as usize - 0x80];
+            (i != NOT_DENSE).then_some(usize::from(i))
+        } else if c == Self::SPACE {
+            Some(128)
+        } else {
+            None
         }
     }
 
-    /// Whether the text may be cut between `a` and `b`.
-    #[inline]
-    fn cut(&self, a: char, b: char, known: &FxHashMap<char, u32>) -> bool {
-        match (Self::small_index(a), Self::small_index(b)) {
-            (Some(i), Some(j)) => self.small[i][j / 64] & (1 << (j % 64)) != 0,
-            _ => Self::decide(&self.pairs, known, a, b),
+    /// The char at the start of `bytes` and its length; `None` for bytes that are no UTF-8.
+    /// ASCII, chars of two bytes and `▁` are read from their bytes straight to their dense
+    /// index: decoding each char and looking it up was 46 instructions a char of Russian
+    /// (Llama 2, callgrind).
+    #[inline(always)]
+    fn read(&self, bytes: &[u8]) -> Option<(CutChar, usize)> {
+        let b0 = *bytes.first()?;
+        if b0 < 0x80 {
+            return Some((CutChar(u32::from(b0)), 1));
         }
+        if let (0xC2..=0xDF, Some(&b1)) = (b0, bytes.get(1)) {
+            if b1 & 0xC0 != 0x80 {
+                return None;
+            }
+            let cp = (u32::from(b0 & 0x1F) << 6) | u32::from(b1 & 0x3F);
+            let i = self.two_byte[cp as usize - 0x80];
+            return Some((CutChar(if i == NOT_DENSE { cp | NOT_IN_TABLE } else { u32::from(i) }), 2));
+        }
+        if bytes.starts_with("\u{2581}".as_bytes()) {
+            return Some((CutChar(128), 3));
+        }
+        let (c, len) = decode_char(bytes)?;
+        Some((CutChar(u32::from(c) | NOT_IN_TABLE), len))
+    }
+
+    /// Whether the text may be cut between `a` and `b`.
+    #[inline(always)]
+    fn cut_between(&self, a: CutChar, b: CutChar, known: &FxHashMap<char, u32>) -> bool {
+        if (a.0 | b.0) & NOT_IN_TABLE == 0 {
+            let (i, j) = (a.0 as usize, b.0 as usize);
+            return self.table[i * self.row_words + j / 64] >> (j % 64) & 1 == 1;
+        }
+        let char_of = |c: CutChar| match c.0 & NOT_IN_TABLE {
+            0 => self.chars[c.0 as usize],
+            _ => char::from_u32(c.0 & !NOT_IN_TABLE).expect("read from UTF-8"),
+        };
+        Self::decide(&self.pairs, known, char_of(a), char_of(b))
+    }
+
+    /// Whether the text may be cut between `a` and `b`.
+    #[cfg(test)]
+    fn cut(&self, a: char, b: char, known: &FxHashMap<char, u32>) -> bool {
+        let read = |c: char| self.read(c.encode_utf8(&mut [0; 4]).as_bytes()).expect("a char").0;
+        self.cut_between(read(a), read(b), known)
     }
 }
 
@@ -937,13 +1022,13 @@ impl PieceEncoder<'_> {
         known: &FxHashMap<char, u32>,
         out: &mut Vec<u32>,
     ) -> Result<()> {
-        // The chars are decoded here, not validated first: `from_utf8` over the whole
+        // The chars are read here, not validated first: `from_utf8` over the whole
         // segment was a tenth of an encode of English (a `▁` every few bytes is its slow path).
-        let Some((mut prev, mut at)) = decode_char(piece) else { return self.encode_word(piece, out) };
+        let Some((mut prev, mut at)) = cuts.read(piece) else { return self.encode_word(piece, out) };
         let mut start = 0;
         while at < piece.len() {
-            let Some((c, len)) = decode_char(&piece[at..]) else { return self.encode_word(&piece[start..], out) };
-            if cuts.cut(prev, c, known) {
+            let Some((c, len)) = cuts.read(&piece[at..]) else { return self.encode_word(&piece[start..], out) };
+            if cuts.cut_between(prev, c, known) {
                 self.encode_word(&piece[start..at], out)?;
                 start = at;
             }
@@ -1048,17 +1133,22 @@ mod tests {
     }
 
     #[test]
-    fn word_cuts_of_the_small_table_are_the_rule_itself() {
-        let tokens = ["\u{2581}a", "ab", "b\u{2581}", "é日", "\u{2581}\u{2581}", "x"];
-        let known: FxHashMap<char, u32> = ['a', 'b', 'x', '\u{2581}', 'é', '日'].into_iter().zip(0..).collect();
+    fn word_cuts_of_the_table_are_the_rule_itself() {
+        let tokens = ["\u{2581}a", "ab", "b\u{2581}", "é日", "\u{2581}\u{2581}", "x", "пр", "ри", "р\u{2581}", "\u{7ff}a"];
+        let known: FxHashMap<char, u32> =
+            ['a', 'b', 'x', '\u{2581}', 'é', '日', 'п', 'р', 'и', '\u{80}', '\u{7ff}'].into_iter().zip(0..).collect();
         let cuts = WordCuts::new(tokens, &known);
         let pairs = &cuts.pairs;
-        let chars = ['a', 'b', 'x', 'q', '\u{2581}', 'é', '日', 'Z', '\u{2582}', ' '];
+        let chars = [
+            'a', 'b', 'x', 'q', '\u{2581}', 'é', 'è', '日', 'Z', '\u{2582}', ' ', 'п', 'р', 'и', 'ж', '\u{80}', '\u{7ff}', '\u{800}', '\u{1F600}',
+        ];
         for a in chars {
             for b in chars {
                 assert_eq!(cuts.cut(a, b, &known), WordCuts::decide(pairs, &known, a, b), "{a:?} {b:?}");
             }
         }
         assert!(!cuts.cut('a', 'b', &known) && cuts.cut('b', 'a', &known) && !cuts.cut('q', 'Z', &known));
+        assert!(!cuts.cut('п', 'р', &known) && cuts.cut('р', 'п', &known) && cuts.cut('ж', 'п', &known));
+        assert!(cuts.dense('п').is_some() && cuts.dense('ж').is_none() && cuts.dense('日').is_none());
     }
 }
