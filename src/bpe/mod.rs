@@ -177,19 +177,10 @@ impl WordCuts {
             && (known.contains_key(&a) || known.contains_key(&b))
     }
 
-    #[inline]
+    /// `c`'s index in `table`, if it has one.
     fn dense(&self, c: char) -> Option<usize> {
-        let cp = u32::from(c);
-        if cp < 0x80 {
-            Some(cp as usize)
-        } else if cp < 0x800 {
-            let i = self.two_byte[cp as usize - 0x80];
-            (i != NOT_DENSE).then_some(usize::from(i))
-        } else if c == Self::SPACE {
-            Some(128)
-        } else {
-            None
-        }
+        let (read, _) = self.read(c.encode_utf8(&mut [0; 4]).as_bytes())?;
+        (read.0 & NOT_IN_TABLE == 0).then_some(read.0 as usize)
     }
 
     /// The char at the start of `bytes` and its length; `None` for bytes that are no UTF-8.

@@ -170,6 +170,7 @@ impl<'a> NormalizedText<'a> {
     /// Replaces every match of `pattern` with `content`; the new chars stand for the last
     /// byte of the match they replace.
     pub fn replace(&mut self, pattern: &Replacement, content: &str) {
+        // Without offsets tracked, one ASCII char is replaced in one pass (`replace_byte`).
         if let (false, None, Some(byte)) = (self.identity, &self.align, pattern.ascii_byte()) {
             if let Some(text) = replace_byte(&self.text, byte, content) {
                 self.text = Cow::Owned(text);
