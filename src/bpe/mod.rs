@@ -109,6 +109,9 @@ pub struct WordCuts {
     /// before the Latin, Greek and Cyrillic chars were in the table (callgrind).
     table: Box<[u64]>,
     row_words: usize,
+    /// `table`'s rows and columns of ASCII alone, for the loop over a run of ASCII in
+    /// `encode_words`: indexed by two bytes below 128, without a bounds check.
+    ascii: Box<[[u64; 2]; 128]>,
     /// The char of each dense index.
     chars: Box<[char]>,
 }
@@ -157,13 +160,17 @@ impl WordCuts {
                 row.copy_from_slice(&with_token);
             }
         }
-        let mut cuts = WordCuts { pairs, two_byte, table, row_words, chars: chars.into_boxed_slice() };
+        let ascii = Box::new([[0; 2]; 128]);
+        let mut cuts = WordCuts { pairs, two_byte, table, row_words, ascii, chars: chars.into_boxed_slice() };
         for &key in &cuts.pairs {
             let (a, b) = ((key >> 32) as u32, key as u32);
             let dense = |cp: u32| char::from_u32(cp).and_then(|c| cuts.dense(c));
             if let (Some(i), Some(j)) = (dense(a), dense(b)) {
                 cuts.table[i * row_words + j / 64] &= !(1 << (j % 64));
             }
+        }
+        for (i, row) in cuts.ascii.iter_mut().enumerate() {
+            row.copy_from_slice(&cuts.table[i * row_words..i * row_words + 2]);
         }
         cuts
     }
@@ -1018,6 +1025,17 @@ impl PieceEncoder<'_> {
         let Some((mut prev, mut at)) = cuts.read(piece) else { return self.encode_word(piece, out) };
         let mut start = 0;
         while at < piece.len() {
+            let b = piece[at];
+            if b < 0x80 && prev.0 < 0x80 {
+                // ASCII after ASCII (most chars of English and code): the small table.
+                if cuts.ascii[prev.0 as usize][usize::from(b >> 6)] >> (b & 63) & 1 == 1 {
+                    self.encode_word(&piece[start..at], out)?;
+                    start = at;
+                }
+                prev = CutChar(u32::from(b));
+                at += 1;
+                continue;
+            }
             let Some((c, len)) = cuts.read(&piece[at..]) else { return self.encode_word(&piece[start..], out) };
             if cuts.cut_between(prev, c, known) {
                 self.encode_word(&piece[start..at], out)?;

@@ -95,7 +95,19 @@ impl Normalizer {
                     n.lowercase();
                 }
             }
-            Normalizer::Sequence(steps) => steps.iter().for_each(|s| s.apply(n)),
+            Normalizer::Sequence(steps) => {
+                let mut steps = &steps[..];
+                while let [step, rest @ ..] = steps {
+                    steps = rest;
+                    if let (Normalizer::Prepend(prefix), [Normalizer::Replace { pattern, content }, after @ ..]) = (step, rest) {
+                        if n.prepend_and_replace(prefix, pattern, content) {
+                            steps = after;
+                            continue;
+                        }
+                    }
+                    step.apply(n);
+                }
+            }
         }
     }
 }
