@@ -909,26 +909,29 @@ impl PieceEncoder<'_> {
     #[inline(always)]
     pub fn encode(&mut self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
         let bpe = self.bpe;
-        match (piece.len(), &bpe.alphabet) {
-            (0, _) => return Ok(()),
-            (1, Alphabet::Bytes(byte_ids)) => {
-                let id = byte_ids[piece[0] as usize];
-                if id != NO_ID {
-                    out.push(id);
+        match &bpe.alphabet {
+            // The most common case tested first.
+            Alphabet::Bytes(byte_ids) => match piece.len() {
+                2..=cache::SHORT_MAX => self.encode_word(piece, out),
+                1 => {
+                    let id = byte_ids[piece[0] as usize];
+                    if id != NO_ID {
+                        out.push(id);
+                    }
+                    Ok(())
                 }
-                return Ok(());
-            }
+                0 => Ok(()),
+                _ => self.encode_long(piece, out),
+            },
             // Not with `ignore_merges`: the whole-token lookup of the parts (through the cache)
             // could give what merges would not.
-            (n, Alphabet::Chars(chars)) if n > cache::LONG_MAX && bpe.whole.is_none() => {
-                if let Some(cuts) = &chars.word_cuts {
-                    return self.encode_words(piece, cuts, &chars.forms[0], out);
-                }
-            }
-            (n, Alphabet::Bytes(_)) if n > cache::SHORT_MAX => return self.encode_long(piece, out),
-            _ => {}
+            Alphabet::Chars(chars) if piece.len() > cache::LONG_MAX && bpe.whole.is_none() => match &chars.word_cuts {
+                Some(cuts) => self.encode_words(piece, cuts, &chars.forms[0], out),
+                None => self.encode_word(piece, out),
+            },
+            Alphabet::Chars(_) if piece.is_empty() => Ok(()),
+            Alphabet::Chars(_) => self.encode_word(piece, out),
         }
-        self.encode_word(piece, out)
     }
 
     /// A piece of a byte alphabet longer than the cache's short pieces: from the cache, else
