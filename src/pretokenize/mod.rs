@@ -324,18 +324,35 @@ impl PreTokenizer {
             (batch.start, batch.n) = (start, 0);
         };
         let mut last = 0;
-        let matched = splitter.for_each_match(text, |start, end| {
-            for cut in [start, end] {
-                if cut > last {
-                    batch.ends[batch.n] = cut;
+        let matched = match splitter {
+            // A lexer's matches tile the text (every char is in one), none empty: each match
+            // is a piece, known by its end. Without the general case's two tests per match
+            // below, a warm encode took 3% fewer instructions (Llama 3, English, callgrind).
+            Splitter::Lexer(lexer) => {
+                lexer.for_each_match(text, |start, end| {
+                    debug_assert!(start == last && end > start, "a lexer's matches tile the text");
+                    batch.ends[batch.n] = end;
                     batch.n += 1;
-                    last = cut;
+                    last = end;
+                    if batch.n == BATCH {
+                        flush(&mut batch);
+                    }
+                });
+                Ok(())
+            }
+            _ => splitter.for_each_match(text, |start, end| {
+                for cut in [start, end] {
+                    if cut > last {
+                        batch.ends[batch.n] = cut;
+                        batch.n += 1;
+                        last = cut;
+                    }
                 }
-            }
-            if batch.n >= BATCH - 1 {
-                flush(&mut batch);
-            }
-        });
+                if batch.n >= BATCH - 1 {
+                    flush(&mut batch);
+                }
+            }),
+        };
         if last < text.len() {
             batch.ends[batch.n] = text.len();
             batch.n += 1;
@@ -590,10 +607,18 @@ mod tests {
         };
         // The last: more pieces than one batch of `direct_pieces`.
         let long = "Hello   world's 123!!\n".repeat(100);
-        let texts = ["", "Hello   world's 123!!", "  \n\n  x\r\n", "日本語のテキスト, 12345", "a\u{a0}b  \t", &long];
+        let mut texts: Vec<String> = ["", "Hello   world's 123!!", "  \n\n  x\r\n", "日本語のテキスト, 12345", "a\u{a0}b  \t", &long]
+            .map(String::from)
+            .to_vec();
+        // Random texts too: a lexer's pieces are taken as tiling the text (checked in debug).
+        let mut next = crate::testing::random(0x3c6e_f372_fe94_f82b);
+        let alphabet = ["a", "Zb", " ", "  ", "\n", "\r\n", "\t", "'s", "'T", "1", "234", "!", "?!.", "ж", "É", "日本", "\u{a0}", "\u{1F600}", "\u{300}"];
+        for round in 0..300 {
+            texts.push((0..round % 90).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect());
+        }
         for steps in [vec![split, byte_level.clone()], vec![gpt2], vec![digits, byte_level]] {
             let p = PreTokenizer::new(steps.clone()).unwrap();
-            for text in texts {
+            for text in texts.iter().map(String::as_str) {
                 let mut direct = Vec::new();
                 p.direct_pieces(text, |piece, at| {
                     direct.push((piece.to_vec(), at));
