@@ -1162,5 +1162,12 @@ mod tests {
         assert!(!cuts.cut('a', 'b', &known) && cuts.cut('b', 'a', &known) && !cuts.cut('q', 'Z', &known));
         assert!(!cuts.cut('п', 'р', &known) && cuts.cut('р', 'п', &known) && cuts.cut('ж', 'п', &known));
         assert!(cuts.dense('п').is_some() && cuts.dense('ж').is_none() && cuts.dense('日').is_none());
+        // The ASCII table of `encode_words`' fast loop says what the rule says.
+        for a in 0..128u8 {
+            for b in 0..128u8 {
+                let fast = cuts.ascii[usize::from(a)][usize::from(b >> 6)] >> (b & 63) & 1 == 1;
+                assert_eq!(fast, WordCuts::decide(pairs, &known, char::from(a), char::from(b)), "{a} {b}");
+            }
+        }
     }
 }
