@@ -481,7 +481,14 @@ impl Tokenizer {
                             Ok(())
                         }
                         AddedSegment::Text(part) if !track => {
-                            let direct = self.pre_tokenizer.direct_pieces(part, |piece, _| pieces.encode(piece, sink.ids));
+                            // The alphabet looked at once, not per piece: about 3% of a warm
+                            // encode's instructions (Llama 3, English, callgrind).
+                            let direct = match pieces.byte_ids() {
+                                Some(byte_ids) => self
+                                    .pre_tokenizer
+                                    .direct_pieces(part, |piece, _| pieces.encode_bytes(byte_ids, piece, sink.ids)),
+                                None => self.pre_tokenizer.direct_pieces(part, |piece, _| pieces.encode(piece, sink.ids)),
+                            };
                             direct.unwrap_or_else(|| {
                                 self.pre_tokenizer.for_each_piece(part, cx, &mut |piece, _| pieces.encode(piece, sink.ids))
                             })

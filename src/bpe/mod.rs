@@ -903,7 +903,7 @@ impl<const N: usize> Flat<N> {
     }
 }
 
-impl PieceEncoder<'_> {
+impl<'a> PieceEncoder<'a> {
     /// Appends the ids of one pre-tokenized piece. Inlined, with the cache hit it leads to,
     /// into the pre-tokenizer's loop (see `ModelCache::get_or_encode`).
     #[inline(always)]
@@ -911,18 +911,7 @@ impl PieceEncoder<'_> {
         let bpe = self.bpe;
         match &bpe.alphabet {
             // The most common case tested first.
-            Alphabet::Bytes(byte_ids) => match piece.len() {
-                2..=cache::SHORT_MAX => self.encode_word(piece, out),
-                1 => {
-                    let id = byte_ids[piece[0] as usize];
-                    if id != NO_ID {
-                        out.push(id);
-                    }
-                    Ok(())
-                }
-                0 => Ok(()),
-                _ => self.encode_long(piece, out),
-            },
+            Alphabet::Bytes(byte_ids) => self.encode_bytes(byte_ids, piece, out),
             // Not with `ignore_merges`: the whole-token lookup of the parts (through the cache)
             // could give what merges would not.
             Alphabet::Chars(chars) if piece.len() > cache::LONG_MAX && bpe.whole.is_none() => match &chars.word_cuts {
@@ -931,6 +920,32 @@ impl PieceEncoder<'_> {
             },
             Alphabet::Chars(_) if piece.is_empty() => Ok(()),
             Alphabet::Chars(_) => self.encode_word(piece, out),
+        }
+    }
+
+    /// The byte table of a byte alphabet: a caller with many pieces asks once and calls
+    /// `encode_bytes`, which does not look at the alphabet again for each piece.
+    pub fn byte_ids(&self) -> Option<&'a [u32; 256]> {
+        match &self.bpe.alphabet {
+            Alphabet::Bytes(byte_ids) => Some(byte_ids),
+            Alphabet::Chars(_) => None,
+        }
+    }
+
+    /// `encode` for a byte alphabet whose table (`byte_ids`) the caller has.
+    #[inline(always)]
+    pub fn encode_bytes(&mut self, byte_ids: &[u32; 256], piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
+        match piece.len() {
+            2..=cache::SHORT_MAX => self.encode_word(piece, out),
+            1 => {
+                let id = byte_ids[piece[0] as usize];
+                if id != NO_ID {
+                    out.push(id);
+                }
+                Ok(())
+            }
+            0 => Ok(()),
+            _ => self.encode_long(piece, out),
         }
     }
 
