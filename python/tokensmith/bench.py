@@ -83,12 +83,14 @@ def _tokensmith(src: Source) -> Encoder:
     from . import __version__
 
     tok = Tokenizer.from_file(src.tokenizer_json)
-    options = dict(add_special_tokens=False, special="text")
+    # Keywords written out, as a user writes them: a `**options` call into a method written
+    # in Python costs CPython 3.11 about 250 ns more (a tenth of a short document's encode),
+    # where one into a method of an extension module costs 10 ns more.
     return Encoder(
         "tokensmith",
         __version__,
-        lambda text: tok.encode(text, **options),
-        lambda texts: tok.encode_batch(texts, **options),
+        lambda text: tok.encode(text, add_special_tokens=False, special="text"),
+        lambda texts: tok.encode_batch(texts, add_special_tokens=False, special="text"),
     )
 
 
@@ -192,12 +194,11 @@ def _fastokens(src: Source) -> Encoder:
         tok = fastokens.Tokenizer.from_tiktoken(
             str(src.rank_file), pattern=src.pattern, special_tokens=src.special_tokens
         )
-    options = dict(add_special_tokens=False, split_special_tokens=True)
     return Encoder(
         "fastokens",
         v,
-        lambda text: tok.encode(text, **options).ids,
-        lambda texts: [e.ids for e in tok.encode_batch(texts, **options)],
+        lambda text: tok.encode(text, add_special_tokens=False, split_special_tokens=True).ids,
+        lambda texts: [e.ids for e in tok.encode_batch(texts, add_special_tokens=False, split_special_tokens=True)],
     )
 
 

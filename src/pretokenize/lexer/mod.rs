@@ -56,6 +56,21 @@ pub(super) fn class_table() -> &'static [u8] {
     })
 }
 
+/// The class every char from U+5000 to U+9FFF has (0 if they differ): the CJK ideographs
+/// whose UTF-8 lead bytes are E5-E9. A run of them is read 3 bytes at a time without
+/// decoding each (Chinese text: 4% fewer instructions in a warm encode, Llama 3).
+pub(super) fn ideograph_class() -> u8 {
+    static CLASS: OnceLock<u8> = OnceLock::new();
+    *CLASS.get_or_init(|| {
+        let chars = &class_table()[0x5000..=0x9FFF];
+        if chars.iter().all(|&c| c == chars[0]) {
+            chars[0]
+        } else {
+            0
+        }
+    })
+}
+
 #[inline]
 pub(super) fn class(table: &[u8], c: char) -> u8 {
     table[c as usize]
@@ -194,14 +209,39 @@ pub(super) struct Scan<'a> {
 }
 
 impl Scan<'_> {
-    #[inline]
+    #[inline(always)]
     pub(super) fn char_at(&self, at: usize) -> Option<char> {
         let b = *self.text.as_bytes().get(at)?;
         if b < 0x80 {
             Some(b as char)
         } else {
-            self.text[at..].chars().next()
+            Some(self.wide_char_at(at).0)
         }
+    }
+
+    /// The char at `at` (a char boundary, not ASCII) and its length in bytes, read from
+    /// the bytes: the text is a `str`, so they are valid UTF-8 and its lead byte tells the
+    /// length. `self.text[at..].chars().next()` checked the boundary and decoded in a
+    /// general loop: on Chinese text, where every char of a letter run comes here, that
+    /// was a sixth of a warm encode (Llama 3, callgrind).
+    #[inline(always)]
+    fn wide_char_at(&self, at: usize) -> (char, usize) {
+        let bytes = self.text.as_bytes();
+        debug_assert!(self.text.is_char_boundary(at) && bytes[at] >= 0x80);
+        let tail = |i: usize| u32::from(bytes[at + i] & 0x3F);
+        let b = u32::from(bytes[at]);
+        let (cp, len) = if b < 0xE0 {
+            ((b & 0x1F) << 6 | tail(1), 2)
+        } else if b < 0xF0 {
+            ((b & 0x0F) << 12 | tail(1) << 6 | tail(2), 3)
+        } else {
+            ((b & 0x07) << 18 | tail(1) << 12 | tail(2) << 6 | tail(3), 4)
+        };
+        debug_assert!(char::from_u32(cp).is_some());
+        // SAFETY: the text is a `str`, so from a lead byte these are the UTF-8 bytes of one
+        // char, which decode to a Unicode scalar value; and were `at` inside a char, its
+        // byte (0x80-0xBF) would take the first branch, whose 11 bits are no surrogate.
+        (unsafe { char::from_u32_unchecked(cp) }, len)
     }
 
     #[inline]
@@ -213,6 +253,7 @@ impl Scan<'_> {
     #[inline]
     pub(super) fn run(&self, mut at: usize, flags: u8) -> usize {
         let bytes = self.text.as_bytes();
+        let ideographs = ideograph_class() & flags != 0;
         while at < bytes.len() {
             let b = bytes[at];
             if b < 0x80 {
@@ -220,12 +261,14 @@ impl Scan<'_> {
                     break;
                 }
                 at += 1;
+            } else if ideographs && (0xE5..=0xE9).contains(&b) {
+                at += 3;
             } else {
-                let c = self.text[at..].chars().next().expect("char boundary");
+                let (c, len) = self.wide_char_at(at);
                 if class(self.table, c) & flags == 0 {
                     break;
                 }
-                at += c.len_utf8();
+                at += len;
             }
         }
         at
@@ -760,6 +803,8 @@ mod tests {
         "emoji 👨‍👩‍👧‍👦 🏳️‍🌈 flags\u{a0}\u{a0}nbsp\u{3000}\u{3000}ideographic",
         "'", "'s", " '", "\u{301}", " \u{301}a", "a\u{301}'S", "ʰʰ", "Aʰb", "$$$ %%%\n\n/",
         "\n", " ", "  ", "\t\t", "x\u{85}\u{85}y", "12345678 1,234.5",
+        // Ideographs read 3 bytes at a time (U+5000-U+9FFF) beside chars that are not.
+        "中文分词测试，\u{5000}\u{9fff}\u{4dc0}\u{4dff}\u{a000}\u{4e00}䷀乾坤 ２０２６年",
     ];
 
     #[test]
@@ -775,6 +820,15 @@ mod tests {
                 assert_eq!(lexed(lexer, text), regexed(&engines, text), "pattern {pattern}\ntext {text:?}");
             }
         }
+    }
+
+    /// The ideographs `Scan::run` reads without decoding are all letters (\p{Lo}), as the
+    /// class table says char by char.
+    #[test]
+    fn ideographs_share_the_class_of_other_letters() {
+        assert_eq!(ideograph_class(), LETTER | UPPER | LOWER);
+        assert_eq!(class(class_table(), '中'), ideograph_class());
+        assert_ne!(class(class_table(), '\u{4dc0}'), ideograph_class()); // a hexagram: \p{So}
     }
 
     /// `Splitter::Then` gives a piece of one byte as it is, without its lexer.
@@ -794,6 +848,7 @@ mod tests {
             'a', 'Z', 's', 'S', 't', 'l', 'L', 'e', 'v', 'r', 'R', 'm', 'd', 'ſ', '\'', '’', ' ', ' ', '\n',
             '\r', '\t', '\u{b}', '\u{85}', '\u{a0}', '\u{3000}', '1', '٣', 'ⅷ', '¼', '.', '/', '!', '_',
             '\u{301}', '\u{903}', 'क', '\u{94d}', 'ʰ', 'ǅ', 'É', 'é', '日', 'ー', '👨', '\u{200d}', '\u{fe0f}', '$',
+            '\u{5000}', '\u{9fff}', '\u{4dc0}', '\u{a000}', '，',
         ];
         let mut next = crate::testing::random(0x2545_f491_4f6c_dd1d);
         // Mostly ASCII letters, in runs longer than the 8 bytes the fast path reads at once.
