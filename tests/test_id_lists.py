@@ -1,7 +1,9 @@
-"""Lists of ids are built by writing their slots directly, with each shared int's reference
-count raised inline, or, in lists of 4,096 ids and more, tallied and raised once per distinct
-int (`id_list` in src/py.rs): they must equal the ids, own exactly one reference per slot,
-and give ids past the shared ints (tokens added later) ints of their own."""
+"""Lists of ids are built by writing their slots directly, each holding a shared int of the
+tokenizer whose count is raised in arrears: the uses are tallied and the counts raised once
+a million slots are uncounted, or when asked (`_settle_id_counts`), each int holding a
+reserve meanwhile (`IdInts` in src/py/id_lists.rs). The lists must equal the ids, own
+exactly one reference per slot once settled, keep their ints when the tokenizer goes, and
+give ids past the shared ints (tokens added later) ints of their own."""
 
 from __future__ import annotations
 
@@ -25,17 +27,62 @@ def test_lists_hold_one_counted_reference_per_id(repeat):
     # Ints past 256 only: the interpreter itself holds and drops references to small ints.
     shared = {id(i): i for i in tok.encode(text, add_special_tokens=False) if i > 256}
     assert len(shared) > 10
+    tok._core._settle_id_counts()
     counts = {key: sys.getrefcount(obj) for key, obj in shared.items()}
     lists = [tok.encode(text, add_special_tokens=False) for _ in range(30)]
     rows = tok.encode_batch([text] * 5, add_special_tokens=False)
     assert all(ids == expected for ids in [*lists, *rows])
+    tok._core._settle_id_counts()
     held = {key: sys.getrefcount(obj) - counts[key] for key, obj in shared.items()}
     assert held == {key: 35 * expected.count(obj) for key, obj in shared.items()}
     # Filled untracked, the lists are the garbage collector's again once returned.
     assert all(gc.is_tracked(ids) for ids in [*lists, *rows])
     del lists, rows
     gc.collect()
+    tok._core._settle_id_counts()
     assert {key: sys.getrefcount(obj) for key, obj in shared.items()} == counts
+
+
+def test_counts_stay_exact_over_a_million_slots():
+    """Lists made and freed past the point where the counts settle by themselves: none of
+    their ints is freed early, and the counts are exact at the end."""
+    tok = ts.Tokenizer.from_file(tokenizer_path("llama3"))
+    expected = tok.encode(TEXT, add_special_tokens=False)
+    shared = {id(i): i for i in expected if i > 256}
+    tok._core._settle_id_counts()
+    counts = {key: sys.getrefcount(obj) for key, obj in shared.items()}
+    kept = []
+    for n in range(2100):  # 2100 * 560 ids: past 2^20, where the uses settle unasked
+        ids = tok.encode(TEXT, add_special_tokens=False)
+        if n % 100 == 0:
+            kept.append(ids)
+    del ids
+    assert len(expected) * 2100 > 1 << 20
+    assert all(ids == expected for ids in kept)
+    tok._core._settle_id_counts()
+    held = {key: sys.getrefcount(obj) - counts[key] for key, obj in shared.items()}
+    assert held == {key: len(kept) * expected.count(obj) for key, obj in shared.items()}
+    del kept
+    gc.collect()
+    tok._core._settle_id_counts()
+    assert {key: sys.getrefcount(obj) for key, obj in shared.items()} == counts
+
+
+def test_lists_keep_their_ints_when_the_tokenizer_goes():
+    """The tokenizer's table settles and gives its reserve back when it goes: the ints of a
+    list it made are then held by their slots alone, as those of a list built in Python."""
+    tok = ts.Tokenizer.from_file(tokenizer_path("llama3"))
+    ids = tok.encode(TEXT, add_special_tokens=False)
+    expected = [int(str(i)) for i in ids]
+    del tok
+    gc.collect()
+    assert ids == expected
+    # Each int past 256 at its first slot (held by nothing here but the list).
+    firsts = [k for k in range(len(ids)) if ids[k] > 256 and ids.index(ids[k]) == k]
+    assert len(firsts) > 10
+    for k in firsts:
+        plain = [int(str(ids[k]))] * ids.count(ids[k])
+        assert sys.getrefcount(ids[k]) == sys.getrefcount(plain[0]), ids[k]
 
 
 @pytest.mark.parametrize("repeat", [1, 2000])

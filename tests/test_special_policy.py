@@ -280,3 +280,28 @@ def test_reference_texts_have_no_ambiguous_overlaps():
             spans.sort()
             for (a0, a1, sa), (b0, b1, sb) in zip(spans, spans[1:]):
                 assert b0 >= a1, f"{name}: {sa!r} and {sb!r} overlap in {text!r}"
+
+
+@pytest.mark.parametrize(
+    "special, error",
+    [("bogus", ValueError), ("only", ValueError), (5, TypeError), (["<|eot_id|>", 1], TypeError), (["<nope>"], ValueError)],
+)
+def test_encode_checks_special_as_the_other_methods_do(special, error):
+    """`encode` checks `special` in Rust, the other methods in Python (`_policy`): the same
+    exception, with the same message, for every kind of wrong value."""
+    tok = ts_tokenizer("llama3")
+    with pytest.raises(error) as from_rust:
+        tok.encode("hi", special=special)
+    with pytest.raises(error) as from_python:
+        tok.encode_batch(["hi"], special=special)
+    assert str(from_rust.value) == str(from_python.value)
+
+
+def test_encode_takes_any_collection_of_token_strings():
+    tok = ts_tokenizer("llama3")
+    text = "<|eot_id|> and <|begin_of_text|>"
+    expected = tok.encode_batch([text], add_special_tokens=False, special={"<|eot_id|>"})[0]
+    assert tok.token_to_id("<|eot_id|>") in expected
+    assert tok.token_to_id("<|begin_of_text|>") not in expected
+    for special in [{"<|eot_id|>"}, ["<|eot_id|>"], ("<|eot_id|>",), iter(["<|eot_id|>"]), {"<|eot_id|>": 1}]:
+        assert tok.encode(text, add_special_tokens=False, special=special) == expected

@@ -1,6 +1,6 @@
 """Stubs for the Rust extension module. Use the wrappers in ``tokensmith`` instead."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 __version__: str
 
@@ -17,9 +17,8 @@ class CoreTokenizer:
     def from_tiktoken_ranks(ranks: list[tuple[bytes, int]], pattern: str, special_tokens: list[tuple[str, int]]) -> CoreTokenizer: ...
     @staticmethod
     def from_sentencepiece(path: str) -> CoreTokenizer: ...
-    def encode(
-        self, text: str, add_special_tokens: bool, policy: str, allowed: list[str] | None = None
-    ) -> list[int]: ...
+    def encode(self, text: str, add_special_tokens: bool, special: str | Iterable[str]) -> list[int]: ...
+    def _settle_id_counts(self) -> None: ...
     def encode_with_offsets(
         self,
         text: str,

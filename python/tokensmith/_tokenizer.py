@@ -201,10 +201,8 @@ class Tokenizer:
 
         >>> tok.encode("<|im_start|>user", special="text")            # doctest: +SKIP
         """
-        if special.__class__ is str and special in _POLICIES:  # the common call, without _policy's checks
-            return self._core.encode(text, add_special_tokens, special, None)
-        policy, allowed = _policy(special)
-        return self._core.encode(text, add_special_tokens, policy, allowed)
+        # `special` is checked in Rust, as `_policy` checks it for the other methods.
+        return self._core.encode(text, add_special_tokens, special)
 
     def encode_with_offsets(
         self,

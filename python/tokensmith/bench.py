@@ -16,7 +16,11 @@ Each corpus is cut into documents at blank lines. Four ways of calling are timed
   this process may use.
 
 Rounds are interleaved (every library once per round) and each library's best round counts,
-so that a slow moment of a shared machine hits all of them alike. Speed only counts for the
+so that a slow moment of a shared machine hits all of them alike. In ``per-doc``, ``whole``
+and ``batch`` each timed call follows an untimed one of the same library: otherwise a library
+pays for the caches the one before it filled with its own tables (measured, Llama 3, 2 MB of
+English in one call: fastokens ran at 91-141 MB/s right after ``tokenizers`` and at 189-207
+right after tokensmith; tokensmith at 107-135 and 156-162 the same way). Speed only counts for the
 right answer: every library's ids are compared with the reference's (Hugging Face ``tokenizers``
 when installed, else tokensmith) document by document, and its mismatching documents are
 reported beside its speed.
@@ -402,6 +406,7 @@ def race(
                 for r in range(rounds):
                     progress(f"{corpus} {mode}: round {r + 1}/{rounds}")
                     for name, run in runs.items():
+                        run()  # untimed: the caches hold this library's tables, not the last one's
                         best[name] = min(best[name], _timed(run))
                 results += [Result(name, corpus, mode, size, best[name], wrong[name]) for name in runs]
     finally:

@@ -1,19 +1,21 @@
 //! Python bindings (`tokensmith._core`). No logic lives here: argument conversion, GIL
 //! release, and mapping core errors to the exception classes defined in Python.
 
+mod id_lists;
+
 use crate::embed::{add_noise, normal_at, stream_key, Matrix};
 use crate::error::Error;
 use crate::formats::{sentencepiece, tiktoken, tokenizer_json};
 use crate::special::{AddedToken, Protected, SpecialPolicy};
 use crate::tokenizer::{byte_ranges, Tokenizer};
 use crate::train::{Skip, Trainer, WordCounts, WordOutcome};
+use id_lists::{empty_list, list_items_offset, IdInts};
 use pyo3::exceptions::{PyFileNotFoundError, PyKeyError, PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 use rayon::prelude::*;
 use rustc_hash::FxHashSet;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 /// The exception classes live in `tokensmith.errors`; look them up once.
@@ -219,13 +221,9 @@ impl PyTokenizer {
     }
 
     fn id_table(&self, py: Python<'_>) -> &IdInts {
-        self.id_objects.get_or_init(py, || {
-            // Every real vocabulary fits under 2^20 (30 MB of ints at most); ids past the
-            // table get new ints.
-            let n = self.get().vocab_size().min(1 << 20) as u32;
-            let int = |id: u32| IdInt { int: id.into_pyobject(py).expect("infallible").into_any().unbind(), uses: AtomicU32::new(0) };
-            IdInts { ints: (0..n).map(int).collect(), tally: std::sync::Mutex::new(Vec::new()) }
-        })
+        // Every real vocabulary fits under 2^20 (30 MB of ints at most); ids past the table
+        // get new ints.
+        self.id_objects.get_or_init(py, || IdInts::new(py, self.get().vocab_size().min(1 << 20) as u32))
     }
 
     fn get(&self) -> Arc<Tokenizer> {
@@ -311,6 +309,31 @@ impl PyTokenizer {
         .or_raise(py)
     }
 
+    /// The policy of a `special` argument as users write it: "allow", "text", "raise", or a
+    /// collection of token strings (what `_policy` in Python checks for the other methods).
+    fn special_policy(&self, py: Python<'_>, special: &Bound<'_, PyAny>) -> PyResult<SpecialPolicy> {
+        if let Ok(name) = special.downcast::<PyString>() {
+            return match name.to_str()? {
+                "allow" => Ok(SpecialPolicy::Allow),
+                "text" => Ok(SpecialPolicy::Text),
+                "raise" => Ok(SpecialPolicy::Raise),
+                _ => Err(PyValueError::new_err(format!(
+                    "special must be \"allow\", \"text\", \"raise\" or a collection of token strings, got {}",
+                    special.repr()?
+                ))),
+            };
+        }
+        let not_a_collection =
+            || PyTypeError::new_err(format!("special must be a str or a collection of str, got {}", special.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string())));
+        let mut tokens = Vec::new();
+        for item in special.try_iter().map_err(|_| not_a_collection())? {
+            let item = item?;
+            let token = item.downcast::<PyString>().map_err(|_| PyTypeError::new_err("special must be a collection of token strings"))?;
+            tokens.push(token.to_str()?.to_owned());
+        }
+        self.policy(py, "only", Some(tokens))
+    }
+
     fn policy(&self, py: Python<'_>, policy: &str, allowed: Option<Vec<String>>) -> PyResult<SpecialPolicy> {
         Ok(match (policy, allowed) {
             ("allow", None) => SpecialPolicy::Allow,
@@ -353,234 +376,16 @@ fn read(py: Python<'_>, path: &str) -> PyResult<String> {
     })
 }
 
-/// Where a list object keeps the address of its array of slots, if it is where CPython's
-/// `PyListObject` has it (after the variable-size object header), checked once on a real
-/// list; `None` leaves lists to `PyList_SetItem`.
-///
-/// Why: under the limited API `PyList_SetItem` and `Py_IncRef` are exported functions, two
-/// calls per id, and a list of ids cost 13-24 ns an id: 35-40% of a whole-text `encode`
-/// from Python (Llama 3, Debian handbook: 206-221 MB/s in Rust, 126 from Python). fastokens
-/// (also abi3) writes the slots and counts inline, as here. Measured with `perf` (one core,
-/// 2026-12-02): the list's share of a per-document encode loop fell from 10.7% of the
-/// samples to 8.6% (the encode's own: 20-24%), of a whole-text loop from 22% to 19%. Long
-/// lists then raise each int's count once (`COUNTED_LIST_MIN`).
-fn list_items_offset(py: Python<'_>) -> Option<usize> {
-    static OFFSET: GILOnceCell<Option<usize>> = GILOnceCell::new();
-    *OFFSET.get_or_init(py, || {
-        if !(cfg!(target_endian = "little") && cfg!(target_pointer_width = "64")) {
-            return None; // `incref` reads the count's low 32 bits as the first four bytes
-        }
-        let marker = PyString::new(py, "tokensmith: where are a list's slots?");
-        let list = PyList::new(py, [&marker]).ok()?;
-        let at = 3 * std::mem::size_of::<usize>(); // ob_refcnt, ob_type, ob_size
-        // SAFETY: a `PyListObject` is at least its header and the slots' address long.
-        let items = unsafe { *list.as_ptr().cast::<u8>().add(at).cast::<*const *mut pyo3::ffi::PyObject>() };
-        // SAFETY: read only when it is the address of a one-slot array.
-        (!items.is_null() && unsafe { *items } == marker.as_ptr()).then_some(at)
-    })
-}
-
-/// `Py_INCREF` inline: the count is the object's first word. A count whose low 32 bits are
-/// negative as an `i32` (an immortal object from Python 3.12 on: small ints, for one) goes
-/// to `Py_IncRef`, which does what the running version requires.
-///
-/// # Safety
-/// `object` is a live Python object, and the GIL is held.
-#[inline(always)]
-unsafe fn incref(object: *mut pyo3::ffi::PyObject) {
-    let count = object.cast::<isize>();
-    if (*count as i32) < 0 {
-        pyo3::ffi::Py_IncRef(object);
-    } else {
-        *count += 1;
-    }
-}
-
-/// Lists of at least this many ids (in all, for a batch) tally their uses of each table
-/// int and raise each int's count once (`IdInts::settle`), instead of once per slot, as
-/// fastokens does in its parallel list fill.
-///
-/// Why: the ints are spread over 4 MB (Llama 3), and raising a count per slot waits on a
-/// cache miss per token; the tally sits beside the int's address, which is loaded anyway,
-/// and the counts are then raised once per distinct id (Llama 3, the first 2 MB of the
-/// Debian handbook in one list: 264,658 ids, 15,025 distinct). Measured in one process,
-/// tallied and inline lists in turn, 40 rounds, one core (2026-12-02): whole-text `encode`
-/// median 144 -> 152 MB/s (English), 68 -> 78 (Chinese), 124 -> 131 (CPython source);
-/// the same call without a list (`encode_batch_numpy`) ran 149-179. Per-document lists
-/// (40 ids on average) gained nothing from a tally: most of their ids are distinct.
-const COUNTED_LIST_MIN: usize = 4096;
-
-/// A table int, and how many slots of the list being filled hold it uncounted.
-struct IdInt {
-    int: PyObject,
-    uses: AtomicU32,
-}
-
-struct IdInts {
-    ints: Vec<IdInt>,
-    /// The ids whose `uses` are not 0, in the order they were first used. Whoever holds
-    /// it owns every `uses`; a list filled while another holds it raises counts inline.
-    tally: std::sync::Mutex<Vec<u32>>,
-}
-
-impl IdInts {
-    /// The int of `id`: the table's, or a new one past it.
-    fn int<'py>(&self, py: Python<'py>, id: u32) -> Bound<'py, PyAny> {
-        match self.ints.get(id as usize) {
-            Some(entry) => entry.int.bind(py).clone(),
-            None => id.into_pyobject(py).expect("infallible").into_any(),
-        }
-    }
-
-    /// Writes the ints of each row into its list, then gives the lists to the garbage
-    /// collector. On an error (no memory for an int past the table) the slots not yet
-    /// written stay NULL, which `list_dealloc` skips, and every written one is counted.
-    ///
-    /// # Safety
-    /// Each list is new, untracked by the garbage collector (`empty_list`), seen by no one
-    /// else, and of its row's length; `items_at` is `list_items_offset`'s answer.
-    unsafe fn fill_lists(&self, py: Python<'_>, items_at: usize, lists: &[Bound<'_, PyList>], rows: &[&[u32]]) -> PyResult<()> {
-        // Taken only now that every list is made: making one may run the garbage collector
-        // and finalizers, which may let another thread in. From here on only an error
-        // (`PyErr::fetch`) may run Python code, and that is safe: the lists are untracked,
-        // the table's own reference keeps every int alive, and another fill finds the tally
-        // taken. The tally settles when dropped, on an error as well.
-        let mut tally = self.tally(rows.iter().map(|ids| ids.len()).sum());
-        for (list, ids) in lists.iter().zip(rows) {
-            self.fill(py, list_items(list, items_at), ids, tally.as_mut().map(|t| &mut *t.used))?;
-        }
-        drop(tally);
-        for list in lists {
-            pyo3::ffi::PyObject_GC_Track(list.as_ptr().cast());
-        }
-        Ok(())
-    }
-
-    /// The tally, for lists of `ids` ids in all: none below `COUNTED_LIST_MIN`, or while
-    /// another list holds it.
-    fn tally(&self, ids: usize) -> Option<Tally<'_>> {
-        if !(COUNTED_LIST_MIN..=u32::MAX as usize).contains(&ids) {
-            return None;
-        }
-        let used = match self.tally.try_lock() {
-            Ok(used) => used,
-            // A panic while it was held: `Tally::drop` has settled and cleared it anyway.
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        };
-        Some(Tally { table: self, used })
-    }
-
-    /// Writes the int of each id into `items`, one slot each, each holding a reference:
-    /// counted at once (`incref`) without a tally, else counted in the tally's uses for
-    /// `settle` to raise. Stops at the first error, with the slots from there on unwritten.
-    ///
-    /// # Safety
-    /// The GIL is held, `items` has room for `ids.len()` slots no one else can see, and
-    /// `used` is this table's tally, which the sum of its lists' lengths cannot overflow.
-    #[inline(always)]
-    unsafe fn fill(&self, py: Python<'_>, items: *mut *mut pyo3::ffi::PyObject, ids: &[u32], mut used: Option<&mut Vec<u32>>) -> PyResult<()> {
-        // A new int past the table, without `into_pyobject`, which panics where memory is
-        // short: unwinding past uncounted slots would free table ints still in use.
-        let new_int = |id: u32| {
-            let int = pyo3::ffi::PyLong_FromUnsignedLongLong(id.into());
-            if int.is_null() { Err(PyErr::fetch(py)) } else { Ok(int) }
-        };
-        for (i, &id) in ids.iter().enumerate() {
-            *items.add(i) = match self.ints.get(id as usize) {
-                Some(entry) => {
-                    match &mut used {
-                        None => incref(entry.int.as_ptr()),
-                        Some(used) => {
-                            // Plain loads and stores: the holder of the tally alone touches
-                            // the counts of uses.
-                            let uses = entry.uses.load(Ordering::Relaxed);
-                            if uses == 0 {
-                                used.push(id);
-                            }
-                            entry.uses.store(uses + 1, Ordering::Relaxed);
-                        }
-                    }
-                    entry.int.as_ptr()
-                }
-                None => new_int(id)?,
-            };
-        }
-        Ok(())
-    }
-
-    /// Raises each used int's count by its uses, and clears the tally.
-    ///
-    /// # Safety
-    /// The GIL is held, `used` is this table's tally, and every use is a list slot
-    /// holding that int uncounted.
-    unsafe fn settle(&self, used: &mut Vec<u32>) {
-        for id in used.drain(..) {
-            let entry = &self.ints[id as usize];
-            add_references(entry.int.as_ptr(), entry.uses.load(Ordering::Relaxed));
-            entry.uses.store(0, Ordering::Relaxed);
-        }
-    }
-}
-
-/// The tally of a table, held while lists are filled; dropping it raises the counts.
-struct Tally<'a> {
-    table: &'a IdInts,
-    used: std::sync::MutexGuard<'a, Vec<u32>>,
-}
-
-impl Drop for Tally<'_> {
-    fn drop(&mut self) {
-        // SAFETY: a tally is only taken with the GIL held, for lists it counts the uses of.
-        unsafe { self.table.settle(&mut self.used) }
-    }
-}
-
-/// A new list of `len` empty (NULL) slots, untracked by the garbage collector until
-/// `IdInts::fill_lists` has written them: the collector, which may run while the next
-/// list of a batch is made, must not hand a half-made list to Python code.
-fn empty_list(py: Python<'_>, len: usize) -> PyResult<Bound<'_, PyList>> {
-    let len = isize::try_from(len).map_err(|_| PyMemoryError::new_err("too many ids for a list"))?;
-    // SAFETY: `PyList_New` returns a new list or NULL with an error set. Untracking an
-    // object twice is allowed, and so `list_dealloc` may drop it untracked.
-    unsafe {
-        let list = Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyList_New(len))?.downcast_into_unchecked::<PyList>();
-        pyo3::ffi::PyObject_GC_UnTrack(list.as_ptr().cast());
-        Ok(list)
-    }
-}
-
-/// The array of a list's slots, at `items_at` (`list_items_offset`).
-///
-/// # Safety
-/// `items_at` is `list_items_offset`'s answer.
-unsafe fn list_items(list: &Bound<'_, PyList>, items_at: usize) -> *mut *mut pyo3::ffi::PyObject {
-    *list.as_ptr().cast::<u8>().add(items_at).cast::<*mut *mut pyo3::ffi::PyObject>()
-}
-
-/// `incref` `n` times in one step, where the count can take it without reaching the
-/// immortal range (the low 32 bits negative as an `i32`); else `Py_IncRef` until the count
-/// stops moving (an immortal object, from Python 3.12 on: one call) or `n` times.
-///
-/// # Safety
-/// `object` is a live Python object, and the GIL is held.
-unsafe fn add_references(object: *mut pyo3::ffi::PyObject, n: u32) {
-    let count = object.cast::<isize>();
-    if (*count as i32) >= 0 && i64::from(*count as i32) + i64::from(n) <= i64::from(i32::MAX) {
-        *count += n as isize;
-    } else {
-        for _ in 0..n {
-            let before = *count;
-            pyo3::ffi::Py_IncRef(object);
-            if *count == before {
-                break;
-            }
-        }
-    }
-}
-
 #[pymethods]
 impl PyTokenizer {
+    /// Raises the counts of the ints that list slots hold uncounted (see `IdInts`): for the
+    /// tests of the counts, which then read each int's references plus its reserve.
+    fn _settle_id_counts(&self, py: Python<'_>) {
+        if let Some(table) = self.id_objects.get(py) {
+            table.settle_now(py);
+        }
+    }
+
     #[staticmethod]
     fn from_file(py: Python<'_>, path: &str) -> PyResult<Self> {
         let json = read(py, path)?;
@@ -646,20 +451,21 @@ impl PyTokenizer {
         Ok(Self::new(tokenizer))
     }
 
-    #[pyo3(signature = (text, add_special_tokens, policy, allowed = None))]
+    /// `Tokenizer.encode`, whose `special` comes here unchecked: checking it in Python took
+    /// a tenth of the Python layer's time (about 50 of 140 ns a call, 2026-12-04), and a
+    /// per-document call is about 1.3 us.
     fn encode<'py>(
         &self,
         py: Python<'py>,
         text: &Bound<'_, PyAny>,
         add_special_tokens: bool,
-        policy: &str,
-        allowed: Option<Vec<String>>,
+        special: &Bound<'_, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
         let text = text
             .downcast::<PyString>()
             .map_err(|_| PyTypeError::new_err(format!("expected str, got {}", text.get_type())))?;
         let s = self::text(text)?;
-        let policy = self.policy(py, policy, allowed)?;
+        let policy = self.special_policy(py, special)?;
         let tokenizer = self.get();
         // Short texts are cheaper to encode than to release and re-take the GIL.
         let ids = if s.len() < 4096 {
