@@ -148,7 +148,9 @@ struct Uncounted {
 /// 31% for pre-tokenizing and BPE). The ints are spread over 4 MB (Llama 3), and every
 /// count is a read and a write of a line that is rarely in the core's cache. Without those
 /// writes a document took 18-20% less time (measured with the counts left out altogether,
-/// 2026-12-04: English 1,460 -> 1,200 ns, Chinese 1,760 -> 1,400 ns a document, lists kept).
+/// 2026-12-04: English 1,460 -> 1,200 ns, Chinese 1,760 -> 1,400 ns a document, lists
+/// kept), and as built below 16-17% less (English 1,565 -> 1,300 ns, Chinese 2,106 ->
+/// 1,768 ns; medians of four runs of the two builds in turn, one core, the same day).
 ///
 /// How it stays correct: each int's count holds `RESERVE` references more than it has when
 /// the table is made. A slot is then written with its int's `uses` raised instead of its
@@ -174,13 +176,16 @@ impl IdInts {
     /// The ints of ids below `n`.
     pub(super) fn new(py: Python<'_>, n: u32) -> IdInts {
         let counts = if py.version_info() >= (3, 12) { Counts::Narrow } else { Counts::Wide };
+        // Only where slots are written here: elsewhere (`PyList_SetItem`) each is counted,
+        // and a count read as 32 bits of a 64-bit word would be wrong.
+        let direct = list_items_offset(py).is_some();
         let int = |id: u32| IdInt {
             int: id.into_pyobject(py).expect("infallible").into_any().unbind(),
             uses: AtomicU32::new(0),
         };
         let ints: Vec<IdInt> = (0..n).map(int).collect();
         // SAFETY: the GIL is held, and the ints are live (the table holds them).
-        let reserved = unsafe {
+        let reserved = direct && unsafe {
             let mortal = || ints.iter().map(|entry| entry.int.as_ptr()).filter(|&int| !counts.is_immortal(int));
             let given = mortal().take_while(|&int| counts.try_add(int, RESERVE)).count();
             let all = given == mortal().count();
@@ -221,16 +226,20 @@ impl IdInts {
         // (`PyErr::fetch`) may run Python code, and that is safe: the lists are untracked,
         // the table's own references keep every int alive, and another fill finds the
         // uncounted slots taken.
-        let mut uncounted = self.take_uncounted(rows.iter().map(|ids| ids.len()).sum());
-        for (list, ids) in lists.iter().zip(rows) {
-            self.fill(py, list_items(list, items_at), ids, uncounted.as_deref_mut())?;
-        }
+        let mut uncounted = self.take_uncounted(py, rows.iter().map(|ids| ids.len()).sum());
+        let filled = lists
+            .iter()
+            .zip(rows)
+            .try_for_each(|(list, ids)| self.fill(py, list_items(list, items_at), ids, uncounted.as_deref_mut()));
+        // On an error too: the lists are then freed at once, each slot lowering a count it
+        // never raised, and failing fills in a row must not use up the reserve unsettled.
         if let Some(uncounted) = uncounted.as_deref_mut() {
             if uncounted.slots >= SETTLE_AT {
                 self.settle(uncounted);
             }
         }
         drop(uncounted);
+        filled?;
         for list in lists {
             pyo3::ffi::PyObject_GC_Track(list.as_ptr().cast());
         }
@@ -239,7 +248,7 @@ impl IdInts {
 
     /// The uncounted slots, with room for `ids` more, or `None` where the fill must count
     /// inline: the table has no reserve, the fill is too large, or another fill holds them.
-    fn take_uncounted(&self, ids: usize) -> Option<MutexGuard<'_, Uncounted>> {
+    fn take_uncounted(&self, _py: Python<'_>, ids: usize) -> Option<MutexGuard<'_, Uncounted>> {
         if !self.reserved || ids > FILL_MAX {
             return None;
         }
@@ -249,6 +258,10 @@ impl IdInts {
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return None,
         };
+        if uncounted.slots >= SETTLE_AT {
+            // SAFETY: the GIL is held (`_py`), and these are this table's uncounted slots.
+            unsafe { self.settle(&mut uncounted) };
+        }
         uncounted.slots += ids;
         Some(uncounted)
     }
@@ -315,11 +328,13 @@ impl IdInts {
     }
 
     /// Settles the uncounted slots now: every int's count is then its references plus its
-    /// reserve (what the tests of the counts compare).
-    pub(super) fn settle_now(&self, _py: Python<'_>) {
+    /// reserve (what the tests of the counts compare). Returns how many slots were uncounted.
+    pub(super) fn settle_now(&self, _py: Python<'_>) -> usize {
         let mut uncounted = self.uncounted.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let slots = uncounted.slots;
         // SAFETY: the GIL is held (`_py`), and `uncounted` is this table's.
-        unsafe { self.settle(&mut uncounted) }
+        unsafe { self.settle(&mut uncounted) };
+        slots
     }
 }
 

@@ -323,11 +323,17 @@ impl PyTokenizer {
                 ))),
             };
         }
-        let not_a_collection =
-            || PyTypeError::new_err(format!("special must be a str or a collection of str, got {}", special.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string())));
-        let mut tokens = Vec::new();
-        for item in special.try_iter().map_err(|_| not_a_collection())? {
-            let item = item?;
+        // As `list(special)` in `_policy`: a TypeError from iterating is the one below.
+        let items = match special.try_iter().and_then(|items| items.collect::<PyResult<Vec<_>>>()) {
+            Ok(items) => items,
+            Err(e) if e.is_instance_of::<PyTypeError>(py) => {
+                let name = special.get_type().name()?;
+                return Err(PyTypeError::new_err(format!("special must be a str or a collection of str, got {name}")));
+            }
+            Err(e) => return Err(e),
+        };
+        let mut tokens = Vec::with_capacity(items.len());
+        for item in &items {
             let token = item.downcast::<PyString>().map_err(|_| PyTypeError::new_err("special must be a collection of token strings"))?;
             tokens.push(token.to_str()?.to_owned());
         }
@@ -378,12 +384,11 @@ fn read(py: Python<'_>, path: &str) -> PyResult<String> {
 
 #[pymethods]
 impl PyTokenizer {
-    /// Raises the counts of the ints that list slots hold uncounted (see `IdInts`): for the
-    /// tests of the counts, which then read each int's references plus its reserve.
-    fn _settle_id_counts(&self, py: Python<'_>) {
-        if let Some(table) = self.id_objects.get(py) {
-            table.settle_now(py);
-        }
+    /// Raises the counts of the ints that list slots hold uncounted (see `IdInts`), and says
+    /// how many slots those were: for the tests of the counts, which then read each int's
+    /// references plus its reserve.
+    fn _settle_id_counts(&self, py: Python<'_>) -> usize {
+        self.id_objects.get(py).map_or(0, |table| table.settle_now(py))
     }
 
     #[staticmethod]
