@@ -352,6 +352,25 @@ mod tests {
     }
 
     #[test]
+    fn a_part_is_not_taken_whole_from_the_cache_of_pieces() {
+        // 中文的 is a token no merge makes: a piece of those bytes is that token
+        // (`ignore_merges`), kept so in the cache, while a part of a cut piece is what merges
+        // make of it. The cache, shared by pieces and parts, must not give the one for the other.
+        let (bpe, whole) = vocab(true);
+        let mut out = Vec::new();
+        bpe.encode("中文的".as_bytes(), &mut out).unwrap();
+        assert_eq!(out, [whole], "a piece is looked up whole");
+        let long = "文中文的文人中文的文".as_bytes(); // cut before each 中 and after each 的
+        assert!(long.len() > crate::bpe::cache::SHORT_MAX);
+        for _ in 0..2 {
+            let mut out = Vec::new();
+            bpe.encode(long, &mut out).unwrap();
+            assert_eq!(out, bpe.merges_only(long));
+            assert!(!out.contains(&whole));
+        }
+    }
+
+    #[test]
     fn cut_pieces_encode_as_merges_do() {
         for ignore_merges in [false, true] {
             let (bpe, whole) = vocab(ignore_merges);
