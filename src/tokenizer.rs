@@ -23,11 +23,16 @@ pub struct Vocab {
 }
 
 impl Vocab {
+    /// The ids a vocabulary of `entries` strings may use: below this. The id tables have a
+    /// slot for every id up to the largest, and one id of 2^31 in a file would take
+    /// gigabytes (an abort, not an error). Real vocabularies have few holes.
+    pub fn id_limit(entries: usize) -> usize {
+        entries.saturating_mul(2).max(entries + (1 << 20))
+    }
+
     pub fn new(entries: impl IntoIterator<Item = (String, u32)>) -> Result<Self> {
         let entries: Vec<(String, u32)> = entries.into_iter().collect();
-        // The id table has a slot for every id up to the largest: one id of 2^31 in a file
-        // would take gigabytes (an abort, not an error). Real vocabularies have few holes.
-        let limit = entries.len().saturating_mul(2).max(entries.len() + (1 << 20));
+        let limit = Self::id_limit(entries.len());
         if let Some((token, id)) = entries.iter().find(|(_, id)| *id as usize >= limit) {
             return Err(Error::format(
                 "",

@@ -46,6 +46,15 @@ pub fn build(
     pattern: &str,
     special_tokens: &[(String, u32)],
 ) -> Result<Tokenizer> {
+    // Before any table is sized by the largest rank (the fuzzer's rank of 3,333,333,382
+    // took the merge tables past 4 GB).
+    let limit = Vocab::id_limit(ranks.len() + special_tokens.len());
+    if let Some((bytes, rank)) = ranks.iter().find(|(_, rank)| *rank as usize >= limit) {
+        return Err(Error::format(
+            "",
+            format!("rank {rank} of {:?} is far beyond the {} ranks of the file", String::from_utf8_lossy(bytes), ranks.len()),
+        ));
+    }
     let pre_tokenizer = PreTokenizer::from_pattern(pattern, Dialect::Tiktoken)?;
     let bpe = Bpe::from_ranks(&ranks);
     let merges = merges_from_ranks(&ranks);
@@ -168,6 +177,16 @@ mod tests {
         assert_eq!(end_anchors_to_onig(r"\p{N}{1,3}+|a{2}+b|(x{1,2}+)"), r"\p{N}{1,3}|a{2}+b|(x{1,2})");
         // `}` of a class name is no repeat: its `+` stays.
         assert_eq!(end_anchors_to_onig(r" ?\p{L}+| ?\p{N}+|\s+"), r" ?\p{L}+| ?\p{N}+|\s+");
+    }
+
+    #[test]
+    fn a_rank_far_beyond_the_others_is_an_error_not_gigabytes() {
+        let ranks = vec![(b"a".to_vec(), 0), (b"b".to_vec(), 1), (b"ab".to_vec(), 3_333_333_382)];
+        let error = build(ranks, r"\w+", &[]).map(|_| ()).unwrap_err().to_string();
+        assert!(error.contains("rank 3333333382 of \"ab\" is far beyond the 3 ranks"), "{error}");
+        // A special token's id is checked with the vocabulary, before it is added.
+        let ranks = vec![(b"a".to_vec(), 0), (b"b".to_vec(), 1)];
+        assert!(build(ranks, r"\w+", &[("<|end|>".into(), 3_000_000_000)]).is_err());
     }
 
     #[test]
