@@ -15,11 +15,29 @@ static GLOBAL_OWNER: OnceLock<u32> = OnceLock::new();
 /// The pool of a forked child, with the child's pid (a grandchild builds its own again).
 static CHILD_POOL: Mutex<Option<(u32, Arc<ThreadPool>)>> = Mutex::new(None);
 
+/// `rayon::in_place_scope` in a pool that has threads: `op` runs on this thread, and the
+/// tasks it spawns on the pool's.
+pub fn in_place_scope<'scope, T>(op: impl FnOnce(&rayon::Scope<'scope>) -> T) -> T {
+    match child_pool() {
+        None => rayon::in_place_scope(op),
+        Some(pool) => pool.in_place_scope(op),
+    }
+}
+
 /// Runs `f`, whose rayon calls (`par_iter`, ...) then use a pool that has threads.
 pub fn install<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    match child_pool() {
+        None => f(),
+        Some(pool) => pool.install(f),
+    }
+}
+
+/// The pool of this process when it is a forked child of the one that owns rayon's global
+/// pool; `None` in the owner.
+fn child_pool() -> Option<Arc<ThreadPool>> {
     let pid = std::process::id();
     if *GLOBAL_OWNER.get_or_init(|| pid) == pid {
-        return f();
+        return None;
     }
     let pool = {
         let mut slot = CHILD_POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -36,5 +54,5 @@ pub fn install<T: Send>(f: impl FnOnce() -> T + Send) -> T {
             }
         }
     };
-    pool.install(f)
+    Some(pool)
 }

@@ -327,7 +327,7 @@ impl Tokenizer {
             .map(|t| {
                 let mut ids = Vec::new();
                 Error::reserve(&mut ids, t.len() / 3 + 4, "the ids of the text")?;
-                self.run(t, policy, Protected::NONE, add_special_tokens, Sink { ids: &mut ids, offsets: None })?;
+                self.encode_onto(t, policy, add_special_tokens, &mut ids)?;
                 Ok(ids)
             })
             .collect::<Result<_>>()?;
@@ -336,6 +336,23 @@ impl Tokenizer {
             batch.iter_mut().for_each(|ids| padding.apply(target, ids, None));
         }
         Ok(batch)
+    }
+
+    /// Appends the ids of `text` to `ids`, truncated and wrapped in the template but not
+    /// padded (padding depends on the rest of a batch: `pads`).
+    pub fn encode_onto(
+        &self,
+        text: &str,
+        policy: &SpecialPolicy,
+        add_special_tokens: bool,
+        ids: &mut Vec<u32>,
+    ) -> Result<()> {
+        self.run(text, policy, Protected::NONE, add_special_tokens, Sink { ids, offsets: None })
+    }
+
+    /// Whether encoding pads ids to a length.
+    pub fn pads(&self) -> bool {
+        self.padding.is_some()
     }
 
     /// Encode, truncate, wrap in the template: everything but padding.

@@ -1,6 +1,7 @@
 //! Python bindings (`tokensmith._core`). No logic lives here: argument conversion, GIL
 //! release, and mapping core errors to the exception classes defined in Python.
 
+mod batch_lists;
 mod id_lists;
 
 use crate::embed::{add_noise, normal_at, stream_key, Matrix};
@@ -138,8 +139,6 @@ fn texts<'py>(items: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyString>>> 
         .collect()
 }
 
-/// Runs `f` with the GIL released, its parallel work in a pool that survives `fork`
-/// ([`crate::pool`]).
 /// Writes the rows' ids one after another into `out` (little-endian u32), in parallel
 /// over groups of rows of about equal size.
 fn copy_rows(out: &mut [u8], rows: &[Vec<u32>]) {
@@ -162,6 +161,8 @@ fn copy_rows(out: &mut [u8], rows: &[Vec<u32>]) {
     });
 }
 
+/// Runs `f` with the GIL released, its parallel work in a pool that survives `fork`
+/// ([`crate::pool`]).
 fn without_gil<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
     py.allow_threads(|| crate::pool::install(f))
 }
@@ -552,15 +553,20 @@ impl PyTokenizer {
     fn encode_batch<'py>(
         &self,
         py: Python<'py>,
-        texts: &Bound<'_, PyAny>,
+        texts: &Bound<'py, PyAny>,
         add_special_tokens: bool,
         policy: &str,
         allowed: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let owned = self::texts(texts)?;
-        let strs = owned.iter().map(text).collect::<PyResult<Vec<&str>>>()?;
         let policy = self.policy(py, policy, allowed)?;
         let tokenizer = self.get();
+        // Padding needs the batch's longest row before any list can be made.
+        if !tokenizer.pads() {
+            let lists = batch_lists::encode_to_lists(py, &tokenizer, self.id_table(py), &owned, &policy, add_special_tokens)?;
+            return PyList::new(py, lists);
+        }
+        let strs = owned.iter().map(text).collect::<PyResult<Vec<&str>>>()?;
         let batch = without_gil(py, || {
             let batch = tokenizer.encode_batch(&strs, &policy, add_special_tokens)?;
             let ids = batch.iter().map(Vec::len).sum();
