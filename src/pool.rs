@@ -24,6 +24,15 @@ pub fn in_place_scope<'scope, T>(op: impl FnOnce(&rayon::Scope<'scope>) -> T) ->
     }
 }
 
+/// How many threads the pool of `install` and `in_place_scope` has (without starting
+/// rayon's global pool in a forked child).
+pub fn threads() -> usize {
+    match child_pool() {
+        None => rayon::current_num_threads(),
+        Some(pool) => pool.current_num_threads(),
+    }
+}
+
 /// Runs `f`, whose rayon calls (`par_iter`, ...) then use a pool that has threads.
 pub fn install<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     match child_pool() {

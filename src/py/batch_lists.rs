@@ -22,7 +22,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex, MutexGuard};
 
 /// UTF-8 bytes of text per chunk, at most: small enough that the last chunk's lists (made
 /// after everything else) are short, large enough that a chunk's overhead (a task, a
@@ -67,10 +67,15 @@ pub(super) fn encode_to_lists<'py>(
     }
     crate::pool::in_place_scope(|scope| {
         let (sender, receiver) = mpsc::channel();
+        // In a lock only to be waited on with the GIL released (a receiver is not `Sync`).
+        let receiver = Mutex::new(receiver);
         let made = send_chunks(scope, &batch, texts, chars, sender)
-            .and_then(|chunks| receive_lists(py, table, receiver, chunks, &mut lists));
+            .and_then(|chunks| receive_lists(py, table, &receiver, chunks, &mut lists));
         if made.is_err() {
+            // The scope's end waits for every task, holding the GIL: let the running ones
+            // finish first, without it (the receiver ends when every task has ended).
             batch.stop.store(true, Ordering::Relaxed);
+            py.allow_threads(|| while lock(&receiver).recv().is_ok() {});
         }
         made
     })?;
@@ -109,7 +114,7 @@ fn send_chunks<'a>(
     chars: usize,
     sender: mpsc::Sender<Message>,
 ) -> PyResult<usize> {
-    let target = (chars / (8 * rayon::current_num_threads())).clamp(CHUNK_MIN, CHUNK_BYTES);
+    let target = (chars / (8 * crate::pool::threads())).clamp(CHUNK_MIN, CHUNK_BYTES);
     let (mut chunks, mut rest) = (0, texts);
     while !rest.is_empty() {
         let (mut strs, mut bytes) = (Vec::new(), 0);
@@ -143,7 +148,7 @@ fn send_chunks<'a>(
 fn receive_lists<'py>(
     py: Python<'py>,
     table: &IdInts,
-    mut receiver: mpsc::Receiver<Message>,
+    receiver: &Mutex<mpsc::Receiver<Message>>,
     chunks: usize,
     lists: &mut Lists<'py>,
 ) -> PyResult<()> {
@@ -153,11 +158,7 @@ fn receive_lists<'py>(
             if let Some(chunk) = early[next].take() {
                 break chunk;
             }
-            let (back, message) = py.allow_threads(move || {
-                let message = receiver.recv();
-                (receiver, message)
-            });
-            receiver = back;
+            let message = py.allow_threads(|| lock(receiver).recv());
             // Every sender gone before this chunk came: a task panicked (and the scope's
             // end raises its panic).
             let Ok((n, encoded)) = message else {
@@ -206,4 +207,8 @@ impl<'py> Lists<'py> {
         }
         Ok(())
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

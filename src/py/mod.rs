@@ -590,8 +590,8 @@ impl PyTokenizer {
         allowed: Option<Vec<String>>,
     ) -> PyResult<(Bound<'py, PyByteArray>, Bound<'py, PyByteArray>)> {
         let owned = self::texts(texts)?;
-        let strs = owned.iter().map(text).collect::<PyResult<Vec<&str>>>()?;
         let policy = self.policy(py, policy, allowed)?;
+        let strs = owned.iter().map(text).collect::<PyResult<Vec<&str>>>()?;
         let tokenizer = self.get();
         let (batch, offsets) = without_gil(py, || {
             let batch = tokenizer.encode_batch(&strs, &policy, add_special_tokens)?;
@@ -1083,8 +1083,9 @@ impl PyVocabTrainer {
     }
 
     fn set_corpus(&self, py: Python<'_>, counts: &PyWordCounts) -> PyResult<()> {
-        let counts = counts.lock();
-        without_gil(py, || self.lock().set_corpus(&counts)).or_raise(py)
+        // Both locks taken and dropped with the GIL released: a lock held while taking the
+        // GIL back would deadlock with a thread that holds the GIL and waits for it.
+        without_gil(py, || self.lock().set_corpus(&counts.lock())).or_raise(py)
     }
 
     /// How many new tokens are characters the vocabulary lacked (SentencePiece-style).
