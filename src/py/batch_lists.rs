@@ -13,7 +13,7 @@
 //! of the calling thread alone), as the slots, zeroed by the calling thread, moved between
 //! the cores' caches.
 
-use super::id_lists::{empty_list, list_items_offset, IdInts};
+use super::id_lists::IdInts;
 use super::{check_python_room, text, IntoPy, IDS};
 use crate::error::{Error, Result};
 use crate::special::SpecialPolicy;
@@ -192,19 +192,7 @@ impl<'py> Lists<'py> {
                 row
             })
             .collect::<Vec<_>>();
-        match list_items_offset(py) {
-            Some(items_at) => {
-                let made = rows.iter().map(|row| empty_list(py, row.len())).collect::<PyResult<Vec<_>>>()?;
-                // SAFETY: the lists are new, untracked and each of its row's length.
-                unsafe { table.fill_lists(py, items_at, &made, &rows)? };
-                self.lists.extend(made);
-            }
-            None => {
-                for row in rows {
-                    self.lists.push(PyList::new(py, row.iter().map(|&id| table.int(py, id)))?);
-                }
-            }
-        }
+        self.lists.extend(table.lists(py, &rows)?);
         Ok(())
     }
 }

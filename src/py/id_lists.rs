@@ -212,6 +212,17 @@ impl IdInts {
         }
     }
 
+    /// Each row of ids as a Python list of these ints.
+    pub(super) fn lists<'py>(&self, py: Python<'py>, rows: &[&[u32]]) -> PyResult<Vec<Bound<'py, PyList>>> {
+        let Some(items_at) = list_items_offset(py) else {
+            return rows.iter().map(|ids| PyList::new(py, ids.iter().map(|&id| self.int(py, id)))).collect();
+        };
+        let lists = rows.iter().map(|ids| empty_list(py, ids.len())).collect::<PyResult<Vec<_>>>()?;
+        // SAFETY: the lists are new, untracked and each of its row's length.
+        unsafe { self.fill_lists(py, items_at, &lists, rows)? };
+        Ok(lists)
+    }
+
     /// Writes the ints of each row into its list, then gives the lists to the garbage
     /// collector. On an error (no memory for an int past the table) the slots not yet
     /// written stay NULL, which `list_dealloc` skips, and every written one is accounted for.

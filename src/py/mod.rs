@@ -211,14 +211,7 @@ impl PyTokenizer {
 
     /// Each row of ids as a Python list of ints: `id_list` for many rows, with one tally.
     fn id_lists<'py>(&self, py: Python<'py>, rows: &[&[u32]]) -> PyResult<Vec<Bound<'py, PyList>>> {
-        let table = self.id_table(py);
-        let Some(items_at) = list_items_offset(py) else {
-            return rows.iter().map(|ids| PyList::new(py, ids.iter().map(|&id| table.int(py, id)))).collect();
-        };
-        let lists = rows.iter().map(|ids| empty_list(py, ids.len())).collect::<PyResult<Vec<_>>>()?;
-        // SAFETY: the lists are new, untracked and each of its row's length.
-        unsafe { table.fill_lists(py, items_at, &lists, rows)? };
-        Ok(lists)
+        self.id_table(py).lists(py, rows)
     }
 
     fn id_table(&self, py: Python<'_>) -> &IdInts {
