@@ -506,10 +506,13 @@ impl Tokenizer {
                             // The alphabet looked at once, not per piece: about 3% of a warm
                             // encode's instructions (Llama 3, English, callgrind).
                             let direct = match pieces.byte_ids() {
-                                Some(byte_ids) => self
-                                    .pre_tokenizer
-                                    .direct_pieces(part, |piece, _| pieces.encode_bytes(byte_ids, piece, sink.ids)),
-                                None => self.pre_tokenizer.direct_pieces(part, |piece, _| pieces.encode(piece, sink.ids)),
+                                Some(byte_ids) => self.pre_tokenizer.direct_pieces(part, |piece, at| {
+                                    // The text from the piece on, for its cache key.
+                                    pieces.encode_bytes_in(byte_ids, piece, &part.as_bytes()[at..], sink.ids)
+                                }),
+                                None => {
+                                    self.pre_tokenizer.direct_pieces(part, |piece, _| pieces.encode(piece, sink.ids))
+                                }
                             };
                             direct.unwrap_or_else(|| {
                                 self.pre_tokenizer.for_each_piece(part, cx, &mut |piece, _| pieces.encode(piece, sink.ids))

@@ -17,8 +17,9 @@
 //! for the sets ahead did not pay: a batch of 64 at a time was no faster, and 8 pieces
 //! ahead of their lookups (2026-12-02) was 10% faster on the fortunes, no faster on the
 //! handbook, and slower than no prefetch once the lookups were inlined (it costs a second
-//! key and hash per piece). Instructions are what limit a warm encode (about 215 a piece
-//! at about two a cycle): see `PreTokenizer::direct_pieces` and `get_or_encode`.
+//! key and hash per piece). Instructions limit a warm encode (about 215 a piece at about
+//! two a cycle), and so do mispredicted branches where the pieces' lengths vary at random:
+//! see `PreTokenizer::direct_pieces`, `get_or_encode` and `PieceEncoder::encode_bytes_in`.
 //!
 //! Longer pieces (up to `CACHED_MAX` bytes: CJK runs, identifiers), and short ones with more
 //! ids than a slot holds, go to a map as before, emptied when it holds `LONG_MAX_BYTES`.
@@ -87,6 +88,20 @@ impl Key {
         Key { words, len: n as u8 }
     }
 
+    /// The key of the piece of `len` bytes (at most `SHORT_MAX`) at the start of `window`:
+    /// the same key as `new`, built the same way whatever the length, with two loads and
+    /// two masks. `new` branches on the length, and in code, whose pieces go from one byte
+    /// to a word and back at random, those branches went either way: the key and the
+    /// length's `match` around it were 44% of the mispredicted branches of a warm encode
+    /// (callgrind `--branch-sim`, Llama 3, 2 MB of Python).
+    #[inline(always)]
+    pub(super) fn in_window(window: &[u8; 2 * 8], len: usize) -> Key {
+        const _: () = assert!(WORDS == 2);
+        let masks = KEEP_BYTES[len];
+        let word = |at: usize| u64::from_le_bytes(window[at..at + 8].try_into().expect("8 bytes"));
+        Key { words: [word(0) & masks[0], word(8) & masks[1]], len: len as u8 }
+    }
+
     /// The set of this key for the model tagged `tag`: models have their own sets for a
     /// piece, so that two tokenizers used in turn do not evict each other's entries.
     #[inline]
@@ -99,6 +114,24 @@ impl Key {
         (h >> (64 - SET_BITS)) as usize
     }
 }
+
+/// By a piece's length, the masks that keep its bytes of the two words of a 16-byte window.
+const KEEP_BYTES: [[u64; WORDS]; SHORT_MAX + 1] = {
+    const fn low_bytes(n: usize) -> u64 {
+        if n >= 8 {
+            u64::MAX
+        } else {
+            (1 << (8 * n)) - 1
+        }
+    }
+    let mut masks = [[0; WORDS]; SHORT_MAX + 1];
+    let mut len = 0;
+    while len <= SHORT_MAX {
+        masks[len] = [low_bytes(len), low_bytes(len.saturating_sub(8))];
+        len += 1;
+    }
+    masks
+};
 
 /// Up to 7 bytes as a little-endian word, zero-padded, from at most two overlapping loads.
 #[inline]
@@ -311,16 +344,28 @@ impl ModelCache<'_> {
         encode: impl FnOnce(&[u8], &mut Vec<u32>) -> Result<(), E>,
     ) -> Result<(), E> {
         if piece.len() <= SHORT_MAX {
-            let key = Key::new(piece);
-            let at = key.set(self.tag);
-            let first = &self.sets[at].0[0];
-            if first.holds(&key, self.tag) {
-                first.push_ids(out);
-                return Ok(());
-            }
-            return self.get_or_encode_slow(piece, Some((at, key)), out, encode);
+            return self.get_or_encode_short(piece, Key::new(piece), out, encode);
         }
         self.get_or_encode_slow(piece, None, out, encode)
+    }
+
+    /// `get_or_encode` for a piece of at most `SHORT_MAX` bytes whose key the caller made.
+    #[inline(always)]
+    pub(super) fn get_or_encode_short<E>(
+        &mut self,
+        piece: &[u8],
+        key: Key,
+        out: &mut Vec<u32>,
+        encode: impl FnOnce(&[u8], &mut Vec<u32>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        debug_assert!(key == Key::new(piece));
+        let at = key.set(self.tag);
+        let first = &self.sets[at].0[0];
+        if first.holds(&key, self.tag) {
+            first.push_ids(out);
+            return Ok(());
+        }
+        self.get_or_encode_slow(piece, Some((at, key)), out, encode)
     }
 
     /// `get_or_encode` past the first slot; `slot`: the set and key of a short piece.
@@ -488,6 +533,8 @@ mod tests {
             let key = Key::new(&text[..len]);
             assert_eq!(key.words[..], words[..], "length {len}");
             assert_eq!(key.len as usize, len);
+            // Read from a window whose bytes past the piece are not zero: the same key.
+            assert_eq!(Key::in_window(&text[..].try_into().unwrap(), len), key, "length {len}");
         }
     }
 
