@@ -68,6 +68,28 @@ def test_a_first_pass_meets_each_document_once_on_a_library_loaded_afresh(corpus
     assert got["counting"].mismatches == 0 and got["counting"].bytes == sum(len(d.encode()) for d in unseen)
 
 
+def test_whole_times_texts_of_the_same_words_never_encoded_before(corpus):
+    encoders, _ = bench.load([], bench.Source(tokenizer_path("gpt2")))
+    calls: list[str] = []
+    counting = bench.Encoder("counting", "0", lambda text: calls.append(text) or encoders[0].encode(text), None)
+    results = bench.race([encoders[0], counting], corpus, modes=["whole"], rounds=2)
+    text = corpus["en"]
+    # A call that checks the ids, then each round's untimed call and timed one.
+    assert calls[0] == text and len(calls) == 5
+    # A library that remembers texts it has encoded (fastokens does) finds none of them again.
+    assert len(set(calls)) == 5
+    for rotated in calls[1:]:  # the text from one of its line breaks on, then the rest
+        at = (text + text).index(rotated)
+        assert len(rotated) == len(text) and text[at - 1] == "\n"
+    got = {r.library: r for r in results}
+    assert got["counting"].mismatches == 0 and got["counting"].bytes == len(text.encode())
+    # Each library is timed on a str of its own (CPython keeps the UTF-8 of a str once asked).
+    at = bench.line_starts(text, 1)[0]
+    assert bench.rotated(text, at) is not bench.rotated(text, at)
+    with pytest.raises(ValueError, match="needs 4 lines"):
+        bench.line_starts("one line\n", 4)
+
+
 def test_unknown_peer_or_mode_is_an_error(corpus):
     with pytest.raises(ValueError, match="unknown peer"):
         bench.load(["no-such-peer"], bench.Source(tokenizer_path("gpt2")))
