@@ -376,7 +376,8 @@ def line_starts(text: str, n: int) -> list[int]:
     times `rotated` texts from there."""
     starts = {text.find("\n", len(text) * k // (n + 1)) + 1 for k in range(1, n + 1)} - {0, len(text)}
     if len(starts) < n:
-        raise ValueError(f"timing a whole text needs {n} lines or more; this one has {text.count(chr(10))} breaks")
+        breaks = text.count("\n")
+        raise ValueError(f"timing a whole text needs {n} lines or more; this one has {breaks} line breaks")
     return sorted(starts)
 
 

@@ -950,17 +950,17 @@ impl<'a> PieceEncoder<'a> {
     }
 
     /// `encode_bytes` for a piece at the start of `rest`, the text from there on. Where that
-    /// has 16 bytes (all but the last pieces of a text), the cache key of a short piece is read from them
-    /// without a branch on its length (see `Key::in_window`), and a piece of one byte takes
-    /// the same way, not the byte table, so that nothing here branches on the length but
-    /// the test for a short piece, which is nearly always true. In code, whose pieces go
-    /// from one byte to a word and back at random, the branches on the length went either
-    /// way. Callgrind's `--branch-sim` (Llama 3, 2 MB of Python, a warm pass) counted 653 k
-    /// mispredicted branches before, 439 k with the key from the window and 260 k with
-    /// one-byte pieces cached too, for 5% then 14% more instructions; by the clock (native,
-    /// best of 20, six runs in turn, medians) the encode went from 314 to 363 MB/s on the
-    /// code and from 336 to 422 on English (GPT-2, o200k: 6-23% faster; Chinese and the
-    /// multilingual text 8-18%).
+    /// has 16 bytes (all but the last pieces of a text), the cache key of a short piece is
+    /// read from them without a branch on its length (see `Key::in_window`), and a piece of
+    /// one byte takes the same way, not the byte table, so that nothing here branches on the
+    /// length but the test for a short piece, which is nearly always true. In code, whose
+    /// pieces go from one byte to a word and back at random, the branches on the length went
+    /// either way. Callgrind's `--branch-sim` (Llama 3, 2 MB of Python, a warm pass) counted
+    /// 653 k mispredicted branches before, 439 k with the key from the window and 257 k with
+    /// one-byte pieces cached too, for 5% then 17% more instructions (75.0 M -> 87.6 M). By
+    /// the clock (Rust, best of 20, six runs of the builds in turn, medians) the encode went
+    /// from 314 to 363 MB/s on the code and from 336 to 422 on English; GPT-2 and o200k
+    /// 6-23% faster, Chinese and the multilingual text 8-18%.
     #[inline(always)]
     pub fn encode_bytes_in(
         &mut self,
