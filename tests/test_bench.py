@@ -84,10 +84,14 @@ def test_whole_times_texts_of_the_same_words_never_encoded_before(corpus):
     got = {r.library: r for r in results}
     assert got["counting"].mismatches == 0 and got["counting"].bytes == len(text.encode())
     # Each library is timed on a str of its own (CPython keeps the UTF-8 of a str once asked).
-    at = bench.line_starts(text, 1)[0]
+    at = bench.rotation_starts(text, 1)[0]
     assert bench.rotated(text, at) is not bench.rotated(text, at)
-    with pytest.raises(ValueError, match="needs 4 lines"):
-        bench.line_starts("one line\n", 4)
+    # A text of few lines (a user's own corpus may be one) is rotated between lines too.
+    one_line = text.replace("\n", " ")
+    assert bench.rotation_starts(one_line, 6) == [len(one_line) * k // 7 for k in range(1, 7)]
+    assert len(set(bench.rotation_starts("two\nlines", 6))) == 6
+    with pytest.raises(ValueError, match="needs 5 chars"):
+        bench.rotation_starts("abc", 4)
 
 
 def test_unknown_peer_or_mode_is_an_error(corpus):

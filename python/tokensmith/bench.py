@@ -371,14 +371,18 @@ def _call(e: Encoder, mode: str, text: str, docs: list[str]) -> Callable[[], lis
     return (lambda: e.encode_batch(docs)) if e.encode_batch else None
 
 
-def line_starts(text: str, n: int) -> list[int]:
-    """`n` places where a line of `text` starts, spread over it, none at its start: ``whole``
-    times `rotated` texts from there."""
-    starts = {text.find("\n", len(text) * k // (n + 1)) + 1 for k in range(1, n + 1)} - {0, len(text)}
-    if len(starts) < n:
-        breaks = text.count("\n")
-        raise ValueError(f"timing a whole text needs {n} lines or more; this one has {breaks} line breaks")
-    return sorted(starts)
+def rotation_starts(text: str, n: int) -> list[int]:
+    """`n` places spread over `text`, none at its start, from which ``whole`` times it
+    `rotated`: the first line start after each (n + 1)th of it, or that place itself where
+    no line starts after it that no place before has taken (a text of few lines)."""
+    starts: list[int] = []
+    for k in range(1, n + 1):
+        at = len(text) * k // (n + 1)
+        line = text.find("\n", at) + 1
+        starts.append(line if 0 < line < len(text) and line not in starts else at)
+    if len(set(starts) - {0}) < n:
+        raise ValueError(f"timing a whole text needs {n + 1} chars or more; this one has {len(text)}")
+    return starts
 
 
 def rotated(text: str, at: int) -> str:
@@ -427,7 +431,7 @@ def race(
                 for name, (_, run) in runs.items():
                     out = run()
                     wrong[name] = sum(a != b for a, b in zip(out, expected))
-                starts = line_starts(text, 2 * rounds) if mode == "whole" else []
+                starts = rotation_starts(text, 2 * rounds) if mode == "whole" else []
                 for r in range(rounds):
                     progress(f"{corpus} {mode}: round {r + 1}/{rounds}")
                     for name, (e, run) in runs.items():
