@@ -212,6 +212,17 @@ impl IdInts {
         }
     }
 
+    /// `ids` as a Python list of these ints: `lists` for one row, without a vector of one.
+    pub(super) fn list<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
+        let Some(items_at) = list_items_offset(py) else {
+            return PyList::new(py, ids.iter().map(|&id| self.int(py, id)));
+        };
+        let list = empty_list(py, ids.len())?;
+        // SAFETY: the list is new, untracked and of the row's length.
+        unsafe { self.fill_lists(py, items_at, std::slice::from_ref(&list), &[ids])? };
+        Ok(list)
+    }
+
     /// Each row of ids as a Python list of these ints.
     pub(super) fn lists<'py>(&self, py: Python<'py>, rows: &[&[u32]]) -> PyResult<Vec<Bound<'py, PyList>>> {
         let Some(items_at) = list_items_offset(py) else {

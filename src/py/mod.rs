@@ -10,7 +10,7 @@ use crate::formats::{sentencepiece, tiktoken, tokenizer_json};
 use crate::special::{AddedToken, Protected, SpecialPolicy};
 use crate::tokenizer::{byte_ranges, Tokenizer};
 use crate::train::{Skip, Trainer, WordCounts, WordOutcome};
-use id_lists::{empty_list, list_items_offset, IdInts};
+use id_lists::IdInts;
 use pyo3::exceptions::{PyFileNotFoundError, PyKeyError, PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
@@ -199,14 +199,7 @@ impl PyTokenizer {
 
     /// `ids` as a Python list of ints.
     fn id_list<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
-        let table = self.id_table(py);
-        let Some(items_at) = list_items_offset(py) else {
-            return PyList::new(py, ids.iter().map(|&id| table.int(py, id)));
-        };
-        let list = empty_list(py, ids.len())?;
-        // SAFETY: the list is new, untracked and of the row's length.
-        unsafe { table.fill_lists(py, items_at, std::slice::from_ref(&list), &[ids])? };
-        Ok(list)
+        self.id_table(py).list(py, ids)
     }
 
     /// Each row of ids as a Python list of ints: `id_list` for many rows, with one tally.
