@@ -506,9 +506,8 @@ impl Tokenizer {
                             // The alphabet looked at once, not per piece: about 3% of a warm
                             // encode's instructions (Llama 3, English, callgrind).
                             let direct = match pieces.byte_ids() {
-                                Some(byte_ids) => self.pre_tokenizer.direct_pieces(part, |piece, at| {
-                                    // The text from the piece on, for its cache key.
-                                    pieces.encode_bytes_in(byte_ids, piece, &part.as_bytes()[at..], sink.ids)
+                                Some(byte_ids) => self.pre_tokenizer.direct_batches(part, |start, ends| {
+                                    pieces.encode_pieces_in(byte_ids, part.as_bytes(), start, ends, sink.ids)
                                 }),
                                 None => {
                                     self.pre_tokenizer.direct_pieces(part, |piece, _| pieces.encode(piece, sink.ids))

@@ -979,6 +979,32 @@ impl<'a> PieceEncoder<'a> {
         self.encode_bytes(byte_ids, piece, out)
     }
 
+    /// `encode_bytes_in` for each piece of `text` that ends at `ends`, the first from
+    /// `start`, each from the end of the one before: the pieces a pre-tokenizer cut, a batch
+    /// at a time. The cache's hits are taken in a loop of their own (`first_way_hits`); each
+    /// piece that is not one goes through `encode_bytes_in`.
+    #[inline(always)]
+    pub fn encode_pieces_in(
+        &mut self,
+        byte_ids: &[u32; 256],
+        text: &[u8],
+        mut start: usize,
+        mut ends: &[usize],
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
+        loop {
+            if let Some(cache) = &self.cache {
+                let taken = cache.first_way_hits(text, start, ends, out);
+                if let Some(&end) = ends[..taken].last() {
+                    (start, ends) = (end, &ends[taken..]);
+                }
+            }
+            let [end, rest @ ..] = ends else { return Ok(()) };
+            self.encode_bytes_in(byte_ids, &text[start..*end], &text[start..], out)?;
+            (start, ends) = (*end, rest);
+        }
+    }
+
     /// A piece of a byte alphabet longer than the cache's short pieces: from the cache, else
     /// as its parts (see `cuts`). Pieces from `LONG_MIN` bytes are cut too: parts of a few
     /// chars are cache hits, and the backtracking encoder's tables (about 480 M

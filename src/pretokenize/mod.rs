@@ -297,6 +297,21 @@ impl PreTokenizer {
     /// memory took 15% of an encode.
     #[inline]
     pub fn direct_pieces(&self, text: &str, mut f: impl FnMut(&[u8], usize) -> Result<()>) -> Option<Result<()>> {
+        let bytes = text.as_bytes();
+        self.direct_batches(text, |mut start, ends| {
+            for &end in ends {
+                f(&bytes[start..end], start)?;
+                start = end;
+            }
+            Ok(())
+        })
+    }
+
+    /// `direct_pieces` a batch of pieces at a time: `f(start, ends)` for the pieces that
+    /// end at `ends`, the first starting at `start` and each at the end of the one before.
+    /// After an error `f` is not called again.
+    #[inline]
+    pub fn direct_batches(&self, text: &str, mut f: impl FnMut(usize, &[usize]) -> Result<()>) -> Option<Result<()>> {
         let splitter = match (self.direct, &self.steps[..]) {
             (Some(Direct::First), [Step::Split { splitter, .. }, ..]) => splitter,
             (Some(Direct::Gpt2), _) => gpt2_splitter(),
@@ -307,21 +322,18 @@ impl PreTokenizer {
         // runs over a batch of them in a loop of its own: called from inside the matcher's
         // loop, where the compiler would not inline it, the calls' register saves and
         // restores were a fifth of a warm encode's instructions (callgrind, Llama 3).
-        let bytes = text.as_bytes();
         let mut batch = Batch { ends: [0; BATCH], n: 0, start: 0, result: Ok(()) };
         let mut flush = |batch: &mut Batch| {
-            let mut start = batch.start;
-            for &end in &batch.ends[..batch.n] {
-                if batch.result.is_ok() {
-                    // Only an error is moved into `result`: copying every piece's `Ok` (the
-                    // size of an `Error`) showed in the profile.
-                    if let Err(e) = f(&bytes[start..end], start) {
-                        batch.result = Err(e);
-                    }
+            let ends = &batch.ends[..batch.n];
+            if let (Ok(()), Some(&last)) = (&batch.result, ends.last()) {
+                // Only an error is moved into `result`: copying every piece's `Ok` (the
+                // size of an `Error`) showed in the profile.
+                if let Err(e) = f(batch.start, ends) {
+                    batch.result = Err(e);
                 }
-                start = end;
+                batch.start = last;
             }
-            (batch.start, batch.n) = (start, 0);
+            batch.n = 0;
         };
         let mut last = 0;
         let matched = match splitter {
