@@ -891,7 +891,7 @@ mod tests {
     /// outside ASCII that are letters, digits or whitespace) now and then.
     #[test]
     fn blocks_match_like_one_match_at_a_time() {
-        const COMMON: &[&str] = &["a", "Zq", "xyz", "AB", "Cd", " ", " ", "\n", "1", "2024", ".", ",", "\t", "\r\n", "\r", "  ", "    ", "!?", "_", "/"];
+        const COMMON: &[&str] = &["a", "Zq", "xyz", "AB", "Cd", " ", " ", "\n", "1", "2024", ".", ",", "\t", "\r\n", "\r", "  ", "    ", "!?", "_", "/", "\u{a0}"];
         const RARE: &[&str] = &[
             "'", "'s", "'LL", "é", "\u{85}", "\u{a0}", "日本", "٣", "\x0b", "\x0c", "\n\n", "\n \n", "/", "\u{1F600}",
             "\0", "\x01", "\x1f", "\x7f", "#", "@", "[", "`", "{", "~", "\u{301}", "ʰ",
@@ -901,7 +901,7 @@ mod tests {
         // that they do not read (Greek, `×`, `µ`, `ª`, marks, `²`, `«`).
         const TWO_BYTES: &[&str] = &[
             "при", "вет", "Мир", "ЁЖ", "яё", "ѠѡѢѣ", "ѿ", "Ѐ", "ӀӁ", "é", "Ü", "ßÀÞ", "ÿ", "×", "÷", "ł", "Ĳ", "ǅ", "ƻ", "ʔ",
-            "ʯ", "ʰ", "λόγος", "µ", "ª", "\u{301}", "²", "«", "»", " ", " ", ".", "-", "1", "a", "B", "\n", "'",
+            "ʯ", "ʰ", "λόγος", "µ", "ª", "\u{301}", "²", "«", "»", " ", " ", ".", "-", "1", "a", "B", "\n", "'", "\u{a0}",
         ];
         let mut next = crate::testing::random(0x3c6e_f372_fe94_f82b);
         let blocked: Vec<Lexer> = KNOWN.iter().map(|(_, _, lexer)| lexer.clone()).collect();
@@ -926,7 +926,7 @@ mod tests {
     /// kind, so that the last run of the block goes on past it, or the text ends there.
     #[test]
     fn blocks_match_like_one_match_at_a_time_at_their_edge() {
-        const CHARS: &[&str] = &["a", "B", "1", " ", "\t", "\n", "\r", ".", "'", "é", "Ж", "ж", "×"];
+        const CHARS: &[&str] = &["a", "B", "1", " ", "\t", "\n", "\r", ".", "'", "é", "Ж", "ж", "×", "\u{a0}"];
         let mut tails = vec![String::new()];
         for len in 1..=3 {
             let mut more = vec![String::new()];
@@ -938,7 +938,7 @@ mod tests {
         let mut lexers: Vec<&Lexer> = KNOWN.iter().map(|(_, _, lexer)| lexer).collect();
         lexers.dedup();
         for lexer in lexers {
-            for filler in ["a", " ", "1", "Ab. 12\n", "Жж", "ж ", "aé"] {
+            for filler in ["a", " ", "1", "Ab. 12\n", "Жж", "ж ", "aé", "\u{a0}", "a\u{a0}"] {
                 for len in 60..=64 {
                     let head: String = filler.chars().cycle().take(len).collect();
                     for tail in &tails {
