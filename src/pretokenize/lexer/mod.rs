@@ -396,7 +396,7 @@ impl Lexer {
                 }
             }
             if blocks && at >= singly_to {
-                let block = self.block(bytes, at, &mut f);
+                let block = self.block(&scan, at, &mut f);
                 if let Some(end) = block.end {
                     at = end;
                 }
@@ -894,13 +894,14 @@ mod tests {
 
     /// The blocks (`blocks.rs`) against the lexer's match-at-a-time path, on texts of up to
     /// six blocks: mostly ASCII of every class the blocks tell apart, in runs that cross the
-    /// blocks' edges, with the chars they leave to the other path (apostrophes, chars
-    /// outside ASCII that are letters, digits or whitespace) now and then.
+    /// blocks' edges, contractions among them, with the chars they leave to the other path
+    /// (o200k's apostrophes, chars outside ASCII that are letters, digits or whitespace) now
+    /// and then.
     #[test]
     fn blocks_match_like_one_match_at_a_time() {
-        const COMMON: &[&str] = &["a", "Zq", "xyz", "AB", "Cd", " ", " ", "\n", "1", "2024", ".", ",", "\t", "\r\n", "\r", "  ", "    ", "!?", "_", "/", "\u{a0}"];
+        const COMMON: &[&str] = &["a", "Zq", "xyz", "AB", "Cd", " ", " ", "\n", "1", "2024", ".", ",", "\t", "\r\n", "\r", "  ", "    ", "!?", "_", "/", "\u{a0}", "'", "'s", "'ll"];
         const RARE: &[&str] = &[
-            "'", "'s", "'LL", "é", "\u{85}", "\u{a0}", "日本", "٣", "\x0b", "\x0c", "\n\n", "\n \n", "/", "\u{1F600}",
+            "'", "'s", "'LL", "'Re", "'d", "'ſt", "''", "é", "\u{85}", "\u{a0}", "日本", "٣", "\x0b", "\x0c", "\n\n", "\n \n", "/", "\u{1F600}",
             "\0", "\x01", "\x1f", "\x7f", "#", "@", "[", "`", "{", "~", "\u{301}", "ʰ",
         ];
         // Text in the scripts whose letters of two bytes the blocks read (Latin-1, Latin
@@ -933,7 +934,7 @@ mod tests {
     /// kind, so that the last run of the block goes on past it, or the text ends there.
     #[test]
     fn blocks_match_like_one_match_at_a_time_at_their_edge() {
-        const CHARS: &[&str] = &["a", "B", "1", " ", "\t", "\n", "\r", ".", "'", "é", "Ж", "ж", "×", "\u{a0}"];
+        const CHARS: &[&str] = &["a", "B", "1", " ", "\t", "\n", "\r", ".", "'", "é", "Ж", "ж", "×", "\u{a0}", "s", "L"];
         let mut tails = vec![String::new()];
         for len in 1..=3 {
             let mut more = vec![String::new()];
