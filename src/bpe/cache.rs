@@ -17,9 +17,10 @@
 //! for the sets ahead did not pay: a batch of 64 at a time was no faster, and 8 pieces
 //! ahead of their lookups (2026-12-02) was 10% faster on the fortunes, no faster on the
 //! handbook, and slower than no prefetch once the lookups were inlined (it costs a second
-//! key and hash per piece). Instructions limit a warm encode (about 215 a piece at about
-//! two a cycle), and so do mispredicted branches where the pieces' lengths vary at random:
-//! see `PreTokenizer::direct_pieces`, `get_or_encode` and `PieceEncoder::encode_bytes_in`.
+//! key and hash per piece). Instructions limit a warm encode (about 215 a piece, the lexer's
+//! included, at about two a cycle then; 124 on 2026-12-05), and so do mispredicted branches where the pieces' lengths vary at random:
+//! see `PreTokenizer::direct_pieces`, `get_or_encode`, `first_way_hits` and
+//! `PieceEncoder::encode_bytes_in`.
 //!
 //! Longer pieces (up to `CACHED_MAX` bytes: CJK runs, identifiers), and short ones with more
 //! ids than a slot holds, go to a map as before, emptied when it holds `LONG_MAX_BYTES`.
@@ -665,7 +666,7 @@ mod tests {
         let expected = |pieces: std::ops::Range<usize>| -> Vec<u32> { pieces.flat_map(ids).collect() };
         // Up to a piece not in the cache.
         assert_eq!(hits(0, &ends, text.as_bytes()), (4, expected(0..4)));
-        // From it on: one longer than the keys.
+        // From the piece after it: up to one longer than a key.
         assert_eq!(hits(ends[4], &ends[5..], text.as_bytes()), (1, expected(5..6)));
         // After that one: the pieces with 16 bytes of text from their start.
         let to_end = |i: usize| text.len() - ends[i - 1];
