@@ -174,19 +174,29 @@ impl Slot {
 
     #[inline(always)]
     fn push_ids(&self, out: &mut Vec<u32>) {
-        // All the slot's ids are copied, as one fixed-size store, and the length then counts
-        // those it has. `extend_from_slice` of a length known only at run time calls
-        // `memmove` (5% of an encode in the profile), and a `match` on the count, which
-        // pushed one id or extended by two, took a branch that went either way.
-        debug_assert!(self.n as usize <= SHORT_IDS);
         out.reserve(SHORT_IDS);
         let len = out.len();
-        // SAFETY: `reserve` left room for `SHORT_IDS` more ids past `len`, and `n` of them
-        // (at most `SHORT_IDS`) are written before the length takes them in.
+        // SAFETY: `reserve` left room for `SHORT_IDS` more ids past `len`.
         unsafe {
-            out.as_mut_ptr().add(len).cast::<[u32; SHORT_IDS]>().write(self.ids);
-            out.set_len(len + self.n as usize);
+            let n = self.write_ids(out.as_mut_ptr().add(len));
+            out.set_len(len + n);
         }
+    }
+
+    /// Writes all the slot's ids at `to` and returns how many of them it has (at most
+    /// `SHORT_IDS`). All are copied, as one fixed-size store, and the caller's length then
+    /// counts those it has: `extend_from_slice` of a length known only at run time calls
+    /// `memmove` (5% of an encode in the profile), and a `match` on the count, which pushed
+    /// one id or extended by two, took a branch that went either way.
+    ///
+    /// # Safety
+    /// `to` must be valid for writes of `SHORT_IDS` ids.
+    #[inline(always)]
+    unsafe fn write_ids(&self, to: *mut u32) -> usize {
+        debug_assert!(self.n as usize <= SHORT_IDS);
+        // SAFETY: the caller's promise.
+        unsafe { to.cast::<[u32; SHORT_IDS]>().write(self.ids) };
+        usize::from(self.n)
     }
 }
 
@@ -399,10 +409,8 @@ impl ModelCache<'_> {
                 break;
             }
             // SAFETY: `reserve` left room for `SHORT_IDS` ids per piece of `ends` past the
-            // length it found, and each piece taken writes `SHORT_IDS` and keeps at most
-            // that many (see `Slot::push_ids`).
-            unsafe { ids.add(len).cast::<[u32; SHORT_IDS]>().write(slot.ids) };
-            len += usize::from(slot.n);
+            // length it found, and each piece taken keeps at most that many.
+            len += unsafe { slot.write_ids(ids.add(len)) };
             (start, taken) = (end, taken + 1);
         }
         // SAFETY: the ids up to `len` are written, above or before.

@@ -536,7 +536,7 @@ impl PreTokenizer {
     }
 }
 
-/// Pieces of a direct pre-tokenizer encoded at a time (see `direct_pieces`).
+/// Pieces of a direct pre-tokenizer encoded at a time (see `direct_batches`).
 const BATCH: usize = 64;
 
 /// Applies a split behavior to spans, as HF's `NormalizedString::split`.

@@ -11,8 +11,8 @@
 //! What a block cannot know stays with the per-match lexer: chars outside ASCII (one may be
 //! a letter, a digit or whitespace) but the letters of two bytes it reads (`classify`; with
 //! them, Russian per-document encodes took 20-25% fewer instructions) and the no-break space
-//! (U+00A0, 9,180 of them in 2 MB of the English corpora; with it, see `Classes::tail`, a
-//! warm encode of that took 52.1 M -> 50.3 M instructions, 198 k -> 121 k mispredicted
+//! (U+00A0, 9,180 of them in 2 MB of the English corpora; with it, see
+//! `Classes::space_seconds`, a warm encode of that took 52.1 M -> 50.3 M instructions, 198 k -> 121 k mispredicted
 //! branches, and ran at 508 -> 526 MB/s, Llama 3), and o200k's apostrophes (its contractions
 //! are suffixes of words) end the part of the block that is read; the other patterns'
 //! contractions are their first alternative, worked in at the apostrophes where a match
@@ -59,7 +59,7 @@ struct Classes {
     apostrophe: u64,
     /// The second bytes of the whitespace chars of two bytes (U+00A0, the no-break space):
     /// no char starts there.
-    tail: u64,
+    space_seconds: u64,
 }
 
 pub(super) const BLOCK: usize = 64;
@@ -132,10 +132,10 @@ impl Lexer {
         let punct = valid & !(letter | digit | space);
         let first = |class: u64| class & !(class << 1);
         // Where the char of a byte starts: the byte itself, or the one before it in a
-        // whitespace char of two bytes (`c.tail`). The starts that are found from the byte
-        // before another (a word's prefix char) or from a run's last byte (its last char)
-        // are moved there; the others are the first byte of a run, or the byte after one.
-        let char_start = |bytes: u64| (bytes & !c.tail) | (bytes & c.tail) >> 1;
+        // whitespace char of two bytes (`space_seconds`). The starts that are found from the
+        // byte before another (a word's prefix char) or from a run's last byte (its last
+        // char) are moved there; the others are the first byte of a run, or the byte after one.
+        let char_start = |bytes: u64| (bytes & !c.space_seconds) | (bytes & c.space_seconds) >> 1;
         // The text's last char: `\s+(?!\S)` does not leave a whitespace run's last char there.
         let end_of_text = if last { 1u64 << (n - 1) } else { 0 };
         // Bit 0 is a start whatever comes before it, as at the start of a text: `at` starts
@@ -355,7 +355,7 @@ struct TwoBytes {
 impl TwoBytes {
     /// Marks the letters of two bytes in `c`: both bytes letters (upper-case for an upper-case
     /// letter), and no longer unknown; and the no-break space: both bytes whitespace, the
-    /// second in `tail`. The text is UTF-8 and a block starts at a char, so a
+    /// second in `space_seconds`. The text is UTF-8 and a block starts at a char, so a
     /// lead byte's next bit is its second byte; a lead at the block's last byte has its
     /// second byte in the next block and stays unknown.
     #[inline(always)]
@@ -373,7 +373,7 @@ impl TwoBytes {
         let nbsp = self.c2 & second(self.a0) & !(1 << (BLOCK - 1));
         c.space |= nbsp | nbsp << 1;
         c.unknown &= !(nbsp | nbsp << 1);
-        c.tail = nbsp << 1;
+        c.space_seconds = nbsp << 1;
         if cased {
             // U+00C0-U+00DE, U+0400-U+042F, and U+0460-U+047F's even chars.
             let upper = (c3 & second(self.below_9f))
@@ -448,7 +448,18 @@ mod tests {
             for cased in [false, true] {
                 let (a, b) = (classify(&bytes, cased), classify_bytes(&bytes, cased));
                 let fields = |c: &Classes| {
-                    [c.letter, c.upper, c.digit, c.space, c.newline, c.blank, c.slash, c.unknown, c.apostrophe, c.tail]
+                    [
+                        c.letter,
+                        c.upper,
+                        c.digit,
+                        c.space,
+                        c.newline,
+                        c.blank,
+                        c.slash,
+                        c.unknown,
+                        c.apostrophe,
+                        c.space_seconds,
+                    ]
                 };
                 assert_eq!(fields(&a), fields(&b), "{bytes:?}");
             }
@@ -499,7 +510,7 @@ mod tests {
                     assert!(letter == 0 || letter == both, "{ch:?} at {at}");
                     assert!(space == 0 || (space == both && letter == 0), "{ch:?} at {at}");
                     assert_eq!(c.unknown & both, both & !letter & !space, "{ch:?} at {at}");
-                    assert_eq!(c.tail, space & !(1 << at), "{ch:?} at {at}: only a space's second byte");
+                    assert_eq!(c.space_seconds, space & !(1 << at), "{ch:?} at {at}: only a space's second byte");
                     if letter | space == 0 {
                         continue;
                     }
