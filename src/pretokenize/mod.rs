@@ -10,7 +10,7 @@ pub mod regex;
 
 use crate::bytelevel;
 use crate::error::Result;
-use lexer::Lexer;
+use lexer::{Lexer, Matches};
 pub use regex::{Dialect, Pattern};
 use std::sync::OnceLock;
 
@@ -311,75 +311,35 @@ impl PreTokenizer {
     /// end at `ends`, the first starting at `start` and each at the end of the one before.
     /// After an error `f` is not called again.
     #[inline]
-    pub fn direct_batches(&self, text: &str, mut f: impl FnMut(usize, &[usize]) -> Result<()>) -> Option<Result<()>> {
+    pub fn direct_batches(&self, text: &str, f: impl FnMut(usize, &[usize]) -> Result<()>) -> Option<Result<()>> {
         let splitter = match (self.direct, &self.steps[..]) {
             (Some(Direct::First), [Step::Split { splitter, .. }, ..]) => splitter,
             (Some(Direct::Gpt2), _) => gpt2_splitter(),
             _ => return None,
         };
-        // Matches and the gaps between them, as `split_isolated`. They tile the text, so
-        // each piece is known by its end. The matcher only writes the ends down, and `f`
-        // runs over a batch of them in a loop of its own: called from inside the matcher's
-        // loop, where the compiler would not inline it, the calls' register saves and
-        // restores were a fifth of a warm encode's instructions (callgrind, Llama 3).
-        // The count of ends written is a variable of this function, not a field of a struct
-        // that `flush` takes, and the lexer is compiled into it (`for_each_match_inlined`):
-        // so the matcher's loop keeps the count in a register, where through the closure's
-        // pointer it loaded, incremented and stored it at each match (perf). Llama 3, best of
-        // 20, six runs in turn, medians: code 421 -> 446 MB/s, English 515 -> 538; GPT-2
-        // 346 -> 364 and 468 -> 490.
-        let (mut ends, mut n) = ([0; BATCH], 0);
-        // Where the batch's first piece starts, and the first error of `f`, after which it
-        // is not called again.
-        let (mut start, mut result) = (0, Ok(()));
-        let mut flush = |ends: &[usize]| {
-            if let (Ok(()), Some(&last)) = (&result, ends.last()) {
-                // Only an error is moved into `result`: copying every piece's `Ok` (the
-                // size of an `Error`) showed in the profile.
-                if let Err(e) = f(start, ends) {
-                    result = Err(e);
-                }
-                start = last;
-            }
-        };
-        let mut last = 0;
+        let mut batch = Batch { ends: [0; BATCH + GROUP], n: 0, start: 0, result: Ok(()), f };
         let matched = match splitter {
             // A lexer's matches tile the text (every char is in one), none empty: each match
             // is a piece, known by its end. Without the general case's two tests per match
             // below, a warm encode took 5% fewer instructions (Llama 3, English, callgrind).
             Splitter::Lexer(lexer) => {
-                lexer.for_each_match_inlined(text, |start, end| {
-                    debug_assert!(start == last && end > start, "a lexer's matches tile the text");
-                    ends[n] = end;
-                    n += 1;
-                    last = end;
-                    if n == BATCH {
-                        flush(&ends);
-                        n = 0;
-                    }
-                });
+                lexer.for_each_match_inlined(text, &mut batch);
                 Ok(())
             }
+            // Matches and the gaps between them, as `split_isolated`.
             _ => splitter.for_each_match(text, |start, end| {
                 for cut in [start, end] {
-                    if cut > last {
-                        ends[n] = cut;
-                        n += 1;
-                        last = cut;
+                    if cut > batch.last() {
+                        batch.one(batch.last(), cut);
                     }
-                }
-                if n >= BATCH - 1 {
-                    flush(&ends[..n]);
-                    n = 0;
                 }
             }),
         };
-        if last < text.len() {
-            ends[n] = text.len();
-            n += 1;
+        if batch.last() < text.len() {
+            batch.one(batch.last(), text.len());
         }
-        flush(&ends[..n]);
-        Some(matched.and(result))
+        batch.flush();
+        Some(matched.and(batch.result))
     }
 
     /// `mapped`: `text` is byte-level mapped chars, one per raw byte.
@@ -538,6 +498,89 @@ impl PreTokenizer {
 
 /// Pieces of a direct pre-tokenizer encoded at a time (see `direct_batches`).
 const BATCH: usize = 64;
+/// The ends of a block's matches are written this many at a time (`Batch::block`).
+const GROUP: usize = 8;
+
+/// The ends of the pieces a matcher has cut and `f` has not yet had: the pieces tile the
+/// text, so each is known by its end. The matcher only writes the ends down, and `f` runs
+/// over a batch of them in a loop of its own: called from inside the matcher's loop, where
+/// the compiler would not inline it, the calls' register saves and restores were a fifth
+/// of a warm encode's instructions (callgrind, Llama 3). The lexer is compiled into
+/// `direct_batches` with the batch (`for_each_match_inlined`), so that its loop keeps the
+/// count in a register: through a closure's pointer it loaded, incremented and stored it at
+/// each match (perf; Llama 3, best of 20, six runs in turn, medians: code 421 -> 446 MB/s,
+/// English 515 -> 538; GPT-2 346 -> 364 and 468 -> 490).
+struct Batch<F> {
+    /// `GROUP` more than a batch: the slack that `block` writes past its last end.
+    ends: [usize; BATCH + GROUP],
+    n: usize,
+    /// Where the batch's first piece starts.
+    start: usize,
+    /// The first error of `f`, after which it is not called again.
+    result: Result<()>,
+    f: F,
+}
+
+impl<F: FnMut(usize, &[usize]) -> Result<()>> Batch<F> {
+    /// The end of the last piece cut.
+    #[inline(always)]
+    fn last(&self) -> usize {
+        if self.n == 0 {
+            self.start
+        } else {
+            self.ends[self.n - 1]
+        }
+    }
+
+    #[inline(never)]
+    fn flush(&mut self) {
+        if self.n == 0 {
+            return;
+        }
+        if self.result.is_ok() {
+            // Only an error is moved into `result`: copying every piece's `Ok` (the size of
+            // an `Error`) showed in the profile.
+            if let Err(e) = (self.f)(self.start, &self.ends[..self.n]) {
+                self.result = Err(e);
+            }
+        }
+        self.start = self.ends[self.n - 1];
+        self.n = 0;
+    }
+}
+
+impl<F: FnMut(usize, &[usize]) -> Result<()>> Matches for Batch<F> {
+    #[inline(always)]
+    fn one(&mut self, start: usize, end: usize) {
+        debug_assert!(start == self.last() && end > start, "the pieces tile the text");
+        if self.n == BATCH {
+            self.flush();
+        }
+        self.ends[self.n] = end;
+        self.n += 1;
+    }
+
+    /// The ends are written `GROUP` at a time, whatever the count, the last group past it
+    /// into the slack: a loop over the cuts one at a time left at a count it could not
+    /// predict, once a block (61 k of the 168 k mispredicted branches of a warm encode of
+    /// 2 MB of English, Llama 3, callgrind), as simdjson found for its bits.
+    #[inline(always)]
+    fn block(&mut self, at: usize, mut cuts: u64, end: usize) {
+        let count = cuts.count_ones() as usize + 1;
+        if self.n + count > BATCH {
+            self.flush();
+        }
+        let groups = (count - 1).next_multiple_of(GROUP);
+        for group in self.ends[self.n..self.n + groups].chunks_exact_mut(GROUP) {
+            for slot in group {
+                *slot = at + cuts.trailing_zeros() as usize;
+                cuts &= cuts.wrapping_sub(1);
+            }
+        }
+        self.ends[self.n + count - 1] = at + end;
+        self.n += count;
+    }
+}
 
 /// Applies a split behavior to spans, as HF's `NormalizedString::split`.
 fn combine(spans: Vec<(usize, usize, bool)>, behavior: Behavior) -> Vec<(usize, usize)> {
@@ -627,7 +670,9 @@ mod tests {
         let mut next = crate::testing::random(0x3c6e_f372_fe94_f82b);
         let alphabet = ["a", "Zb", " ", "  ", "\n", "\r\n", "\t", "'s", "'T", "1", "234", "!", "?!.", "ж", "É", "日本", "\u{a0}", "\u{1F600}", "\u{300}"];
         for round in 0..300 {
-            texts.push((0..round % 90).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect());
+            // Some long enough for batches to fill, at a block's matches or at one match.
+            let len = if round % 10 == 0 { 40 * round } else { round % 90 };
+            texts.push((0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect());
         }
         for steps in [vec![split, byte_level.clone()], vec![gpt2], vec![digits, byte_level]] {
             let p = PreTokenizer::new(steps.clone()).unwrap();
@@ -646,6 +691,18 @@ mod tests {
                 })
                 .unwrap();
                 assert_eq!(direct, stepped, "{steps:?} on {text:?}");
+                let mut batched = Vec::new();
+                p.direct_batches(text, |mut start, ends| {
+                    assert!(!ends.is_empty() && ends.len() <= BATCH, "a batch of {} pieces", ends.len());
+                    for &end in ends {
+                        batched.push((text.as_bytes()[start..end].to_vec(), start));
+                        start = end;
+                    }
+                    Ok(())
+                })
+                .expect("a direct pre-tokenizer")
+                .unwrap();
+                assert_eq!(batched, stepped, "{steps:?} on {text:?}");
             }
         }
         let metaspace = Step::Metaspace { replacement: '▁', prepend: PrependScheme::Always, split: true };

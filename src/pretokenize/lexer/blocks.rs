@@ -41,7 +41,7 @@
 //! GPT-2's ` ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`: a run of letters, of digits
 //! or of punctuation is a match, with the space before it if there is one; whitespace matches
 //! but its last char, then its last char (the whole run at the end of the text).
-use super::{Contractions, Lexer, Numbers, Scan, Spaces, Words};
+use super::{Contractions, Lexer, Matches, Numbers, Scan, Spaces, Words};
 
 /// Bitmaps of a block: bit `i` is the block's byte `i`.
 #[derive(Default)]
@@ -99,7 +99,7 @@ impl Lexer {
     /// Reports with `f(start, end)` the matches of `text` from `at` (where a match starts)
     /// that the block of 64 bytes from `at` decides.
     #[inline(always)]
-    pub(super) fn block(&self, s: &Scan, at: usize, mut f: impl FnMut(usize, usize)) -> Block {
+    pub(super) fn block(&self, s: &Scan, at: usize, f: &mut impl Matches) -> Block {
         let rest = &s.text.as_bytes()[at..];
         let mut padded = [0u8; BLOCK];
         let bytes: &[u8; BLOCK] = match rest.first_chunk() {
@@ -225,14 +225,7 @@ impl Lexer {
         if end == 0 {
             return Block { end: None, unknown };
         }
-        let (mut from, mut cuts) = (0, cuts);
-        while cuts != 0 {
-            let to = cuts.trailing_zeros() as usize;
-            f(at + from, at + to);
-            from = to;
-            cuts &= cuts - 1;
-        }
-        f(at + from, at + end);
+        f.block(at, cuts, end);
         Block { end: Some(at + end), unknown }
     }
 
