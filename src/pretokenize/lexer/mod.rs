@@ -18,6 +18,8 @@ use std::sync::OnceLock;
 
 mod blocks;
 
+use blocks::Classify;
+
 pub(super) const LETTER: u8 = 1; // \p{L}
 pub(super) const NUMBER: u8 = 2; // \p{N}
 pub(super) const SPACE: u8 = 4; // \s
@@ -367,40 +369,62 @@ impl Lexer {
     /// and the matches of a block can go to it at once (`Matches::block`).
     #[inline(always)]
     pub fn for_each_match_inlined(&self, text: &str, f: &mut impl Matches) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(wide) = blocks::Wide::detect() {
+            // SAFETY: the CPU has what `Wide` needs (it exists).
+            return unsafe { self.families_wide(text, f, wide) };
+        }
+        self.families(text, f, blocks::Narrow)
+    }
+
+    /// `families` compiled for the CPUs with AVX-512BW, which classify a block with one
+    /// compare a class (`blocks::Wide`).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX-512BW.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn families_wide(&self, text: &str, f: &mut impl Matches, wide: blocks::Wide) {
+        self.families(text, f, wide)
+    }
+
+    #[inline(always)]
+    fn families(&self, text: &str, f: &mut impl Matches, classes: impl Classify) {
         // The common families compiled each on its own, their settings constants: the
         // branches on them folded away, a warm encode took 7% fewer instructions (Llama 3
         // and o200k on English, callgrind; 3-5% on Chinese, where `match_at` does most).
         // A loop over the families instead of this chain did not fold them.
         if *self == LLAMA3 {
-            LLAMA3.matches(text, f)
+            LLAMA3.matches(text, f, classes)
         } else if *self == QWEN2 {
-            QWEN2.matches(text, f)
+            QWEN2.matches(text, f, classes)
         } else if *self == CL100K {
-            CL100K.matches(text, f)
+            CL100K.matches(text, f, classes)
         } else if *self == O200K {
-            O200K.matches(text, f)
+            O200K.matches(text, f, classes)
         } else if *self == GPT2 {
-            GPT2.matches(text, f)
+            GPT2.matches(text, f, classes)
         } else {
-            self.matches(text, f)
+            self.matches(text, f, classes)
         }
     }
 
     #[inline(always)]
-    fn matches(&self, text: &str, f: &mut impl Matches) {
-        self.matches_in(text, self.has_blocks(), f)
+    fn matches(&self, text: &str, f: &mut impl Matches, classes: impl Classify) {
+        self.matches_in(text, self.has_blocks().then_some(classes), f)
     }
 
-    /// `blocks`: the ASCII stretches 64 bytes at a time (`blocks.rs`), else a match at a time.
+    /// `blocks`: the ASCII stretches 64 bytes at a time (`blocks.rs`), classified by it, else
+    /// a match at a time.
     #[inline(always)]
-    fn matches_in(&self, text: &str, blocks: bool, f: &mut impl Matches) {
+    fn matches_in(&self, text: &str, blocks: Option<impl Classify>, f: &mut impl Matches) {
         let scan = Scan { text, table: class_table() };
         let bytes = text.as_bytes();
         let mut at = 0;
         // Matches are read one at a time up to here (past a byte the blocks cannot read).
         let mut singly_to = 0;
         while at < bytes.len() {
-            if blocks && at >= singly_to {
+            if blocks.is_some() && at >= singly_to {
                 // A char outside ASCII that blocks do not read (see `Lexer::block_reads`; the
                 // first such char among the next 8 bytes tells which script the text goes on
                 // in): a block would end there having decided next to nothing, so it is not
@@ -423,8 +447,8 @@ impl Lexer {
                     None => singly_to = bytes.len(),
                 }
             }
-            if blocks && at >= singly_to {
-                let block = self.block(&scan, at, f);
+            if let Some(classes) = blocks.as_ref().filter(|_| at >= singly_to) {
+                let block = self.block(&scan, at, f, classes);
                 if let Some(end) = block.end {
                     at = end;
                 }
@@ -914,10 +938,16 @@ mod tests {
 
     fn assert_blocks_match(lexer: &Lexer, text: &str) {
         let mut by_blocks = Vec::new();
-        lexer.matches_in(text, true, &mut |s, e| by_blocks.push((s, e)));
+        lexer.matches_in(text, Some(blocks::Narrow), &mut |s, e| by_blocks.push((s, e)));
         let mut singly = Vec::new();
-        lexer.matches_in(text, false, &mut |s, e| singly.push((s, e)));
+        lexer.matches_in(text, None::<blocks::Narrow>, &mut |s, e| singly.push((s, e)));
         assert_eq!(by_blocks, singly, "{lexer:?}\ntext {text:?}");
+        #[cfg(target_arch = "x86_64")]
+        if let Some(wide) = blocks::Wide::detect() {
+            let mut by_wide_blocks = Vec::new();
+            lexer.matches_in(text, Some(wide), &mut |s, e| by_wide_blocks.push((s, e)));
+            assert_eq!(by_wide_blocks, singly, "AVX-512, {lexer:?}\ntext {text:?}");
+        }
     }
 
     /// The blocks (`blocks.rs`) against the lexer's match-at-a-time path, on texts of up to
