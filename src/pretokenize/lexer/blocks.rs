@@ -96,8 +96,9 @@ impl Lexer {
         matches!(lead, 0xC2 | 0xC3 | 0xD0 | 0xD1) || (self.words != Words::CaseAware && MORE_LEADS.contains(&lead))
     }
 
-    /// Reports with `f(start, end)` the matches of `text` from `at` (where a match starts)
-    /// that the block of 64 bytes from `at` decides.
+    /// Hands `f` the matches of `text` from `at` (where a match starts) that the block of 64
+    /// bytes from `at` decides, all at once (`Matches::block`), its bytes classified by
+    /// `classes`.
     #[inline(always)]
     pub(super) fn block(&self, s: &Scan, at: usize, f: &mut impl Matches, classes: &impl Classify) -> Block {
         let rest = &s.text.as_bytes()[at..];
