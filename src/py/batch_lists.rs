@@ -14,7 +14,7 @@
 //! the cores' caches.
 
 use super::id_lists::IdInts;
-use super::{check_python_room, text, IntoPy, IDS};
+use super::{check_python_room, text_ref, IntoPy, IDS};
 use crate::error::{Error, Result};
 use crate::special::SpecialPolicy;
 use crate::tokenizer::Tokenizer;
@@ -59,7 +59,7 @@ pub(super) fn encode_to_lists<'py>(
     let chars: usize = texts.iter().map(|s| s.len().unwrap_or(0)).sum();
     let mut lists = Lists { lists: Vec::with_capacity(texts.len()), ids: 0 };
     if chars < PIPELINE_FROM {
-        let strs = texts.iter().map(text).collect::<PyResult<Vec<_>>>()?;
+        let strs = texts.iter().map(text_ref).collect::<PyResult<Vec<_>>>()?;
         let bytes = strs.iter().map(|s| s.len()).sum();
         let encoded = py.allow_threads(|| batch.encode(&strs, bytes)).or_raise(py)?;
         lists.append(py, table, &encoded)?;
@@ -119,7 +119,7 @@ fn send_chunks<'a>(
     while !rest.is_empty() {
         let (mut strs, mut bytes) = (Vec::new(), 0);
         for s in rest {
-            let s = text(s)?;
+            let s = text_ref(s)?;
             strs.push(s);
             bytes += s.len();
             if bytes >= target {

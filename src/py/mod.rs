@@ -3,6 +3,7 @@
 
 mod batch_lists;
 mod id_lists;
+mod utf8;
 
 use crate::embed::{add_noise, normal_at, stream_key, Matrix};
 use crate::error::Error;
@@ -17,6 +18,7 @@ use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 use rayon::prelude::*;
 use rustc_hash::FxHashSet;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// The exception classes live in `tokensmith.errors`; look them up once.
@@ -99,9 +101,19 @@ fn ids_arg(ids: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
     sequence_arg(ids, |id| id.extract::<u32>())
 }
 
-/// `&str` of a Python str, with a clear error for lone surrogates (not valid UTF-8).
-fn text<'a>(s: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
-    s.to_str().map_err(|e| {
+/// The UTF-8 of one text to encode: a long one transcoded here (see `utf8`).
+fn text<'a>(s: &'a Bound<'_, PyString>) -> PyResult<Cow<'a, str>> {
+    utf8::utf8(s).map_err(|e| text_error(s, e))
+}
+
+/// `&str` of a Python str (CPython's UTF-8, kept in the str): the texts of a batch.
+fn text_ref<'a>(s: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
+    s.to_str().map_err(|e| text_error(s, e))
+}
+
+/// A clear error for lone surrogates (not valid UTF-8).
+fn text_error(s: &Bound<'_, PyString>, e: PyErr) -> PyErr {
+    {
         // Python makes the UTF-8 form of a non-ASCII str on first use: that can fail too.
         if e.is_instance_of::<PyMemoryError>(s.py()) {
             return e;
@@ -121,7 +133,7 @@ fn text<'a>(s: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
             )),
             None => PyValueError::new_err("text is not valid Unicode"),
         }
-    })
+    }
 }
 
 fn texts<'py>(items: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyString>>> {
@@ -280,7 +292,7 @@ impl PyTokenizer {
         protected: Vec<(usize, usize)>,
         allowed_inside: Option<FxHashSet<u32>>,
     ) -> PyResult<(Vec<u32>, Vec<(usize, usize)>)> {
-        let s = self::text(text)?;
+        let s = &*self::text(text)?;
         let policy = self.policy(py, policy, allowed)?;
         let tokenizer = self.get();
         without_gil(py, || {
@@ -460,7 +472,7 @@ impl PyTokenizer {
         let text = text
             .downcast::<PyString>()
             .map_err(|_| PyTypeError::new_err(format!("expected str, got {}", text.get_type())))?;
-        let s = self::text(text)?;
+        let s = &*self::text(text)?;
         let policy = match allowed {
             Some(allowed) => self.policy(py, special.extract::<&str>()?, Some(allowed))?,
             None => self.special_policy(py, special)?,
@@ -552,7 +564,7 @@ impl PyTokenizer {
             let lists = batch_lists::encode_to_lists(py, &tokenizer, self.id_table(py), &owned, &policy, add_special_tokens)?;
             return PyList::new(py, lists);
         }
-        let strs = owned.iter().map(text).collect::<PyResult<Vec<&str>>>()?;
+        let strs = owned.iter().map(text_ref).collect::<PyResult<Vec<&str>>>()?;
         let batch = without_gil(py, || {
             let batch = tokenizer.encode_batch(&strs, &policy, add_special_tokens)?;
             let ids = batch.iter().map(Vec::len).sum();
@@ -577,7 +589,7 @@ impl PyTokenizer {
     ) -> PyResult<(Bound<'py, PyByteArray>, Bound<'py, PyByteArray>)> {
         let owned = self::texts(texts)?;
         let policy = self.policy(py, policy, allowed)?;
-        let strs = owned.iter().map(text).collect::<PyResult<Vec<&str>>>()?;
+        let strs = owned.iter().map(text_ref).collect::<PyResult<Vec<&str>>>()?;
         let tokenizer = self.get();
         let (batch, offsets) = without_gil(py, || {
             let batch = tokenizer.encode_batch(&strs, &policy, add_special_tokens)?;
@@ -658,7 +670,7 @@ impl PyTokenizer {
         policy: &str,
         allowed: Option<Vec<String>>,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let s = self::text(text)?;
+        let s = &*self::text(text)?;
         let policy = self.policy(py, policy, allowed)?;
         let tokenizer = self.get();
         let piece = without_gil(py, || tokenizer.last_piece(s, &policy)).or_raise(py)?;
@@ -1019,7 +1031,7 @@ impl PyWordCounts {
     /// Counts the words of `texts`, on every core.
     fn add(&self, py: Python<'_>, texts: &Bound<'_, PyAny>) -> PyResult<()> {
         let owned = self::texts(texts)?;
-        let strs = owned.iter().map(text).collect::<PyResult<Vec<&str>>>()?;
+        let strs = owned.iter().map(text_ref).collect::<PyResult<Vec<&str>>>()?;
         without_gil(py, || self.lock().add(&strs)).or_raise(py)
     }
 
