@@ -93,16 +93,16 @@ impl Layout {
     /// `s` must be a `str` of the Python this layout is of.
     unsafe fn fields(self, s: &Bound<'_, PyString>) -> Option<Fields> {
         let base = s.as_ptr() as *const u8;
+        let len = usize::try_from(*(base.add(LENGTH_AT) as *const isize)).ok()?;
         let state = *(base.add(STATE_AT) as *const u32);
         let (kind, compact, ascii) = ((state >> 2) & 7, state >> 5 & 1 == 1, state >> 6 & 1 == 1);
         if !compact || !matches!(kind, 1 | 2 | 4) {
             return None;
         }
-        let len = *(base.add(LENGTH_AT) as *const isize);
         let chars = base.add(if ascii { self.ascii_size } else { self.compact_size });
         // An ASCII str's chars are its UTF-8.
         let has_utf8 = ascii || !(*(base.add(self.utf8_at) as *const *const u8)).is_null();
-        Some(Fields { kind, ascii, len: usize::try_from(len).ok()?, chars, has_utf8 })
+        Some(Fields { kind, ascii, len, chars, has_utf8 })
     }
 }
 
@@ -110,16 +110,16 @@ impl Layout {
 /// CPython's, whose errors (a lone surrogate) the caller turns into its own.
 pub fn utf8<'a>(s: &'a Bound<'_, PyString>) -> PyResult<Cow<'a, str>> {
     static LAYOUT: GILOnceCell<Option<Layout>> = GILOnceCell::new();
-    let layout = LAYOUT.get_or_init(s.py(), || Layout::of(s.py()));
-    if let Some(layout) = layout {
+    // Most texts are short: their length is asked first, before the layout is looked at.
+    // SAFETY: `s` is a str.
+    if unsafe { ffi::PyUnicode_GetLength(s.as_ptr()) } < LONG as isize {
+        return s.to_str().map(Cow::Borrowed);
+    }
+    if let Some(layout) = LAYOUT.get_or_init(s.py(), || Layout::of(s.py())) {
         // SAFETY: `layout` was checked against this Python's strs; `s` stays alive (and
         // immutable) while its chars are read.
-        unsafe {
-            if let Some(f) = layout.fields(s).filter(|f| !f.has_utf8 && f.len >= LONG) {
-                if let Some(text) = transcode(&f) {
-                    return Ok(Cow::Owned(text));
-                }
-            }
+        if let Some(text) = unsafe { layout.fields(s).filter(|f| !f.has_utf8).and_then(|f| transcode(&f)) } {
+            return Ok(Cow::Owned(text));
         }
     }
     s.to_str().map(Cow::Borrowed)
