@@ -19,6 +19,7 @@ import tokenizers
 import tokensmith as ts
 from conftest import (
     ALL_TOKENIZERS,
+    CORPORA_DIR,
     SENTENCEPIECE_TOKENIZERS,
     assert_same,
     assert_same_strings,
@@ -27,6 +28,8 @@ from conftest import (
     hf_tokenizer,
     load_hf_fresh,
     load_ts_fresh,
+    read_corpus,
+    require_data,
     ts_tokenizer,
 )
 
@@ -546,3 +549,49 @@ def test_sentencepiece_save_with_added_tokens_reloads_in_reference(name, tmp_pat
     assert_encodings_match(tok, hf, texts=texts, context=f"{name} with added tokens")
     assert_encodings_match(ts.Tokenizer.from_file(str(out)), hf, texts=texts, context=f"{name} reloaded by tokensmith")
     assert_decodes_match(tok, hf, texts=texts, context=f"{name} with added tokens")
+
+
+def corpus_words(text: str, count: int) -> list[str]:
+    """The `count` most frequent 2- and 3-char runs of Chinese in `text`: an extended Chinese
+    vocabulary, as `benches/added_tokens.py` builds it."""
+    import re
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    for run in re.findall(r"[\u4e00-\u9fff]{2,}", text):
+        for n in (2, 3):
+            counts.update(run[i:i + n] for i in range(len(run) - n + 1))
+    return [word for word, _ in counts.most_common(count)]
+
+
+@pytest.mark.parametrize("kind", ["lookups", "anchored"])
+@pytest.mark.parametrize("name", ["llama3", "qwen2", "gemma4"])
+def test_many_added_words_match_as_the_reference(name, kind):
+    """Thousands of added Chinese words, none starting with ASCII: found by lookups at the
+    places where one may start (a token over 63 bytes: by the anchored automaton instead).
+    Among them words with flags (matched through the token's record) and special ones. The
+    ids of the corpus texts, line by line and whole, equal the reference's."""
+    require_data()
+    files = {"zh": "zh/debian-handbook.zh-CN.txt", "multi": "multi/debian-handbook.ru-RU.txt",
+             "en": "en/debian-handbook.en-US.txt"}
+    texts = {kind: read_corpus(CORPORA_DIR / path) for kind, path in files.items()}
+    zh = texts["zh"]
+    words = corpus_words(zh, 3000)
+    flagged = [tokenizers.AddedToken(w, single_word=True) for w in words[:20]]
+    flagged += [tokenizers.AddedToken(w, lstrip=True, rstrip=True) for w in words[20:40]]
+    added = flagged + words[40:]
+    if kind == "anchored":
+        added.append(zh[zh.index("的"):][:40].replace("\n", "") * 2)  # over 63 bytes
+    hf, tok = make_pair(name)
+    hf.add_tokens(added)
+    hf.add_special_tokens(["特殊词"])
+    tok.add_tokens([w if isinstance(w, str) else ts.AddedToken(w.content, single_word=w.single_word,
+                                                                lstrip=w.lstrip, rstrip=w.rstrip) for w in added])
+    tok.add_special_tokens(["特殊词"])
+    samples = [zh[:200_000], zh[-60_000:] + " 特殊词 的 " + zh[:3000], texts["multi"][:50_000], texts["en"][:50_000]]
+    lines = [line for text in samples for line in text.split("\n")]
+    want = [e.ids for e in hf.encode_batch(lines, add_special_tokens=False)]
+    assert_same([tok.encode(line, add_special_tokens=False) for line in lines], want, lines, f"{name} {kind} lines")
+    for text in samples:
+        assert_same([tok.encode(text, add_special_tokens=False)], [hf.encode(text, add_special_tokens=False).ids],
+                    [text], f"{name} {kind} whole")
