@@ -113,26 +113,24 @@ fn text_ref<'a>(s: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
 
 /// A clear error for lone surrogates (not valid UTF-8).
 fn text_error(s: &Bound<'_, PyString>, e: PyErr) -> PyErr {
-    {
-        // Python makes the UTF-8 form of a non-ASCII str on first use: that can fail too.
-        if e.is_instance_of::<PyMemoryError>(s.py()) {
-            return e;
-        }
-        let position = s
-            .call_method1("encode", ("utf-32-le", "surrogatepass"))
-            .ok()
-            .and_then(|b| b.extract::<Vec<u8>>().ok())
-            .and_then(|b| {
-                b.chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .position(|cp| (0xD800..0xE000).contains(&cp))
-            });
-        match position {
-            Some(i) => PyValueError::new_err(format!(
-                "text contains a lone surrogate at index {i}; it is not valid Unicode and cannot be tokenized"
-            )),
-            None => PyValueError::new_err("text is not valid Unicode"),
-        }
+    // Python makes the UTF-8 form of a non-ASCII str on first use: that can fail too.
+    if e.is_instance_of::<PyMemoryError>(s.py()) {
+        return e;
+    }
+    let position = s
+        .call_method1("encode", ("utf-32-le", "surrogatepass"))
+        .ok()
+        .and_then(|b| b.extract::<Vec<u8>>().ok())
+        .and_then(|b| {
+            b.chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .position(|cp| (0xD800..0xE000).contains(&cp))
+        });
+    match position {
+        Some(i) => PyValueError::new_err(format!(
+            "text contains a lone surrogate at index {i}; it is not valid Unicode and cannot be tokenized"
+        )),
+        None => PyValueError::new_err("text is not valid Unicode"),
     }
 }
 
