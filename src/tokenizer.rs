@@ -4,7 +4,7 @@
 use crate::bpe::{Bpe, PieceEncoder};
 use crate::decode::Decoder;
 use crate::error::{Error, Result};
-use crate::normalize::Normalizer;
+use crate::normalize::{self, Normalizer};
 use crate::postprocess::{trim_offsets, Padding, PostProcessor, TemplatePiece, Truncation};
 use crate::pretokenize::{Context, PreTokenizer};
 use crate::special::{AddedToken, AddedVocabulary, Protect, Protected, Segment as AddedSegment, SpecialPolicy};
@@ -505,7 +505,8 @@ impl Tokenizer {
                 let protect = segment.protect(protected, raw.len());
                 let cx = Context { track, at_input_start: self.starts_input(&segment, raw) };
                 let normalized: &str = &segment.text;
-                self.added
+                let result = self
+                    .added
                     .split_normalized(normalized, policy, protect, &mut |inner| match inner {
                         AddedSegment::Token(id, s, e) => {
                             sink.push(id, if track { segment.span(s, e) } else { (0, 0) });
@@ -577,7 +578,9 @@ impl Tokenizer {
                             })
                         }
                     })
-                    .map_err(|e| segment.error_in(text, e))
+                    .map_err(|e| segment.error_in(text, e));
+                normalize::give_back(segment.text);
+                result
             }
         })
     }

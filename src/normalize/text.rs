@@ -9,6 +9,7 @@
 
 use crate::pretokenize::Pattern;
 use std::borrow::Cow;
+use std::cell::Cell;
 
 #[derive(Debug, Clone)]
 pub struct NormalizedText<'a> {
@@ -347,6 +348,26 @@ fn for_each_byte(text: &[u8], byte: u8, mut f: impl FnMut(usize)) {
     }
 }
 
+thread_local! {
+    /// A normalized text's buffer given back (`give_back`) for the next `replaced` on this
+    /// thread. Texts of every length, one call each, made the allocator's slow path a
+    /// `calloc` a call: 3% of per-document encoding with Gemma 4 (perf).
+    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// The buffers kept for reuse are at most this large: a long text's is handed back to the
+/// allocator, not held by the thread.
+const SPARE_MAX: usize = 1 << 20;
+
+/// Hands a normalized text's buffer to the next normalization on this thread.
+pub fn give_back(text: Cow<'_, str>) {
+    if let Cow::Owned(text) = text {
+        if text.capacity() <= SPARE_MAX {
+            SPARE.set(text.into_bytes());
+        }
+    }
+}
+
 /// `text` with each `byte` (ASCII) replaced by `content`, or `None` where it has none.
 ///
 /// Why: SentencePiece-style tokenizers replace every space by `▁`. Built a match at a time
@@ -372,7 +393,9 @@ fn count_byte(text: &[u8], byte: u8) -> usize {
 fn replaced(parts: &[&str], byte: u8, content: &str, count: usize) -> String {
     debug_assert!(byte.is_ascii());
     let len = parts.iter().map(|part| part.len()).sum::<usize>() - count + count * content.len();
-    let mut out = vec![0u8; len + 8];
+    let mut out = SPARE.take();
+    out.clear();
+    out.resize(len + 8, 0);
     let mut o = 0;
     for part in parts {
         // A part's last stores may run past its end: the next part's overwrite them.
@@ -492,7 +515,12 @@ mod tests {
             }
             for content in ["\u{2581}", "", "_", "ab", "\u{1F600}x", "\u{2581}\u{2581}\u{2581}"] {
                 let expected = text.contains(' ').then(|| text.replace(' ', content));
-                assert_eq!(replace_byte(&text, b' ', content), expected, "{text:?} {content:?}");
+                let got = replace_byte(&text, b' ', content);
+                assert_eq!(got, expected, "{text:?} {content:?}");
+                // The next call writes its text into this one's buffer, over what it holds.
+                if let Some(got) = got {
+                    give_back(Cow::Owned(got));
+                }
             }
         }
     }
