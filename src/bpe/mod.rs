@@ -606,7 +606,8 @@ impl Bpe {
     /// The token of every byte of `piece` where it is one byte again and again whose token
     /// does not merge with itself (GPT-2's spaces): no merge applies anywhere in it. 10 MB
     /// of spaces, one piece, went through the linear-time encoder at 4.8x the time of 10 MB
-    /// of English (GPT-2, `benches/long_inputs.py`), a trie walk for each of 10 M tokens.
+    /// of English (GPT-2, `benches/long_inputs.py`), a step of its search for each of 10 M
+    /// tokens.
     fn unmerged_run(&self, piece: &[u8]) -> Option<u32> {
         let (Alphabet::Bytes(byte_ids), [first, ..]) = (&self.alphabet, piece) else { return None };
         let id = byte_ids[usize::from(*first)];
