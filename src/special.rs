@@ -477,6 +477,11 @@ impl AddedVocabulary {
         self.tokens.is_empty()
     }
 
+    /// Whether some token is matched in normalized text (`split_normalized`).
+    pub fn matches_normalized(&self) -> bool {
+        self.normalized.is_some()
+    }
+
     pub fn tokens(&self) -> impl Iterator<Item = (u32, &AddedToken)> {
         self.tokens.iter().map(|(id, t)| (*id, t))
     }

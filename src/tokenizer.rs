@@ -485,6 +485,17 @@ impl Tokenizer {
         self.bpe.with_cache(|pieces| self.encode_with(pieces, text, policy, protected, sink))
     }
 
+    /// `Some(prepend)` where a text segment can go to the model as it is, each space read as
+    /// the `▁` the normalizer would put there (`PieceEncoder::encode_spaced`): a normalizer
+    /// that does only that (`Normalizer::spaces_as_marks`), no pre-tokenizer, and no added
+    /// token matched in normalized text.
+    fn spaces_as_marks(&self) -> Option<bool> {
+        if !self.pre_tokenizer.steps().is_empty() || self.added.matches_normalized() {
+            return None;
+        }
+        self.normalizer.as_ref()?.spaces_as_marks()
+    }
+
     fn encode_with(
         &self,
         pieces: &mut PieceEncoder,
@@ -494,12 +505,18 @@ impl Tokenizer {
         sink: &mut Sink,
     ) -> Result<()> {
         let track = sink.offsets.is_some();
+        let marks = if track { None } else { self.spaces_as_marks() };
         self.added.split_raw(text, policy, Protect::exact(protected, 0), &mut |segment| match segment {
             AddedSegment::Token(id, start, end) => {
                 sink.push(id, (start, end));
                 Ok(())
             }
             AddedSegment::Text(raw) => {
+                if let Some(prepend) = marks {
+                    if pieces.encode_spaced(raw.as_bytes(), prepend, sink.ids)? {
+                        return Ok(());
+                    }
+                }
                 let start = offset_in(text, raw).expect("segments are slices of the text");
                 let segment = self.normalize_segment(raw, start, track);
                 let protect = segment.protect(protected, raw.len());

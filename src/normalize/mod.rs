@@ -50,6 +50,24 @@ impl Normalizer {
         n
     }
 
+    /// `Some(prepend)` where this normalizer only puts `▁` for every space, after putting one
+    /// `▁` first with `prepend` (which, as `Prepend` does, leaves an empty text empty):
+    /// Gemma's `Replace`, and the `Prepend` and `Replace` of Llama 2 and Mistral.
+    pub fn spaces_as_marks(&self) -> Option<bool> {
+        let marks = |n: &Normalizer| {
+            matches!(n, Normalizer::Replace { pattern: Replacement::Literal(p), content } if p == " " && content == "\u{2581}")
+        };
+        match self {
+            n if marks(n) => Some(false),
+            Normalizer::Sequence(steps) => match steps.as_slice() {
+                [one] => one.spaces_as_marks(),
+                [Normalizer::Prepend(p), replace] if p == "\u{2581}" && marks(replace) => Some(true),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     pub fn apply(&self, n: &mut NormalizedText) {
         // The quick checks only skip work: a text they pass is left as it is by the
         // reference too (every char replaced by itself, alignment unchanged).
