@@ -117,7 +117,17 @@ pub struct WordCuts {
     ascii_spaced: Box<[[u64; 2]; 128]>,
     /// The char of each dense index.
     chars: Box<[char]>,
+    /// By code point below U+10000: whether the char has a token (`KNOWN`), is the first
+    /// char of a pair in `pairs` (`LEFT`) and the second (`RIGHT`). Chars outside the dense
+    /// table (CJK, most of all) were two hash lookups a char, in `known` and `pairs`; with
+    /// this table they are one load, and `pairs` is asked only where both chars are in some
+    /// pair on that side (Llama 2 has 20 pairs of CJK chars).
+    bmp: Box<[u8]>,
 }
+
+const KNOWN: u8 = 1;
+const LEFT: u8 = 2;
+const RIGHT: u8 = 4;
 
 const NOT_DENSE: u16 = u16::MAX;
 
@@ -165,7 +175,21 @@ impl WordCuts {
             }
         }
         let (ascii, ascii_spaced) = (Box::new([[0; 2]; 128]), Box::new([[0; 2]; 128]));
-        let mut cuts = WordCuts { pairs, two_byte, table, row_words, ascii, ascii_spaced, chars: chars.into_boxed_slice() };
+        let mut bmp = vec![0u8; 0x10000].into_boxed_slice();
+        let mut flag = |c: u32, bit: u8| {
+            if let Some(at) = bmp.get_mut(c as usize) {
+                *at |= bit;
+            }
+        };
+        for &key in &pairs {
+            flag((key >> 32) as u32, LEFT);
+            flag(key as u32, RIGHT);
+        }
+        for &c in known.keys() {
+            flag(u32::from(c), KNOWN);
+        }
+        let chars = chars.into_boxed_slice();
+        let mut cuts = WordCuts { pairs, two_byte, table, row_words, ascii, ascii_spaced, chars, bmp };
         for &key in &cuts.pairs {
             let (a, b) = ((key >> 32) as u32, key as u32);
             let dense = |cp: u32| char::from_u32(cp).and_then(|c| cuts.dense(c));
@@ -248,7 +272,13 @@ impl WordCuts {
             0 => self.chars[c.0 as usize],
             _ => char::from_u32(c.0 & !NOT_IN_TABLE).expect("read from UTF-8"),
         };
-        Self::decide(&self.pairs, known, char_of(a), char_of(b))
+        let (a, b) = (char_of(a), char_of(b));
+        match (self.bmp.get(u32::from(a) as usize), self.bmp.get(u32::from(b) as usize)) {
+            (Some(&a_is), Some(&b_is)) => {
+                (a_is | b_is) & KNOWN != 0 && (a_is & LEFT == 0 || b_is & RIGHT == 0 || !self.pairs.contains(&Self::key(a, b)))
+            }
+            _ => Self::decide(&self.pairs, known, a, b),
+        }
     }
 
     /// Whether the text may be cut between `a` and `b`.
@@ -1366,13 +1396,15 @@ mod tests {
 
     #[test]
     fn word_cuts_of_the_table_are_the_rule_itself() {
-        let tokens = ["\u{2581}a", "ab", "b\u{2581}", "é日", "\u{2581}\u{2581}", "x", "пр", "ри", "р\u{2581}", "\u{7ff}a"];
+        // 中 has a token and is in no pair; 語 has none and is the first of a pair.
+        let tokens = ["\u{2581}a", "ab", "b\u{2581}", "é日", "\u{2581}\u{2581}", "x", "пр", "ри", "р\u{2581}", "\u{7ff}a", "中", "語日"];
         let known: FxHashMap<char, u32> =
-            ['a', 'b', 'x', '\u{2581}', 'é', '日', 'п', 'р', 'и', '\u{80}', '\u{7ff}'].into_iter().zip(0..).collect();
+            ['a', 'b', 'x', '\u{2581}', 'é', '日', 'п', 'р', 'и', '\u{80}', '\u{7ff}', '中'].into_iter().zip(0..).collect();
         let cuts = WordCuts::new(tokens, &known);
         let pairs = &cuts.pairs;
         let chars = [
             'a', 'b', 'x', 'q', '\u{2581}', 'é', 'è', '日', 'Z', '\u{2582}', ' ', 'п', 'р', 'и', 'ж', '\u{80}', '\u{7ff}', '\u{800}', '\u{1F600}',
+            '中', '語', '本', '\u{ffff}', '\u{10000}',
         ];
         for a in chars {
             for b in chars {
@@ -1382,6 +1414,8 @@ mod tests {
         assert!(!cuts.cut('a', 'b', &known) && cuts.cut('b', 'a', &known) && !cuts.cut('q', 'Z', &known));
         assert!(!cuts.cut('п', 'р', &known) && cuts.cut('р', 'п', &known) && cuts.cut('ж', 'п', &known));
         assert!(cuts.dense('п').is_some() && cuts.dense('ж').is_none() && cuts.dense('日').is_none());
+        assert!(!cuts.cut('語', '日', &known) && cuts.cut('語', '中', &known) && cuts.cut('中', '語', &known));
+        assert!(!cuts.cut('語', '本', &known) && cuts.cut('中', '中', &known));
         // The ASCII table of `encode_words`' fast loop says what the rule says.
         for a in 0..128u8 {
             for b in 0..128u8 {
