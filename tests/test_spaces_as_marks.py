@@ -33,7 +33,9 @@ def texts() -> list[str]:
     cores = [" leading space", "trailing space ", "   runs   of   spaces   ", "\u2581starts with a mark",
              "mark\u2581and space \u2581 mixed", "日本語のテキスト 中文 text", "\U0001F600 emoji \U0001F600\U0001F600",
              "\ue000\ue001 private use  \ue002", " ", "\u2581", "x"]
-    out = [""]
+    # Words past what the cache keeps (256 bytes), first in the text and after it.
+    runs = [" " * 300, "a" * 300, "\u2581" * 100, "\n" * 300, "語" * 100, "a b" * 100]
+    out = ["", *runs, *(f"x {run}" for run in runs)]
     for core in cores:
         out += [core, core * (80 // len(core) + 2), " " * 70 + core, core + " " * 70]
     rng = random.Random(20261205)

@@ -46,7 +46,7 @@ pub const LONG_MAX: usize = 64;
 /// Pieces up to this many bytes are cached. CJK runs without punctuation are pieces of up
 /// to a few hundred bytes: with 64 here, the 5% of a Chinese text's bytes in pieces longer
 /// than that went through BPE again at every pass.
-const CACHED_MAX: usize = 256;
+pub const CACHED_MAX: usize = 256;
 /// The map of long pieces is emptied when it holds this many bytes (keys and ids).
 const LONG_MAX_BYTES: usize = 8 << 20;
 /// 2^15 sets of four 32-byte slots: 4 MB per thread (see `Table`).

@@ -30,6 +30,7 @@ mod cuts;
 mod trie;
 
 use crate::error::{Error, Result};
+use crate::normalize;
 use backtrack::LongPieces;
 use cache::{Key, ModelCache, PieceCache};
 use cuts::ByteCuts;
@@ -140,7 +141,6 @@ const NOT_IN_TABLE: u32 = 1 << 31;
 
 impl WordCuts {
     const SPACE: char = '\u{2581}';
-    const SPACE_UTF8: &'static [u8] = "\u{2581}".as_bytes();
 
     /// `tokens`: the vocabulary's strings; `known`: the chars with a token.
     pub fn new<'a>(tokens: impl IntoIterator<Item = &'a str>, known: &FxHashMap<char, u32>) -> Self {
@@ -1280,15 +1280,9 @@ impl<'a> PieceEncoder<'a> {
             return self.encode_marked_word(word, out);
         }
         let bpe = self.bpe;
-        let encode = |word: &[u8], out: &mut Vec<u32>| {
-            let mut normalized = Vec::with_capacity(word.len() + 2 * word.len() / 4);
-            for &b in word {
-                match b {
-                    b' ' => normalized.extend_from_slice(WordCuts::SPACE_UTF8),
-                    _ => normalized.push(b),
-                }
-            }
-            bpe.encode_uncached(&normalized, out)
+        let encode = |word: &[u8], out: &mut Vec<u32>| match word.contains(&b' ') {
+            true => bpe.encode_uncached(&normalize::spaces_marked(&[word]), out),
+            false => bpe.encode_uncached(word, out), // a long run of one letter: not copied
         };
         match self.cache.as_mut() {
             Some(cache) => cache.get_or_encode(word, out, encode),
@@ -1299,6 +1293,10 @@ impl<'a> PieceEncoder<'a> {
     /// `word` after a `▁`: a space and its bytes, as the cache keys it.
     #[inline(never)]
     fn encode_marked_word(&mut self, word: &[u8], out: &mut Vec<u32>) -> Result<()> {
+        if word.len() >= cache::CACHED_MAX {
+            // Not kept in the cache: straight to its normalized form, one copy.
+            return self.bpe.encode_uncached(&normalize::spaces_marked(&[b" ", word]), out);
+        }
         let mut key = Vec::with_capacity(word.len() + 1);
         key.push(b' ');
         key.extend_from_slice(word);

@@ -6,7 +6,7 @@ mod precompiled;
 mod text;
 
 pub use precompiled::Precompiled;
-pub use text::{give_back, identity_alignment, NormalizedText, Replacement};
+pub use text::{give_back, identity_alignment, spaces_marked, NormalizedText, Replacement};
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -183,7 +183,7 @@ impl<'a> NormalizedText<'a> {
             // One `byte` can match nowhere but inside a part.
             let count = count_byte(prefix.as_bytes(), byte) + count_byte(self.text.as_bytes(), byte);
             if count > 0 || !prefix.is_empty() {
-                self.text = Cow::Owned(replaced(&[prefix, &self.text], byte, content, count));
+                self.text = Cow::Owned(replaced([prefix, &self.text], byte, content, count));
             }
         }
         true
@@ -378,7 +378,7 @@ pub fn give_back(text: Cow<'_, str>) {
 /// spare for the last store).
 fn replace_byte(text: &str, byte: u8, content: &str) -> Option<String> {
     let count = count_byte(text.as_bytes(), byte);
-    (count > 0).then(|| replaced(&[text], byte, content, count))
+    (count > 0).then(|| replaced([text], byte, content, count))
 }
 
 /// How many times `byte` is in `text`.
@@ -388,9 +388,27 @@ fn count_byte(text: &[u8], byte: u8) -> usize {
     chunks.map(|chunk| bytes_equal(chunk, byte).count_ones() as usize).sum::<usize>() + tail
 }
 
+/// `parts` one after another, each space in them a `▁`: the text that a normalizer putting
+/// `▁` for every space makes of them (`PieceEncoder::encode_spaced`, for the words the cache
+/// lacks).
+pub fn spaces_marked(parts: &[&[u8]]) -> Vec<u8> {
+    let count = parts.iter().map(|part| count_byte(part, b' ')).sum();
+    replaced_bytes(parts, b' ', "\u{2581}", count)
+}
+
 /// `parts` one after another, each `byte` (ASCII) in them replaced by `content`; `count`:
 /// how many of `byte` they hold. One copy, however many parts (`prepend_and_replace`).
-fn replaced(parts: &[&str], byte: u8, content: &str, count: usize) -> String {
+fn replaced<const N: usize>(parts: [&str; N], byte: u8, content: &str, count: usize) -> String {
+    let out = replaced_bytes(&parts.map(str::as_bytes), byte, content, count);
+    // SAFETY: `out` is the UTF-8 `parts` one after another, with some of their ASCII chars,
+    // each a whole char, replaced by `content`: UTF-8 put together from UTF-8. (Validating
+    // it again was as long as the replacing: `▁` every few bytes is the validator's slow
+    // path.)
+    unsafe { String::from_utf8_unchecked(out) }
+}
+
+/// `replaced` of any bytes.
+fn replaced_bytes(parts: &[&[u8]], byte: u8, content: &str, count: usize) -> Vec<u8> {
     debug_assert!(byte.is_ascii());
     let len = parts.iter().map(|part| part.len()).sum::<usize>() - count + count * content.len();
     let mut out = SPARE.take();
@@ -399,7 +417,7 @@ fn replaced(parts: &[&str], byte: u8, content: &str, count: usize) -> String {
     let mut o = 0;
     for part in parts {
         // A part's last stores may run past its end: the next part's overwrite them.
-        let mut chunks = part.as_bytes().chunks_exact(8);
+        let mut chunks = part.chunks_exact(8);
         for chunk in chunks.by_ref() {
             let mut found = bytes_equal(chunk, byte);
             out[o..o + 8].copy_from_slice(chunk);
@@ -433,11 +451,7 @@ fn replaced(parts: &[&str], byte: u8, content: &str, count: usize) -> String {
     }
     debug_assert_eq!(o, len);
     out.truncate(len);
-    // SAFETY: `out` is the UTF-8 `parts` one after another, with some of their ASCII chars,
-    // each a whole char, replaced by `content`: UTF-8 put together from UTF-8. (Validating
-    // it again was as long as the replacing: `▁` every few bytes is the validator's slow
-    // path.)
-    unsafe { String::from_utf8_unchecked(out) }
+    out
 }
 
 /// What a `Replace` normalizer or decoder looks for.
