@@ -3,10 +3,10 @@
 Llama 2, Mistral and Gemma normalize by putting `▁` for every space (Llama 2 and Mistral put
 one first, too). Without offsets, their text goes to the model as it is, each space taken for
 `▁` (`PieceEncoder::encode_spaced`), and the piece cache keys its words by their own bytes;
-with offsets, it is normalized first. Each case here is checked against the reference (`tokenizers`): texts
-where spaces, literal `▁`, cuts and the first word's `▁` meet, segments between added tokens
-(each is normalized, and so prefixed, on its own), the cache filled by the other path first,
-and normalizers that only look like the one this path is for.
+with offsets, it is normalized first. Each case here is checked against the reference
+(`tokenizers`): texts where spaces, literal `▁`, cuts and the first word's `▁` meet, segments
+between added tokens (each is normalized, and so prefixed, on its own), the cache filled by
+the other path first, and normalizers that only look like the one this path is for.
 """
 
 from __future__ import annotations
