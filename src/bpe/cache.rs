@@ -340,8 +340,14 @@ pub struct ModelCache<'a> {
 }
 
 impl ModelCache<'_> {
+    /// The same cache, for a while.
+    pub(super) fn reborrow(&mut self) -> ModelCache<'_> {
+        ModelCache { sets: self.sets, long: self.long, tag: self.tag }
+    }
+
     /// Appends the ids of `piece` to `out`, from the cache or from `encode` (whose output
-    /// is then kept: in the piece's slot when it fits there, else in the map).
+    /// is then kept: in the piece's slot when it fits there, else in the map). `encode` is
+    /// handed the cache, for the parts of a piece (see `PieceEncoder::encode_new`).
     ///
     /// Only a hit in the first slot of the set (nearly every lookup of a warm cache) is
     /// inlined into the caller's loop; the rest is a call. With the whole lookup one
@@ -352,7 +358,7 @@ impl ModelCache<'_> {
         &mut self,
         piece: &[u8],
         out: &mut Vec<u32>,
-        encode: impl FnOnce(&[u8], &mut Vec<u32>) -> Result<(), E>,
+        encode: impl FnOnce(&mut Self, &[u8], &mut Vec<u32>) -> Result<(), E>,
     ) -> Result<(), E> {
         if piece.len() <= SHORT_MAX {
             return self.get_or_encode_short(piece, Key::new(piece), out, encode);
@@ -367,7 +373,7 @@ impl ModelCache<'_> {
         piece: &[u8],
         key: Key,
         out: &mut Vec<u32>,
-        encode: impl FnOnce(&[u8], &mut Vec<u32>) -> Result<(), E>,
+        encode: impl FnOnce(&mut Self, &[u8], &mut Vec<u32>) -> Result<(), E>,
     ) -> Result<(), E> {
         debug_assert!(key == Key::new(piece));
         let at = key.set(self.tag);
@@ -425,10 +431,10 @@ impl ModelCache<'_> {
         piece: &[u8],
         slot: Option<(usize, Key)>,
         out: &mut Vec<u32>,
-        encode: impl FnOnce(&[u8], &mut Vec<u32>) -> Result<(), E>,
+        encode: impl FnOnce(&mut Self, &[u8], &mut Vec<u32>) -> Result<(), E>,
     ) -> Result<(), E> {
         if piece.len() > CACHED_MAX {
-            return encode(piece, out);
+            return encode(self, piece, out);
         }
         if let Some((at, key)) = slot {
             let set = &mut self.sets[at].0;
@@ -444,7 +450,9 @@ impl ModelCache<'_> {
             return Ok(());
         }
         let start = out.len();
-        encode(piece, out)?;
+        // The set may have changed meanwhile (`encode` kept the parts of the piece): the
+        // piece still goes first in it.
+        encode(self, piece, out)?;
         let ids = &out[start..];
         match slot {
             Some((at, key)) if ids.len() <= SHORT_IDS => {
@@ -562,7 +570,7 @@ mod tests {
     fn get(cache: &mut ModelCache, piece: &[u8], ids: &[u32], calls: &mut usize) -> Vec<u32> {
         let mut out = vec![7];
         cache
-            .get_or_encode::<()>(piece, &mut out, |_, out| {
+            .get_or_encode::<()>(piece, &mut out, |_, _, out| {
                 *calls += 1;
                 out.extend_from_slice(ids);
                 Ok(())

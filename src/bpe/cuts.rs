@@ -21,28 +21,44 @@
 //! merges make is the junction of one merge of its build tree, so the merges' junctions
 //! say it all: where the two chars at a junction are whole, that pair of chars is never
 //! cut; where one is not (a token of partial chars, such as Llama 3's "选" followed by the
-//! first two bytes of "择"), no point with those two bytes around it is cut.
+//! first two bytes of "择"), no point is cut where the char before ends with the junction's
+//! left bytes and the char after starts with its right ones.
 //!
 //! `ignore_merges` vocabularies look a whole piece up among the tokens before merging it;
 //! a part is not a piece, so it gets what merges give it. That is the whole-token answer
 //! for nearly every part that is a token, but not for all (`merges_make`).
+//!
+//! A part or piece of CJK chars that is new is merged from its chars' tokens, not from its
+//! bytes, where that is sure to give the same (`ByteCuts::merge_chars`).
 
-use super::{decode_char, Alphabet, Bpe};
+use super::{decode_char, Alphabet, Bpe, Flat, FLAT_MAX, NO_RANK};
 use rustc_hash::FxHashSet;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 #[derive(Debug)]
 pub(super) struct ByteCuts {
     /// Pairs of chars (`a << 32 | b`) that some token joins.
     pairs: FxHashSet<u64>,
     /// One bit per two bytes (the last of one char, the first of the next) that a token of
-    /// partial chars joins.
+    /// partial chars joins: where it is clear, no such token joins the two chars.
     partial: Box<[u64; 1024]>,
+    /// Where it is set, which: the junctions of merges where a part is a partial char, by
+    /// `bit` of their two bytes, as the bytes of the left part in the char before the point
+    /// and those of the right part in the char after it. The bit alone stood for all of
+    /// them: Qwen2's 144 such merges set it for most pairs of CJK chars' bytes.
+    junctions: Vec<(usize, Vec<u8>, Vec<u8>)>,
     /// By token id (`ignore_merges` vocabularies): whether merges alone make the token from
     /// its bytes (0: not asked yet, 1: yes, 2: no, or not one answer: an id of several
     /// strings).
     merges_make: Box<[AtomicU8]>,
+    /// By code point below U+10000: what merges make of the char's bytes alone, where that
+    /// is one token, as `ONE_TOKEN | highest rank << 32 | id`; `NOT_ONE` where it is not; 0
+    /// where not asked yet (see `merge_chars`).
+    chars: Box<[AtomicU64]>,
 }
+
+const ONE_TOKEN: u64 = 1 << 63;
+const NOT_ONE: u64 = u64::MAX;
 
 impl ByteCuts {
     /// `None` for a chars alphabet, or where the merges do not spell their tokens (`Ends::new`).
@@ -51,6 +67,7 @@ impl ByteCuts {
         let ends = Ends::new(bpe, byte_ids)?;
         let mut pairs = FxHashSet::default();
         let mut partial = Box::new([0u64; 1024]);
+        let mut junctions = Vec::new();
         for &key in bpe.pairs.keys() {
             let (left, right) = ((key >> 32) as usize, key as u32 as usize);
             if ends.lens[left] == 0 || ends.lens[right] == 0 {
@@ -66,9 +83,13 @@ impl ByteCuts {
                 (Some(a), Some((b, _))) => {
                     pairs.insert(pair_key(a, b));
                 }
-                _ => partial[bit(last, first) / 64] |= 1 << (bit(last, first) % 64),
+                _ => {
+                    partial[bit(last, first) / 64] |= 1 << (bit(last, first) % 64);
+                    junctions.push((bit(last, first), last_char_bytes(tail), first_char_bytes(head)));
+                }
             }
         }
+        junctions.sort_unstable();
         let merges_make: Box<[AtomicU8]> = (0..bpe.lens.len()).map(|_| AtomicU8::new(0)).collect();
         if let Some(whole) = &bpe.whole {
             // An id that several strings share (a vocabulary may give two strings one id,
@@ -84,15 +105,88 @@ impl ByteCuts {
                 }
             }
         }
-        Some(ByteCuts { pairs, partial, merges_make })
+        let chars = (0..0x10000).map(|_| AtomicU64::new(0)).collect();
+        Some(ByteCuts { pairs, partial, junctions, merges_make, chars })
     }
 
-    /// Whether a piece may be cut between the chars `a` and `b` (both of 3-4 bytes), whose
-    /// bytes around the point are `last` and `first`.
+    /// Whether a piece may be cut between the chars `a` and `b` (both of 3-4 bytes, whose
+    /// bytes are `a_bytes` and `b_bytes`).
     #[inline]
-    pub(super) fn cut(&self, a: char, b: char, last: u8, first: u8) -> bool {
-        let at = bit(last, first);
-        self.partial[at / 64] & (1 << (at % 64)) == 0 && !self.pairs.contains(&pair_key(a, b))
+    pub(super) fn cut(&self, a: char, b: char, a_bytes: &[u8], b_bytes: &[u8]) -> bool {
+        !self.partial(a_bytes, b_bytes) && !self.pairs.contains(&pair_key(a, b))
+    }
+
+    /// Whether a token of partial chars may join the chars of `a` and `b` (both whole, of
+    /// 3-4 bytes): the bytes of some such junction are a suffix of `a` and a prefix of `b`.
+    /// Text is UTF-8, so no junction of other bytes can be met at that point.
+    fn partial(&self, a: &[u8], b: &[u8]) -> bool {
+        let at = bit(a[a.len() - 1], b[0]);
+        if self.partial[at / 64] & (1 << (at % 64)) == 0 {
+            return false;
+        }
+        let from = self.junctions.partition_point(|j| j.0 < at);
+        self.junctions[from..].iter().take_while(|j| j.0 == at).any(|(_, left, right)| a.ends_with(left) && b.starts_with(right))
+    }
+
+    /// What merges make of `piece`, a run of chars of 3 bytes (CJK) of at most `FLAT_MAX`
+    /// bytes, merged from the tokens of its chars rather than from its bytes; `false` (and
+    /// nothing appended) where that is not sure to be the same.
+    ///
+    /// Why: a first pass over Chinese merges each new piece or part from its bytes, three
+    /// to a char, and each of those merges looks its pair up in a map of all merges (280 k
+    /// for Llama 3) that the CPU's caches do not hold. From the chars' tokens, a part of two
+    /// chars takes one lookup where its bytes took about ten.
+    ///
+    /// Why it is exact, where:
+    /// - no token joins two of its chars with part of one of them (`partial` is clear at
+    ///   each point between them), so no merge ever joins part of a char with anything
+    ///   outside it: each char's bytes merge as they would alone, into its token (`chars`),
+    ///   and a merge across two chars joins tokens of whole chars;
+    /// - every merge across chars that this makes ranks above every merge inside a char.
+    ///   BPE always merges the lowest-ranked pair there is: had it merged two chars'
+    ///   tokens while a char was still in pieces, some merge inside that char would have
+    ///   been there to take, ranked lower. So merges across chars are taken as if every
+    ///   char were its token from the start. Vocabularies made from ranks (Llama 3, o200k)
+    ///   have merges ranked before those that make their parts: the check is made for the
+    ///   merges of each piece, not taken for granted.
+    pub(super) fn merge_chars(&self, bpe: &Bpe, byte_ids: &[u32; 256], piece: &[u8], out: &mut Vec<u32>) -> bool {
+        let mut flat = Flat::<{ FLAT_MAX / 3 + 1 }>::new();
+        // The highest rank of a merge inside one of the chars.
+        let mut inside = 0;
+        for (i, bytes) in piece.chunks(3).enumerate() {
+            let Some((c, 3)) = decode_char(bytes) else { return false };
+            if i > 0 && self.partial(&piece[3 * (i - 1)..3 * i], bytes) {
+                return false;
+            }
+            let Some((id, highest)) = self.char_token(bpe, byte_ids, c, bytes) else { return false };
+            inside = inside.max(highest);
+            if i > 0 {
+                flat.pairs[i - 1] = bpe.lookup(flat.ids[i - 1], id);
+            }
+            (flat.ids[i], flat.n) = (id, i + 1);
+        }
+        let start = out.len();
+        let (lowest, _) = bpe.merge_flat_in(&mut flat, out);
+        if lowest != NO_RANK && lowest <= inside {
+            out.truncate(start);
+            return false;
+        }
+        true
+    }
+
+    /// The token that merges make of a char's bytes alone and the highest rank of those
+    /// merges, if that is one token: worked out once per char.
+    fn char_token(&self, bpe: &Bpe, byte_ids: &[u32; 256], c: char, bytes: &[u8]) -> Option<(u32, u32)> {
+        let slot = self.chars.get(c as usize)?;
+        let mut known = slot.load(Ordering::Relaxed);
+        if known == 0 {
+            known = match bpe.merge_char(byte_ids, bytes) {
+                Some((id, highest)) if highest < 1 << 31 => ONE_TOKEN | u64::from(highest) << 32 | u64::from(id),
+                _ => NOT_ONE,
+            };
+            slot.store(known, Ordering::Relaxed);
+        }
+        (known != NOT_ONE).then_some((known as u32, (known >> 32) as u32 & !(1 << 31)))
     }
 
     /// Whether merges alone make the token `id` from its bytes, `part`: asked once per token.
@@ -182,6 +276,19 @@ fn pair_key(a: char, b: char) -> u64 {
 
 fn bit(last: u8, first: u8) -> usize {
     usize::from(last) << 8 | usize::from(first)
+}
+
+/// The bytes of `tail`, a token's end, from its last that is not a continuation byte (all
+/// of them if none is).
+fn last_char_bytes(tail: &[u8]) -> Vec<u8> {
+    let start = tail.iter().rposition(|&b| b & 0xC0 != 0x80).unwrap_or(0);
+    tail[start..].to_vec()
+}
+
+/// The bytes of `head`, a token's start, up to its second that is not a continuation byte.
+fn first_char_bytes(head: &[u8]) -> Vec<u8> {
+    let end = head.iter().skip(1).position(|&b| b & 0xC0 != 0x80).map_or(head.len(), |at| at + 1);
+    head[..end].to_vec()
 }
 
 /// The last char of `bytes`, if it is whole there.
@@ -305,7 +412,7 @@ mod tests {
             let extra: [(&[u8], Option<&[u8]>); 2] = [(head, None), (&wen[1..], None)];
             for ignore_merges in [false, true] {
                 let bpe = built(&extra, &merges, ignore_merges);
-                assert!(!ByteCuts::new(&bpe).unwrap().cut('文', '人', wen[2], ren[0]));
+                assert!(!ByteCuts::new(&bpe).unwrap().cut('文', '人', wen, ren));
                 assert_encodes_as_merges(&bpe, &["中文人中文人", "人中文人人中文人"]);
             }
         }
@@ -339,9 +446,7 @@ mod tests {
         let (bpe, _) = vocab(false);
         let cuts = ByteCuts::new(&bpe).unwrap();
         let at = |a: &str, b: &str| {
-            let (a, b) = (a.chars().next().unwrap(), b.chars().next().unwrap());
-            let (last, first) = (*a.to_string().as_bytes().last().unwrap(), b.to_string().as_bytes()[0]);
-            cuts.cut(a, b, last, first)
+            cuts.cut(a.chars().next().unwrap(), b.chars().next().unwrap(), a.as_bytes(), b.as_bytes())
         };
         assert!(!at("文", "的") && !at("中", "文"), "joined by merges");
         assert!(at("文", "中") && at("人", "人") && at("的", "文"));
@@ -368,6 +473,80 @@ mod tests {
             assert_eq!(out, bpe.merges_only(long));
             assert!(!out.contains(&whole));
         }
+        // And the other way round: parts that filled the cache first do not make a piece
+        // of their bytes what merges make of it.
+        let (bpe, whole) = vocab(true);
+        for _ in 0..2 {
+            let mut out = Vec::new();
+            bpe.encode(long, &mut out).unwrap();
+            assert_eq!(out, bpe.merges_only(long));
+        }
+        let mut out = Vec::new();
+        bpe.encode("中文的".as_bytes(), &mut out).unwrap();
+        assert_eq!(out, [whole], "a piece is looked up whole after the parts");
+    }
+
+    #[test]
+    fn chars_merge_from_their_tokens_only_where_no_merge_across_them_ranks_below_one_inside() {
+        // (文, 人) ranks below (中, 文), and both below the merges that make 人 (as Llama 3's
+        // merges, made from ranks, may): in 中文人, BPE joins 中文 while 人 is still bytes, and
+        // 文人 never forms. From the chars' tokens, (文, 人) would be merged first.
+        let (zh, wen, ren) = ("中".as_bytes(), "文".as_bytes(), "人".as_bytes());
+        let mut merges = char_merges("中文");
+        merges.extend([(wen, ren), (zh, wen)]);
+        merges.extend(char_merges("人"));
+        let bpe = built(&[], &merges, false);
+        let (cuts, Alphabet::Bytes(byte_ids)) = (bpe.cuts().unwrap(), &bpe.alphabet) else { panic!("a byte alphabet") };
+        let mut out = Vec::new();
+        assert!(!cuts.merge_chars(&bpe, byte_ids, "中文人".as_bytes(), &mut out) && out.is_empty());
+        assert_eq!(bpe.merges_only("中文人".as_bytes()).len(), 2);
+        assert!(cuts.merge_chars(&bpe, byte_ids, "中文中文".as_bytes(), &mut out));
+        assert_eq!(out, bpe.merges_only("中文中文".as_bytes()));
+        let texts = ["中文人", "人中文人", "中文人文人中", "文人人文中文人中中文人文"];
+        assert_encodes_as_merges(&bpe, &texts);
+        // Random runs of the three chars, as pieces and as parts of longer ones.
+        let chars = ["中", "文", "人"];
+        let mut state = 11u32;
+        let random: Vec<String> = (0..2000)
+            .map(|_| {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                let len = 1 + (state >> 16) as usize % 30;
+                (0..len)
+                    .map(|_| {
+                        state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                        chars[(state >> 16) as usize % chars.len()]
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_encodes_as_merges(&bpe, &random.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_token_of_partial_chars_keeps_together_only_the_chars_it_can_join() {
+        // "的" + 0xE4 (the first byte of 中 and 人) is a token: no cut between 的 and 中. 丄
+        // (E4 B8 84) ends in the byte 的 ends in (E7 9A 84), but no token joins it to 中.
+        let (bpe, _) = vocab(false);
+        let cuts = ByteCuts::new(&bpe).unwrap();
+        let at = |a: &str, b: &str| cuts.cut(a.chars().next().unwrap(), b.chars().next().unwrap(), a.as_bytes(), b.as_bytes());
+        assert_eq!("的".as_bytes()[2], "丄".as_bytes()[2]);
+        assert!(!at("的", "中") && at("丄", "中") && at("丄", "人"));
+        assert_encodes_as_merges(&bpe, &["丄中丄人的中丄", "中丄的人丄丄的中文的丄人人"]);
+
+        // The last byte of 文 (0x87) + "中" + the first byte of 文 (0xE6), merged before 文
+        // is made: 文中文 is 文's first two bytes, that token, and 文's last two bytes. The
+        // token starts with all of 中, so 人 (E4 BA BA) after 文 may be cut from it.
+        let (zh, wen) = ("中".as_bytes(), "文".as_bytes());
+        let zh_e6: &'static [u8] = [zh, &wen[..1]].concat().leak();
+        let mut merges = char_merges("中");
+        merges.extend([(zh, &wen[..1]), (&wen[2..], zh_e6)]);
+        merges.extend(char_merges("文人"));
+        let bpe = built(&[], &merges, false);
+        let cuts = ByteCuts::new(&bpe).unwrap();
+        let at = |a: &str, b: &str| cuts.cut(a.chars().next().unwrap(), b.chars().next().unwrap(), a.as_bytes(), b.as_bytes());
+        assert_eq!(bpe.merges_only("文中文".as_bytes()).len(), 4);
+        assert!(!at("文", "中") && at("文", "人"));
+        assert_encodes_as_merges(&bpe, &["文中文", "人文中文人", "文人文中文文中文人人文中文人", "文中人文中中文文"]);
     }
 
     #[test]

@@ -622,7 +622,12 @@ impl Bpe {
 
     fn merge(&self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
         if let (Alphabet::Bytes(byte_ids), true) = (&self.alphabet, piece.len() <= FLAT_MAX) {
-            self.merge_short_bytes(byte_ids, piece, out);
+            // Chars of 3 bytes (CJK) from their tokens where that is exact (see
+            // `ByteCuts::merge_chars`), once the cuts are worked out (`encode_new`).
+            let cuts = || self.cuts.get().and_then(Option::as_deref);
+            if !piece.first().is_some_and(|&b| b >= 0xE0) || !cuts().is_some_and(|cuts| cuts.merge_chars(self, byte_ids, piece, out)) {
+                self.merge_short_bytes(byte_ids, piece, out);
+            }
             return Ok(());
         }
         if let Some(id) = self.unmerged_run(piece) {
@@ -813,14 +818,32 @@ impl Bpe {
         // were cleared for every cache miss (a first pass: -1.4% instructions on English,
         // -0.8% on Chinese, whose pieces are longer; Llama 3, callgrind).
         if piece.len() <= 16 {
-            self.merge_short_bytes_in(&mut Flat::<16>::new(), byte_ids, piece, out)
+            self.merge_short_bytes_in(&mut Flat::<16>::new(), byte_ids, piece, out);
         } else {
-            self.merge_short_bytes_in(&mut Flat::<FLAT_MAX>::new(), byte_ids, piece, out)
+            self.merge_short_bytes_in(&mut Flat::<FLAT_MAX>::new(), byte_ids, piece, out);
         }
     }
 
+    /// What merges make of a char's bytes alone, if that is one token: its id and the
+    /// highest rank of those merges (see `ByteCuts::merge_chars`).
+    fn merge_char(&self, byte_ids: &[u32; 256], bytes: &[u8]) -> Option<(u32, u32)> {
+        let mut out = Vec::with_capacity(bytes.len());
+        let (_, highest) = self.merge_short_bytes_in(&mut Flat::<4>::new(), byte_ids, bytes, &mut out);
+        match out[..] {
+            [id] => Some((id, highest)),
+            _ => None,
+        }
+    }
+
+    /// Returns the lowest and the highest rank merged (see `merge_flat_in`).
     #[inline(always)]
-    fn merge_short_bytes_in<const N: usize>(&self, flat: &mut Flat<N>, byte_ids: &[u32; 256], piece: &[u8], out: &mut Vec<u32>) {
+    fn merge_short_bytes_in<const N: usize>(
+        &self,
+        flat: &mut Flat<N>,
+        byte_ids: &[u32; 256],
+        piece: &[u8],
+        out: &mut Vec<u32>,
+    ) -> (u32, u32) {
         let mut prev: Option<u8> = None;
         for &b in piece {
             let id = byte_ids[b as usize];
@@ -835,7 +858,7 @@ impl Bpe {
             flat.n += 1;
             prev = Some(b);
         }
-        self.merge_flat_in(flat, out);
+        self.merge_flat_in(flat, out)
     }
 
     fn merge_flat(&self, symbols: &[u32], out: &mut Vec<u32>) {
@@ -850,8 +873,10 @@ impl Bpe {
 
     /// Merges the lowest-ranked pair (leftmost on ties) until none is left: O(n) per merge
     /// over arrays on the stack, which beats a heap for the short pieces of real text.
-    fn merge_flat_in<const N: usize>(&self, flat: &mut Flat<N>, out: &mut Vec<u32>) {
+    /// Returns the lowest and the highest rank it merged (`NO_RANK` and 0 if none).
+    fn merge_flat_in<const N: usize>(&self, flat: &mut Flat<N>, out: &mut Vec<u32>) -> (u32, u32) {
         let Flat { ids, pairs, n } = flat;
+        let (mut lowest, mut highest) = (NO_RANK, 0);
         while *n >= 2 {
             let (mut best, mut at) = (NO_RANK, 0);
             for (i, &(rank, _)) in pairs[..*n - 1].iter().enumerate() {
@@ -863,6 +888,7 @@ impl Bpe {
             if best == NO_RANK {
                 break;
             }
+            (lowest, highest) = (lowest.min(best), highest.max(best));
             ids[at] = pairs[at].1;
             ids.copy_within(at + 2..*n, at + 1);
             pairs.copy_within(at + 1..*n - 1, at);
@@ -875,6 +901,7 @@ impl Bpe {
             }
         }
         out.extend_from_slice(&ids[..*n]);
+        (lowest, highest)
     }
 
     /// Merges `ids` in place: a symbol merged into its left neighbour becomes `NO_ID`.
@@ -1009,7 +1036,7 @@ impl<'a> PieceEncoder<'a> {
     #[inline(always)]
     pub fn encode_bytes(&mut self, byte_ids: &[u32; 256], piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
         match piece.len() {
-            2..=cache::SHORT_MAX => self.encode_word(piece, out),
+            2..=cache::SHORT_MAX => self.encode_cached(piece, out),
             1 => {
                 let id = byte_ids[piece[0] as usize];
                 if id != NO_ID {
@@ -1047,7 +1074,7 @@ impl<'a> PieceEncoder<'a> {
         if let (1..=cache::SHORT_MAX, Some(window), Some(cache)) = (piece.len(), window, self.cache.as_mut()) {
             let bpe = self.bpe;
             let key = Key::in_window(window, piece.len());
-            return cache.get_or_encode_short(piece, key, out, |piece, out| bpe.encode_uncached(piece, out));
+            return cache.get_or_encode_short(piece, key, out, |cache, piece, out| Self::encode_new(bpe, Some(cache.reborrow()), piece, out));
         }
         self.encode_bytes(byte_ids, piece, out)
     }
@@ -1086,21 +1113,36 @@ impl<'a> PieceEncoder<'a> {
     /// instructions before cuts, 649 M with pieces below `LONG_MIN` cut, 166 M with all.
     #[inline(never)]
     fn encode_long(&mut self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
+        self.encode_cached(piece, out)
+    }
+
+    /// A piece of a byte alphabet: from the cache, else `encode_new`.
+    #[inline(always)]
+    fn encode_cached(&mut self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
         let bpe = self.bpe;
-        if self.cache.as_ref().is_some_and(|cache| cache.get_long(piece, out)) {
-            return Ok(());
+        match self.cache.as_mut() {
+            Some(cache) => cache.get_or_encode(piece, out, |cache, piece, out| Self::encode_new(bpe, Some(cache.reborrow()), piece, out)),
+            None => Self::encode_new(bpe, None, piece, out),
         }
-        let start = out.len();
-        match bpe.whole_id(piece) {
-            Some(id) => out.push(id),
-            None => {
-                if !self.encode_parts(piece, out)? {
-                    bpe.merge(piece, out)?;
-                }
-            }
-        }
-        if let Some(cache) = self.cache.as_mut() {
-            cache.keep_long(piece, &out[start..]);
+    }
+
+    /// A piece of a byte alphabet that is not in the cache: the token that is the whole
+    /// piece (`ignore_merges`), else its parts where it may be cut (each from `cache`), else
+    /// what merges make of it.
+    ///
+    /// Short pieces are cut too, once a long one has had the cuts worked out: a first pass
+    /// over Chinese merged its new pieces of two to five chars from their bytes, each pair
+    /// looked up in a map of 280 k merges that the CPU's caches do not hold, where their
+    /// parts (one or two chars) are in the piece cache. Working the cuts out takes 15 ms
+    /// (Llama 3; o200k 24 ms), and a short piece of two such chars is as likely to be
+    /// typographic punctuation in English (`…”`) as Chinese: a first pass over English,
+    /// which has no long piece to cut, took twice as long with the cuts worked out there.
+    fn encode_new(bpe: &Bpe, cache: Option<ModelCache>, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
+        let cut = piece.len() > cache::SHORT_MAX || bpe.cuts.get().is_some();
+        if let Some(id) = bpe.whole_id(piece) {
+            out.push(id);
+        } else if !(cut && (PieceEncoder { bpe, cache }).encode_parts(piece, out)?) {
+            bpe.merge(piece, out)?;
         }
         Ok(())
     }
@@ -1125,7 +1167,7 @@ impl<'a> PieceEncoder<'a> {
             };
             if let Some(b) = before {
                 let Some(found) = cuts.or_else(|| self.bpe.cuts()) else { return Ok(false) };
-                if found.cut(b, c, piece[at - 1], piece[at]) {
+                if found.cut(b, c, &piece[at - b.len_utf8()..at], &piece[at..at + len]) {
                     self.encode_part(&piece[from..at], found, out)?;
                     from = at;
                 }
@@ -1143,16 +1185,21 @@ impl<'a> PieceEncoder<'a> {
     /// One part of a cut piece: what merges make of it, from the cache where it may be.
     fn encode_part(&mut self, part: &[u8], cuts: &ByteCuts, out: &mut Vec<u32>) -> Result<()> {
         let bpe = self.bpe;
-        // The whole-token lookup of `ignore_merges` vocabularies (which the cache's entries
-        // follow) is for pieces, not parts; and it comes before the cache, which may hold a
-        // piece of these bytes taken whole where merges make other tokens of them (test
-        // `a_part_is_not_taken_whole_from_the_cache_of_pieces`; asking the cache first would
-        // save 3.7% of a first pass over Chinese, callgrind, if its slots said which entries
-        // were taken whole).
-        match bpe.whole_id(part) {
-            Some(id) if cuts.merges_make(bpe, id, part) => out.push(id),
-            Some(_) => bpe.merge(part, out)?,
-            None => self.encode_word(part, out)?,
+        // The cache holds what a piece of these bytes encodes to. For a part that is what
+        // merges make of it, except in `ignore_merges` vocabularies where a piece is one
+        // token taken whole that merges do not make (test
+        // `a_part_is_not_taken_whole_from_the_cache_of_pieces`): only an answer of one id
+        // can be that, and whether merges make that id is known per id. The whole-token
+        // lookup that came first before (a miss to memory in a map of every token, most
+        // parts being cache hits of one or two chars) was 9% of a first pass over Chinese
+        // (Llama 3, perf).
+        let start = out.len();
+        self.encode_word(part, out)?;
+        if let (Some(_), &[id]) = (&bpe.whole, &out[start..]) {
+            if !cuts.merges_make(bpe, id, part) {
+                out.truncate(start);
+                bpe.merge(part, out)?;
+            }
         }
         Ok(())
     }
@@ -1289,7 +1336,7 @@ impl<'a> PieceEncoder<'a> {
             false => bpe.encode_uncached(word, out), // a long run of one letter: not copied
         };
         match self.cache.as_mut() {
-            Some(cache) => cache.get_or_encode(word, out, encode),
+            Some(cache) => cache.get_or_encode(word, out, |_, word, out| encode(word, out)),
             None => encode(word, out),
         }
     }
@@ -1312,7 +1359,7 @@ impl<'a> PieceEncoder<'a> {
     fn encode_word(&mut self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
         let bpe = self.bpe;
         match self.cache.as_mut() {
-            Some(cache) => cache.get_or_encode(piece, out, |piece, out| bpe.encode_uncached(piece, out)),
+            Some(cache) => cache.get_or_encode(piece, out, |_, piece, out| bpe.encode_uncached(piece, out)),
             None => bpe.encode_uncached(piece, out),
         }
     }
