@@ -226,6 +226,9 @@ impl Ends {
         let mut ends = Ends { heads: vec![[0; 4]; n], tails: vec![[0; 4]; n], lens: vec![0; n] };
         for (b, &id) in byte_ids.iter().enumerate() {
             let len = ends.lens.get_mut(id as usize)?;
+            if *len != 0 {
+                return None; // two bytes of one id: its ends are not one byte
+            }
             let id = id as usize;
             (ends.heads[id], ends.tails[id], *len) = ([b as u8, 0, 0, 0], [0, 0, 0, b as u8], 1);
         }
@@ -427,6 +430,28 @@ mod tests {
         let bpe = Bpe::new(tokens.iter().map(|(b, id)| (b.as_slice(), *id)), [(0xAD, 0x96, 256)], false);
         assert!(ByteCuts::new(&bpe).is_none());
         assert_encodes_as_merges(&bpe, &["中文中文中文", "中文中文中文中文中文中文中文"]);
+    }
+
+    #[test]
+    fn no_cuts_where_two_bytes_share_an_id() {
+        // 0xE6 has the id of 0xE4, so (中, 0xE6) also joins 中 to 人 (E4 BA BA): the ends
+        // of that id are either byte (found by a second review).
+        let (zh, ren) = ("中".as_bytes(), "人".as_bytes());
+        let mut tokens: Vec<(Vec<u8>, u32)> = (0..=255u8).map(|b| (vec![b], u32::from(if b == 0xE6 { 0xE4 } else { b }))).collect();
+        let mut merges = Vec::new();
+        for (left, right) in [(&zh[..1], &zh[1..2]), (&zh[..2], &zh[2..]), (zh, &[0xE6][..]), (&ren[..1], &ren[1..2]), (&ren[..2], &ren[2..])] {
+            let id = |bytes: &[u8]| tokens.iter().find(|t| t.0 == bytes).map(|t| t.1);
+            let (l, r) = (id(left).unwrap(), id(right).unwrap());
+            let merged = [left, right].concat();
+            let m = id(&merged).unwrap_or(tokens.len() as u32);
+            if m == tokens.len() as u32 {
+                tokens.push((merged, m));
+            }
+            merges.push((l, r, m));
+        }
+        let bpe = Bpe::new(tokens.iter().map(|(b, id)| (b.as_slice(), *id)), merges, false);
+        assert!(ByteCuts::new(&bpe).is_none());
+        assert_encodes_as_merges(&bpe, &["中人", "人中人", &"中人".repeat(6), "中人"]);
     }
 
     #[test]
