@@ -1,9 +1,8 @@
-"""Lists of ids are built by writing their slots directly, each holding a shared int of the
-tokenizer whose count is raised in arrears: the uses are tallied and the counts raised once
-a million slots are uncounted, or when asked (`_settle_id_counts`), each int holding a
-reserve meanwhile (`IdInts` in src/py/id_lists.rs). The lists must equal the ids, own
-exactly one reference per slot once settled, keep their ints when the tokenizer goes, and
-give ids past the shared ints (tokens added later) ints of their own."""
+"""Lists of ids are built by writing their slots directly, each holding an int made once for
+the process and shared by every tokenizer, immortal so that a slot needs no reference of its
+own (`IdInts` in src/py/id_lists.rs). The lists must equal the ids and belong to the garbage
+collector, their ints must outlive every list freed and the tokenizer, and ids past the
+shared ints (tokens added later) must get ints of their own, counted."""
 
 from __future__ import annotations
 
@@ -16,79 +15,59 @@ from conftest import tokenizer_path
 
 TEXT = "The Debian project's 42 packages, installed in 2024: ünïcödé, 中文, and code() {}\n" * 20
 
+# An immortal int's count reads 2^32 - 1 from Python 3.12 on; up to 3.11 it holds 2^62 more.
+IMMORTAL = 1 << 31
+
 
 # 560, 11,200 and 224,000 ids a list (Llama 3); the batches of 5 rows 2,800 ids and more.
 @pytest.mark.parametrize("repeat", [1, 20, 400])
-def test_lists_hold_one_counted_reference_per_id(repeat):
+def test_lists_equal_the_ids_and_belong_to_the_collector(repeat):
     tok = ts.Tokenizer.from_file(tokenizer_path("llama3"))
     text = TEXT * repeat
     expected = [int(str(i)) for i in tok.encode(text, add_special_tokens=False)]
-    # Ints past 256 only: the interpreter itself holds and drops references to small ints.
-    shared = {id(i): i for i in tok.encode(text, add_special_tokens=False) if i > 256}
-    assert len(shared) > 10
-    tok._core._settle_id_counts()
-    counts = {key: sys.getrefcount(obj) for key, obj in shared.items()}
-    lists = [tok.encode(text, add_special_tokens=False) for _ in range(30)]
+    lists = [tok.encode(text, add_special_tokens=False) for _ in range(3)]
     rows = tok.encode_batch([text] * 5, add_special_tokens=False)
     assert all(ids == expected for ids in [*lists, *rows])
-    tok._core._settle_id_counts()
-    held = {key: sys.getrefcount(obj) - counts[key] for key, obj in shared.items()}
-    assert held == {key: 35 * expected.count(obj) for key, obj in shared.items()}
+    assert all(type(i) is int for ids in [*lists, *rows] for i in ids)
     # Filled untracked, the lists are the garbage collector's again once returned.
     assert all(gc.is_tracked(ids) for ids in [*lists, *rows])
-    del lists, rows
-    gc.collect()
-    tok._core._settle_id_counts()
-    assert {key: sys.getrefcount(obj) for key, obj in shared.items()} == counts
 
 
-def test_counts_stay_exact_over_a_million_slots():
-    """Lists made and freed past the point where the counts settle by themselves: none of
-    their ints is freed early, and the counts are exact at the end."""
+def test_ints_are_immortal_and_shared_by_every_tokenizer():
+    llama3 = ts.Tokenizer.from_file(tokenizer_path("llama3"))
+    a = llama3.encode(TEXT, add_special_tokens=False)
+    # Ints past 256 only: the interpreter's small ints are its own.
+    assert sum(i > 256 for i in a) > 10
+    assert all(sys.getrefcount(i) >= IMMORTAL for i in a if i > 256)
+    # The same id is the same object, whichever tokenizer made the list.
+    c = ts.Tokenizer.from_file(tokenizer_path("llama3")).encode(TEXT, add_special_tokens=False)
+    assert c == a and all(x is y for x, y in zip(a, c))
+
+
+def test_ints_outlive_every_list_freed_and_the_tokenizer():
+    """Three million slots made and freed uncounted, then the tokenizer freed: every int is
+    still the int it was (a slot that had lowered a count to 0 would have freed its int)."""
     tok = ts.Tokenizer.from_file(tokenizer_path("llama3"))
-    expected = tok.encode(TEXT, add_special_tokens=False)
-    shared = {id(i): i for i in expected if i > 256}
-    tok._core._settle_id_counts()
-    counts = {key: sys.getrefcount(obj) for key, obj in shared.items()}
+    expected = [int(str(i)) for i in tok.encode(TEXT, add_special_tokens=False)]
     kept = []
-    for n in range(2100):  # 2100 * 560 ids: past 2^20, where the uses settle unasked
+    for n in range(6000):  # 6000 * 560 ids
         ids = tok.encode(TEXT, add_special_tokens=False)
-        if n % 100 == 0:
+        if n % 1000 == 0:
             kept.append(ids)
-    del ids
-    assert len(expected) * 2100 > 1 << 20
-    assert all(ids == expected for ids in kept)
-    # They settled by themselves past 2^20 slots: fewer are uncounted now than were made.
-    assert 0 < tok._core._settle_id_counts() < 1 << 20
-    held = {key: sys.getrefcount(obj) - counts[key] for key, obj in shared.items()}
-    assert held == {key: len(kept) * expected.count(obj) for key, obj in shared.items()}
-    del kept
-    gc.collect()
-    tok._core._settle_id_counts()
-    assert {key: sys.getrefcount(obj) for key, obj in shared.items()} == counts
-
-
-def test_lists_keep_their_ints_when_the_tokenizer_goes():
-    """The tokenizer's table settles and gives its reserve back when it goes: the ints of a
-    list it made are then held by their slots alone, as those of a list built in Python."""
-    tok = ts.Tokenizer.from_file(tokenizer_path("llama3"))
-    ids = tok.encode(TEXT, add_special_tokens=False)
-    expected = [int(str(i)) for i in ids]
+        del ids
+    rows = tok.encode_batch([TEXT] * 1000, add_special_tokens=False)
+    del rows
     del tok
     gc.collect()
-    assert ids == expected
-    # Each int past 256 at its first slot (held by nothing here but the list).
-    firsts = [k for k in range(len(ids)) if ids[k] > 256 and ids.index(ids[k]) == k]
-    assert len(firsts) > 10
-    for k in firsts:
-        plain = [int(str(ids[k]))] * ids.count(ids[k])
-        assert sys.getrefcount(ids[k]) == sys.getrefcount(plain[0]), ids[k]
+    assert all(ids == expected for ids in kept)
+    assert all(sys.getrefcount(i) >= IMMORTAL for ids in kept for i in ids if i > 256)
+    assert ts.Tokenizer.from_file(tokenizer_path("llama3")).encode(TEXT, add_special_tokens=False) == expected
 
 
 @pytest.mark.parametrize("repeat", [1, 2000])
 def test_ids_past_the_shared_ints_are_ints_of_their_own(repeat):
     tok = ts.Tokenizer.from_file(tokenizer_path("llama3"))
-    tok.encode("x")  # the shared ints are made now, for the vocabulary before the new tokens
+    tok.encode("x")  # the shared ints are taken now, for the vocabulary before the new tokens
     tok.add_tokens(["<task_a>", "<task_b>"])
     first = tok.token_to_id("<task_a>")
     text = "x <task_a> y <task_b> z" * repeat

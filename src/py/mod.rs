@@ -187,9 +187,9 @@ struct PyTokenizer {
     /// Serializes updates (two `add_tokens` at once must not lose one's tokens). Taken
     /// with the GIL released: an update waiting for it must not hold what others need.
     updating: std::sync::Mutex<()>,
-    /// A Python int for every id, made once: a list of ids is then references to these,
-    /// not a new int per token (which took about 35 ns per id, a fifth of a per-document
-    /// encode). Ids past it (tokens added later) get new ints.
+    /// A Python int for every id, made once for the process (`IdInts`): a list of ids is
+    /// then references to these, not a new int per token (which took about 35 ns per id, a
+    /// fifth of a per-document encode). Ids past it (tokens added later) get new ints.
     id_objects: GILOnceCell<IdInts>,
     /// The last tuple of token strings `encode_labeled` was allowed inside its protected
     /// ranges, for which tokenizer, and their ids: chat data passes the same tuple for every
@@ -381,13 +381,6 @@ fn read(py: Python<'_>, path: &str) -> PyResult<String> {
 
 #[pymethods]
 impl PyTokenizer {
-    /// Raises the counts of the ints that list slots hold uncounted (see `IdInts`), and says
-    /// how many slots those were: for the tests of the counts, which then read each int's
-    /// references plus its reserve.
-    fn _settle_id_counts(&self, py: Python<'_>) -> usize {
-        self.id_objects.get(py).map_or(0, |table| table.settle_now(py))
-    }
-
     #[staticmethod]
     fn from_file(py: Python<'_>, path: &str) -> PyResult<Self> {
         let json = read(py, path)?;
