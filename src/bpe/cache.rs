@@ -472,13 +472,7 @@ impl ModelCache<'_> {
         if piece.len() > CACHED_MAX {
             return false; // never kept: not hashed for nothing
         }
-        match self.long.get(piece) {
-            Some(ids) => {
-                out.extend_from_slice(ids);
-                true
-            }
-            None => false,
-        }
+        self.long.append_ids(piece, out)
     }
 
     /// Keeps the ids of a piece of up to `CACHED_MAX` bytes in the map of long pieces.
@@ -486,32 +480,56 @@ impl ModelCache<'_> {
         if piece.len() > CACHED_MAX {
             return;
         }
-        if self.long.bytes() + piece.len() + 4 * ids.len() > LONG_MAX_BYTES {
+        if self.long.bytes() + LongPieceMap::size(piece, ids) > LONG_MAX_BYTES {
             self.long.clear();
         }
         self.long.insert(piece, ids);
     }
 }
 
-/// The long pieces of one model and their ids: the bytes and the ids of all of them in two
-/// arenas, and a table of where each piece is. A map of boxes took two allocations per
-/// piece, and their frees when emptied: about 5% of a first pass over Chinese (callgrind,
-/// Llama 3: `malloc` in `keep_long`).
+/// The long pieces of one model and their ids: each piece's ids, then its bytes, in one
+/// arena of words, and a table of where each piece is. A map of boxes took two allocations
+/// per piece, and their frees when emptied: about 5% of a first pass over Chinese
+/// (callgrind, Llama 3: `malloc` in `keep_long`). The ids beside the bytes: with the two in
+/// arenas of their own, a lookup waited on a line of each.
 #[derive(Default)]
 struct LongPieceMap {
     table: hashbrown::HashTable<LongEntry>,
-    bytes: Vec<u8>,
-    ids: Vec<u32>,
+    /// Room is kept for `IDS_AT_ONCE` words past the last piece (see `append_ids`).
+    arena: Vec<u32>,
 }
 
-/// Where one piece and its ids are in the arenas, and its hash (to grow the table).
+/// The ids `LongPieceMap::append_ids` copies at once (32 bytes).
+const IDS_AT_ONCE: usize = 8;
+
+/// Whether two byte strings of the same length are equal, compared a word at a time inline
+/// (the last word overlapping the one before).
+#[inline(always)]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    debug_assert_eq!(a.len(), b.len());
+    let n = a.len();
+    if n < 8 {
+        return n == 0 || partial_word(a) == partial_word(b);
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+    let mut at = 0;
+    while at + 8 < n {
+        if word(a, at) != word(b, at) {
+            return false;
+        }
+        at += 8;
+    }
+    word(a, n - 8) == word(b, n - 8)
+}
+
+/// Where one piece is in the arena (its ids from `at`, its bytes after them), and its hash
+/// (to grow the table).
 #[derive(Clone, Copy)]
 struct LongEntry {
     hash: u64,
-    bytes_at: u32,
-    bytes_len: u32,
-    ids_at: u32,
+    at: u32,
     ids_len: u32,
+    bytes_len: u32,
 }
 
 impl LongPieceMap {
@@ -520,34 +538,75 @@ impl LongPieceMap {
         rustc_hash::FxBuildHasher.hash_one(piece)
     }
 
-    fn get(&self, piece: &[u8]) -> Option<&[u32]> {
-        let entry = self.table.find(Self::hash(piece), |e| self.piece(e) == piece)?;
-        Some(&self.ids[entry.ids_at as usize..][..entry.ids_len as usize])
+    /// Appends the ids of `piece` to `out` if it is here (`true`). The bytes are compared
+    /// and the ids copied inline, `IDS_AT_ONCE` at a time, and the length then set: `==` on
+    /// the bytes called `bcmp`, and `extend_from_slice` `memmove`, whose calls were 10% of a
+    /// per-document loop over multilingual text with GPT-2 (perf; most of its words outside
+    /// Latin script have more ids than a slot of the sets holds, and come here).
+    #[inline(always)]
+    fn append_ids(&self, piece: &[u8], out: &mut Vec<u32>) -> bool {
+        let found = self.table.find(Self::hash(piece), |e| {
+            e.bytes_len as usize == piece.len() && same_bytes(self.piece(e), piece)
+        });
+        let Some(entry) = found else { return false };
+        let (at, n) = (entry.at as usize, entry.ids_len as usize);
+        debug_assert!(at + n + IDS_AT_ONCE <= self.arena.capacity());
+        out.reserve(n + IDS_AT_ONCE);
+        // SAFETY: the arena has room for `IDS_AT_ONCE` words past its last, and `out` for as
+        // many ids past these: the copies may read past the piece's ids (into its bytes or
+        // that room) and write past the new length, as bytes (not values), within both
+        // allocations.
+        unsafe {
+            let (from, to) = (self.arena.as_ptr().add(at), out.as_mut_ptr().add(out.len()));
+            let mut copied = 0;
+            while copied < n {
+                std::ptr::copy_nonoverlapping(from.add(copied), to.add(copied), IDS_AT_ONCE);
+                copied += IDS_AT_ONCE;
+            }
+            out.set_len(out.len() + n);
+        }
+        true
     }
 
     fn piece(&self, entry: &LongEntry) -> &[u8] {
-        &self.bytes[entry.bytes_at as usize..][..entry.bytes_len as usize]
+        let words = &self.arena[(entry.at + entry.ids_len) as usize..][..Self::words(entry.bytes_len as usize)];
+        // SAFETY: the words are initialized, and the piece's bytes are their first.
+        unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), entry.bytes_len as usize) }
     }
 
-    /// Keeps a piece that `get` did not find (a second entry would only waste room). The
-    /// arenas stay below `LONG_MAX_BYTES` (`keep_long`), so offsets fit in 32 bits.
+    /// The words a piece of `len` bytes takes in the arena.
+    fn words(len: usize) -> usize {
+        len.div_ceil(4)
+    }
+
+    /// Keeps a piece that `append_ids` did not find (a second entry would only waste room).
+    /// The arena stays below `LONG_MAX_BYTES` (`keep_long`), so offsets fit in 32 bits.
     fn insert(&mut self, piece: &[u8], ids: &[u32]) {
         let offset = |len: usize| u32::try_from(len).expect("below LONG_MAX_BYTES");
         let entry = LongEntry {
             hash: Self::hash(piece),
-            bytes_at: offset(self.bytes.len()),
-            bytes_len: offset(piece.len()),
-            ids_at: offset(self.ids.len()),
+            at: offset(self.arena.len()),
             ids_len: offset(ids.len()),
+            bytes_len: offset(piece.len()),
         };
-        self.bytes.extend_from_slice(piece);
-        self.ids.extend_from_slice(ids);
+        self.arena.reserve(ids.len() + Self::words(piece.len()) + IDS_AT_ONCE);
+        self.arena.extend_from_slice(ids);
+        self.arena.extend(piece.chunks(4).map(|chunk| {
+            let mut word = [0; 4];
+            word[..chunk.len()].copy_from_slice(chunk);
+            u32::from_ne_bytes(word)
+        }));
         self.table.insert_unique(entry.hash, entry, |e| e.hash);
+    }
+
+    /// The bytes a piece with `ids` takes in the arena.
+    fn size(piece: &[u8], ids: &[u32]) -> usize {
+        4 * (ids.len() + Self::words(piece.len()))
     }
 
     /// The bytes of the pieces and their ids.
     fn bytes(&self) -> usize {
-        self.bytes.len() + 4 * self.ids.len()
+        4 * self.arena.len()
     }
 
     #[cfg(test)]
@@ -557,8 +616,7 @@ impl LongPieceMap {
 
     fn clear(&mut self) {
         self.table.clear();
-        self.bytes.clear();
-        self.ids.clear();
+        self.arena.clear();
     }
 }
 
@@ -618,6 +676,29 @@ mod tests {
             assert_eq!(again, if piece.len() > CACHED_MAX { &[99][..] } else { ids });
         }
         assert_eq!(calls, cases.len() + 1, "only the piece over CACHED_MAX is encoded again");
+    }
+
+    #[test]
+    fn the_map_of_long_pieces_tells_pieces_apart_by_every_byte() {
+        let mut map = LongPieceMap::default();
+        let piece = |len: usize| (0..len).map(|i| (i * 37 + len) as u8).collect::<Vec<u8>>();
+        let ids = |len: usize| (0..len % 19 + 1).map(|i| (len * 100 + i) as u32).collect::<Vec<u32>>();
+        for len in 1..=40 {
+            map.insert(&piece(len), &ids(len));
+        }
+        for len in 1..=40 {
+            let mut out = vec![7];
+            assert!(map.append_ids(&piece(len), &mut out), "length {len}");
+            assert_eq!(out[1..], ids(len), "length {len}");
+            assert_eq!(out[0], 7);
+            for at in 0..len {
+                let mut other = piece(len);
+                other[at] ^= 0x40;
+                assert!(!map.append_ids(&other, &mut out), "length {len}, byte {at}");
+            }
+            assert!(!map.append_ids(&piece(len)[..len - 1], &mut out), "a prefix of length {len}");
+            assert_eq!(out.len(), 1 + ids(len).len(), "nothing appended where not found");
+        }
     }
 
     #[test]
