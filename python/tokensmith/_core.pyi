@@ -20,7 +20,6 @@ class CoreTokenizer:
     def encode(
         self, text: str, add_special_tokens: bool, special: str | Iterable[str], allowed: list[str] | None = None
     ) -> list[int]: ...
-    def _settle_id_counts(self) -> int: ...
     def encode_with_offsets(
         self,
         text: str,

@@ -47,8 +47,12 @@ pub(super) fn list_items_offset(py: Python<'_>) -> Option<usize> {
 /// Makes `int` live as long as the process, so that slots may hold it without raising
 /// its count (see `IdInts`). From Python 3.12 on, an object whose count's low 32 bits are
 /// negative as an `i32` is immortal: `Py_INCREF` and `Py_DECREF` leave it as it is, and
-/// it is never freed. 0xFFFF_FFFF there is the immortal count of 3.12 and 3.13 and within
-/// 3.14's immortal range; the high 32 bits (3.14's flags) are left alone. Up to 3.11 no
+/// it is never freed. The value written there is 3.14's own for immortal objects (3 << 30,
+/// `_Py_IMMORTAL_INITIAL_REFCNT`), immortal on 3.12 and 3.13 too, and about a billion away
+/// from either end of that range: 3.14 counts in those 32 bits alone (its high 32 bits hold
+/// flags, left alone here), and an extension built for 3.11 or older, which raises the whole
+/// word inline, would carry a count of 0xFFFF_FFFF into them and leave the int mortal at 0
+/// (found by a second review). Up to 3.11 no
 /// object is immortal, and the count gains 2^62 references: slots freed uncounted, one a
 /// reference, could not take them back in centuries.
 ///
@@ -59,7 +63,7 @@ unsafe fn make_immortal(py: Python<'_>, int: Object) {
     if py.version_info() >= (3, 12) {
         let low = int.cast::<u32>();
         if (*low as i32) >= 0 {
-            *low = u32::MAX;
+            *low = 3 << 30;
         }
     } else {
         *int.cast::<isize>() += 1 << 62;
@@ -110,8 +114,12 @@ impl IdInts {
     /// The ints of ids below `n`.
     pub(super) fn new(py: Python<'_>, n: u32) -> IdInts {
         let n = n as usize;
-        let mut shared = SHARED_INTS.get(py).borrow_mut();
+        // Before the borrow: the first call makes a list, which may start the garbage
+        // collector (3.10, 3.11), whose callbacks and finalizers may encode with a tokenizer
+        // that has no table yet, and so come here again (found by a second review). Making
+        // ints below runs no Python code.
         let immortal = list_items_offset(py).is_some();
+        let mut shared = SHARED_INTS.get(py).borrow_mut();
         while shared.len() < n {
             let int = (shared.len() as u64).into_pyobject(py).expect("infallible").into_any().unbind();
             if immortal {
