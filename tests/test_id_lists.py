@@ -35,6 +35,25 @@ def test_lists_equal_the_ids_and_belong_to_the_collector(repeat):
     assert all(gc.is_tracked(ids) for ids in [*lists, *rows])
 
 
+def test_lists_grow_and_shrink_as_lists_built_in_python():
+    """A list's slots are allocated without `PyList_New` zeroing them, its size and room set
+    by hand: growing, shrinking and sorting it must work as on any list."""
+    tok = ts.Tokenizer.from_file(tokenizer_path("gpt2"))
+    texts = ["", "x", TEXT, TEXT * 50]
+    for ids, plain in zip(tok.encode_batch(texts, add_special_tokens=False), [tok.encode(t, add_special_tokens=False) for t in texts]):
+        expected = [int(str(i)) for i in plain]
+        assert ids == expected
+        for lst in (ids, expected):
+            lst.append(7)
+            lst.extend(range(1000))
+            del lst[: len(lst) // 3]
+            lst.insert(0, 9)
+            lst.sort()
+        assert ids == expected
+        ids.clear()
+        assert ids == []
+
+
 def test_ints_are_immortal_and_shared_by_every_tokenizer():
     llama3 = ts.Tokenizer.from_file(tokenizer_path("llama3"))
     a = llama3.encode(TEXT, add_special_tokens=False)

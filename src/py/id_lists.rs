@@ -19,8 +19,9 @@ use std::ptr::NonNull;
 type Object = *mut pyo3::ffi::PyObject;
 
 /// Where a list object keeps the address of its array of slots, if it is where CPython's
-/// `PyListObject` has it (after the variable-size object header), checked once on a real
-/// list; `None` leaves lists to `PyList_SetItem`.
+/// `PyListObject` has it (after the variable-size object header, whose last word is the
+/// list's size, and before the array's length), checked once on a real list; `None` leaves
+/// lists to `PyList_SetItem`.
 ///
 /// Why: under the limited API `PyList_SetItem` and `Py_IncRef` are exported functions, two
 /// calls per id, and a list of ids cost 13-24 ns an id: 35-40% of a whole-text `encode`
@@ -37,10 +38,11 @@ pub(super) fn list_items_offset(py: Python<'_>) -> Option<usize> {
         let marker = PyString::new(py, "tokensmith: where are a list's slots?");
         let list = PyList::new(py, [&marker]).ok()?;
         let at = 3 * std::mem::size_of::<usize>(); // ob_refcnt, ob_type, ob_size
-                                                   // SAFETY: a `PyListObject` is at least its header and the slots' address long.
-        let items = unsafe { *list.as_ptr().cast::<u8>().add(at).cast::<*const Object>() };
-        // SAFETY: read only when it is the address of a one-slot array.
-        (!items.is_null() && unsafe { *items } == marker.as_ptr()).then_some(at)
+        // SAFETY: a `PyListObject` is at least its header, the slots' address and their
+        // number long; the slots are read only when that address is not NULL.
+        let word = |at: usize| unsafe { *list.as_ptr().cast::<u8>().add(at).cast::<usize>() };
+        let (size, items, allocated) = (word(at - 8), word(at) as *const Object, word(at + 8));
+        (size == 1 && allocated == 1 && !items.is_null() && unsafe { *items } == marker.as_ptr()).then_some(at)
     })
 }
 
@@ -146,8 +148,9 @@ impl IdInts {
         let Some(items_at) = list_items_offset(py) else {
             return PyList::new(py, ids.iter().map(|&id| self.int(py, id)));
         };
-        let list = empty_list(py, ids.len())?;
-        // SAFETY: the list is new, untracked and of the row's length.
+        // SAFETY: `items_at` is `list_items_offset`'s answer.
+        let list = unsafe { unfilled_list(py, items_at, ids.len())? };
+        // SAFETY: the list is new, untracked and has room for the row.
         unsafe { self.fill_lists(py, items_at, std::slice::from_ref(&list), &[ids])? };
         Ok(list)
     }
@@ -157,19 +160,20 @@ impl IdInts {
         let Some(items_at) = list_items_offset(py) else {
             return rows.iter().map(|ids| PyList::new(py, ids.iter().map(|&id| self.int(py, id)))).collect();
         };
-        let lists = rows.iter().map(|ids| empty_list(py, ids.len())).collect::<PyResult<Vec<_>>>()?;
-        // SAFETY: the lists are new, untracked and each of its row's length.
+        // SAFETY: `items_at` is `list_items_offset`'s answer.
+        let lists = rows.iter().map(|ids| unsafe { unfilled_list(py, items_at, ids.len()) }).collect::<PyResult<Vec<_>>>()?;
+        // SAFETY: the lists are new, untracked and each has room for its row.
         unsafe { self.fill_lists(py, items_at, &lists, rows)? };
         Ok(lists)
     }
 
-    /// Writes the ints of each row into its list, then gives the lists to the garbage
-    /// collector. On an error (no memory for an int past the table) the slots not yet
-    /// written stay NULL, which `list_dealloc` skips.
+    /// Writes the ints of each row into its list and sets its size, then gives the lists to
+    /// the garbage collector. On an error (no memory for an int past the table) a list's
+    /// size is the slots written, and the lists after it stay empty.
     ///
     /// # Safety
-    /// Each list is new, untracked by the garbage collector (`empty_list`), seen by no one
-    /// else, and of its row's length; `items_at` is `list_items_offset`'s answer.
+    /// Each list is new, untracked by the garbage collector (`unfilled_list`), seen by no
+    /// one else, and has room for its row; `items_at` is `list_items_offset`'s answer.
     unsafe fn fill_lists(
         &self,
         py: Python<'_>,
@@ -179,8 +183,12 @@ impl IdInts {
     ) -> PyResult<()> {
         // Python code may run only on an error (`PyErr::fetch`), which is safe: the lists
         // are untracked, and the table's ints live as long as the process.
-        let filled = lists.iter().zip(rows).try_for_each(|(list, ids)| self.fill(py, list_items(list, items_at), ids));
-        filled?;
+        for (list, ids) in lists.iter().zip(rows) {
+            let at = |offset: usize| list.as_ptr().cast::<u8>().add(offset);
+            let (written, filled) = self.fill(py, *at(items_at).cast::<*mut Object>(), ids);
+            *at(items_at - 8).cast::<isize>() = written as isize;
+            filled?;
+        }
         for list in lists {
             pyo3::ffi::PyObject_GC_Track(list.as_ptr().cast());
         }
@@ -189,12 +197,12 @@ impl IdInts {
 
     /// Writes the int of each id into `items`, one slot each: a table int uncounted (it is
     /// immortal), a new one past the table with its own reference. Stops at the first
-    /// error, with the slots from there on unwritten.
+    /// error; returns the slots written.
     ///
     /// # Safety
     /// The GIL is held, and `items` has room for `ids.len()` slots no one else can see.
     #[inline(always)]
-    unsafe fn fill(&self, py: Python<'_>, items: *mut Object, ids: &[u32]) -> PyResult<()> {
+    unsafe fn fill(&self, py: Python<'_>, items: *mut Object, ids: &[u32]) -> (usize, PyResult<()>) {
         for (i, &id) in ids.iter().enumerate() {
             *items.add(i) = match self.ints.get(id as usize) {
                 Some(int) => int.0.as_ptr(),
@@ -202,34 +210,47 @@ impl IdInts {
                 None => {
                     let int = pyo3::ffi::PyLong_FromUnsignedLongLong(id.into());
                     if int.is_null() {
-                        return Err(PyErr::fetch(py));
+                        return (i, Err(PyErr::fetch(py)));
                     }
                     int
                 }
             };
         }
-        Ok(())
+        (ids.len(), Ok(()))
     }
 }
 
-/// A new list of `len` empty (NULL) slots, untracked by the garbage collector until
-/// `IdInts::fill_lists` has written them: the collector, which may run while the next
-/// list of a batch is made, must not hand a half-made list to Python code.
-pub(super) fn empty_list(py: Python<'_>, len: usize) -> PyResult<Bound<'_, PyList>> {
-    let len = isize::try_from(len).map_err(|_| PyMemoryError::new_err("too many ids for a list"))?;
-    // SAFETY: `PyList_New` returns a new list or NULL with an error set. Untracking an
-    // object twice is allowed, and so `list_dealloc` may drop it untracked.
-    unsafe {
-        let list = Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyList_New(len))?.downcast_into_unchecked::<PyList>();
-        pyo3::ffi::PyObject_GC_UnTrack(list.as_ptr().cast());
-        Ok(list)
-    }
-}
-
-/// The array of a list's slots, at `items_at` (`list_items_offset`).
+/// A new list with room for `len` slots and none in it yet (`fill_lists` writes them and
+/// sets its size), untracked by the garbage collector until then: the collector, which may
+/// run while the next list of a batch is made, must not hand a half-made list to Python code.
+///
+/// Why not `PyList_New(len)`: it zeroes the slots (`calloc`), which for a whole text's list
+/// (600 k ids, 4.8 MB) was a `memset` of 3% of the encode (o200k, Python source, perf). The
+/// slots are allocated here with `PyMem_Malloc`, as the list's own growth does.
 ///
 /// # Safety
 /// `items_at` is `list_items_offset`'s answer.
-unsafe fn list_items(list: &Bound<'_, PyList>, items_at: usize) -> *mut Object {
-    *list.as_ptr().cast::<u8>().add(items_at).cast::<*mut Object>()
+unsafe fn unfilled_list(py: Python<'_>, items_at: usize, len: usize) -> PyResult<Bound<'_, PyList>> {
+    let bytes = len
+        .checked_mul(std::mem::size_of::<Object>())
+        .filter(|&bytes| bytes <= isize::MAX as usize)
+        .ok_or_else(|| PyMemoryError::new_err("too many ids for a list"))?;
+    // SAFETY: `PyList_New` returns a new list or NULL with an error set. Untracking an
+    // object twice is allowed, and so `list_dealloc` may drop it untracked. An empty list
+    // has no array (NULL) and room for none; the array set here is freed by the list with
+    // `PyMem_Free`, and its slots past the size are never read.
+    unsafe {
+        let list = Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyList_New(0))?.downcast_into_unchecked::<PyList>();
+        pyo3::ffi::PyObject_GC_UnTrack(list.as_ptr().cast());
+        if len > 0 {
+            let items = pyo3::ffi::PyMem_Malloc(bytes);
+            if items.is_null() {
+                return Err(PyMemoryError::new_err("no memory for a list of ids"));
+            }
+            let at = |offset: usize| list.as_ptr().cast::<u8>().add(offset).cast::<usize>();
+            *at(items_at) = items as usize;
+            *at(items_at + 8) = len;
+        }
+        Ok(list)
+    }
 }
