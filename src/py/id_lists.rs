@@ -98,8 +98,8 @@ unsafe impl Sync for Int {}
 /// 16-byte entry per slot: 16% of the samples of a per-document loop over Python code
 /// (o200k). Here a slot costs the load of an 8-byte address from this table, which is
 /// smaller (1.6 MB for o200k) and only read: per-document calls, one core, the two builds
-/// in turn, 2026-12-05: o200k code 175-183 -> 201-207 MB/s, GPT-2 code 157-161 -> 173-184,
-/// Llama 3 English 161-167 -> 178-181.
+/// in turn, 2026-12-05: o200k code 174-178 -> 188-191 MB/s, GPT-2 code 147-150 -> 166-171,
+/// Llama 3 English 158-161 -> 172-175.
 ///
 /// How it stays correct: the ints are immortal (`make_immortal`), shared by every
 /// tokenizer of the process, and so a slot needs no reference of its own: Python freeing a
