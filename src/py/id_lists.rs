@@ -58,11 +58,14 @@ pub(super) fn list_items_offset(py: Python<'_>) -> Option<usize> {
 /// object is immortal, and the count gains 2^62 references: slots freed uncounted, one a
 /// reference, could not take them back in centuries.
 ///
+/// `from_3_12`: whether this Python is 3.12 or later (asked once per table: each
+/// `version_info` parses the version string).
+///
 /// # Safety
 /// `int` is a live object, the GIL is held, and an object's count is its first word, read
 /// as little-endian (`list_items_offset` checks the layout).
-unsafe fn make_immortal(py: Python<'_>, int: Object) {
-    if py.version_info() >= (3, 12) {
+unsafe fn make_immortal(int: Object, from_3_12: bool) {
+    if from_3_12 {
         let low = int.cast::<u32>();
         if (*low as i32) >= 0 {
             *low = 3 << 30;
@@ -121,12 +124,13 @@ impl IdInts {
         // that has no table yet, and so come here again (found by a second review). Making
         // ints below runs no Python code.
         let immortal = list_items_offset(py).is_some();
+        let from_3_12 = py.version_info() >= (3, 12);
         let mut shared = SHARED_INTS.get(py).borrow_mut();
         while shared.len() < n {
             let int = (shared.len() as u64).into_pyobject(py).expect("infallible").into_any().unbind();
             if immortal {
                 // SAFETY: a live int, the GIL held, and the layout checked.
-                unsafe { make_immortal(py, int.as_ptr()) };
+                unsafe { make_immortal(int.as_ptr(), from_3_12) };
             }
             shared.push(int);
         }
