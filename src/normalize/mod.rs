@@ -209,9 +209,10 @@ impl UnicodeForm {
                 if cp < 0x80 {
                     break;
                 }
-                let alone = match cp < ALONE_END {
-                    true => self.alone_word(cp / 64) >> (cp % 64) & 1 == 1,
-                    false => self.passes_alone(c),
+                let alone = if cp < ALONE_END {
+                    self.alone_word(cp / 64) >> (cp % 64) & 1 == 1
+                } else {
+                    self.passes_alone(c)
                 };
                 if !alone {
                     return false;
