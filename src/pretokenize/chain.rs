@@ -339,6 +339,7 @@ mod tests {
         let mut texts: Vec<String> = [
             "", "Hello, world. os.path.join(a, 'b') x=1234567 y", "  \n\n  x \r\n\t.  ;;\n", "日本語のテキスト・カタカナー。",
             "数字１２３ and 한국어 text नमस्ते", "  $$ ++ (foo) 'quoted' don't", "a   \u{0}b \u{1b}[0m", "12 345  678\n",
+            "1234567890123", "x 12345678 y", "12,345,678.9", "１２3456 7", "99 1234567a 12345_6 ٣45678",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -391,17 +392,22 @@ mod tests {
     #[test]
     fn a_split_then_a_lexer_gives_the_pieces_of_the_two_steps() {
         let llama3 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+        // Runs of digits cut three ways: `\p{N}{1,3}`, `\p{N}` and ` ?\p{N}+`.
+        let qwen2 = llama3.replace(r"\p{N}{1,3}", r"\p{N}");
         let split = |splitter| Step::Split { splitter, behavior: Behavior::Isolated, invert: false };
         let pattern = |p| Splitter::for_pattern(p, Dialect::Oniguruma).unwrap();
         let byte_level = Step::ByteLevel { add_prefix_space: false, use_regex: false };
         // Command A's digit groups (a pattern with matches and gaps), and `Punctuation`.
-        for first in [pattern(r"\d{1,3}(?=(?:\d{3})*\b)"), Splitter::Chars(CharClass::Punctuation)] {
-            let steps = vec![split(first), split(pattern(llama3)), byte_level.clone()];
-            let fused = PreTokenizer::new(steps.clone()).unwrap();
-            assert!(matches!(fused.steps(), [Step::Split { splitter: Splitter::Then(..), .. }, _]));
-            let stepped = PreTokenizer::unfused(steps);
-            for text in texts() {
-                assert_eq!(pieces(&fused, &text), pieces(&stepped, &text), "{text:?}");
+        for second in [llama3, &qwen2, super::super::GPT2_PATTERN] {
+            assert!(matches!(pattern(second), Splitter::Lexer(_)), "{second}");
+            for first in [pattern(r"\d{1,3}(?=(?:\d{3})*\b)"), Splitter::Chars(CharClass::Punctuation)] {
+                let steps = vec![split(first), split(pattern(second)), byte_level.clone()];
+                let fused = PreTokenizer::new(steps.clone()).unwrap();
+                assert!(matches!(fused.steps(), [Step::Split { splitter: Splitter::Then(..), .. }, _]));
+                let stepped = PreTokenizer::unfused(steps);
+                for text in texts() {
+                    assert_eq!(pieces(&fused, &text), pieces(&stepped, &text), "{second}: {text:?}");
+                }
             }
         }
         // A second step without a lexer, or not `Isolated`: left as it is.

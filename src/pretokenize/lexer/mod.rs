@@ -127,6 +127,17 @@ pub struct Lexer {
     spaces: Spaces,
 }
 
+impl Lexer {
+    /// How many digits a match takes from a text of ASCII digits alone: a run of `\p{N}`
+    /// is cut into matches of this many from its start, the last one shorter.
+    pub fn digits_per_match(&self) -> usize {
+        match self.numbers {
+            Numbers::SpacePrefixed => usize::MAX,
+            Numbers::UpTo(n) => n,
+        }
+    }
+}
+
 const GPT2: Lexer = Lexer {
     word: LETTER,
     contractions: Contractions::CaseSensitive,
