@@ -162,8 +162,9 @@ impl Pattern {
 /// the run is cut into groups of three from the right (the leftmost match takes the 1-3
 /// digits left over); otherwise no part of it matches.
 ///
-/// ASCII digits are read a byte at a time, and a run of them alone is cut by arithmetic: 10 MB
-/// of digits (Command A) spent a third of its time decoding and counting chars here.
+/// ASCII digits are read a byte at a time, and a run of them alone is cut by arithmetic, not
+/// char by char: this function was 7% of 10 MB of digits on Command A (perf), and is about
+/// 3% faster by the clock.
 fn digit_groups(text: &str, mut f: impl FnMut(usize, usize)) {
     let bytes = text.as_bytes();
     let mut at = 0;
