@@ -65,7 +65,7 @@ def test_batch_work_in_a_forked_child_after_the_parent_used_the_thread_pool():
         import os
         import tokensmith as ts
         tok = ts.Tokenizer.from_file(TOKENIZER)
-        # 46k chars: more than a batch encoded on the calling thread (src/py/batch_lists.rs)
+        # 46k chars: more than a batch encoded on the calling thread (src/py/batch_chunks.rs)
         texts = [f"text number {i}" for i in range(3000)]
         want = tok.encode_batch(texts)  # the parent's thread pool is up
         pid = os.fork()

@@ -1,8 +1,9 @@
 """``encode_batch`` makes the lists of each chunk of texts while the thread pool encodes the
-chunks after it (src/py/batch_lists.rs). Its ids are the reference's across many chunks
-(the corpora's lines: tests/test_parity_corpora.py); here, what a pipeline can get wrong:
-chunk order with truncation and templates, and an error in a late chunk, which must raise
-the same exception as the text alone and leave the tokenizer working."""
+chunks after it, and ``encode_batch_numpy`` gathers the chunks' ids and offsets the same way
+(src/py/batch_chunks.rs). Their ids are the reference's across many chunks (the corpora's
+lines: tests/test_parity_corpora.py); here, what a pipeline can get wrong: chunk order with
+truncation and templates, offsets across chunks, and an error in a late chunk, which must
+raise the same exception as the text alone and leave the tokenizer working."""
 
 from __future__ import annotations
 
@@ -10,27 +11,49 @@ import pytest
 import tokensmith as ts
 from conftest import load_hf_fresh, load_ts_fresh, ts_tokenizer
 
-# About 1 MB in 4,000 texts of different lengths: some 30 chunks of 32 kB.
+# About 1 MB in 4,000 texts of different lengths (some empty after the prefix is cut off by
+# truncation): some 30 chunks of 32 kB.
 TEXTS = [f"Document {i}: " + "The Debian project's packages, 中文 text, and code() {}\n" * (i % 17) for i in range(4000)]
 
 
+def numpy_rows(tok, texts, **options) -> list[list[int]]:
+    """`encode_batch_numpy`'s ids cut into rows at its offsets."""
+    ids, offsets = tok.encode_batch_numpy(texts, **options)
+    assert offsets.shape == (len(texts) + 1,) and offsets[0] == 0 and offsets[-1] == ids.shape[0]
+    return [ids[offsets[i]:offsets[i + 1]].tolist() for i in range(len(texts))]
+
+
+BATCH_CALLS = {"lists": lambda tok, texts, **options: tok.encode_batch(texts, **options), "numpy": numpy_rows}
+
+
+@pytest.mark.parametrize("call", BATCH_CALLS)
 @pytest.mark.parametrize("name", ["llama3", "llama2"])
-def test_a_batch_of_many_chunks_is_truncated_and_wrapped_as_the_reference(name):
+def test_a_batch_of_many_chunks_is_truncated_and_wrapped_as_the_reference(name, call):
     tok, hf = load_ts_fresh(name), load_hf_fresh(name)
     tok.truncation = {"max_length": 100}
     hf.enable_truncation(100)
     for add in (True, False):
         want = [e.ids for e in hf.encode_batch(TEXTS, add_special_tokens=add)]
-        assert tok.encode_batch(TEXTS, add_special_tokens=add) == want
+        assert BATCH_CALLS[call](tok, TEXTS, add_special_tokens=add) == want
 
 
+@pytest.mark.parametrize("call", BATCH_CALLS)
+def test_a_batch_of_many_chunks_keeps_its_empty_texts(call):
+    tok = ts_tokenizer("llama3")
+    texts = ["", *TEXTS[:2000], "", "", *TEXTS[2000:], ""]
+    rows = BATCH_CALLS[call](tok, texts, add_special_tokens=False)
+    assert rows == [tok.encode(t, add_special_tokens=False) for t in texts]
+    assert rows[0] == rows[2001] == rows[2002] == rows[-1] == []
+
+
+@pytest.mark.parametrize("call", BATCH_CALLS)
 @pytest.mark.parametrize("late", [5, 3999])
-def test_a_special_token_in_a_late_chunk_raises_as_alone(late):
+def test_a_special_token_in_a_late_chunk_raises_as_alone(late, call):
     tok = ts_tokenizer("llama3")
     texts = list(TEXTS)
     texts[late] = "a prefix, then <|eot_id|>"
     with pytest.raises(ts.SpecialTokenError) as batch:
-        tok.encode_batch(texts, special="raise")
+        BATCH_CALLS[call](tok, texts, special="raise")
     with pytest.raises(ts.SpecialTokenError) as alone:
         tok.encode(texts[late], special="raise")
     assert (batch.value.token, batch.value.offset) == (alone.value.token, alone.value.offset) == ("<|eot_id|>", 15)
@@ -38,14 +61,15 @@ def test_a_special_token_in_a_late_chunk_raises_as_alone(late):
     assert tok.encode_batch(TEXTS[:50]) == [tok.encode(t) for t in TEXTS[:50]]
 
 
+@pytest.mark.parametrize("call", BATCH_CALLS)
 @pytest.mark.parametrize("late", [5, 3999])
-def test_a_str_without_utf8_in_a_late_chunk_raises_as_alone(late):
+def test_a_str_without_utf8_in_a_late_chunk_raises_as_alone(late, call):
     tok = ts_tokenizer("gpt2")
     texts = list(TEXTS)
     texts[late] = "a lone surrogate: \ud800"
     with pytest.raises(Exception) as alone:
         tok.encode(texts[late])
     with pytest.raises(type(alone.value)) as batch:
-        tok.encode_batch(texts)
+        BATCH_CALLS[call](tok, texts)
     assert str(batch.value) == str(alone.value)
     assert tok.encode_batch(TEXTS[:50]) == [tok.encode(t) for t in TEXTS[:50]]

@@ -1,7 +1,7 @@
 //! Python bindings (`tokensmith._core`). No logic lives here: argument conversion, GIL
 //! release, and mapping core errors to the exception classes defined in Python.
 
-mod batch_lists;
+mod batch_chunks;
 mod id_lists;
 mod utf8;
 
@@ -552,7 +552,7 @@ impl PyTokenizer {
         let tokenizer = self.get();
         // Padding needs the batch's longest row before any list can be made.
         if !tokenizer.pads() {
-            let lists = batch_lists::encode_to_lists(py, &tokenizer, self.id_table(py), &owned, &policy, add_special_tokens)?;
+            let lists = batch_chunks::encode_to_lists(py, &tokenizer, self.id_table(py), &owned, &policy, add_special_tokens)?;
             return PyList::new(py, lists);
         }
         let strs = owned.iter().map(text_ref).collect::<PyResult<Vec<&str>>>()?;
@@ -580,29 +580,34 @@ impl PyTokenizer {
     ) -> PyResult<(Bound<'py, PyByteArray>, Bound<'py, PyByteArray>)> {
         let owned = self::texts(texts)?;
         let policy = self.policy(py, policy, allowed)?;
-        let strs = owned.iter().map(text_ref).collect::<PyResult<Vec<&str>>>()?;
         let tokenizer = self.get();
-        let (batch, offsets) = without_gil(py, || {
-            let batch = tokenizer.encode_batch(&strs, &policy, add_special_tokens)?;
-            let total: usize = batch.iter().map(Vec::len).sum();
-            check_python_room(total, 4)?;
-            let mut offsets = Vec::new();
-            Error::reserve(&mut offsets, (batch.len() + 1) * 8, "the offsets of the batch")?;
-            let mut at = 0i64;
-            offsets.extend_from_slice(&at.to_le_bytes());
-            for row in &batch {
-                at += row.len() as i64;
+        // Rows of ids, one after another: a chunk's (see `batch_chunks`), or with padding,
+        // which needs the batch's longest, a text's.
+        let (rows, offsets) = if tokenizer.pads() {
+            let strs = owned.iter().map(text_ref).collect::<PyResult<Vec<&str>>>()?;
+            without_gil(py, || {
+                let rows = tokenizer.encode_batch(&strs, &policy, add_special_tokens)?;
+                check_python_room(rows.iter().map(Vec::len).sum(), 4)?;
+                let mut offsets = Vec::new();
+                Error::reserve(&mut offsets, (rows.len() + 1) * 8, "the offsets of the batch")?;
+                let mut at = 0i64;
                 offsets.extend_from_slice(&at.to_le_bytes());
-            }
-            Ok::<_, Error>((batch, offsets))
-        })
-        .or_raise(py)?;
+                for row in &rows {
+                    at += row.len() as i64;
+                    offsets.extend_from_slice(&at.to_le_bytes());
+                }
+                Ok::<_, Error>((rows, offsets))
+            })
+            .or_raise(py)?
+        } else {
+            batch_chunks::encode_to_flat(py, &tokenizer, &owned, &policy, add_special_tokens)?
+        };
         // The ids go straight into the bytearray, copied by all cores with the GIL released
         // (nothing else can see the new object yet): a serial copy here, and another into
         // the bytearray, kept 2 cores at 1.6x of one.
-        let total = batch.iter().map(Vec::len).sum::<usize>() * 4;
+        let total = rows.iter().map(Vec::len).sum::<usize>() * 4;
         let ids = PyByteArray::new_with(py, total, |buf| {
-            without_gil(py, || copy_rows(buf, &batch));
+            without_gil(py, || copy_rows(buf, &rows));
             Ok(())
         })?;
         Ok((ids, PyByteArray::new(py, &offsets)))

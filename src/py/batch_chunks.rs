@@ -1,4 +1,6 @@
-//! A batch's lists of ids made while the batch is still being encoded.
+//! A batch encoded a chunk at a time, each chunk's results made while the chunks after it
+//! are still being encoded: lists of ids for `encode_batch`, and the flat ids and offsets of
+//! `encode_batch_flat` (`encode_batch_numpy`).
 //!
 //! Why: lists of Python ints can only be made holding the GIL, one thread at a time. Made
 //! after the whole batch was encoded, they kept the other cores idle: in a loop of
@@ -12,6 +14,9 @@
 //! Writing the slots on every core instead was tried and measured first: no faster (0.90-1.05x
 //! of the calling thread alone), as the slots, zeroed by the calling thread, moved between
 //! the cores' caches.
+//!
+//! The flat ids took the same way on 2026-12-06: they had been made all at once, and lists
+//! ran faster than them (see `encode_to_flat`).
 
 use super::id_lists::IdInts;
 use super::{check_python_room, text_ref, IntoPy, IDS};
@@ -54,23 +59,69 @@ pub(super) fn encode_to_lists<'py>(
     policy: &SpecialPolicy,
     add_special_tokens: bool,
 ) -> PyResult<Vec<Bound<'py, PyList>>> {
+    let mut lists = Lists { lists: Vec::with_capacity(texts.len()), ids: 0 };
+    encode_in_chunks(py, tokenizer, texts, policy, add_special_tokens, |chunk| lists.append(py, table, &chunk))?;
+    Ok(lists.lists)
+}
+
+/// The ids of `texts` one after another, as the chunks' rows of ids (in order), and the
+/// n + 1 offsets of each text's first id (little-endian `i64`s, the last the number of ids).
+/// Not for a tokenizer that pads.
+///
+/// Why in chunks: the texts' UTF-8 (made by CPython on first use of a non-ASCII str, with
+/// the GIL) is read while the first chunks are encoded, and a chunk's ids are one `Vec`,
+/// not one per text. Before, the UTF-8 of every text was read first and each text's ids
+/// were a `Vec` of their own, and lists of ids ran at 1.06-1.45x of this call's speed. The
+/// two builds in turn (Llama 3, the race's documents, 2 cores, best of 10, two runs each):
+/// English 281-290 -> 451-491 MB/s, Chinese 257-268 -> 331-347, Python code 383-394 ->
+/// 574-588; lists unchanged, now at 0.82-0.90x of it.
+pub(super) fn encode_to_flat(
+    py: Python<'_>,
+    tokenizer: &Tokenizer,
+    texts: &[Bound<'_, PyString>],
+    policy: &SpecialPolicy,
+    add_special_tokens: bool,
+) -> PyResult<(Vec<Vec<u32>>, Vec<u8>)> {
+    let (mut rows, mut offsets, mut ids) = (Vec::new(), Vec::new(), 0usize);
+    Error::reserve(&mut offsets, (texts.len() + 1) * 8, "the offsets of the batch").or_raise(py)?;
+    offsets.extend_from_slice(&0i64.to_le_bytes());
+    encode_in_chunks(py, tokenizer, texts, policy, add_special_tokens, |chunk| {
+        for &end in &chunk.ends {
+            offsets.extend_from_slice(&((ids + end) as i64).to_le_bytes());
+        }
+        ids += chunk.ids.len();
+        check_python_room(ids, 4).or_raise(py)?;
+        rows.push(chunk.ids);
+        Ok(())
+    })?;
+    Ok((rows, offsets))
+}
+
+/// Encodes `texts` a chunk at a time on the pool's threads and hands each chunk to `take`
+/// on this thread, in order, as soon as it and the ones before it are encoded.
+fn encode_in_chunks(
+    py: Python<'_>,
+    tokenizer: &Tokenizer,
+    texts: &[Bound<'_, PyString>],
+    policy: &SpecialPolicy,
+    add_special_tokens: bool,
+    mut take: impl FnMut(Encoded) -> PyResult<()>,
+) -> PyResult<()> {
     debug_assert!(!tokenizer.pads());
     let batch = Batch { tokenizer, policy, add_special_tokens, stop: AtomicBool::new(false) };
     let chars: usize = texts.iter().map(|s| s.len().unwrap_or(0)).sum();
-    let mut lists = Lists { lists: Vec::with_capacity(texts.len()), ids: 0 };
     if chars < PIPELINE_FROM {
         let strs = texts.iter().map(text_ref).collect::<PyResult<Vec<_>>>()?;
         let bytes = strs.iter().map(|s| s.len()).sum();
         let encoded = py.allow_threads(|| batch.encode(&strs, bytes)).or_raise(py)?;
-        lists.append(py, table, &encoded)?;
-        return Ok(lists.lists);
+        return take(encoded);
     }
     crate::pool::in_place_scope(|scope| {
         let (sender, receiver) = mpsc::channel();
         // In a lock only to be waited on with the GIL released (a receiver is not `Sync`).
         let receiver = Mutex::new(receiver);
         let made = send_chunks(scope, &batch, texts, chars, sender)
-            .and_then(|chunks| receive_lists(py, table, &receiver, chunks, &mut lists));
+            .and_then(|chunks| receive_chunks(py, &receiver, chunks, &mut take));
         if made.is_err() {
             // The scope's end waits for every task, holding the GIL: let the running ones
             // finish first, without it (the receiver ends when every task has ended).
@@ -78,8 +129,7 @@ pub(super) fn encode_to_lists<'py>(
             py.allow_threads(|| while lock(&receiver).recv().is_ok() {});
         }
         made
-    })?;
-    Ok(lists.lists)
+    })
 }
 
 /// What every chunk of a batch is encoded with.
@@ -143,14 +193,13 @@ fn send_chunks<'a>(
     Ok(chunks)
 }
 
-/// Makes the lists of each chunk in order, as the chunks come, the GIL released while
-/// waiting for one.
-fn receive_lists<'py>(
-    py: Python<'py>,
-    table: &IdInts,
+/// Hands each chunk to `take` in order, as the chunks come, the GIL released while waiting
+/// for one.
+fn receive_chunks(
+    py: Python<'_>,
     receiver: &Mutex<mpsc::Receiver<Message>>,
     chunks: usize,
-    lists: &mut Lists<'py>,
+    take: &mut impl FnMut(Encoded) -> PyResult<()>,
 ) -> PyResult<()> {
     let mut early: Vec<Option<Encoded>> = (0..chunks).map(|_| None).collect();
     for next in 0..chunks {
@@ -166,7 +215,7 @@ fn receive_lists<'py>(
             };
             early[n] = Some(encoded.or_raise(py)?);
         };
-        lists.append(py, table, &chunk)?;
+        take(chunk)?;
     }
     Ok(())
 }
