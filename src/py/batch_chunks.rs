@@ -19,7 +19,7 @@
 //! ran faster than them (see `encode_to_flat`).
 
 use super::id_lists::IdInts;
-use super::{check_python_room, text_ref, IntoPy, IDS};
+use super::{check_python_room, text_ref, to_py, IntoPy, IDS};
 use crate::error::{Error, Result};
 use crate::special::SpecialPolicy;
 use crate::tokenizer::Tokenizer;
@@ -60,7 +60,8 @@ pub(super) fn encode_to_lists<'py>(
     add_special_tokens: bool,
 ) -> PyResult<Vec<Bound<'py, PyList>>> {
     let mut lists = Lists { lists: Vec::with_capacity(texts.len()), ids: 0 };
-    encode_in_chunks(py, tokenizer, texts, policy, add_special_tokens, |chunk| lists.append(py, table, &chunk))?;
+    let mut take = |chunk: Encoded| lists.append(py, table, &chunk);
+    encode_in_chunks(py, tokenizer, texts, policy, add_special_tokens, Take::WithGil(&mut take))?;
     Ok(lists.lists)
 }
 
@@ -74,7 +75,8 @@ pub(super) fn encode_to_lists<'py>(
 /// were a `Vec` of their own, and lists of ids ran at 1.06-1.45x of this call's speed. The
 /// two builds in turn (Llama 3, the race's documents, 2 cores, best of 10, two runs each):
 /// English 281-290 -> 451-491 MB/s, Chinese 257-268 -> 331-347, Python code 383-394 ->
-/// 574-588; lists unchanged, now at 0.82-0.90x of it.
+/// 574-588; lists unchanged, now at 0.82-0.90x of it. The chunks are received with the GIL
+/// released throughout (`Take::WithoutGil`).
 pub(super) fn encode_to_flat(
     py: Python<'_>,
     tokenizer: &Tokenizer,
@@ -85,16 +87,31 @@ pub(super) fn encode_to_flat(
     let (mut rows, mut offsets, mut ids) = (Vec::new(), Vec::new(), 0usize);
     Error::reserve(&mut offsets, (texts.len() + 1) * 8, "the offsets of the batch").or_raise(py)?;
     offsets.extend_from_slice(&0i64.to_le_bytes());
-    encode_in_chunks(py, tokenizer, texts, policy, add_special_tokens, |chunk| {
+    let mut take = |chunk: Encoded| {
         for &end in &chunk.ends {
             offsets.extend_from_slice(&((ids + end) as i64).to_le_bytes());
         }
         ids += chunk.ids.len();
-        check_python_room(ids, 4).or_raise(py)?;
+        check_python_room(ids, 4)?;
         rows.push(chunk.ids);
         Ok(())
-    })?;
+    };
+    encode_in_chunks(py, tokenizer, texts, policy, add_special_tokens, Take::WithoutGil(&mut take))?;
     Ok((rows, offsets))
+}
+
+/// How `encode_in_chunks` hands over each chunk.
+enum Take<'a> {
+    /// Holding the GIL, taken back after each wait for a chunk (lists are Python objects).
+    WithGil(&'a mut dyn FnMut(Encoded) -> PyResult<()>),
+    /// With the GIL released from the first chunk to the last. Taken back after each wait,
+    /// it had to be won from whichever thread held it meanwhile, up to CPython's switch
+    /// interval (5 ms) each time: `prepare` reads its next batch on another thread while
+    /// this one encodes, and with a chunk at a time its megatron output ran slower than
+    /// before chunks (53-55 against 57-59 MB/s, Llama 3, 12.7 MB of the corpora, 2 cores);
+    /// received this way, as fast (four runs each, in turn: 49.6-53.5 against 47.4-55.6,
+    /// its own reading in Python being what sets its pace).
+    WithoutGil(&'a mut (dyn FnMut(Encoded) -> Result<()> + Send)),
 }
 
 /// Encodes `texts` a chunk at a time on the pool's threads and hands each chunk to `take`
@@ -105,7 +122,7 @@ fn encode_in_chunks(
     texts: &[Bound<'_, PyString>],
     policy: &SpecialPolicy,
     add_special_tokens: bool,
-    mut take: impl FnMut(Encoded) -> PyResult<()>,
+    take: Take<'_>,
 ) -> PyResult<()> {
     debug_assert!(!tokenizer.pads());
     let batch = Batch { tokenizer, policy, add_special_tokens, stop: AtomicBool::new(false) };
@@ -114,14 +131,21 @@ fn encode_in_chunks(
         let strs = texts.iter().map(text_ref).collect::<PyResult<Vec<_>>>()?;
         let bytes = strs.iter().map(|s| s.len()).sum();
         let encoded = py.allow_threads(|| batch.encode(&strs, bytes)).or_raise(py)?;
-        return take(encoded);
+        return match take {
+            Take::WithGil(take) => take(encoded),
+            Take::WithoutGil(take) => take(encoded).or_raise(py),
+        };
     }
     crate::pool::in_place_scope(|scope| {
         let (sender, receiver) = mpsc::channel();
         // In a lock only to be waited on with the GIL released (a receiver is not `Sync`).
         let receiver = Mutex::new(receiver);
-        let made = send_chunks(scope, &batch, texts, chars, sender)
-            .and_then(|chunks| receive_chunks(py, &receiver, chunks, &mut take));
+        let made = send_chunks(scope, &batch, texts, chars, sender).and_then(|chunks| match take {
+            Take::WithGil(take) => receive_chunks(py, &receiver, chunks, take),
+            Take::WithoutGil(take) => {
+                py.allow_threads(|| receive_chunks_without_gil(&receiver, chunks, take)).map_err(|lost| lost.raise(py))
+            }
+        });
         if made.is_err() {
             // The scope's end waits for every task, holding the GIL: let the running ones
             // finish first, without it (the receiver ends when every task has ended).
@@ -199,25 +223,77 @@ fn receive_chunks(
     py: Python<'_>,
     receiver: &Mutex<mpsc::Receiver<Message>>,
     chunks: usize,
-    take: &mut impl FnMut(Encoded) -> PyResult<()>,
+    take: &mut dyn FnMut(Encoded) -> PyResult<()>,
 ) -> PyResult<()> {
-    let mut early: Vec<Option<Encoded>> = (0..chunks).map(|_| None).collect();
-    for next in 0..chunks {
-        let chunk = loop {
-            if let Some(chunk) = early[next].take() {
-                break chunk;
-            }
-            let message = py.allow_threads(|| lock(receiver).recv());
-            // Every sender gone before this chunk came: a task panicked (and the scope's
-            // end raises its panic).
-            let Ok((n, encoded)) = message else {
-                return Err(PyRuntimeError::new_err("a thread encoding the batch failed"));
-            };
-            early[n] = Some(encoded.or_raise(py)?);
-        };
-        take(chunk)?;
+    let mut in_order = InOrder::new(chunks);
+    while let Some(chunk) = in_order.next(|| py.allow_threads(|| lock(receiver).recv())) {
+        take(chunk.map_err(|lost| lost.raise(py))?)?;
     }
     Ok(())
+}
+
+/// `receive_chunks` for a `take` that needs no GIL, called without it.
+fn receive_chunks_without_gil(
+    receiver: &Mutex<mpsc::Receiver<Message>>,
+    chunks: usize,
+    take: &mut (dyn FnMut(Encoded) -> Result<()> + Send),
+) -> std::result::Result<(), Lost> {
+    let mut in_order = InOrder::new(chunks);
+    while let Some(chunk) = in_order.next(|| lock(receiver).recv()) {
+        take(chunk?).map_err(Lost::Error)?;
+    }
+    Ok(())
+}
+
+/// Why a chunk did not come.
+enum Lost {
+    /// Encoding it failed (the first error to come, whichever chunk's: the chunks after it
+    /// were left alone, so one before it may never come).
+    Error(Error),
+    /// Every sender was gone before it came: a task panicked (and the scope's end raises
+    /// its panic).
+    Panicked,
+}
+
+impl Lost {
+    fn raise(self, py: Python<'_>) -> PyErr {
+        match self {
+            Lost::Error(e) => to_py(py, e),
+            Lost::Panicked => PyRuntimeError::new_err("a thread encoding the batch failed"),
+        }
+    }
+}
+
+/// The chunks of a batch in order, from messages that come in any order.
+struct InOrder {
+    early: Vec<Option<Encoded>>,
+    next: usize,
+}
+
+impl InOrder {
+    fn new(chunks: usize) -> Self {
+        InOrder { early: (0..chunks).map(|_| None).collect(), next: 0 }
+    }
+
+    /// The next chunk, waiting for messages with `recv`; `None` after the last.
+    fn next(
+        &mut self,
+        mut recv: impl FnMut() -> std::result::Result<Message, mpsc::RecvError>,
+    ) -> Option<std::result::Result<Encoded, Lost>> {
+        let chunk = match self.early.get_mut(self.next)?.take() {
+            Some(chunk) => chunk,
+            None => loop {
+                let Ok((n, encoded)) = recv() else { return Some(Err(Lost::Panicked)) };
+                match encoded {
+                    Err(e) => return Some(Err(Lost::Error(e))),
+                    Ok(chunk) if n == self.next => break chunk,
+                    Ok(chunk) => self.early[n] = Some(chunk),
+                }
+            },
+        };
+        self.next += 1;
+        Some(Ok(chunk))
+    }
 }
 
 /// The lists made so far, and their ids.
