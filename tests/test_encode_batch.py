@@ -47,6 +47,15 @@ def test_a_batch_of_many_chunks_keeps_its_empty_texts(call):
 
 
 @pytest.mark.parametrize("call", BATCH_CALLS)
+def test_chunks_done_out_of_order_are_put_back_in_order(call):
+    # The first chunk is one text of 1.5 MB: the chunks after it are encoded first.
+    tok = ts_tokenizer("llama3")
+    texts = ["".join(TEXTS[:6000 // 4]) * 2, *TEXTS[:2000], ""]
+    rows = BATCH_CALLS[call](tok, texts, add_special_tokens=False)
+    assert rows == [tok.encode(t, add_special_tokens=False) for t in texts]
+
+
+@pytest.mark.parametrize("call", BATCH_CALLS)
 @pytest.mark.parametrize("late", [5, 3999])
 def test_a_special_token_in_a_late_chunk_raises_as_alone(late, call):
     tok = ts_tokenizer("llama3")

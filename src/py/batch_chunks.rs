@@ -75,8 +75,8 @@ pub(super) fn encode_to_lists<'py>(
 /// were a `Vec` of their own, and lists of ids ran at 1.06-1.45x of this call's speed. The
 /// two builds in turn (Llama 3, the race's documents, 2 cores, best of 10, two runs each):
 /// English 281-290 -> 451-491 MB/s, Chinese 257-268 -> 331-347, Python code 383-394 ->
-/// 574-588; lists unchanged, now at 0.82-0.90x of it. The chunks are received with the GIL
-/// released throughout (`Take::WithoutGil`).
+/// 574-588; lists unchanged, now at 0.82-0.90x of it. The chunks are received without the
+/// GIL (`Take::WithoutGil`).
 pub(super) fn encode_to_flat(
     py: Python<'_>,
     tokenizer: &Tokenizer,
@@ -104,7 +104,8 @@ pub(super) fn encode_to_flat(
 enum Take<'a> {
     /// Holding the GIL, taken back after each wait for a chunk (lists are Python objects).
     WithGil(&'a mut dyn FnMut(Encoded) -> PyResult<()>),
-    /// With the GIL released from the first chunk to the last. Taken back after each wait,
+    /// With the GIL released from when the last chunk is sent (reading the texts needs it)
+    /// to when the last one is taken. Taken back after each wait,
     /// it had to be won from whichever thread held it meanwhile, up to CPython's switch
     /// interval (5 ms) each time: `prepare` reads its next batch on another thread while
     /// this one encodes, and with a chunk at a time its megatron output ran slower than
@@ -247,8 +248,8 @@ fn receive_chunks_without_gil(
 
 /// Why a chunk did not come.
 enum Lost {
-    /// Encoding it failed (the first error to come, whichever chunk's: the chunks after it
-    /// were left alone, so one before it may never come).
+    /// Encoding it failed (the first error to come, whichever chunk's: every chunk not yet
+    /// begun then is left alone, so one before it may never come).
     Error(Error),
     /// Every sender was gone before it came: a task panicked (and the scope's end raises
     /// its panic).
