@@ -2,6 +2,7 @@
 and on the pre-tokenizers of public models the shared files do not cover (VARIANTS).
 
     python benches/long_inputs.py [--mb 10] [--rounds 3] [--tokenizers llama3 o200k_base qwen3.5 ...]
+                                  [--peers [PEER ...]] [--peer-mb 1]
 
 Each input is `--mb` MB of one kind of text (English prose for the baseline), encoded in one
 call on one pinned core, the best of `--rounds` calls after an untimed one (the first call of
