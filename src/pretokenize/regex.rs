@@ -170,20 +170,21 @@ fn digit_groups(text: &str, mut f: impl FnMut(usize, usize)) {
     let mut at = 0;
     while let Some(i) = text[at..].find(is_decimal_digit) {
         let start = at + i;
-        let mut end = start;
-        loop {
+        let (mut end, mut ascii) = (start, true);
+        // The run's end, and the char after it.
+        let after = loop {
             end += bytes[end..].iter().position(|b| !b.is_ascii_digit()).unwrap_or(bytes.len() - end);
             match text[end..].chars().next() {
-                Some(c) if !c.is_ascii() && is_decimal_digit(c) => end += c.len_utf8(),
-                _ => break,
+                Some(c) if !c.is_ascii() && is_decimal_digit(c) => (end, ascii) = (end + c.len_utf8(), false),
+                after => break after,
             }
-        }
+        };
         at = end;
-        if text[end..].chars().next().is_some_and(is_word_char) {
+        if after.is_some_and(is_word_char) {
             continue;
         }
         let run = &text[start..end];
-        if run.is_ascii() {
+        if ascii {
             let mut from = start;
             for to in (start + (run.len() - 1) % 3 + 1..=end).step_by(3) {
                 f(from, to);
