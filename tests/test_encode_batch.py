@@ -55,6 +55,24 @@ def test_chunks_done_out_of_order_are_put_back_in_order(call):
     assert rows == [tok.encode(t, add_special_tokens=False) for t in texts]
 
 
+# GPT-2 makes 3-4 tokens of each of these chars (4 bytes of UTF-8 each, and rare).
+RARE = "𓀀𓀁 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 🤗" * 20
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [[RARE] * 3, [RARE] * 2000, [*TEXTS[:500], *[RARE] * 2000]],
+    ids=["one chunk", "from the first chunk", "from a late chunk"],
+)
+def test_more_ids_than_chars_are_all_kept_in_numpy(texts):
+    # encode_batch_numpy writes ids into room for a token per char (src/py/flat_ids.rs); the
+    # ids past it are kept aside and written at the end.
+    tok, hf = load_ts_fresh("gpt2"), load_hf_fresh("gpt2")
+    want = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
+    assert sum(map(len, want)) > sum(map(len, texts)) + 4 * len(texts)  # more than the room
+    assert numpy_rows(tok, texts, add_special_tokens=False) == want
+
+
 @pytest.mark.parametrize("call", BATCH_CALLS)
 @pytest.mark.parametrize("late", [5, 3999])
 def test_a_special_token_in_a_late_chunk_raises_as_alone(late, call):

@@ -342,9 +342,10 @@ def test_sentencepiece_text_after_special(name, special, tail):
 
 
 @pytest.mark.parametrize("name", ["llama3", "llama2"])
-def test_batch_numpy_is_every_row_in_order_across_copy_groups(name):
-    """The flat ids are copied by groups of rows of at least 64 KB, in parallel: rows that
-    are empty, short or longer than a group, at the edges of groups, land in order."""
+def test_batch_numpy_is_every_row_in_order_across_chunks(name):
+    """The flat ids are written into the bytearray a chunk of texts at a time, as the chunks
+    are encoded (src/py/flat_ids.rs): rows that are empty, short or longer than a chunk, at
+    the edges of chunks, land in order."""
     require_data()
     english = next(read_corpus(p) for p in corpus_files() if p.name.startswith("debian-handbook.en"))
     rnd = random.Random(11)

@@ -18,6 +18,7 @@
 //! The flat ids took the same way on 2026-12-06: they had been made all at once, and lists
 //! ran faster than them (see `encode_to_flat`).
 
+use super::flat_ids::FlatIds;
 use super::id_lists::IdInts;
 use super::{check_python_room, text_ref, to_py, IntoPy, IDS};
 use crate::error::{Error, Result};
@@ -25,7 +26,7 @@ use crate::special::SpecialPolicy;
 use crate::tokenizer::Tokenizer;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyString};
+use pyo3::types::{PyByteArray, PyList, PyString};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex, MutexGuard};
 
@@ -61,43 +62,53 @@ pub(super) fn encode_to_lists<'py>(
 ) -> PyResult<Vec<Bound<'py, PyList>>> {
     let mut lists = Lists { lists: Vec::with_capacity(texts.len()), ids: 0 };
     let mut take = |chunk: Encoded| lists.append(py, table, &chunk);
-    encode_in_chunks(py, tokenizer, texts, policy, add_special_tokens, Take::WithGil(&mut take))?;
+    let chars = chars(texts);
+    encode_in_chunks(py, tokenizer, texts, chars, policy, add_special_tokens, Take::WithGil(&mut take))?;
     Ok(lists.lists)
 }
 
-/// The ids of `texts` one after another, as the chunks' rows of ids (in order), and the
+/// The ids of `texts` one after another (little-endian `u32`s, see `flat_ids`), and the
 /// n + 1 offsets of each text's first id (little-endian `i64`s, the last the number of ids).
 /// Not for a tokenizer that pads.
 ///
 /// Why in chunks: the texts' UTF-8 (made by CPython on first use of a non-ASCII str, with
 /// the GIL) is read while the first chunks are encoded, and a chunk's ids are one `Vec`,
-/// not one per text. Before, the UTF-8 of every text was read first and each text's ids
-/// were a `Vec` of their own, and lists of ids ran at 1.06-1.45x of this call's speed. The
+/// not one per text, written into the bytearray as soon as the chunks before it are. Before,
+/// the UTF-8 of every text was read first and each text's ids were a `Vec` of their own, and
+/// lists of ids ran at 1.06-1.45x of this call's speed. The
 /// two builds in turn (Llama 3, the race's documents, 2 cores, best of 10, two runs each):
 /// English 281-290 -> 451-491 MB/s, Chinese 257-268 -> 331-347, Python code 383-394 ->
 /// 574-588; lists unchanged, now at 0.82-0.90x of it. The chunks are received without the
 /// GIL (`Take::WithoutGil`).
-pub(super) fn encode_to_flat(
-    py: Python<'_>,
+pub(super) fn encode_to_flat<'py>(
+    py: Python<'py>,
     tokenizer: &Tokenizer,
     texts: &[Bound<'_, PyString>],
     policy: &SpecialPolicy,
     add_special_tokens: bool,
-) -> PyResult<(Vec<Vec<u32>>, Vec<u8>)> {
-    let (mut rows, mut offsets, mut ids) = (Vec::new(), Vec::new(), 0usize);
+) -> PyResult<(Bound<'py, PyByteArray>, Vec<u8>)> {
+    let (mut offsets, mut ids) = (Vec::new(), 0usize);
     Error::reserve(&mut offsets, (texts.len() + 1) * 8, "the offsets of the batch").or_raise(py)?;
     offsets.extend_from_slice(&0i64.to_le_bytes());
+    let chars = chars(texts);
+    // Room for a token per char, and a few per text for a template's.
+    let (flat, mut room) = FlatIds::with_room(py, chars.saturating_add(4 * texts.len()))?;
     let mut take = |chunk: Encoded| {
         for &end in &chunk.ends {
             offsets.extend_from_slice(&((ids + end) as i64).to_le_bytes());
         }
         ids += chunk.ids.len();
         check_python_room(ids, 4)?;
-        rows.push(chunk.ids);
+        room.push(chunk.ids);
         Ok(())
     };
-    encode_in_chunks(py, tokenizer, texts, policy, add_special_tokens, Take::WithoutGil(&mut take))?;
-    Ok((rows, offsets))
+    encode_in_chunks(py, tokenizer, texts, chars, policy, add_special_tokens, Take::WithoutGil(&mut take))?;
+    Ok((flat.finish(py, room)?, offsets))
+}
+
+/// The chars of `texts`, all told.
+fn chars(texts: &[Bound<'_, PyString>]) -> usize {
+    texts.iter().map(|s| s.len().unwrap_or(0)).sum()
 }
 
 /// How `encode_in_chunks` hands over each chunk.
@@ -116,18 +127,19 @@ enum Take<'a> {
 }
 
 /// Encodes `texts` a chunk at a time on the pool's threads and hands each chunk to `take`
-/// on this thread, in order, as soon as it and the ones before it are encoded.
+/// on this thread, in order, as soon as it and the ones before it are encoded. `chars`: the
+/// texts' chars, all told.
 fn encode_in_chunks(
     py: Python<'_>,
     tokenizer: &Tokenizer,
     texts: &[Bound<'_, PyString>],
+    chars: usize,
     policy: &SpecialPolicy,
     add_special_tokens: bool,
     take: Take<'_>,
 ) -> PyResult<()> {
     debug_assert!(!tokenizer.pads());
     let batch = Batch { tokenizer, policy, add_special_tokens, stop: AtomicBool::new(false) };
-    let chars: usize = texts.iter().map(|s| s.len().unwrap_or(0)).sum();
     if chars < PIPELINE_FROM {
         let strs = texts.iter().map(text_ref).collect::<PyResult<Vec<_>>>()?;
         let bytes = strs.iter().map(|s| s.len()).sum();

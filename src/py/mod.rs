@@ -2,6 +2,7 @@
 //! release, and mapping core errors to the exception classes defined in Python.
 
 mod batch_chunks;
+mod flat_ids;
 mod id_lists;
 mod utf8;
 
@@ -11,6 +12,7 @@ use crate::formats::{sentencepiece, tiktoken, tokenizer_json};
 use crate::special::{AddedToken, Protected, SpecialPolicy};
 use crate::tokenizer::{byte_ranges, Tokenizer};
 use crate::train::{Skip, Trainer, WordCounts, WordOutcome};
+use flat_ids::FlatIds;
 use id_lists::IdInts;
 use pyo3::exceptions::{PyFileNotFoundError, PyKeyError, PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -147,28 +149,6 @@ fn texts<'py>(items: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyString>>> 
             })
         })
         .collect()
-}
-
-/// Writes the rows' ids one after another into `out` (little-endian u32), in parallel
-/// over groups of rows of about equal size.
-fn copy_rows(out: &mut [u8], rows: &[Vec<u32>]) {
-    let group_bytes = (out.len() / 64).max(1 << 16);
-    let mut groups = Vec::new();
-    let (mut rest, mut first, mut size) = (out, 0, 0);
-    for (i, row) in rows.iter().enumerate() {
-        size += row.len() * 4;
-        if size >= group_bytes || i + 1 == rows.len() {
-            let (head, tail) = std::mem::take(&mut rest).split_at_mut(size);
-            groups.push((head, &rows[first..=i]));
-            (rest, first, size) = (tail, i + 1, 0);
-        }
-    }
-    groups.into_par_iter().for_each(|(out, rows)| {
-        let ids = rows.iter().flatten();
-        for (bytes, id) in out.chunks_exact_mut(4).zip(ids) {
-            bytes.copy_from_slice(&id.to_le_bytes());
-        }
-    });
 }
 
 /// Runs `f` with the GIL released, its parallel work in a pool that survives `fork`
@@ -581,11 +561,12 @@ impl PyTokenizer {
         let owned = self::texts(texts)?;
         let policy = self.policy(py, policy, allowed)?;
         let tokenizer = self.get();
-        // Rows of ids, one after another: a chunk's (see `batch_chunks`), or with padding,
-        // which needs the batch's longest, a text's.
-        let (rows, offsets) = if tokenizer.pads() {
+        // The ids in a bytearray (`flat_ids`): written a chunk at a time while the chunks
+        // after it are encoded (`batch_chunks`), or with padding, which needs the batch's
+        // longest, once every text is.
+        let (ids, offsets) = if tokenizer.pads() {
             let strs = owned.iter().map(text_ref).collect::<PyResult<Vec<&str>>>()?;
-            without_gil(py, || {
+            let (rows, offsets) = without_gil(py, || {
                 let rows = tokenizer.encode_batch(&strs, &policy, add_special_tokens)?;
                 check_python_room(rows.iter().map(Vec::len).sum(), 4)?;
                 let mut offsets = Vec::new();
@@ -598,18 +579,13 @@ impl PyTokenizer {
                 }
                 Ok::<_, Error>((rows, offsets))
             })
-            .or_raise(py)?
+            .or_raise(py)?;
+            let (ids, mut room) = FlatIds::with_room(py, rows.iter().map(Vec::len).sum())?;
+            py.allow_threads(|| rows.into_iter().for_each(|row| room.push(row)));
+            (ids.finish(py, room)?, offsets)
         } else {
             batch_chunks::encode_to_flat(py, &tokenizer, &owned, &policy, add_special_tokens)?
         };
-        // The ids go straight into the bytearray, copied by all cores with the GIL released
-        // (nothing else can see the new object yet): a serial copy here, and another into
-        // the bytearray, kept 2 cores at 1.6x of one.
-        let total = rows.iter().map(Vec::len).sum::<usize>() * 4;
-        let ids = PyByteArray::new_with(py, total, |buf| {
-            without_gil(py, || copy_rows(buf, &rows));
-            Ok(())
-        })?;
         Ok((ids, PyByteArray::new(py, &offsets)))
     }
 
