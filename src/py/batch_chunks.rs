@@ -92,7 +92,8 @@ pub(super) fn encode_to_flat<'py>(
     offsets.extend_from_slice(&0i64.to_le_bytes());
     let chars = chars(texts);
     // Room for a token per char, and a few per text for a template's.
-    let (flat, mut room) = FlatIds::with_room(py, chars.saturating_add(4 * texts.len()))?;
+    let mut flat = FlatIds::with_room(py, chars.saturating_add(4 * texts.len()))?;
+    let room = flat.room();
     let mut take = |chunk: Encoded| {
         for &end in &chunk.ends {
             offsets.extend_from_slice(&((ids + end) as i64).to_le_bytes());
@@ -103,7 +104,7 @@ pub(super) fn encode_to_flat<'py>(
         Ok(())
     };
     encode_in_chunks(py, tokenizer, texts, chars, policy, add_special_tokens, Take::WithoutGil(&mut take))?;
-    Ok((flat.finish(py, room)?, offsets))
+    Ok((flat.finish(py)?, offsets))
 }
 
 /// The chars of `texts`, all told.

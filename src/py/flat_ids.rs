@@ -9,18 +9,23 @@
 //! is made before the encode, with room for as many ids as the texts have chars (a text
 //! rarely has more tokens than chars), and `encode_to_flat` writes each chunk's ids into it
 //! while the pool encodes the chunks after; only ids past the room wait for the end. The
-//! bytes of the room left unwritten are never touched, so they cost no memory, and they are
-//! given back at the end. The two builds in turn (Llama 3, the race's documents, best of 20
+//! room's bytes left unwritten are never touched, and so take no pages of memory; the
+//! bytearray's size is then cut to the ids', which gives that room back only where the ids
+//! fill less than half of it (CPython reallocates a bytearray that shrinks by more than
+//! half, and otherwise only sets its size: `sys.getsizeof` then counts up to twice the ids,
+//! where GPT-2's Japanese or Russian text has about 1.8 tokens a char of 4 bytes). The
+//! two builds in turn (Llama 3, the race's documents, best of 20
 //! calls in each of 4-6 processes): 2 cores, English 509 -> 576 MB/s, Chinese 359 -> 372,
 //! Python code 609 -> 649; one core 287 -> 298, 194 -> 204, 330 -> 351.
 
 use pyo3::prelude::*;
 use pyo3::types::PyByteArray;
 
-/// A bytearray being filled with ids: `Room` is the part that may be written without the
-/// GIL, `FlatIds::finish` the end, with it.
+/// A bytearray being filled with ids: `room` lends the part that may be written without
+/// the GIL, `finish` ends it, with the GIL.
 pub(super) struct FlatIds<'py> {
     array: Bound<'py, PyByteArray>,
+    room: Room,
 }
 
 /// Where ids go while the GIL is released: the bytearray's bytes not yet written, then, past
@@ -36,15 +41,16 @@ pub(super) struct Room {
     spilled: Vec<Vec<u32>>,
 }
 
-// SAFETY: `at` points into a bytearray no Python code can reach until `FlatIds::finish`
-// returns it, and only the thread holding the `Room` writes there.
+// SAFETY: `at` points into the bytearray of the `FlatIds` that owns the `Room`, which no
+// Python code can reach until `FlatIds::finish` returns it, and only the thread holding the
+// `Room` (lent by `FlatIds::room`, so the bytearray outlives it) writes there.
 unsafe impl Send for Room {}
 
 impl<'py> FlatIds<'py> {
     /// A bytearray with room for `ids` ids, not yet written. When that much memory cannot be
     /// had, the room is empty and every id waits for `finish` (which needs only the ids'
     /// own size).
-    pub(super) fn with_room(py: Python<'py>, ids: usize) -> PyResult<(FlatIds<'py>, Room)> {
+    pub(super) fn with_room(py: Python<'py>, ids: usize) -> PyResult<FlatIds<'py>> {
         let new = |bytes: usize| {
             // SAFETY: a bytearray made from NULL has `bytes` bytes not yet written (and a
             // trailing NUL after them); `Room` writes them, and `finish` makes its size the
@@ -60,14 +66,20 @@ impl<'py> FlatIds<'py> {
         };
         // SAFETY: the bytearray's bytes, alive as long as `array`, which `FlatIds` keeps.
         let at = unsafe { pyo3::ffi::PyByteArray_AsString(array.as_ptr()).cast::<u8>() };
-        Ok((FlatIds { array }, Room { at, ids_left: ids, written: 0, spilled: Vec::new() }))
+        Ok(FlatIds { array, room: Room { at, ids_left: ids, written: 0, spilled: Vec::new() } })
     }
 
-    /// The bytearray of every id of `room`, its size the ids' own.
-    pub(super) fn finish(self, py: Python<'py>, room: Room) -> PyResult<Bound<'py, PyByteArray>> {
+    /// Where the ids go, in order (`Room::push`); it may be sent to a thread without the GIL.
+    pub(super) fn room(&mut self) -> &mut Room {
+        &mut self.room
+    }
+
+    /// The bytearray of every id pushed, its size the ids' own.
+    pub(super) fn finish(self, py: Python<'py>) -> PyResult<Bound<'py, PyByteArray>> {
+        let room = self.room;
         let spilled = room.spilled.iter().map(Vec::len).sum::<usize>();
         let bytes = (room.written + spilled) * 4;
-        // Shrinking a bytearray frees the bytes past its size; growing it may move them.
+        // Growing the bytearray may move its bytes (see the module's comment on shrinking).
         // SAFETY: the object is a bytearray that only this function can reach.
         if unsafe { pyo3::ffi::PyByteArray_Resize(self.array.as_ptr(), bytes as pyo3::ffi::Py_ssize_t) } != 0 {
             return Err(PyErr::fetch(py));

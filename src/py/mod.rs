@@ -580,9 +580,10 @@ impl PyTokenizer {
                 Ok::<_, Error>((rows, offsets))
             })
             .or_raise(py)?;
-            let (ids, mut room) = FlatIds::with_room(py, rows.iter().map(Vec::len).sum())?;
+            let mut ids = FlatIds::with_room(py, rows.iter().map(Vec::len).sum())?;
+            let room = ids.room();
             py.allow_threads(|| rows.into_iter().for_each(|row| room.push(row)));
-            (ids.finish(py, room)?, offsets)
+            (ids.finish(py)?, offsets)
         } else {
             batch_chunks::encode_to_flat(py, &tokenizer, &owned, &policy, add_special_tokens)?
         };
