@@ -5,18 +5,20 @@
 //! are written, and then the copy comes after the encode, on the calling thread alone (on
 //! every core it was slower: the pool's threads have to wake for it). For 6,774 English
 //! documents (1 MB of ids, Llama 3, 2 cores, 2026-12-06) zeroing took 60 us, the copy on
-//! every core 130-140 us and on one thread 77-79 us, of a 2.2-2.4 ms call. Here the bytearray
-//! is made before the encode, with room for as many ids as the texts have chars (a text
-//! rarely has more tokens than chars), and `encode_to_flat` writes each chunk's ids into it
-//! while the pool encodes the chunks after; only ids past the room wait for the end. The
-//! room's bytes left unwritten are never touched, and so take no pages of memory; the
-//! bytearray's size is then cut to the ids', which gives that room back only where the ids
-//! fill less than half of it (CPython reallocates a bytearray that shrinks by more than
-//! half, and otherwise only sets its size: `sys.getsizeof` then counts up to twice the ids,
-//! where GPT-2's Japanese or Russian text has about 1.8 tokens a char of 4 bytes). The
-//! two builds in turn (Llama 3, the race's documents, best of 20
-//! calls in each of 4-6 processes): 2 cores, English 509 -> 576 MB/s, Chinese 359 -> 372,
-//! Python code 609 -> 649; one core 287 -> 298, 194 -> 204, 330 -> 351.
+//! every core 130-140 us and on one thread 77-79 us, of a 2.2-2.4 ms call. Here the
+//! bytearray is made before the encode, with room for as many ids as the texts have chars
+//! (a text rarely has more tokens than chars), and `encode_to_flat` writes each chunk's ids
+//! into it while the pool encodes the chunks after; only ids past the room wait for the
+//! end. The room's bytes left unwritten are never touched, and so take no pages of memory;
+//! the bytearray's size is then cut to the ids', which gives that room back only where the
+//! ids fill less than half of it (CPython reallocates a bytearray that shrinks by more than
+//! half, and otherwise only sets its size: `sys.getsizeof` then counts up to twice the ids'
+//! bytes, 1.6-1.9x for GPT-2 on Japanese, Russian or emoji text, as a second review
+//! measured). Under CPython's debug allocator (`-X dev`) the whole room is written with a
+//! pattern, and where memory is committed strictly it counts in full; a room that cannot be
+//! had is none (`with_room`). The two builds in turn (Llama 3, the race's documents, best
+//! of 20 calls in each of 4-6 processes): 2 cores, English 509 -> 576 MB/s, Chinese 359 ->
+//! 372, Python code 609 -> 649; one core 287 -> 298, 194 -> 204, 330 -> 351.
 
 use pyo3::prelude::*;
 use pyo3::types::PyByteArray;
