@@ -74,12 +74,12 @@ pub(super) fn encode_to_lists<'py>(
 /// Why in chunks: the texts' UTF-8 (made by CPython on first use of a non-ASCII str, with
 /// the GIL) is read while the first chunks are encoded, and a chunk's ids are one `Vec`,
 /// not one per text, written into the bytearray as soon as the chunks before it are. Before,
-/// the UTF-8 of every text was read first and each text's ids were a `Vec` of their own, and
-/// lists of ids ran at 1.06-1.45x of this call's speed. The
-/// two builds in turn (Llama 3, the race's documents, 2 cores, best of 10, two runs each):
-/// English 281-290 -> 451-491 MB/s, Chinese 257-268 -> 331-347, Python code 383-394 ->
-/// 574-588; lists unchanged, now at 0.82-0.90x of it. The chunks are received without the
-/// GIL (`Take::WithoutGil`).
+/// the UTF-8 of every text was read first and each text's ids were a `Vec` of their own,
+/// and lists of ids ran at 1.06-1.45x of this call's speed. Chunks alone, the two builds in
+/// turn (Llama 3, the race's documents, 2 cores, best of 10, two runs each): English
+/// 281-290 -> 451-491 MB/s, Chinese 257-268 -> 331-347, Python code 383-394 -> 574-588;
+/// the ids written as they come (`flat_ids`) added 4-13%. The chunks are received without
+/// the GIL (`Take::WithoutGil`).
 pub(super) fn encode_to_flat<'py>(
     py: Python<'py>,
     tokenizer: &Tokenizer,
@@ -117,13 +117,13 @@ enum Take<'a> {
     /// Holding the GIL, taken back after each wait for a chunk (lists are Python objects).
     WithGil(&'a mut dyn FnMut(Encoded) -> PyResult<()>),
     /// With the GIL released from when the last chunk is sent (reading the texts needs it)
-    /// to when the last one is taken. Taken back after each wait,
-    /// it had to be won from whichever thread held it meanwhile, up to CPython's switch
-    /// interval (5 ms) each time: `prepare` reads its next batch on another thread while
-    /// this one encodes, and with a chunk at a time its megatron output ran slower than
-    /// before chunks (53-55 against 57-59 MB/s, Llama 3, 12.7 MB of the corpora, 2 cores);
-    /// received this way, as fast (four runs each, in turn: 49.6-53.5 against 47.4-55.6,
-    /// its own reading in Python being what sets its pace).
+    /// to when the last one is taken. Taken back after each wait, it had to be won from
+    /// whichever thread held it meanwhile, up to CPython's switch interval (5 ms) each time:
+    /// `prepare` reads its next batch on another thread while this one encodes, and with a
+    /// chunk at a time its megatron output ran slower than before chunks (53-55 against
+    /// 57-59 MB/s, Llama 3, 12.7 MB of the corpora, 2 cores); received this way, as fast
+    /// (four runs each, in turn: 49.6-53.5 against 47.4-55.6, its own reading in Python
+    /// being what sets its pace).
     WithoutGil(&'a mut (dyn FnMut(Encoded) -> Result<()> + Send)),
 }
 
