@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import tokensmith as ts
-from conftest import load_hf_fresh, load_ts_fresh, ts_tokenizer
+from conftest import assert_same, load_hf_fresh, load_ts_fresh, ts_tokenizer
 
 # About 1 MB in 4,000 texts of different lengths (some empty after the prefix is cut off by
 # truncation): some 30 chunks of 32 kB.
@@ -65,12 +65,24 @@ RARE = "𓀀𓀁 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 🤗" * 20
     ids=["one chunk", "from the first chunk", "from a late chunk"],
 )
 def test_more_ids_than_chars_are_all_kept_in_numpy(texts):
-    # encode_batch_numpy writes ids into room for a token per char (src/py/flat_ids.rs); the
-    # ids past it are kept aside and written at the end.
+    # encode_batch_numpy writes ids into room for a token per char on a tokenizer's first
+    # batch (src/py/flat_ids.rs); the ids past it are kept aside and written at the end.
     tok, hf = load_ts_fresh("gpt2"), load_hf_fresh("gpt2")
     want = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
     assert sum(map(len, want)) > sum(map(len, texts)) + 4 * len(texts)  # more than the room
-    assert numpy_rows(tok, texts, add_special_tokens=False) == want
+    assert_same(numpy_rows(tok, texts, add_special_tokens=False), want, texts)
+
+
+@pytest.mark.parametrize("size", [40, 4000])
+def test_a_denser_batch_after_a_sparse_one_keeps_all_its_ids(size):
+    # After the first batch the room is 1.25x the last batch's ids per char: English, then
+    # Chinese and rare chars (several times the ids per char) overflow it, then English again.
+    tok, hf = load_ts_fresh("gpt2"), load_hf_fresh("gpt2")
+    english = [f"Document {i}: the packages of the Debian project. " * (i % 5 + 1) for i in range(size)]
+    batches = [english, [f"{i}: 中文的文本，{RARE}" for i in range(size)], english[::-1]]
+    for texts in batches:
+        want = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
+        assert_same(numpy_rows(tok, texts, add_special_tokens=False), want, texts)
 
 
 @pytest.mark.parametrize("call", BATCH_CALLS)

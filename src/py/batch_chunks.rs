@@ -18,7 +18,7 @@
 //! The flat ids took the same way on 2026-12-06: they had been made all at once, and lists
 //! ran faster than them (see `encode_to_flat`).
 
-use super::flat_ids::FlatIds;
+use super::flat_ids::{FlatIds, RoomHint};
 use super::id_lists::IdInts;
 use super::{check_python_room, text_ref, to_py, IntoPy, IDS};
 use crate::error::{Error, Result};
@@ -86,13 +86,13 @@ pub(super) fn encode_to_flat<'py>(
     texts: &[Bound<'_, PyString>],
     policy: &SpecialPolicy,
     add_special_tokens: bool,
+    room_hint: &RoomHint,
 ) -> PyResult<(Bound<'py, PyByteArray>, Vec<u8>)> {
     let (mut offsets, mut ids) = (Vec::new(), 0usize);
     Error::reserve(&mut offsets, (texts.len() + 1) * 8, "the offsets of the batch").or_raise(py)?;
     offsets.extend_from_slice(&0i64.to_le_bytes());
     let chars = chars(texts);
-    // Room for a token per char, and a few per text for a template's.
-    let mut flat = FlatIds::with_room(py, chars.saturating_add(4 * texts.len()))?;
+    let mut flat = FlatIds::with_room(py, room_hint.room(chars, texts.len()))?;
     let room = flat.room();
     let mut take = |chunk: Encoded| {
         for &end in &chunk.ends {
@@ -104,6 +104,7 @@ pub(super) fn encode_to_flat<'py>(
         Ok(())
     };
     encode_in_chunks(py, tokenizer, texts, chars, policy, add_special_tokens, Take::WithoutGil(&mut take))?;
+    room_hint.learn(chars, ids);
     Ok((flat.finish(py)?, offsets))
 }
 

@@ -6,22 +6,72 @@
 //! every core it was slower: the pool's threads have to wake for it). For 6,774 English
 //! documents (1 MB of ids, Llama 3, 2 cores, 2026-12-06) zeroing took 60 us, the copy on
 //! every core 130-140 us and on one thread 77-79 us, of a 2.2-2.4 ms call. Here the
-//! bytearray is made before the encode, with room for as many ids as the texts have chars
-//! (a text rarely has more tokens than chars), and `encode_to_flat` writes each chunk's ids
-//! into it while the pool encodes the chunks after; only ids past the room wait for the
-//! end. The room's bytes left unwritten are never touched, and so take no pages of memory;
-//! the bytearray's size is then cut to the ids', which gives that room back only where the
-//! ids fill less than half of it (CPython reallocates a bytearray that shrinks by more than
-//! half, and otherwise only sets its size: `sys.getsizeof` then counts up to twice the ids'
-//! bytes, 1.6-1.9x for GPT-2 on Japanese, Russian or emoji text, as a second review
-//! measured). Under CPython's debug allocator (`-X dev`) the whole room is written with a
-//! pattern, and where memory is committed strictly it counts in full; a room that cannot be
-//! had is none (`with_room`). The two builds in turn (Llama 3, the race's documents, best
-//! of 20 calls in each of 4-6 processes): 2 cores, English 509 -> 576 MB/s, Chinese 359 ->
-//! 372, Python code 609 -> 649; one core 287 -> 298, 194 -> 204, 330 -> 351.
+//! bytearray is made before the encode, with room for the ids the batch is expected to make
+//! (`RoomHint`), and `encode_to_flat` writes each chunk's ids into it while the pool encodes
+//! the chunks after; only ids past the room wait for the end. The room's bytes left
+//! unwritten are never touched, and so take no pages of memory; the bytearray's size is
+//! then cut to the ids', which gives that room back only where the ids fill less than half
+//! of it (CPython reallocates a bytearray that shrinks by more than half, and otherwise only
+//! sets its size: `sys.getsizeof` then counts up to twice the ids' bytes, as a second review
+//! measured with a room of a token per char). Under CPython's debug allocator (`-X dev`) the
+//! whole room is written with a pattern, and where memory is committed strictly it counts
+//! in full; a room that cannot be had is none (`with_room`). The two builds in turn (Llama 3,
+//! the race's documents, best of 20 calls in each of 4-6 processes, a room of a token per
+//! char): 2 cores, English 509 -> 576 MB/s, Chinese 359 -> 372, Python code 609 -> 649; one
+//! core 287 -> 298, 194 -> 204, 330 -> 351.
 
 use pyo3::prelude::*;
 use pyo3::types::PyByteArray;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// How many ids a tokenizer's last batch made per char, to size the next batch's room.
+///
+/// Why not a room of one id per char: that is 4-5x the ids of English text, and a room of
+/// more than glibc's mmap threshold (128 kB, raised to the size of the largest block freed
+/// since) is mapped for each call, its pages faulted in as they are written and unmapped
+/// when the array is freed. With a room of 4 bytes a char (4.8 MB for the race's English
+/// documents, 1.1 MB of ids) every call made an `mmap`, an `mremap` (CPython shrinking the
+/// array) and an `munmap`: 2.3-2.8% of a call's samples were page faults in `Room::push`,
+/// and on 2 cores the unmap interrupted the other core. A room of 1.25x the last batch's
+/// ids per char comes back from the heap once one such block has been freed. A batch that
+/// makes more ids than its room still gets them all: the rest wait for `finish`. The two
+/// builds in turn (the race's documents, best of 20 calls in each of 3 processes,
+/// 2026-12-06): GPT-2 English, 2 cores 478 -> 546 MB/s, one core 270 -> 292 (its scaling
+/// 1.77x -> 1.87x); Llama 3 English 512 -> 556 and 288 -> 292; o200k multilingual 468 ->
+/// 497 and 257 -> 263; Qwen2 Chinese, whose room was already on the heap, 317 and 310.
+pub(super) struct RoomHint {
+    /// Ids per char, in 1/65536ths; 0 before the first batch.
+    ids_per_char: AtomicU32,
+}
+
+impl RoomHint {
+    const ONE: u64 = 1 << 16;
+
+    pub(super) const fn new() -> RoomHint {
+        RoomHint { ids_per_char: AtomicU32::new(0) }
+    }
+
+    /// The ids to make room for, for `chars` chars in `texts` texts: a token per char
+    /// before any batch, then 1.25x the last batch's ids per char, plus 4 per text (a
+    /// template's tokens).
+    pub(super) fn room(&self, chars: usize, texts: usize) -> usize {
+        let per_char = match u64::from(self.ids_per_char.load(Ordering::Relaxed)) {
+            0 => Self::ONE,
+            learned => learned + learned / 4,
+        };
+        let ids = (chars as u128 * u128::from(per_char)) >> 16;
+        usize::try_from(ids).unwrap_or(usize::MAX).saturating_add(texts.saturating_mul(4))
+    }
+
+    /// Remembers the ids per char of a batch.
+    pub(super) fn learn(&self, chars: usize, ids: usize) {
+        if chars > 0 {
+            let per_char = (ids as u128 * u128::from(Self::ONE)) / chars as u128;
+            // At least one 65536th, so that a batch of no ids does not read as unlearned.
+            self.ids_per_char.store(per_char.clamp(1, u128::from(u32::MAX)) as u32, Ordering::Relaxed);
+        }
+    }
+}
 
 /// A bytearray being filled with ids: `room` lends the part that may be written without
 /// the GIL, `finish` ends it, with the GIL.

@@ -12,7 +12,7 @@ use crate::formats::{sentencepiece, tiktoken, tokenizer_json};
 use crate::special::{AddedToken, Protected, SpecialPolicy};
 use crate::tokenizer::{byte_ranges, Tokenizer};
 use crate::train::{Skip, Trainer, WordCounts, WordOutcome};
-use flat_ids::FlatIds;
+use flat_ids::{FlatIds, RoomHint};
 use id_lists::IdInts;
 use pyo3::exceptions::{PyFileNotFoundError, PyKeyError, PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -175,6 +175,8 @@ struct PyTokenizer {
     /// ranges, for which tokenizer, and their ids: chat data passes the same tuple for every
     /// chat, and turning Llama 3's 251 special tokens into ids again took 40 us a chat.
     inside_memo: std::sync::Mutex<Option<(Py<PyTuple>, std::sync::Weak<Tokenizer>, FxHashSet<u32>)>>,
+    /// The room to make for `encode_batch_flat`'s ids (`flat_ids::RoomHint`).
+    flat_room: RoomHint,
 }
 
 impl PyTokenizer {
@@ -184,6 +186,7 @@ impl PyTokenizer {
             updating: std::sync::Mutex::new(()),
             id_objects: GILOnceCell::new(),
             inside_memo: std::sync::Mutex::new(None),
+            flat_room: RoomHint::new(),
         }
     }
 
@@ -585,7 +588,7 @@ impl PyTokenizer {
             py.allow_threads(|| rows.into_iter().for_each(|row| room.push(row)));
             (ids.finish(py)?, offsets)
         } else {
-            batch_chunks::encode_to_flat(py, &tokenizer, &owned, &policy, add_special_tokens)?
+            batch_chunks::encode_to_flat(py, &tokenizer, &owned, &policy, add_special_tokens, &self.flat_room)?
         };
         Ok((ids, PyByteArray::new(py, &offsets)))
     }
@@ -723,6 +726,7 @@ impl PyTokenizer {
             updating: std::sync::Mutex::new(()),
             id_objects: GILOnceCell::new(),
             inside_memo: std::sync::Mutex::new(None),
+            flat_room: RoomHint::new(),
         }
     }
 
