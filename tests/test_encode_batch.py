@@ -12,7 +12,7 @@ import tokensmith as ts
 from conftest import assert_same, load_hf_fresh, load_ts_fresh, ts_tokenizer
 
 # About 1 MB in 4,000 texts of different lengths (some empty after the prefix is cut off by
-# truncation): some 30 chunks of 32 kB.
+# truncation): some 30 chunks of 32 kB for numpy, 8 of 128 kB for lists.
 TEXTS = [f"Document {i}: " + "The Debian project's packages, 中文 text, and code() {}\n" * (i % 17) for i in range(4000)]
 
 
