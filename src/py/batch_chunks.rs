@@ -36,14 +36,15 @@ use std::sync::{mpsc, Mutex, MutexGuard};
 /// cut into 8 chunks per thread, of at least `CHUNK_MIN`.
 const CHUNK_BYTES: usize = 32 << 10;
 const CHUNK_MIN: usize = 4 << 10;
-/// The same for lists, in 4 chunks per thread: each chunk wakes the calling thread, whose
-/// lists (about 0.6 us per kB of English) then take a core from the pool's threads.
-/// Fewer, larger turns of it ran faster, the two sizes in turn in the same build (the
-/// race's documents, 2 cores, best of 20 calls in each of 5-6 processes, 2026-12-06):
-/// Llama 3 English 2.81 -> 2.73 ms (median 3.08 -> 2.81), GPT-2 code 5.27 -> 4.71 (5.58 ->
-/// 5.27), o200k English 2.92 -> 2.82 (3.08 -> 2.91). The flat ids did not gain from it
-/// (2.30 -> 2.38 and 2.40 -> 2.47 ms on the English, at best): their chunks wake the
-/// calling thread for a copy of a few us.
+/// The same for lists, in 4 chunks per thread. The calling thread makes each chunk's lists
+/// (about 0.6 us per kB of English) on a core the pool's threads would use, and fewer,
+/// larger turns of it ran faster, the two sizes in turn in the same build (the race's
+/// documents, 2 cores, best of 20 calls in each of 5-6 processes, 2026-12-06): Llama 3
+/// English 2.81 -> 2.73 ms (median 3.08 -> 2.81), GPT-2 code 5.27 -> 4.71 (5.58 -> 5.27),
+/// o200k English 2.92 -> 2.82 (3.08 -> 2.91). The flat ids, whose turns are a copy of a
+/// few us, did not gain (2.30 -> 2.38 and 2.40 -> 2.47 ms on the English, at best). Why the
+/// turns' number matters is not pinned down: context switches were about the same (perf
+/// stat, 11-12 a call either way), and no wait of the channel shows in perf.
 const LIST_CHUNK_BYTES: usize = 128 << 10;
 /// Chars of text below which a batch is encoded at once on the calling thread: a chunk sent
 /// to the pool costs 20-25 us of waking and waiting (one text of 40 chars: 28 us sent, 3 us
