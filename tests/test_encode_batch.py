@@ -7,12 +7,14 @@ raise the same exception as the text alone and leave the tokenizer working."""
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 import tokensmith as ts
 from conftest import assert_same, load_hf_fresh, load_ts_fresh, ts_tokenizer
 
-# About 1 MB in 4,000 texts of different lengths (some empty after the prefix is cut off by
-# truncation): some 30 chunks of 32 kB for numpy, 8 of 128 kB for lists.
+# About 1.9 MB in 4,000 texts of different lengths (some empty after the prefix is cut off
+# by truncation): on 2 threads some 58 chunks of 32 kB for numpy, 15 of 128 kB for lists.
 TEXTS = [f"Document {i}: " + "The Debian project's packages, 中文 text, and code() {}\n" * (i % 17) for i in range(4000)]
 
 
@@ -83,6 +85,23 @@ def test_a_denser_batch_after_a_sparse_one_keeps_all_its_ids(size):
     for texts in batches:
         want = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
         assert_same(numpy_rows(tok, texts, add_special_tokens=False), want, texts)
+
+
+def test_the_room_after_a_batch_of_many_ids_per_char_is_at_most_a_token_per_char():
+    # A thousand empty texts, each given a BOS, make 1,001 ids per char; the room of the next
+    # batch is learned from the last one's ids per char (src/py/flat_ids.rs), but never
+    # more than a token per char (before that cap: 5 GB of room for a batch of 1 M chars).
+    tok = ts_tokenizer("llama2")
+    tok.encode_batch_numpy([""] * 1000 + ["a"], add_special_tokens=True)
+    chars = sum(map(len, TEXTS))
+    tracemalloc.start()
+    try:
+        ids, _ = tok.encode_batch_numpy(TEXTS, add_special_tokens=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert ids.shape[0] > 0
+    assert peak < 4 * (chars + 4 * len(TEXTS)) + (8 << 20)  # a token per char, and slack
 
 
 @pytest.mark.parametrize("call", BATCH_CALLS)

@@ -52,12 +52,17 @@ impl RoomHint {
     }
 
     /// The ids to make room for, for `chars` chars in `texts` texts: a token per char
-    /// before any batch, then 1.25x the last batch's ids per char, plus 4 per text (a
-    /// template's tokens).
+    /// before any batch, then 1.25x the last batch's ids per char, never more than a token
+    /// per char, plus 4 per text (a template's tokens).
+    ///
+    /// Why at most a token per char: a batch of few chars can make many ids per char (a
+    /// thousand empty texts, each given a BOS, and one char: 1,001), and a room sized from
+    /// that took 5 GB of address space for the next batch of 1 M chars (a second review,
+    /// `tracemalloc`), which `-X dev` writes in full and strict overcommit counts.
     pub(super) fn room(&self, chars: usize, texts: usize) -> usize {
         let per_char = match u64::from(self.ids_per_char.load(Ordering::Relaxed)) {
             0 => Self::ONE,
-            learned => learned + learned / 4,
+            learned => (learned + learned / 4).min(Self::ONE),
         };
         let ids = (chars as u128 * u128::from(per_char)) >> 16;
         usize::try_from(ids).unwrap_or(usize::MAX).saturating_add(texts.saturating_mul(4))
