@@ -181,8 +181,13 @@ struct PyTokenizer {
 
 impl PyTokenizer {
     fn new(tokenizer: Tokenizer) -> Self {
+        Self::sharing(Arc::new(tokenizer))
+    }
+
+    /// A tokenizer of its own (its added tokens, its memos) around `tokenizer`.
+    fn sharing(tokenizer: Arc<Tokenizer>) -> Self {
         PyTokenizer {
-            inner: std::sync::RwLock::new(Arc::new(tokenizer)),
+            inner: std::sync::RwLock::new(tokenizer),
             updating: std::sync::Mutex::new(()),
             id_objects: GILOnceCell::new(),
             inside_memo: std::sync::Mutex::new(None),
@@ -721,13 +726,7 @@ impl PyTokenizer {
     /// An independent tokenizer sharing this one's (immutable) model: adding tokens to
     /// either does not affect the other.
     fn copy(&self) -> Self {
-        PyTokenizer {
-            inner: std::sync::RwLock::new(self.get()),
-            updating: std::sync::Mutex::new(()),
-            id_objects: GILOnceCell::new(),
-            inside_memo: std::sync::Mutex::new(None),
-            flat_room: RoomHint::new(),
-        }
+        Self::sharing(self.get())
     }
 
     fn token_to_id(&self, token: &str) -> Option<u32> {
