@@ -1,6 +1,8 @@
 //! Where one core's time goes when encoding a text: the lexer alone, then the whole encode.
 //!
 //!     cargo run --release --example profile_encode -- TOKENIZER_JSON TEXT_FILE [ROUNDS]
+//!
+//! `MAX_BYTES` caps the text (default 2000000), as in `profile_docs`.
 use std::time::Instant;
 use tokensmith::pretokenize::lexer::Lexer;
 use tokensmith::pretokenize::Dialect;
@@ -10,7 +12,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let json = std::fs::read_to_string(&args[1]).unwrap();
     let mut text = std::fs::read_to_string(&args[2]).unwrap();
-    text.truncate(text.floor_char_boundary(2_000_000));
+    text.truncate(text.floor_char_boundary(std::env::var("MAX_BYTES").map_or(2_000_000, |v| v.parse().unwrap())));
     let rounds: usize = args.get(3).map_or(10, |r| r.parse().unwrap());
     let tok = tokensmith::formats::tokenizer_json::from_str(&json, "tokenizer.json").unwrap();
     let mb = text.len() as f64 / 1e6;
