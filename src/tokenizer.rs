@@ -298,12 +298,26 @@ impl Tokenizer {
     /// The ids of `text`, truncated and padded as the tokenizer's settings say.
     pub fn encode(&self, text: &str, policy: &SpecialPolicy, add_special_tokens: bool) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
-        Error::reserve(&mut ids, first_capacity(text.len()), "the ids of the text")?;
-        self.run(text, policy, Protected::NONE, add_special_tokens, Sink { ids: &mut ids, offsets: None })?;
-        if let Some(padding) = &self.padding {
-            padding.apply(padding.target(ids.len()), &mut ids, None);
-        }
+        self.encode_reusing(text, policy, add_special_tokens, &mut ids)?;
         Ok(ids)
+    }
+
+    /// `encode` into `ids`, which is cleared first: a caller that copies the ids out (into a
+    /// Python list) keeps one vector for many calls, without an allocation each.
+    pub fn encode_reusing(
+        &self,
+        text: &str,
+        policy: &SpecialPolicy,
+        add_special_tokens: bool,
+        ids: &mut Vec<u32>,
+    ) -> Result<()> {
+        ids.clear();
+        Error::reserve(ids, first_capacity(text.len()), "the ids of the text")?;
+        self.run(text, policy, Protected::NONE, add_special_tokens, Sink { ids: &mut *ids, offsets: None })?;
+        if let Some(padding) = &self.padding {
+            padding.apply(padding.target(ids.len()), ids, None);
+        }
+        Ok(())
     }
 
     /// The ids of `text` and each token's (start, end) char indices in it (the reference's

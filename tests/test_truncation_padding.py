@@ -252,3 +252,19 @@ def test_save_keeps_settings(name, tmp_path):
             for add in (True, False):
                 assert [e.ids for e in reloaded.encode_batch(list(texts()), add_special_tokens=add)] == \
                     [e.ids for e in hf.encode_batch(list(texts()), add_special_tokens=add)], (key, add)
+
+
+def test_a_short_text_after_a_long_padded_one_has_only_its_own_ids():
+    """A short text is encoded into a vector kept per thread between calls, and shared by
+    every tokenizer: a call padded to 70,000 ids (past what is kept) and calls of another
+    tokenizer after it must each give the reference's ids, nothing left from the call before."""
+    path = str(tokenizer_path("gpt2"))
+    hf_padded, hf_plain = tokenizers.Tokenizer.from_file(path), tokenizers.Tokenizer.from_file(path)
+    token, pad_id = pad_token("gpt2")
+    hf_padded.enable_padding(length=70_000, pad_id=pad_id, pad_token=token)
+    padded, plain = ts.Tokenizer.from_file(path), ts.Tokenizer.from_file(path)
+    padded.padding = {"strategy": {"Fixed": 70_000}, "pad_id": pad_id, "pad_token": token}
+    for text in ["Hello world", "", "a", "中文 text 😀", "x " * 40]:
+        before = plain.encode(text, add_special_tokens=False)
+        assert padded.encode(text, add_special_tokens=False) == hf_padded.encode(text, add_special_tokens=False).ids
+        assert plain.encode(text, add_special_tokens=False) == before == hf_plain.encode(text, add_special_tokens=False).ids

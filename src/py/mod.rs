@@ -212,7 +212,15 @@ impl PyTokenizer {
     }
 
     fn get(&self) -> Arc<Tokenizer> {
-        self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.read().clone()
+    }
+
+    /// The tokenizer, for work done with the GIL held throughout: two atomic operations,
+    /// where `get` takes four (the lock's, then the `Arc`'s). A guard must not be held
+    /// where the GIL may be released: a thread waiting for the GIL with it would block
+    /// `update`, and every reader after it, the GIL's holder among them.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Arc<Tokenizer>> {
+        self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Applies `change` to a copy of the tokenizer and swaps the copy in, with the GIL
@@ -367,6 +375,15 @@ fn read(py: Python<'_>, path: &str) -> PyResult<String> {
     })
 }
 
+/// Ids (`SHORT_IDS`) above this many are not kept between calls.
+const SHORT_IDS_KEPT: usize = 1 << 16;
+
+thread_local! {
+    /// The ids of a short text's `encode`, copied into its Python list: one vector per
+    /// thread, not an allocation and a free per call.
+    static SHORT_IDS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 #[pymethods]
 impl PyTokenizer {
     #[staticmethod]
@@ -456,19 +473,32 @@ impl PyTokenizer {
             Some(allowed) => self.policy(py, special.extract::<&str>()?, Some(allowed))?,
             None => self.special_policy(py, special)?,
         };
-        let tokenizer = self.get();
         // Short texts are cheaper to encode than to release and re-take the GIL.
-        let ids = if s.len() < 4096 {
-            tokenizer.encode(s, &policy, add_special_tokens).or_raise(py)?
-        } else {
-            without_gil(py, || {
+        if s.len() >= 4096 {
+            let tokenizer = self.get();
+            let ids = without_gil(py, || {
                 let ids = tokenizer.encode(s, &policy, add_special_tokens)?;
                 check_python_room(ids.len(), IDS)?;
                 Ok(ids)
             })
-            .or_raise(py)?
-        };
-        self.id_list(py, &ids)
+            .or_raise(py)?;
+            return self.id_list(py, &ids);
+        }
+        SHORT_IDS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut ids) => {
+                self.read().encode_reusing(s, &policy, add_special_tokens, &mut ids).or_raise(py)?;
+                let list = self.id_list(py, &ids);
+                if ids.capacity() > SHORT_IDS_KEPT {
+                    *ids = Vec::new(); // padded to a long length once: not kept for ever
+                }
+                list
+            }
+            // In use further up this thread's stack (a `__del__` run while a list was made).
+            Err(_) => {
+                let ids = self.read().encode(s, &policy, add_special_tokens).or_raise(py)?;
+                self.id_list(py, &ids)
+            }
+        })
     }
 
     /// ids and each token's (start, end) char offsets (Python str indices); special tokens
