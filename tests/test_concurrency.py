@@ -100,3 +100,42 @@ def test_datasets_map_with_processes_after_encode_batch():
         print("ok")
     """)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_short_texts_raising_while_another_thread_adds_tokens():
+    """A short text is encoded under the tokenizer's read lock; the lock must be let go
+    before the error is made into its Python class, whose code may hand the GIL to another
+    thread (a guard held there blocked a queued `add_tokens`, and every reader after it)."""
+    done = run("""
+        import sys, threading
+        import tokensmith as ts
+        sys.setswitchinterval(1e-6)  # hand the GIL over as often as CPython will
+        tok = ts.Tokenizer.from_file(TOKENIZER)
+        errors = []
+
+        def encode():
+            try:
+                for _ in range(3000):
+                    try:
+                        tok.encode("a <|endoftext|> b", special="raise")
+                        errors.append("no error raised")
+                    except ts.SpecialTokenError:
+                        pass
+                    tok.encode("short text")
+            except Exception as e:
+                errors.append(e)
+
+        def add():
+            try:
+                for i in range(100):
+                    tok.add_special_tokens([f"<|task_{i}|>"])
+            except Exception as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=f) for f in (encode, encode, encode, add)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        assert not errors, errors[:3]
+        print("ok")
+    """)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -217,8 +217,9 @@ impl PyTokenizer {
 
     /// The tokenizer, for work done with the GIL held throughout: two atomic operations,
     /// where `get` takes four (the lock's, then the `Arc`'s). A guard must not be held
-    /// where the GIL may be released: a thread waiting for the GIL with it would block
-    /// `update`, and every reader after it, the GIL's holder among them.
+    /// where the GIL may be released, nor where Python code runs (an error made into its
+    /// Python class, a list): a thread waiting for the GIL with it would block `update`,
+    /// and every reader after it, the GIL's holder among them.
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Arc<Tokenizer>> {
         self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -486,7 +487,10 @@ impl PyTokenizer {
         }
         SHORT_IDS.with(|cell| match cell.try_borrow_mut() {
             Ok(mut ids) => {
-                self.read().encode_reusing(s, &policy, add_special_tokens, &mut ids).or_raise(py)?;
+                // Two statements: a guard in the one with `or_raise` would be held while it
+                // runs Python (the error's class), which may release the GIL.
+                let encoded = self.read().encode_reusing(s, &policy, add_special_tokens, &mut ids);
+                encoded.or_raise(py)?;
                 let list = self.id_list(py, &ids);
                 if ids.capacity() > SHORT_IDS_KEPT {
                     *ids = Vec::new(); // padded to a long length once: not kept for ever
@@ -495,8 +499,8 @@ impl PyTokenizer {
             }
             // In use further up this thread's stack (a `__del__` run while a list was made).
             Err(_) => {
-                let ids = self.read().encode(s, &policy, add_special_tokens).or_raise(py)?;
-                self.id_list(py, &ids)
+                let ids = self.read().encode(s, &policy, add_special_tokens);
+                self.id_list(py, &ids.or_raise(py)?)
             }
         })
     }
