@@ -313,7 +313,7 @@ impl Tokenizer {
     ) -> Result<()> {
         ids.clear();
         Error::reserve(ids, first_capacity(text.len()), "the ids of the text")?;
-        self.run(text, policy, Protected::NONE, add_special_tokens, Sink { ids: &mut *ids, offsets: None })?;
+        self.encode_onto(text, policy, add_special_tokens, ids)?;
         if let Some(padding) = &self.padding {
             padding.apply(padding.target(ids.len()), ids, None);
         }

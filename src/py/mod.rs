@@ -485,23 +485,20 @@ impl PyTokenizer {
             .or_raise(py)?;
             return self.id_list(py, &ids);
         }
-        SHORT_IDS.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut ids) => {
-                // Two statements: a guard in the one with `or_raise` would be held while it
-                // runs Python (the error's class), which may release the GIL.
-                let encoded = self.read().encode_reusing(s, &policy, add_special_tokens, &mut ids);
-                encoded.or_raise(py)?;
-                let list = self.id_list(py, &ids);
-                if ids.capacity() > SHORT_IDS_KEPT {
-                    *ids = Vec::new(); // padded to a long length once: not kept for ever
-                }
-                list
+        SHORT_IDS.with(|cell| {
+            // In use further up this thread's stack (a `__del__` run while a list was made):
+            // a vector of its own.
+            let (mut kept, mut own) = (cell.try_borrow_mut(), Vec::new());
+            let ids = kept.as_deref_mut().unwrap_or(&mut own);
+            // Two statements: a guard in the one with `or_raise` would be held while it runs
+            // Python (the error's class), which may release the GIL.
+            let encoded = self.read().encode_reusing(s, &policy, add_special_tokens, ids);
+            encoded.or_raise(py)?;
+            let list = self.id_list(py, ids);
+            if ids.capacity() > SHORT_IDS_KEPT {
+                *ids = Vec::new(); // padded to a long length once: not kept for ever
             }
-            // In use further up this thread's stack (a `__del__` run while a list was made).
-            Err(_) => {
-                let ids = self.read().encode(s, &policy, add_special_tokens);
-                self.id_list(py, &ids.or_raise(py)?)
-            }
+            list
         })
     }
 
