@@ -22,8 +22,11 @@
 //! see `PreTokenizer::direct_pieces`, `get_or_encode`, `first_way_hits` and
 //! `PieceEncoder::encode_bytes_in`.
 //!
-//! Longer pieces (up to `CACHED_MAX` bytes: CJK runs, identifiers), and short ones with more
-//! ids than a slot holds, go to a map as before, emptied when it holds `LONG_MAX_BYTES`.
+//! Short pieces with more ids than a slot holds (4 to `WIDE_IDS`: an emoji of four byte
+//! tokens, most Russian words in GPT-2's vocabulary) have slots of their own, a cache line
+//! each (`WideSet`). Longer pieces (up to `CACHED_MAX` bytes: CJK runs, identifiers), and
+//! short ones with more ids still, go to a map as before, emptied when it holds
+//! `LONG_MAX_BYTES`.
 //!
 //! Each slot is tagged with the tokenizer (BPE model) that filled it, as a small per-thread
 //! number that is also part of the slot's hash: a thread switching between tokenizers never
@@ -38,8 +41,10 @@ use std::ptr::NonNull;
 /// Pieces up to this many bytes are short: inline keys.
 pub const SHORT_MAX: usize = 16;
 const WORDS: usize = SHORT_MAX / 8;
-/// At most this many ids are kept in a slot (a short piece with more goes to the map).
+/// At most this many ids are kept in a slot (a short piece with more takes a wide slot).
 const SHORT_IDS: usize = 3;
+/// At most this many ids are kept in a wide slot (a short piece with more goes to the map).
+const WIDE_IDS: usize = 11;
 /// SentencePiece-style text past this many bytes is cut into words before BPE (see
 /// `PieceEncoder::encode`).
 pub const LONG_MAX: usize = 64;
@@ -58,6 +63,10 @@ const LONG_MAX_BYTES: usize = 8 << 20;
 const SET_BITS: u32 = 15;
 const SETS: usize = 1 << SET_BITS;
 const WAYS: usize = 4;
+/// 2^13 sets of two 64-byte wide slots: 1 MB per thread, pages touched only as they fill.
+const WIDE_SET_BITS: u32 = 13;
+const WIDE_SETS: usize = 1 << WIDE_SET_BITS;
+const WIDE_WAYS: usize = 2;
 /// Models remembered per thread before every tag is dropped and numbering starts again.
 const MAX_TAGS: usize = 1 << 10;
 
@@ -107,12 +116,22 @@ impl Key {
     /// piece, so that two tokenizers used in turn do not evict each other's entries.
     #[inline]
     fn set(&self, tag: u16) -> usize {
+        (self.hash(tag) >> (64 - SET_BITS)) as usize
+    }
+
+    /// Its wide set (`WideSet`), for the model tagged `tag`.
+    fn wide_set(&self, tag: u16) -> usize {
+        (self.hash(tag) >> (64 - WIDE_SET_BITS)) as usize
+    }
+
+    #[inline]
+    fn hash(&self, tag: u16) -> u64 {
         const K: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut h = u64::from(self.len) | u64::from(tag) << 8;
         for w in self.words {
             h = (h.rotate_left(26) ^ w).wrapping_mul(K);
         }
-        (h >> (64 - SET_BITS)) as usize
+        h
     }
 }
 
@@ -210,6 +229,64 @@ struct Set([Slot; WAYS]);
 
 const EMPTY_SET: Set = Set([EMPTY; WAYS]);
 
+/// A short piece with more ids than a `Slot` holds, and its ids: a cache line. In the map of
+/// long pieces, such a piece was hashed byte by byte, found through a control group and an
+/// entry, compared in a loop and its ids copied in another: `get_long` took 20% of GPT-2's
+/// encode of the Russian handbook (perf; 32,577 of its 56,000 pieces that miss the slots
+/// are short) and 13% of Tekken's 10 MB of emoji.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct WideSlot {
+    words: [u64; WORDS],
+    ids: [u32; WIDE_IDS],
+    /// The model that filled it (0: empty).
+    tag: u16,
+    len: u8,
+    n: u8,
+}
+
+const _: () = assert!(std::mem::size_of::<WideSlot>() == 64);
+
+impl WideSlot {
+    #[inline]
+    fn holds(&self, key: &Key, tag: u16) -> bool {
+        self.tag == tag && self.words == key.words && self.len == key.len
+    }
+
+    /// Appends its ids, all copied as one fixed-size store (see `Slot::write_ids`).
+    #[inline]
+    fn push_ids(&self, out: &mut Vec<u32>) {
+        debug_assert!(self.n as usize <= WIDE_IDS);
+        out.reserve(WIDE_IDS);
+        let len = out.len();
+        // SAFETY: `reserve` left room for `WIDE_IDS` more ids past `len`, and the slot's first
+        // `n` ids are the piece's.
+        unsafe {
+            out.as_mut_ptr().add(len).cast::<[u32; WIDE_IDS]>().write(self.ids);
+            out.set_len(len + usize::from(self.n));
+        }
+    }
+}
+
+/// The wide slots a piece may be in, the more recently used first.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct WideSet([WideSlot; WIDE_WAYS]);
+
+const EMPTY_WIDE_SET: WideSet =
+    WideSet([WideSlot { words: [0; WORDS], ids: [0; WIDE_IDS], tag: 0, len: 0, n: 0 }; WIDE_WAYS]);
+
+/// A type whose value of all zero bytes is valid (every field an integer), so that a
+/// `Table` of it may start as zeroed memory.
+///
+/// # Safety
+/// All zero bytes must be a valid value of the type.
+unsafe trait Zeroable: Copy {}
+
+// SAFETY: every field of both, down to their slots, is an integer.
+unsafe impl Zeroable for Set {}
+unsafe impl Zeroable for WideSet {}
+
 /// The sets, in zeroed memory that costs nothing until it is used: on Linux pages mapped
 /// for it (the kernel zeroes each on its first touch), elsewhere the allocator's zeroed
 /// memory. Neither `Box::new_zeroed_slice` nor `calloc` is lazy here: for sets aligned to
@@ -217,31 +294,31 @@ const EMPTY_SET: Set = Set([EMPTY; WAYS]);
 /// cleared the block too once earlier frees had raised its threshold for mapping blocks
 /// (4.2-5.3 M instructions in each thread's first encode, callgrind: 8-15% of a first pass
 /// over 500 kB of English).
-struct Table {
-    sets: NonNull<Set>,
+struct Table<S: Zeroable> {
+    sets: NonNull<S>,
     len: usize,
 }
 
-impl Table {
-    fn zeroed(len: usize) -> Table {
+impl<S: Zeroable> Table<S> {
+    fn zeroed(len: usize) -> Table<S> {
         #[cfg(target_os = "linux")]
         {
-            let bytes = len * std::mem::size_of::<Set>();
+            let bytes = len * std::mem::size_of::<S>();
             let (prot, flags) = (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS);
             // SAFETY: a new private anonymous mapping, aligned to a page, touches no memory of
             // ours; it is unmapped in `drop` with the same length.
             let mapped = unsafe { libc::mmap(std::ptr::null_mut(), bytes, prot, flags, -1, 0) };
             if mapped != libc::MAP_FAILED {
-                if let Some(sets) = NonNull::new(mapped.cast::<Set>()) {
+                if let Some(sets) = NonNull::new(mapped.cast::<S>()) {
                     return Table { sets, len };
                 }
             }
-            let layout = Layout::array::<Set>(len).expect("a table of a few MB");
+            let layout = Layout::array::<S>(len).expect("a table of a few MB");
             alloc::handle_alloc_error(layout)
         }
         #[cfg(not(target_os = "linux"))]
         {
-            let sets = NonNull::from(Box::leak(Box::<[Set]>::new_zeroed_slice(len)));
+            let sets = NonNull::from(Box::leak(Box::<[S]>::new_zeroed_slice(len)));
             Table { sets: sets.cast(), len }
         }
     }
@@ -251,29 +328,29 @@ impl Table {
     }
 }
 
-impl Default for Table {
-    fn default() -> Table {
+impl<S: Zeroable> Default for Table<S> {
+    fn default() -> Table<S> {
         Table { sets: NonNull::dangling(), len: 0 }
     }
 }
 
-impl std::ops::Deref for Table {
-    type Target = [Set];
-    fn deref(&self) -> &[Set] {
-        // SAFETY: `sets` is aligned and holds `len` sets, each all zeros (`EMPTY_SET`: every
-        // field is an integer) or written as a set since; dangling but aligned when `len` is 0.
+impl<S: Zeroable> std::ops::Deref for Table<S> {
+    type Target = [S];
+    fn deref(&self) -> &[S] {
+        // SAFETY: `sets` is aligned and holds `len` sets, each all zeros (a valid `S`, as
+        // `Zeroable` promises) or written as a set since; dangling but aligned when `len` is 0.
         unsafe { std::slice::from_raw_parts(self.sets.as_ptr(), self.len) }
     }
 }
 
-impl std::ops::DerefMut for Table {
-    fn deref_mut(&mut self) -> &mut [Set] {
+impl<S: Zeroable> std::ops::DerefMut for Table<S> {
+    fn deref_mut(&mut self) -> &mut [S] {
         // SAFETY: as `deref`, and `&mut self` is the only way to the sets.
         unsafe { std::slice::from_raw_parts_mut(self.sets.as_ptr(), self.len) }
     }
 }
 
-impl Drop for Table {
+impl<S: Zeroable> Drop for Table<S> {
     fn drop(&mut self) {
         if self.len == 0 {
             return;
@@ -281,7 +358,7 @@ impl Drop for Table {
         #[cfg(target_os = "linux")]
         // SAFETY: mapped in `zeroed` with this length, and no reference to it outlives `self`.
         unsafe {
-            libc::munmap(self.sets.as_ptr().cast(), self.len * std::mem::size_of::<Set>());
+            libc::munmap(self.sets.as_ptr().cast(), self.len * std::mem::size_of::<S>());
         }
         #[cfg(not(target_os = "linux"))]
         // SAFETY: leaked from a box of `len` sets in `zeroed`.
@@ -291,7 +368,8 @@ impl Drop for Table {
 
 #[derive(Default)]
 pub struct PieceCache {
-    sets: Table,
+    sets: Table<Set>,
+    wide: Table<WideSet>,
     /// Model (its `Bpe::cache_owner`) -> its tag in this thread's slots.
     tags: FxHashMap<u64, u16>,
     /// The long pieces of one model, `long_owner`'s.
@@ -304,6 +382,7 @@ impl PieceCache {
     pub fn for_model(&mut self, owner: u64) -> ModelCache<'_> {
         if self.sets.is_empty() {
             self.sets = Table::zeroed(SETS);
+            self.wide = Table::zeroed(WIDE_SETS);
         }
         let next = self.tags.len() + 1;
         let tag = match self.tags.get(&owner) {
@@ -314,6 +393,7 @@ impl PieceCache {
             }
             None => {
                 self.sets.fill(EMPTY_SET);
+                self.wide.fill(EMPTY_WIDE_SET);
                 self.tags.clear();
                 self.tags.insert(owner, 1);
                 1
@@ -323,9 +403,10 @@ impl PieceCache {
             self.long_owner = owner;
             self.long.clear();
         }
-        let PieceCache { sets, long, .. } = self;
+        let PieceCache { sets, wide, long, .. } = self;
         let sets = (&mut **sets).try_into().expect("the table holds `SETS` sets");
-        ModelCache { sets, long, tag }
+        let wide = (&mut **wide).try_into().expect("the table holds `WIDE_SETS` sets");
+        ModelCache { sets, wide, long, tag }
     }
 }
 
@@ -335,6 +416,7 @@ pub struct ModelCache<'a> {
     /// bounds check, and not through `PieceCache` and `Table` at each piece: 2% of the
     /// instructions of a warm encode (Llama 3, English, callgrind).
     sets: &'a mut [Set; SETS],
+    wide: &'a mut [WideSet; WIDE_SETS],
     long: &'a mut LongPieceMap,
     tag: u16,
 }
@@ -342,7 +424,7 @@ pub struct ModelCache<'a> {
 impl ModelCache<'_> {
     /// The same cache, for a while.
     pub(super) fn reborrow(&mut self) -> ModelCache<'_> {
-        ModelCache { sets: self.sets, long: self.long, tag: self.tag }
+        ModelCache { sets: self.sets, wide: self.wide, long: self.long, tag: self.tag }
     }
 
     /// Appends the ids of `piece` to `out`, from the cache or from `encode` (whose output
@@ -445,6 +527,14 @@ impl ModelCache<'_> {
                     return Ok(());
                 }
             }
+            let wide = &mut self.wide[key.wide_set(self.tag)].0;
+            for way in 0..WIDE_WAYS {
+                if wide[way].holds(&key, self.tag) {
+                    wide[..=way].rotate_right(1);
+                    wide[0].push_ids(out);
+                    return Ok(());
+                }
+            }
         }
         if self.get_long(piece, out) {
             return Ok(());
@@ -457,6 +547,13 @@ impl ModelCache<'_> {
         match slot {
             Some((at, key)) if ids.len() <= SHORT_IDS => {
                 let set = &mut self.sets[at].0;
+                set.rotate_right(1);
+                let s = &mut set[0];
+                (s.words, s.len, s.tag, s.n) = (key.words, key.len, self.tag, ids.len() as u8);
+                s.ids[..ids.len()].copy_from_slice(ids);
+            }
+            Some((_, key)) if ids.len() <= WIDE_IDS => {
+                let set = &mut self.wide[key.wide_set(self.tag)].0;
                 set.rotate_right(1);
                 let s = &mut set[0];
                 (s.words, s.len, s.tag, s.n) = (key.words, key.len, self.tag, ids.len() as u8);
@@ -775,6 +872,65 @@ mod tests {
         // A text shorter than a window.
         assert_eq!(hits(0, &[3, 7], b"The cat"), (0, vec![]));
         assert_eq!(hits(0, &[], text.as_bytes()), (0, vec![]));
+    }
+
+    #[test]
+    fn short_pieces_with_more_ids_than_a_slot_take_a_wide_slot() {
+        let mut cache = PieceCache::default();
+        let mut model = cache.for_model(1);
+        let mut calls = 0;
+        let piece = |n: usize| format!("{n:0>width$}", width = SHORT_MAX);
+        let ids = |n: usize| (0..n as u32).map(|i| 100 * n as u32 + i).collect::<Vec<u32>>();
+        for n in SHORT_IDS + 1..=WIDE_IDS {
+            assert_eq!(get(&mut model, piece(n).as_bytes(), &ids(n), &mut calls), ids(n));
+        }
+        assert_eq!(model.long.len(), 0, "none in the map");
+        get(&mut model, piece(WIDE_IDS + 1).as_bytes(), &ids(WIDE_IDS + 1), &mut calls);
+        assert_eq!(model.long.len(), 1, "one id too many for a wide slot: the map");
+        for n in SHORT_IDS + 1..=WIDE_IDS + 1 {
+            let mut out = vec![7; 5];
+            model.get_or_encode::<()>(piece(n).as_bytes(), &mut out, |_, _, _| unreachable!("kept")).unwrap();
+            assert_eq!(out[..5], [7; 5], "appended after what is there");
+            assert_eq!(out[5..], ids(n), "{n} ids");
+        }
+    }
+
+    #[test]
+    fn a_third_piece_in_a_wide_set_replaces_the_least_recently_used() {
+        let mut cache = PieceCache::default();
+        let mut model = cache.for_model(1);
+        let set = Key::new(b"w0").wide_set(model.tag);
+        let mates: Vec<String> =
+            (1..).map(|i| format!("w{i}")).filter(|p| Key::new(p.as_bytes()).wide_set(model.tag) == set).take(3).collect();
+        let (a, b, c) = (mates[0].as_bytes(), mates[1].as_bytes(), mates[2].as_bytes());
+        let mut calls = 0;
+        get(&mut model, a, &[1; 5], &mut calls);
+        get(&mut model, b, &[2; 5], &mut calls);
+        assert_eq!(get(&mut model, a, &[0], &mut calls), [1; 5]); // now `b` is the older
+        get(&mut model, c, &[3; 5], &mut calls);
+        assert_eq!(calls, 3);
+        assert_eq!(get(&mut model, a, &[0], &mut calls), [1; 5]);
+        assert_eq!(get(&mut model, c, &[0], &mut calls), [3; 5]);
+        assert_eq!(calls, 3, "the more recently used and the new one stayed");
+        assert_eq!(get(&mut model, b, &[4; 6], &mut calls), [4; 6]);
+        assert_eq!(calls, 4, "the least recently used was replaced");
+    }
+
+    #[test]
+    fn models_never_see_each_others_wide_slots() {
+        let mut cache = PieceCache::default();
+        let mut calls = 0;
+        let (piece, one, two) = (b"emoji", [1, 1, 1, 1, 1], [2, 2, 2, 2, 2]);
+        assert_eq!(get(&mut cache.for_model(1), piece, &one, &mut calls), one);
+        assert_eq!(get(&mut cache.for_model(2), piece, &two, &mut calls), two);
+        assert_eq!(get(&mut cache.for_model(1), piece, &[9], &mut calls), one);
+        assert_eq!(get(&mut cache.for_model(2), piece, &[9], &mut calls), two);
+        assert_eq!(calls, 2);
+        // More models than tags: the wide slots are dropped with the others.
+        for owner in 3..(MAX_TAGS as u64 + 10) {
+            get(&mut cache.for_model(owner), b"x", &[0], &mut calls);
+        }
+        assert_eq!(get(&mut cache.for_model(1), piece, &two, &mut calls), two);
     }
 
     /// Pieces whose keys fall in the set of `first`.
