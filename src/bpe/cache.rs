@@ -63,7 +63,7 @@ const LONG_MAX_BYTES: usize = 8 << 20;
 const SET_BITS: u32 = 15;
 const SETS: usize = 1 << SET_BITS;
 const WAYS: usize = 4;
-/// 2^13 sets of two 64-byte wide slots: 1 MB per thread, pages touched only as they fill.
+/// 2^13 sets of two 64-byte wide slots: 1 MB per thread more (see `Table`).
 const WIDE_SET_BITS: u32 = 13;
 const WIDE_SETS: usize = 1 << WIDE_SET_BITS;
 const WIDE_WAYS: usize = 2;
@@ -120,6 +120,7 @@ impl Key {
     }
 
     /// Its wide set (`WideSet`), for the model tagged `tag`.
+    #[inline]
     fn wide_set(&self, tag: u16) -> usize {
         (self.hash(tag) >> (64 - WIDE_SET_BITS)) as usize
     }
@@ -382,6 +383,8 @@ impl PieceCache {
     pub fn for_model(&mut self, owner: u64) -> ModelCache<'_> {
         if self.sets.is_empty() {
             self.sets = Table::zeroed(SETS);
+        }
+        if self.wide.is_empty() {
             self.wide = Table::zeroed(WIDE_SETS);
         }
         let next = self.tags.len() + 1;
@@ -428,7 +431,7 @@ impl ModelCache<'_> {
     }
 
     /// Appends the ids of `piece` to `out`, from the cache or from `encode` (whose output
-    /// is then kept: in the piece's slot when it fits there, else in the map). `encode` is
+    /// is then kept: in a slot, or a wide slot, where its ids fit, else in the map). `encode` is
     /// handed the cache, for the parts of a piece (see `PieceEncoder::encode_new`).
     ///
     /// Only a hit in the first slot of the set (nearly every lookup of a warm cache) is
@@ -639,7 +642,8 @@ impl LongPieceMap {
     /// and the ids copied inline, `IDS_AT_ONCE` at a time, and the length then set: `==` on
     /// the bytes called `bcmp`, and `extend_from_slice` `memmove`, 10% of the samples of a
     /// per-document loop over multilingual text with GPT-2 (perf; most of its words outside
-    /// Latin script have more ids than a slot of the sets holds, and come here). Inline,
+    /// Latin script had more ids than a slot of the sets holds, and came here before they
+    /// had wide slots). Inline,
     /// most of that time is the wait on the entry's and the arena's lines, and the loop ran
     /// 1-2% faster.
     #[inline(always)]
@@ -761,7 +765,8 @@ mod tests {
             (b"a\0".to_vec(), vec![1]),
             (b"a".to_vec(), vec![2]), // a prefix with zero padding is another key
             (vec![b'x'; SHORT_MAX], vec![3; SHORT_IDS]),
-            (vec![b'y'; SHORT_MAX], vec![4; SHORT_IDS + 1]), // too many ids for a slot
+            (vec![b'y'; SHORT_MAX], vec![4; SHORT_IDS + 1]), // too many ids for a slot: a wide one
+            (vec![b'v'; SHORT_MAX], vec![4; WIDE_IDS + 1]), // too many for a wide slot: the map
             (vec![b'z'; CACHED_MAX], vec![5; 20]),
             (vec![b'w'; CACHED_MAX + 1], vec![6; 2]), // never kept
         ];
@@ -920,17 +925,42 @@ mod tests {
     fn models_never_see_each_others_wide_slots() {
         let mut cache = PieceCache::default();
         let mut calls = 0;
-        let (piece, one, two) = (b"emoji", [1, 1, 1, 1, 1], [2, 2, 2, 2, 2]);
+        let (piece, one, two) = (b"emoji", [1; 5], [2; 5]);
         assert_eq!(get(&mut cache.for_model(1), piece, &one, &mut calls), one);
         assert_eq!(get(&mut cache.for_model(2), piece, &two, &mut calls), two);
         assert_eq!(get(&mut cache.for_model(1), piece, &[9], &mut calls), one);
         assert_eq!(get(&mut cache.for_model(2), piece, &[9], &mut calls), two);
         assert_eq!(calls, 2);
-        // More models than tags: the wide slots are dropped with the others.
+        // More models than tags: the wide slots are dropped with the others (the model after
+        // the last tag gets tag 1 again, and must not find model 1's piece).
         for owner in 3..(MAX_TAGS as u64 + 10) {
-            get(&mut cache.for_model(owner), b"x", &[0], &mut calls);
+            let ids = [owner as u32; 5];
+            assert_eq!(get(&mut cache.for_model(owner), piece, &ids, &mut calls), ids, "model {owner}");
         }
-        assert_eq!(get(&mut cache.for_model(1), piece, &two, &mut calls), two);
+        let calls_before = calls;
+        assert_eq!(get(&mut cache.for_model(1), piece, &[3; 5], &mut calls), [3; 5]);
+        assert_eq!(calls, calls_before + 1, "encoded again");
+    }
+
+    #[test]
+    fn a_wide_slot_is_found_only_by_its_model_and_its_length() {
+        let mut cache = PieceCache::default();
+        let mut calls = 0;
+        let piece = b"emoji";
+        get(&mut cache.for_model(1), piece, &[1; 5], &mut calls);
+        cache.for_model(2);
+        // The slot copied into the sets where model 2's key, and the key of the same bytes
+        // with one zero byte more, would be: neither may take it.
+        let mut model = cache.for_model(1);
+        let key = Key::new(piece);
+        let filled = model.wide[key.wide_set(1)];
+        let longer = Key::new(b"emoji\0");
+        assert_eq!(longer.words, key.words, "the same words, another length");
+        model.wide[key.wide_set(2)] = filled;
+        model.wide[longer.wide_set(1)] = filled;
+        assert_eq!(get(&mut model, b"emoji\0", &[5; 6], &mut calls), [5; 6]);
+        assert_eq!(get(&mut cache.for_model(2), piece, &[2; 5], &mut calls), [2; 5]);
+        assert_eq!(calls, 3);
     }
 
     /// Pieces whose keys fall in the set of `first`.
