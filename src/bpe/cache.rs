@@ -174,29 +174,38 @@ fn partial_word(bytes: &[u8]) -> u64 {
     lo | hi
 }
 
-/// A piece and its ids (the key's fields laid out flat): two slots to a cache line.
+/// A piece and up to `IDS` ids (the key's fields laid out flat): with `SHORT_IDS`, two slots
+/// to a cache line; with `WIDE_IDS` (a `WideSlot`), one.
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]
-struct Slot {
+struct Slot<const IDS: usize = SHORT_IDS> {
     words: [u64; WORDS],
-    ids: [u32; SHORT_IDS],
+    ids: [u32; IDS],
     /// The model that filled it (0: empty).
     tag: u16,
     len: u8,
     n: u8,
 }
 
-impl Slot {
+impl<const IDS: usize> Slot<IDS> {
+    const EMPTY: Slot<IDS> = Slot { words: [0; WORDS], ids: [0; IDS], tag: 0, len: 0, n: 0 };
+
     #[inline(always)]
     fn holds(&self, key: &Key, tag: u16) -> bool {
         self.tag == tag && self.words == key.words && self.len == key.len
     }
 
+    /// Makes this the slot of `key`'s piece, whose ids are `ids` (at most `IDS`).
+    fn fill(&mut self, key: &Key, tag: u16, ids: &[u32]) {
+        (self.words, self.len, self.tag, self.n) = (key.words, key.len, tag, ids.len() as u8);
+        self.ids[..ids.len()].copy_from_slice(ids);
+    }
+
     #[inline(always)]
     fn push_ids(&self, out: &mut Vec<u32>) {
-        out.reserve(SHORT_IDS);
+        out.reserve(IDS);
         let len = out.len();
-        // SAFETY: `reserve` left room for `SHORT_IDS` more ids past `len`.
+        // SAFETY: `reserve` left room for `IDS` more ids past `len`.
         unsafe {
             let n = self.write_ids(out.as_mut_ptr().add(len));
             out.set_len(len + n);
@@ -204,23 +213,37 @@ impl Slot {
     }
 
     /// Writes all the slot's ids at `to` and returns how many of them it has (at most
-    /// `SHORT_IDS`). All are copied, as one fixed-size store, and the caller's length then
+    /// `IDS`). All are copied, as one fixed-size store, and the caller's length then
     /// counts those it has: `extend_from_slice` of a length known only at run time calls
     /// `memmove` (5% of an encode in the profile), and a `match` on the count, which pushed
     /// one id or extended by two, took a branch that went either way.
     ///
     /// # Safety
-    /// `to` must be valid for writes of `SHORT_IDS` ids.
+    /// `to` must be valid for writes of `IDS` ids.
     #[inline(always)]
     unsafe fn write_ids(&self, to: *mut u32) -> usize {
-        debug_assert!(self.n as usize <= SHORT_IDS);
+        debug_assert!(self.n as usize <= IDS);
         // SAFETY: the caller's promise.
-        unsafe { to.cast::<[u32; SHORT_IDS]>().write(self.ids) };
+        unsafe { to.cast::<[u32; IDS]>().write(self.ids) };
         usize::from(self.n)
     }
 }
 
-const EMPTY: Slot = Slot { words: [0; WORDS], ids: [0; SHORT_IDS], tag: 0, len: 0, n: 0 };
+/// Finds `key`'s piece in `ways` and appends its ids (`true`), moving its slot first.
+#[inline]
+fn take_from<const IDS: usize>(ways: &mut [Slot<IDS>], key: &Key, tag: u16, out: &mut Vec<u32>) -> bool {
+    let Some(way) = ways.iter().position(|slot| slot.holds(key, tag)) else { return false };
+    ways[..=way].rotate_right(1);
+    ways[0].push_ids(out);
+    true
+}
+
+/// Puts `key`'s piece first in `ways`, dropping the last (least recently used) slot.
+fn put_first<const IDS: usize>(ways: &mut [Slot<IDS>], key: &Key, tag: u16, ids: &[u32]) {
+    ways.rotate_right(1);
+    ways[0].fill(key, tag, ids);
+}
+
 const _: () = assert!(std::mem::size_of::<Slot>() == 32);
 
 /// The slots a piece may be in, the more recently used first.
@@ -228,54 +251,23 @@ const _: () = assert!(std::mem::size_of::<Slot>() == 32);
 #[repr(C, align(64))]
 struct Set([Slot; WAYS]);
 
-const EMPTY_SET: Set = Set([EMPTY; WAYS]);
+const EMPTY_SET: Set = Set([Slot::EMPTY; WAYS]);
 
 /// A short piece with more ids than a `Slot` holds, and its ids: a cache line. In the map of
 /// long pieces, such a piece was hashed byte by byte, found through a control group and an
 /// entry, compared in a loop and its ids copied in another: `get_long` took 20% of GPT-2's
 /// encode of the Russian handbook (perf; 32,577 of its 56,000 pieces that miss the slots
 /// are short) and 13% of Tekken's 10 MB of emoji.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct WideSlot {
-    words: [u64; WORDS],
-    ids: [u32; WIDE_IDS],
-    /// The model that filled it (0: empty).
-    tag: u16,
-    len: u8,
-    n: u8,
-}
+type WideSlot = Slot<WIDE_IDS>;
 
 const _: () = assert!(std::mem::size_of::<WideSlot>() == 64);
-
-impl WideSlot {
-    #[inline]
-    fn holds(&self, key: &Key, tag: u16) -> bool {
-        self.tag == tag && self.words == key.words && self.len == key.len
-    }
-
-    /// Appends its ids, all copied as one fixed-size store (see `Slot::write_ids`).
-    #[inline]
-    fn push_ids(&self, out: &mut Vec<u32>) {
-        debug_assert!(self.n as usize <= WIDE_IDS);
-        out.reserve(WIDE_IDS);
-        let len = out.len();
-        // SAFETY: `reserve` left room for `WIDE_IDS` more ids past `len`, and the slot's first
-        // `n` ids are the piece's.
-        unsafe {
-            out.as_mut_ptr().add(len).cast::<[u32; WIDE_IDS]>().write(self.ids);
-            out.set_len(len + usize::from(self.n));
-        }
-    }
-}
 
 /// The wide slots a piece may be in, the more recently used first.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct WideSet([WideSlot; WIDE_WAYS]);
 
-const EMPTY_WIDE_SET: WideSet =
-    WideSet([WideSlot { words: [0; WORDS], ids: [0; WIDE_IDS], tag: 0, len: 0, n: 0 }; WIDE_WAYS]);
+const EMPTY_WIDE_SET: WideSet = WideSet([WideSlot::EMPTY; WIDE_WAYS]);
 
 /// A type whose value of all zero bytes is valid (every field an integer), so that a
 /// `Table` of it may start as zeroed memory.
@@ -522,21 +514,10 @@ impl ModelCache<'_> {
             return encode(self, piece, out);
         }
         if let Some((at, key)) = slot {
-            let set = &mut self.sets[at].0;
-            for way in 1..WAYS {
-                if set[way].holds(&key, self.tag) {
-                    set[..=way].rotate_right(1);
-                    set[0].push_ids(out);
-                    return Ok(());
-                }
-            }
-            let wide = &mut self.wide[key.wide_set(self.tag)].0;
-            for way in 0..WIDE_WAYS {
-                if wide[way].holds(&key, self.tag) {
-                    wide[..=way].rotate_right(1);
-                    wide[0].push_ids(out);
-                    return Ok(());
-                }
+            if take_from(&mut self.sets[at].0, &key, self.tag, out)
+                || take_from(&mut self.wide[key.wide_set(self.tag)].0, &key, self.tag, out)
+            {
+                return Ok(());
             }
         }
         if self.get_long(piece, out) {
@@ -548,19 +529,9 @@ impl ModelCache<'_> {
         encode(self, piece, out)?;
         let ids = &out[start..];
         match slot {
-            Some((at, key)) if ids.len() <= SHORT_IDS => {
-                let set = &mut self.sets[at].0;
-                set.rotate_right(1);
-                let s = &mut set[0];
-                (s.words, s.len, s.tag, s.n) = (key.words, key.len, self.tag, ids.len() as u8);
-                s.ids[..ids.len()].copy_from_slice(ids);
-            }
+            Some((at, key)) if ids.len() <= SHORT_IDS => put_first(&mut self.sets[at].0, &key, self.tag, ids),
             Some((_, key)) if ids.len() <= WIDE_IDS => {
-                let set = &mut self.wide[key.wide_set(self.tag)].0;
-                set.rotate_right(1);
-                let s = &mut set[0];
-                (s.words, s.len, s.tag, s.n) = (key.words, key.len, self.tag, ids.len() as u8);
-                s.ids[..ids.len()].copy_from_slice(ids);
+                put_first(&mut self.wide[key.wide_set(self.tag)].0, &key, self.tag, ids);
             }
             _ => self.keep_long(piece, ids),
         }
