@@ -314,26 +314,7 @@ impl LongPieces {
         // for each 64-space token) 0.31 -> 0.12 s. The second, on top: a repeated CJK
         // phrase 0.074-0.087 -> 0.034-0.039 s (o200k) and 0.10-0.12 -> 0.08 s (Tekken),
         // emoji ZWJ sequences 0.11 -> 0.065 s (o200k).
-        let mut recent: Option<(usize, usize, Option<u32>)> = None;
-        let mut windows = WindowMemo::new();
-        // The longest token at `at`, and how many bytes the answer depends on.
-        let mut longest = |at: usize| {
-            if let Some((start, seen, answer)) = recent {
-                if at + seen <= n && same_bytes(text, start, at, seen) {
-                    return (answer, seen);
-                }
-            }
-            let window = window_at(text, at);
-            if let Some(answer) = window.and_then(|w| windows.get(w)) {
-                return (answer, 8);
-            }
-            let (answer, seen) = self.tokens.longest_seen(&text[at..]);
-            if let (Some(w), true) = (window, seen <= 8) {
-                windows.insert(w, answer);
-            }
-            recent = (at + seen <= n).then_some((at, seen, answer));
-            (answer, seen)
-        };
+        let mut longest = LongestAt { text, trie: &self.tokens, recent: None, windows: WindowMemo::new() };
         // A third memo, of dead ends: after a token, where the next 8 bytes are a window,
         // no token fits. Kept only where that was found without a mark or a dead end
         // (every token tried there, from the longest, was not compatible, which does not
@@ -347,7 +328,7 @@ impl LongPieces {
         // token, 25% slower; now it is unchanged.)
         let mut dead_ends = DeadEnds::new();
         let mut at = 0;
-        let (mut next, mut seen) = longest(0);
+        let (mut next, mut seen) = longest.at(0);
         'search: while let Some(longest_here) = next {
             let last = tokens.last().copied();
             // The tokens to try at `at`, from the longest there down its shorter prefixes,
@@ -367,7 +348,7 @@ impl LongPieces {
                     } else {
                         tokens.push(token);
                         at = end;
-                        (next, seen) = longest(at);
+                        (next, seen) = longest.at(at);
                         continue 'search;
                     }
                 } else if let Some(l) = last {
@@ -448,6 +429,45 @@ impl BuildTrees {
         }
     }
 
+}
+
+/// The longest token at a position of one text, and how many bytes the answer depends on,
+/// through the two memos that `search` describes.
+struct LongestAt<'a> {
+    text: &'a [u8],
+    trie: &'a Trie,
+    recent: Option<(usize, usize, Option<u32>)>,
+    windows: WindowMemo,
+}
+
+impl LongestAt<'_> {
+    /// The memos inlined into the search, the trie's walk not: as a closure (called from
+    /// two places, so not inlined) a question the memos answered cost about 100
+    /// instructions, the closure's captures loaded through pointers and its answer
+    /// returned through memory (callgrind, GPT-2, repeated digits).
+    #[inline(always)]
+    fn at(&mut self, at: usize) -> (Option<u32>, usize) {
+        if let Some((start, seen, answer)) = self.recent {
+            if at + seen <= self.text.len() && same_bytes(self.text, start, at, seen) {
+                return (answer, seen);
+            }
+        }
+        let window = window_at(self.text, at);
+        if let Some(answer) = window.and_then(|w| self.windows.get(w)) {
+            return (answer, 8);
+        }
+        self.walk(at, window)
+    }
+
+    #[inline(never)]
+    fn walk(&mut self, at: usize, window: Option<u64>) -> (Option<u32>, usize) {
+        let (answer, seen) = self.trie.longest_seen(&self.text[at..]);
+        if let (Some(w), true) = (window, seen <= 8) {
+            self.windows.insert(w, answer);
+        }
+        self.recent = (at + seen <= self.text.len()).then_some((at, seen, answer));
+        (answer, seen)
+    }
 }
 
 /// The 8 bytes of `text` from `at`, as a number, if there are 8.
