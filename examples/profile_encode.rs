@@ -2,7 +2,8 @@
 //!
 //!     cargo run --release --example profile_encode -- TOKENIZER_JSON TEXT_FILE [ROUNDS]
 //!
-//! `MAX_BYTES` caps the text (default 2000000), as in `profile_docs`.
+//! `MAX_BYTES` caps the text (default 2000000), as in `profile_docs`. `ADD_WORDS`: a file of
+//! words, one a line, added as (non-special) tokens first, as `benches/added_tokens.py` does.
 use std::time::Instant;
 use tokensmith::pretokenize::lexer::Lexer;
 use tokensmith::pretokenize::Dialect;
@@ -14,7 +15,12 @@ fn main() {
     let mut text = std::fs::read_to_string(&args[2]).unwrap();
     text.truncate(text.floor_char_boundary(std::env::var("MAX_BYTES").map_or(2_000_000, |v| v.parse().unwrap())));
     let rounds: usize = args.get(3).map_or(10, |r| r.parse().unwrap());
-    let tok = tokensmith::formats::tokenizer_json::from_str(&json, "tokenizer.json").unwrap();
+    let mut tok = tokensmith::formats::tokenizer_json::from_str(&json, "tokenizer.json").unwrap();
+    if let Some(words) = std::env::var_os("ADD_WORDS") {
+        let words = std::fs::read_to_string(words).unwrap();
+        let added = words.lines().map(|w| tokensmith::AddedToken::new(w, false)).collect();
+        tok.add_tokens(added).unwrap();
+    }
     let mb = text.len() as f64 / 1e6;
     let best = |f: &mut dyn FnMut() -> usize| {
         let mut best = f64::MAX;

@@ -1,6 +1,7 @@
 //! The pipeline: added-token matching, normalization, pre-tokenization, BPE,
 //! post-processing; and the reverse, decoding.
 
+use crate::bpe::cache::SHORT_MAX;
 use crate::bpe::{Bpe, PieceEncoder};
 use crate::decode::Decoder;
 use crate::error::{Error, Result};
@@ -464,19 +465,29 @@ impl Tokenizer {
         }
     }
 
-    /// Whether a normalized segment starts the input, as `Metaspace`'s `First` scheme asks
-    /// (the reference: its first byte stands for input offset 0).
-    fn starts_input(&self, segment: &Segment, raw: &str) -> bool {
+    /// Whether the text from byte `at` of a normalized segment starts the input, as
+    /// `Metaspace`'s `First` scheme asks of each split (the reference: whether its first
+    /// byte stands for input offset 0). Past a normalized added token it does not.
+    fn starts_input(&self, segment: &Segment, raw: &str, at: usize) -> bool {
         if segment.start != 0 || !self.pre_tokenizer.needs_input_start() {
-            return segment.start == 0;
+            return segment.start == 0 && at == 0;
         }
         match (&segment.align, &self.normalizer, &segment.text) {
-            (Some(align), _, _) => align.first().is_some_and(|a| a.0 == 0),
+            (Some(align), _, _) => align.get(at).is_some_and(|a| a.0 == 0),
             (None, Some(n), Cow::Owned(_)) => {
-                n.normalize_aligned(raw).into_parts().1.and_then(|align| align.first().copied()).is_some_and(|a| a.0 == 0)
+                n.normalize_aligned(raw).into_parts().1.and_then(|align| align.get(at).copied()).is_some_and(|a| a.0 == 0)
             }
-            _ => true,
+            _ => at == 0,
         }
+    }
+
+    /// The context of the text part at byte `at` of a normalized segment, its parts asked
+    /// in order. `maybe_first`: no part before it was found not to start the input; once
+    /// one does not, none after it does (alignments never go back), so that the alignment
+    /// is worked out for a part or two at most.
+    fn part_context(&self, track: bool, maybe_first: &mut bool, segment: &Segment, raw: &str, at: usize) -> Context {
+        *maybe_first = *maybe_first && self.starts_input(segment, raw, at);
+        Context { track, at_input_start: *maybe_first }
     }
 
     fn encode_into(
@@ -496,7 +507,7 @@ impl Tokenizer {
             return self.encode_sections(text, policy, protected, sink.ids, SECTION_BYTES);
         }
         // The piece cache is taken once per call: per piece it cost a thread-local lookup.
-        self.bpe.with_cache(|pieces| self.encode_with(pieces, text, policy, protected, sink))
+        self.bpe.with_caches(Some(self.pre_tokenizer.id()), |pieces| self.encode_with(pieces, text, policy, protected, sink))
     }
 
     /// `Some(prepend)` where a text segment can go to the model as it is, each space read as
@@ -534,7 +545,7 @@ impl Tokenizer {
                 let start = offset_in(text, raw).expect("segments are slices of the text");
                 let segment = self.normalize_segment(raw, start, track);
                 let protect = segment.protect(protected, raw.len());
-                let cx = Context { track, at_input_start: self.starts_input(&segment, raw) };
+                let mut maybe_first = true;
                 let normalized: &str = &segment.text;
                 let result = self
                     .added
@@ -544,22 +555,33 @@ impl Tokenizer {
                             Ok(())
                         }
                         AddedSegment::Text(part) if !track => {
-                            // The alphabet looked at once, not per piece: about 3% of a warm
-                            // encode's instructions (Llama 3, English, callgrind).
-                            let direct = match pieces.byte_ids() {
-                                Some(byte_ids) => self.pre_tokenizer.direct_batches(part, |start, ends| {
-                                    pieces.encode_pieces_in(byte_ids, part.as_bytes(), start, ends, sink.ids)
-                                }),
-                                None => {
-                                    self.pre_tokenizer.direct_pieces(part, |piece, _| pieces.encode(piece, sink.ids))
-                                }
+                            let at = offset_in(normalized, part).expect("segments are slices of the text");
+                            let cx = self.part_context(track, &mut maybe_first, &segment, raw, at);
+                            let encode_part = |pieces: &mut PieceEncoder, ids: &mut Vec<u32>| {
+                                // The alphabet looked at once, not per piece: about 3% of a
+                                // warm encode's instructions (Llama 3, English, callgrind).
+                                let direct = match pieces.byte_ids() {
+                                    Some(byte_ids) => self.pre_tokenizer.direct_batches(part, |start, ends| {
+                                        pieces.encode_pieces_in(byte_ids, part.as_bytes(), start, ends, ids)
+                                    }),
+                                    None => self.pre_tokenizer.direct_pieces(part, |piece, _| pieces.encode(piece, ids)),
+                                };
+                                direct.unwrap_or_else(|| {
+                                    self.pre_tokenizer.for_each_piece(part, cx, &mut |piece, _| pieces.encode(piece, ids))
+                                })
                             };
-                            direct.unwrap_or_else(|| {
-                                self.pre_tokenizer.for_each_piece(part, cx, &mut |piece, _| pieces.encode(piece, sink.ids))
-                            })
+                            // A short segment (between added tokens, most often) from the
+                            // cache of segments, when its ids are its bytes' alone: not where
+                            // the pre-tokenizer asks whether it starts the input.
+                            if part.len() <= SHORT_MAX && !self.pre_tokenizer.needs_input_start() {
+                                pieces.encode_segment(part.as_bytes(), sink.ids, encode_part)
+                            } else {
+                                encode_part(pieces, sink.ids)
+                            }
                         }
                         AddedSegment::Text(part) => {
                             let base = offset_in(normalized, part).expect("segments are slices of the text");
+                            let cx = self.part_context(track, &mut maybe_first, &segment, raw, base);
                             // A direct pre-tokenizer cuts raw bytes, so each piece's tokens
                             // follow one another from its start: their spans are their
                             // lengths added up, and the ids can come from the piece cache
@@ -641,11 +663,15 @@ impl Tokenizer {
             AddedSegment::Text(raw) => {
                 let start = offset_in(text, raw).expect("segments are slices of the text");
                 let segment = self.normalize_segment(raw, start, false);
-                let cx = Context { track: false, at_input_start: self.starts_input(&segment, raw) };
+                let mut maybe_first = true;
                 self.added
                     .split_normalized(&segment.text, policy, segment.protect(protected, raw.len()), &mut |inner| match inner {
                         AddedSegment::Token(id, _, _) => f(Item::Token(id)),
-                        AddedSegment::Text(part) => self.pre_tokenizer.for_each_piece(part, cx, &mut |piece, _| f(Item::Piece(piece))),
+                        AddedSegment::Text(part) => {
+                            let at = offset_in(&segment.text, part).expect("segments are slices of the text");
+                            let cx = self.part_context(false, &mut maybe_first, &segment, raw, at);
+                            self.pre_tokenizer.for_each_piece(part, cx, &mut |piece, _| f(Item::Piece(piece)))
+                        }
                     })
                     .map_err(|e| segment.error_in(text, e))
             }

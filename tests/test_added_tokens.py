@@ -30,6 +30,7 @@ from conftest import (
     load_ts_fresh,
     read_corpus,
     require_data,
+    tokenizer_path,
     ts_tokenizer,
 )
 
@@ -551,15 +552,15 @@ def test_sentencepiece_save_with_added_tokens_reloads_in_reference(name, tmp_pat
     assert_decodes_match(tok, hf, texts=texts, context=f"{name} with added tokens")
 
 
-def corpus_words(text: str, count: int) -> list[str]:
-    """The `count` most frequent 2- and 3-char runs of Chinese in `text`: an extended Chinese
-    vocabulary, as `benches/added_tokens.py` builds it."""
+def corpus_words(text: str, count: int, sizes: tuple = (2, 3)) -> list[str]:
+    """The `count` most frequent 2- and 3-char (`sizes`) runs of Chinese in `text`: an
+    extended Chinese vocabulary, as `benches/added_tokens.py` builds it."""
     import re
     from collections import Counter
 
     counts: Counter[str] = Counter()
     for run in re.findall(r"[\u4e00-\u9fff]{2,}", text):
-        for n in (2, 3):
+        for n in sizes:
             counts.update(run[i:i + n] for i in range(len(run) - n + 1))
     return [word for word, _ in counts.most_common(count)]
 
@@ -579,7 +580,10 @@ def test_many_added_words_match_as_the_reference(name, kind):
     words = corpus_words(zh, 3000)
     flagged = [tokenizers.AddedToken(w, single_word=True) for w in words[:20]]
     flagged += [tokenizers.AddedToken(w, lstrip=True, rstrip=True) for w in words[20:40]]
-    added = flagged + words[40:]
+    # Words of 4 and 5 chars (12 and 15 bytes: the lookups hold 12 bytes of a token and
+    # compare the rest apart) and of 8, all of them prefixes and suffixes of one another.
+    longer = [w for w in corpus_words(zh, 300, sizes=(4, 5, 8)) if w not in words]
+    added = flagged + words[40:] + longer
     if kind == "anchored":
         added.append(zh[zh.index("的"):][:40].replace("\n", "") * 2)  # over 63 bytes
     hf, tok = make_pair(name)
@@ -595,3 +599,57 @@ def test_many_added_words_match_as_the_reference(name, kind):
     for text in samples:
         assert_same([tok.encode(text, add_special_tokens=False)], [hf.encode(text, add_special_tokens=False).ids],
                     [text], f"{name} {kind} whole")
+
+
+SEGMENT_PIPELINES = {
+    "llama3": {},
+    "gpt2-add-prefix-space": {"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": True,
+                                                "trim_offsets": True, "use_regex": True}},
+    "llama2-metaspace-first": {"normalizer": None, "pre_tokenizer": {
+        "type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": False}},
+    "llama2-metaspace-first-split": {"normalizer": None, "pre_tokenizer": {
+        "type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": True}},
+    "llama2-metaspace-first-lowercase": {"normalizer": {"type": "Lowercase"}, "pre_tokenizer": {
+        "type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": True}},
+    "llama2-metaspace-first-nfkc-prepend": {
+        "normalizer": {"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Prepend", "prepend": "\u2581"}]},
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": True}},
+    "llama2-metaspace-always": {"normalizer": None, "pre_tokenizer": {
+        "type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": True}},
+}
+
+
+@pytest.mark.parametrize("pipeline", list(SEGMENT_PIPELINES))
+def test_short_segments_between_added_tokens_match_the_reference_every_time(pipeline):
+    """The text between added tokens, where it has at most 16 bytes, is encoded once per
+    tokenizer and thread and then taken from a cache of segments. The same segment at the
+    start of the input and after a token (which Metaspace's `first` scheme encodes
+    differently, so its segments are not kept: a space is put before the first split of
+    the input only, and the text after a normalized added token is not that), each text
+    three times over, in a batch, with offsets, and by a copy of the tokenizer sharing its
+    model: the ids (and offsets) equal the reference's."""
+    base = pipeline.split("-")[0]
+    config = json.loads(tokenizer_path(base).read_text(encoding="utf-8"))
+    config.update(SEGMENT_PIPELINES[pipeline])
+    hf, tok = tokenizers.Tokenizer.from_str(json.dumps(config)), ts.Tokenizer.from_str(json.dumps(config))
+    for t in (hf, tok):
+        t.add_tokens(["<|t|>", "新词", "词"])
+        t.add_special_tokens(["<|s|>"])
+    texts = ["x<|t|>x", "x<|t|>x<|t|>x", " x<|t|> x<|t|>x ", "ab<|s|>ab<|t|>ab", "x", " x",
+             "hello<|t|>hello world<|t|> hello", "新词x新词x", "x新词 x词", "  <|t|>  <|s|>  ",
+             "a long segment of more than sixteen bytes<|t|>a long segment of more than sixteen bytes",
+             "\n\n<|t|>\n\n", "x\n<|t|>\nx", "▁x<|t|>▁x", "ab's<|t|>'s<|t|>ab's", "X<|t|>X",
+             "ｘ<|t|>ｘ", "<|t|>x", "新词新词x"]
+    texts += [t[::-1] for t in texts] + ["<|t|>".join(texts)]
+    encodings = hf.encode_batch(texts, add_special_tokens=False)
+    want = [e.ids for e in encodings]
+    with_offsets = [tok.encode_with_offsets(text, add_special_tokens=False) for text in texts]
+    assert_same([ids for ids, _ in with_offsets], want, texts, f"{pipeline} with offsets")
+    bad = [(t, got, e.offsets) for t, (_, got), e in zip(texts, with_offsets, encodings) if got != e.offsets]
+    assert not bad, f"{pipeline}: {len(bad)} texts' offsets differ, first: {bad[0]!r:.600}"
+    for round in range(3):
+        got = [tok.encode(text, add_special_tokens=False) for text in texts]
+        assert_same(got, want, texts, f"{pipeline} round {round}")
+    assert_same(tok.encode_batch(texts, add_special_tokens=False), want, texts, f"{pipeline} batch")
+    assert_same([tok.copy().encode(text, add_special_tokens=False) for text in texts], want, texts,
+                f"{pipeline} copy")

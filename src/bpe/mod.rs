@@ -25,7 +25,7 @@
 //! - A caller encoding many pieces takes the cache once (`Bpe::with_cache`), not per piece.
 
 mod backtrack;
-mod cache;
+pub(crate) mod cache;
 mod cuts;
 mod trie;
 
@@ -561,8 +561,14 @@ impl Bpe {
 
     /// Runs `f` with an encoder holding this thread's piece cache.
     pub fn with_cache<R>(&self, f: impl FnOnce(&mut PieceEncoder) -> R) -> R {
+        self.with_caches(None, f)
+    }
+
+    /// `with_cache`, with the cache of text segments where `pre_tokenizer` is given: the
+    /// `PreTokenizer::id` of what cuts the segments into pieces.
+    pub fn with_caches<R>(&self, pre_tokenizer: Option<u64>, f: impl FnOnce(&mut PieceEncoder) -> R) -> R {
         CACHE.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut cache) => f(&mut PieceEncoder { bpe: self, cache: Some(cache.for_model(self.cache_owner)) }),
+            Ok(mut cache) => f(&mut PieceEncoder { bpe: self, cache: Some(cache.for_model(self.cache_owner, pre_tokenizer)) }),
             Err(_) => f(&mut PieceEncoder { bpe: self, cache: None }),
         })
     }
@@ -1114,6 +1120,25 @@ impl<'a> PieceEncoder<'a> {
     #[inline(never)]
     fn encode_long(&mut self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
         self.encode_cached(piece, out)
+    }
+
+    /// Appends the ids of a text segment of at most `cache::SHORT_MAX` bytes through the
+    /// cache of segments (`ModelCache::get_or_encode_segment`), `encode` making them where
+    /// it does not have them. `encode`'s ids must depend on the segment's bytes alone.
+    #[inline]
+    pub fn encode_segment(
+        &mut self,
+        segment: &[u8],
+        out: &mut Vec<u32>,
+        encode: impl FnOnce(&mut PieceEncoder, &mut Vec<u32>) -> Result<()>,
+    ) -> Result<()> {
+        let bpe = self.bpe;
+        match self.cache.as_mut() {
+            Some(cache) => cache.get_or_encode_segment(segment, out, |cache, out| {
+                encode(&mut PieceEncoder { bpe, cache: Some(cache.reborrow()) }, out)
+            }),
+            None => encode(self, out),
+        }
     }
 
     /// A piece of a byte alphabet: from the cache, else `encode_new`.

@@ -12,6 +12,7 @@ use crate::bytelevel;
 use crate::error::Result;
 use lexer::{Lexer, Matches};
 pub use regex::{Dialect, Pattern};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// The GPT-2 pattern that a `ByteLevel` pre-tokenizer with `use_regex: true` splits with.
@@ -178,6 +179,10 @@ pub struct PreTokenizer {
     /// handed over straight from the matcher: the general chain of steps cost 15% of a
     /// per-document encode (Llama 3, English) in calls and checks per piece.
     direct: Option<Direct>,
+    /// Tells pre-tokenizers built apart from one another, for the cache of what they make
+    /// of short text segments (`Bpe::with_caches`): nothing changes a pre-tokenizer once
+    /// built, and a clone, which has its id, is the same.
+    id: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -256,7 +261,13 @@ impl PreTokenizer {
             [Step::ByteLevel { add_prefix_space: false, use_regex: true }] => Some(Direct::Gpt2),
             _ => None,
         };
-        PreTokenizer { steps, direct }
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        PreTokenizer { steps, direct, id: NEXT_ID.fetch_add(1, Ordering::Relaxed) }
+    }
+
+    /// See the field `id`.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// A single split by `pattern` followed by byte-level mapping: a tiktoken encoding.
