@@ -571,9 +571,9 @@ impl Tokenizer {
                                 })
                             };
                             // A short segment (between added tokens, most often) from the
-                            // cache of segments, when its ids are its bytes' alone: not where
-                            // the pre-tokenizer asks whether it starts the input.
-                            if part.len() <= SHORT_MAX && !self.pre_tokenizer.needs_input_start() {
+                            // cache of segments, when its ids are its bytes' alone: not the
+                            // one that starts the input where the pre-tokenizer asks that.
+                            if part.len() <= SHORT_MAX && !(cx.at_input_start && self.pre_tokenizer.needs_input_start()) {
                                 pieces.encode_segment(part.as_bytes(), sink.ids, encode_part)
                             } else {
                                 encode_part(pieces, sink.ids)

@@ -623,11 +623,11 @@ SEGMENT_PIPELINES = {
 def test_short_segments_between_added_tokens_match_the_reference_every_time(pipeline):
     """The text between added tokens, where it has at most 16 bytes, is encoded once per
     tokenizer and thread and then taken from a cache of segments. The same segment at the
-    start of the input and after a token (which Metaspace's `first` scheme encodes
-    differently, so its segments are not kept: a space is put before the first split of
-    the input only, and the text after a normalized added token is not that), each text
-    three times over, in a batch, with offsets, and by a copy of the tokenizer sharing its
-    model: the ids (and offsets) equal the reference's."""
+    start of the input and after a token, which Metaspace's `first` scheme encodes
+    differently (a space is put before the first split of the input only, and the text
+    after a normalized added token is not that; such a first segment is not kept), each
+    text three times over, in a batch, with offsets, and by a copy of the tokenizer sharing
+    its model: the ids (and offsets) equal the reference's."""
     base = pipeline.split("-")[0]
     config = json.loads(tokenizer_path(base).read_text(encoding="utf-8"))
     config.update(SEGMENT_PIPELINES[pipeline])
