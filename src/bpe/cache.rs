@@ -70,7 +70,6 @@ const WIDE_WAYS: usize = 2;
 /// Models remembered per thread before every tag is dropped and numbering starts again.
 const MAX_TAGS: usize = 1 << 10;
 
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct Key {
     words: [u64; WORDS],
@@ -405,9 +404,7 @@ impl PieceCache {
         let wide = (&mut **wide).try_into().expect("the table holds `WIDE_SETS` sets");
         ModelCache { sets, wide, long, tag, segment_tag }
     }
-}
 
-impl PieceCache {
     /// The tags of `for_model`'s model and segments (0: no segments), numbered anew, every
     /// entry dropped, when there are more than `MAX_TAGS`.
     fn tags_of(&mut self, owner: u64, segments: Option<u64>) -> (u16, u16) {
