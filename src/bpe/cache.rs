@@ -534,9 +534,7 @@ impl ModelCache<'_> {
             return encode(self, piece, out);
         }
         if let Some((at, key)) = slot {
-            if take_from(&mut self.sets[at].0, &key, self.tag, out)
-                || take_from(&mut self.wide[key.wide_set(self.tag)].0, &key, self.tag, out)
-            {
+            if self.take_short(at, &key, self.tag, out) {
                 return Ok(());
             }
         }
@@ -548,14 +546,28 @@ impl ModelCache<'_> {
         // piece still goes first in it.
         encode(self, piece, out)?;
         let ids = &out[start..];
-        match slot {
-            Some((at, key)) if ids.len() <= SHORT_IDS => put_first(&mut self.sets[at].0, &key, self.tag, ids),
-            Some((_, key)) if ids.len() <= WIDE_IDS => {
-                put_first(&mut self.wide[key.wide_set(self.tag)].0, &key, self.tag, ids);
-            }
-            _ => self.keep_long(piece, ids),
+        let kept = slot.is_some_and(|(at, key)| self.keep_short(at, &key, self.tag, ids));
+        if !kept {
+            self.keep_long(piece, ids);
         }
         Ok(())
+    }
+
+    /// Appends the ids of the short piece `key` (whose set is `at`) if a slot or a wide slot
+    /// tagged `tag` has them (`true`), moving that slot first.
+    fn take_short(&mut self, at: usize, key: &Key, tag: u16, out: &mut Vec<u32>) -> bool {
+        take_from(&mut self.sets[at].0, key, tag, out) || take_from(&mut self.wide[key.wide_set(tag)].0, key, tag, out)
+    }
+
+    /// Keeps the ids of the short piece `key` (whose set is `at`) first in a slot, or a wide
+    /// slot, tagged `tag`, where they fit (`true`).
+    fn keep_short(&mut self, at: usize, key: &Key, tag: u16, ids: &[u32]) -> bool {
+        match ids.len() {
+            0..=SHORT_IDS => put_first(&mut self.sets[at].0, key, tag, ids),
+            0..=WIDE_IDS => put_first(&mut self.wide[key.wide_set(tag)].0, key, tag, ids),
+            _ => return false,
+        }
+        true
     }
 
     /// Appends the ids of a short text `segment` (at most `SHORT_MAX` bytes): the text
@@ -584,17 +596,14 @@ impl ModelCache<'_> {
             return encode(self, out);
         }
         let at = key.set(tag);
-        if take_from(&mut self.sets[at].0, &key, tag, out) || take_from(&mut self.wide[key.wide_set(tag)].0, &key, tag, out) {
+        if self.take_short(at, &key, tag, out) {
             return Ok(());
         }
         let start = out.len();
         encode(self, out)?;
+        // More ids than a wide slot holds: not kept (never in the map of long pieces).
         let ids = &out[start..];
-        if ids.len() <= SHORT_IDS {
-            put_first(&mut self.sets[at].0, &key, tag, ids);
-        } else if ids.len() <= WIDE_IDS {
-            put_first(&mut self.wide[key.wide_set(tag)].0, &key, tag, ids);
-        }
+        self.keep_short(at, &key, tag, ids);
         Ok(())
     }
 
