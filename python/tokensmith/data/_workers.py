@@ -248,7 +248,9 @@ class _Worker:
             code = self.process.wait()
         self._feeder.join(5)
         self._reader.join(5)
-        if self.process.stdout is not None and not self._reader.is_alive():
+        # At interpreter shutdown daemon threads are frozen where they stand, perhaps inside a
+        # read holding the pipe's lock: closing it then aborts the process. The OS closes it.
+        if self.process.stdout is not None and not self._reader.is_alive() and not sys.is_finalizing():
             self.process.stdout.close()
         return code
 

@@ -580,10 +580,16 @@ def prepare(
                             _write_examples(_ray.examples(tables), max_length, on_error, result, writer, bar, state)
                 else:
                     records = read_records(inputs, doc_per_line=doc_per_line, progress=reading, skip=done)
+                    # Closed here, on an error or Ctrl+C too: left to the garbage collector, a
+                    # generator that holds worker processes or a thread is closed only at
+                    # interpreter shutdown, where its cleanup aborts the process ("Fatal Python
+                    # error: could not acquire lock ... possibly due to daemon threads").
                     if streams:
-                        _write_documents(_documents(records, encoder, on_error, done), on_error, result, writer, bar, state)
+                        with contextlib.closing(_documents(records, encoder, on_error, done)) as documents:
+                            _write_documents(documents, on_error, result, writer, bar, state)
                     else:
-                        _write_examples(_encoded(records, encoder, num_workers, reading.total), max_length, on_error, result, writer, bar, state)
+                        with contextlib.closing(_encoded(records, encoder, num_workers, reading.total)) as examples:
+                            _write_examples(examples, max_length, on_error, result, writer, bar, state)
                 if not result.examples:
                     why = f"all {result.skipped} records were skipped ({result.reasons()})" if result.skipped else "the input has no records"
                     first = f"; first: {result.errors[0]}" if result.errors else ""
