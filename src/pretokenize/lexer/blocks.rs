@@ -13,10 +13,10 @@
 //! them, Russian per-document encodes took 20-25% fewer instructions) and the no-break space
 //! (U+00A0, 9,180 of them in 2 MB of the English corpora; with it, see
 //! `Classes::space_seconds`, a warm encode of that took 52.1 M -> 50.3 M instructions, 198 k -> 121 k mispredicted
-//! branches, and ran at 508 -> 526 MB/s, Llama 3), and o200k's apostrophes (its contractions
-//! are suffixes of words) end the part of the block that is read; the other patterns'
-//! contractions are their first alternative, worked in at the apostrophes where a match
-//! starts (`with_contractions`). And the run of one kind (letters, digits, whitespace, other)
+//! branches, and ran at 508 -> 526 MB/s, Llama 3) end the part of the block that is read.
+//! Contractions are worked in at the apostrophes (`with_contractions`): where a match starts
+//! (the first alternative of most patterns), or after a letter (o200k's, which end words).
+//! And the run of one kind (letters, digits, whitespace, other)
 //! that reaches the block's end may go on past it. So a block hands back only the matches
 //! that end at or before the start of its last run (or, for a run of digits split every
 //! `n`, before its last start), and the next block starts where the last of them ends.
@@ -112,13 +112,7 @@ impl Lexer {
         };
         let c = classes.classify(bytes, self.words == Words::CaseAware);
         let available = rest.len().min(BLOCK);
-        // o200k's contractions are suffixes of words (`P?U*W+C?`): there an apostrophe ends
-        // what a block reads.
-        let unknown = if self.words == Words::CaseAware && self.contractions != Contractions::None {
-            c.unknown | c.apostrophe
-        } else {
-            c.unknown
-        };
+        let unknown = c.unknown;
         let n = (unknown.trailing_zeros() as usize).min(available);
         let unknown = (n < available).then_some(at + n);
         // The block reaches the end of the text. cl100k's `\s++$` takes whitespace at the end
@@ -204,7 +198,12 @@ impl Lexer {
         };
         let starts = match self.contractions {
             Contractions::None => starts,
-            _ => self.with_contractions(s, at, starts, c.apostrophe & valid),
+            // o200k's contractions end words (`P?U*W+C?`): an apostrophe after a letter.
+            _ if self.words == Words::CaseAware => {
+                self.with_contractions(s, at, starts, c.apostrophe & valid & (letter << 1), true)
+            }
+            // The others' are the first alternative: an apostrophe that starts a match.
+            _ => self.with_contractions(s, at, starts, starts & c.apostrophe & valid, false),
         };
 
         // The matches from `at` up to `end`, cut at `cuts`. Away from the end of the text, the
@@ -230,27 +229,39 @@ impl Lexer {
         Block { end: Some(at + end), unknown }
     }
 
-    /// `starts` (of the block at `at`) with the contractions (`'s`, `'LL`, ...) that start at
-    /// an apostrophe among them, the pattern's first alternative: the match ends after the
-    /// contraction, where a new one starts, and none starts inside it (GPT-2's letter run
-    /// after the apostrophe). The letters after it are a word of their own: `'dog` is `'d`,
-    /// `og`. In Python code, with an apostrophe every 61 bytes, blocks ended at each before:
-    /// a warm encode of 2 MB of it (Llama 3, callgrind) took 72.1 M -> 56.6 M instructions
-    /// with this, 260 k -> 120 k mispredicted branches, and ran at 438 -> 543 MB/s (best of
-    /// 20, six runs in turn, medians); English, with few apostrophes, the same.
+    /// `starts` (of the block at `at`) with the contractions (`'s`, `'LL`, ...) at the
+    /// apostrophes `quotes`: a match ends after the contraction, where a new one starts, and
+    /// none starts inside it (GPT-2's letter run after the apostrophe). The letters after it
+    /// are a word of their own: `'dog` is `'d`, `og`. A contraction is the pattern's first
+    /// alternative, a match of its own, or (`suffix`, o200k) the end of the word before it,
+    /// where no match starts at the apostrophe either.
+    ///
+    /// In Python code, with an apostrophe every 61 bytes, blocks ended at each before: a warm
+    /// encode of 2 MB of it (Llama 3, callgrind) took 72.1 M -> 56.6 M instructions with this,
+    /// 260 k -> 120 k mispredicted branches, and ran at 438 -> 543 MB/s (best of 20, six runs
+    /// in turn, medians); English, with few apostrophes, the same. o200k's blocks ended at each
+    /// apostrophe until 2026-12-07: a warm encode of 1 MB of the same code took 31.1 M -> 24.3 M
+    /// instructions (callgrind), and o200k's code cell of the race (whole text, from Python)
+    /// ran at 285 -> 332 MB/s, 1.28x -> 1.59x fastokens.
     #[inline(always)]
-    fn with_contractions(&self, s: &Scan, at: usize, mut starts: u64, apostrophes: u64) -> u64 {
-        let mut quotes = starts & apostrophes;
+    fn with_contractions(&self, s: &Scan, at: usize, mut starts: u64, mut quotes: u64, suffix: bool) -> u64 {
+        // Where the last contraction ended: a word that ends in one takes no second (`it's's`
+        // is `it's`, `'s`).
+        let mut after = 0;
         while quotes != 0 {
             let i = quotes.trailing_zeros() as usize;
-            if let Some(end) = s.contraction(at + i, self.contractions == Contractions::CaseInsensitive) {
-                // Bits from `i`, wide enough for a contraction's end past the block (it ends
-                // within 4 bytes of its apostrophe: `'ſ` is one, case-folded).
-                let len = end - (at + i);
-                let inside = ((1u128 << (len - 1)) - 1) << (i + 1);
-                starts = (starts & !(inside as u64)) | (1u128 << (i + len)) as u64;
-            }
             quotes &= quotes - 1;
+            if suffix && i == after {
+                continue;
+            }
+            if let Some(end) = s.contraction(at + i, self.contractions == Contractions::CaseInsensitive) {
+                // Bits from `i` (or the one after it), wide enough for a contraction's end past
+                // the block (it ends within 4 bytes of its apostrophe: `'ſ` is one, case-folded).
+                after = end - at;
+                let from = if suffix { i } else { i + 1 };
+                let inside = ((1u128 << (after - from)) - 1) << from;
+                starts = (starts & !(inside as u64)) | (1u128 << after) as u64;
+            }
         }
         starts
     }

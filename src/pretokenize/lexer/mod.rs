@@ -963,12 +963,12 @@ mod tests {
 
     /// The blocks (`blocks.rs`) against the lexer's match-at-a-time path, on texts of up to
     /// six blocks: mostly ASCII of every class the blocks tell apart, in runs that cross the
-    /// blocks' edges, contractions among them, with the chars they leave to the other path
-    /// (o200k's apostrophes, chars outside ASCII that are letters, digits or whitespace) now
-    /// and then.
+    /// blocks' edges, contractions among them (after words too, o200k's), with the chars they
+    /// leave to the other path (chars outside ASCII that are letters, digits or whitespace)
+    /// now and then.
     #[test]
     fn blocks_match_like_one_match_at_a_time() {
-        const COMMON: &[&str] = &["a", "Zq", "xyz", "AB", "Cd", " ", " ", "\n", "1", "2024", ".", ",", "\t", "\r\n", "\r", "  ", "    ", "!?", "_", "/", "\u{a0}", "'", "'s", "'ll"];
+        const COMMON: &[&str] = &["a", "Zq", "xyz", "AB", "Cd", " ", " ", "\n", "1", "2024", ".", ",", "\t", "\r\n", "\r", "  ", "    ", "!?", "_", "/", "\u{a0}", "'", "'s", "'ll", "it's", "Ab'S'd"];
         const RARE: &[&str] = &[
             "'", "'s", "'LL", "'Re", "'d", "'ſt", "''", "é", "\u{85}", "\u{a0}", "日本", "٣", "\x0b", "\x0c", "\n\n", "\n \n", "/", "\u{1F600}",
             "\0", "\x01", "\x1f", "\x7f", "#", "@", "[", "`", "{", "~", "\u{301}", "ʰ",
