@@ -249,12 +249,14 @@ def test_interrupt_terminates_workers(tmp_path, how):
     assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
 
 
+@linux_only
 @pytest.mark.parametrize("error", [KeyboardInterrupt, OSError])
 def test_workers_are_stopped_before_an_error_leaves_prepare(tok, tmp_path, monkeypatch, error):
     """An error while writing (Ctrl+C, a full disk) leaves prepare with its traceback holding the
     generator that owns the pool: prepare must close it, not the garbage collector later."""
     import importlib
 
+    # The module: `tokensmith.data.prepare` read as an attribute is the function.
     prepare_module = importlib.import_module("tokensmith.data.prepare")
 
     marker = f"TOKENSMITH_TEST_{uuid.uuid4().hex}"
