@@ -219,7 +219,12 @@ def test_interrupt_terminates_workers(tmp_path, how):
     script = tmp_path / "endless.py"
     script.write_text(textwrap.dedent(f"""
         import itertools
+        import signal
         from tokensmith import Tokenizer, data
+
+        # A test run started in the background (`cmd &` in a script) ignores SIGINT, and so
+        # would this child: the Ctrl+C below then did nothing, and the test timed out.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
         def records():
             for i in itertools.count():
