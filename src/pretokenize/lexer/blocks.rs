@@ -112,8 +112,7 @@ impl Lexer {
         };
         let c = classes.classify(bytes, self.words == Words::CaseAware);
         let available = rest.len().min(BLOCK);
-        let unknown = c.unknown;
-        let n = (unknown.trailing_zeros() as usize).min(available);
+        let n = (c.unknown.trailing_zeros() as usize).min(available);
         let unknown = (n < available).then_some(at + n);
         // The block reaches the end of the text. cl100k's `\s++$` takes whitespace at the end
         // whole, newlines and all: there the text's last run is left to the per-match lexer.
