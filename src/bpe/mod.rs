@@ -568,9 +568,28 @@ impl Bpe {
     /// `PreTokenizer::id` of what cuts the segments into pieces.
     pub fn with_caches<R>(&self, pre_tokenizer: Option<u64>, f: impl FnOnce(&mut PieceEncoder) -> R) -> R {
         CACHE.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut cache) => f(&mut PieceEncoder { bpe: self, cache: Some(cache.for_model(self.cache_owner, pre_tokenizer)) }),
+            Ok(mut cache) => {
+                let mut cache = cache.for_model(self.cache_owner, pre_tokenizer);
+                if let Some(tokens) = self.prefill_tokens() {
+                    if cache.prefill_due(tokens.len()) {
+                        cache.prefill(tokens.iter().map(|(key, &id)| (key, id)));
+                    }
+                }
+                f(&mut PieceEncoder { bpe: self, cache: Some(cache) })
+            }
             Err(_) => f(&mut PieceEncoder { bpe: self, cache: None }),
         })
+    }
+
+    /// The tokens the piece cache may be given ahead (`ModelCache::prefill`): the short
+    /// tokens of an `ignore_merges` vocabulary of bytes, where a piece that is a token
+    /// encodes to it (`PieceEncoder::encode_new` looks the whole piece up first). Elsewhere
+    /// merges may make other tokens of a token's bytes, so there are none.
+    fn prefill_tokens(&self) -> Option<&FxHashMap<Key, u32>> {
+        match (&self.alphabet, &self.whole) {
+            (Alphabet::Bytes(_), Some(whole)) => Some(&whole.short),
+            _ => None,
+        }
     }
 
     /// Appends the ids of one pre-tokenized piece (`with_cache` for many).
