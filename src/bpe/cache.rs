@@ -250,6 +250,8 @@ fn prefetch(set: &Set) {
         _mm_prefetch::<_MM_HINT_T0>(at);
         _mm_prefetch::<_MM_HINT_T0>(at.add(64));
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = set;
 }
 
 /// Finds `key`'s piece in `ways` and appends its ids (`true`), moving its slot first.

@@ -583,8 +583,10 @@ impl Bpe {
 
     /// The tokens the piece cache may be given ahead (`ModelCache::prefill`): the short
     /// tokens of an `ignore_merges` vocabulary of bytes, where a piece that is a token
-    /// encodes to it (`PieceEncoder::encode_new` looks the whole piece up first). Elsewhere
-    /// merges may make other tokens of a token's bytes, so there are none.
+    /// encodes to it. Elsewhere merges may make other tokens of a token's bytes, so there
+    /// are none. This holds while everything that keeps a piece under the model's own tag
+    /// looks the whole piece up first (`PieceEncoder::encode_new`, `encode_uncached`): a
+    /// part's ids that merges alone make (`encode_part`) must never be kept under it.
     fn prefill_tokens(&self) -> Option<&FxHashMap<Key, u32>> {
         match (&self.alphabet, &self.whole) {
             (Alphabet::Bytes(_), Some(whole)) => Some(&whole.short),
