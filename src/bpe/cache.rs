@@ -47,6 +47,10 @@ pub const SHORT_MAX: usize = 16;
 const WORDS: usize = SHORT_MAX / 8;
 /// At most this many ids are kept in a slot (a short piece with more takes a wide slot).
 const SHORT_IDS: usize = 3;
+/// In a slot's `len`: its ids are a run (see `Slot::ids_fit`). Above any piece's length, so
+/// that `Slot::holds`, the test of the loop of first-slot hits, is false for a run.
+const RUN: u8 = 0x80;
+const _: () = assert!(SHORT_MAX < RUN as usize);
 /// At most this many ids are kept in a wide slot (a short piece with more goes to the map).
 const WIDE_IDS: usize = 11;
 /// SentencePiece-style text past this many bytes is cut into words before BPE (see
@@ -185,7 +189,8 @@ fn partial_word(bytes: &[u8]) -> u64 {
 }
 
 /// A piece and up to `IDS` ids (the key's fields laid out flat): with `SHORT_IDS`, two slots
-/// to a cache line; with `WIDE_IDS` (a `WideSlot`), one.
+/// to a cache line; with `WIDE_IDS` (a `WideSlot`), one. A slot whose `n` is more than `IDS`
+/// holds a run: ids past the last it has are that last one again (see `ids_fit`).
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]
 struct Slot<const IDS: usize = SHORT_IDS> {
@@ -193,6 +198,7 @@ struct Slot<const IDS: usize = SHORT_IDS> {
     ids: [u32; IDS],
     /// The model that filled it (0: empty).
     tag: u16,
+    /// The piece's length, with `RUN` where the ids are a run.
     len: u8,
     n: u8,
 }
@@ -200,15 +206,37 @@ struct Slot<const IDS: usize = SHORT_IDS> {
 impl<const IDS: usize> Slot<IDS> {
     const EMPTY: Slot<IDS> = Slot { words: [0; WORDS], ids: [0; IDS], tag: 0, len: 0, n: 0 };
 
+    /// Whether the slot holds `key`'s piece for the model `tag`, with at most `IDS` ids.
     #[inline(always)]
     fn holds(&self, key: &Key, tag: u16) -> bool {
         self.tag == tag && self.words == key.words && self.len == key.len
     }
 
-    /// Makes this the slot of `key`'s piece, whose ids are `ids` (at most `IDS`).
+    /// Whether the slot holds `key`'s piece for the model `tag` as a run (see `ids_fit`).
+    #[inline(always)]
+    fn holds_run(&self, key: &Key, tag: u16) -> bool {
+        self.tag == tag && self.words == key.words && self.len == key.len | RUN
+    }
+
+    /// Whether a slot holds `ids`: at most `IDS` of them, or a run, whose ids past the
+    /// first `IDS` are all the last of those (and no more than a `u8` counts).
+    ///
+    /// Why runs: GPT-2's vocabulary has no token for two spaces, so in Python code a line
+    /// break and its indentation (`\n` and seven spaces) is a piece of a token and then the
+    /// one of a space again and again: a tenth of the pieces of the code corpus. With more
+    /// ids than a slot holds, each took a wide slot, found past the loop of first-slot hits
+    /// (`ModelCache::first_way_hits`) after a call and the wide set's line.
+    fn ids_fit(ids: &[u32]) -> bool {
+        ids.len() <= IDS || (ids.len() <= usize::from(u8::MAX) && ids[IDS..].iter().all(|&id| id == ids[IDS - 1]))
+    }
+
+    /// Makes this the slot of `key`'s piece, whose ids are `ids` (see `ids_fit`).
     fn fill(&mut self, key: &Key, tag: u16, ids: &[u32]) {
-        (self.words, self.len, self.tag, self.n) = (key.words, key.len, tag, ids.len() as u8);
-        self.ids[..ids.len()].copy_from_slice(ids);
+        debug_assert!(Self::ids_fit(ids));
+        let len = if ids.len() > IDS { key.len | RUN } else { key.len };
+        (self.words, self.len, self.tag, self.n) = (key.words, len, tag, ids.len() as u8);
+        let kept = ids.len().min(IDS);
+        self.ids[..kept].copy_from_slice(&ids[..kept]);
     }
 
     #[inline(always)]
@@ -216,26 +244,39 @@ impl<const IDS: usize> Slot<IDS> {
         out.reserve(IDS);
         let len = out.len();
         // SAFETY: `reserve` left room for `IDS` more ids past `len`.
-        unsafe {
-            let n = self.write_ids(out.as_mut_ptr().add(len));
-            out.set_len(len + n);
+        let n = unsafe { self.write_ids(out.as_mut_ptr().add(len)) };
+        if n > IDS {
+            // SAFETY: the first `IDS` are written.
+            unsafe { out.set_len(len + IDS) };
+            self.push_run(out);
+        } else {
+            // SAFETY: the slot's `n` ids are written.
+            unsafe { out.set_len(len + n) };
         }
     }
 
-    /// Writes all the slot's ids at `to` and returns how many of them it has (at most
-    /// `IDS`). All are copied, as one fixed-size store, and the caller's length then
-    /// counts those it has: `extend_from_slice` of a length known only at run time calls
-    /// `memmove` (5% of an encode in the profile), and a `match` on the count, which pushed
-    /// one id or extended by two, took a branch that went either way.
+    /// Writes the slot's first `IDS` ids at `to` and returns how many it has: all of them
+    /// if at most `IDS`, else a run whose rest `push_run` appends. All `IDS` are copied, as
+    /// one fixed-size store, and the caller's length then counts those it has:
+    /// `extend_from_slice` of a length known only at run time calls `memmove` (5% of an
+    /// encode in the profile), and a `match` on the count, which pushed one id or extended
+    /// by two, took a branch that went either way.
     ///
     /// # Safety
     /// `to` must be valid for writes of `IDS` ids.
     #[inline(always)]
     unsafe fn write_ids(&self, to: *mut u32) -> usize {
-        debug_assert!(self.n as usize <= IDS);
         // SAFETY: the caller's promise.
         unsafe { to.cast::<[u32; IDS]>().write(self.ids) };
         usize::from(self.n)
+    }
+
+    /// Appends the ids of a run past its first `IDS` (see `ids_fit`).
+    #[cold]
+    #[inline(never)]
+    fn push_run(&self, out: &mut Vec<u32>) {
+        let n = usize::from(self.n);
+        out.extend(std::iter::repeat_n(self.ids[IDS - 1], n - IDS));
     }
 }
 
@@ -257,7 +298,9 @@ fn prefetch(set: &Set) {
 /// Finds `key`'s piece in `ways` and appends its ids (`true`), moving its slot first.
 #[inline]
 fn take_from<const IDS: usize>(ways: &mut [Slot<IDS>], key: &Key, tag: u16, out: &mut Vec<u32>) -> bool {
-    let Some(way) = ways.iter().position(|slot| slot.holds(key, tag)) else { return false };
+    let Some(way) = ways.iter().position(|slot| slot.holds(key, tag) || slot.holds_run(key, tag)) else {
+        return false;
+    };
     ways[..=way].rotate_right(1);
     ways[0].push_ids(out);
     true
@@ -270,6 +313,20 @@ fn put_first<const IDS: usize>(ways: &mut [Slot<IDS>], key: &Key, tag: u16, ids:
 }
 
 const _: () = assert!(std::mem::size_of::<Slot>() == 32);
+
+impl Slot {
+    /// Appends this run's ids to `out`, whose ids up to `len` are written, then makes room
+    /// for `room` more: returns where the ids are now and how many.
+    #[cold]
+    #[inline(never)]
+    fn take_run(&self, out: &mut Vec<u32>, len: usize, room: usize) -> (*mut u32, usize) {
+        // SAFETY: the caller wrote the ids up to `len`.
+        unsafe { out.set_len(len) };
+        self.push_ids(out);
+        out.reserve(room);
+        (out.as_mut_ptr(), out.len())
+    }
+}
 
 /// The slots a piece may be in, the more recently used first.
 #[derive(Clone, Copy)]
@@ -537,7 +594,7 @@ impl ModelCache<'_> {
     #[inline(always)]
     pub(super) fn first_way_hits(&self, text: &[u8], mut start: usize, ends: &[usize], out: &mut Vec<u32>) -> usize {
         out.reserve(ends.len() * SHORT_IDS);
-        let (ids, mut len) = (out.as_mut_ptr(), out.len());
+        let (mut ids, mut len) = (out.as_mut_ptr(), out.len());
         let mut taken = 0;
         for &end in ends {
             let n = end - start;
@@ -546,10 +603,18 @@ impl ModelCache<'_> {
             let key = Key::in_window(window, n);
             let slot = &self.sets[key.set(self.tag)].0[0];
             if !slot.holds(&key, self.tag) {
-                break;
+                if !slot.holds_run(&key, self.tag) {
+                    break;
+                }
+                // A run (see `Slot::ids_fit`): appended, and room made again for the pieces
+                // left. A run's length is marked, so the loop's test for one is the test
+                // of the length it made anyway.
+                (start, taken) = (end, taken + 1);
+                (ids, len) = slot.take_run(out, len, (ends.len() - taken) * SHORT_IDS);
+                continue;
             }
             // SAFETY: `reserve` left room for `SHORT_IDS` ids per piece of `ends` past the
-            // length it found, and each piece taken keeps at most that many.
+            // length it found, and each piece taken here keeps at most that many.
             len += unsafe { slot.write_ids(ids.add(len)) };
             (start, taken) = (end, taken + 1);
         }
@@ -602,10 +667,12 @@ impl ModelCache<'_> {
     /// Keeps the ids of the short piece `key` (whose set is `at`) first in a slot, or a wide
     /// slot, tagged `tag`, where they fit (`true`).
     fn keep_short(&mut self, at: usize, key: &Key, tag: u16, ids: &[u32]) -> bool {
-        match ids.len() {
-            0..=SHORT_IDS => put_first(&mut self.sets[at].0, key, tag, ids),
-            0..=WIDE_IDS => put_first(&mut self.wide[key.wide_set(tag)].0, key, tag, ids),
-            _ => return false,
+        if Slot::<SHORT_IDS>::ids_fit(ids) {
+            put_first(&mut self.sets[at].0, key, tag, ids);
+        } else if ids.len() <= WIDE_IDS {
+            put_first(&mut self.wide[key.wide_set(tag)].0, key, tag, ids);
+        } else {
+            return false;
         }
         true
     }
@@ -1054,7 +1121,7 @@ mod tests {
         // Without a pre-tokenizer nothing is kept; more ids than a wide slot are not kept.
         assert_eq!(segment(&mut cache.for_model(1, None), b"ab", &[6]), [6]);
         assert_eq!(segment(&mut cache.for_model(1, None), b"ab", &[8]), [8]);
-        let many = [3; WIDE_IDS + 1];
+        let many: Vec<u32> = (0..=WIDE_IDS as u32).collect();
         assert_eq!(segment(&mut cache.for_model(1, Some(1)), b"abcdefghijkl", &many), many);
         assert_eq!(segment(&mut cache.for_model(1, Some(1)), b"abcdefghijkl", &[1]), [1]);
         assert_eq!(calls, 7);
@@ -1096,6 +1163,42 @@ mod tests {
     }
 
     #[test]
+    fn runs_of_one_id_are_first_way_hits_however_many_ids() {
+        let mut cache = PieceCache::default();
+        let mut model = cache.for_model(1, None);
+        let mut calls = 0;
+        // A line break and its indentation, as GPT-2 encodes them: a token, then a space's
+        // again and again; and a piece whose run starts at its third id.
+        let indents: Vec<String> = (3..SHORT_MAX).map(|spaces| format!("\n{}", " ".repeat(spaces))).collect();
+        let ids_of = |piece: &str| -> Vec<u32> {
+            match piece.strip_prefix("\n") {
+                Some(spaces) => [198].into_iter().chain(std::iter::repeat_n(220, spaces.len())).collect(),
+                None => [5, 6].into_iter().chain(std::iter::repeat_n(7, piece.len() - 2)).collect(),
+            }
+        };
+        let mut pieces: Vec<&str> = indents.iter().map(String::as_str).collect();
+        pieces.push("xyzzy");
+        for piece in &pieces {
+            assert_eq!(get(&mut model, piece.as_bytes(), &ids_of(piece), &mut calls), ids_of(piece));
+        }
+        assert!(model.wide.iter().all(|set| set.0.iter().all(|slot| slot.tag == 0)), "no wide slot taken");
+        // Many runs in one batch, each past the room made for `SHORT_IDS` ids a piece.
+        let order: Vec<&str> = (0..40).map(|i| pieces[i * 7 % pieces.len()]).collect();
+        let text = format!("{}{}", order.concat(), " ".repeat(SHORT_MAX));
+        let ends: Vec<usize> = order.iter().scan(0, |end, p| Some(*end += p.len()).map(|()| *end)).collect();
+        let mut out = vec![1];
+        assert_eq!(model.first_way_hits(text.as_bytes(), 0, &ends, &mut out), order.len());
+        let expected: Vec<u32> = [1].into_iter().chain(order.iter().flat_map(|p| ids_of(p))).collect();
+        assert_eq!(out, expected);
+        // Ids whose tail is not one id again: a wide slot.
+        let (piece, ids) = (b"abcd", [1, 2, 2, 3]);
+        assert_eq!(get(&mut model, piece, &ids, &mut calls), ids);
+        assert_eq!(get(&mut model, piece, &[0], &mut calls), ids);
+        assert!(model.wide.iter().any(|set| set.0.iter().any(|slot| slot.tag != 0)));
+        assert_eq!(calls, pieces.len() + 1);
+    }
+
+    #[test]
     fn short_pieces_with_more_ids_than_a_slot_take_a_wide_slot() {
         let mut cache = PieceCache::default();
         let mut model = cache.for_model(1, None);
@@ -1125,15 +1228,17 @@ mod tests {
             (1..).map(|i| format!("w{i}")).filter(|p| Key::new(p.as_bytes()).wide_set(model.tag) == set).take(3).collect();
         let (a, b, c) = (mates[0].as_bytes(), mates[1].as_bytes(), mates[2].as_bytes());
         let mut calls = 0;
-        get(&mut model, a, &[1; 5], &mut calls);
-        get(&mut model, b, &[2; 5], &mut calls);
-        assert_eq!(get(&mut model, a, &[0], &mut calls), [1; 5]); // now `b` is the older
-        get(&mut model, c, &[3; 5], &mut calls);
+        // Five ids, not a run (see `Slot::ids_fit`).
+        let ids = |first: u32| [first, first + 1, first + 2, first + 3, first + 4];
+        get(&mut model, a, &ids(10), &mut calls);
+        get(&mut model, b, &ids(20), &mut calls);
+        assert_eq!(get(&mut model, a, &[0], &mut calls), ids(10)); // now `b` is the older
+        get(&mut model, c, &ids(30), &mut calls);
         assert_eq!(calls, 3);
-        assert_eq!(get(&mut model, a, &[0], &mut calls), [1; 5]);
-        assert_eq!(get(&mut model, c, &[0], &mut calls), [3; 5]);
+        assert_eq!(get(&mut model, a, &[0], &mut calls), ids(10));
+        assert_eq!(get(&mut model, c, &[0], &mut calls), ids(30));
         assert_eq!(calls, 3, "the more recently used and the new one stayed");
-        assert_eq!(get(&mut model, b, &[4; 6], &mut calls), [4; 6]);
+        assert_eq!(get(&mut model, b, &ids(40), &mut calls), ids(40));
         assert_eq!(calls, 4, "the least recently used was replaced");
     }
 
