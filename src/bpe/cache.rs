@@ -786,15 +786,20 @@ impl ModelCache<'_> {
         self.long.append_ids(piece, out)
     }
 
-    /// Keeps the ids of a piece of up to `CACHED_MAX` bytes in the map of long pieces.
+    /// Keeps the ids of a piece of up to `CACHED_MAX` bytes in the map of long pieces, from
+    /// the second time it is asked to (`LongPieceMap::admit`).
     pub fn keep_long(&mut self, piece: &[u8], ids: &[u32]) {
         if piece.len() > CACHED_MAX {
+            return;
+        }
+        let hash = LongPieceMap::hash(piece);
+        if !self.long.admit(hash) {
             return;
         }
         if self.long.bytes() + LongPieceMap::size(piece, ids) > LONG_MAX_BYTES {
             self.long.clear();
         }
-        self.long.insert(piece, ids);
+        self.long.insert(piece, hash, ids);
     }
 }
 
@@ -808,7 +813,18 @@ struct LongPieceMap {
     table: hashbrown::HashTable<LongEntry>,
     /// Room is kept for `IDS_AT_ONCE` words past the last piece (see `append_ids`).
     arena: Vec<u32>,
+    /// The pieces asked to be kept once and not kept (`admit`): a bit by hash.
+    seen: Vec<u64>,
+    /// The bits set in `seen` since it was last cleared.
+    seen_count: usize,
 }
+
+/// Bits of `LongPieceMap::seen`: 128 kB, cleared once an eighth of them are set (131 k
+/// pieces), so that a piece first asked about long ago is taken for new. A pass over 2 MB
+/// of Chinese asks about some 36 k distinct long pieces, and a piece is kept only if it
+/// is asked again before the bits are cleared: with 2^16 bits, a per-document pass over
+/// those texts again and again never kept one.
+const SEEN_BITS: usize = 1 << 20;
 
 /// The ids `LongPieceMap::append_ids` copies at once (32 bytes).
 const IDS_AT_ONCE: usize = 8;
@@ -893,12 +909,40 @@ impl LongPieceMap {
         len.div_ceil(4)
     }
 
-    /// Keeps a piece that `append_ids` did not find (a second entry would only waste room).
-    /// The arena stays below `LONG_MAX_BYTES` (`keep_long`), so offsets fit in 32 bits.
-    fn insert(&mut self, piece: &[u8], ids: &[u32]) {
+    /// Whether a piece whose hash is `hash` is to be kept: only from the second time
+    /// (probably: two pieces may share a bit) that it is asked.
+    ///
+    /// Why: most long pieces of a pass over new text are never met again (CJK runs: the
+    /// 12,228 of 500 kB of the Chinese handbook are 9,048 distinct), and keeping each one
+    /// copied its ids and bytes into the arena, a line or two that no later lookup reads:
+    /// 5% of the instructions of a first pass over Chinese, and 9% of its misses of a
+    /// simulated 2 MB cache (Qwen2, callgrind). A piece met again is kept then, and found
+    /// from its third time on.
+    fn admit(&mut self, hash: u64) -> bool {
+        if self.seen.is_empty() {
+            self.seen = vec![0; SEEN_BITS / 64];
+        }
+        let bit = (hash >> 44) as usize % SEEN_BITS;
+        let (word, mask) = (bit / 64, 1u64 << (bit % 64));
+        if self.seen[word] & mask != 0 {
+            return true;
+        }
+        if self.seen_count == SEEN_BITS / 8 {
+            self.seen.fill(0);
+            self.seen_count = 0;
+        }
+        self.seen[word] |= mask;
+        self.seen_count += 1;
+        false
+    }
+
+    /// Keeps a piece that `append_ids` did not find (a second entry would only waste room),
+    /// `hash` being its `hash`. The arena stays below `LONG_MAX_BYTES` (`keep_long`), so
+    /// offsets fit in 32 bits.
+    fn insert(&mut self, piece: &[u8], hash: u64, ids: &[u32]) {
         let offset = |len: usize| u32::try_from(len).expect("below LONG_MAX_BYTES");
         let entry = LongEntry {
-            hash: Self::hash(piece),
+            hash,
             at: offset(self.arena.len()),
             ids_len: offset(ids.len()),
             bytes_len: offset(piece.len()),
@@ -984,14 +1028,18 @@ mod tests {
         ];
         let mut model = cache.for_model(1, None);
         for (piece, ids) in &cases {
-            assert_eq!(&get(&mut model, piece, ids, &mut calls), ids);
+            // Twice: the map keeps a piece the second time (`LongPieceMap::admit`).
+            for _ in 0..2 {
+                assert_eq!(&get(&mut model, piece, ids, &mut calls), ids);
+            }
         }
-        assert_eq!(calls, cases.len());
+        let in_map = 3; // 'v', 'z' and 'w' (which is never kept) are encoded twice
+        assert_eq!(calls, cases.len() + in_map);
         for (piece, ids) in &cases {
             let again = get(&mut model, piece, &[99], &mut calls);
             assert_eq!(again, if piece.len() > CACHED_MAX { &[99][..] } else { ids });
         }
-        assert_eq!(calls, cases.len() + 1, "only the piece over CACHED_MAX is encoded again");
+        assert_eq!(calls, cases.len() + in_map + 1, "only the piece over CACHED_MAX is encoded again");
     }
 
     #[test]
@@ -1000,7 +1048,7 @@ mod tests {
         let piece = |len: usize| (0..len).map(|i| (i * 37 + len) as u8).collect::<Vec<u8>>();
         let ids = |len: usize| (0..len % 19 + 1).map(|i| (len * 100 + i) as u32).collect::<Vec<u32>>();
         for len in 1..=40 {
-            map.insert(&piece(len), &ids(len));
+            map.insert(&piece(len), LongPieceMap::hash(&piece(len)), &ids(len));
         }
         for len in 1..=40 {
             let mut out = vec![7];
@@ -1018,6 +1066,30 @@ mod tests {
     }
 
     #[test]
+    fn the_map_keeps_a_piece_the_second_time_it_is_asked_to() {
+        let mut cache = PieceCache::default();
+        let mut calls = 0;
+        let mut model = cache.for_model(1, None);
+        let piece = |i: usize| format!("{i:0>width$}", width = SHORT_MAX + 1);
+        for expected_calls in [1, 2, 2] {
+            assert_eq!(get(&mut model, piece(0).as_bytes(), &[1, 2], &mut calls), [1, 2]);
+            assert_eq!(calls, expected_calls, "encoded the first and second time, then found");
+        }
+        // Once an eighth of the bits are set, they are cleared: a piece seen before is new
+        // again. (Hashes by the bit they set: `admit` takes the bit from the top bits.)
+        let mut map = LongPieceMap::default();
+        let hash = |bit: usize| (bit as u64) << 44;
+        assert!(!map.admit(hash(0)) && map.admit(hash(0)));
+        for bit in 1..SEEN_BITS / 8 {
+            assert!(!map.admit(hash(bit)));
+        }
+        assert!(map.admit(hash(0)), "not cleared yet: an eighth of the bits are set");
+        assert!(!map.admit(hash(SEEN_BITS / 8)), "one more: cleared, then set");
+        assert!(!map.admit(hash(0)), "cleared");
+        assert!(map.admit(hash(SEEN_BITS / 8)));
+    }
+
+    #[test]
     fn the_map_of_long_pieces_stays_within_its_bytes() {
         let mut cache = PieceCache::default();
         let mut calls = 0;
@@ -1028,6 +1100,7 @@ mod tests {
         for i in 0..fit + 10 {
             let piece: Vec<u8> = (i as u32).to_le_bytes().into_iter().cycle().take(CACHED_MAX).collect();
             get(&mut model, &piece, &ids, &mut calls);
+            get(&mut model, &piece, &ids, &mut calls); // kept the second time
             assert!(model.long.bytes() <= LONG_MAX_BYTES);
             assert_eq!(model.long.bytes(), model.long.len() * size);
         }
@@ -1087,6 +1160,8 @@ mod tests {
         let long = [b'l'; SHORT_MAX + 1];
         for piece in [&b"hello"[..], &long] {
             assert_eq!(get(&mut cache.for_model(1, None), piece, &[1], &mut calls), [1]);
+            // The map keeps a long piece the second time (`LongPieceMap::admit`).
+            assert_eq!(get(&mut cache.for_model(1, None), piece, &[1], &mut calls), [1]);
             assert_eq!(get(&mut cache.for_model(1, None), piece, &[9], &mut calls), [1]);
             assert_eq!(get(&mut cache.for_model(2, None), piece, &[2], &mut calls), [2]);
             // Model 1's entry is kept (short pieces: its own slot) or encoded again (the map
@@ -1094,7 +1169,7 @@ mod tests {
             let again = get(&mut cache.for_model(1, None), piece, &[3], &mut calls);
             assert_eq!(again, if piece.len() <= SHORT_MAX { [1] } else { [3] });
         }
-        assert_eq!(calls, 5);
+        assert_eq!(calls, 6, "hello twice, the long piece four times (the first time it is not kept)");
         // More models than tags: everything is dropped and numbering starts again.
         for owner in 3..(MAX_TAGS as u64 + 10) {
             assert_eq!(get(&mut cache.for_model(owner, None), b"hello", &[owner as u32], &mut calls), [owner as u32]);
@@ -1225,6 +1300,8 @@ mod tests {
             assert_eq!(get(&mut model, piece(n).as_bytes(), &ids(n), &mut calls), ids(n));
         }
         assert_eq!(model.long.len(), 0, "none in the map");
+        get(&mut model, piece(WIDE_IDS + 1).as_bytes(), &ids(WIDE_IDS + 1), &mut calls);
+        assert_eq!(model.long.len(), 0, "the map keeps a piece the second time");
         get(&mut model, piece(WIDE_IDS + 1).as_bytes(), &ids(WIDE_IDS + 1), &mut calls);
         assert_eq!(model.long.len(), 1, "one id too many for a wide slot: the map");
         for n in SHORT_IDS + 1..=WIDE_IDS + 1 {
