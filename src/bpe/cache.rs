@@ -77,6 +77,8 @@ const WAYS: usize = 4;
 const WIDE_SET_BITS: u32 = 13;
 const WIDE_SETS: usize = 1 << WIDE_SET_BITS;
 const WIDE_WAYS: usize = 2;
+/// Bits of the filter of the pieces put in wide slots (see `ModelCache::take_short`).
+const WIDE_FILTER_BITS: usize = 1 << 16;
 /// Models remembered per thread before every tag is dropped and numbering starts again.
 const MAX_TAGS: usize = 1 << 10;
 /// A new piece costs about as much as putting this many tokens in the slots ahead (see
@@ -135,10 +137,14 @@ impl Key {
         (self.hash(tag) >> (64 - SET_BITS)) as usize
     }
 
-    /// Its wide set (`WideSet`), for the model tagged `tag`.
+    /// Its wide set (`WideSet`), for the model tagged `tag`, and its bit in the filter of
+    /// the pieces put in wide slots (`PieceCache::wide_used`): bits of the hash below those
+    /// of the set, so that the pieces of one set do not share a bit.
     #[inline]
-    fn wide_set(&self, tag: u16) -> usize {
-        (self.hash(tag) >> (64 - WIDE_SET_BITS)) as usize
+    fn wide_set_and_bit(&self, tag: u16) -> (usize, usize) {
+        let hash = self.hash(tag);
+        let bit = (hash >> (64 - WIDE_SET_BITS - WIDE_FILTER_BITS.trailing_zeros())) as usize % WIDE_FILTER_BITS;
+        ((hash >> (64 - WIDE_SET_BITS)) as usize, bit)
     }
 
     #[inline]
@@ -454,6 +460,8 @@ impl<S: Zeroable> Drop for Table<S> {
 pub struct PieceCache {
     sets: Table<Set>,
     wide: Table<WideSet>,
+    /// A filter of the pieces put in wide slots (`Key::wide_bit`; see `ModelCache::take_short`).
+    wide_used: Vec<u64>,
     /// Model (its `Bpe::cache_owner`, and 0) -> its tag in this thread's slots; the
     /// text segments of a model and a pre-tokenizer (its `PreTokenizer::id`, never 0) ->
     /// theirs.
@@ -479,6 +487,7 @@ impl PieceCache {
         }
         if self.wide.is_empty() {
             self.wide = Table::zeroed(WIDE_SETS);
+            self.wide_used = vec![0; WIDE_FILTER_BITS / 64];
         }
         if self.new_pieces.is_empty() {
             self.new_pieces = vec![0; MAX_TAGS];
@@ -495,11 +504,12 @@ impl PieceCache {
             self.long_owner = owner;
             self.long.clear();
         }
-        let PieceCache { sets, wide, long, new_pieces, .. } = self;
+        let PieceCache { sets, wide, wide_used, long, new_pieces, .. } = self;
         let sets = (&mut **sets).try_into().expect("the table holds `SETS` sets");
         let wide = (&mut **wide).try_into().expect("the table holds `WIDE_SETS` sets");
+        let wide_used = (&mut **wide_used).try_into().expect("the filter has `WIDE_FILTER_BITS` bits");
         let new_pieces = &mut new_pieces[usize::from(tag)];
-        ModelCache { sets, wide, long, tag, segment_tag, new_pieces }
+        ModelCache { sets, wide, wide_used, long, tag, segment_tag, new_pieces }
     }
 
     /// The tags of `for_model`'s model and segments (0: no segments), numbered anew, every
@@ -510,6 +520,7 @@ impl PieceCache {
         if self.tags.len() + new >= MAX_TAGS {
             self.sets.fill(EMPTY_SET);
             self.wide.fill(EMPTY_WIDE_SET);
+            self.wide_used.fill(0);
             self.tags.clear();
         }
         let mut tag_of = |key: (u64, u64)| {
@@ -530,6 +541,7 @@ pub struct ModelCache<'a> {
     /// instructions of a warm encode (Llama 3, English, callgrind).
     sets: &'a mut [Set; SETS],
     wide: &'a mut [WideSet; WIDE_SETS],
+    wide_used: &'a mut [u64; WIDE_FILTER_BITS / 64],
     long: &'a mut LongPieceMap,
     tag: u16,
     /// The tag of the text segments (0: none are kept).
@@ -541,8 +553,8 @@ pub struct ModelCache<'a> {
 impl ModelCache<'_> {
     /// The same cache, for a while.
     pub(super) fn reborrow(&mut self) -> ModelCache<'_> {
-        let ModelCache { sets, wide, long, tag, segment_tag, new_pieces } = self;
-        ModelCache { sets, wide, long, tag: *tag, segment_tag: *segment_tag, new_pieces }
+        let ModelCache { sets, wide, wide_used, long, tag, segment_tag, new_pieces } = self;
+        ModelCache { sets, wide, wide_used, long, tag: *tag, segment_tag: *segment_tag, new_pieces }
     }
 
     /// Appends the ids of `piece` to `out`, from the cache or from `encode` (whose output
@@ -669,8 +681,18 @@ impl ModelCache<'_> {
 
     /// Appends the ids of the short piece `key` (whose set is `at`) if a slot or a wide slot
     /// tagged `tag` has them (`true`), moving that slot first.
+    ///
+    /// The wide set is read only where the piece's bit in a filter of the pieces ever put
+    /// in wide slots is set: on a first pass over English nearly every new piece came here
+    /// and waited on its wide set's lines, though few pieces have more ids than a slot
+    /// holds. The filter (8 kB) stays in the L1 or L2 cache; pieces pushed out of the wide
+    /// slots, and those of other models, leave their bits set, which only costs the read.
     fn take_short(&mut self, at: usize, key: &Key, tag: u16, out: &mut Vec<u32>) -> bool {
-        take_from(&mut self.sets[at].0, key, tag, out) || take_from(&mut self.wide[key.wide_set(tag)].0, key, tag, out)
+        if take_from(&mut self.sets[at].0, key, tag, out) {
+            return true;
+        }
+        let (wide, bit) = key.wide_set_and_bit(tag);
+        self.wide_used[bit / 64] & 1 << (bit % 64) != 0 && take_from(&mut self.wide[wide].0, key, tag, out)
     }
 
     /// Keeps the ids of the short piece `key` (whose set is `at`) first in a slot, or a wide
@@ -679,7 +701,9 @@ impl ModelCache<'_> {
         if Slot::<SHORT_IDS>::ids_fit(ids) {
             put_first(&mut self.sets[at].0, key, tag, ids);
         } else if ids.len() <= WIDE_IDS {
-            put_first(&mut self.wide[key.wide_set(tag)].0, key, tag, ids);
+            let (wide, bit) = key.wide_set_and_bit(tag);
+            put_first(&mut self.wide[wide].0, key, tag, ids);
+            self.wide_used[bit / 64] |= 1 << (bit % 64);
         } else {
             return false;
         }
@@ -1316,9 +1340,12 @@ mod tests {
     fn a_third_piece_in_a_wide_set_replaces_the_least_recently_used() {
         let mut cache = PieceCache::default();
         let mut model = cache.for_model(1, None);
-        let set = Key::new(b"w0").wide_set(model.tag);
-        let mates: Vec<String> =
-            (1..).map(|i| format!("w{i}")).filter(|p| Key::new(p.as_bytes()).wide_set(model.tag) == set).take(3).collect();
+        let set = Key::new(b"w0").wide_set_and_bit(model.tag).0;
+        let mates: Vec<String> = (1..)
+            .map(|i| format!("w{i}"))
+            .filter(|p| Key::new(p.as_bytes()).wide_set_and_bit(model.tag).0 == set)
+            .take(3)
+            .collect();
         let (a, b, c) = (mates[0].as_bytes(), mates[1].as_bytes(), mates[2].as_bytes());
         let mut calls = 0;
         // Five ids, not a run (see `Slot::ids_fit`).
@@ -1333,6 +1360,30 @@ mod tests {
         assert_eq!(calls, 3, "the more recently used and the new one stayed");
         assert_eq!(get(&mut model, b, &ids(40), &mut calls), ids(40));
         assert_eq!(calls, 4, "the least recently used was replaced");
+    }
+
+    #[test]
+    fn a_wide_set_is_read_only_where_the_filter_has_the_piece() {
+        let mut cache = PieceCache::default();
+        let mut calls = 0;
+        let mut model = cache.for_model(1, None);
+        // Five ids, not a run (see `Slot::ids_fit`).
+        let (piece, ids) = (b"emoji", [10, 11, 12, 13, 14]);
+        get(&mut model, piece, &ids, &mut calls);
+        let (set, bit) = Key::new(piece).wide_set_and_bit(model.tag);
+        assert!(model.wide_used[bit / 64] & 1 << (bit % 64) != 0, "its bit set when kept");
+        assert_eq!(model.wide_used.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
+        assert_eq!(get(&mut model, piece, &[0], &mut calls), ids);
+        // With its bit clear the wide set is not read: encoded again, and kept again.
+        model.wide_used[bit / 64] &= !(1 << (bit % 64));
+        assert_eq!(get(&mut model, piece, &[20, 21, 22, 23, 24], &mut calls), [20, 21, 22, 23, 24]);
+        assert_eq!((calls, model.wide[set].0[0].tag), (2, model.tag));
+        assert_eq!(get(&mut model, piece, &[0], &mut calls), [20, 21, 22, 23, 24]);
+        // Dropped with the wide slots when the tags are numbered anew.
+        for owner in 2..(MAX_TAGS as u64 + 10) {
+            cache.for_model(owner, None);
+        }
+        assert!(cache.wide_used.iter().all(|&w| w == 0));
     }
 
     #[test]
@@ -1369,11 +1420,14 @@ mod tests {
         // with one zero byte more, would be: neither may take it.
         let mut model = cache.for_model(1, None);
         let key = Key::new(piece);
-        let filled = model.wide[key.wide_set(1)];
+        let filled = model.wide[key.wide_set_and_bit(1).0];
         let longer = Key::new(b"emoji\0");
         assert_eq!(longer.words, key.words, "the same words, another length");
-        model.wide[key.wide_set(2)] = filled;
-        model.wide[longer.wide_set(1)] = filled;
+        // Their bits in the filter set too, so that their wide sets are read.
+        for (set, bit) in [key.wide_set_and_bit(2), longer.wide_set_and_bit(1)] {
+            model.wide[set] = filled;
+            model.wide_used[bit / 64] |= 1 << (bit % 64);
+        }
         assert_eq!(get(&mut model, b"emoji\0", &[5, 6, 7, 8, 9, 10], &mut calls), [5, 6, 7, 8, 9, 10]);
         assert_eq!(get(&mut cache.for_model(2, None), piece, &[2, 3, 4, 5, 6], &mut calls), [2, 3, 4, 5, 6]);
         assert_eq!(calls, 3);
