@@ -460,7 +460,7 @@ impl<S: Zeroable> Drop for Table<S> {
 pub struct PieceCache {
     sets: Table<Set>,
     wide: Table<WideSet>,
-    /// A filter of the pieces put in wide slots (`Key::wide_bit`; see `ModelCache::take_short`).
+    /// A filter of the pieces put in wide slots (`Key::wide_set_and_bit`; see `ModelCache::take_short`).
     wide_used: Vec<u64>,
     /// Model (its `Bpe::cache_owner`, and 0) -> its tag in this thread's slots; the
     /// text segments of a model and a pre-tokenizer (its `PreTokenizer::id`, never 0) ->

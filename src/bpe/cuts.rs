@@ -48,8 +48,8 @@ pub(super) struct ByteCuts {
     partial: Box<[u64; PARTIAL_BITS / 64]>,
     /// Where it is set, which: the junctions of merges where a part is a partial char, by
     /// `bit` of their two bytes, as the bytes of the left part in the char before the point
-    /// and those of the right part in the char after it. The bit alone stood for all of
-    /// them: Qwen2's 144 such merges set it for most pairs of CJK chars' bytes.
+    /// and those of the right part in the char after it. A bit alone stood for all of them
+    /// once, of two bytes: Qwen2's 82 such merges set it for most pairs of CJK chars' bytes.
     junctions: Vec<(usize, Vec<u8>, Vec<u8>)>,
     /// By token id (`ignore_merges` vocabularies): whether merges alone make the token from
     /// its bytes (0: not asked yet, 1: yes, 2: no, or not one answer: an id of several
