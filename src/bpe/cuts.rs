@@ -46,10 +46,10 @@ pub(super) struct ByteCuts {
     /// char's first two (`"\x9b建"`), and the junctions were searched at most points: 3.5 M
     /// instructions of a first pass over the Chinese handbook (callgrind).
     partial: Box<[u64; PARTIAL_BITS / 64]>,
-    /// Where it is set, which: the junctions of merges where a part is a partial char, by
-    /// `bit` of their two bytes, as the bytes of the left part in the char before the point
-    /// and those of the right part in the char after it. A bit alone stood for all of them
-    /// once, of two bytes: Qwen2's 82 such merges set it for most pairs of CJK chars' bytes.
+    /// Where it is set, which: the junctions of merges where a part is a partial char,
+    /// sorted by `bit` of their two bytes (the last before the point, the first after it),
+    /// as the bytes of the left part in the char before the point and those of the right
+    /// part in the char after it.
     junctions: Vec<(usize, Vec<u8>, Vec<u8>)>,
     /// By token id (`ignore_merges` vocabularies): whether merges alone make the token from
     /// its bytes (0: not asked yet, 1: yes, 2: no, or not one answer: an id of several
