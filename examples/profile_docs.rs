@@ -42,6 +42,7 @@ fn main() {
         None => Vec::new(),
     };
     let bytes: usize = docs.iter().map(|d| d.len()).sum();
+    let mut perf = PerfControl::from_env();
     let mut best = f64::MAX;
     for round in 0..rounds {
         let tok = &toks[if fresh { round } else { 0 }];
@@ -50,13 +51,41 @@ fn main() {
                 tok.encode(doc, &SpecialPolicy::Allow, false).unwrap();
             }
         }
+        perf.send("enable");
         let start = Instant::now();
         pass(tok, &docs);
         best = best.min(start.elapsed().as_secs_f64());
+        perf.send("disable");
     }
     let per_doc = best / docs.len() as f64 * 1e6;
     println!("per-doc: {:.0} MB/s, {per_doc:.2} us a document ({} documents)", bytes as f64 / best / 1e6, docs.len());
     std::process::exit(0); // not dropping the tokenizers, which a profile would count
+}
+
+/// `PERF_CTL=ctl PERF_ACK=ack` (two fifos): `perf record` samples the timed passes only,
+/// not the loads and the warming between them:
+///
+///     mkfifo ctl ack; PERF_CTL=ctl PERF_ACK=ack WARM_FIFTH=1 FRESH=1 perf record -D -1
+///         --control fifo:ctl,ack -- target/release/examples/profile_docs TOKENIZER_JSON TEXT_FILE 20
+struct PerfControl(Option<(std::fs::File, std::fs::File)>);
+
+impl PerfControl {
+    fn from_env() -> Self {
+        let open = |var: &str, write: bool| {
+            let path = std::env::var_os(var)?;
+            std::fs::OpenOptions::new().read(!write).write(write).open(path).ok()
+        };
+        PerfControl(open("PERF_CTL", true).zip(open("PERF_ACK", false)))
+    }
+
+    fn send(&mut self, command: &str) {
+        use std::io::{Read, Write};
+        if let Some((ctl, ack)) = &mut self.0 {
+            ctl.write_all(format!("{command}\n").as_bytes()).unwrap();
+            let mut answer = [0u8; 5]; // "ack\n" and its NUL
+            let _ = ack.read(&mut answer).unwrap();
+        }
+    }
 }
 
 #[inline(never)]

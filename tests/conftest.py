@@ -61,6 +61,24 @@ SENTENCEPIECE_TOKENIZERS = ["llama2", "mistral-v3", "gemma4"]
 ALL_TOKENIZERS = BYTE_LEVEL_TOKENIZERS + SENTENCEPIECE_TOKENIZERS
 
 
+def _bytes_to_unicode() -> dict:
+    """The char that stands for each byte in a byte-level vocabulary's strings (GPT-2's
+    table)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+#: byte -> the char standing for it in a byte-level vocabulary's strings.
+BYTE_CHARS = _bytes_to_unicode()
+
+
 def data_available() -> bool:
     return DATA.is_dir()
 

@@ -24,6 +24,7 @@ import tokenizers
 
 import tokensmith as ts
 from conftest import (
+    BYTE_CHARS,
     TIKTOKEN_DIR,
     assert_same_ids,
     corpus_files,
@@ -39,19 +40,6 @@ from conftest import (
 # A tiny valid byte-level BPE tokenizer.json (built here, so these tests need no data folder)
 
 
-def _bytes_to_unicode() -> dict:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-BYTE_CHARS = _bytes_to_unicode()
 TINY_MERGES = [("h", "e"), ("l", "l"), ("he", "ll"), ("hell", "o"), ("Ġ", "w"), ("o", "r"), ("Ġw", "or"),
                ("l", "d"), ("Ġwor", "ld")]
 

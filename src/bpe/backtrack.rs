@@ -26,6 +26,7 @@
 //! - Every answer is kept in a small per-thread table (`PairMemo`): the search asks about
 //!   the same pairs again and again.
 
+use super::build_trees::BuildTrees;
 use super::trie::Trie;
 use super::{Alphabet, Bpe, NO_ID};
 use crate::error::{Error, Result};
@@ -383,52 +384,6 @@ impl LongPieces {
         out.extend_from_slice(&tokens);
         Ok(true)
     }
-}
-
-/// How BPE builds each token that encodes to itself, from the last merge down.
-#[derive(Debug)]
-struct BuildTrees {
-    /// By token id: the two tokens its last merge joined (a byte's token: itself twice).
-    split: Vec<(u32, u32)>,
-    /// By token id: 1 + the rank of that last merge; 0 for a byte's token.
-    built_at: Vec<u32>,
-    /// The pairs that are some token's last merge (`left << 32 | right`) -> that token's
-    /// `built_at`. No other pair of the table ever merges (see `LongPieces::new`), and this
-    /// map is a fraction of the table's size: `walk` looks pairs up here, mostly in cache.
-    last_merges: FxHashMap<u64, u32>,
-}
-
-impl BuildTrees {
-    /// Whether BPE on the bytes of `left` followed by those of `right` reaches these two
-    /// tokens, and then leaves them apart if `limit` is `u64::MAX` (with 0: whatever
-    /// comes after). Both must be built in order (`LongPieces::in_order`).
-    fn walk(&self, mut left: u32, mut right: u32, mut limit: u64) -> bool {
-        // A merge across the boundary ranked below `limit` would have happened before the
-        // merge last undone; at the end no merge is left to come first.
-        loop {
-            if let Some(&at) = self.last_merges.get(&super::pair_key(left, right)) {
-                if u64::from(at - 1) < limit {
-                    return false;
-                }
-            }
-            let (left_at, right_at) = (self.built_at[left as usize], self.built_at[right as usize]);
-            if left_at > right_at {
-                // `left` was made last. Before, its right part faced `right`; that pair
-                // merges first only below the rank of `left`'s merge, which lies further
-                // left and wins ties.
-                limit = u64::from(left_at - 1);
-                left = self.split[left as usize].1;
-            } else if right_at > 0 {
-                // `right` was made last (on equal ranks too: the leftmost merge goes first).
-                // The pair across the boundary lies left of it, so it wins a tie.
-                limit = u64::from(right_at);
-                right = self.split[right as usize].0;
-            } else {
-                return true; // two bytes' tokens, checked above
-            }
-        }
-    }
-
 }
 
 /// The longest token at a position of one text, and how many bytes the answer depends on,
