@@ -103,8 +103,11 @@ pub(super) fn self_encoding_short_tokens(bpe: &Bpe) -> Vec<(Key, u32)> {
     let mut reached = vec![false; n];
     let mut found = Vec::new();
     for (byte, &id) in byte_ids.iter().enumerate() {
-        if id == NO_ID {
-            continue; // no token holds this byte
+        if id == NO_ID || len(id) != 1 {
+            // No token holds this byte, or its id is another string's too (a vocabulary may
+            // give two strings one id), whose length `lens` holds: left out, with every
+            // token that holds the byte.
+            continue;
         }
         if reached[id as usize] {
             return Vec::new(); // one token for two bytes: the walk would not hold
@@ -127,7 +130,7 @@ pub(super) fn self_encoding_short_tokens(bpe: &Bpe) -> Vec<(Key, u32)> {
         found.push(merged);
     }
     let key = |id: u32| (Key::from_bits(bytes[id as usize], len(id)), id);
-    let byte_tokens = byte_ids.iter().copied().filter(|&id| id != NO_ID);
+    let byte_tokens = byte_ids.iter().copied().filter(|&id| id != NO_ID && reached[id as usize]);
     let mut tokens = Vec::with_capacity(found.len() + 256);
     tokens.extend(found.iter().rev().copied().chain(byte_tokens).map(key));
     tokens
@@ -179,6 +182,16 @@ mod tests {
         assert_eq!(assert_each_encodes_to_itself(&bpe, bytes_of), (258, 258));
         let ids: Vec<u32> = self_encoding_short_tokens(&bpe).iter().map(|&(_, id)| id).take(2).collect();
         assert_eq!(ids, [257, 256]);
+    }
+
+    #[test]
+    fn a_byte_whose_id_another_string_shares_is_left_out() {
+        // "!" and "xy" share id 33: its length is 2, and a key of "!" that long would be "!\0".
+        let tokens: Vec<(Vec<u8>, u32)> = (0..=255u8).map(|b| (vec![b], u32::from(b))).chain([(b"xy".to_vec(), 33)]).collect();
+        let bpe = Bpe::new(tokens.iter().map(|(t, id)| (t.as_slice(), *id)), [(33, 0, 256)], false);
+        let ids: Vec<u32> = self_encoding_short_tokens(&bpe).iter().map(|&(_, id)| id).collect();
+        assert_eq!(ids.len(), 255);
+        assert!(!ids.contains(&33) && !ids.contains(&256));
     }
 
     #[test]
