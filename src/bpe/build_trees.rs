@@ -44,7 +44,8 @@ impl BuildTrees {
         // A merge across the boundary ranked below `limit` would have happened before the
         // merge last undone; at the end no merge is left to come first.
         loop {
-            // (With no limit, no lookup: a walk for a merge's own parts starts so.)
+            // With no limit, no lookup: a walk for a merge's own parts starts so (Qwen2's
+            // walks in `self_encoding_short_tokens` looked up 543 k pairs, 393 k now).
             if limit > 0 && rank_of(super::pair_key(left, right)).is_some_and(|rank| u64::from(rank) < limit) {
                 return false;
             }
@@ -76,7 +77,7 @@ impl BuildTrees {
 /// The walk asks the whole table for the ranks of the pairs it meets, so it is exact
 /// whatever the order of the table; a token it never finds (one made by a merge ranked
 /// before a part of it exists, say) is only left out. Built once per model, on the first
-/// prefill: 3 ms for GPT-2, 14 ms for Qwen2 (every one of their merges makes a token that
+/// prefill: 4 ms for GPT-2, 14 ms for Qwen2 (every one of their merges makes a token that
 /// encodes to itself).
 pub(super) fn self_encoding_short_tokens(bpe: &Bpe) -> Vec<(Key, u32)> {
     let Alphabet::Bytes(byte_ids) = &bpe.alphabet else { return Vec::new() };

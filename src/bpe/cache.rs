@@ -752,9 +752,9 @@ impl ModelCache<'_> {
     /// pieces cost, and a tokenizer that encodes a few texts never pays for it. For a
     /// vocabulary with merges, the first thread also works out which tokens to give, once
     /// per model (`build_trees::self_encoding_short_tokens`: 4 ms for GPT-2, 14 ms for
-    /// Qwen2, about a tenth of loading either); the threshold stays, so that a first pass over a few
-    /// MB gains too. It drops most of what the sets held, once (each set gets four tokens on
-    /// average).
+    /// Qwen2, about a tenth of loading either); the threshold stays, so that a first pass
+    /// over a few MB gains too. It drops most of what the sets held, once (each set gets
+    /// four tokens on average).
     pub(super) fn prefill<'k>(&mut self, tokens: impl IntoIterator<Item = (&'k Key, u32)>) {
         // The set of each token is asked for `AHEAD` tokens before it is written: written as
         // the tokens came, each waited on two lines the CPU's caches did not hold (4-4.5 ms

@@ -594,7 +594,7 @@ impl Bpe {
     ///   make (`encode_part`) must never be kept under it;
     /// - otherwise, the short tokens that merges make of their own bytes
     ///   (`build_trees::self_encoding_short_tokens`): merges may make other tokens of a
-    ///   token's bytes (with GPT-2's or Qwen2's merges, none does).
+    ///   token's bytes (though every short token of GPT-2 and Qwen2 encodes to itself).
     ///
     /// With chars, none.
     fn prefill_tokens(&self) -> &[(Key, u32)] {
