@@ -30,7 +30,6 @@ use super::build_trees::BuildTrees;
 use super::trie::Trie;
 use super::{Alphabet, Bpe, NO_ID};
 use crate::error::{Error, Result};
-use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 
 /// Tokens longer than this make a vocabulary keep the heap: working out how each token is
@@ -128,7 +127,7 @@ impl LongPieces {
         }
         // Every merge, grouped by the token it makes (vocabularies converted from tiktoken
         // ranks list a merge for each way to split a token into two).
-        let len = |id: u32| bpe.lens.get(id as usize).map_or(0, |&l| l as usize);
+        let len = |id: u32| bpe.token_len(id);
         let mut first = vec![0u32; n + 1]; // the makers of `id`: makers[first[id]..first[id + 1]]
         for (&key, &value) in &bpe.pairs {
             let (left, right, merged) = ((key >> 32) as u32, key as u32, value as u32);
@@ -192,11 +191,7 @@ impl LongPieces {
         //   already in `last_merges`). Otherwise the token is encoded again, merge by merge
         //   (`last_merge_if_whole`): encoding all 200k tokens of o200k that way was 150 ms,
         //   half of building these tables.
-        let mut trees = BuildTrees {
-            split: (0..n as u32).map(|id| (id, id)).collect(),
-            built_at: vec![0u32; n],
-            last_merges: FxHashMap::default(),
-        };
+        let mut trees = BuildTrees::new(n);
         let mut reachable = is_byte.clone();
         let mut in_order = is_byte;
         let (mut ids, mut pairs) = (Vec::new(), Vec::new());
@@ -521,6 +516,7 @@ fn same_bytes(text: &[u8], a: usize, b: usize, len: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustc_hash::FxHashMap;
 
     /// Byte tokens for a, b, c (ids 0-2) and every other byte (ids 3..), then `merged`.
     fn vocab(merged: &[&'static [u8]], merges: &[(u32, u32, u32)]) -> Bpe {

@@ -22,7 +22,8 @@ pub(super) struct BuildTrees {
 }
 
 impl BuildTrees {
-    fn new(tokens: usize) -> Self {
+    /// For `tokens` ids, each a byte's token until its last merge is set.
+    pub(super) fn new(tokens: usize) -> Self {
         BuildTrees {
             split: (0..tokens as u32).map(|id| (id, id)).collect(),
             built_at: vec![0; tokens],
@@ -82,7 +83,7 @@ impl BuildTrees {
 pub(super) fn self_encoding_short_tokens(bpe: &Bpe) -> Vec<(Key, u32)> {
     let Alphabet::Bytes(byte_ids) = &bpe.alphabet else { return Vec::new() };
     let n = bpe.lens.len();
-    let len = |id: u32| bpe.lens.get(id as usize).map_or(0, |&l| l as usize);
+    let len = |id: u32| bpe.token_len(id);
     // The merges by rank, placed, not sorted: a table of merges has one rank per merge, up
     // to the number of merges given (a duplicate pair leaves a gap).
     let mut by_rank = vec![None; bpe.pairs.len()];
@@ -149,12 +150,12 @@ mod tests {
         let tokens = self_encoding_short_tokens(bpe);
         let (mut ids, mut pairs) = (Vec::new(), Vec::new());
         let mut last_rank = u32::MAX;
-        let mut given = FxHashMap::default();
+        let mut given = rustc_hash::FxHashSet::default();
         for &(key, id) in &tokens {
             let bytes = bytes_of(id).expect("a token with bytes");
             assert_eq!(key, Key::new(&bytes), "token {id}");
             assert_eq!(bpe.merges_only(&bytes), [id], "token {id} {:?}", String::from_utf8_lossy(&bytes));
-            assert!(given.insert(id, ()).is_none(), "token {id} twice");
+            assert!(given.insert(id), "token {id} twice");
             // A byte's token has no last merge: `None`, after every other.
             let rank = bpe.last_merge_if_whole(&bytes, id, &mut ids, &mut pairs).map(|(_, _, rank)| rank);
             assert!(rank.is_none() || rank < Some(last_rank), "token {id} out of order");
