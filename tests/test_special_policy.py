@@ -14,11 +14,16 @@ For every byte-level tokenizer the texts contain every special token string of t
 
 from __future__ import annotations
 
+import inspect
+import pickle
+
 import pytest
+import tokenizers
 
 import tokensmith as ts
 from conftest import (
     ALL_TOKENIZERS,
+    load_ts_fresh,
     assert_same,
     assert_same_ids,
     hf_special_ids,
@@ -305,3 +310,35 @@ def test_encode_takes_any_collection_of_token_strings():
     assert tok.token_to_id("<|begin_of_text|>") not in expected
     for special in [{"<|eot_id|>"}, ["<|eot_id|>"], ("<|eot_id|>",), iter(["<|eot_id|>"]), {"<|eot_id|>": 1}]:
         assert tok.encode(text, add_special_tokens=False, special=special) == expected
+
+
+def test_encode_takes_its_options_by_keyword_with_the_documented_defaults():
+    """`Tokenizer.encode` is the core's method bound to the instance (no Python frame):
+    the same signature as before, keyword-only options, "allow" and the template by default."""
+    tok, hf = ts_tokenizer("qwen2"), hf_tokenizer("qwen2")
+    text = "hi <|im_end|> there"
+    assert tok.encode(text) == tok.encode(text, add_special_tokens=True, special="allow") == hf.encode(text).ids
+    assert tok.encode(text, special="text") == hf_tokenizer_text("qwen2").encode(text).ids
+    with pytest.raises(TypeError):
+        tok.encode(text, False)
+    with pytest.raises(TypeError, match="expected str"):
+        tok.encode(text.encode())
+    params = inspect.signature(tok.encode).parameters
+    assert [(p.name, p.kind, p.default) for p in params.values()] == [
+        ("text", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty),
+        ("add_special_tokens", inspect.Parameter.KEYWORD_ONLY, True),
+        ("special", inspect.Parameter.KEYWORD_ONLY, "allow"),
+    ]
+    assert "special" in tok.encode.__doc__
+
+
+def test_encode_follows_the_tokenizer_when_its_core_is_replaced():
+    """Reserved slots reused and unpickling build a new core: `encode` must be the new one's."""
+    tok = load_ts_fresh("llama3")
+    (box,) = tok.reuse_reserved(["<|box_start|>"])
+    text = "a <|box_start|> b"
+    expected = tokenizers.Tokenizer.from_str(tok.to_str()).encode(text, add_special_tokens=False).ids
+    assert box in expected
+    assert tok.encode(text, add_special_tokens=False) == expected
+    assert pickle.loads(pickle.dumps(tok)).encode(text, add_special_tokens=False) == expected
+    assert tok.copy().encode(text, add_special_tokens=False) == expected
