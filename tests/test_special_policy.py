@@ -23,13 +23,14 @@ import tokenizers
 import tokensmith as ts
 from conftest import (
     ALL_TOKENIZERS,
-    load_ts_fresh,
     assert_same,
     assert_same_ids,
     hf_special_ids,
     hf_special_tokens,
     hf_tokenizer,
     hf_tokenizer_text,
+    load_ts_fresh,
+    tokenizer_path,
     ts_tokenizer,
 )
 
@@ -313,8 +314,7 @@ def test_encode_takes_any_collection_of_token_strings():
 
 
 def test_encode_takes_its_options_by_keyword_with_the_documented_defaults():
-    """`Tokenizer.encode` is the core's method bound to the instance (no Python frame):
-    the same signature as before, keyword-only options, "allow" and the template by default."""
+    """Keyword-only options, "allow" and the template by default, a docstring."""
     tok, hf = ts_tokenizer("qwen2"), hf_tokenizer("qwen2")
     text = "hi <|im_end|> there"
     assert tok.encode(text) == tok.encode(text, add_special_tokens=True, special="allow") == hf.encode(text).ids
@@ -330,10 +330,27 @@ def test_encode_takes_its_options_by_keyword_with_the_documented_defaults():
         ("special", inspect.Parameter.KEYWORD_ONLY, "allow"),
     ]
     assert "special" in tok.encode.__doc__
+    assert "special" in ts.Tokenizer.encode.__doc__
+
+
+def test_encode_is_a_method_that_pickles_and_subclasses_override():
+    """What a speed-up once broke (binding the core's method to each instance, the
+    thirty-sixth round): `tok.encode` handed to worker processes (`datasets.map(tok.encode,
+    num_proc=...)`), a subclass's own `encode`, `Tokenizer.encode` called on the class."""
+    tok = ts_tokenizer("qwen2")
+    text = "hi <|im_end|> there"
+    assert pickle.loads(pickle.dumps(tok.encode))(text) == tok.encode(text)
+    assert ts.Tokenizer.encode(tok, text, special="text") == tok.encode(text, special="text")
+
+    class Marked(ts.Tokenizer):
+        def encode(self, text, **options):
+            return [-1, *super().encode(text, **options)]
+
+    assert Marked.from_file(tokenizer_path("qwen2")).encode(text) == [-1, *tok.encode(text)]
 
 
 def test_encode_follows_the_tokenizer_when_its_core_is_replaced():
-    """Reserved slots reused and unpickling build a new core: `encode` must be the new one's."""
+    """Reserved slots reused, unpickling and `copy` make a new core: `encode` uses it."""
     tok = load_ts_fresh("llama3")
     (box,) = tok.reuse_reserved(["<|box_start|>"])
     text = "a <|box_start|> b"

@@ -18,10 +18,7 @@ class CoreTokenizer:
     @staticmethod
     def from_sentencepiece(path: str) -> CoreTokenizer: ...
     def encode(
-        self, text: str, *, add_special_tokens: bool = True, special: str | Iterable[str] | None = None
-    ) -> list[int]: ...
-    def encode_policy(
-        self, text: str, add_special_tokens: bool, policy: str, allowed: list[str] | None = None
+        self, text: str, add_special_tokens: bool, special: str | Iterable[str], allowed: list[str] | None = None
     ) -> list[int]: ...
     def encode_with_offsets(
         self,

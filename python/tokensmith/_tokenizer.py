@@ -86,23 +86,15 @@ class Tokenizer:
     >>> tok.encode("Hello</s>", special="text")                     # doctest: +SKIP
     """
 
-    __slots__ = ("_core", "config", "_specials", "encode")
+    __slots__ = ("_core", "config", "_specials")
 
     def __init__(self, core: _core.CoreTokenizer, config: dict[str, Any] | None = None) -> None:
-        self._use(core)
+        self._core = core
         self._specials: tuple[str, ...] | None = None  # see _special_contents
         #: tokenizer_config.json of the folder it was loaded from (``{}`` otherwise), kept in
         #: step with the tokens added since (``added_tokens_decoder``, the extra special
         #: tokens), as :meth:`save_pretrained` writes it.
         self.config: dict[str, Any] = config or {}
-
-    def _use(self, core: _core.CoreTokenizer) -> None:
-        self._core = core
-        # `encode` is the core's method itself, bound to this instance, not a Python method
-        # calling it: that frame and second call were ~120 instructions of every call, 2-3%
-        # of a warm per-document encode. Its docstring and checks are the core's (`encode`
-        # in src/py/mod.rs).
-        self.encode = core.encode  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ loading
 
@@ -201,16 +193,16 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ encoding
 
-    if TYPE_CHECKING:
-        # Bound in `_use`: the core's `encode`, with this signature.
-        def encode(self, text: str, *, add_special_tokens: bool = True, special: SpecialPolicy = "allow") -> list[int]:
-            """The token ids of ``text``.
+    def encode(self, text: str, *, add_special_tokens: bool = True, special: SpecialPolicy = "allow") -> list[int]:
+        """The token ids of ``text``.
 
-            ``add_special_tokens`` applies the tokenizer's template (BOS/EOS). ``special``
-            decides what special-token strings inside ``text`` become: see :data:`SpecialPolicy`.
+        ``add_special_tokens`` applies the tokenizer's template (BOS/EOS). ``special``
+        decides what special-token strings inside ``text`` become: see :data:`SpecialPolicy`.
 
-            >>> tok.encode("<|im_start|>user", special="text")            # doctest: +SKIP
-            """
+        >>> tok.encode("<|im_start|>user", special="text")            # doctest: +SKIP
+        """
+        # `special` is checked in Rust, as `_policy` checks it for the other methods.
+        return self._core.encode(text, add_special_tokens, special)
 
     def encode_with_offsets(
         self,
@@ -372,7 +364,7 @@ class Tokenizer:
             free = [s for s in F._reserved_slots(vocab, compiled, F._used_by(self.config, {}, data)) if s[1] not in asked]
             placed = F._placements(new, free, max(vocab.values(), default=-1) + 1)
             F._new_tokenizer_json(data, placed, special)
-            self._use(_core.CoreTokenizer.from_str(json.dumps(data, ensure_ascii=False)))
+            self._core = _core.CoreTokenizer.from_str(json.dumps(data, ensure_ascii=False))
             self._specials = None
             replaced = {t.replaced for t in placed if t.replaced is not None}
             F._new_tokenizer_config(self.config, [F._token_entry(t, special) for t in placed], replaced)
@@ -501,7 +493,7 @@ class Tokenizer:
         return {"json": self.to_str(), "config": self.config}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._use(_core.CoreTokenizer.from_str(state["json"], "<pickle>"))
+        self._core = _core.CoreTokenizer.from_str(state["json"], "<pickle>")
         self._specials = None
         self.config = state["config"]
 

@@ -109,11 +109,6 @@ fn text<'a>(s: &'a Bound<'_, PyString>) -> PyResult<Cow<'a, str>> {
 }
 
 /// `&str` of a Python str (CPython's UTF-8, kept in the str): the texts of a batch.
-/// A `str` argument, or the `TypeError` that names what came instead.
-fn str_arg<'a, 'py>(arg: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'py, PyString>> {
-    arg.downcast::<PyString>().map_err(|_| PyTypeError::new_err(format!("expected str, got {}", arg.get_type())))
-}
-
 fn text_ref<'a>(s: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
     s.to_str().map_err(|e| text_error(s, e))
 }
@@ -198,43 +193,6 @@ impl PyTokenizer {
             inside_memo: std::sync::Mutex::new(None),
             flat_room: RoomHint::new(),
         }
-    }
-
-    /// The ids of `text` as a Python list: `encode` and `encode_policy`.
-    fn encode_str<'py>(
-        &self,
-        py: Python<'py>,
-        text: &Bound<'_, PyString>,
-        add_special_tokens: bool,
-        policy: &SpecialPolicy,
-    ) -> PyResult<Bound<'py, PyList>> {
-        let s = &*self::text(text)?;
-        // Short texts are cheaper to encode than to release and re-take the GIL.
-        if s.len() >= 4096 {
-            let tokenizer = self.get();
-            let ids = without_gil(py, || {
-                let ids = tokenizer.encode(s, policy, add_special_tokens)?;
-                check_python_room(ids.len(), IDS)?;
-                Ok(ids)
-            })
-            .or_raise(py)?;
-            return self.id_list(py, &ids);
-        }
-        SHORT_IDS.with(|cell| {
-            // In use further up this thread's stack (a `__del__` run while a list was made):
-            // a vector of its own.
-            let (mut kept, mut own) = (cell.try_borrow_mut(), Vec::new());
-            let ids = kept.as_deref_mut().unwrap_or(&mut own);
-            // Two statements: a guard in the one with `or_raise` would be held while it runs
-            // Python (the error's class), which may release the GIL.
-            let encoded = self.read().encode_reusing(s, policy, add_special_tokens, ids);
-            encoded.or_raise(py)?;
-            let list = self.id_list(py, ids);
-            if ids.capacity() > SHORT_IDS_KEPT {
-                *ids = Vec::new(); // padded to a long length once: not kept for ever
-            }
-            list
-        })
     }
 
     /// `ids` as a Python list of ints.
@@ -494,51 +452,54 @@ impl PyTokenizer {
         Ok(Self::new(tokenizer))
     }
 
-    /// The token ids of ``text``.
-    ///
-    /// ``add_special_tokens`` applies the tokenizer's template (BOS/EOS). ``special``
-    /// decides what special-token strings inside ``text`` become: ``"allow"`` (the default)
-    /// makes them their tokens, ``"text"`` encodes them as text, ``"raise"`` raises
-    /// ``SpecialTokenError``, a collection of token strings allows only those.
-    ///
-    /// >>> tok.encode("<|im_start|>user", special="text")            # doctest: +SKIP
-    //
-    // `Tokenizer.encode` is this method, bound to each instance (`Tokenizer._use`), not a
-    // Python method calling it: that frame and second call were 117 instructions of every
-    // call (callgrind, GPT-2, 40,000 calls on a short document: 655.7 M -> 651.0 M in all),
-    // 2-3% of a warm per-document encode. `special` is checked here for the same reason
-    // (about 50 of the Python layer's 140 ns, 2026-12-04).
-    #[pyo3(signature = (text, *, add_special_tokens = true, special = None),
-           text_signature = "($self, text, *, add_special_tokens=True, special='allow')")]
+    /// `Tokenizer.encode`, whose `special` comes here unchecked: checking it in Python took
+    /// a tenth of the Python layer's time (about 50 of 140 ns a call, 2026-12-04), and a
+    /// per-document call is about 1.3 us.
+    /// The tiktoken drop-in passes a checked policy and its `allowed` tokens, as to the other
+    /// methods.
+    #[pyo3(signature = (text, add_special_tokens, special, allowed = None))]
     fn encode<'py>(
         &self,
         py: Python<'py>,
         text: &Bound<'_, PyAny>,
         add_special_tokens: bool,
-        special: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Bound<'py, PyList>> {
-        let text = str_arg(text)?;
-        let policy = match special {
-            Some(special) => self.special_policy(py, special)?,
-            None => SpecialPolicy::Allow,
-        };
-        self.encode_str(py, text, add_special_tokens, &policy)
-    }
-
-    /// `encode` with a policy that the tiktoken drop-in has checked, and its `allowed`
-    /// tokens, as the other methods take them.
-    #[pyo3(signature = (text, add_special_tokens, policy, allowed = None))]
-    fn encode_policy<'py>(
-        &self,
-        py: Python<'py>,
-        text: &Bound<'_, PyAny>,
-        add_special_tokens: bool,
-        policy: &str,
+        special: &Bound<'_, PyAny>,
         allowed: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let text = str_arg(text)?;
-        let policy = self.policy(py, policy, allowed)?;
-        self.encode_str(py, text, add_special_tokens, &policy)
+        let text = text
+            .downcast::<PyString>()
+            .map_err(|_| PyTypeError::new_err(format!("expected str, got {}", text.get_type())))?;
+        let s = &*self::text(text)?;
+        let policy = match allowed {
+            Some(allowed) => self.policy(py, special.extract::<&str>()?, Some(allowed))?,
+            None => self.special_policy(py, special)?,
+        };
+        // Short texts are cheaper to encode than to release and re-take the GIL.
+        if s.len() >= 4096 {
+            let tokenizer = self.get();
+            let ids = without_gil(py, || {
+                let ids = tokenizer.encode(s, &policy, add_special_tokens)?;
+                check_python_room(ids.len(), IDS)?;
+                Ok(ids)
+            })
+            .or_raise(py)?;
+            return self.id_list(py, &ids);
+        }
+        SHORT_IDS.with(|cell| {
+            // In use further up this thread's stack (a `__del__` run while a list was made):
+            // a vector of its own.
+            let (mut kept, mut own) = (cell.try_borrow_mut(), Vec::new());
+            let ids = kept.as_deref_mut().unwrap_or(&mut own);
+            // Two statements: a guard in the one with `or_raise` would be held while it runs
+            // Python (the error's class), which may release the GIL.
+            let encoded = self.read().encode_reusing(s, &policy, add_special_tokens, ids);
+            encoded.or_raise(py)?;
+            let list = self.id_list(py, ids);
+            if ids.capacity() > SHORT_IDS_KEPT {
+                *ids = Vec::new(); // padded to a long length once: not kept for ever
+            }
+            list
+        })
     }
 
     /// ids and each token's (start, end) char offsets (Python str indices); special tokens

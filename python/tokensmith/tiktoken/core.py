@@ -208,11 +208,11 @@ class Encoding:
         policy = self._checked_policy((text,), allowed_special, disallowed_special)
         if policy is None:
             return self._split_encode(text, self._allowed(allowed_special) & self._special_names)
-        return self._run(self._core.encode_policy, text, policy)
+        return self._run(self._core.encode, text, policy)
 
     def encode_ordinary(self, text: str) -> list[int]:
         """The ids of ``text`` with special tokens' text encoded as plain text."""
-        return self._run(self._core.encode_policy, text, ("text", None))
+        return self._run(self._core.encode, text, ("text", None))
 
     def encode(
         self,
@@ -225,7 +225,7 @@ class Encoding:
         in ``allowed_special`` (then it is the special token) or left out of
         ``disallowed_special`` (then it is plain text)."""
         if not allowed_special and disallowed_special == "all":
-            return self._run(self._core.encode_policy, text, ("raise", None))
+            return self._run(self._core.encode, text, ("raise", None))
         return self._encode(text, allowed_special, disallowed_special)
 
     def encode_to_numpy(
