@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+from unittest import mock
 
 import pytest
 import tokenizers
@@ -336,7 +337,8 @@ def test_encode_takes_its_options_by_keyword_with_the_documented_defaults():
 def test_encode_is_a_method_that_pickles_and_subclasses_override():
     """What a speed-up once broke (binding the core's method to each instance, the
     thirty-sixth round): `tok.encode` handed to worker processes (`datasets.map(tok.encode,
-    num_proc=...)`), a subclass's own `encode`, `Tokenizer.encode` called on the class."""
+    num_proc=...)`), a subclass's own `encode`, `Tokenizer.encode` called on the class or
+    patched there."""
     tok = ts_tokenizer("qwen2")
     text = "hi <|im_end|> there"
     assert pickle.loads(pickle.dumps(tok.encode))(text) == tok.encode(text)
@@ -347,6 +349,8 @@ def test_encode_is_a_method_that_pickles_and_subclasses_override():
             return [-1, *super().encode(text, **options)]
 
     assert Marked.from_file(tokenizer_path("qwen2")).encode(text) == [-1, *tok.encode(text)]
+    with mock.patch.object(ts.Tokenizer, "encode", lambda self, text, **options: [7]):
+        assert ts.Tokenizer.from_file(tokenizer_path("qwen2")).encode(text) == [7]
 
 
 def test_encode_follows_the_tokenizer_when_its_core_is_replaced():
